@@ -1,0 +1,16 @@
+"""amir: all-in-one medical image restoration with the AMIR task-adaptive routing network."""
+
+__version__ = "0.1.0"
+
+
+def load_model(source=None, device="cpu"):
+    """The eval-mode AMIR network for a registry name, a `.safetensors` file or a published `.pth`.
+
+    It maps a (B, 1, H, W) float tensor normalised to [0, 1] to the restored tensor; any H, W >= 9.
+    """
+    from .weights import load_model as _load
+
+    return _load(source, device)
+
+
+__all__ = ["__version__", "load_model"]

@@ -1,0 +1,447 @@
+"""Physically motivated degradations that turn high-quality slices into low-quality inputs (SPEC §3).
+
+All slice functions take a 2-D float array in physical units (MR: arbitrary, CT: HU, PET: SUV) and
+return a float32 array on the same grid.  The noisy ones take a ``numpy.random.Generator`` so that a
+result is reproducible; :func:`degrade_volume` derives one generator per slice from ``seed`` and the
+slice index, so results do not depend on how slices are batched.
+
+CT and PET: the *additional* noise model
+-----------------------------------------
+The high-quality image already holds the noise of its own (full-dose) acquisition.  A low-dose
+version therefore gets only the *extra* noise of dose fraction ``d`` relative to full dose.  It is
+simulated exactly as "the low-dose scan is a random subset of the full-dose photons":
+
+* expected full-dose data ``lam`` are computed from the image (parallel-beam projection),
+* full-dose counts ``N ~ Poisson(lam)``, low-dose counts ``N_d ~ Binomial(N, d)``
+  (so ``N_d ~ Poisson(d * lam)`` as it should be),
+* the extra sinogram noise is the difference of the two estimates:
+  CT  ``-log(max(N_d, 1) / (d I0)) + log(max(N, 1) / I0)``;
+  PET ``N_d / d - N``.
+  Its mean is ~0 and its variance is ``(1/d - 1) / lam`` (CT, in line-integral units) or
+  ``(1/d - 1) * lam`` (PET, in counts), so dose 1 adds exactly nothing and the added noise
+  variance scales as ``1/d - 1``,
+* only that noise sinogram is reconstructed by filtered back-projection (ramp filter for CT, Hann
+  window for PET) and added to the input image.
+
+The projector is a pixel-driven parallel-beam projector with linear interpolation on the detector
+(bin width = pixel size), stored as a sparse matrix for one quarter of the views and reused for the
+other three quarters through the exact symmetries of the square pixel grid.  The matrix is cached
+per (grid size, number of views); building it takes about 1 s for 256x256.
+
+Dose is conserved when the number of simulated views changes: ``i0`` is the number of photons per
+1 mm detector bin per view of a :data:`CT_REFERENCE_VIEWS`-view rotation, and the PET count total
+is shared among however many views are simulated, so ``n_angles`` trades speed against noise
+texture at the edge of the field of view, not against noise level.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+TASKS = ("mri-sr", "ct-denoise", "pet-synthesis")
+DEFAULT_LEVEL = {"mri-sr": 4, "ct-denoise": 0.25, "pet-synthesis": 0.25}
+
+MU_WATER_PER_MM = 0.0192
+"""Linear attenuation of water at a typical CT effective energy (~70 keV), 1/mm."""
+
+CT_DEFAULT_I0 = 3e5
+CT_REFERENCE_VIEWS = 1000
+"""``i0`` is specified per view of a rotation with this many views (a typical clinical count)."""
+
+PET_COUNTS_PER_SUV_CM2 = 3000.0
+"""Default full-dose count density: expected true counts per (SUV x cm²) of activity in the slice.
+
+A brain slice (about 130 cm², mean SUV about 5) or a body slice (about 700 cm², mean SUV about 1)
+then gets about 2e6 counts, the order of a clinical 2-D-rebinned standard-dose slice.  Attenuation
+and scatter are not modelled (the count total is that of the attenuation-corrected data)."""
+
+MAX_DEFAULT_VIEWS = 256
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _check_2d(image2d, name="image2d") -> np.ndarray:
+    arr = np.asarray(image2d)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array, got shape {arr.shape}")
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise ValueError(f"{name} must be at least 2x2, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return arr
+
+
+def _check_factor(factor) -> int:
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer, float, np.floating)):
+        raise ValueError(f"mri-sr factor must be an integer >= 1, got {factor!r}")
+    if float(factor) != int(factor) or int(factor) < 1:
+        raise ValueError(f"mri-sr factor must be an integer >= 1, got {factor!r}")
+    return int(factor)
+
+
+def _check_dose(dose_fraction) -> float:
+    try:
+        d = float(dose_fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"dose fraction must be a number in (0, 1], got {dose_fraction!r}") from None
+    if not (0.0 < d <= 1.0) or not math.isfinite(d):
+        raise ValueError(f"dose fraction must be in (0, 1], got {dose_fraction!r}")
+    return d
+
+
+def _check_positive(value, name) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
+    if not (v > 0) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+    return v
+
+
+def _check_rng(rng) -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(
+            f"rng must be a numpy.random.Generator (e.g. numpy.random.default_rng(0)), got {type(rng).__name__}"
+        )
+    return rng
+
+
+# ------------------------------------------------------------------------------------------- MRI
+def kspace_mask(shape: Sequence[int], factor: int) -> np.ndarray:
+    """Boolean mask, in *centred* (fftshift-ed) k-space, of the frequencies that ``mri_truncate`` keeps.
+
+    Along an axis of length ``n`` the central ``max(1, n // factor)`` samples around DC are kept.
+    """
+    factor = _check_factor(factor)
+    if len(shape) != 2:
+        raise ValueError(f"shape must be 2-D, got {tuple(shape)}")
+    masks = []
+    for n in shape:
+        n = int(n)
+        m = max(1, n // factor)
+        start = n // 2 - m // 2
+        ax = np.zeros(n, dtype=bool)
+        ax[start : start + m] = True
+        masks.append(ax)
+    return masks[0][:, None] & masks[1][None, :]
+
+
+def mri_truncate_complex(image2d, factor: int) -> np.ndarray:
+    """Complex image of :func:`mri_truncate` before the magnitude step (complex128)."""
+    img = _check_2d(image2d)
+    factor = _check_factor(factor)
+    if factor == 1:
+        return img.astype(np.complex128)
+    k = np.fft.fftshift(np.fft.fft2(img))
+    k[~kspace_mask(img.shape, factor)] = 0
+    return np.fft.ifft2(np.fft.ifftshift(k))
+
+
+def mri_truncate(image2d, factor: int) -> np.ndarray:
+    """Low-resolution MR on the same grid: keep the central 1/factor of k-space per in-plane axis.
+
+    2-D FFT (centred), zero every frequency outside the central ``n // factor`` samples of each axis,
+    inverse FFT, magnitude.  ``factor`` 1 returns the input unchanged (as float32).
+    """
+    factor = _check_factor(factor)
+    img = _check_2d(image2d)
+    if factor == 1:
+        return img.astype(np.float32)
+    return np.abs(mri_truncate_complex(img, factor)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ projector (CT/PET)
+def _default_views(n: int) -> int:
+    return min(n, MAX_DEFAULT_VIEWS)
+
+
+def _n_views(n_angles, n: int) -> int:
+    if n_angles is None:
+        m = _default_views(n)
+    else:
+        if isinstance(n_angles, bool) or int(n_angles) != n_angles or int(n_angles) < 4:
+            raise ValueError(f"n_angles must be an integer >= 4, got {n_angles!r}")
+        m = int(n_angles)
+    return 4 * math.ceil(m / 4)  # the symmetric view set needs a multiple of 4
+
+
+@functools.lru_cache(maxsize=2)
+def _projector(n: int, n_views: int):
+    """Sparse back-projector for the first quarter of the views ``theta_j = (j + 1/2) pi / n_views``.
+
+    Returns (AT, n_det): AT (CSR, float32) maps (n_views/4 * n_det) detector values to a flattened
+    n x n image; it is the transpose of the pixel-driven projector (linear interpolation on the
+    detector, weights of one pixel sum to 1 per view).  ``AT.T @ x`` projects (CSC, cache-friendly).
+    Memory: about 16 bytes x n² x n_views/4 (67 MB for 256x256 with 256 views).
+    """
+    n_det = 2 * math.ceil((n - 1) / math.sqrt(2)) + 3
+    c = np.arange(n) - (n - 1) / 2
+    mid = (n_det - 1) / 2
+    q = n_views // 4
+    thetas = (np.arange(q) + 0.5) * np.pi / n_views
+    npix = n * n
+    # per pixel, per view: two detector bins (i, i+1) with weights (1-w, w); rows sorted by pixel
+    t = (c[None, None, :] * np.cos(thetas)[:, None, None] + c[None, :, None] * np.sin(thetas)[:, None, None] + mid)
+    t = t.reshape(q, npix).T  # (npix, q)
+    i = np.floor(t).astype(np.int32)
+    w = (t - i).astype(np.float32)
+    del t
+    i += (np.arange(q, dtype=np.int32) * n_det)[None, :]
+    indices = np.stack([i, i + 1], axis=2).reshape(-1)
+    data = np.stack([1.0 - w, w], axis=2).reshape(-1)
+    del i, w
+    indptr = np.arange(0, 2 * q * npix + 1, 2 * q, dtype=np.int64)
+    AT = sp.csr_matrix((data, indices, indptr), shape=(npix, q * n_det))
+    return AT, n_det
+
+
+# The four members of the view orbit: image transform g such that P[img](phi, s) = P[g(img)](theta, s)
+_FORWARD_T = (
+    lambda a: a,  # phi = theta
+    lambda a: a.T,  # phi = pi/2 - theta
+    lambda a: a[:, ::-1],  # phi = pi - theta
+    lambda a: np.rot90(a),  # phi = pi/2 + theta
+)
+_ADJOINT_T = (
+    lambda a: a,
+    lambda a: a.T,
+    lambda a: a[:, ::-1],
+    lambda a: np.rot90(a, -1),
+)
+
+
+def _pad_square(img: np.ndarray, fill: float = 0.0):
+    h, w = img.shape
+    n = max(h, w)
+    if h == w:
+        return img, (slice(0, h), slice(0, w))
+    out = np.full((n, n), fill, dtype=img.dtype)
+    r0, c0 = (n - h) // 2, (n - w) // 2
+    out[r0 : r0 + h, c0 : c0 + w] = img
+    return out, (slice(r0, r0 + h), slice(c0, c0 + w))
+
+
+def project(image2d, pixel_mm: float = 1.0, n_angles=None) -> np.ndarray:
+    """Parallel-beam line integrals of a square image (values x mm), shape (n_views, n_det).
+
+    Views are ``theta_j = (j + 1/2) pi / n_views`` in a fixed but *permuted* order (the order does not
+    matter to :func:`fbp`, which inverts exactly this layout).
+    """
+    img = _check_2d(image2d)
+    if img.shape[0] != img.shape[1]:
+        raise ValueError(f"project needs a square image, got {img.shape}")
+    n = img.shape[0]
+    m = _n_views(n_angles, n)
+    AT, n_det = _projector(n, m)
+    X = np.stack([g(img).ravel() for g in _FORWARD_T], axis=1).astype(np.float32)
+    P = AT.T @ X  # (q * n_det, 4)
+    q = m // 4
+    return (P.T.reshape(4 * q, n_det) * pixel_mm).astype(np.float64)
+
+
+def _filter_kernel(n_det: int, window: str) -> np.ndarray:
+    """Frequency response (length of the padded FFT) of the discrete ramp filter, optional window.
+
+    The ramp is built from the band-limited spatial kernel (h[0] = 1/4, h[odd k] = -1/(pi k)^2), as
+    Kak & Slaney, which avoids the DC offset of a sampled |f|.  Units: multiply by 1/pixel_mm.
+    """
+    size = max(64, int(2 ** math.ceil(math.log2(2 * n_det))))
+    k = np.concatenate([np.arange(1, size // 2 + 1, 2), np.arange(size // 2 - 1, 0, -2)])
+    h = np.zeros(size)
+    h[0] = 0.25
+    h[1::2] = -1.0 / (np.pi * k) ** 2
+    ramp = np.real(np.fft.fft(h))
+    if window == "ramp":
+        return ramp
+    if window == "hann":
+        f = np.fft.fftfreq(size)  # cycles / sample, |f| <= 0.5
+        return ramp * (0.5 + 0.5 * np.cos(2 * np.pi * f))
+    raise ValueError(f"unknown filter window {window!r}; use 'ramp' or 'hann'")
+
+
+def fbp(sinogram, size: int, pixel_mm: float = 1.0, window: str = "ramp") -> np.ndarray:
+    """Filtered back-projection of a sinogram laid out as :func:`project` returns it.
+
+    ``size`` is the side of the square grid the sinogram came from.  Gives an image in
+    (sinogram units) / mm.
+    """
+    sino = np.asarray(sinogram, dtype=np.float64)
+    if sino.ndim != 2:
+        raise ValueError(f"sinogram must be 2-D, got shape {sino.shape}")
+    m, n_det = sino.shape
+    if m % 4:
+        raise ValueError(f"sinogram must have a multiple of 4 views, got {m}")
+    n = int(size)
+    AT, n_det_expected = _projector(n, m)
+    if n_det != n_det_expected:
+        raise ValueError(f"sinogram has {n_det} detector bins; a {n}x{n} grid needs {n_det_expected}")
+    H = _filter_kernel(n_det, window)
+    size = H.shape[0]
+    F = np.fft.rfft(sino, n=size, axis=1)
+    filt = np.fft.irfft(F * H[: size // 2 + 1], n=size, axis=1)[:, :n_det] / pixel_mm
+    q = m // 4
+    Q = np.ascontiguousarray(filt.reshape(4, q * n_det).T, dtype=np.float32)
+    B = AT @ Q  # (n*n, 4)
+    out = np.zeros((n, n), dtype=np.float64)
+    for i, g in enumerate(_ADJOINT_T):
+        out += g(B[:, i].reshape(n, n))
+    return out * (np.pi / m)
+
+
+# ------------------------------------------------------------------------------------------- CT
+def ct_low_dose(
+    hu2d,
+    dose_fraction,
+    rng,
+    *,
+    pixel_mm: float = 1.0,
+    i0: float = CT_DEFAULT_I0,
+    n_angles=None,
+) -> np.ndarray:
+    """Low-dose CT slice (HU, float32): the input plus the extra noise of dose fraction ``d``.
+
+    HU -> mu = 0.0192/mm * (1 + HU/1000), clipped at 0; parallel-beam line integrals ``p`` (mm, via
+    ``pixel_mm``); expected full-dose counts ``lam = I0 exp(-p)`` where ``I0 = i0 * pixel_mm *
+    CT_REFERENCE_VIEWS / n_views`` photons per detector bin per view (``i0``: photons per 1 mm bin per
+    view of a 1000-view rotation, so the dose is the same whatever ``n_angles``); counts
+    ``N ~ Poisson(lam)``, ``N_d ~ Binomial(N, d)``; noise sinogram
+    ``-log(max(N_d,1)/(d I0)) + log(max(N,1)/I0)`` with variance ``(1/d - 1) exp(p) / I0``; ramp-filtered
+    back-projection of the noise only, converted to HU (x 1000 / 0.0192) and added to the input.
+    Dose 1 returns the input unchanged.  ``n_angles`` (default ``min(size, 256)``, rounded up to a
+    multiple of 4) sets the simulated views.  Non-square slices are padded with air.
+    """
+    hu = _check_2d(hu2d, "hu2d")
+    d = _check_dose(dose_fraction)
+    rng = _check_rng(rng)
+    pixel_mm = _check_positive(pixel_mm, "pixel_mm")
+    i0 = _check_positive(i0, "i0")
+    if d == 1.0:
+        return hu.astype(np.float32)
+    mu = np.clip(MU_WATER_PER_MM * (1.0 + hu / 1000.0), 0.0, None)
+    mu_sq, crop = _pad_square(mu, 0.0)
+    n = mu_sq.shape[0]
+    m = _n_views(n_angles, n)
+    p = project(mu_sq, pixel_mm, m)
+    i0_bin = i0 * pixel_mm * CT_REFERENCE_VIEWS / m
+    lam = i0_bin * np.exp(-p)
+    n_full = rng.poisson(lam)
+    n_low = rng.binomial(n_full, d)
+    noise = np.log(np.maximum(n_full, 1) / i0_bin) - np.log(np.maximum(n_low, 1) / (d * i0_bin))
+    noise_mu = fbp(noise, n, pixel_mm, "ramp")[crop]
+    return (hu + noise_mu * (1000.0 / MU_WATER_PER_MM)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------ PET
+def pet_low_count(
+    suv2d,
+    dose_fraction,
+    rng,
+    *,
+    pixel_mm: float = 2.0,
+    total_counts=None,
+    n_angles=None,
+) -> np.ndarray:
+    """Low-count PET slice (SUV, float32, >= 0): the input plus the extra noise of dose fraction ``d``.
+
+    The activity (negative values treated as 0) is projected; the full-dose expected counts are
+    scaled to ``total_counts`` for the slice (default: :data:`PET_COUNTS_PER_SUV_CM2` x the slice's
+    activity in SUV cm², about 2e6 for a brain or body slice), shared over the simulated views;
+    counts ``N ~ Poisson(lam)``, ``N_d ~ Binomial(N, d)`` (Poisson thinning); the noise ``N_d/d - N``
+    (variance ``(1/d - 1) lam``) is converted back to activity units, reconstructed by FBP with a
+    Hann-windowed ramp, added to the input and the result clipped at 0.  Dose 1 returns the input
+    (clipped at 0).  Attenuation, scatter and randoms are not modelled.
+    """
+    suv = _check_2d(suv2d, "suv2d")
+    d = _check_dose(dose_fraction)
+    rng = _check_rng(rng)
+    pixel_mm = _check_positive(pixel_mm, "pixel_mm")
+    act = np.clip(suv, 0.0, None)
+    if total_counts is None:
+        total = PET_COUNTS_PER_SUV_CM2 * act.sum() * pixel_mm**2 / 100.0
+    else:
+        total = _check_positive(total_counts, "total_counts")
+    if d == 1.0 or total <= 0 or act.sum() <= 0:
+        return np.clip(suv, 0.0, None).astype(np.float32)
+    act_sq, crop = _pad_square(act, 0.0)
+    n = act_sq.shape[0]
+    m = _n_views(n_angles, n)
+    p = np.clip(project(act_sq, pixel_mm, m), 0.0, None)  # SUV x mm
+    per_view = p.sum(axis=1, keepdims=True)  # same in every view up to interpolation rounding
+    scale = (total / m) / per_view.mean()  # counts per (SUV x mm)
+    lam = p * scale
+    n_full = rng.poisson(lam)
+    n_low = rng.binomial(n_full, d)
+    noise_p = (n_low / d - n_full) / scale  # SUV x mm
+    noise = fbp(noise_p, n, pixel_mm, "hann")[crop]
+    return np.clip(suv + noise, 0.0, None).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------- volumes
+def slice_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator :func:`degrade_volume` uses for slice ``index`` (independent streams per slice)."""
+    if isinstance(seed, bool) or int(seed) != seed or int(seed) < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
+
+
+def degrade_slice(image2d, task: str, level, rng, *, pixel_mm: float = 1.0, **kw) -> np.ndarray:
+    """Apply the degradation of ``task`` to one 2-D slice (``level``: factor or dose fraction)."""
+    if task == "mri-sr":
+        if kw:
+            raise ValueError(f"mri-sr takes no extra options, got {sorted(kw)}")
+        return mri_truncate(image2d, level)
+    if task == "ct-denoise":
+        return ct_low_dose(image2d, level, rng, pixel_mm=pixel_mm, **kw)
+    if task == "pet-synthesis":
+        return pet_low_count(image2d, level, rng, pixel_mm=pixel_mm, **kw)
+    raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def degrade_volume(array, task: str, level=None, *, slice_axis: int = 2, spacing_mm=(1.0, 1.0, 1.0), seed: int = 0, **kw) -> np.ndarray:
+    """Degrade a 2-D or 3-D image slice by slice along ``slice_axis`` (float32, same shape).
+
+    ``level`` is the k-space factor for ``mri-sr`` and the dose fraction otherwise (default
+    :data:`DEFAULT_LEVEL`).  Slice ``i`` uses ``slice_rng(seed, i)``, so a slice's result does not
+    depend on which other slices are degraded with it.  The pixel size is the mean of the two
+    in-plane spacings.  Extra keywords go to the slice function (``i0``, ``n_angles``, ``total_counts``).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if level is None:
+        level = DEFAULT_LEVEL[task]
+    if task == "mri-sr":
+        _check_factor(level)
+    else:
+        _check_dose(level)
+    arr = np.asarray(array)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"array must be 2-D or 3-D, got shape {arr.shape}")
+    spacing = tuple(float(s) for s in np.atleast_1d(spacing_mm))
+    if arr.ndim == 2:
+        if len(spacing) < 2:
+            raise ValueError(f"spacing_mm needs at least 2 values for a 2-D image, got {spacing_mm!r}")
+        pix = float(np.mean(spacing[:2]))
+        _check_positive(pix, "spacing_mm")
+        return degrade_slice(arr, task, level, slice_rng(seed, 0), pixel_mm=pix, **kw)
+    if len(spacing) != 3:
+        raise ValueError(f"spacing_mm needs 3 values for a 3-D image, got {spacing_mm!r}")
+    if isinstance(slice_axis, bool) or int(slice_axis) != slice_axis or not -3 <= int(slice_axis) < 3:
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis!r}")
+    ax = int(slice_axis) % 3
+    inplane = [spacing[i] for i in range(3) if i != ax]
+    if min(inplane) <= 0:
+        raise ValueError(f"spacing_mm must be positive, got {spacing_mm!r}")
+    pix = float(np.mean(inplane))
+    moved = np.moveaxis(arr, ax, 0)
+    out = np.empty(moved.shape, dtype=np.float32)
+    for i in range(moved.shape[0]):
+        out[i] = degrade_slice(moved[i], task, level, slice_rng(seed, i), pixel_mm=pix, **kw)
+    return np.moveaxis(out, 0, ax)

@@ -1,0 +1,551 @@
+"""Medical images in and out: NIfTI, MetaImage/NRRD and DICOM as one ``Volume``.
+
+Arrays are float32 in physical units, indexed (I, J, K) in NIfTI voxel order, with a 4x4 RAS+
+voxel-to-world affine. The reader keeps in ``meta`` what the writer needs to rebuild the header,
+so geometry makes a round trip by construction (nnU-Net style). No torch here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from amir_cli.errors import BadInputError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+MIN_INPLANE = 16  # smallest in-plane size the network can take (pixel-unshuffle levels)
+MAX_INPLANE = 8192  # largest in-plane size accepted (header checked before pixel data is read)
+MAX_VOXELS = 2**31
+
+
+@dataclass
+class Volume:
+    """One image: pixels in physical units plus the geometry and header needed to write it back."""
+
+    array: np.ndarray  # float32, (I, J, K); a 2-D image is (I, J, 1)
+    affine: np.ndarray  # 4x4 voxel -> world (RAS+, mm), float64
+    modality: str | None = None  # 'CT', 'MR', 'PT' or None
+    unit: str = "arbitrary"  # 'HU', 'SUV', 'arbitrary'
+    source_format: str = "nifti"  # 'nifti', 'itk', 'dicom'
+    source_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+    slice_axis: int = 2  # acquisition axis along which 2-D slices are taken
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array, dtype=np.float32)
+        if self.array.ndim == 2:
+            self.array = self.array[:, :, None]
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume.array must be 2-D or 3-D, got shape {self.array.shape}")
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise ValueError(f"Volume.affine must be 4x4, got {self.affine.shape}")
+        self.source_dtype = np.dtype(self.source_dtype)
+        if self.slice_axis not in (0, 1, 2):
+            raise ValueError(f"Volume.slice_axis must be 0, 1 or 2, got {self.slice_axis}")
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size along I, J, K in mm (norms of the affine's columns)."""
+        s = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(s[0]), float(s[1]), float(s[2]))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
+
+    def with_array(self, array: np.ndarray, affine: np.ndarray | None = None) -> "Volume":
+        """A copy with new pixels (physical units) and optionally a new affine (e.g. after --scale)."""
+        return dataclasses.replace(
+            self,
+            array=np.asarray(array, dtype=np.float32),
+            affine=self.affine.copy() if affine is None else np.asarray(affine, dtype=np.float64),
+            meta=dict(self.meta),
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# LPS <-> RAS: the one place where the convention changes.
+
+
+def ras_from_lps(x: np.ndarray) -> np.ndarray:
+    """Flip the sign of the first two world axes (x, y): LPS (DICOM, ITK) <-> RAS (NIfTI).
+
+    The flip is its own inverse, so this single function serves both directions. Takes a 4x4
+    voxel->world affine (flips its world rows) or points / vectors of shape (..., 3).
+    """
+    x = np.array(x, dtype=np.float64)
+    if x.shape == (4, 4):
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ x
+    if x.shape[-1] != 3:
+        raise ValueError(f"expected a 4x4 affine or (..., 3) points, got shape {x.shape}")
+    x[..., :2] *= -1.0
+    return x
+
+
+lps_from_ras = ras_from_lps
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared with dicom.py
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line (no tracebacks, no newlines) for user messages."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def image_suffix(path: str | Path) -> str:
+    """'.nii.gz', '.nii', '.mha', '.mhd', '.nrrd' or '' (case-insensitive)."""
+    name = Path(path).name.lower()
+    for s in IMAGE_SUFFIXES:
+        if name.endswith(s):
+            return s
+    return ""
+
+
+def stem(path: str | Path) -> str:
+    """File name without its image suffix (``ct.nii.gz`` -> ``ct``)."""
+    p = Path(path)
+    s = image_suffix(p)
+    return p.name[: len(p.name) - len(s)] if s else p.name
+
+
+def choose_slice_axis(shape: tuple[int, ...], spacing: tuple[float, ...], hint: int | None = None) -> int:
+    """Acquisition axis: a header hint if given, else the only axis of size 1, else the axis with
+    the coarsest spacing (ties -> 2)."""
+    if hint in (0, 1, 2):
+        return int(hint)
+    singles = [a for a in range(3) if shape[a] == 1]
+    if len(singles) == 1:
+        return singles[0]
+    top = max(spacing)
+    tied = [a for a in range(3) if spacing[a] >= top * (1 - 1e-3)]
+    return 2 if 2 in tied else tied[-1]
+
+
+def check_dimensions(shape: tuple[int, ...], slice_axis: int, what: str) -> None:
+    """Reject images too small or absurdly large for restoration (before reading pixel data)."""
+    inplane = [int(shape[a]) for a in range(3) if a != slice_axis]
+    if min(inplane) < MIN_INPLANE:
+        raise BadInputError(
+            f"{what}: image is {inplane[0]}x{inplane[1]} in-plane; at least {MIN_INPLANE}x{MIN_INPLANE} is needed"
+        )
+    if max(inplane) > MAX_INPLANE:
+        raise BadInputError(
+            f"{what}: header claims {inplane[0]}x{inplane[1]} pixels in-plane; "
+            f"at most {MAX_INPLANE} per axis is accepted"
+        )
+    n = int(np.prod([int(s) for s in shape], dtype=np.int64))
+    if n > MAX_VOXELS:
+        raise BadInputError(f"{what}: header claims {n} voxels; at most {MAX_VOXELS} are accepted")
+
+
+def check_pixels(array: np.ndarray, what: str) -> None:
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise BadInputError(f"{what}: image contains {int(bad.sum())} NaN or infinite voxels")
+
+
+def check_affine(affine: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise BadInputError(f"{what}: invalid geometry (singular or non-finite voxel-to-world matrix)")
+
+
+def _integer_dtype_for(lo: float, hi: float, preferred: np.dtype) -> np.dtype:
+    """``preferred`` if [lo, hi] fits it, else the smallest of int16/int32 that does."""
+    for dt in (np.dtype(preferred), np.dtype(np.int16), np.dtype(np.int32)):
+        if dt.kind in "iu":
+            info = np.iinfo(dt)
+            if lo >= info.min and hi <= info.max:
+                return dt
+    return np.dtype(np.int32)
+
+
+def output_dtype(volume: Volume) -> np.dtype:
+    """Data type for NIfTI/ITK output: integer sources with integer physical values keep an
+    integer type (CT stays integer HU); everything else is float32."""
+    dt = volume.meta.get("output_dtype")
+    if dt is not None:
+        return np.dtype(dt)
+    if volume.source_dtype.kind in "iu":
+        return volume.source_dtype
+    return np.dtype(np.float32)
+
+
+def to_dtype(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip to an integer type's range, or cast to float32."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(array), info.min, info.max).astype(dtype)
+    return np.asarray(array, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def read_image(path: str | Path) -> Volume:
+    """Read NIfTI, MetaImage/NRRD, one DICOM file or a folder holding one DICOM series."""
+    from amir_cli.imaging import dicom
+
+    p = Path(path)
+    if not p.exists():
+        raise BadInputError(f"{p}: no such file or folder")
+    if p.is_dir():
+        if image_suffix(p) or p.suffix.lower() in dicom.DICOM_SUFFIXES:
+            raise BadInputError(f"{p}: is a folder, not an image file")
+        return dicom.read_series_folder(p)
+    if not os.access(p, os.R_OK):
+        raise BadInputError(f"{p}: file is not readable (permission denied)")
+    suffix = image_suffix(p)
+    if suffix in NIFTI_SUFFIXES:
+        return _read_nifti(p)
+    if suffix in ITK_SUFFIXES:
+        return _read_itk(p)
+    if dicom.is_dicom_file(p) or p.suffix.lower() in dicom.DICOM_SUFFIXES:
+        return dicom.read_dicom_file(p)
+    raise BadInputError(
+        f"{p}: unknown image format (expected .nii, .nii.gz, .mha, .mhd, .nrrd, a DICOM file or a DICOM series folder)"
+    )
+
+
+def _squeeze_trailing(shape: tuple[int, ...], what: str) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) > 3:
+        raise BadInputError(
+            f"{what}: {len(shape)}-D image of shape {'x'.join(map(str, shape))}; only 2-D and 3-D images are supported"
+        )
+    if len(shape) < 2:
+        raise BadInputError(f"{what}: {len(shape)}-D image; only 2-D and 3-D images are supported")
+    return shape + (1,) * (3 - len(shape))
+
+
+def _read_nifti(p: Path) -> Volume:
+    import nibabel as nib
+
+    what = str(p)
+    try:
+        img = nib.load(str(p))
+    except Exception as exc:
+        raise BadInputError(f"{what}: not a readable NIfTI file ({one_line(exc)})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise BadInputError(f"{what}: not a NIfTI image")
+    hdr = img.header
+    dtype = img.get_data_dtype()
+    if dtype.names is not None or dtype.kind not in "iuf":
+        raise BadInputError(f"{what}: unsupported voxel type {dtype} (RGB/complex images are not supported)")
+    shape3 = _squeeze_trailing(img.shape, what)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    check_affine(affine, what)
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    slice_hint = hdr.get_dim_info()[2] if hasattr(hdr, "get_dim_info") else None
+    slice_axis = choose_slice_axis(shape3, spacing, slice_hint)
+    check_dimensions(shape3, slice_axis, what)
+    try:
+        data = img.get_fdata(dtype=np.float32)
+    except Exception as exc:
+        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({one_line(exc)})") from None
+    data = np.asarray(data, dtype=np.float32).reshape(shape3)
+    check_pixels(data, what)
+
+    slope, inter = img.dataobj.slope, img.dataobj.inter
+    scaled = not (slope in (1.0,) and inter in (0.0,))
+    descrip = hdr["descrip"].tobytes().split(b"\x00")[0].decode("latin-1", "replace").strip()
+    meta = {
+        "source_path": str(p.resolve()),
+        "nifti_header": hdr.copy(),
+        "nifti_scaled": bool(scaled and dtype.kind in "iu"),
+        "qform_code": int(hdr["qform_code"]),
+        "sform_code": int(hdr["sform_code"]),
+        "description": descrip,
+        "intent_name": hdr["intent_name"].tobytes().split(b"\x00")[0].decode("latin-1", "replace"),
+        "aux_file": hdr["aux_file"].tobytes().split(b"\x00")[0].decode("latin-1", "replace"),
+    }
+    if dtype.kind in "iu" and not meta["nifti_scaled"]:
+        meta["output_dtype"] = np.dtype(dtype)
+    elif dtype.kind == "f":
+        meta["output_dtype"] = np.dtype(np.float32)
+    return Volume(
+        array=data,
+        affine=affine,
+        modality=None,
+        unit="arbitrary",
+        source_format="nifti",
+        source_dtype=np.dtype(dtype),
+        slice_axis=slice_axis,
+        meta=meta,
+    )
+
+
+def _itk_affine(spacing, origin, direction, dim: int) -> np.ndarray:
+    """RAS affine from ITK's LPS spacing/origin/direction (2-D images get a unit third axis)."""
+    d = np.eye(3)
+    s = np.ones(3)
+    o = np.zeros(3)
+    d[:dim, :dim] = np.asarray(direction, dtype=np.float64).reshape(dim, dim)
+    s[:dim] = spacing
+    o[:dim] = origin
+    lps = np.eye(4)
+    lps[:3, :3] = d * s[None, :]
+    lps[:3, 3] = o
+    return ras_from_lps(lps)
+
+
+def _read_itk(p: Path) -> Volume:
+    import SimpleITK as sitk
+
+    what = str(p)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except Exception as exc:
+        raise BadInputError(f"{what}: not a readable MetaImage/NRRD file ({one_line(exc)})") from None
+    dim = reader.GetDimension()
+    size = tuple(int(s) for s in reader.GetSize())
+    if reader.GetNumberOfComponents() != 1:
+        raise BadInputError(
+            f"{what}: {reader.GetNumberOfComponents()} components per voxel; only scalar images are supported"
+        )
+    if dim > 3:
+        _squeeze_trailing(size, what)  # raises for a real 4-D image
+        raise BadInputError(f"{what}: {dim}-D image; only 2-D and 3-D images are supported")
+    if dim < 2:
+        raise BadInputError(f"{what}: {dim}-D image; only 2-D and 3-D images are supported")
+    shape3 = size + (1,) * (3 - dim)
+    affine = _itk_affine(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), dim)
+    check_affine(affine, what)
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    slice_axis = choose_slice_axis(shape3, spacing)
+    check_dimensions(shape3, slice_axis, what)
+    try:
+        img = reader.Execute()
+        raw = sitk.GetArrayFromImage(img)  # (z, y, x)
+    except Exception as exc:
+        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({one_line(exc)})") from None
+    dtype = raw.dtype
+    if dtype.kind not in "iuf":
+        raise BadInputError(f"{what}: unsupported voxel type {dtype}")
+    data = np.ascontiguousarray(raw.T, dtype=np.float32).reshape(shape3)
+    check_pixels(data, what)
+    itk_meta = {k: img.GetMetaData(k) for k in img.GetMetaDataKeys()}
+    modality = None
+    mod_text = itk_meta.get("Modality", "").upper()
+    for key, mod in (("CT", "CT"), ("MR", "MR"), ("PET", "PT"), ("PT", "PT")):
+        if key in mod_text:
+            modality = mod
+            break
+    return Volume(
+        array=data,
+        affine=affine,
+        modality=modality,
+        unit="HU" if modality == "CT" else "arbitrary",
+        source_format="itk",
+        source_dtype=np.dtype(dtype),
+        slice_axis=slice_axis,
+        meta={
+            "source_path": str(p.resolve()),
+            "itk_metadata": itk_meta,
+            "itk_dimension": dim,
+            "output_dtype": np.dtype(dtype) if dtype.kind in "iu" else np.dtype(np.float32),
+            "description": itk_meta.get("descrip", ""),
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# batch discovery
+
+
+def list_cases(folder: str | Path) -> list[Path]:
+    """Cases in an input folder: ``[folder]`` if it directly holds one DICOM series, else its image
+    files (.nii, .nii.gz, .mha, .mhd, .nrrd) and the DICOM series folders below it, sorted."""
+    from amir_cli.imaging import dicom
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise BadInputError(f"{root}: not a folder")
+    if dicom.folder_dicom_files(root):
+        dicom.group_series(root)  # raises for several series, listing them
+        return [root]
+    cases: list[Path] = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and image_suffix(entry):
+            cases.append(entry)
+        elif entry.is_dir():
+            cases.extend(_dicom_folders(entry, depth=4))
+    if not cases:
+        raise BadInputError(
+            f"{root}: no images found (expected .nii, .nii.gz, .mha, .mhd, .nrrd files or DICOM series folders)"
+        )
+    return cases
+
+
+def _dicom_folders(folder: Path, depth: int) -> list[Path]:
+    from amir_cli.imaging import dicom
+
+    if dicom.folder_dicom_files(folder):
+        return [folder]
+    found: list[Path] = []
+    if depth > 0:
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir() and not entry.name.startswith("."):
+                found.extend(_dicom_folders(entry, depth - 1))
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# writing
+
+
+def _check_destination(path: Path, volume: Volume, reference: Volume | None) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInputError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise BadInputError(f"{path}: output folder {parent} is not writable")
+    for v in (volume, reference):
+        src = v.meta.get("source_path") if v is not None else None
+        if src and os.path.realpath(src) == os.path.realpath(path):
+            raise BadInputError(f"{path}: refusing to overwrite the input image")
+    check_pixels(volume.array, str(path))
+
+
+def write_image(volume: Volume, path: str | Path, *, reference: Volume | None = None, description: str = "") -> Path:
+    """Write ``volume`` atomically; the format follows the path (.nii/.nii.gz, .mha/.mhd/.nrrd, or a
+    folder name for a DICOM derived series when the source is DICOM). Header fields, data type
+    family and DICOM tags come from ``reference`` (default: the volume itself). Returns the path."""
+    from amir_cli.imaging import dicom
+
+    p = Path(path)
+    ref = reference if reference is not None else volume
+    _check_destination(p, volume, reference)
+    suffix = image_suffix(p)
+    if suffix in NIFTI_SUFFIXES:
+        return _atomic_file(p, lambda tmp: _write_nifti(volume, ref, tmp, description))
+    if suffix in ITK_SUFFIXES:
+        return _write_itk_atomic(volume, ref, p)
+    if ref.source_format == "dicom" and "dicom_datasets" in ref.meta:
+        if p.suffix.lower() in dicom.DICOM_SUFFIXES:
+            return dicom.write_dicom_file(volume, ref, p, description)
+        return dicom.write_dicom_series(volume, ref, p, description)
+    raise BadInputError(
+        f"{p}: cannot tell the output format; use .nii, .nii.gz, .mha, .mhd or .nrrd "
+        "(a DICOM series folder needs a DICOM input)"
+    )
+
+
+def _tmp_name(dest: Path, suffix: str = "") -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + suffix, dir=dest.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def _atomic_file(dest: Path, write) -> Path:
+    """Run ``write(tmp_path)`` on a temp file beside ``dest`` then rename it into place."""
+    tmp = _tmp_name(dest, image_suffix(dest))
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, (BadInputError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise BadInputError(f"{dest}: cannot write ({one_line(exc)})") from None
+    return dest
+
+
+def replace_dir(tmp_dir: Path, dest: Path) -> None:
+    """Move a fully written temp folder onto ``dest`` (replacing an existing one last-moment)."""
+    if dest.exists() or dest.is_symlink():
+        backup = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        backup.rmdir()
+        os.replace(dest, backup)
+        try:
+            os.replace(tmp_dir, dest)
+        except BaseException:
+            os.replace(backup, dest)
+            raise
+        if backup.is_dir() and not backup.is_symlink():
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            backup.unlink(missing_ok=True)
+    else:
+        os.replace(tmp_dir, dest)
+
+
+def _write_nifti(volume: Volume, ref: Volume, tmp: Path, description: str) -> None:
+    import nibabel as nib
+
+    src_hdr = ref.meta.get("nifti_header")
+    hdr = src_hdr.copy() if src_hdr is not None and ref.source_format == "nifti" else nib.Nifti1Header()
+    if not isinstance(hdr, nib.Nifti1Header):
+        hdr = nib.Nifti1Header.from_header(hdr)
+    if ref.source_format != "nifti":
+        hdr.set_xyzt_units("mm", "sec")
+    affine = volume.affine
+    qcode = int(ref.meta.get("qform_code", 0) or 0) or 1
+    scode = int(ref.meta.get("sform_code", 0) or 0) or 1
+    if ref.meta.get("nifti_scaled"):
+        # integer storage with a scale factor: let nibabel choose slope/intercept for that type
+        data = np.asarray(volume.array, dtype=np.float32)
+        hdr.set_data_dtype(ref.source_dtype)
+        img = nib.Nifti1Image(data, affine, header=hdr)
+    else:
+        data = to_dtype(volume.array, output_dtype(ref))
+        hdr.set_data_dtype(data.dtype)
+        img = nib.Nifti1Image(data, affine, header=hdr)
+        img.header.set_slope_inter(1.0, 0.0)
+    img.set_qform(affine, code=qcode)
+    img.set_sform(affine, code=scode)
+    if description:
+        img.header["descrip"] = description.encode("latin-1", "replace")[:79]
+    # temp file keeps the final suffix, so nibabel compresses exactly when the destination is .gz
+    nib.save(img, str(tmp))
+
+
+def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
+    """.mha/.nrrd are one file; .mhd has a data file beside it: write both into a temp folder with
+    the final names, then move the data file and the header (last) into place."""
+    import SimpleITK as sitk
+
+    data = to_dtype(volume.array, output_dtype(ref))
+    img = sitk.GetImageFromArray(np.ascontiguousarray(data.T))  # (I,J,K) -> ITK (z,y,x) buffer
+    lps = ras_from_lps(volume.affine)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    img.SetSpacing([float(s) for s in spacing])
+    img.SetOrigin([float(o) for o in lps[:3, 3]])
+    img.SetDirection([float(d) for d in (lps[:3, :3] / spacing[None, :]).ravel()])
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        target = tmp_dir / dest.name
+        sitk.WriteImage(img, str(target), useCompression=image_suffix(dest) != ".mha")
+        header_moved = False
+        for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dest.name):
+            os.replace(f, dest.parent / f.name)
+            header_moved = header_moved or f.name == dest.name
+        if not header_moved:
+            raise OSError("SimpleITK wrote no file")
+    except BaseException as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if isinstance(exc, (BadInputError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise BadInputError(f"{dest}: cannot write ({one_line(exc)})") from None
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    return dest

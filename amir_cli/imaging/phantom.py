@@ -1,0 +1,133 @@
+"""Simulated FDG-like PET ground truth built from anatomy (no registry ships a real PET volume).
+
+Activity in SUV: grey matter ``gm_suv`` (8) and white matter ``wm_suv`` (2) weighted by their
+tissue probabilities (so GM is about 4x WM, CSF near 0), low uptake in a scalp shell outside the
+brain, a few small hot spherical lesions inside the brain, then a Gaussian blur to the scanner
+resolution (``fwhm_mm``, 4.5 mm).  Everything made from it must be labelled :data:`SIMULATED_NOTE`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+SIMULATED_NOTE = "PET figures come from simulated FDG-like activity built from ICBM152 tissue maps"
+
+ICBM_GM = "icbm152_2009a_gm.nii.gz"
+ICBM_WM = "icbm152_2009a_wm.nii.gz"
+
+
+def _prob_map(a, name) -> np.ndarray:
+    arr = np.asarray(a)
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    mx = arr.max() if arr.size else 0.0
+    if arr.min(initial=0.0) < 0:
+        raise ValueError(f"{name} must be a probability map (>= 0), got minimum {arr.min()}")
+    if mx > 1.0:  # uint8-style 0..255 maps (or 0..100 %): scale to 0..1
+        arr = arr / (255.0 if mx <= 255 else mx)
+    return arr
+
+
+def fdg_activity_from_tissue(
+    gm,
+    wm,
+    spacing_mm,
+    rng,
+    *,
+    gm_suv: float = 8.0,
+    wm_suv: float = 2.0,
+    scalp_suv: float = 0.6,
+    n_lesions: int = 3,
+    lesion_suv: tuple[float, float] = (10.0, 15.0),
+    lesion_radius_mm: tuple[float, float] = (4.0, 7.0),
+    fwhm_mm: float = 4.5,
+    return_lesions: bool = False,
+):
+    """FDG-like activity (SUV, float32, same shape as ``gm``) from grey/white matter probability maps.
+
+    ``gm``/``wm``: probabilities in 0..1 (maps with values above 1, such as the uint8 ICBM152 maps,
+    are divided by 255).  Activity = ``gm_suv * gm + wm_suv * wm`` (CSF and other tissue 0), plus
+    ``scalp_suv`` in a shell 6-12 mm outside the brain, plus ``n_lesions`` uniform spheres (SUV drawn
+    from ``lesion_suv``, radius from ``lesion_radius_mm``) centred in voxels that are mostly brain;
+    then a Gaussian blur of ``fwhm_mm`` (0 for none; sigma per axis from ``spacing_mm``).
+    With ``return_lesions=True`` returns ``(suv, lesions)``, each lesion a dict with ``center``
+    (voxel indices), ``radius_mm`` and ``suv``.
+    """
+    g = _prob_map(gm, "gm")
+    w = _prob_map(wm, "wm")
+    if g.shape != w.shape:
+        raise ValueError(f"gm and wm shapes differ: {g.shape} vs {w.shape}")
+    if g.ndim not in (2, 3):
+        raise ValueError(f"tissue maps must be 2-D or 3-D, got shape {g.shape}")
+    spacing = np.atleast_1d(np.asarray(spacing_mm, dtype=np.float64))
+    if spacing.size == 1:
+        spacing = np.repeat(spacing, g.ndim)
+    if spacing.size != g.ndim or np.any(~np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ValueError(f"spacing_mm must hold {g.ndim} positive values, got {spacing_mm!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    for name, v in (("gm_suv", gm_suv), ("wm_suv", wm_suv), ("scalp_suv", scalp_suv), ("fwhm_mm", fwhm_mm)):
+        if not math.isfinite(float(v)) or float(v) < 0:
+            raise ValueError(f"{name} must be a non-negative number, got {v!r}")
+    if isinstance(n_lesions, bool) or int(n_lesions) != n_lesions or n_lesions < 0:
+        raise ValueError(f"n_lesions must be a non-negative integer, got {n_lesions!r}")
+    lo_s, hi_s = (float(v) for v in lesion_suv)
+    lo_r, hi_r = (float(v) for v in lesion_radius_mm)
+    if not (0 <= lo_s <= hi_s) or not (0 < lo_r <= hi_r):
+        raise ValueError(f"bad lesion ranges: suv {lesion_suv!r}, radius_mm {lesion_radius_mm!r}")
+
+    act = gm_suv * g + wm_suv * w
+    brain = ndimage.binary_fill_holes((g + w) > 0.5)
+    if scalp_suv > 0 and brain.any():
+        dist = ndimage.distance_transform_edt(~brain, sampling=spacing)
+        act = act + scalp_suv * ((dist > 6.0) & (dist <= 12.0))
+
+    lesions = []
+    candidates = np.argwhere((g + w) > 0.9)
+    if n_lesions and candidates.size == 0:
+        raise ValueError("no brain voxels (gm + wm > 0.9) to place lesions in")
+    grids = None
+    for _ in range(int(n_lesions)):
+        center = candidates[rng.integers(len(candidates))]
+        radius = float(rng.uniform(lo_r, hi_r))
+        suv = float(rng.uniform(lo_s, hi_s))
+        if grids is None:
+            grids = np.ogrid[tuple(slice(0, n) for n in g.shape)]
+        d2 = sum(((gr - c) * s) ** 2 for gr, c, s in zip(grids, center, spacing))
+        act = np.where(d2 <= radius**2, suv, act)
+        lesions.append({"center": tuple(int(c) for c in center), "radius_mm": radius, "suv": suv})
+
+    if fwhm_mm > 0:
+        sigma = float(fwhm_mm) / (2.0 * math.sqrt(2.0 * math.log(2.0))) / spacing
+        act = ndimage.gaussian_filter(act, sigma=sigma, mode="constant")
+    act = np.clip(act, 0.0, None).astype(np.float32)
+    return (act, lesions) if return_lesions else act
+
+
+def load_icbm_pet(data_dir, rng, **kw):
+    """Simulated FDG PET (SUV, float32) on the ICBM152 2009a grid, and its affine.
+
+    ``data_dir`` is the shared data folder (holding ``mr/``) or the ``mr`` folder itself; reads
+    ``icbm152_2009a_gm.nii.gz`` and ``icbm152_2009a_wm.nii.gz``.  Extra keywords go to
+    :func:`fdg_activity_from_tissue`.
+    """
+    import nibabel as nib
+
+    base = Path(data_dir)
+    for folder in (base / "mr", base):
+        if (folder / ICBM_GM).is_file() and (folder / ICBM_WM).is_file():
+            break
+    else:
+        raise ValueError(f"{ICBM_GM} and {ICBM_WM} not found in {base} or {base / 'mr'}")
+    gm_img = nib.load(str(folder / ICBM_GM))
+    wm_img = nib.load(str(folder / ICBM_WM))
+    spacing = tuple(float(z) for z in gm_img.header.get_zooms()[:3])
+    suv = fdg_activity_from_tissue(np.asanyarray(gm_img.dataobj), np.asanyarray(wm_img.dataobj), spacing, rng, **kw)
+    return suv, gm_img.affine.copy()

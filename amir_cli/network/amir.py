@@ -1,0 +1,89 @@
+"""AMIR: a Restormer U-Net whose paths are chosen per input by task-adaptive routing."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import AmirConfig
+from .restormer import Downsample, PatchEmbed, Upsample, channels_last, stage
+from .routing import ChannelRouting, RoutingInstructionNetwork, SpatialRouting
+
+MULTIPLE = 8  # three 2x downsamplings
+
+
+class AMIR(nn.Module):
+    """Maps a (B, C, H, W) image normalised to [0, 1] to its restored version.
+
+    Training mode returns (image, load_loss), evaluation mode the image. Any H, W >= 9 works: the
+    U-Net runs on a reflect-padded copy and the result is cropped back, while the routing
+    instruction is computed from the unpadded image.
+    """
+
+    def __init__(self, config: AmirConfig = AmirConfig()):
+        super().__init__()
+        self.config = c = config
+        widths = [c.dim, c.dim * 2, c.dim * 4, c.dim * 8]
+        blocks = dict(expansion=c.ffn_expansion_factor, bias=c.bias, layernorm_type=c.layernorm_type)
+
+        self.patch_embed = PatchEmbed(c.in_channels, c.dim)
+        self.dict_generator = RoutingInstructionNetwork(c.in_channels)
+        self.spatial_routing_encoder_level1 = SpatialRouting(widths[0], c.ffn_expansion_factor)
+        self.spatial_routing_encoder_level2 = SpatialRouting(widths[1], c.ffn_expansion_factor)
+        self.spatial_routing_encoder_level3 = SpatialRouting(widths[2], c.ffn_expansion_factor)
+        self.channel_routing_latent = ChannelRouting(widths[3])
+        self.channel_routing_decoder_level3 = ChannelRouting(widths[2])
+        self.channel_routing_decoder_level2 = ChannelRouting(widths[1])
+        self.channel_routing_decoder_level1 = ChannelRouting(widths[1])
+
+        self.encoder_level1 = stage(widths[0], c.num_blocks[0], c.heads[0], **blocks)
+        self.down1_2 = Downsample(widths[0])
+        self.encoder_level2 = stage(widths[1], c.num_blocks[1], c.heads[1], **blocks)
+        self.down2_3 = Downsample(widths[1])
+        self.encoder_level3 = stage(widths[2], c.num_blocks[2], c.heads[2], **blocks)
+        self.down3_4 = Downsample(widths[2])
+        self.latent = stage(widths[3], c.num_blocks[3], c.heads[3], **blocks)
+
+        self.up4_3 = Upsample(widths[3])
+        self.reduce_chan_level3 = nn.Conv2d(widths[3], widths[2], 1, bias=c.bias)
+        self.decoder_level3 = stage(widths[2], c.num_blocks[2], c.heads[2], **blocks)
+        self.up3_2 = Upsample(widths[2])
+        self.reduce_chan_level2 = nn.Conv2d(widths[2], widths[1], 1, bias=c.bias)
+        self.decoder_level2 = stage(widths[1], c.num_blocks[1], c.heads[1], **blocks)
+        self.up2_1 = Upsample(widths[1])  # level 1 of the decoder keeps the doubled width
+        self.decoder_level1 = stage(widths[1], c.num_blocks[0], c.heads[0], **blocks)
+        self.refinement = stage(widths[1], c.num_refinement_blocks, c.heads[0], **blocks)
+        self.output = nn.Conv2d(widths[1], c.out_channels, 3, padding=1, bias=c.bias)
+
+    def instruction(self, image: torch.Tensor) -> torch.Tensor:
+        """The routing instruction, (B, 256), for a batch of images."""
+        return self.dict_generator(image)
+
+    def forward(self, image: torch.Tensor):
+        instruction = self.dict_generator(image)
+        H, W = image.shape[-2:]
+        pad_h, pad_w = -H % MULTIPLE, -W % MULTIPLE
+        x = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else image
+        restored, load_loss = self._unet(x, instruction)
+        restored = restored[..., :H, :W] + image
+        return (restored, load_loss) if self.training else restored
+
+    def _unet(self, image, instruction):
+        x = channels_last(self.patch_embed(image))
+        x, loss1 = self.spatial_routing_encoder_level1(x, instruction)
+        enc1 = self.encoder_level1(x)
+        x, loss2 = self.spatial_routing_encoder_level2(self.down1_2(enc1), instruction)
+        enc2 = self.encoder_level2(x)
+        x, loss3 = self.spatial_routing_encoder_level3(self.down2_3(enc2), instruction)
+        enc3 = self.encoder_level3(x)
+        x = self.channel_routing_latent(self.down3_4(enc3), instruction)
+        x = self.latent(x)
+
+        x = self.reduce_chan_level3(torch.cat([self.up4_3(x), enc3], 1))
+        x = self.decoder_level3(self.channel_routing_decoder_level3(x, instruction))
+        x = self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], 1))
+        x = self.decoder_level2(self.channel_routing_decoder_level2(x, instruction))
+        x = torch.cat([self.up2_1(x), enc1], 1)
+        x = self.decoder_level1(self.channel_routing_decoder_level1(x, instruction))
+        x = self.output(self.refinement(x))
+        return x, loss1 + loss2 + loss3

@@ -1,0 +1,58 @@
+"""Architecture hyperparameters of AMIR and the named configurations."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+ATOM_NUM = 32   # learned atoms in the routing dictionary
+ATOM_DIM = 256  # length of the routing instruction vector
+NUM_EXPERTS = 4
+TOP_K = 2
+
+
+@dataclass(frozen=True)
+class AmirConfig:
+    dim: int = 42
+    num_blocks: tuple[int, int, int, int] = (5, 7, 7, 9)
+    num_refinement_blocks: int = 4
+    heads: tuple[int, int, int, int] = (1, 2, 4, 8)
+    ffn_expansion_factor: float = 2.66
+    bias: bool = False
+    layernorm_type: str = "WithBias"  # or "BiasFree"
+    in_channels: int = 1
+    out_channels: int = 1
+
+    def __post_init__(self):
+        if self.dim < 1 or len(self.num_blocks) != 4 or len(self.heads) != 4:
+            raise ValueError("AmirConfig needs dim >= 1 and four entries in num_blocks and heads")
+        for level, h in enumerate(self.heads):
+            if (self.dim * 2 ** min(level, 3)) % h:
+                raise ValueError(f"level {level + 1} width is not divisible by {h} heads")
+        if self.layernorm_type not in ("WithBias", "BiasFree"):
+            raise ValueError(f"layernorm_type must be WithBias or BiasFree, not {self.layernorm_type!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AmirConfig":
+        d = dict(d)
+        for key in ("num_blocks", "heads"):
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+
+CONFIGS: dict[str, AmirConfig] = {
+    # The published configuration: 23.54 M parameters.
+    "amir": AmirConfig(),
+    # CPU-sized model for the shipped weights.
+    "amir-s": AmirConfig(dim=16, num_blocks=(2, 3, 3, 4), num_refinement_blocks=2),
+    # Test-sized model.
+    "amir-tiny": AmirConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1),
+}
+
+
+def get_config(name: str) -> AmirConfig:
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown configuration {name!r}; known: {', '.join(CONFIGS)}") from None

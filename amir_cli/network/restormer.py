@@ -1,0 +1,156 @@
+"""Restormer building blocks: channel LayerNorm, MDTA attention, GDFN feed-forward, resizing.
+
+Parameter names follow the published AMIR checkpoints so their state_dicts load with strict=True.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Reference mode follows the published computation step by step (hand-written LayerNorm over a
+# (B, HW, C) view, sparse expert dispatch); benchmarks use it to measure the fast path's gain.
+_REFERENCE = {"on": False}
+
+
+def set_reference_mode(on: bool) -> None:
+    """Switch every AMIR module to the published code's computation (slow) or the fast path."""
+    _REFERENCE["on"] = bool(on)
+
+
+def reference_mode() -> bool:
+    return _REFERENCE["on"]
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """NHWC layout for the fast path: depthwise and 1x1 convolutions run several times faster."""
+    return x if _REFERENCE["on"] else x.contiguous(memory_format=torch.channels_last)
+
+
+class _NormBody(nn.Module):
+    """Holds the LayerNorm parameters under the published names (`body.weight`, `body.bias`)."""
+
+    def __init__(self, dim: int, with_bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of a (B, C, H, W) map, eps 1e-5.
+
+    The bias-free variant scales by the standard deviation without removing the mean.
+    """
+
+    def __init__(self, dim: int, layernorm_type: str = "WithBias"):
+        super().__init__()
+        self.with_bias = layernorm_type == "WithBias"
+        self.body = _NormBody(dim, self.with_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.body.weight, self.body.bias
+        if reference_mode():
+            return self._reference(x, w, b)
+        if self.with_bias:
+            y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, eps=1e-5)
+            return y.permute(0, 3, 1, 2)
+        var = x.var(1, keepdim=True, unbiased=False)
+        return x * torch.rsqrt(var + 1e-5) * w.view(1, -1, 1, 1)
+
+    @staticmethod
+    def _reference(x, w, b):
+        B, C, H, W = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        var = t.var(-1, keepdim=True, unbiased=False)
+        if b is None:
+            t = t / torch.sqrt(var + 1e-5) * w
+        else:
+            t = (t - t.mean(-1, keepdim=True)) / torch.sqrt(var + 1e-5) * w + b
+        return t.transpose(1, 2).reshape(B, C, H, W)
+
+
+class GatedDconvFeedForward(nn.Module):
+    """GDFN: 1x1 expansion to two branches, depthwise 3x3, GELU gate, 1x1 projection."""
+
+    def __init__(self, dim: int, expansion: float, bias: bool):
+        super().__init__()
+        hidden = int(dim * expansion)
+        self.project_in = nn.Conv2d(dim, hidden * 2, 1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+        return self.project_out(F.gelu(gate) * value)
+
+
+class TransposedAttention(nn.Module):
+    """MDTA: attention across channels (C x C per head) with a learned temperature per head."""
+
+    def __init__(self, dim: int, num_heads: int, bias: bool):
+        super().__init__()
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv_dwconv(self.qkv(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W).unbind(1)
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        attn = (q @ k.transpose(-2, -1)) * self.temperature
+        out = attn.softmax(dim=-1) @ v
+        return self.project_out(channels_last(out.reshape(B, C, H, W)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, expansion: float, bias: bool, layernorm_type: str):
+        super().__init__()
+        self.norm1 = ChannelLayerNorm(dim, layernorm_type)
+        self.attn = TransposedAttention(dim, num_heads, bias)
+        self.norm2 = ChannelLayerNorm(dim, layernorm_type)
+        self.ffn = GatedDconvFeedForward(dim, expansion, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = channels_last(x)
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """3x3 convolution from image channels to the level-1 width."""
+
+    def __init__(self, in_channels: int, dim: int, bias: bool = False):
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, dim, 3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class Downsample(nn.Module):
+    """Halve the resolution and double the width: 3x3 conv to C/2, pixel-unshuffle by 2."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Upsample(nn.Module):
+    """Double the resolution and halve the width: 3x3 conv to 2C, pixel-shuffle by 2."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(dim, dim * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def stage(dim: int, depth: int, heads: int, expansion: float, bias: bool, layernorm_type: str) -> nn.Sequential:
+    return nn.Sequential(*[TransformerBlock(dim, heads, expansion, bias, layernorm_type) for _ in range(depth)])

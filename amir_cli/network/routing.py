@@ -1,0 +1,169 @@
+"""Task-adaptive routing: the Routing Instruction Network, spatial routing (a per-pixel noisy top-k
+mixture of experts) and channel routing. Parameter names follow the published checkpoints."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ATOM_DIM, ATOM_NUM, NUM_EXPERTS, TOP_K
+from .restormer import reference_mode
+
+_EPS = float(torch.finfo(torch.float64).eps)  # floor before the log, as in the published combine
+_CHUNK = 1 << 16  # pixels routed at once without autograd, to bound inference memory
+
+
+class RoutingInstructionNetwork(nn.Module):
+    """Maps an image to one instruction vector: a softmax mixture of learned dictionary atoms."""
+
+    def __init__(self, in_channels: int, atom_num: int = ATOM_NUM, atom_dim: int = ATOM_DIM, hidden: int = 64):
+        super().__init__()
+        act = lambda: nn.LeakyReLU(0.1, inplace=True)  # noqa: E731
+        self.CondNet = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, stride=3), act(),
+            nn.Conv2d(hidden, hidden, 3, stride=3), act(),
+            nn.Conv2d(hidden, hidden, 1), act(),
+            nn.Conv2d(hidden, hidden, 1), act(),
+            nn.Conv2d(hidden, 32, 1),
+        )
+        self.lastOut = nn.Linear(32, atom_num)
+        self.dictionary = nn.Parameter(torch.randn(atom_num, atom_dim))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if min(image.shape[-2:]) < 9:
+            raise ValueError(f"the routing network needs at least 9x9 pixels, got {tuple(image.shape[-2:])}")
+        code = self.CondNet(image).mean(dim=(2, 3))
+        atom_weights = self.lastOut(code).softmax(dim=-1)
+        return F.gelu(atom_weights @ self.dictionary)
+
+
+class Expert(nn.Module):
+    """Two-layer MLP applied to each pixel's feature vector."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+def _cv_squared(x: torch.Tensor) -> torch.Tensor:
+    """Squared coefficient of variation (sample variance), the load-balancing penalty."""
+    x = x.float()
+    return x.var() / (x.mean() ** 2 + 1e-10)
+
+
+class NoisyTopKExperts(nn.Module):
+    """Per-pixel mixture of experts with noisy top-k gating (Shazeer et al.).
+
+    The gate sees [feature, projected instruction]. Outputs are combined as
+    log(sum_k gate_k * exp(expert_k(x))): the published combine works in log space, and its
+    checkpoints depend on it.
+    """
+
+    def __init__(self, dim: int, expansion: float, num_experts: int = NUM_EXPERTS, k: int = TOP_K):
+        super().__init__()
+        if not 1 <= k <= num_experts:
+            raise ValueError(f"top-k must be in 1..{num_experts}, got {k}")
+        self.k = k
+        self.num_experts = num_experts
+        self.experts = nn.ModuleList([Expert(dim, int(dim * expansion)) for _ in range(num_experts)])
+        self.w_gate = nn.Parameter(torch.randn(2 * dim, num_experts))
+        self.w_noise = nn.Parameter(torch.zeros(2 * dim, num_experts))
+        # Normal(0, 1) parameters kept as buffers for checkpoint compatibility.
+        self.register_buffer("mean", torch.tensor([0.0]))
+        self.register_buffer("std", torch.tensor([1.0]))
+
+    def forward(self, x: torch.Tensor, cue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C, H, W) features, cue: (B, C) projected instruction. Returns (y, load_loss)."""
+        B, C, H, W = x.shape
+        tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
+        cue_tokens = cue[:, None, :].expand(B, H * W, C).reshape(-1, C)
+        gate_in = torch.cat((tokens, cue_tokens), dim=1)
+        if not torch.is_grad_enabled() and not self.training:
+            y = torch.cat([self._route(t, g)[0] for t, g in zip(tokens.split(_CHUNK), gate_in.split(_CHUNK))])
+            loss = x.new_zeros(())
+        else:
+            y, loss = self._route(tokens, gate_in)
+        return y.reshape(B, H, W, C).permute(0, 3, 1, 2), loss
+
+    def _route(self, tokens, gate_in):
+        gates, load = self._gates(gate_in)
+        loss = _cv_squared(gates.sum(0)) + _cv_squared(load)
+        combine = self._combine_sparse if reference_mode() else self._combine_dense
+        return combine(tokens, gates), loss
+
+    def _gates(self, gate_in):
+        clean = gate_in @ self.w_gate
+        noisy = self.training
+        if noisy:
+            noise_std = F.softplus(gate_in @ self.w_noise) + 1e-2
+            logits = clean + torch.randn_like(clean) * noise_std
+        else:
+            logits = clean
+        top_logits, top_idx = logits.topk(min(self.k + 1, self.num_experts), dim=1)
+        gates = torch.zeros_like(logits).scatter(1, top_idx[:, : self.k], top_logits[:, : self.k].softmax(dim=1))
+        if noisy and self.k < self.num_experts:
+            load = self._prob_in_top_k(clean, logits, noise_std, top_logits).sum(0)
+        else:
+            load = (gates > 0).sum(0)
+        return gates, load
+
+    def _prob_in_top_k(self, clean, noisy, noise_std, top_logits):
+        """Differentiable probability that each expert stays in the top k under fresh noise."""
+        threshold_in = top_logits[:, self.k : self.k + 1]
+        threshold_out = top_logits[:, self.k - 1 : self.k]
+        normal = torch.distributions.Normal(self.mean, self.std)
+        p_in = normal.cdf((clean - threshold_in) / noise_std)
+        p_out = normal.cdf((clean - threshold_out) / noise_std)
+        return torch.where(noisy > threshold_in, p_in, p_out)
+
+    def _combine_dense(self, tokens, gates):
+        # Every expert on every pixel in one batched product, then the k chosen ones are mixed.
+        w1 = torch.cat([e.fc1.weight for e in self.experts])
+        b1 = torch.cat([e.fc1.bias for e in self.experts])
+        hidden = F.gelu(F.linear(tokens, w1, b1)).unflatten(1, (self.num_experts, -1)).transpose(0, 1)
+        w2 = torch.stack([e.fc2.weight for e in self.experts]).transpose(1, 2).to(hidden.dtype)
+        b2 = torch.stack([e.fc2.bias for e in self.experts])[:, None, :].to(hidden.dtype)
+        out = torch.baddbmm(b2, hidden, w2).transpose(0, 1)  # (N, E, C)
+        top_gates, top_idx = gates.topk(self.k, dim=1)
+        chosen = out.gather(1, top_idx[..., None].expand(-1, -1, out.shape[2])).float()
+        mixed = (chosen.exp() * top_gates[..., None]).sum(1)
+        return mixed.masked_fill(mixed == 0, _EPS).log().to(tokens.dtype)
+
+    def _combine_sparse(self, tokens, gates):
+        mixed = tokens.new_zeros(tokens.shape, dtype=torch.float32)
+        for e, expert in enumerate(self.experts):
+            rows = gates[:, e].nonzero().squeeze(1)
+            contrib = expert(tokens[rows]).float().exp() * gates[rows, e : e + 1]
+            mixed = mixed.index_add(0, rows, contrib)
+        return mixed.masked_fill(mixed == 0, _EPS).log().to(tokens.dtype)
+
+
+class SpatialRouting(nn.Module):
+    """Residual per-pixel expert routing steered by the instruction."""
+
+    def __init__(self, dim: int, expansion: float, atom_dim: int = ATOM_DIM):
+        super().__init__()
+        self.fc = nn.Linear(atom_dim, dim)
+        self.moe = NoisyTopKExperts(dim, expansion)
+
+    def forward(self, x: torch.Tensor, instruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, loss = self.moe(x, self.fc(instruction))
+        return y + x, loss
+
+
+class ChannelRouting(nn.Module):
+    """x + sigmoid(fc(instruction)) * (gamma * x + beta): instruction-gated channel modulation."""
+
+    def __init__(self, dim: int, atom_dim: int = ATOM_DIM):
+        super().__init__()
+        self.fc = nn.Linear(atom_dim, dim)
+        self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, dim, 1, 1))
+
+    def forward(self, x: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.fc(instruction))[:, :, None, None]
+        return x + (x * self.gamma + self.beta) * gate

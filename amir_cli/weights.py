@@ -1,0 +1,233 @@
+"""The weights registry: the one place where a name or a file becomes a model.
+
+Shipped entries live in the package's `weights/` folder, user entries (trained or imported) in the
+platformdirs user data folder (or `$AMIR_HOME`). Each entry is a `.safetensors` file listed in a
+`manifest.json` with its sha256, which is checked before every load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import WeightsError
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    path: Path
+    sha256: str
+    info: dict  # the manifest record: config, tasks, recipe, scores, ...
+    shipped: bool
+
+
+def user_dir() -> Path:
+    if os.environ.get("AMIR_HOME"):
+        return Path(os.environ["AMIR_HOME"]) / "weights"
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("amir")) / "weights"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not path.exists():
+        return {"entries": []}
+    try:
+        manifest = json.loads(path.read_text())
+        manifest["entries"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"weights manifest {path} is unreadable: {exc}") from None
+    return manifest
+
+
+def entries() -> list[Entry]:
+    """All registry entries, shipped first."""
+    found = []
+    for folder, shipped in ((SHIPPED_DIR, True), (user_dir(), False)):
+        for rec in _read_manifest(folder)["entries"]:
+            found.append(Entry(rec["name"], folder / rec["file"], rec["sha256"], rec, shipped))
+    return found
+
+
+def default_name() -> str | None:
+    return _read_manifest(SHIPPED_DIR).get("default")
+
+
+def find(name: str) -> Entry:
+    for entry in entries():
+        if entry.name == name:
+            return entry
+    known = ", ".join(e.name for e in entries()) or "none"
+    raise WeightsError(f"no weights named {name!r} (known: {known}); pass a registry name or a .safetensors/.pth path")
+
+
+def verify(entry: Entry) -> None:
+    """Raise unless the entry's file exists and matches its recorded sha256."""
+    if not entry.path.is_file():
+        raise WeightsError(f"weights file for {entry.name!r} is missing: {entry.path}")
+    actual = sha256_of(entry.path)
+    if actual != entry.sha256:
+        raise WeightsError(
+            f"weights {entry.name!r} failed verification: sha256 {actual[:12]}... does not match the "
+            f"manifest's {entry.sha256[:12]}... (file changed or corrupt); refusing to load"
+        )
+
+
+def read_state_dict(path: Path) -> dict:
+    """Tensors of a `.safetensors` file or a published `.pth` state_dict (never unpickles objects)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(path))
+        else:
+            tensors = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any decoding failure is a bad weights file
+        raise WeightsError(f"cannot read weights {path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    for key in ("state_dict", "params_ema", "params", "model"):  # common training-checkpoint wrappers
+        if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
+            tensors = tensors[key]
+    if not isinstance(tensors, dict) or not tensors:
+        raise WeightsError(f"{path.name} holds no state_dict")
+    return _strip_prefixes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+
+
+def _strip_prefixes(state: dict) -> dict:
+    """Drop wrapper prefixes (`model.`, DDP's `module.`) and non-model tensors."""
+    for prefix in ("model.", "module."):
+        if any(k.startswith(prefix + "patch_embed.") for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def infer_config(state: dict):
+    """The AmirConfig whose parameters have exactly these names and shapes."""
+    from .network import AmirConfig
+
+    def count(prefix):
+        return len({k.split(".")[1] for k in state if k.startswith(prefix + ".")})
+
+    try:
+        embed = state["patch_embed.proj.weight"]
+        dim = embed.shape[0]
+        levels = ["encoder_level1", "encoder_level2", "encoder_level3", "latent"]
+        heads = tuple(int(state[f"{lv}.0.attn.temperature"].shape[0]) for lv in levels)
+        hidden = state["encoder_level1.0.ffn.project_in.weight"].shape[0] // 2
+        config = AmirConfig(
+            dim=int(dim),
+            num_blocks=tuple(count(lv) for lv in levels),
+            num_refinement_blocks=count("refinement"),
+            heads=heads,
+            ffn_expansion_factor=_expansion(dim, hidden),
+            bias="encoder_level1.0.attn.qkv.bias" in state,
+            layernorm_type="WithBias" if "encoder_level1.0.norm1.body.bias" in state else "BiasFree",
+            in_channels=int(embed.shape[1]),
+            out_channels=int(state["output.weight"].shape[0]),
+        )
+    except (KeyError, IndexError, ValueError) as exc:
+        raise WeightsError(f"these weights are not an AMIR network (cannot infer the configuration: {exc})") from None
+    return config
+
+
+def _expansion(dim: int, hidden: int) -> float:
+    """The FFN factor f with int(dim * f) == hidden; the published 2.66 when it fits."""
+    for f in (2.66, round(hidden / dim, 2), hidden / dim):
+        if int(dim * f) == hidden:
+            return f
+    return (hidden + 0.5) / dim
+
+
+def build_from_state(state: dict, device="cpu"):
+    """An eval-mode AMIR with `state` loaded strictly."""
+    from .network import AMIR
+
+    model = AMIR(infer_config(state))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"weights do not fit the inferred AMIR configuration: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def resolve(source: str | os.PathLike | None) -> tuple[Path, Entry | None]:
+    """A registry name (verified) or a file path; None means the shipped default."""
+    if source is None:
+        source = default_name()
+        if source is None:
+            raise WeightsError("no default weights are installed; pass --weights NAME|PATH")
+    path = Path(source)
+    if path.suffix in (".safetensors", ".pth", ".pt", ".ckpt") or path.exists():
+        return path, None
+    entry = find(str(source))
+    verify(entry)
+    return entry.path, entry
+
+
+def load_model(source=None, device="cpu"):
+    """The eval-mode AMIR for a registry name, a `.safetensors` file or a published `.pth`."""
+    path, _ = resolve(source)
+    return build_from_state(read_state_dict(path), device)
+
+
+def save_entry(name: str, state: dict, info: dict) -> Entry:
+    """Write `state` as a user registry entry `name` with the manifest record `info`."""
+    from safetensors.torch import save_file
+
+    if not _NAME.match(name):
+        raise WeightsError(f"invalid weights name {name!r}: use letters, digits, '.', '_' or '-'")
+    if any(e.name == name for e in entries()):
+        raise WeightsError(f"weights named {name!r} already exist")
+    config = infer_config(state)
+    folder = user_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        file = folder / f"{name}.safetensors"
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        os.close(fd)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
+        os.replace(tmp, file)
+        record = {"name": name, "file": file.name, "sha256": sha256_of(file), "config": config.to_dict(), **info}
+        manifest = _read_manifest(folder)
+        manifest["entries"].append(record)
+        _write_json_atomic(folder / MANIFEST, manifest)
+    except OSError as exc:
+        raise WeightsError(f"cannot write weights to {folder}: {exc.strerror or exc}") from None
+    return Entry(name, file, record["sha256"], record, False)
+
+
+def import_official(path: Path, name: str) -> Entry:
+    """Register a published `.pth` state_dict under `name` after checking that it loads."""
+    state = read_state_dict(path)
+    build_from_state(state)
+    return save_entry(name, state, {"source": f"imported from {Path(path).name}", "tasks": ["mri-sr", "ct-denoise", "pet-synthesis"]})
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up a fresh machine and run the test suite (the README's test command).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v dciodvfy >/dev/null || ! command -v dcm2niix >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq dicom3tools dcm2niix >/dev/null
+fi
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[test]"
+python -m pytest "$@"

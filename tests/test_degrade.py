@@ -1,0 +1,136 @@
+"""Physics of the §3 degradations: k-space truncation, CT and PET extra noise, reproducibility."""
+
+import numpy as np
+import pytest
+
+from amir_cli.imaging import degrade as D
+
+N = 128
+YY, XX = np.mgrid[:N, :N] - (N - 1) / 2
+R = np.hypot(XX, YY)
+ROI = R < 20  # uniform centre of the cylinders
+
+
+def _water_cylinder():
+    return np.where(R < 50, 0.0, -1000.0)  # 10 cm water in air at 1 mm
+
+
+def _pet_cylinder():
+    return np.where(R < 40, 5.0, 0.0)
+
+
+def test_mri_keeps_central_kspace_and_zeroes_the_rest():
+    img = np.random.default_rng(0).normal(size=(64, 48))
+    for factor in (2, 4):
+        mask = D.kspace_mask(img.shape, factor)
+        assert mask.sum() == (64 // factor) * (48 // factor)
+        k_in = np.fft.fftshift(np.fft.fft2(img))
+        k_out = np.fft.fftshift(np.fft.fft2(D.mri_truncate_complex(img, factor)))
+        np.testing.assert_allclose(k_out[mask], k_in[mask], atol=1e-9)
+        assert np.abs(k_out[~mask]).max() < 1e-9
+        out = D.mri_truncate(img, factor)
+        assert out.shape == img.shape and out.dtype == np.float32
+        np.testing.assert_allclose(out, np.abs(D.mri_truncate_complex(img, factor)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(D.mri_truncate(img, 1), img, rtol=1e-6)
+    # a real, even-symmetric image whose spectrum lies inside the kept band is returned unchanged
+    x = np.arange(64)
+    smooth = 10 + np.cos(2 * np.pi * 3 * x / 64)[:, None] * np.cos(2 * np.pi * 2 * x / 64)[None, :]
+    np.testing.assert_allclose(D.mri_truncate(smooth, 4), smooth, atol=1e-4)
+
+
+def test_projector_and_fbp_reconstruct_a_disc():
+    disc = ((XX - 10) ** 2 + (YY + 15) ** 2 < 25**2).astype(float) * 0.02
+    p = D.project(disc, pixel_mm=0.5, n_angles=N)
+    assert p.max() == pytest.approx(50 * 0.5 * 0.02, rel=0.03)  # chord length x mu
+    rec = D.fbp(p, N, pixel_mm=0.5)
+    inner = (XX - 10) ** 2 + (YY + 15) ** 2 < 20**2
+    assert rec[inner].mean() == pytest.approx(0.02, rel=0.03)
+    assert abs(rec[R > 58].mean()) < 0.001  # background ~ 0
+
+
+def _added_variance(fn, img, dose, seeds=(1, 2)):
+    return np.mean([np.var((fn(img, dose, np.random.default_rng(s)) - img)[ROI]) for s in seeds])
+
+
+def test_ct_extra_noise_variance_scales_as_inverse_dose_minus_one():
+    hu = _water_cylinder()
+    fn = lambda a, d, rng: D.ct_low_dose(a, d, rng, pixel_mm=1.0)
+    norm = {d: _added_variance(fn, hu, d) / (1 / d - 1) for d in (0.5, 0.25, 0.125)}
+    assert max(norm.values()) / min(norm.values()) < 1.15, norm
+    # std therefore grows roughly like 1/sqrt(dose); quarter dose adds a realistic 5-60 HU at 1 mm
+    sd = np.sqrt(norm[0.25] * 3)
+    assert 5 < sd < 60
+    # noise is zero-mean
+    out = D.ct_low_dose(hu, 0.25, np.random.default_rng(3))
+    assert abs((out - hu)[ROI].mean()) < 3 * sd / np.sqrt(ROI.sum() / 4)
+
+
+def test_ct_dose_one_and_reproducibility():
+    hu = _water_cylinder()
+    np.testing.assert_array_equal(D.ct_low_dose(hu, 1.0, np.random.default_rng(0)), hu.astype(np.float32))
+    a = D.ct_low_dose(hu, 0.25, np.random.default_rng(7))
+    b = D.ct_low_dose(hu, 0.25, np.random.default_rng(7))
+    c = D.ct_low_dose(hu, 0.25, np.random.default_rng(8))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.shape == hu.shape and a.dtype == np.float32
+    # more photons, less noise
+    lo = np.std((D.ct_low_dose(hu, 0.25, np.random.default_rng(1), i0=3e6) - hu)[ROI])
+    hi = np.std((a - hu)[ROI])
+    assert lo < hi / 2
+    # non-square slices keep their shape
+    assert D.ct_low_dose(hu[:, :100], 0.5, np.random.default_rng(0)).shape == (N, 100)
+
+
+def test_pet_extra_noise_scales_with_counts():
+    suv = _pet_cylinder()
+    fn = lambda a, d, rng: D.pet_low_count(a, d, rng, pixel_mm=2.0)
+    norm = {d: _added_variance(fn, suv, d) / (1 / d - 1) for d in (0.5, 0.25, 0.125)}
+    assert max(norm.values()) / min(norm.values()) < 1.15, norm
+    # 10x the counts: 10x less variance
+    v_hi = _added_variance(lambda a, d, rng: D.pet_low_count(a, d, rng, total_counts=2e6), suv, 0.25)
+    v_lo = _added_variance(lambda a, d, rng: D.pet_low_count(a, d, rng, total_counts=2e7), suv, 0.25)
+    assert v_hi / v_lo == pytest.approx(10, rel=0.15)
+    out = D.pet_low_count(suv, 0.25, np.random.default_rng(0))
+    assert out.min() >= 0 and out.dtype == np.float32
+    np.testing.assert_array_equal(D.pet_low_count(suv, 1.0, np.random.default_rng(0)), suv.astype(np.float32))
+    # quarter dose is visibly noisy but usable: 5-50 % coefficient of variation in the uniform region
+    cov = out[ROI].std() / out[ROI].mean()
+    assert 0.05 < cov < 0.5
+
+
+def test_degrade_volume_reproducible_and_independent_of_batching():
+    vol = np.stack([_water_cylinder()[:64, :64] + i for i in range(3)], axis=2)
+    a = D.degrade_volume(vol, "ct-denoise", 0.25, slice_axis=2, spacing_mm=(0.8, 0.8, 2.0), seed=4)
+    b = D.degrade_volume(vol, "ct-denoise", 0.25, slice_axis=2, spacing_mm=(0.8, 0.8, 2.0), seed=4)
+    c = D.degrade_volume(vol, "ct-denoise", 0.25, slice_axis=2, spacing_mm=(0.8, 0.8, 2.0), seed=5)
+    assert a.shape == vol.shape and np.array_equal(a, b) and not np.array_equal(a, c)
+    one = D.degrade_slice(vol[:, :, 1], "ct-denoise", 0.25, D.slice_rng(4, 1), pixel_mm=0.8)
+    np.testing.assert_array_equal(a[:, :, 1], one)
+    assert not np.array_equal(a[:, :, 0] - vol[:, :, 0], a[:, :, 1] - vol[:, :, 1])
+    moved = D.degrade_volume(np.moveaxis(vol, 2, 0), "ct-denoise", 0.25, slice_axis=0, spacing_mm=(2.0, 0.8, 0.8), seed=4)
+    np.testing.assert_array_equal(np.moveaxis(moved, 0, 2), a)
+    mr = D.degrade_volume(vol + 1000, "mri-sr", None, seed=0)
+    np.testing.assert_allclose(mr[:, :, 2], D.mri_truncate(vol[:, :, 2] + 1000, D.DEFAULT_LEVEL["mri-sr"]))
+    pet = D.degrade_volume(np.clip(vol[:, :, :1] + 1000, 0, None) / 100, "pet-synthesis")
+    assert pet.shape == (64, 64, 1) and pet.min() >= 0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: D.mri_truncate(np.zeros((8, 8)), 0),
+        lambda: D.mri_truncate(np.zeros((8, 8)), 2.5),
+        lambda: D.mri_truncate(np.zeros(8), 2),
+        lambda: D.ct_low_dose(np.zeros((8, 8)), 0, np.random.default_rng(0)),
+        lambda: D.ct_low_dose(np.zeros((8, 8)), 1.5, np.random.default_rng(0)),
+        lambda: D.ct_low_dose(np.zeros((8, 8)), 0.5, 42),
+        lambda: D.ct_low_dose(np.zeros((8, 8)), 0.5, np.random.default_rng(0), pixel_mm=-1),
+        lambda: D.pet_low_count(np.zeros((8, 8)), 0.5, np.random.default_rng(0), total_counts=0),
+        lambda: D.degrade_volume(np.zeros((8, 8, 2)), "xray", 0.5),
+        lambda: D.degrade_volume(np.zeros((8, 8, 2)), "ct-denoise", 0.5, slice_axis=3),
+        lambda: D.degrade_volume(np.zeros((8, 8, 2)), "ct-denoise", 0.5, seed=-1),
+    ],
+)
+def test_bad_parameters(call):
+    with pytest.raises(ValueError):
+        call()

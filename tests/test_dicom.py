@@ -1,0 +1,611 @@
+"""DICOM series: geometric sorting, rescale, SUV, derived series (dciodvfy, dcm2niix), bad inputs.
+
+Series are built here with pydicom from crops of the real sample data in ../shared/data
+(cranium CT: Debian invesalius-examples, GPL-2; Colin27 T1: Debian mricron-data, BSD-3).
+PET activity is simulated from the MR anatomy.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from amir_cli.errors import BadInputError
+from amir_cli.imaging import dicom, list_cases, read_image, write_image
+from amir_cli.imaging.dicom import suv_factors
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data")
+
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+MR_CLASS = "1.2.840.10008.5.1.4.1.1.4"
+PT_CLASS = "1.2.840.10008.5.1.4.1.1.128"
+WEIGHT_KG, DOSE_BQ, HALF_LIFE_S = 72.0, 3.7e8, 6586.2
+
+
+def _crop(name: str, sl) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(str(DATA / name))
+    data = np.asarray(img.dataobj[sl])
+    affine = img.affine.copy()
+    start = np.array([s.start or 0 for s in sl] + [1.0])
+    affine[:3, 3] = (img.affine @ start)[:3]
+    return data, affine
+
+
+def _rotation(deg_x: float, deg_z: float) -> np.ndarray:
+    ax, az = np.radians(deg_x), np.radians(deg_z)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ rx
+
+
+def make_series(
+    folder: Path,
+    stored: np.ndarray,
+    affine_ras: np.ndarray,
+    modality: str,
+    *,
+    slope=None,
+    intercept=None,
+    extra=None,
+    seed=0,
+) -> Path:
+    """Write ``stored`` (I, J, K integers) as a DICOM series whose geometry is ``affine_ras``.
+
+    The LPS conversion is done here by hand (independent of amir_cli), file names are shuffled.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_ras
+    dc, dr = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
+    iop = np.concatenate([lps[:3, 0] / dc, lps[:3, 1] / dr])
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    sop_class = {"CT": CT_CLASS, "MR": MR_CLASS, "PT": PT_CLASS}[modality]
+    n = stored.shape[2]
+    names = [f"slice_{i:03d}.dcm" for i in range(n)]
+    random.Random(seed).shuffle(names)
+    for k in range(n):
+        ds = Dataset()
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SOPClassUID = sop_class
+        ds.SOPInstanceUID = generate_uid()
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = "20240102"
+        ds.StudyTime, ds.SeriesTime, ds.AcquisitionTime, ds.ContentTime = "093000", "100000", "100000", "100000"
+        ds.AccessionNumber = "A123"
+        ds.Modality = modality
+        ds.Manufacturer = "amir tests"
+        ds.ReferringPhysicianName = ""
+        ds.StudyDescription = "Test study"
+        ds.SeriesDescription = f"Test {modality}"
+        ds.PatientName = "Test^Patient"
+        ds.PatientID = "P001"
+        ds.PatientBirthDate = "19700101"
+        ds.PatientSex = "O"
+        ds.PatientWeight = str(WEIGHT_KG)
+        ds.SliceThickness = str(round(float(np.linalg.norm(lps[:3, 2])), 4))
+        ds.StudyInstanceUID = study
+        ds.SeriesInstanceUID = series
+        ds.StudyID = "1"
+        ds.SeriesNumber = 3
+        ds.AcquisitionNumber = 1
+        ds.InstanceNumber = k + 1
+        ds.PatientOrientation = ""
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in (lps @ [0, 0, k, 1])[:3]]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in iop]
+        ds.FrameOfReferenceUID = frame
+        ds.PositionReferenceIndicator = ""
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
+        ds.PixelSpacing = [f"{dr:.6f}", f"{dc:.6f}"]
+        ds.BitsAllocated = ds.BitsStored = 16
+        ds.HighBit = 15
+        signed = stored.dtype.kind == "i"
+        ds.PixelRepresentation = 1 if signed else 0
+        if modality == "CT":
+            ds.KVP = "120"
+        if modality == "MR":
+            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "GR", "SP", ""
+            ds.MRAcquisitionType = "3D"
+            ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "9.7", "4", "1"
+        if slope is not None:
+            s = slope[k] if np.ndim(slope) else slope
+            ds.RescaleSlope = str(s)
+            ds.RescaleIntercept = str(intercept if intercept is not None else 0)
+            if modality == "CT":
+                ds.RescaleType = "HU"
+        for key, value in (extra or {}).items():
+            setattr(ds, key, value)
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2" if signed else "<u2").tobytes()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+        dicom._save(ds, folder / names[k])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ct_series(tmp_path_factory):
+    hu, affine = _crop("ct/cranium_ct.nii.gz", (slice(96, 160), slice(100, 164), slice(50, 58)))
+    stored = (hu.astype(np.int32) + 1024).astype(np.uint16)  # uint16 with intercept -1024
+    folder = make_series(tmp_path_factory.mktemp("ct") / "series", stored, affine, "CT", slope=1, intercept=-1024)
+    return folder, hu.astype(np.float32), affine
+
+
+@pytest.fixture(scope="module")
+def mr_series(tmp_path_factory):
+    t1, affine = _crop("mr/colin27_t1_1mm.nii.gz", (slice(60, 124), slice(80, 144), slice(80, 86)))
+    oblique = affine.copy()
+    oblique[:3, :3] = _rotation(12.0, -7.0) @ affine[:3, :3]  # an oblique acquisition
+    folder = make_series(tmp_path_factory.mktemp("mr") / "series", (t1.astype(np.uint16) * 8), oblique, "MR", seed=1)
+    return folder, t1.astype(np.float32) * 8, oblique
+
+
+def _pet_extra(decay="START"):
+    info = Dataset()
+    info.Radiopharmaceutical = "Fluorodeoxyglucose"
+    info.RadiopharmaceuticalStartTime = "090000"
+    info.RadionuclideTotalDose = str(DOSE_BQ)
+    info.RadionuclideHalfLife = str(HALF_LIFE_S)
+    return {
+        "Units": "BQML",
+        "DecayCorrection": decay,
+        "CountsSource": "EMISSION",
+        "SeriesType": ["STATIC", "IMAGE"],
+        "CorrectedImage": ["DECY", "ATTN"],
+        "RadiopharmaceuticalInformationSequence": [info],
+        "FrameReferenceTime": "0",
+        "ActualFrameDuration": 180000,
+        "DecayFactor": "1",
+        "NumberOfSlices": 6,
+        "CollimatorType": "NONE",
+    }
+
+
+@pytest.fixture(scope="module")
+def pet_series(tmp_path_factory):
+    t1, affine = _crop("mr/colin27_t1_1mm.nii.gz", (slice(60, 124), slice(80, 144), slice(80, 86)))
+    rng = np.random.default_rng(0)
+    suv = np.clip(t1.astype(np.float64) / 25.0 + rng.normal(0, 0.05, t1.shape), 0, None)
+    suv[30:33, 30:33, 2:4] = 14.0  # a hot lesion
+    factor = WEIGHT_KG * 1000 / (DOSE_BQ * 2 ** (-3600 / HALF_LIFE_S))  # 1 h from injection to series
+    bqml = suv / factor
+    slopes = [float(f"{bqml[:, :, k].max() / 32767:.6g}") for k in range(bqml.shape[2])]
+    stored = np.stack([np.rint(bqml[:, :, k] / s) for k, s in enumerate(slopes)], axis=2).astype(np.int16)
+    expected_suv = np.stack([stored[:, :, k] * s for k, s in enumerate(slopes)], axis=2) * factor
+    extra = _pet_extra()
+    folder = make_series(
+        tmp_path_factory.mktemp("pt") / "series", stored, affine, "PT", slope=slopes, intercept=0, extra=extra, seed=2
+    )
+    return folder, expected_suv.astype(np.float32), affine, factor
+
+
+def _only_dicoms(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def test_ct_series_sorted_by_position_with_rescale(ct_series):
+    folder, hu, affine = ct_series
+    vol = read_image(folder)
+    assert vol.modality == "CT" and vol.unit == "HU" and vol.source_format == "dicom"
+    assert vol.source_dtype == np.uint16 and vol.slice_axis == 2
+    np.testing.assert_array_equal(vol.array, hu)  # sorted by IPP, not by the shuffled names
+    np.testing.assert_allclose(vol.affine, affine, atol=1e-4)
+    assert vol.meta["output_dtype"] == np.int16  # integer HU including negatives
+    assert len(vol.meta["dicom_datasets"]) == 8
+
+
+def test_single_dicom_file(ct_series):
+    folder, hu, _ = ct_series
+    one = sorted(folder.iterdir())[0]
+    vol = read_image(one)
+    assert vol.array.shape == (64, 64, 1)
+    k = int(pydicom.dcmread(one).InstanceNumber) - 1
+    np.testing.assert_array_equal(vol.array[:, :, 0], hu[:, :, k])
+
+
+def test_oblique_mr_series(mr_series):
+    folder, t1, affine = mr_series
+    vol = read_image(folder)
+    assert vol.modality == "MR" and vol.unit == "arbitrary"
+    np.testing.assert_array_equal(vol.array, t1)
+    np.testing.assert_allclose(vol.affine, affine, atol=1e-4)
+
+
+def test_pet_bqml_to_suv(pet_series):
+    folder, suv, affine, factor = pet_series
+    vol = read_image(folder)
+    assert vol.modality == "PT" and vol.unit == "SUV"
+    np.testing.assert_allclose(vol.meta["suv_factors"], factor, rtol=1e-9)
+    np.testing.assert_allclose(vol.array, suv, rtol=1e-5, atol=1e-5)
+    assert vol.meta["output_dtype"] == np.float32  # SUV never rounded to integers
+
+
+# ---------------------------------------------------------------------------------------------
+# SUV rules
+
+
+def _pet_header(**changes):
+    ds = Dataset()
+    ds.SeriesDate = ds.AcquisitionDate = "20240102"
+    ds.SeriesTime = "100000"
+    ds.AcquisitionTime = "103000"
+    ds.PatientWeight = "80"
+    for k, v in _pet_extra().items():
+        setattr(ds, k, v)
+    for k, v in changes.items():
+        if v is None:
+            delattr(ds, k)
+        else:
+            setattr(ds, k, v)
+    return ds
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({}, 80000 / (DOSE_BQ * 2 ** (-3600 / HALF_LIFE_S))),
+        ({"DecayCorrection": "ADMIN"}, 80000 / DOSE_BQ),
+        ({"DecayCorrection": "NONE"}, 80000 / (DOSE_BQ * 2 ** (-5400 / HALF_LIFE_S))),
+        ({"SeriesTime": None}, 80000 / (DOSE_BQ * 2 ** (-5400 / HALF_LIFE_S))),
+        ({"Units": "GML"}, 1.0),
+    ],
+)
+def test_suv_factor_rules(changes, expected):
+    assert suv_factors([_pet_header(**changes)])[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_suv_injection_datetime_and_midnight():
+    ds = _pet_header(SeriesDate="20240103", SeriesTime="003000", AcquisitionDate="20240103")
+    ds.RadiopharmaceuticalInformationSequence[0].RadiopharmaceuticalStartDateTime = "20240102233000"
+    assert suv_factors([ds])[0] == pytest.approx(80000 / (DOSE_BQ * 2 ** (-3600 / HALF_LIFE_S)), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "changes, needle",
+    [
+        ({"Units": "CNTS"}, "CNTS"),
+        ({"Units": None}, "Units"),
+        ({"PatientWeight": None}, "PatientWeight"),
+        ({"DecayCorrection": None}, "DecayCorrection"),
+        ({"RadiopharmaceuticalInformationSequence": None}, "RadiopharmaceuticalInformationSequence"),
+    ],
+)
+def test_suv_missing_tags(changes, needle):
+    with pytest.raises(BadInputError, match=needle):
+        suv_factors([_pet_header(**changes)])
+
+
+# ---------------------------------------------------------------------------------------------
+# writing derived series
+
+
+def test_ct_write_read_round_trip_and_derived_tags(ct_series, tmp_path):
+    folder, hu, affine = ct_series
+    vol = read_image(folder)
+    restored = vol.with_array(vol.array + 7.0)
+    out = write_image(restored, tmp_path / "ct_amir", description="AMIR ct-denoise test")
+    assert out.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["ct_amir"]  # no temp left
+    back = read_image(out)
+    np.testing.assert_array_equal(back.array, hu + 7)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-4)
+    src = vol.meta["dicom_datasets"]
+    new = back.meta["dicom_datasets"]
+    assert len({d.SeriesInstanceUID for d in new}) == 1
+    assert new[0].SeriesInstanceUID != src[0].SeriesInstanceUID
+    assert not {d.SOPInstanceUID for d in new} & {d.SOPInstanceUID for d in src}
+    assert len({d.SOPInstanceUID for d in new}) == 8
+    for a, b in zip(src, new, strict=True):
+        assert list(b.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+        assert b.DerivationDescription == "AMIR ct-denoise test"
+        assert b.SeriesDescription.startswith(a.SeriesDescription) and b.SeriesDescription != a.SeriesDescription
+        assert b.SeriesNumber != a.SeriesNumber
+        for tag in (
+            "PatientName",
+            "PatientID",
+            "StudyInstanceUID",
+            "FrameOfReferenceUID",
+            "SOPClassUID",
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "PixelSpacing",
+        ):
+            assert b.get(tag) == a.get(tag), tag
+        assert b.SourceImageSequence[0].ReferencedSOPInstanceUID == a.SOPInstanceUID
+    f = pydicom.dcmread(sorted(out.iterdir())[0])
+    assert f.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+def test_ct_reencode_when_values_leave_input_encoding(ct_series, tmp_path):
+    folder, hu, _ = ct_series
+    vol = read_image(folder)
+    wild = vol.array.copy()
+    wild[0, 0, 0], wild[1, 0, 0] = -3000.0, 30000.4
+    back = read_image(write_image(vol.with_array(wild), tmp_path / "wild"))
+    np.testing.assert_array_equal(back.array, np.rint(wild))
+    ds = back.meta["dicom_datasets"][0]
+    assert ds.PixelRepresentation == 1 and ds.BitsStored == 16 and ds.HighBit == 15
+
+
+def test_pet_write_converts_back_to_bqml(pet_series, tmp_path):
+    folder, suv, _, factor = pet_series
+    vol = read_image(folder)
+    out = write_image(vol.with_array(vol.array * 1.5), tmp_path / "pet_amir")
+    back = read_image(out)
+    np.testing.assert_allclose(back.array, vol.array * 1.5, rtol=1e-4, atol=2e-4)
+    for ds in back.meta["dicom_datasets"]:
+        assert ds.Units == "BQML" and float(ds.RescaleIntercept) == 0
+        assert list(ds.ImageType)[:2] == ["DERIVED", "PRIMARY"]  # PET IOD: value 2 is PRIMARY
+    for path in out.iterdir():  # stored Bq/ml = SUV / factor, quantised by the slice's slope
+        ds = pydicom.dcmread(path)
+        k = [str(d.SOPInstanceUID) for d in back.meta["dicom_datasets"]].index(str(ds.SOPInstanceUID))
+        bqml = ds.pixel_array.T * float(ds.RescaleSlope)
+        np.testing.assert_allclose(bqml, vol.array[:, :, k] * 1.5 / factor, atol=float(ds.RescaleSlope))
+
+
+def test_mr_scaled_grid_writes_new_geometry(mr_series, tmp_path):
+    folder, t1, affine = mr_series
+    vol = read_image(folder)
+    fine = np.repeat(np.repeat(vol.array, 2, axis=0), 2, axis=1)
+    new_affine = vol.affine.copy()
+    new_affine[:3, :2] /= 2
+    new_affine[:3, 3] -= (vol.affine[:3, 0] + vol.affine[:3, 1]) / 4  # pixel centres of a 2x finer grid
+    back = read_image(write_image(vol.with_array(fine, affine=new_affine), tmp_path / "mr_x2"))
+    assert back.array.shape == (128, 128, 6)
+    np.testing.assert_allclose(back.affine, new_affine, atol=1e-4)
+    np.testing.assert_array_equal(back.array, fine)
+
+
+def test_single_file_output_and_overwrite_rules(ct_series, tmp_path):
+    folder, hu, _ = ct_series
+    one = read_image(sorted(folder.iterdir())[0])
+    out = write_image(one, tmp_path / "slice.dcm")
+    np.testing.assert_array_equal(read_image(out).array, one.array)
+    with pytest.raises(BadInputError, match="one slice"):
+        write_image(read_image(folder), tmp_path / "series.dcm")
+    with pytest.raises(BadInputError, match="overwrite the input"):
+        write_image(read_image(folder), folder)
+    # an existing output folder is replaced as a whole (the CLI decides whether that is allowed)
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "stale.txt").write_text("old")
+    write_image(read_image(folder), tmp_path / "again")
+    assert len(list((tmp_path / "again").iterdir())) == 8
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ---------------------------------------------------------------------------------------------
+# external validators
+
+
+def _dciodvfy_errors(path: Path) -> set[str]:
+    res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    lines = (res.stdout + res.stderr).splitlines()
+    return {" ".join(line.split()) for line in lines if line.startswith("Error")}
+
+
+@pytest.mark.parametrize("which", ["ct_series", "mr_series", "pet_series"])
+def test_dciodvfy_no_new_errors(which, request, tmp_path):
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+    folder = request.getfixturevalue(which)[0]
+    vol = read_image(folder)
+    out = write_image(vol.with_array(vol.array * 0.9), tmp_path / "out", description="restored")
+    before = set().union(*(_dciodvfy_errors(p) for p in folder.iterdir()))
+    after = set().union(*(_dciodvfy_errors(p) for p in out.iterdir()))
+    assert after <= before, sorted(after - before)
+
+
+def _dcm2niix(folder: Path, out: Path) -> nib.Nifti1Image:
+    out.mkdir()
+    subprocess.run(
+        ["dcm2niix", "-z", "n", "-b", "n", "-f", "vol", "-o", str(out), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    (nii,) = sorted(out.glob("*.nii"))
+    return nib.load(str(nii))
+
+
+@pytest.mark.parametrize("which", ["ct_series", "mr_series", "pet_series"])
+def test_dcm2niix_agrees(which, request, tmp_path):
+    if shutil.which("dcm2niix") is None:
+        pytest.skip("dcm2niix is not installed")
+    folder = request.getfixturevalue(which)[0]
+    vol = read_image(folder)
+    out = write_image(vol.with_array(vol.array * 0.5), tmp_path / "out")
+    a = _dcm2niix(folder, tmp_path / "nii_in")
+    b = _dcm2niix(out, tmp_path / "nii_out")
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-3)
+    # independent geometry check: dcm2niix's image and ours agree voxel by voxel in world space
+    ours = nib.as_closest_canonical(nib.Nifti1Image(vol.array, vol.affine))
+    theirs = nib.as_closest_canonical(a)
+    np.testing.assert_allclose(ours.affine, theirs.affine, atol=1e-3)
+    if which != "pet_series":  # dcm2niix keeps Bq/ml for PET
+        np.testing.assert_allclose(np.asarray(ours.dataobj), theirs.get_fdata(), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# folders and bad inputs
+
+
+def test_list_cases(ct_series, mr_series, tmp_path):
+    assert list_cases(ct_series[0]) == [ct_series[0]]
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copytree(ct_series[0], batch / "patient1" / "ct")
+    shutil.copytree(mr_series[0], batch / "mr")
+    shutil.copy(DATA / "ct/pancreas_ct_slice.nii.gz", batch / "a.nii.gz")
+    (batch / "notes.txt").write_text("not an image")
+    assert list_cases(batch) == [batch / "a.nii.gz", batch / "mr", batch / "patient1" / "ct"]
+
+
+def _two_series(ct_series, mr_series, tmp_path) -> Path:
+    both = tmp_path / "both"
+    shutil.copytree(ct_series[0], both)
+    for i, p in enumerate(sorted(mr_series[0].iterdir())[:3]):
+        shutil.copy(p, both / f"mr_{i}.dcm")
+    return both
+
+
+def test_two_series_folder_lists_series(ct_series, mr_series, tmp_path):
+    both = _two_series(ct_series, mr_series, tmp_path)
+    ct_uid = pydicom.dcmread(sorted(ct_series[0].iterdir())[0]).SeriesInstanceUID
+    mr_uid = pydicom.dcmread(sorted(mr_series[0].iterdir())[0]).SeriesInstanceUID
+    for call in (read_image, list_cases):
+        with pytest.raises(BadInputError) as err:
+            call(both)
+        msg = str(err.value)
+        assert "\n" not in msg and "2 DICOM series" in msg
+        assert ct_uid in msg and mr_uid in msg and "8 files" in msg and "3 files" in msg and "Test MR" in msg
+
+
+def _truncated(ct_series, tmp_path):
+    src = sorted(ct_series[0].iterdir())[0]
+    bad = tmp_path / "trunc.dcm"
+    bad.write_bytes(src.read_bytes()[:-3000])
+    return bad
+
+
+def _random_bytes(ct_series, tmp_path):
+    bad = tmp_path / "noise.dcm"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+    return bad
+
+
+def _missing_ipp(ct_series, tmp_path):
+    folder = tmp_path / "noipp"
+    shutil.copytree(ct_series[0], folder)
+    p = sorted(folder.iterdir())[2]
+    ds = pydicom.dcmread(p)
+    del ds.ImagePositionPatient
+    ds.save_as(p)
+    return folder
+
+
+def _gap(ct_series, tmp_path):
+    folder = tmp_path / "gap"
+    shutil.copytree(ct_series[0], folder)
+    files = {int(pydicom.dcmread(p).InstanceNumber): p for p in folder.iterdir()}
+    files[4].unlink()
+    return folder
+
+
+def _huge_header(ct_series, tmp_path):
+    p = sorted(ct_series[0].iterdir())[0]
+    ds = pydicom.dcmread(p)
+    ds.Rows = ds.Columns = 20000
+    bad = tmp_path / "huge.dcm"
+    ds.save_as(bad)
+    return bad
+
+
+def _tiny(ct_series, tmp_path):
+    p = sorted(ct_series[0].iterdir())[0]
+    ds = pydicom.dcmread(p)
+    ds.Rows = ds.Columns = 1
+    ds.PixelData = b"\x00\x00"
+    bad = tmp_path / "tiny.dcm"
+    ds.save_as(bad)
+    return bad
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (_truncated, "pixel data"),
+        (_random_bytes, "not a readable DICOM"),
+        (_missing_ipp, "ImagePositionPatient"),
+        (_gap, "evenly spaced"),
+        (_huge_header, "20000x20000"),
+        (_tiny, "1x1"),
+    ],
+)
+def test_bad_dicom_inputs(make, needle, ct_series, tmp_path):
+    bad = make(ct_series, tmp_path)
+    with pytest.raises(BadInputError, match=needle) as err:
+        read_image(bad)
+    assert "\n" not in str(err.value)
+
+
+def test_reading_never_modifies_input(ct_series):
+    before = {p.name: p.read_bytes() for p in ct_series[0].iterdir()}
+    read_image(ct_series[0])
+    assert before == {p.name: p.read_bytes() for p in ct_series[0].iterdir()}
+
+
+def test_failed_series_write_leaves_nothing(ct_series, tmp_path, monkeypatch):
+    vol = read_image(ct_series[0])
+    calls = []
+    real_save = dicom._save
+
+    def boom(ds, path):
+        calls.append(path)
+        if len(calls) == 4:
+            raise OSError("disk full")
+        real_save(ds, path)
+
+    monkeypatch.setattr(dicom, "_save", boom)
+    with pytest.raises(BadInputError, match="disk full"):
+        write_image(vol, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(BadInputError, match="does not exist"):
+        write_image(vol, tmp_path / "missing" / "out")
+    assert not os.path.exists(tmp_path / "missing")
+
+
+def test_real_pydicom_ct_slice_round_trip(tmp_path):
+    """pydicom's bundled CT_small.dcm (a real CT slice, MIT): read, write derived, read back."""
+    from pydicom.data import get_testdata_file
+
+    src = Path(get_testdata_file("CT_small.dcm"))
+    vol = read_image(src)
+    assert vol.modality == "CT" and vol.array.shape == (128, 128, 1) and vol.source_dtype == np.int16
+    ds = pydicom.dcmread(src)
+    np.testing.assert_array_equal(
+        vol.array[:, :, 0], ds.pixel_array.T * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    )
+    out = write_image(vol.with_array(vol.array - 3), tmp_path / "ct_amir.dcm")
+    np.testing.assert_array_equal(read_image(out).array, vol.array - 3)
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy_errors(out) <= _dciodvfy_errors(src)
+
+
+def test_dicom_to_nifti_keeps_integer_hu_and_geometry(ct_series, tmp_path):
+    folder, hu, affine = ct_series
+    vol = read_image(folder)
+    out = write_image(vol, tmp_path / "ct.nii.gz")
+    img = nib.load(str(out))
+    assert img.get_data_dtype() == np.int16 and int(img.header["sform_code"]) == 1
+    np.testing.assert_allclose(img.affine, affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), hu)
+
+
+def test_mr_reencode_adds_no_rescale_tags(mr_series, tmp_path):
+    folder, t1, _ = mr_series
+    vol = read_image(folder)
+    wild = vol.array.copy()
+    wild[0, 0, 0] = -100.0  # leaves the unsigned input encoding
+    back = read_image(write_image(vol.with_array(wild), tmp_path / "mr"))
+    np.testing.assert_array_equal(back.array, wild)
+    ds = back.meta["dicom_datasets"][0]
+    assert "RescaleSlope" not in ds and ds.PixelRepresentation == 1

@@ -1,0 +1,327 @@
+"""NIfTI / MetaImage / NRRD in and out, LPS<->RAS, slice axis, bad inputs, atomic writes.
+
+Real data: crops of ../shared/data (cranium CT: Debian invesalius-examples, GPL-2; Colin27 T1:
+Debian mricron-data, BSD-3).
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from amir_cli.errors import BadInputError
+from amir_cli.imaging import Volume, list_cases, lps_from_ras, ras_from_lps, read_image, write_image
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data")
+
+
+def _save_crop(name: str, sl, dest: Path, *, oblique: bool = False) -> Path:
+    img = nib.load(str(DATA / name))
+    data = np.asarray(img.dataobj[sl])
+    affine = img.affine.copy()
+    affine[:3, 3] = (img.affine @ np.array([s.start or 0 for s in sl] + [1.0]))[:3]
+    if oblique:
+        a = np.radians(10)
+        rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+        affine[:3, :3] = rot @ affine[:3, :3]
+    out = nib.Nifti1Image(data, affine)
+    out.header.set_data_dtype(data.dtype)
+    out.set_qform(affine, code=1)
+    out.set_sform(affine, code=2)
+    nib.save(out, str(dest))
+    return dest
+
+
+@pytest.fixture
+def ct_nii(tmp_path):
+    return _save_crop(
+        "ct/cranium_ct.nii.gz", (slice(80, 144), slice(90, 154), slice(40, 50)), tmp_path / "ct.nii.gz", oblique=True
+    )
+
+
+@pytest.fixture
+def mr_nii(tmp_path):
+    return _save_crop("mr/colin27_t1_1mm.nii.gz", (slice(50, 110), slice(70, 130), slice(60, 66)), tmp_path / "mr.nii")
+
+
+# ---------------------------------------------------------------------------------------------
+# LPS / RAS
+
+
+def test_lps_ras_is_one_self_inverse_function():
+    assert lps_from_ras is ras_from_lps
+    rng = np.random.default_rng(0)
+    a = np.eye(4)
+    a[:3] = rng.normal(size=(3, 4))
+    np.testing.assert_array_equal(ras_from_lps(ras_from_lps(a)), a)
+    np.testing.assert_array_equal(ras_from_lps(a)[:2], -a[:2])
+    np.testing.assert_array_equal(ras_from_lps(a)[2:], a[2:])
+    pts = rng.normal(size=(5, 3))
+    np.testing.assert_array_equal(lps_from_ras(pts), pts * [-1, -1, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# NIfTI
+
+
+def test_nifti_round_trip_int16_ct(ct_nii, tmp_path):
+    vol = read_image(ct_nii)
+    src = nib.load(str(ct_nii))
+    assert vol.source_format == "nifti" and vol.source_dtype == np.int16 and vol.array.dtype == np.float32
+    assert vol.array.shape == (64, 64, 10) and vol.slice_axis == 2  # coarsest spacing 1.5 mm
+    np.testing.assert_array_equal(vol.array, np.asarray(src.dataobj))
+    np.testing.assert_allclose(vol.affine, src.affine)
+    assert vol.spacing_mm == pytest.approx((0.95703119, 0.95703119, 1.5))
+    out = write_image(vol.with_array(vol.array + 0.4), tmp_path / "ct_amir.nii.gz", description="amir test")
+    back = nib.load(str(out))
+    assert back.get_data_dtype() == np.int16  # CT stays integer HU
+    np.testing.assert_allclose(back.affine, src.affine, atol=1e-6)
+    np.testing.assert_allclose(back.get_qform(), src.affine, atol=1e-5)
+    assert int(back.header["qform_code"]) == 1 and int(back.header["sform_code"]) == 2
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.asarray(src.dataobj))  # rounded
+    assert back.header["descrip"].tobytes().startswith(b"amir test")
+    assert gzip.open(out).read(4)  # really gzip-compressed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "ct_amir.nii.gz"]
+
+
+def test_nifti_uint8_mr_clips_to_type_and_float_stays_float(mr_nii, tmp_path):
+    vol = read_image(mr_nii)
+    assert vol.source_dtype == np.uint8
+    wild = vol.array.copy()
+    wild[0, 0, 0], wild[1, 0, 0] = -5.0, 300.0
+    back = read_image(write_image(vol.with_array(wild), tmp_path / "o.nii"))
+    assert back.source_dtype == np.uint8 and back.array[0, 0, 0] == 0 and back.array[1, 0, 0] == 255
+    f = Volume(array=vol.array / 7, affine=vol.affine, source_dtype=np.float32)
+    back = read_image(write_image(f, tmp_path / "f.nii.gz"))
+    assert back.source_dtype == np.float32
+    np.testing.assert_array_equal(back.array, vol.array / 7)
+
+
+def test_nifti_scaled_integer_storage(tmp_path):
+    data = np.arange(32 * 32 * 2, dtype=np.int16).reshape(32, 32, 2)
+    img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+    img.header.set_slope_inter(0.5, -10.0)
+    nib.save(img, str(tmp_path / "s.nii"))
+    vol = read_image(tmp_path / "s.nii")
+    np.testing.assert_allclose(vol.array, data * 0.5 - 10)
+    back = nib.load(str(write_image(vol.with_array(vol.array * 1.01), tmp_path / "o.nii")))
+    assert back.get_data_dtype().kind == "i"  # integer storage with a scale factor, as the input
+    np.testing.assert_allclose(back.get_fdata(), vol.array * 1.01, atol=0.05)
+
+
+def test_slice_axis_rules(tmp_path):
+    cases = [
+        ((32, 32, 1), (1.0, 1.0, 0.5), None, 2),  # single slice: the size-1 axis
+        ((32, 20, 32), (1.0, 3.0, 1.0), None, 1),  # coarsest spacing
+        ((32, 32, 32), (1.0, 1.0, 1.0), None, 2),  # ties -> 2
+        ((32, 32, 32), (1.0, 1.0, 2.0), 0, 0),  # header slice_dim wins
+    ]
+    for i, (shape, zooms, slice_dim, expected) in enumerate(cases):
+        img = nib.Nifti1Image(np.ones(shape, np.float32), np.diag(list(zooms) + [1.0]))
+        if slice_dim is not None:
+            img.header.set_dim_info(slice=slice_dim)
+        nib.save(img, str(tmp_path / f"{i}.nii"))
+        assert read_image(tmp_path / f"{i}.nii").slice_axis == expected, (shape, zooms, slice_dim)
+
+
+def test_2d_and_trailing_unit_dims(tmp_path):
+    nib.save(nib.Nifti1Image(np.ones((20, 30), np.float32), np.eye(4)), str(tmp_path / "2d.nii"))
+    assert read_image(tmp_path / "2d.nii").array.shape == (20, 30, 1)
+    nib.save(nib.Nifti1Image(np.ones((20, 30, 4, 1), np.float32), np.eye(4)), str(tmp_path / "t1.nii"))
+    assert read_image(tmp_path / "t1.nii").array.shape == (20, 30, 4)
+    vol = read_image(DATA / "ct/pancreas_ct_slice.nii.gz")
+    assert vol.array.shape == (512, 512, 1) and vol.slice_axis == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# MetaImage / NRRD
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".mhd", ".nrrd"])
+def test_itk_round_trip_matches_nifti_geometry(ct_nii, tmp_path, suffix):
+    vol = read_image(ct_nii)
+    out = write_image(vol, tmp_path / f"ct{suffix}")
+    # SimpleITK reads our NIfTI and our ITK file independently: same LPS geometry, same pixels
+    a, b = sitk.ReadImage(str(ct_nii)), sitk.ReadImage(str(out))
+    assert a.GetSize() == b.GetSize()
+    np.testing.assert_allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+    back = read_image(out)
+    assert back.source_format == "itk" and back.source_dtype == np.int16
+    np.testing.assert_array_equal(back.array, vol.array)
+    np.testing.assert_allclose(back.affine, vol.affine, atol=1e-5)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_itk_2d(tmp_path):
+    img = sitk.GetImageFromArray(np.arange(20 * 24, dtype=np.float32).reshape(20, 24))
+    img.SetSpacing((0.5, 0.7))
+    img.SetOrigin((10.0, 20.0))
+    sitk.WriteImage(img, str(tmp_path / "2d.mha"))
+    vol = read_image(tmp_path / "2d.mha")
+    assert vol.array.shape == (24, 20, 1) and vol.slice_axis == 2
+    np.testing.assert_allclose(vol.affine[:3, 3], [-10.0, -20.0, 0.0])
+    np.testing.assert_allclose(vol.spacing_mm, (0.5, 0.7, 1.0))
+    assert vol.array[3, 2, 0] == 2 * 24 + 3
+
+
+# ---------------------------------------------------------------------------------------------
+# bad inputs
+
+
+def _truncated_gz(tmp_path, ct_nii):
+    bad = tmp_path / "trunc.nii.gz"
+    bad.write_bytes(ct_nii.read_bytes()[:5000])
+    return bad
+
+
+def _four_d(tmp_path, ct_nii):
+    bad = tmp_path / "4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 4, 3), np.int16), np.eye(4)), str(bad))
+    return bad
+
+
+def _nans(tmp_path, ct_nii):
+    data = np.ones((20, 20, 3), np.float32)
+    data[3, 4, 1] = np.nan
+    data[5, 4, 1] = np.inf
+    bad = tmp_path / "nan.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(bad))
+    return bad
+
+
+def _one_pixel(tmp_path, ct_nii):
+    bad = tmp_path / "one.nii"
+    nib.save(nib.Nifti1Image(np.ones((1, 1), np.float32), np.eye(4)), str(bad))
+    return bad
+
+
+def _huge_header(tmp_path, ct_nii):
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((20000, 20000, 1))
+    hdr.set_data_dtype(np.int16)
+    bad = tmp_path / "huge.nii"
+    with open(bad, "wb") as f:  # a 352-byte header and almost no data: must fail before reading
+        hdr.write_to(f)
+        f.write(b"\x00" * 100)
+    return bad
+
+
+def _folder_as_file(tmp_path, ct_nii):
+    bad = tmp_path / "dir.nii.gz"
+    bad.mkdir()
+    return bad
+
+
+def _empty_folder(tmp_path, ct_nii):
+    bad = tmp_path / "empty"
+    bad.mkdir()
+    return bad
+
+
+def _missing(tmp_path, ct_nii):
+    return tmp_path / "nope.nii.gz"
+
+
+def _garbage_mha(tmp_path, ct_nii):
+    bad = tmp_path / "junk.mha"
+    bad.write_bytes(b"this is not a MetaImage header\x00\x01\x02")
+    return bad
+
+
+def _unknown_suffix(tmp_path, ct_nii):
+    bad = tmp_path / "image.png"
+    bad.write_bytes(b"\x89PNG....")
+    return bad
+
+
+def _rgb(tmp_path, ct_nii):
+    bad = tmp_path / "rgb.mha"
+    sitk.WriteImage(sitk.Image([20, 20], sitk.sitkVectorUInt8, 3), str(bad))
+    return bad
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (_truncated_gz, "truncated|not a readable"),
+        (_four_d, "4-D"),
+        (_nans, "2 NaN or infinite"),
+        (_one_pixel, "1x1"),
+        (_huge_header, "20000x20000"),
+        (_folder_as_file, "is a folder"),
+        (_empty_folder, "empty"),
+        (_missing, "no such file"),
+        (_garbage_mha, "not a readable"),
+        (_unknown_suffix, "unknown image format"),
+        (_rgb, "components"),
+    ],
+)
+def test_bad_inputs(make, needle, tmp_path, ct_nii):
+    bad = make(tmp_path, ct_nii)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(BadInputError, match=needle) as err:
+        read_image(bad)
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 400
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_list_cases_empty_and_file(tmp_path, ct_nii):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match="no images"):
+        list_cases(tmp_path / "empty")
+    with pytest.raises(BadInputError, match="not a folder"):
+        list_cases(ct_nii)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing: destinations and atomicity
+
+
+def test_write_errors_leave_nothing(ct_nii, tmp_path, monkeypatch):
+    vol = read_image(ct_nii)
+    with pytest.raises(BadInputError, match="does not exist"):
+        write_image(vol, tmp_path / "missing" / "out.nii.gz")
+    assert not (tmp_path / "missing").exists()
+    with pytest.raises(BadInputError, match="overwrite the input"):
+        write_image(vol, ct_nii)
+    with pytest.raises(BadInputError, match="output format"):
+        write_image(vol, tmp_path / "noformat")
+    with pytest.raises(BadInputError, match="NaN"):
+        write_image(vol.with_array(vol.array * np.nan), tmp_path / "nan.nii.gz")
+
+    def boom(img, path):
+        Path(path).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", boom)
+    with pytest.raises(BadInputError, match="disk full"):
+        write_image(vol, tmp_path / "out.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+def test_existing_output_replaced_atomically(ct_nii, tmp_path):
+    vol = read_image(ct_nii)
+    target = tmp_path / "o.nii.gz"
+    target.write_bytes(b"old")
+    write_image(vol, target)
+    np.testing.assert_array_equal(read_image(target).array, vol.array)
+
+
+def test_with_array_copies_meta(ct_nii):
+    vol = read_image(ct_nii)
+    other = vol.with_array(np.zeros((10, 10, 2)), affine=np.eye(4))
+    assert other.array.dtype == np.float32 and other.array.shape == (10, 10, 2)
+    assert other.meta is not vol.meta and other.meta["nifti_header"] is vol.meta["nifti_header"]
+    np.testing.assert_array_equal(other.affine, np.eye(4))
+    assert vol.array.shape == (64, 64, 10)
