@@ -11,6 +11,7 @@ from torch import nn
 # Reference mode follows the published computation step by step (hand-written LayerNorm over a
 # (B, HW, C) view, sparse expert dispatch); benchmarks use it to measure the fast path's gain.
 _REFERENCE = {"on": False}
+_FFN_CHUNK = 1 << 23  # hidden activations (channels x pixels) held at once by inference
 
 
 def set_reference_mode(on: bool) -> None:
@@ -80,8 +81,30 @@ class GatedDconvFeedForward(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, value = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-        return self.project_out(F.gelu(gate) * value)
+        hidden = self.project_out.in_channels
+        if torch.is_grad_enabled() or reference_mode() or hidden * x[0, 0].numel() <= _FFN_CHUNK:
+            gate, value = self.dwconv(self.project_in(x)).chunk(2, dim=1)
+            return self.project_out(F.gelu(gate) * value)
+        return self._chunked(x, hidden)
+
+    def _chunked(self, x: torch.Tensor, hidden: int) -> torch.Tensor:
+        """Inference in groups of hidden channels: each gate/value pair only meets its own depthwise
+        filter, so the 1x1 projections split exactly and the full hidden map is never held."""
+        step = max(1, _FFN_CHUNK // x[0, 0].numel())
+        w_in, w_dw, w_out = self.project_in.weight, self.dwconv.weight, self.project_out.weight
+        b_in, b_dw = self.project_in.bias, self.dwconv.bias
+        out = None
+        for i in range(0, hidden, step):
+            rows = torch.cat([torch.arange(i, min(i + step, hidden))] * 2)
+            rows[len(rows) // 2 :] += hidden
+            h = F.conv2d(x, w_in[rows], None if b_in is None else b_in[rows])
+            h = F.conv2d(h, w_dw[rows], None if b_dw is None else b_dw[rows], padding=1, groups=len(rows))
+            gate, value = h.chunk(2, dim=1)
+            part = F.conv2d(F.gelu(gate) * value, w_out[:, i : i + step])
+            out = part if out is None else out + part
+        if self.project_out.bias is not None:
+            out = out + self.project_out.bias.view(1, -1, 1, 1)
+        return out
 
 
 class TransposedAttention(nn.Module):

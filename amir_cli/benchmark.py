@@ -1,0 +1,568 @@
+"""`amir benchmark`: paired cases -> scores of the input, classical baselines and AMIR (SPEC §4, §5).
+
+Data
+----
+* **Paired** (the paper's layout): ``DATA/{MRI,CT,PET}/test/{LQ,HQ}/<case>.nii[.gz]`` (any image
+  format `read_image` takes), pairs matched by name, the task named by the modality folder.  Extra
+  low-quality folders ``LQ_<level>`` beside ``LQ`` (e.g. ``LQ_x2``, ``LQ_x4``, ``LQ_dose1-12``) share
+  the ``HQ`` folder; ``<level>`` is the label in the tables (``LQ`` alone has no level, shown "-").
+* **Simulated**: a folder of high-quality volumes and ``--simulate TASK[:LEVEL]`` (repeatable).  With
+  modality folders ``DATA/{MRI,CT,PET}/`` each task takes the volumes of its folder; a flat folder
+  gives every volume every simulated task.  The low-quality input is made by the SPEC §3
+  degradation of each scored slice with the generator :func:`degrade.slice_rng` of (case seed,
+  slice index), so a slice degrades the same whether or not ``--max-slices`` is used.
+
+Scoring
+-------
+Every case is read, its slices put first ``(S, H, W)``, optionally reduced to ``max_slices`` evenly
+spaced slices among those whose windowed reference is not constant (slices that §4 cannot score),
+then scored by :func:`metrics.volume_scores` in physical units for: ``input`` (the low-quality
+image; for MR on a coarser grid its k-space zero-filled upsampling), the task's classical
+baseline (:mod:`amir_cli.baselines`) and ``amir``.  Case scores are slice means, table scores case
+means.  Time per slice is wall time of the method over the case's scored slices (model loading
+excluded).  A case that fails (unreadable file, LQ/HQ shape mismatch, ...) is recorded and skipped;
+the others complete and the command exits 3.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from amir_cli import __version__, baselines
+from amir_cli.errors import AmirError, BadInputError
+from amir_cli.imaging import degrade, intensity
+from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem
+from amir_cli.metrics import volume_scores
+
+TASKS = ("mri-sr", "ct-denoise", "pet-synthesis")
+FOLDER_TASK = {"mri": "mri-sr", "mr": "mri-sr", "ct": "ct-denoise", "pet": "pet-synthesis", "pt": "pet-synthesis"}
+TASK_FOLDER = {"mri-sr": "MRI", "ct-denoise": "CT", "pet-synthesis": "PET"}
+CSV_COLUMNS = ("case", "task", "level", "method", "psnr", "ssim", "rmse", "n_slices", "seconds_per_slice")
+PROTOCOL = (
+    "SPEC §4 (the paper's): per slice, prediction and reference clipped to the task's evaluation window "
+    "(CT [-160, 240] HU, PET [0, 20] SUV, MR [0, 4095]); L = max - min of the clipped reference slice; "
+    "PSNR over the whole slice; SSIM 11x11 Gaussian window (sigma 1.5); RMSE in physical units. "
+    "Case scores are slice means, table scores case means."
+)
+MAX_SLICES_NOTE = (
+    "--max-slices {n}: {n} evenly spaced slices scored per case, chosen among the slices whose windowed "
+    "reference is not constant"
+)
+
+
+# --------------------------------------------------------------------------------------- cases
+@dataclass(frozen=True)
+class Simulation:
+    """One ``--simulate TASK[:LEVEL]``: the task, its level (factor or dose fraction) and a label."""
+
+    task: str
+    level: float
+    label: str
+
+
+@dataclass
+class CaseSpec:
+    name: str
+    task: str
+    level: str  # label shown in the tables ("" = unknown, paired `LQ`)
+    hq_path: Path
+    lq_path: Path | None = None  # paired
+    simulation: Simulation | None = None  # simulated
+
+
+@dataclass
+class BenchmarkResult:
+    rows: list[dict]  # one per case and method (the CSV)
+    summary: dict  # summary.json
+    failures: list[dict]
+    out_dir: Path
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.failures else 0
+
+
+def parse_simulate(text: str) -> Simulation:
+    """``TASK[:LEVEL]`` -> Simulation.  LEVEL: MR factor 2 or 4 (``x4`` accepted), dose fraction as a
+    number or a fraction (``0.25``, ``1/12``); default :data:`degrade.DEFAULT_LEVEL`."""
+    task, _, level = str(text).strip().partition(":")
+    task = task.strip()
+    if task not in TASKS:
+        raise BadInputError(f"--simulate {text!r}: unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    level = level.strip()
+    if not level:
+        value = degrade.DEFAULT_LEVEL[task]
+        level = str(value)
+    try:
+        if task == "mri-sr":
+            value = int(level.lstrip("xX"))
+            if value not in (2, 4):
+                raise ValueError
+            return Simulation(task, value, f"x{value}")
+        frac = Fraction(level)
+        value = float(frac)
+        if not 0 < value <= 1:
+            raise ValueError
+    except (ValueError, ZeroDivisionError):
+        what = "a factor 2 or 4" if task == "mri-sr" else "a dose fraction in (0, 1], e.g. 0.25 or 1/12"
+        raise BadInputError(f"--simulate {text!r}: level must be {what}") from None
+    label = level if "/" in level else f"{value:g}"
+    return Simulation(task, value, label)
+
+
+def _task_folders(root: Path) -> list[tuple[str, Path]]:
+    return [(FOLDER_TASK[p.name.lower()], p) for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in FOLDER_TASK]
+
+
+def _case_name(path: Path) -> str:
+    return stem(path) if image_suffix(path) else path.name
+
+
+def find_cases(data, simulate=()) -> list[CaseSpec]:
+    """The cases of a benchmark folder (see the module docstring)."""
+    root = Path(data)
+    if not root.is_dir():
+        raise BadInputError(f"{root}: benchmark data folder not found")
+    sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
+    folders = _task_folders(root)
+    cases: list[CaseSpec] = []
+    if not sims:
+        for task, folder in folders:
+            test = folder / "test"
+            if not (test / "HQ").is_dir():
+                continue
+            hq = {_case_name(p): p for p in list_cases(test / "HQ")}
+            lq_dirs = sorted(d for d in test.iterdir() if d.is_dir() and re.fullmatch(r"LQ(_.+)?", d.name))
+            if not lq_dirs:
+                raise BadInputError(f"{test}: no LQ folder beside HQ")
+            for lq_dir in lq_dirs:
+                level = lq_dir.name[3:]
+                lq = {_case_name(p): p for p in list_cases(lq_dir)}
+                for name in sorted(set(hq) | set(lq)):
+                    cases.append(CaseSpec(name, task, level, hq.get(name), lq.get(name)))  # type: ignore[arg-type]
+        if not cases:
+            raise BadInputError(
+                f"{root}: no paired test data (expected {{MRI,CT,PET}}/test/{{LQ,HQ}}/); "
+                "for a folder of high-quality volumes pass --simulate TASK[:LEVEL]"
+            )
+        return cases
+    by_task = {t: [] for t in TASKS}
+    if folders:
+        for task, folder in folders:
+            by_task[task] += list_cases(folder)
+    else:
+        for t in TASKS:
+            by_task[t] = list_cases(root)
+    for sim in sims:
+        paths = by_task[sim.task]
+        if not paths:
+            raise BadInputError(f"{root}: no {TASK_FOLDER[sim.task]}/ volumes for --simulate {sim.task}")
+        for p in paths:
+            cases.append(CaseSpec(_case_name(p), sim.task, sim.label, p, None, sim))
+    return cases
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _slices_first(vol) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(vol.array, vol.slice_axis, 0), dtype=np.float32)
+
+
+def _inplane_spacing(vol) -> tuple[float, float]:
+    sp = [s for a, s in enumerate(vol.spacing_mm) if a != vol.slice_axis]
+    return float(sp[0]), float(sp[1])
+
+
+def select_slices(ref: np.ndarray, task: str, max_slices: int | None) -> np.ndarray:
+    """Indices of the slices to score: all, or ``max_slices`` evenly spaced among the scorable ones."""
+    n = ref.shape[0]
+    if not max_slices:
+        return np.arange(n)
+    lo, hi = intensity.EVAL_WINDOW[task]
+    clipped = np.clip(ref, lo, hi)
+    scorable = np.flatnonzero(clipped.reshape(n, -1).max(1) > clipped.reshape(n, -1).min(1))
+    pool = scorable if scorable.size else np.arange(n)
+    if max_slices >= pool.size:
+        return pool
+    pick = np.linspace(0, pool.size - 1, max_slices).round().astype(int)
+    return pool[np.unique(pick)]
+
+
+def case_seed(seed: int, name: str, task: str) -> int:
+    """Per-case degradation seed: stable across runs, different for each case and task."""
+    return (int(seed) * 1_000_003 + zlib.crc32(f"{task}/{name}".encode())) % (2**31)
+
+
+def _scale_between(lq_shape, hq_shape) -> int:
+    """Integer in-plane factor s with lq * s == hq (1 if equal); 0 if there is none."""
+    if tuple(lq_shape) == tuple(hq_shape):
+        return 1
+    if lq_shape[0] != hq_shape[0]:
+        return 0
+    for s in (2, 4):
+        if lq_shape[1] * s == hq_shape[1] and lq_shape[2] * s == hq_shape[2]:
+            return s
+    return 0
+
+
+def _run_amir(model, lq_vol, task: str, *, scale: int, device, precision: str, batch_size: int) -> np.ndarray:
+    """AMIR on a Volume through :func:`amir_cli.restore.restore_volume`; slices-first array out."""
+    from amir_cli.restore import restore_volume
+
+    vol, _ = restore_volume(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size)
+    return _slices_first(vol)
+
+
+def zero_filled(slices: np.ndarray, scale: int) -> np.ndarray:
+    """k-space zero-filled upsampling of each slice, exactly as `restore` does before the network."""
+    from amir_cli.restore import kspace_upsample
+
+    return np.stack([kspace_upsample(s, scale) for s in slices]).astype(np.float32)
+
+
+def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
+    """(hq Volume, hq slices, lq Volume restricted to the scored slices, lq slices, scale, indices)."""
+    if spec.hq_path is None:
+        raise BadInputError(f"no HQ image named {spec.name} (LQ: {spec.lq_path})")
+    if spec.simulation is None and spec.lq_path is None:
+        raise BadInputError(f"no LQ image named {spec.name} in LQ{'_' + spec.level if spec.level else ''} (HQ: {spec.hq_path})")
+    hq_vol = read_image(spec.hq_path)
+    hq_all = _slices_first(hq_vol)
+    idx = select_slices(hq_all, spec.task, max_slices)
+    hq = hq_all[idx]
+    if spec.simulation is not None:
+        lq_vol_full = hq_vol
+        pix = float(np.mean(_inplane_spacing(hq_vol)))
+        cs = case_seed(seed, spec.name, spec.task)
+        lq = np.stack(
+            [degrade.degrade_slice(hq_all[i], spec.task, spec.simulation.level, degrade.slice_rng(cs, int(i)), pixel_mm=pix) for i in idx]
+        ).astype(np.float32)
+        scale = 1
+    else:
+        lq_vol_full = read_image(spec.lq_path)
+        lq_all = _slices_first(lq_vol_full)
+        scale = _scale_between(lq_all.shape, hq_all.shape)
+        if scale == 0 or (scale > 1 and spec.task != "mri-sr"):
+            raise BadInputError(f"LQ shape {tuple(lq_vol_full.shape)} does not match HQ shape {tuple(hq_vol.shape)}")
+        lq = lq_all[idx]
+    # a Volume holding just the scored slices, in the file's axis order, for restore_volume
+    lq_vol = lq_vol_full.with_array(np.moveaxis(lq, 0, lq_vol_full.slice_axis))
+    return hq_vol, hq, lq_vol, lq, scale, idx
+
+
+def _weights_info(weights) -> dict:
+    from amir_cli import weights as registry
+
+    path, entry = registry.resolve(weights)
+    if entry is not None:
+        return {"name": entry.name, "sha256": entry.sha256, "file": str(path)}
+    return {"name": Path(path).name, "sha256": registry.sha256_of(Path(path)), "file": str(path)}
+
+
+def _fmt(v, nd=2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{nd}f}"
+
+
+def level_sort_key(task: str, level: str):
+    if not level:
+        return (0, 0.0)
+    try:
+        v = float(Fraction(level.lstrip("xX").replace("dose", "").replace("-", "/")))
+        return (1, v if task == "mri-sr" else -v)
+    except (ValueError, ZeroDivisionError):
+        return (2, level)
+
+
+# ---------------------------------------------------------------------------------------- run
+def run_benchmark(
+    data,
+    out_dir,
+    *,
+    weights=None,
+    simulate=(),
+    with_baselines: bool = True,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 4,
+    max_slices: int | None = None,
+    seed: int = 0,
+    notes=(),
+    model=None,
+    figures: bool = True,
+    progress=None,
+    data_label: str | None = None,
+) -> BenchmarkResult:
+    """Score every case of ``data`` and write ``cases.csv``, ``summary.json``, ``summary.md`` and
+    ``figures/*.png`` into ``out_dir``.
+
+    ``progress(done, total, case_label)`` is called after each case.  ``model``: an already loaded
+    network (then ``weights`` only names it in the summary).  ``data_label`` replaces the data path
+    in the summaries (e.g. for data built in a temporary folder).  Raises :class:`AmirError` when nothing
+    can be run (no cases, weights unusable); per-case failures are returned in ``failures``.
+    """
+    if max_slices is not None and int(max_slices) < 1:
+        raise BadInputError(f"--max-slices must be at least 1, got {max_slices}")
+    if batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
+    cases = find_cases(data, simulate)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"{out}: exists and is not a folder")
+    t_start = time.perf_counter()
+    from amir_cli.restore import load_weights, pick_device, precision_context
+
+    dev = pick_device(device)
+    precision_context(dev, precision)  # an unsupported precision fails here, before any case
+    if model is None:
+        loaded = load_weights(weights, dev)
+        model = loaded.model
+        winfo = {"name": Path(loaded.name).name, "sha256": loaded.sha256, "file": str(loaded.path)}
+    else:
+        winfo = _weights_info(weights)
+    out.mkdir(parents=True, exist_ok=True)
+
+    rows: list[dict] = []
+    failures: list[dict] = []
+    showcase: dict[tuple[str, str], list[dict]] = {}
+    for k, spec in enumerate(cases):
+        label = f"{spec.task} {spec.level or '-'} {spec.name}"
+        try:
+            case_rows, show = _score_case(spec, model, seed=seed, max_slices=max_slices, with_baselines=with_baselines,
+                                          device=dev, precision=precision, batch_size=batch_size)
+            rows += case_rows
+            showcase.setdefault((spec.task, spec.level), []).append(show)
+        except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
+            failures.append({"case": spec.name, "task": spec.task, "level": spec.level, "error": _one_line(exc)})
+        if progress is not None:
+            progress(k + 1, len(cases), label)
+
+    fig_paths: list[Path] = []
+    if figures and showcase:
+        from amir_cli.figures import comparison_figure
+
+        (out / "figures").mkdir(exist_ok=True)
+        for (task, level), shows in sorted(showcase.items(), key=lambda kv: (kv[0][0], level_sort_key(*kv[0]))):
+            pick = _representative(shows)
+            path = out / "figures" / f"{task}_{_slug(level or 'paired')}.png"
+            comparison_figure(pick, path)
+            fig_paths.append(path)
+
+    summary = _summary(rows, failures, cases, data=data_label or data, simulate=simulate, weights=winfo, device=str(dev), precision=precision,
+                       batch_size=batch_size, max_slices=max_slices, seed=seed, with_baselines=with_baselines,
+                       notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths],
+                       seconds=time.perf_counter() - t_start)
+    _write_csv(out / "cases.csv", rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    (out / "summary.md").write_text(markdown_summary(summary))
+    return BenchmarkResult(rows, summary, failures, out, fig_paths)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "level"
+
+
+def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size):
+    hq_vol, hq, lq_vol, lq, scale, idx = _load_pair(spec, seed, max_slices)
+    task = spec.task
+    n = len(idx)
+    methods: list[tuple[str, np.ndarray, float | None]] = []
+    if scale > 1:
+        t = time.perf_counter()
+        zf = zero_filled(lq, scale)
+        methods.append(("input", zf, (time.perf_counter() - t) / n))
+    else:
+        methods.append(("input", lq, None))
+    if with_baselines:
+        t = time.perf_counter()
+        base = baselines.run_baseline(task, lq, _inplane_spacing(lq_vol), scale)
+        if base is not None:
+            methods.append((base[0], base[1], (time.perf_counter() - t) / n))
+    t = time.perf_counter()
+    restored = _run_amir(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size)
+    methods.append(("amir", restored, (time.perf_counter() - t) / n))
+
+    rows = []
+    scores = {}
+    for name, pred, sps in methods:
+        if pred.shape != hq.shape:
+            raise BadInputError(f"{name} output shape {pred.shape} differs from the reference {hq.shape}")
+        sc = volume_scores(pred, hq, task, slice_axis=0)
+        scores[name] = sc
+        rows.append({
+            "case": spec.name, "task": task, "level": spec.level, "method": name,
+            "psnr": sc["psnr"], "ssim": sc["ssim"], "rmse": sc["rmse"], "n_slices": sc["n_slices"],
+            "seconds_per_slice": sps,
+        })
+    # the figure slice: the scored slice with the most reference signal in the window
+    lo, hi = intensity.EVAL_WINDOW[task]
+    signal = np.clip(hq, lo, hi).reshape(n, -1).std(1)
+    j = int(np.argmax(signal))
+    from amir_cli.metrics import slice_scores
+
+    panels = [(name, pred[j], slice_scores(pred[j], hq[j], task) if np.ptp(np.clip(hq[j], lo, hi)) > 0 else None)
+              for name, pred, _ in methods]
+    show = {
+        "case": spec.name, "task": task, "level": spec.level, "slice": int(idx[j]),
+        "reference": hq[j], "panels": panels, "amir_psnr": scores["amir"]["psnr"],
+        "pixel_mm": _inplane_spacing(hq_vol),
+    }
+    return rows, show
+
+
+def _representative(shows: list[dict]) -> dict:
+    """The case whose AMIR PSNR is the median of its task and level."""
+    vals = [s["amir_psnr"] if np.isfinite(s["amir_psnr"]) else -np.inf for s in shows]
+    order = np.argsort(vals)
+    return shows[int(order[(len(order) - 1) // 2])]
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _nan_to_none(v):
+    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({
+                **r,
+                "psnr": _fmt(r["psnr"], 4), "ssim": _fmt(r["ssim"], 5), "rmse": _fmt(r["rmse"], 4),
+                "seconds_per_slice": "" if r["seconds_per_slice"] is None else f"{r['seconds_per_slice']:.4f}",
+            })
+
+
+def _summary(rows, failures, cases, *, data, simulate, weights, device, precision, batch_size, max_slices, seed,
+             with_baselines, notes, figures, seconds) -> dict:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["level"], r["method"]), []).append(r)
+    method_order = {"input": 0, "amir": 2}
+    keys = sorted(groups, key=lambda k: (TASKS.index(k[0]), level_sort_key(k[0], k[1]), method_order.get(k[2], 1), k[2]))
+    results = []
+    for task, level, method in keys:
+        g = groups[(task, level, method)]
+        mean = {m: float(np.mean([r[m] for r in g])) for m in ("psnr", "ssim", "rmse")}
+        inp = groups.get((task, level, "input"))
+        gain_psnr = gain_ssim = None
+        if inp and method != "input":
+            gain_psnr = mean["psnr"] - float(np.mean([r["psnr"] for r in inp]))
+            gain_ssim = mean["ssim"] - float(np.mean([r["ssim"] for r in inp]))
+        sps = [r["seconds_per_slice"] for r in g if r["seconds_per_slice"] is not None]
+        results.append({
+            "task": task, "level": level, "method": method, "n_cases": len(g),
+            "n_slices": int(sum(r["n_slices"] for r in g)),
+            **{k: _nan_to_none(v) for k, v in mean.items()},
+            "psnr_gain_over_input": _nan_to_none(gain_psnr), "ssim_gain_over_input": _nan_to_none(gain_ssim),
+            "seconds_per_slice": float(np.mean(sps)) if sps else None,
+        })
+    tasks = sorted({c.task for c in cases}, key=TASKS.index)
+    all_notes = list(notes)
+    sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
+    if sims:
+        all_notes.append(f"low-quality inputs simulated by the SPEC §3 degradations (seed {seed}, one stream per case and slice)")
+    if any(s.task == "pet-synthesis" for s in sims):
+        all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
+    if max_slices:
+        all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
+    return {
+        "tool": f"amir {__version__}",
+        "data": str(data),
+        "mode": "simulated" if sims else "paired",
+        "simulate": [{"task": s.task, "level": s.level, "label": s.label} for s in sims],
+        "weights": weights,
+        "device": device,
+        "precision": precision,
+        "batch_size": batch_size,
+        "max_slices": max_slices,
+        "seed": seed,
+        "protocol": PROTOCOL,
+        "baselines": {t: baselines.DESCRIPTIONS[t] for t in tasks} if with_baselines else {},
+        "n_cases": len(cases),
+        "n_failed": len(failures),
+        "failed": failures,
+        "results": results,
+        "figures": figures,
+        "notes": all_notes,
+        "seconds": round(seconds, 2),
+    }
+
+
+def markdown_summary(summary: dict) -> str:
+    """summary.md: the results table and the notes."""
+    w = summary["weights"]
+    lines = [
+        "# amir benchmark",
+        "",
+        f"Data: `{summary['data']}` ({summary['mode']}); weights `{w['name']}` (sha256 `{w['sha256'][:16]}…`); "
+        f"device {summary['device']}, {summary['precision']}; {summary['n_cases']} cases"
+        + (f", **{summary['n_failed']} failed**" if summary["n_failed"] else "") + ".",
+        "",
+        "| task | level | method | cases | slices | PSNR (dB) | SSIM | RMSE | ΔPSNR vs input | ΔSSIM vs input | s/slice |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    units = {"ct-denoise": " HU", "pet-synthesis": " SUV", "mri-sr": ""}
+    for r in summary["results"]:
+        gain = "" if r["psnr_gain_over_input"] is None else f"{r['psnr_gain_over_input']:+.2f}"
+        gain_s = "" if r["ssim_gain_over_input"] is None else f"{r['ssim_gain_over_input']:+.4f}"
+        sps = "" if r["seconds_per_slice"] is None else f"{r['seconds_per_slice']:.3f}"
+        method = f"**{r['method']}**" if r["method"] == "amir" else r["method"]
+        lines.append(
+            f"| {r['task']} | {r['level'] or '-'} | {method} | {r['n_cases']} | {r['n_slices']} | {_fmt(r['psnr'])} | "
+            f"{_fmt(r['ssim'], 4)} | {_fmt(r['rmse'])}{units[r['task']]} | {gain} | {gain_s} | {sps} |"
+        )
+    lines += ["", "## Notes", "", f"- Protocol: {summary['protocol']}"]
+    for t, d in summary["baselines"].items():
+        lines.append(f"- Baseline for {t}: {d}.")
+    lines.append("- `input` is the low-quality image itself (MR on a coarser grid: its k-space zero-filled upsampling).")
+    lines.append("- Seconds per slice: wall time on the device above, model loading excluded; `input` has none.")
+    for n in summary["notes"]:
+        lines.append(f"- {n}")
+    for f in summary["failed"]:
+        lines.append(f"- FAILED {f['task']} {f['level'] or '-'} {f['case']}: {f['error']}")
+    if summary["figures"]:
+        lines += ["", "## Figures", ""]
+        for f in summary["figures"]:
+            lines.append(f"![{Path(f).stem}]({f})")
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(summary: dict):
+    """The results as a rich Table for the terminal."""
+    from rich.table import Table
+
+    table = Table(title="amir benchmark (SPEC §4 scores; case means)")
+    for col in ("task", "level", "method", "cases", "PSNR", "SSIM", "RMSE", "ΔPSNR", "s/slice"):
+        table.add_column(col, justify="left" if col in ("task", "level", "method") else "right")
+    for r in summary["results"]:
+        table.add_row(
+            r["task"], r["level"] or "-", r["method"], str(r["n_cases"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4),
+            _fmt(r["rmse"]), "" if r["psnr_gain_over_input"] is None else f"{r['psnr_gain_over_input']:+.2f}",
+            "" if r["seconds_per_slice"] is None else f"{r['seconds_per_slice']:.3f}",
+        )
+    return table

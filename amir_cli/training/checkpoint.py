@@ -1,0 +1,198 @@
+"""Run-folder files written atomically: checkpoints (tensors and plain containers only, so they load
+with ``torch.load(weights_only=True)``), JSON, the metrics log and the training-curve figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amir_cli.errors import AmirError
+
+LAST = "last.pt"
+BEST = "best.pt"
+RUN_JSON = "run.json"
+METRICS = "metrics.jsonl"
+CURVES = "curves.png"
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class RunFolderError(AmirError):
+    """The run folder cannot be written (permissions, disk full) or read back."""
+
+
+def _atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then os.replace: a reader (or a kill -9) sees the old file or the new one."""
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        raise RunFolderError(
+            f"cannot write {path.name} in run folder {path.parent} ({exc.strerror or exc}); "
+            "the previous checkpoint is intact"
+        ) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def save_torch(obj: dict, path: Path) -> None:
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch(path: Path) -> dict:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise RunFolderError(f"no checkpoint {path}") from None
+    except Exception as exc:  # truncated/corrupt file
+        raise RunFolderError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+
+
+def write_json(path: Path, data: dict) -> None:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+
+    _atomic_write(path, w)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, (Path,)):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise RunFolderError(f"cannot read {path}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------ RNG states
+def rng_state() -> dict:
+    """Python, numpy and torch (CPU and CUDA) generator states as tensors/lists."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):  # a different number of GPUs: keep the fresh states
+            pass
+
+
+# ------------------------------------------------------------------------------ metrics log
+class MetricsLog:
+    """``metrics.jsonl``: one JSON record per line, appended; kept in memory for the curves."""
+
+    def __init__(self, path: Path, records: list | None = None):
+        self.path = Path(path)
+        self.records = list(records or [])
+
+    @classmethod
+    def resume(cls, path: Path, iteration: int) -> "MetricsLog":
+        """Keep the records up to the checkpoint's iteration (later ones are replayed) and drop a
+        line torn by a kill."""
+        records = []
+        if Path(path).exists():
+            for line in Path(path).read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("iteration", 0) <= iteration:
+                    records.append(rec)
+        log = cls(path, records)
+        _atomic_write(log.path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in records)))
+        return log
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record, default=_json_default) + "\n")
+        except OSError as exc:
+            raise RunFolderError(f"cannot write {self.path} ({exc.strerror or exc})") from None
+
+
+def plot_curves(records: list, path: Path) -> None:
+    """Training loss and validation PSNR per task over iterations (PNG, matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        it = [r["iteration"] for r in train]
+        ax1.plot(it, [r["l1"] for r in train], label="L1")
+        ax1.plot(it, [r["load_loss"] * 0.001 for r in train], label="0.001 x load loss")
+        ax1.set_yscale("log")
+        ax1.legend()
+    ax1.set_xlabel("iteration")
+    ax1.set_title("training loss")
+    for task in sorted({t for r in val for t in r.get("psnr", {})}):
+        pts = [(r["iteration"], r["psnr"][task]) for r in val if task in r.get("psnr", {})]
+        line = ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{task}")[0]
+        inp = val[-1].get("input_psnr", {}).get(task)
+        if inp is not None:
+            ax2.axhline(inp, color=line.get_color(), linestyle=":", linewidth=1)
+    if val:
+        ax2.legend(title="dotted: input")
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("PSNR (dB)")
+    ax2.set_title("validation (SPEC §4)")
+    fig.tight_layout()
+
+    def w(tmp):
+        fig.savefig(tmp, format="png", dpi=90)
+
+    try:
+        _atomic_write(path, w)
+    finally:
+        plt.close(fig)

@@ -1,0 +1,542 @@
+"""The training loop: L1 + 0.001 x load loss, Adam, cosine schedule, EMA, task weighting, AMP, DDP,
+validation by SPEC §4, atomic checkpoints and exact resumption."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amir_cli import __version__
+from amir_cli.errors import AmirError, BadInputError, DeviceError
+from amir_cli.imaging import intensity
+from amir_cli.metrics import slice_scores
+
+from . import checkpoint as ckpt
+from .data import TASKS, Levels, PatchSampler, SamplerOptions, load_volumes, make_loader, validation_set
+
+
+class TrainingDivergedError(AmirError):
+    """The loss became NaN or infinite."""
+
+
+# Options that may change when a run is resumed (everything else is fixed by run.json).
+RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "log_every", "quiet", "export")
+
+
+@dataclass
+class TrainOptions:
+    """Every option of `amir train`; defaults are the paper's recipe where it has one."""
+
+    data: str | None = None
+    out: str | None = None
+    config: str = "amir"
+    tasks: tuple[str, ...] = TASKS
+    iterations: int = 200_000
+    batch_size: int = 8  # per process; under torchrun the global batch is K x this
+    patch_size: int = 128
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eta_min: float = 1e-6
+    warmup: int = 0
+    load_loss_weight: float = 0.001
+    ema: float = 0.0  # 0: off; e.g. 0.999
+    task_weighting: str = "uniform"  # or "uncertainty"
+    amp: bool = False  # bf16 autocast on CUDA
+    clip_grad: float = 0.0  # max gradient norm; 0: off
+    seed: int = 0
+    val_every: int = 5000
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    val_slices: int = 8  # per task
+    val_size: int = 256  # centre crop of the validation slices (0: whole slice)
+    workers: int | None = None  # default min(8, cpu_count - 1)
+    threads: int | None = None  # torch CPU threads of the training process (default: torch's)
+    crops_per_slice: int = 1
+    mr_scale_jitter: float = 0.0
+    ct_dose: tuple[float, float] = (0.1, 0.5)
+    ct_i0: tuple[float, float] = (1e5, 1e6)
+    mr_factors: tuple[int, ...] = (2, 4)
+    pet_dose: tuple[float, float] = (1 / 12, 1 / 2)
+    init: str | None = None
+    device: str = "auto"
+    export: str | None = None
+    quiet: bool = False
+
+    def levels(self) -> Levels:
+        return Levels(tuple(self.ct_dose), tuple(self.ct_i0), tuple(int(f) for f in self.mr_factors), tuple(self.pet_dose))
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainOptions":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kw = {}
+        for k, v in d.items():
+            if k in names:
+                kw[k] = tuple(v) if isinstance(v, list) else v
+        return cls(**kw)
+
+    def check(self) -> None:
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise BadInputError(f"unknown task(s) {', '.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
+        from amir_cli.network import CONFIGS
+
+        if self.config not in CONFIGS:
+            raise BadInputError(f"unknown --config {self.config!r}; known: {', '.join(CONFIGS)}")
+        for name in ("iterations", "batch_size", "val_every", "checkpoint_every", "log_every", "val_slices"):
+            if int(getattr(self, name)) < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise BadInputError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise BadInputError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.task_weighting not in ("uniform", "uncertainty"):
+            raise BadInputError("--task-weighting must be uniform or uncertainty")
+        for name, (lo, hi) in (("ct-dose", self.ct_dose), ("pet-dose", self.pet_dose)):
+            if not 0 < lo <= hi <= 1:
+                raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
+        if not 0 < self.ct_i0[0] <= self.ct_i0[1]:
+            raise BadInputError("--ct-i0 range must be positive and ordered")
+        if not self.mr_factors or any(int(f) < 2 for f in self.mr_factors):
+            raise BadInputError("--mr-factors must be integers >= 2")
+
+
+# ------------------------------------------------------------------------------ distributed
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def _init_distributed(device_kind: str) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+    return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+
+
+def _device(name: str, dist: Dist) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError("--device cuda requested but no CUDA GPU is available (use --device cpu)")
+        if dist.world > 1 or name == "cuda":
+            return torch.device("cuda", dist.local_rank if dist.world > 1 else 0)
+        return torch.device(name)
+    if name != "cpu":
+        raise DeviceError(f"unknown --device {name!r}: use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def _default_workers() -> int:
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+# ------------------------------------------------------------------------------ helpers
+def parse_range(text: str, name: str) -> tuple[float, float]:
+    """'0.1:0.5', '0.1,0.5', '1/12:1/2' or one value -> (low, high)."""
+    parts = [p for p in str(text).replace(",", ":").split(":") if p.strip()]
+    try:
+        vals = [float(p.split("/")[0]) / float(p.split("/")[1]) if "/" in p else float(p) for p in parts]
+    except (ValueError, ZeroDivisionError):
+        raise BadInputError(f"--{name} must be LOW:HIGH (numbers or fractions like 1/12), got {text!r}") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or vals[0] > vals[1]:
+        raise BadInputError(f"--{name} must be LOW:HIGH with LOW <= HIGH, got {text!r}")
+    return vals[0], vals[1]
+
+
+def cosine_lr(it: int, o: TrainOptions) -> float:
+    """Learning rate of iteration ``it`` (0-based): linear warm-up, then cosine to eta_min."""
+    if o.warmup and it < o.warmup:
+        return o.lr * (it + 1) / o.warmup
+    span = max(1, o.iterations - o.warmup)
+    t = min(1.0, (it - o.warmup) / span)
+    return o.eta_min + (o.lr - o.eta_min) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _iteration_seed(seed: int, rank: int, it: int) -> int:
+    return int(np.random.SeedSequence(int(seed), spawn_key=(int(rank), int(it), 7)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def state_hash(state: dict) -> str:
+    """sha256 over a state_dict's names and tensor bytes (to compare weights across processes)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _progress(quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+        transient=False,
+    )
+
+
+# ------------------------------------------------------------------------------ validation
+@torch.no_grad()
+def evaluate(model: nn.Module, val_set, device, amp: bool = False, batch: int = 4) -> dict:
+    """SPEC §4 scores of the network on the validation slices: per-task PSNR/SSIM means (dB)."""
+    was_training = model.training
+    model.eval()
+    per = {}
+    groups = {}
+    for s in val_set:
+        groups.setdefault((s.task, s.lq.shape), []).append(s)
+    for (task, _), items in groups.items():
+        for i in range(0, len(items), batch):
+            chunk = items[i : i + batch]
+            x = torch.from_numpy(np.stack([s.lq for s in chunk])[:, None]).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+                y = model(x)
+            y = y.float().clamp(0, 1).cpu().numpy()[:, 0]
+            for s, pred in zip(chunk, y):
+                sc = slice_scores(intensity.denormalise(pred, task, s.mr_scale), s.hq_phys, task)
+                per.setdefault(task, []).append(sc)
+    model.train(was_training)
+    return {t: {k: float(np.nanmean([s[k] for s in v])) for k in ("psnr", "ssim", "rmse")} for t, v in per.items()}
+
+
+def input_scores(val_set) -> dict:
+    per = {}
+    for s in val_set:
+        sc = slice_scores(intensity.denormalise(s.lq, s.task, s.mr_scale), s.hq_phys, s.task)
+        per.setdefault(s.task, []).append(sc)
+    return {t: {k: float(np.nanmean([s[k] for s in v])) for k in ("psnr", "ssim", "rmse")} for t, v in per.items()}
+
+
+# ------------------------------------------------------------------------------ the run
+def train(options: TrainOptions, resume: str | os.PathLike | None = None, command: list[str] | None = None) -> dict:
+    """Train (or resume) a run; returns a summary dict. Only rank 0 writes to the run folder."""
+    run_dir, o, state = _prepare_run(options, resume)
+    o.check()
+    dev_kind = "cuda" if (o.device.startswith("cuda") or (o.device == "auto" and torch.cuda.is_available())) else "cpu"
+    dist = _init_distributed(dev_kind)
+    try:
+        return _train(run_dir, o, state, dist, command if command is not None else sys.argv)
+    finally:
+        if dist.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _prepare_run(options: TrainOptions, resume):
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / ckpt.LAST).exists():
+            raise ckpt.RunFolderError(f"{run_dir}: no {ckpt.LAST} to resume from")
+        saved = ckpt.read_json(run_dir / ckpt.RUN_JSON)
+        o = TrainOptions.from_dict(saved["options"])
+        for k in RESUMABLE:  # options given again on the command line win
+            v = getattr(options, k)
+            if v != getattr(TrainOptions(), k):
+                setattr(o, k, v)
+        o.out = str(run_dir)
+        return run_dir, o, ckpt.load_torch(run_dir / ckpt.LAST)
+    if not options.data:
+        raise BadInputError("give the training DATA folder (or --resume RUN_DIR)")
+    run_dir = Path(options.out or f"runs/amir-{time.strftime('%Y%m%d-%H%M%S')}")
+    if (run_dir / ckpt.LAST).exists():
+        raise ckpt.RunFolderError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    o = dataclasses.replace(options, out=str(run_dir), tasks=tuple(t for t in TASKS if t in options.tasks) or tuple(options.tasks))
+    return run_dir, o, None
+
+
+def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command) -> dict:
+    from amir_cli.network import AMIR, get_config
+
+    device = _device(o.device, dist)
+    if o.threads:
+        torch.set_num_threads(int(o.threads))
+    amp = bool(o.amp and device.type == "cuda")
+    workers = _default_workers() if o.workers is None else int(o.workers)
+    if dist.main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ckpt.RunFolderError(f"cannot create run folder {run_dir} ({exc.strerror or exc})") from None
+
+    volumes, val_volumes, layout = load_volumes(o.data, o.tasks)
+    sampler = PatchSampler(
+        volumes,
+        o.tasks,
+        SamplerOptions(o.batch_size, o.patch_size, o.crops_per_slice, True, o.mr_scale_jitter, o.levels()),
+        seed=o.seed,
+        rank=dist.rank,
+    )
+
+    torch.manual_seed(o.seed)
+    config = get_config(o.config)
+    init_info = None
+    if o.init and state is None:
+        init_state, init_info = _init_weights(o.init)
+        from amir_cli.weights import infer_config
+
+        if infer_config(init_state) != config:
+            raise BadInputError(f"--init weights are a different configuration than --config {o.config}")
+    model = AMIR(config).to(device)
+    if o.init and state is None:
+        model.load_state_dict(init_state, strict=True)
+    log_vars = nn.Parameter(torch.zeros(len(TASKS), device=device)) if o.task_weighting == "uncertainty" else None
+    params = list(model.parameters()) + ([log_vars] if log_vars is not None else [])
+    optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas))
+    ema_model = copy.deepcopy(model).eval().requires_grad_(False) if o.ema > 0 else None
+
+    start, best, best_scores = 0, -math.inf, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema_model is not None and state.get("ema") is not None:
+            ema_model.load_state_dict(state["ema"])
+        if log_vars is not None and state.get("log_vars") is not None:
+            with torch.no_grad():
+                log_vars.copy_(state["log_vars"])
+        ckpt.set_rng_state(state["rng"])
+        start, best = int(state["iteration"]), float(state.get("best", -math.inf))
+    n_params = sum(p.numel() for p in model.parameters())
+
+    net = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+
+    val_set, val_in = [], {}
+    if dist.main:
+        val_set = validation_set(val_volumes or volumes, o.tasks, o.val_slices, o.val_size or None, o.seed, o.levels())
+        val_in = input_scores(val_set)
+        log = ckpt.MetricsLog.resume(run_dir / ckpt.METRICS, start) if state is not None else ckpt.MetricsLog(run_dir / ckpt.METRICS)
+        if state is None:
+            ckpt._atomic_write(log.path, lambda tmp: Path(tmp).write_text(""))
+        run_info = _run_info(run_dir, o, command, dist, config, n_params, layout, volumes, val_volumes, val_set, val_in, init_info, workers, device, amp)
+        ckpt.write_json(run_dir / ckpt.RUN_JSON, run_info)
+        if (run_dir / ckpt.BEST).exists() and state is not None:
+            best_scores = ckpt.load_torch(run_dir / ckpt.BEST).get("scores")
+    dist.barrier()
+
+    def save_last(it):
+        if dist.main:
+            ckpt.save_torch(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema_model.state_dict() if ema_model is not None else None,
+                    "log_vars": log_vars.detach().cpu() if log_vars is not None else None,
+                    "rng": ckpt.rng_state(),
+                    "iteration": it,  # iterations done = the data sampler's next position
+                    "best": best,
+                    "config": o.config,
+                },
+                run_dir / ckpt.LAST,
+            )
+        dist.barrier()
+
+    kill_at = int(os.environ.get("AMIR_TRAIN_KILL_AT", "0") or 0)  # test hook: SIGKILL after this iteration
+    loader = make_loader(sampler, start, o.iterations, workers)
+    window = {"loss": 0.0, "l1": 0.0, "load": 0.0, "n": 0, "t": time.perf_counter(), "task": {}}
+    last_val = None
+    stats = ""
+    progress = _progress(o.quiet or not dist.main)
+    model.train()
+    with progress:
+        bar = progress.add_task("train", total=o.iterations, completed=start, stats="")
+        it = start
+        for batch in loader:
+            lr = cosine_lr(it, o)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            torch.manual_seed(_iteration_seed(o.seed, dist.rank, it))  # the gating noise of this step
+            lq = batch["lq"].to(device, non_blocking=True)
+            hq = batch["hq"].to(device, non_blocking=True)
+            tid = batch["task"].to(device)
+            try:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    pred, load_loss = net(lq)
+            except (ValueError, RuntimeError) as exc:
+                # weights blown up: torch.distributions in the gating refuses NaN logits
+                nan_inside = "invalid values" in str(exc) and "nan" in str(exc).lower()
+                if not nan_inside and all(torch.isfinite(p).all() for p in model.parameters()):
+                    raise
+                pred = load_loss = torch.full((), float("nan"), device=device)  # diverged weights: stop below
+            per_sample = (pred.float() - hq).abs().mean(dim=(1, 2, 3))
+            l1 = per_sample.mean()
+            if log_vars is not None:
+                present = torch.zeros(len(TASKS), device=device).index_add_(0, tid, torch.ones_like(per_sample))
+                task_l1 = torch.zeros(len(TASKS), device=device).index_add_(0, tid, per_sample) / present.clamp(min=1)
+                mask = present > 0
+                main = (torch.exp(-log_vars[mask]) * task_l1[mask] + log_vars[mask]).sum()
+            else:
+                main = l1
+            loss = main + o.load_loss_weight * load_loss.float()
+            check = torch.stack([loss.detach(), l1.detach(), load_loss.detach().float()])
+            if dist.world > 1:
+                torch.distributed.all_reduce(check)
+                check /= dist.world
+            if not torch.isfinite(check).all():
+                kept = f"the last good checkpoint is {run_dir / ckpt.LAST}" if (run_dir / ckpt.LAST).exists() else "no checkpoint had been written yet"
+                raise TrainingDivergedError(
+                    f"loss became {check[0].item()} at iteration {it + 1}; training stopped and {kept} "
+                    "(lower --lr, use --clip-grad, then --resume)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
+            optimizer.step()
+            if ema_model is not None:
+                with torch.no_grad():
+                    for pe, pm in zip(ema_model.parameters(), model.parameters()):
+                        pe.lerp_(pm, 1.0 - o.ema)
+                    for be, bm in zip(ema_model.buffers(), model.buffers()):
+                        be.copy_(bm)
+            it += 1
+
+            loss_v, l1_v, load_v = (float(x) for x in check.cpu())
+            window["loss"] += loss_v
+            window["l1"] += l1_v
+            window["load"] += load_v
+            window["n"] += 1
+            if dist.main and (it % o.log_every == 0 or it == o.iterations):
+                now = time.perf_counter()
+                rate = window["n"] / max(1e-9, now - window["t"])
+                rec = {
+                    "kind": "train",
+                    "iteration": it,
+                    "loss": window["loss"] / window["n"],
+                    "l1": window["l1"] / window["n"],
+                    "load_loss": window["load"] / window["n"],
+                    "lr": lr,
+                    "it_per_s": rate,
+                }
+                if log_vars is not None:
+                    rec["task_log_var"] = {t: float(log_vars[TASKS.index(t)].detach()) for t in o.tasks}
+                log.append(rec)
+                stats = f"loss {rec['loss']:.4f} load {rec['load_loss']:.3f} {rate:.2f} it/s" + (f" | val {last_val}" if last_val else "")
+                window.update(loss=0.0, l1=0.0, load=0.0, n=0, t=now)
+            if it % o.val_every == 0 or it == o.iterations:
+                if dist.main:
+                    scores = evaluate(ema_model if ema_model is not None else model, val_set, device, amp)
+                    gain = {t: scores[t]["psnr"] - val_in[t]["psnr"] for t in scores}
+                    mean_gain = float(np.mean(list(gain.values()))) if gain else float("nan")
+                    is_best = bool(mean_gain > best)
+                    rec = {
+                        "kind": "val",
+                        "iteration": it,
+                        "psnr": {t: s["psnr"] for t, s in scores.items()},
+                        "ssim": {t: s["ssim"] for t, s in scores.items()},
+                        "input_psnr": {t: s["psnr"] for t, s in val_in.items()},
+                        "gain": gain,
+                        "mean_psnr": float(np.mean([s["psnr"] for s in scores.values()])),
+                        "mean_gain": mean_gain,
+                        "best": is_best,
+                    }
+                    if is_best:
+                        best = mean_gain
+                        best_scores = {"iteration": it, "model": scores, "input": val_in, "mean_gain_db": mean_gain}
+                        weights = (ema_model if ema_model is not None else model).state_dict()
+                        ckpt.save_torch({"model": weights, "iteration": it, "scores": best_scores, "ema": ema_model is not None}, run_dir / ckpt.BEST)
+                    log.append(rec)
+                    ckpt.plot_curves(log.records, run_dir / ckpt.CURVES)
+                    last_val = " ".join(f"{t.split('-')[0]} {g:+.2f}dB" for t, g in gain.items())
+                    stats = stats.split(" | val")[0] + f" | val {last_val}"
+                dist.barrier()
+            if it % o.checkpoint_every == 0 or it == o.iterations:
+                save_last(it)
+            progress.update(bar, completed=it, stats=stats)
+            if kill_at and it == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    hash_dir = os.environ.get("AMIR_TRAIN_HASH_DIR")  # test hook: each rank writes its weights' hash
+    if hash_dir:
+        Path(hash_dir, f"rank{dist.rank}.txt").write_text(state_hash(model.state_dict()))
+    summary = {"run_dir": str(run_dir), "iterations": it, "best_mean_gain_db": best if best > -math.inf else None, "best": best_scores}
+    if o.export and dist.main:
+        from .export import export_run
+
+        entry = export_run(run_dir, o.export)
+        summary["exported"] = {"name": entry.name, "path": str(entry.path), "sha256": entry.sha256}
+    dist.barrier()
+    return summary
+
+
+def _init_weights(source: str):
+    from amir_cli import weights
+
+    path, entry = weights.resolve(source)
+    return weights.read_state_dict(path), {"source": str(source), "sha256": entry.sha256 if entry else weights.sha256_of(path)}
+
+
+def _run_info(run_dir, o, command, dist, config, n_params, layout, volumes, val_volumes, val_set, val_in, init_info, workers, device, amp):
+    previous = ckpt.read_json(run_dir / ckpt.RUN_JSON) if (run_dir / ckpt.RUN_JSON).exists() else {}
+    cmd = shlex.join([Path(command[0]).name if command else "amir", *command[1:]]) if command else ""
+    invocation = {"command": cmd, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "world_size": dist.world, "device": str(device), "workers": workers}
+    return {
+        "tool": f"amir {__version__}",
+        "created": previous.get("created", invocation["time"]),
+        "command": previous.get("command", cmd),
+        "invocations": previous.get("invocations", []) + [invocation],
+        "options": o.to_dict(),
+        "seed": o.seed,
+        "world_size": dist.world,
+        "global_batch": o.batch_size * dist.world,
+        "amp_bf16": amp,
+        "config_name": o.config,
+        "config": config.to_dict(),
+        "parameters": n_params,
+        "init": init_info or previous.get("init"),
+        "data": {
+            "root": str(Path(o.data).resolve()),
+            "layout": layout,
+            "levels": o.levels().describe(),
+            "volumes": [v.describe() for v in volumes],
+            "validation_volumes": [v.describe() for v in val_volumes] if val_volumes else None,
+        },
+        "validation": {
+            "slices": [{"task": s.task, "volume": s.volume, "slice": s.index, "level": s.level, "shape": list(s.lq.shape)} for s in val_set],
+            "input_scores": val_in,
+            "best_by": "mean over tasks of the PSNR gain over the low-quality input (SPEC §4), "
+            "equivalent to the mean PSNR on this fixed set",
+        },
+    }

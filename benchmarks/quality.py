@@ -1,0 +1,152 @@
+"""Quality benchmark on held-out real data: builds the test set from ../shared/data and runs `amir benchmark`.
+
+Test set (paired layout ``DATA/{CT,MRI,PET}/test/{HQ,LQ_<level>}/``), taken only from the parts of
+each volume that `amir train` holds out (``amir_cli.training.data.split_slices``: a block of 10% of
+the slices at 55% of the slice axis; a single-slice image keeps its bottom 20% of rows out,
+``split_rows``):
+
+* CT (HU): ``cranium_ct`` (head) and ``pancreas_ct_slice`` (abdomen); quarter dose (0.25).
+* MR: ``colin27_t1_1mm``, ``icbm152_2009a_t1``, ``shoulder_mr_slice``, ``abdomen_mr_slice``, each
+  scaled into the 12-bit training range (x ``mr_scale_factor`` of the whole volume, so that the
+  §4 window [0, 4095] means what it means for the paper's data); k-space truncation x2 and x4.
+* PET (SUV): simulated FDG-like activity from the ICBM152 tissue maps (``phantom.load_icbm_pet``,
+  seed 7919, not the training seed); 1/4 and 1/12 dose.
+
+Low-quality images are made by the SPEC §3 degradations of whole slices (so CT and PET noise comes
+from the projection of the full cross-section) and then cropped like the references.
+
+    python benchmarks/quality.py --weights amir-s --out benchmarks/results/amir-s
+    python benchmarks/quality.py --weights /tmp/random_tiny.safetensors --out /tmp/bench --max-slices 2
+
+Prints the Markdown table; the run with ``--max-slices 6`` takes a few minutes on 2 CPU cores with
+``amir-s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("AMIR_SHARED", ROOT.parent / "shared")) / "data"
+PET_SEED = 7919  # the PET ground truth's lesions; distinct from any training seed
+DEGRADE_SEED = 20240  # degradation noise of the test inputs
+
+CT_CASES = {"cranium_ct": "ct/cranium_ct.nii.gz", "pancreas_ct": "ct/pancreas_ct_slice.nii.gz"}
+MR_CASES = {
+    "colin27_t1": "mr/colin27_t1_1mm.nii.gz",
+    "icbm152_t1": "mr/icbm152_2009a_t1.nii.gz",
+    "shoulder_mr": "mr/shoulder_mr_slice.nii.gz",
+    "abdomen_mr": "mr/abdomen_mr_slice.nii.gz",
+}
+LEVELS = {"ct-denoise": {"dose1-4": 0.25}, "mri-sr": {"x2": 2, "x4": 4}, "pet-synthesis": {"dose1-4": 0.25, "dose1-12": 1 / 12}}
+FOLDER = {"ct-denoise": "CT", "mri-sr": "MRI", "pet-synthesis": "PET"}
+
+
+def held_out(vol_slices: np.ndarray):
+    """(slice indices, row range) of the held-out part, exactly as `amir train` holds it out."""
+    from amir_cli.training.data import split_rows, split_slices
+
+    s, h, _ = vol_slices.shape
+    if s == 1:
+        _, (a, b) = split_rows(h)
+        return np.arange(1), (a, b)
+    _, val = split_slices(s)
+    return val, (0, h)
+
+
+def add_case(root: Path, task: str, name: str, hq_vol, seed: int) -> int:
+    """Write the held-out HQ part of ``hq_vol`` and its degraded versions; returns slices written."""
+    from amir_cli.benchmark import case_seed
+    from amir_cli.imaging import degrade
+    from amir_cli.imaging.io import write_image
+
+    ax = hq_vol.slice_axis
+    slices = np.moveaxis(hq_vol.array, ax, 0)
+    idx, (a, b) = held_out(slices)
+    pix = float(np.mean([s for i, s in enumerate(hq_vol.spacing_mm) if i != ax]))
+
+    def to_volume(stack):  # held-out slices and rows back into the file's axis order
+        arr = np.moveaxis(stack[:, a:b, :], 0, ax)
+        return hq_vol.with_array(arr)
+
+    base = root / FOLDER[task] / "test"
+    (base / "HQ").mkdir(parents=True, exist_ok=True)
+    write_image(to_volume(slices[idx]), base / "HQ" / f"{name}.nii.gz")
+    cs = case_seed(seed, name, task)
+    for label, level in LEVELS[task].items():
+        lq = np.stack([degrade.degrade_slice(slices[i], task, level, degrade.slice_rng(cs, int(i)), pixel_mm=pix) for i in idx])
+        (base / f"LQ_{label}").mkdir(parents=True, exist_ok=True)
+        write_image(to_volume(lq), base / f"LQ_{label}" / f"{name}.nii.gz")
+    return len(idx)
+
+
+def build_test_data(root: Path, data_dir: Path = SHARED_DATA, seed: int = DEGRADE_SEED) -> Path:
+    from amir_cli.imaging import intensity, phantom
+    from amir_cli.imaging.io import Volume, read_image
+
+    def as_float(vol):  # written as float32: LQ noise unrounded, scaled MR not clipped to uint8
+        vol.source_dtype = np.dtype(np.float32)
+        vol.meta["output_dtype"] = np.dtype(np.float32)
+        return vol
+
+    for name, rel in CT_CASES.items():
+        add_case(root, "ct-denoise", name, as_float(read_image(data_dir / rel)), seed)
+    for name, rel in MR_CASES.items():
+        vol = read_image(data_dir / rel)
+        add_case(root, "mri-sr", name, as_float(vol.with_array(vol.array * intensity.mr_scale_factor(vol.array))), seed)
+    suv, affine = phantom.load_icbm_pet(data_dir, np.random.default_rng(PET_SEED))
+    add_case(root, "pet-synthesis", "icbm152_fdg_simulated", Volume(suv, affine, modality="PT", unit="SUV"), seed)
+    return root
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", required=True, help="registry name or .safetensors path")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<weights name>)")
+    ap.add_argument("--data", type=Path, default=None, help="where to build the test data (default: a temporary folder)")
+    ap.add_argument("--max-slices", type=int, default=6, help="slices scored per case (0: all held-out slices)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch-size", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    from amir_cli.benchmark import run_benchmark
+    from amir_cli.imaging.phantom import SIMULATED_NOTE
+
+    out = args.out or ROOT / "benchmarks" / "results" / Path(args.weights).stem
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="amir-quality-") as tmp:
+        data = args.data or Path(tmp) / "test_data"
+        build_test_data(data)
+        t1 = time.perf_counter()
+        print(f"test data built in {t1 - t0:.0f} s: {data}", file=sys.stderr)
+
+        def progress(done, total, label):
+            print(f"[{done}/{total}] {label}", file=sys.stderr)
+
+        result = run_benchmark(
+            data, out, weights=args.weights, device=args.device, batch_size=args.batch_size,
+            max_slices=args.max_slices or None, progress=progress,
+            data_label="shared/data held-out slices (benchmarks/quality.py)",
+            notes=[
+                f"{SIMULATED_NOTE} (seed {PET_SEED}), blurred to 4.5 mm FWHM, in SUV",
+                (
+                    "test data: the slices (single-slice images: the bottom 20% of rows) that `amir train` holds "
+                    "out of each volume in shared/data, built by benchmarks/quality.py"
+                ),
+                "MR volumes scaled into the 12-bit range by their robust scale factor (P99.5 of the foreground -> 3000)",
+            ],
+        )
+    print((out / "summary.md").read_text())
+    print(f"total {time.perf_counter() - t0:.0f} s; results in {out}", file=sys.stderr)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""`amir benchmark`: layouts, outputs, batch failures, baselines that really restore, figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from amir_cli import baselines
+from amir_cli.benchmark import find_cases, parse_simulate, run_benchmark, select_slices
+from amir_cli.errors import BadInputError
+from amir_cli.imaging import degrade
+from amir_cli.metrics import volume_scores
+
+N = 32  # in-plane size of the synthetic volumes
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    import torch
+    from safetensors.torch import save_file
+
+    from amir_cli.network import AMIR, get_config
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "tiny_random.safetensors"
+    save_file(AMIR(get_config("amir-tiny")).state_dict(), str(path))
+    return path
+
+
+def _phantom(task: str, n: int = N, slices: int = 2) -> np.ndarray:
+    yy, xx = np.mgrid[:n, :n]
+    body = ((yy - n / 2) ** 2 + (xx - n / 2) ** 2 < (0.42 * n) ** 2).astype(np.float32)
+    spot = ((yy - 0.4 * n) ** 2 + (xx - 0.6 * n) ** 2 < (0.1 * n) ** 2).astype(np.float32)
+    if task == "ct-denoise":
+        img = -1000 + body * 1040 + spot * 60
+    elif task == "mri-sr":
+        img = body * 2000 + spot * 1500 + (xx > n / 2) * body * 400
+    else:
+        img = body * 2.0 + spot * 8.0
+    return np.stack([img * (1 + 0.02 * k) if task != "ct-denoise" else img for k in range(slices)], -1).astype(np.float32)
+
+
+def _save(array, path, spacing=(1.0, 1.0, 2.0)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array, np.float32), np.diag([*spacing, 1.0])), str(path))
+    return path
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _check_png(path):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    from matplotlib.image import imread
+
+    img = imread(str(path))
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 300
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+def _invoke(args):
+    from amir_cli.cli import app
+
+    return CliRunner().invoke(app, ["benchmark", *map(str, args)])
+
+
+def test_paired_layout_via_cli(tmp_path, tiny_weights):
+    rng = np.random.default_rng(1)
+    data = tmp_path / "data"
+    ct = _phantom("ct-denoise")
+    _save(ct, data / "CT/test/HQ/head.nii.gz")
+    _save(ct + rng.normal(0, 25, ct.shape), data / "CT/test/LQ/head.nii.gz")
+    mr = _phantom("mri-sr")
+    _save(mr, data / "MRI/test/HQ/brain.nii.gz")
+    _save(degrade.degrade_volume(mr, "mri-sr", 2), data / "MRI/test/LQ_x2/brain.nii.gz")
+    _save(degrade.degrade_volume(mr, "mri-sr", 4), data / "MRI/test/LQ_x4/brain.nii.gz")
+    out = tmp_path / "out"
+
+    result = _invoke([data, "-o", out, "-w", tiny_weights, "--json", "--quiet"])
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "paired" and summary["n_failed"] == 0 and summary["n_cases"] == 3
+    assert len(summary["weights"]["sha256"]) == 64
+    rows = _read_csv(out / "cases.csv")
+    assert list(rows[0]) == ["case", "task", "level", "method", "psnr", "ssim", "rmse", "n_slices", "seconds_per_slice"]
+    got = {(r["case"], r["level"], r["method"]) for r in rows}
+    assert got == {
+        ("head", "", "input"), ("head", "", "nlm"), ("head", "", "amir"),
+        ("brain", "x2", "input"), ("brain", "x2", "amir"), ("brain", "x4", "input"), ("brain", "x4", "amir"),
+    }
+    assert all(int(r["n_slices"]) == 2 for r in rows)
+    assert all(float(r["seconds_per_slice"]) > 0 for r in rows if r["method"] != "input")
+    # the input row is the §4 score of the LQ image itself
+    head_in = next(r for r in rows if r["case"] == "head" and r["method"] == "input")
+    lq = nib.load(str(data / "CT/test/LQ/head.nii.gz")).get_fdata()
+    assert float(head_in["psnr"]) == pytest.approx(volume_scores(lq, ct, "ct-denoise")["psnr"], abs=1e-3)
+    md = (out / "summary.md").read_text()
+    assert "| task | level | method |" in md and "**amir**" in md and "non-local means" in md
+    levels = [r["level"] for r in summary["results"] if r["task"] == "mri-sr"]
+    assert levels == ["x2", "x2", "x4", "x4"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["ct-denoise_paired.png", "mri-sr_x2.png", "mri-sr_x4.png"]
+    for png in (out / "figures").iterdir():
+        _check_png(png)
+
+
+def test_simulate_flat_folder_and_max_slices(tmp_path, tiny_weights):
+    data = tmp_path / "hq"
+    _save(_phantom("ct-denoise", slices=5), data / "a.nii.gz")
+    _save(_phantom("ct-denoise", slices=5)[:, ::-1], data / "b.nii.gz")
+    out = tmp_path / "out"
+
+    result = _invoke([data, "-o", out, "-w", tiny_weights, "--simulate", "ct-denoise:1/4", "--simulate", "pet-synthesis:0.5",
+                      "--max-slices", "2", "--no-baselines", "--quiet"])
+
+    assert result.exit_code == 0, result.output
+    rows = _read_csv(out / "cases.csv")
+    assert len(rows) == 2 * 2 * 2  # cases x simulated tasks x (input, amir)
+    assert {r["level"] for r in rows if r["task"] == "ct-denoise"} == {"1/4"}
+    assert {r["level"] for r in rows if r["task"] == "pet-synthesis"} == {"0.5"}
+    assert all(int(r["n_slices"]) == 2 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "simulated" and summary["max_slices"] == 2
+    assert any("--max-slices 2" in n for n in summary["notes"])
+    # simulated inputs are really degraded
+    assert all(float(r["psnr"]) < 60 for r in rows if r["method"] == "input" and r["task"] == "ct-denoise")
+
+
+def test_simulation_is_seeded_and_independent_of_max_slices(tmp_path, tiny_weights):
+    data = tmp_path / "hq"
+    _save(_phantom("pet-synthesis", slices=2), data / "PET" / "p.nii.gz")
+    full = run_benchmark(data, tmp_path / "o1", weights=tiny_weights, simulate=["pet-synthesis"], with_baselines=False, figures=False)
+    again = run_benchmark(data, tmp_path / "o2", weights=tiny_weights, simulate=["pet-synthesis"], with_baselines=False, figures=False)
+    assert full.rows[0]["psnr"] == again.rows[0]["psnr"]
+    other = run_benchmark(data, tmp_path / "o3", weights=tiny_weights, simulate=["pet-synthesis"], with_baselines=False,
+                          figures=False, seed=5)
+    assert other.rows[0]["psnr"] != full.rows[0]["psnr"]
+
+
+def test_failing_case_is_reported_and_others_complete(tmp_path, tiny_weights):
+    data = tmp_path / "data"
+    ct = _phantom("ct-denoise")
+    _save(ct, data / "CT/test/HQ/good.nii.gz")
+    _save(ct + 20, data / "CT/test/LQ/good.nii.gz")
+    _save(ct, data / "CT/test/HQ/shape.nii.gz")
+    _save(ct[:30], data / "CT/test/LQ/shape.nii.gz")  # LQ/HQ shape mismatch
+    _save(ct, data / "CT/test/HQ/corrupt.nii.gz")
+    (data / "CT/test/LQ/corrupt.nii.gz").write_bytes(b"not a nifti file")
+    out = tmp_path / "out"
+
+    result = _invoke([data, "-o", out, "-w", tiny_weights, "--quiet"])
+
+    assert result.exit_code == 3, result.output
+    assert "shape" in result.output and "corrupt" in result.output
+    rows = _read_csv(out / "cases.csv")
+    assert {r["case"] for r in rows} == {"good"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(f["case"] for f in summary["failed"]) == ["corrupt", "shape"]
+    assert "FAILED" in (out / "summary.md").read_text()
+
+
+def test_coarser_lq_grid_gets_zero_filled_input_and_bicubic(tmp_path, tiny_weights):
+    data = tmp_path / "data"
+    mr = _phantom("mri-sr", n=48)
+    _save(mr, data / "MRI/test/HQ/m.nii.gz")
+    _save(mr[::2, ::2], data / "MRI/test/LQ/m.nii.gz", spacing=(2.0, 2.0, 2.0))
+    res = run_benchmark(data, tmp_path / "out", weights=tiny_weights, figures=False)
+    assert res.exit_code == 0, res.failures
+    assert [r["method"] for r in res.rows] == ["input", "bicubic", "amir"]
+    assert all(r["n_slices"] == 2 for r in res.rows)
+
+
+@pytest.mark.parametrize(
+    "text, task, level, label",
+    [
+        ("ct-denoise", "ct-denoise", 0.25, "0.25"),
+        ("ct-denoise:0.1", "ct-denoise", 0.1, "0.1"),
+        ("pet-synthesis:1/12", "pet-synthesis", 1 / 12, "1/12"),
+        ("mri-sr:2", "mri-sr", 2, "x2"),
+        ("mri-sr:x4", "mri-sr", 4, "x4"),
+        ("mri-sr", "mri-sr", 4, "x4"),
+    ],
+)
+def test_parse_simulate(text, task, level, label):
+    sim = parse_simulate(text)
+    assert (sim.task, sim.label) == (task, label)
+    assert sim.level == pytest.approx(level)
+
+
+@pytest.mark.parametrize("text", ["ct", "mri-sr:3", "ct-denoise:0", "pet-synthesis:2", "ct-denoise:abc", "pet-synthesis:1/0"])
+def test_parse_simulate_rejects(text):
+    with pytest.raises(BadInputError):
+        parse_simulate(text)
+
+
+def test_no_cases_is_an_error(tmp_path, tiny_weights):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BadInputError, match="--simulate"):
+        find_cases(tmp_path / "empty")
+    result = _invoke([tmp_path / "missing", "-o", tmp_path / "o", "-w", tiny_weights, "--quiet"])
+    assert result.exit_code != 0
+
+
+def test_select_slices_even_and_skips_constant_slices():
+    ref = np.zeros((10, 20, 20), np.float32)
+    ref[2:9, 5:15, 5:15] = 100.0  # slices 0, 1, 9 are constant (cannot be scored)
+    assert list(select_slices(ref, "ct-denoise", None)) == list(range(10))
+    picked = select_slices(ref, "ct-denoise", 3)
+    assert list(picked) == [2, 5, 8]
+    assert len(select_slices(ref, "ct-denoise", 50)) == 7
+
+
+def test_nlm_improves_noisy_ct():
+    ct = _phantom("ct-denoise", n=96, slices=1)
+    _, xx = np.mgrid[:96, :96]
+    ct[..., 0] += 30 * np.sin(xx / 6.0) * (ct[..., 0] > -500)  # some texture to keep
+    hq = np.moveaxis(ct, -1, 0)
+    lq = np.stack([degrade.ct_low_dose(s, 0.25, np.random.default_rng(3), pixel_mm=0.8, i0=3e4) for s in hq])
+    before = volume_scores(lq, hq, "ct-denoise", slice_axis=0)
+    after = volume_scores(baselines.nlm_ct(lq), hq, "ct-denoise", slice_axis=0)
+    assert after["psnr"] > before["psnr"] + 2.0
+    assert after["ssim"] > before["ssim"]
+
+
+def test_gaussian_filter_improves_noisy_pet():
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[:80, :80]
+    smooth = 6.0 * np.exp(-((yy - 40) ** 2 + (xx - 35) ** 2) / (2 * 15.0**2))
+    hq = smooth[None].astype(np.float32)
+    lq = np.clip(hq + rng.normal(0, 1.0, hq.shape), 0, None).astype(np.float32)
+    before = volume_scores(lq, hq, "pet-synthesis", slice_axis=0)
+    after = volume_scores(baselines.gaussian_pet(lq, (2.0, 2.0)), hq, "pet-synthesis", slice_axis=0)
+    assert after["psnr"] > before["psnr"] + 3.0
+
+
+def test_noise_sigma_matches_gaussian_noise():
+    rng = np.random.default_rng(0)
+    flat = np.full((128, 128), 5.0) + rng.normal(0, 0.3, (128, 128))
+    assert baselines.noise_sigma(flat) == pytest.approx(0.3, rel=0.1)

@@ -1,0 +1,451 @@
+"""The `amir` command line: restore, degrade and weights, end to end on small real images.
+
+A tiny random AMIR (amir-tiny) stands in for shipped weights. Images are crops of the real sample
+data in ../shared/data; DICOM series come from tests/dicom_builders.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import dicom_builders as DB
+from amir_cli.cli import app, main
+from amir_cli.network import AMIR, get_config
+
+from test_dicom import DATA  # the same data folder the DICOM tests use
+
+runner = CliRunner()
+
+
+def amir(*args: str) -> tuple[int, str, str]:
+    """Run `amir` in process through main() (the real error edge): exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+def sha(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_file(AMIR(get_config("amir-tiny")).state_dict(), str(path))
+    return path
+
+
+def _crop_nifti(name: str, sl, dest: Path, dtype=None) -> Path:
+    img = nib.load(str(DATA / name))
+    data = np.asarray(img.dataobj[sl])
+    affine = img.affine.copy()
+    affine[:3, 3] = (img.affine @ np.array([*(s.start or 0 for s in sl), 1.0]))[:3]
+    hdr = img.header.copy()
+    if dtype is not None:
+        data = data.astype(dtype)
+        hdr.set_data_dtype(dtype)
+    nib.save(nib.Nifti1Image(data, affine, header=hdr), str(dest))
+    return dest
+
+
+@pytest.fixture()
+def ct_nii(tmp_path) -> Path:
+    return _crop_nifti("ct/cranium_ct.nii.gz", (slice(96, 160), slice(100, 164), slice(50, 53)), tmp_path / "head_ct.nii.gz")
+
+
+@pytest.fixture()
+def mr_nii(tmp_path) -> Path:
+    return _crop_nifti("mr/colin27_t1_1mm.nii.gz", (slice(60, 124), slice(80, 128), slice(80, 83)), tmp_path / "brain_t1.nii.gz")
+
+
+# ---- help, version -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cmd", [[], ["restore"], ["degrade"], ["weights"], ["weights", "list"], ["weights", "verify"], ["weights", "path"], ["weights", "import"]])
+def test_help_has_an_example(cmd):
+    res = runner.invoke(app, [*cmd, "--help"])
+    assert res.exit_code == 0, res.output
+    if cmd:
+        assert "Example" in res.output and "amir " in res.output
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = "import sys; from amir_cli.cli import app; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---- restore: NIfTI ---------------------------------------------------------------------------
+
+
+def test_restore_nifti_keeps_geometry_and_dtype(ct_nii, tiny_weights):
+    before = sha(ct_nii)
+    code, out, err = amir("restore", ct_nii, "--weights", tiny_weights, "--quiet")
+    assert code == 0, err
+    dest = ct_nii.parent / "head_ct_amir.nii.gz"
+    a, b = nib.load(str(ct_nii)), nib.load(str(dest))
+    assert b.shape == a.shape
+    np.testing.assert_allclose(b.affine, a.affine, atol=1e-6)
+    assert b.get_data_dtype().kind == a.get_data_dtype().kind == "i"  # CT stays integer HU
+    assert int(b.header["qform_code"]) > 0 and int(b.header["sform_code"]) > 0
+    report = json.loads((ct_nii.parent / "head_ct_amir.nii.gz.json").read_text())
+    for key in ("version", "task", "task_reason", "weights", "device", "precision", "input_geometry", "output_geometry",
+                "seconds", "slices_per_second", "routing"):
+        assert key in report
+    assert report["task"] == "ct-denoise" and "ct" in report["task_reason"].lower()
+    assert report["weights"]["sha256"] == hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
+    assert len(report["routing"]["top_indices"]) == 5
+    assert sha(ct_nii) == before  # input never changed
+    assert out == "" and err == ""  # --quiet
+
+
+def test_mr_scale_2_halves_spacing_and_keeps_field_of_view(mr_nii, tiny_weights, tmp_path):
+    out = tmp_path / "t1_x2.nii.gz"
+    code, _, err = amir("restore", mr_nii, "--task", "mri-sr", "--scale", "2", "-o", out, "--weights", tiny_weights, "--quiet")
+    assert code == 0, err
+    a, b = nib.load(str(mr_nii)), nib.load(str(out))
+    assert b.shape == (a.shape[0] * 2, a.shape[1] * 2, a.shape[2])
+    np.testing.assert_allclose(b.header.get_zooms(), np.array(a.header.get_zooms()) / [2, 2, 1], atol=1e-6)
+    for corner in np.ndindex(2, 2):
+        edge_a = [corner[0] * a.shape[0] - 0.5, corner[1] * a.shape[1] - 0.5, 0, 1]
+        edge_b = [corner[0] * b.shape[0] - 0.5, corner[1] * b.shape[1] - 0.5, 0, 1]
+        np.testing.assert_allclose(b.affine @ edge_b, a.affine @ edge_a, atol=1e-5)
+    rep = json.loads(Path(str(out) + ".json").read_text())
+    assert rep["output_geometry"]["shape"] == list(b.shape) and rep["scale"] == 2
+
+
+def test_reference_adds_metrics_and_json(ct_nii, tiny_weights, tmp_path):
+    out = tmp_path / "o.nii.gz"
+    res = runner.invoke(app, ["restore", str(ct_nii), "-o", str(out), "--reference", str(ct_nii), "--weights", str(tiny_weights), "--json"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.stdout)
+    assert printed == json.loads(Path(str(out) + ".json").read_text())
+    m = printed["metrics"]
+    assert set(m["output"]) >= {"psnr", "ssim", "rmse"} and m["input"]["rmse"] == 0.0
+    assert m["window"] == [-160.0, 240.0]
+
+
+def test_reference_shape_mismatch(ct_nii, mr_nii, tiny_weights, tmp_path):
+    code, _, err = amir("restore", ct_nii, "-o", tmp_path / "o.nii.gz", "--reference", mr_nii, "--weights", tiny_weights)
+    assert code == 1 and "reference shape" in err and not (tmp_path / "o.nii.gz").exists()
+
+
+def test_existing_output_needs_overwrite_and_input_is_never_overwritten(ct_nii, tiny_weights, tmp_path):
+    out = tmp_path / "o.nii.gz"
+    out.write_bytes(b"old")
+    code, _, err = amir("restore", ct_nii, "-o", out, "--weights", tiny_weights)
+    assert code == 1 and "--overwrite" in err and out.read_bytes() == b"old"
+    code, _, err = amir("restore", ct_nii, "-o", out, "--weights", tiny_weights, "--overwrite", "--quiet")
+    assert code == 0, err
+    before = sha(ct_nii)
+    code, _, err = amir("restore", ct_nii, "-o", ct_nii, "--weights", tiny_weights, "--overwrite")
+    assert code == 1 and "input" in err and sha(ct_nii) == before
+
+
+def test_overwrite_never_replaces_a_non_dicom_folder(tmp_path, tiny_weights):
+    series = DB.ct_series(tmp_path / "ct")
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    code, _, err = amir("restore", series, "-o", keep, "--weights", tiny_weights, "--overwrite")
+    assert code == 1 and "refusing" in err and (keep / "notes.txt").read_text() == "precious"
+
+
+# ---- restore: DICOM ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build", [DB.ct_series, DB.mr_series], ids=["ct", "mr"])
+def test_dicom_series_round_trip_checked_by_dciodvfy_and_dcm2niix(build, tmp_path, tiny_weights):
+    series = build(tmp_path / "series")
+    code, _, err = amir("restore", series, "--weights", tiny_weights, "--quiet")
+    assert code == 0, err
+    out = tmp_path / "series_amir"
+    assert out.is_dir() and len(list(out.iterdir())) == 6 and (tmp_path / "series_amir.json").is_file()
+    import pydicom
+
+    src = pydicom.dcmread(next(series.iterdir()))
+    ds = pydicom.dcmread(next(out.iterdir()))
+    assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.StudyInstanceUID == src.StudyInstanceUID
+    assert ds.PatientID == src.PatientID and ds.ImageType[0] == "DERIVED" and "amir" in ds.DerivationDescription.lower()
+    if shutil.which("dciodvfy"):
+        new = DB.dciodvfy_errors(out) - DB.dciodvfy_errors(series)
+        assert not new, sorted(new)
+    if shutil.which("dcm2niix"):
+        a, b = DB.dcm2niix(series, tmp_path / "nii_in"), DB.dcm2niix(out, tmp_path / "nii_out")
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a.affine, b.affine, atol=1e-3)
+
+
+def test_dicom_to_nifti_output(tmp_path, tiny_weights):
+    series = DB.ct_series(tmp_path / "ct")
+    code, _, err = amir("restore", series, "-o", tmp_path / "ct.nii.gz", "--weights", tiny_weights, "--quiet")
+    assert code == 0, err
+    img = nib.load(str(tmp_path / "ct.nii.gz"))
+    assert img.shape == (64, 64, 6) and img.get_data_dtype().kind == "i"
+
+
+# ---- bad inputs: exit 1, one line, no traceback, no partial output ----------------------------------
+
+
+def _truncated(tmp, ct_nii):
+    p = tmp / "cut.nii.gz"
+    p.write_bytes(ct_nii.read_bytes()[:3000])
+    return [p]
+
+
+def _random_dcm(tmp, ct_nii):
+    p = tmp / "noise.dcm"
+    p.write_bytes(np.random.default_rng(0).bytes(4096))
+    return [p]
+
+
+def _empty_folder(tmp, ct_nii):
+    (tmp / "empty").mkdir()
+    return [tmp / "empty"]
+
+
+def _two_series(tmp, ct_nii):
+    DB.ct_series(tmp / "two" / "a")
+    DB.mr_series(tmp / "two" / "b")
+    both = tmp / "both"
+    both.mkdir()
+    for f in list((tmp / "two" / "a").iterdir()) + list((tmp / "two" / "b").iterdir()):
+        shutil.copy(f, both / (f.parent.name + f.name))
+    return [both]
+
+
+def _four_d(tmp, ct_nii):
+    p = tmp / "fmri.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 4, 3), np.int16), np.eye(4)), str(p))
+    return [p]
+
+
+def _nans(tmp, ct_nii):
+    p = tmp / "nan.nii.gz"
+    a = np.ones((32, 32, 2), np.float32)
+    a[3, 3, 1] = np.nan
+    nib.save(nib.Nifti1Image(a, np.eye(4)), str(p))
+    return [p]
+
+
+def _one_pixel(tmp, ct_nii):
+    p = tmp / "pixel.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((1, 1), np.int16), np.eye(4)), str(p))
+    return [p]
+
+
+def _huge_header(tmp, ct_nii):
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((20000, 20000, 1))
+    hdr.set_data_dtype(np.int16)
+    p = tmp / "huge.nii"
+    with open(p, "wb") as f:
+        f.write(hdr.binaryblock + b"\0" * 4 + b"\0" * 1000)
+    return [p]
+
+
+def _dir_named_nii(tmp, ct_nii):
+    (tmp / "x.nii.gz").mkdir()
+    return [tmp / "x.nii.gz"]
+
+
+def _missing_output_folder(tmp, ct_nii):
+    return [ct_nii, "-o", tmp / "nowhere" / "out.nii.gz"]
+
+
+def _scale_for_ct(tmp, ct_nii):
+    return [ct_nii, "--task", "ct-denoise", "--scale", "2"]
+
+
+def _unknown_weights(tmp, ct_nii):
+    return [ct_nii, "--weights", "no-such-weights"]
+
+
+def _tampered_weights(tmp, ct_nii):
+    home = Path(os.environ["AMIR_HOME"]) / "weights"
+    home.mkdir(parents=True)
+    torch.manual_seed(1)
+    save_file(AMIR(get_config("amir-tiny")).state_dict(), str(home / "t.safetensors"))
+    entry = {"name": "tampered", "file": "t.safetensors", "sha256": "0" * 64, "tasks": ["ct-denoise"]}
+    (home / "manifest.json").write_text(json.dumps({"entries": [entry]}))
+    return [ct_nii, "--weights", "tampered"]
+
+
+def _ambiguous_task(tmp, ct_nii):
+    p = tmp / "scan_0001.nii.gz"
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 1, (32, 32, 2)).astype(np.float32), np.eye(4)), str(p))
+    return [p]
+
+
+def _fp16_on_cpu(tmp, ct_nii):
+    return [ct_nii, "--device", "cpu", "--precision", "fp16"]
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (_truncated, "truncated"),
+        (_random_dcm, "noise.dcm"),
+        (_empty_folder, "no images"),
+        (_two_series, "2 DICOM series"),
+        (_four_d, "4-D"),
+        (_nans, "NaN"),
+        (_one_pixel, "at least 16x16"),
+        (_huge_header, "20000"),
+        (_dir_named_nii, "folder"),
+        (_missing_output_folder, "does not exist"),
+        (_scale_for_ct, "mri-sr only"),
+        (_unknown_weights, "no-such-weights"),
+        (_tampered_weights, "sha256"),
+        (_ambiguous_task, "--task"),
+        (_fp16_on_cpu, "fp16"),
+    ],
+)
+def test_bad_inputs(make, needle, tmp_path, ct_nii, tiny_weights, amir_home):
+    work = tmp_path / "work"
+    work.mkdir()
+    args = make(work, ct_nii)
+    before = {p: sha(p) for p in work.rglob("*") if p.is_file()}
+    if "--weights" not in args:
+        args = [*args, "--weights", tiny_weights]
+    code, out, err = amir("restore", *args)
+    assert code == 1, (code, err)
+    assert err.count("\n") == 1 and err.startswith("amir: error: ") and "Traceback" not in err, err
+    assert needle in err, err
+    after = {p: sha(p) for p in work.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing changed
+    assert not list(ct_nii.parent.glob("*_amir*"))
+
+
+@pytest.mark.parametrize("args", [["--scale", "3", "--task", "mri-sr"], ["--task", "mri"], ["--precision", "fp64"], ["--batch-size", "0"]])
+def test_usage_errors_exit_2(args, ct_nii, tiny_weights):
+    code, _, err = amir("restore", ct_nii, *args, "--weights", tiny_weights)
+    assert code == 2 and "Traceback" not in err
+
+
+def test_real_process_exit_codes_and_one_line(tmp_path, ct_nii, tiny_weights):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(gzip.compress(b"not a nifti at all" * 20))
+    res = subprocess.run([sys.executable, "-m", "amir_cli", "restore", str(bad), "--weights", str(tiny_weights)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("amir: error:") and "Traceback" not in res.stderr
+    env = {**os.environ, "AMIR_DEBUG": "1"}
+    res = subprocess.run([sys.executable, "-m", "amir_cli", "restore", str(bad), "--weights", str(tiny_weights)], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 1 and "Traceback" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "amir_cli", "restore", str(ct_nii), "--bogus"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+
+
+# ---- batches ---------------------------------------------------------------------------------------
+
+
+def test_batch_with_one_bad_case(tmp_path, ct_nii, mr_nii, tiny_weights):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(ct_nii, scans / "a_ct.nii.gz")
+    shutil.copy(mr_nii, scans / "b_t1.nii.gz")
+    (scans / "c_broken.nii.gz").write_bytes(b"\x1f\x8b broken")
+    DB.ct_series(scans / "patient" / "series1")
+    code, out, err = amir("restore", scans, "-o", tmp_path / "restored", "--weights", tiny_weights, "--quiet")
+    assert code == 3
+    assert err.count("\n") == 1 and "c_broken.nii.gz" in err
+    res = tmp_path / "restored"
+    assert (res / "a_ct.nii.gz").is_file() and (res / "b_t1.nii.gz").is_file() and (res / "patient" / "series1").is_dir()
+    assert not (res / "c_broken.nii.gz").exists()
+    summary = json.loads((tmp_path / "restored.json").read_text())
+    assert len(summary["restored"]) == 3 and len(summary["failed"]) == 1
+    assert {r["task"] for r in summary["restored"]} == {"ct-denoise", "mri-sr"}
+
+
+def test_batch_under_torchrun_takes_its_share(tmp_path, ct_nii, tiny_weights, monkeypatch):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i in range(3):
+        shutil.copy(ct_nii, scans / f"c{i}_ct.nii.gz")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    code, out, err = amir("restore", scans, "-o", tmp_path / "r", "--weights", tiny_weights, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert [Path(r["input"]).name for r in summary["restored"]] == ["c1_ct.nii.gz"]
+    assert (tmp_path / "r.rank1.json").is_file()
+
+
+# ---- degrade ---------------------------------------------------------------------------------------
+
+
+def test_degrade_matches_library_and_keeps_geometry(ct_nii, tmp_path):
+    from amir_cli.imaging import read_image
+    from amir_cli.imaging.degrade import degrade_volume
+
+    out = tmp_path / "low.nii.gz"
+    code, stdout, err = amir("degrade", ct_nii, "--task", "ct-denoise", "--dose", "0.25", "--seed", "3", "-o", out, "--json")
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["level"] == 0.25 and summary["simulated"] is True
+    a, b = nib.load(str(ct_nii)), nib.load(str(out))
+    np.testing.assert_allclose(b.affine, a.affine)
+    assert b.get_data_dtype().kind == "i"
+    vol = read_image(ct_nii)
+    expected = degrade_volume(vol.array, "ct-denoise", 0.25, slice_axis=vol.slice_axis, spacing_mm=vol.spacing_mm, seed=3)
+    np.testing.assert_allclose(np.asarray(b.dataobj), np.rint(expected), atol=1)
+
+
+def test_degrade_pet_notes_simulation_and_option_checks(tmp_path):
+    p = tmp_path / "pet.nii.gz"
+    suv = np.zeros((32, 32, 2), np.float32)
+    suv[8:24, 8:24] = 5.0
+    nib.save(nib.Nifti1Image(suv, np.eye(4)), str(p))
+    code, out, err = amir("degrade", p, "--task", "pet-synthesis", "-o", tmp_path / "low.nii.gz")
+    assert code == 0, err
+    assert "simulated" in out
+    assert amir("degrade", p, "--task", "pet-synthesis", "--factor", "2")[0] == 2
+    assert amir("degrade", p, "--task", "mri-sr", "--dose", "0.5")[0] == 2
+
+
+# ---- weights ---------------------------------------------------------------------------------------
+
+
+def test_weights_import_list_verify_path(tmp_path, amir_home, ct_nii):
+    torch.manual_seed(2)
+    pth = tmp_path / "official.pth"
+    torch.save({"params": AMIR(get_config("amir-tiny")).state_dict()}, pth)
+    code, out, err = amir("weights", "import", pth, "--name", "mine", "--json")
+    assert code == 0, err
+    entry = json.loads(out)
+    code, out, _ = amir("weights", "list", "--json")
+    assert code == 0 and "mine" in [e["name"] for e in json.loads(out)["entries"]]
+    assert amir("weights", "verify", "mine")[0] == 0
+    code, out, _ = amir("weights", "path", "mine")
+    assert out.strip() == entry["path"]
+    code, _, err = amir("restore", ct_nii, "--weights", "mine", "-o", tmp_path / "o.nii.gz", "--quiet")
+    assert code == 0, err
+    Path(entry["path"]).write_bytes(Path(entry["path"]).read_bytes()[:-8] + b"\0" * 8)
+    code, out, err = amir("weights", "verify")
+    assert code == 1 and "FAILED" in out and err.startswith("amir: error:") and err.count("\n") == 1

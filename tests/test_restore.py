@@ -1,0 +1,291 @@
+"""restore.py: devices, k-space upsampling, tiling, exact intensity round trips, task detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from amir_cli.errors import BadInputError, DeviceError
+from amir_cli.imaging.io import Volume
+from amir_cli.network import AMIR, get_config
+from amir_cli.restore import (
+    distributed_share,
+    kspace_upsample,
+    pick_device,
+    precision_context,
+    restore_volume,
+    routing_summary,
+    scaled_affine,
+    tiled_predict,
+)
+from amir_cli.taskdetect import detect_task
+
+
+class Identity(torch.nn.Module):
+    """A stand-in network that returns its input and records the batches it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape))
+        return x.clone()
+
+    def instruction(self, x):
+        return x.mean(dim=(1, 2, 3))[:, None].repeat(1, 256)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return AMIR(get_config("amir-tiny")).eval()
+
+
+def _volume(array, *, spacing=(1.0, 1.0, 2.0), slice_axis=2, **kw):
+    return Volume(array=np.asarray(array, np.float32), affine=np.diag([*spacing, 1.0]), slice_axis=slice_axis, **kw)
+
+
+# ---- device and precision -----------------------------------------------------------------------
+
+
+def test_pick_device_cpu_and_auto():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "gpu0"])
+def test_pick_device_invalid(spec):
+    with pytest.raises(DeviceError, match="invalid device"):
+        pick_device(spec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:1"])
+def test_pick_device_unavailable_cuda(spec):
+    with pytest.raises(DeviceError, match="not available"):
+        pick_device(spec)
+
+
+def test_fp16_on_cpu_is_refused_bf16_allowed():
+    cpu = torch.device("cpu")
+    with pytest.raises(DeviceError, match="fp16"):
+        precision_context(cpu, "fp16")
+    with precision_context(cpu, "bf16"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+# ---- k-space upsampling and geometry ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("shape", [(32, 24), (17, 20)])
+def test_kspace_upsample_interpolates_at_the_new_voxel_centres(scale, shape):
+    """A band-limited image is reproduced exactly at the fine voxel centres that scaled_affine names."""
+    n, m = shape
+    f = lambda x, y: 3 + np.cos(2 * np.pi * 2 * x / n) + 0.5 * np.sin(2 * np.pi * 3 * y / m)  # noqa: E731
+    image = f(np.arange(n)[:, None], np.arange(m)[None, :])
+    up = kspace_upsample(image, scale)
+    assert up.shape == (n * scale, m * scale)
+    # fine voxel centres in old voxel units, read from the affine itself
+    fine = scaled_affine(np.eye(4), scale, slice_axis=2)
+    x = fine[0, 0] * np.arange(n * scale) + fine[0, 3]
+    y = fine[1, 1] * np.arange(m * scale) + fine[1, 3]
+    np.testing.assert_allclose(up, f(x[:, None], y[None, :]), atol=1e-4)
+
+
+def test_kspace_upsample_keeps_intensity():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(100, 200, (40, 40))
+    up = kspace_upsample(image, 2)
+    assert abs(up.mean() - image.mean()) < 0.5
+    np.testing.assert_allclose(kspace_upsample(np.full((16, 16), 7.5), 4), 7.5, atol=1e-5)
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_scaled_affine_keeps_field_of_view(slice_axis):
+    rng = np.random.default_rng(slice_axis)
+    affine = np.eye(4)
+    affine[:3, :3] = rng.normal(size=(3, 3)) + 3 * np.eye(3)
+    affine[:3, 3] = rng.normal(size=3) * 50
+    shape = np.array([20, 30, 10])
+    fine = scaled_affine(affine, 2, slice_axis)
+    fine_shape = np.where(np.arange(3) == slice_axis, shape, shape * 2)
+    for corner in np.ndindex(2, 2, 2):
+        c = np.array(corner, float)
+        edge = np.where(np.arange(3) == slice_axis, c * (shape - 1), c * shape - 0.5)  # outer voxel edges
+        fine_edge = np.where(np.arange(3) == slice_axis, c * (fine_shape - 1), c * fine_shape - 0.5)
+        np.testing.assert_allclose((fine @ [*fine_edge, 1])[:3], (affine @ [*edge, 1])[:3], atol=1e-9)
+    in_plane = [a for a in range(3) if a != slice_axis]
+    np.testing.assert_allclose(np.linalg.norm(fine[:3, in_plane], axis=0), np.linalg.norm(affine[:3, in_plane], axis=0) / 2)
+
+
+# ---- tiling ---------------------------------------------------------------------------------
+
+
+def test_tiled_predict_is_exact_for_pointwise_predictors():
+    x = torch.rand(2, 1, 70, 45)
+    calls = []
+
+    def predictor(t):
+        calls.append(tuple(t.shape[-2:]))
+        return t * 2 + 1
+
+    y = tiled_predict(predictor, x, tile=32, overlap=0.25)
+    torch.testing.assert_close(y, x * 2 + 1)
+    assert len(calls) > 4 and all(h <= 32 and w <= 32 for h, w in calls)
+    calls.clear()
+    tiled_predict(predictor, x, tile=128)
+    assert calls == [(70, 45)]  # fits in one tile
+
+
+def test_tiled_restore_close_to_whole_slice(tiny):
+    rng = np.random.default_rng(1)
+    vol = _volume(rng.uniform(-200, 200, (64, 64, 2)))
+    whole, _ = restore_volume(tiny, vol, "ct-denoise")
+    tiled, info = restore_volume(tiny, vol, "ct-denoise", tile=32)
+    assert info["tile"] == 32
+    assert np.abs(whole.array - tiled.array).mean() < 50  # tiles see less context; same image
+
+
+# ---- intensity round trips -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "task, values",
+    [
+        ("ct-denoise", np.array([-3024, -2048, -1024, -1000, 0, 40, 1500, 3071, 4000])),
+        ("pet-synthesis", np.array([0.0, 0.01, 1.5, 7.25, 19.9, 20.0, 35.0])),
+        ("mri-sr", np.array([0.0, 3.0, 17.0, 250.0, 254.0, 255.0])),
+    ],
+)
+def test_identity_network_gives_back_the_input(task, values):
+    """Normalise -> network -> denormalise is exact; voxels outside the range pass through unchanged."""
+    rng = np.random.default_rng(0)
+    array = rng.choice(values, size=(24, 20, 5)).astype(np.float32)
+    array[..., 0] = values.max()  # MR scale needs some foreground
+    vol = _volume(array, spacing=(0.8, 0.8, 3.0))
+    out, info = restore_volume(Identity(), vol, task, batch_size=2)
+    np.testing.assert_allclose(out.array, array, rtol=1e-5, atol=1e-3 * max(1.0, float(np.abs(values).max())) * 1e-2)
+    np.testing.assert_array_equal(out.affine, vol.affine)
+    assert info["slices"] == 5 and info["routing"]["dimension"] == 256
+
+
+def test_output_clipped_into_the_normalisation_range():
+    class Overshoot(Identity):
+        def forward(self, x):
+            return x * 0 + 1.7  # far above 1 in normalised units
+
+    vol = _volume(np.zeros((20, 20, 2), np.float32))
+    out, _ = restore_volume(Overshoot(), vol, "ct-denoise")
+    assert out.array.max() == pytest.approx(3071.0)
+
+
+@pytest.mark.parametrize("slice_axis", [0, 1, 2])
+def test_slices_taken_along_the_acquisition_axis_and_batched(slice_axis):
+    shape = [30, 26, 22]
+    vol = _volume(np.ones(shape) * 50, slice_axis=slice_axis)
+    model = Identity()
+    out, info = restore_volume(model, vol, "ct-denoise", batch_size=4)
+    n = shape[slice_axis]
+    in_plane = tuple(s for a, s in enumerate(shape) if a != slice_axis)
+    assert [s[0] for s in model.shapes] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
+    assert all(s[1:] == (1, *in_plane) for s in model.shapes)
+    assert out.shape == vol.shape and info["slice_axis"] == slice_axis
+
+
+def test_scale_2_grid_and_geometry():
+    vol = _volume(np.random.default_rng(0).uniform(0, 1000, (24, 32, 3)), spacing=(0.9, 0.9, 4.0))
+    out, info = restore_volume(Identity(), vol, "mri-sr", scale=2)
+    assert out.shape == (48, 64, 3)
+    np.testing.assert_allclose(out.spacing_mm, (0.45, 0.45, 4.0))
+    np.testing.assert_allclose(out.affine, scaled_affine(vol.affine, 2, 2))
+
+
+@pytest.mark.parametrize("task, scale", [("ct-denoise", 2), ("mri-sr", 3), ("pet-synthesis", 4)])
+def test_bad_scale(task, scale):
+    vol = _volume(np.ones((20, 20, 1)))
+    with pytest.raises(BadInputError, match="--scale"):
+        restore_volume(Identity(), vol, task, scale=scale)
+
+
+def test_batch_size_does_not_change_the_result(tiny):
+    rng = np.random.default_rng(3)
+    vol = _volume(rng.uniform(-1000, 1000, (32, 32, 5)))
+    a, ia = restore_volume(tiny, vol, "ct-denoise", batch_size=1)
+    b, ib = restore_volume(tiny, vol, "ct-denoise", batch_size=5)
+    np.testing.assert_allclose(a.array, b.array, atol=0.05)
+    assert ia["routing"]["top_indices"] == ib["routing"]["top_indices"]
+
+
+def test_bf16_on_cpu_runs(tiny):
+    vol = _volume(np.random.default_rng(4).uniform(0, 10, (32, 32, 2)))
+    out, info = restore_volume(tiny, vol, "pet-synthesis", precision="bf16")
+    ref, _ = restore_volume(tiny, vol, "pet-synthesis")
+    assert info["precision"] == "bf16" and np.abs(out.array - ref.array).mean() < 0.5
+
+
+def test_routing_summary():
+    v = np.zeros(256)
+    v[[3, 7, 200]] = [0.5, 2.0, 1.0]
+    s = routing_summary(v)
+    assert s["top_indices"][:3] == [7, 200, 3]
+    assert s["mean_instruction_norm"] == pytest.approx(np.sqrt(0.25 + 4 + 1))
+
+
+# ---- task detection -------------------------------------------------------------------------
+
+_rng = np.random.default_rng(0)
+_ct = np.full((40, 40, 3), -1000.0)
+_ct[8:32, 8:32] = _rng.integers(-100, 1500, (24, 24, 3))
+_pet = np.zeros((40, 40, 3))
+_pet[10:30, 10:30] = _rng.gamma(2.0, 1.2, (20, 20, 3))
+_mr = np.zeros((40, 40, 3))
+_mr[5:35, 5:35] = _rng.integers(100, 900, (30, 30, 3))
+_raw_ct = np.zeros((40, 40, 3))
+_raw_ct[5:35, 5:35] = _rng.integers(1000, 1100, (30, 30, 3))
+_zscore = _rng.normal(0, 1, (40, 40, 3))
+
+
+@pytest.mark.parametrize(
+    "array, extra, task, rule",
+    [
+        (_zscore, {"modality": "CT", "source_format": "dicom", "meta": {"dicom_modality": "CT"}}, "ct-denoise", "DICOM Modality is CT"),
+        (_zscore, {"modality": "MR", "source_format": "dicom", "meta": {"dicom_modality": "MR"}}, "mri-sr", "DICOM Modality is MR"),
+        (_zscore, {"modality": "PT", "source_format": "dicom", "meta": {"dicom_modality": "PT"}}, "pet-synthesis", "DICOM Modality is PT"),
+        (_zscore, {"modality": "CT", "source_format": "itk"}, "ct-denoise", "MetaImage/NRRD Modality"),
+        (_zscore, {"meta": {"description": "T1 MPRAGE sag"}}, "mri-sr", "header description"),
+        (_zscore, {"meta": {"source_path": "/data/sub-01_FDG_pet.nii.gz"}}, "pet-synthesis", "file name"),
+        (_zscore, {"meta": {"source_path": "/data/case7_ct.nii.gz"}}, "ct-denoise", "file name"),
+        (_ct, {"meta": {"source_path": "/data/pet_ct_fused.nii.gz"}}, "ct-denoise", "air"),  # conflicting words: intensities
+        (_ct, {"meta": {"source_path": "/data/scan.nii.gz", "description": "contrast study"}}, "ct-denoise", "intensities"),
+        (_pet, {}, "pet-synthesis", "intensities"),
+        (_mr, {}, "mri-sr", "intensities"),
+    ],
+)
+def test_detect_task(array, extra, task, rule):
+    vol = _volume(array, **extra)
+    found, reason = detect_task(vol)
+    assert found == task
+    assert rule in reason
+
+
+@pytest.mark.parametrize(
+    "array",
+    [_zscore, _raw_ct, np.zeros((40, 40, 3)), _mr / 1000.0, np.full((40, 40, 3), -500.0)],
+    ids=["z-score", "ct-without-intercept", "all-zero", "mr-normalised-0-1", "negative-constant"],
+)
+def test_detect_task_ambiguous_asks_for_task(array):
+    with pytest.raises(BadInputError, match="--task"):
+        detect_task(_volume(array, meta={"source_path": "/data/scan_0001.nii.gz"}))
+
+
+def test_distributed_share(monkeypatch):
+    cases = list(range(7))
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    assert distributed_share(cases) == ([1, 4], 1, 3)
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("RANK")
+    assert distributed_share(cases) == (cases, 0, 1)

@@ -1,0 +1,292 @@
+"""`amir train`: data, sampling, validation split, resumption after kill -9, faults, DDP, export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from amir_cli.training import (
+    PatchSampler,
+    RunFolderError,
+    SamplerOptions,
+    TrainingDivergedError,
+    TrainOptions,
+    export_run,
+    load_volumes,
+    train,
+    validation_set,
+)
+from amir_cli.training import checkpoint as ckpt
+from amir_cli.training.data import TASKS, split_rows, split_slices, synthetic_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(config="amir-tiny", batch_size=2, patch_size=32, workers=0, threads=1, val_slices=2, val_size=0, log_every=1, quiet=True)
+
+
+def _phantom(kind: str, n: int = 48, slices: int = 12, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(yy - n / 2, xx - n / 2)
+    out = np.zeros((n, n, slices), np.float32)
+    for k in range(slices):
+        if kind == "CT":  # water disc with a bone ring in air, HU
+            img = np.where(r < n * 0.4, 40.0 + rng.normal(0, 5, (n, n)), -1000.0)
+            img[(r < n * 0.4) & (r > n * 0.35)] = 900.0
+        elif kind == "MRI":  # stripes of varying frequency, 8-bit-like units
+            img = np.where(r < n * 0.4, 120 + 60 * np.sin(xx * (0.5 + 0.05 * k)), 0.0)
+        else:  # PET: hot and warm bands, SUV
+            img = np.where(r < n * 0.4, 2.0 + 6.0 * (np.sin(yy / 3 + k) > 0), 0.0)
+        out[..., k] = img
+    return out
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+
+
+@pytest.fixture(scope="module")
+def hq_data(tmp_path_factory):
+    """DATA/{CT,MRI,PET}/: one 12-slice volume each and a single-slice CT image."""
+    root = tmp_path_factory.mktemp("hq_data")
+    for kind in ("CT", "MRI", "PET"):
+        _save(root / kind / f"{kind.lower()}_vol.nii.gz", _phantom(kind))
+    _save(root / "CT" / "ct_single.nii.gz", _phantom("CT", n=64, slices=1, seed=3))
+    return root
+
+
+def _last_model(run_dir: Path) -> dict:
+    return ckpt.load_torch(run_dir / ckpt.LAST)["model"]
+
+
+# ------------------------------------------------------------------------------------ data
+def test_on_the_fly_pairs_are_degraded(hq_data):
+    vols, val_vols, layout = load_volumes(hq_data)
+    assert val_vols is None and "on the fly" in layout
+    sampler = PatchSampler(vols, TASKS, SamplerOptions(batch_size=6, patch_size=32), seed=1)
+    b = sampler.batch(0)
+    assert b["lq"].shape == b["hq"].shape == (6, 1, 32, 32) and b["lq"].dtype == np.float32
+    assert sorted(b["task"].tolist()) == [0, 0, 1, 1, 2, 2]
+    assert 0.0 <= b["hq"].min() and b["hq"].max() <= 1.0
+    for lq, hq, t in zip(b["lq"], b["hq"], b["task"]):
+        assert not np.allclose(lq, hq), TASKS[t]
+        assert np.abs(lq - hq).mean() < 0.2  # degraded, not unrelated
+    # MR: k-space truncation removes high frequencies
+    mr = b["task"] == TASKS.index("mri-sr")
+    hf = lambda a: (np.diff(a, 2, axis=-1) ** 2).mean() + (np.diff(a, 2, axis=-2) ** 2).mean()  # noqa: E731
+    assert hf(b["lq"][mr]) < 0.7 * hf(b["hq"][mr])
+    # a batch is a pure function of (seed, rank, iteration)
+    again = PatchSampler(vols, TASKS, SamplerOptions(batch_size=6, patch_size=32), seed=1).batch(0)
+    assert all(np.array_equal(b[k], again[k]) for k in b)
+    other_rank = PatchSampler(vols, TASKS, SamplerOptions(batch_size=6, patch_size=32), seed=1, rank=1).batch(0)
+    assert not np.array_equal(b["hq"], other_rank["hq"])
+
+
+def test_tasks_sampled_evenly_and_single_task(hq_data):
+    vols, _, _ = load_volumes(hq_data)
+    sampler = PatchSampler(vols, TASKS, SamplerOptions(batch_size=8, patch_size=16), seed=0)
+    counts = np.zeros(3, int)
+    for it in range(30):  # task order only (no pixels): the schedule of groups
+        for g in range(sampler.groups()):
+            counts[TASKS.index(sampler.task_of(it, g))] += 1
+    assert counts.max() - counts.min() <= 1 and counts.sum() == 240
+    ct_only = PatchSampler(vols, ("ct-denoise",), SamplerOptions(batch_size=4, patch_size=32), seed=0)
+    assert set(ct_only.batch(3)["task"].tolist()) == {TASKS.index("ct-denoise")}
+
+
+def test_validation_split_disjoint_from_training(hq_data):
+    for n in (1, 2, 5, 12, 108, 181):
+        train_idx, val_idx = split_slices(n)
+        if n > 1:
+            assert len(val_idx) >= 1 and not set(train_idx) & set(val_idx)
+            assert len(train_idx) >= 1
+    rows, (a, b) = split_rows(64)
+    assert rows <= a < b == 64
+    vols, _, _ = load_volumes(hq_data)
+    val = validation_set(vols, TASKS, per_task=3, size=None, seed=0)
+    assert {s.task for s in val} == set(TASKS)
+    for s in val:
+        v = next(v for v in vols if v.name == s.volume)
+        if v.n_slices > 1:
+            assert s.index in v.val_slices and s.index not in v.train_slices
+        else:  # single slice: validation rows below the training rows
+            assert v.val_rows[0] >= v.train_rows and s.hq_phys.shape[0] == v.val_rows[1] - v.val_rows[0]
+    # deterministic
+    again = validation_set(vols, TASKS, per_task=3, size=None, seed=0)
+    assert all(np.array_equal(x.lq, y.lq) for x, y in zip(val, again))
+
+
+def test_paired_layout_loads(tmp_path):
+    root = tmp_path / "paired"
+    for split, n in (("train", 2), ("validation", 1)):
+        for i in range(n):
+            hq = _phantom("CT", slices=4, seed=i)
+            lq = hq + np.random.default_rng(i).normal(0, 30, hq.shape).astype(np.float32)
+            _save(root / "CT" / split / "HQ" / f"case{i}.nii.gz", hq)
+            _save(root / "CT" / split / "LQ" / f"case{i}.nii.gz", lq)
+    _save(root / "CT" / "train" / "HQ" / "unpaired.nii.gz", _phantom("CT", slices=4))  # ignored: no LQ
+    vols, val_vols, layout = load_volumes(root, ("ct-denoise",))
+    assert layout == "paired" and len(vols) == 2 and len(val_vols) == 1
+    assert all(v.lq is not None and len(v.train_slices) == 4 for v in vols)
+    b = PatchSampler(vols, ("ct-denoise",), SamplerOptions(batch_size=2, patch_size=32), seed=0).batch(0)
+    assert b["lq"].shape == (2, 1, 32, 32) and not np.allclose(b["lq"], b["hq"])
+    val = validation_set(val_vols, ("ct-denoise",), per_task=2, size=None)
+    assert len(val) == 2 and all(s.level == "paired" and s.volume == "case0" for s in val)
+    with pytest.raises(Exception, match="mri-sr"):
+        load_volumes(root, ("mri-sr",))
+
+
+def test_synthetic_volume_helper():
+    v = synthetic_volume("mri-sr", np.random.default_rng(0).uniform(0, 100, (3, 32, 32)))
+    assert v.mr_scale > 0 and v.n_slices == 3
+
+
+# ------------------------------------------------------------------------------------ faults
+def test_resume_after_kill_equals_uninterrupted_run(hq_data, tmp_path):
+    common = dict(TINY, data=str(hq_data), iterations=6, checkpoint_every=3, val_every=3, seed=5)
+    train(TrainOptions(**common, out=str(tmp_path / "straight")))
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "amir_cli", "train", str(hq_data), "--out", str(killed), "--config", "amir-tiny",
+           "--iterations", "6", "--checkpoint-every", "3", "--val-every", "3", "--batch-size", "2", "--patch-size", "32",
+           "--workers", "0", "--threads", "1", "--val-slices", "2", "--val-size", "0", "--log-every", "1", "--seed", "5", "--quiet"]
+    env = dict(os.environ, AMIR_TRAIN_KILL_AT="4")  # SIGKILL right after iteration 4 (checkpoint at 3)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert ckpt.load_torch(killed / ckpt.LAST)["iteration"] == 3
+
+    train(TrainOptions(quiet=True), resume=killed)
+    a, b = _last_model(tmp_path / "straight"), _last_model(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    # the log holds every iteration exactly once, and the curves were drawn
+    its = [r["iteration"] for r in map(json.loads, (killed / ckpt.METRICS).read_text().splitlines()) if r["kind"] == "train"]
+    assert its == [1, 2, 3, 4, 5, 6]
+    assert (killed / ckpt.CURVES).stat().st_size > 1000 and (killed / ckpt.BEST).exists()
+    run = json.loads((killed / ckpt.RUN_JSON).read_text())
+    assert len(run["invocations"]) == 2 and run["seed"] == 5 and "--seed 5" in run["command"]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(hq_data, tmp_path, monkeypatch):
+    import amir_cli.training.loop as loop
+
+    real = loop.F.l1_loss if hasattr(loop.F, "l1_loss") else None  # noqa: F841
+    calls = {"n": 0}
+    real_abs = torch.Tensor.abs
+
+    def poisoned_abs(self):  # the L1 term turns NaN at the third iteration
+        calls["n"] += 1
+        out = real_abs(self)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(torch.Tensor, "abs", poisoned_abs)
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingDivergedError, match="iteration 3.*last good checkpoint"):
+        train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=10, checkpoint_every=1, val_every=100))
+    state = ckpt.load_torch(run / ckpt.LAST)
+    assert state["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_huge_learning_rate_diverges_cleanly(hq_data, tmp_path):
+    with pytest.raises(TrainingDivergedError, match="loss became"):
+        train(TrainOptions(**TINY, data=str(hq_data), out=str(tmp_path / "lr"), iterations=6, lr=1e30, checkpoint_every=1, val_every=100))
+
+
+def test_unwritable_run_folder_is_a_clear_error(hq_data, tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RunFolderError, match="cannot create run folder"):
+        train(TrainOptions(**TINY, data=str(hq_data), out=str(blocker / "run"), iterations=2))
+
+    run = tmp_path / "full"
+    real_replace = os.replace
+    writes = {"n": 0}
+
+    def full_disk(src, dst):
+        if str(dst).endswith(ckpt.LAST):
+            writes["n"] += 1
+            if writes["n"] == 2:
+                raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", full_disk)
+    with pytest.raises(RunFolderError, match="No space left on device.*previous checkpoint is intact"):
+        train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=4, checkpoint_every=1, val_every=100))
+    assert ckpt.load_torch(run / ckpt.LAST)["iteration"] == 1
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_run_folder_with_a_run_needs_resume(hq_data, tmp_path):
+    run = tmp_path / "r"
+    train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=1, val_every=100))
+    with pytest.raises(RunFolderError, match="--resume"):
+        train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=1))
+
+
+# ------------------------------------------------------------------------------------ scale-out
+def test_ddp_two_ranks_end_with_identical_weights(hq_data, tmp_path):
+    hashes = tmp_path / "hashes"
+    hashes.mkdir()
+    env = dict(os.environ, AMIR_TRAIN_HASH_DIR=str(hashes), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "amir_cli", "train",
+           str(hq_data), "--out", str(tmp_path / "ddp"), "--config", "amir-tiny", "--iterations", "2", "--batch-size", "2",
+           "--patch-size", "32", "--workers", "0", "--threads", "1", "--val-every", "2", "--val-slices", "1",
+           "--val-size", "0", "--device", "cpu", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    h0, h1 = (hashes / "rank0.txt").read_text(), (hashes / "rank1.txt").read_text()
+    assert h0 == h1
+    run = json.loads((tmp_path / "ddp" / ckpt.RUN_JSON).read_text())
+    assert run["world_size"] == 2 and run["global_batch"] == 4
+    state = ckpt.load_torch(tmp_path / "ddp" / ckpt.LAST)
+    assert state["iteration"] == 2 and not any(k.startswith("module.") for k in state["model"])
+
+
+# ------------------------------------------------------------------------------------ export / CLI
+def test_cli_train_export_makes_a_loadable_registry_entry(hq_data, tmp_path, amir_home):
+    from typer.testing import CliRunner
+
+    from amir_cli import weights
+    from amir_cli.cli import app
+
+    run = tmp_path / "cli_run"
+    args = ["train", str(hq_data), "--out", str(run), "--config", "amir-tiny", "--iterations", "2", "--batch-size", "2",
+            "--patch-size", "32", "--workers", "0", "--threads", "1", "--val-every", "2", "--val-slices", "1",
+            "--val-size", "0", "--ema", "0.5", "--tasks", "ct-denoise,mri-sr", "--export", "tiny-run", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["iterations"] == 2 and summary["exported"]["name"] == "tiny-run"
+    entry = weights.find("tiny-run")
+    weights.verify(entry)
+    model = weights.load_model("tiny-run")
+    assert sum(p.numel() for p in model.parameters()) == entry.info["parameters"]
+    for key in ("config_name", "tasks", "training_data", "recipe", "command", "seed", "iterations", "parameters", "scores"):
+        assert entry.info.get(key) is not None, key
+    assert entry.info["tasks"] == ["mri-sr", "ct-denoise"] and entry.info["config_name"] == "amir-tiny"
+    assert "EMA" in entry.info["source"]
+    best = ckpt.load_torch(run / ckpt.BEST)
+    assert all(torch.equal(best["model"][k], v) for k, v in weights.read_state_dict(entry.path).items())
+    # library export of the same run under another name, and the CLI's weights add
+    assert export_run(run, "tiny-run-2", which="last").name == "tiny-run-2"
+    added = CliRunner().invoke(app, ["weights", "add", str(run), "--name", "tiny-run-3", "--json"])
+    assert added.exit_code == 0, added.output
+    dup = CliRunner().invoke(app, ["weights", "add", str(run), "--name", "tiny-run-3"])
+    assert dup.exit_code != 0
+
+
+def test_cli_train_errors_exit_1(tmp_path):
+    from amir_cli.cli import main
+
+    proc = subprocess.run([sys.executable, "-m", "amir_cli", "train", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert callable(main)
