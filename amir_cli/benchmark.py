@@ -20,7 +20,8 @@ then scored by :func:`metrics.volume_scores` in physical units for: ``input`` (t
 image; for MR on a coarser grid its k-space zero-filled upsampling), the task's classical
 baseline (:mod:`amir_cli.baselines`) and ``amir``.  Case scores are slice means, table scores case
 means.  Time per slice is wall time of the method over the case's scored slices (model loading
-excluded).  A case that fails (unreadable file, LQ/HQ shape mismatch, ...) is recorded and skipped;
+excluded).  MR intensity scaling (``mr_scale_factor``) is computed by `restore_volume` from the
+slices it is given, i.e. from the scored slices.  A case that fails (unreadable file, LQ/HQ shape mismatch, ...) is recorded and skipped;
 the others complete and the command exits 3.
 """
 

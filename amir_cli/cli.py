@@ -538,6 +538,10 @@ def benchmark(
     """
     from . import benchmark as bench
 
+    try:
+        simulations = [bench.parse_simulate(text) for text in simulate or ()]
+    except AmirError as exc:  # a malformed option value is a usage error (exit 2)
+        raise typer.BadParameter(str(exc), param_hint="--simulate") from None
     with progress_bar(quiet or json_out) as bar:
         job = bar.add_task("benchmark", total=None)
 
@@ -545,7 +549,7 @@ def benchmark(
             bar.update(job, completed=done, total=total, description=label)
 
         result = bench.run_benchmark(
-            data, out, weights=weights, simulate=simulate or (), with_baselines=with_baselines, device=device,
+            data, out, weights=weights, simulate=simulations, with_baselines=with_baselines, device=device,
             precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, progress=advance,
         )
     for f in result.failures:

@@ -292,6 +292,38 @@ def restore_volume(
     return result, info
 
 
+def restore_array(
+    array: np.ndarray,
+    task: str,
+    *,
+    model=None,
+    weights: str | None = None,
+    spacing_mm=(1.0, 1.0, 1.0),
+    slice_axis: int = 2,
+    scale: int = 1,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    tile: int | None = None,
+) -> np.ndarray:
+    """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
+
+    The library shortcut for notebooks: ``model`` (an AMIR) or ``weights`` (registry name or file,
+    default: the shipped default) picks the network.
+    """
+    a = np.asarray(array, dtype=np.float32)
+    two_d = a.ndim == 2
+    dev = pick_device(device)
+    if model is None:
+        model = load_weights(weights, dev).model
+    spacing = list(spacing_mm) + [1.0] * (3 - len(spacing_mm))
+    volume = Volume(array=a, affine=np.diag([*spacing[:3], 1.0]), slice_axis=2 if two_d else slice_axis)
+    out, _ = restore_volume(
+        model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile
+    )
+    return out.array[:, :, 0] if two_d else out.array
+
+
 def routing_summary(mean_instruction: np.ndarray, top: int = 5) -> dict:
     """The mean routing instruction in a few numbers: its L2 norm and its largest entries."""
     v = np.asarray(mean_instruction, dtype=np.float64)

@@ -246,3 +246,9 @@ def test_noise_sigma_matches_gaussian_noise():
     rng = np.random.default_rng(0)
     flat = np.full((128, 128), 5.0) + rng.normal(0, 0.3, (128, 128))
     assert baselines.noise_sigma(flat) == pytest.approx(0.3, rel=0.1)
+
+
+def test_malformed_simulate_is_a_usage_error(tmp_path, tiny_weights):
+    (tmp_path / "hq").mkdir()
+    result = _invoke([tmp_path / "hq", "-w", tiny_weights, "--simulate", "mri-sr:3"])
+    assert result.exit_code == 2

@@ -355,11 +355,15 @@ def test_real_process_exit_codes_and_one_line(tmp_path, ct_nii, tiny_weights):
     res = subprocess.run([sys.executable, "-m", "amir_cli", "restore", str(bad), "--weights", str(tiny_weights)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("amir: error:") and "Traceback" not in res.stderr
-    env = {**os.environ, "AMIR_DEBUG": "1"}
-    res = subprocess.run([sys.executable, "-m", "amir_cli", "restore", str(bad), "--weights", str(tiny_weights)], capture_output=True, text=True, timeout=120, env=env)
-    assert res.returncode == 1 and "Traceback" in res.stderr
-    res = subprocess.run([sys.executable, "-m", "amir_cli", "restore", str(ct_nii), "--bogus"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2
+
+
+
+def test_amir_debug_shows_the_traceback(tmp_path, tiny_weights, monkeypatch):
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"\x1f\x8b broken")
+    monkeypatch.setenv("AMIR_DEBUG", "1")
+    with pytest.raises(Exception, match="bad.nii.gz"):
+        main(["restore", str(bad), "--weights", str(tiny_weights)])
 
 
 # ---- batches ---------------------------------------------------------------------------------------

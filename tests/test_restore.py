@@ -142,7 +142,7 @@ def test_tiled_predict_is_exact_for_pointwise_predictors():
 
 def test_tiled_restore_close_to_whole_slice(tiny):
     rng = np.random.default_rng(1)
-    vol = _volume(rng.uniform(-200, 200, (64, 64, 2)))
+    vol = _volume(rng.uniform(-200, 200, (48, 48, 1)))
     whole, _ = restore_volume(tiny, vol, "ct-denoise")
     tiled, info = restore_volume(tiny, vol, "ct-denoise", tile=32)
     assert info["tile"] == 32
@@ -212,15 +212,15 @@ def test_bad_scale(task, scale):
 
 def test_batch_size_does_not_change_the_result(tiny):
     rng = np.random.default_rng(3)
-    vol = _volume(rng.uniform(-1000, 1000, (32, 32, 5)))
+    vol = _volume(rng.uniform(-1000, 1000, (24, 24, 3)))
     a, ia = restore_volume(tiny, vol, "ct-denoise", batch_size=1)
-    b, ib = restore_volume(tiny, vol, "ct-denoise", batch_size=5)
+    b, ib = restore_volume(tiny, vol, "ct-denoise", batch_size=3)
     np.testing.assert_allclose(a.array, b.array, atol=0.05)
     assert ia["routing"]["top_indices"] == ib["routing"]["top_indices"]
 
 
 def test_bf16_on_cpu_runs(tiny):
-    vol = _volume(np.random.default_rng(4).uniform(0, 10, (32, 32, 2)))
+    vol = _volume(np.random.default_rng(4).uniform(0, 10, (16, 16, 1)))
     out, info = restore_volume(tiny, vol, "pet-synthesis", precision="bf16")
     ref, _ = restore_volume(tiny, vol, "pet-synthesis")
     assert info["precision"] == "bf16" and np.abs(out.array - ref.array).mean() < 0.5
@@ -289,3 +289,14 @@ def test_distributed_share(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.delenv("RANK")
     assert distributed_share(cases) == (cases, 0, 1)
+
+
+def test_restore_array_2d_and_3d(tiny):
+    from amir_cli.restore import restore_array
+
+    rng = np.random.default_rng(5)
+    two = rng.uniform(0, 800, (32, 40)).astype(np.float32)
+    out = restore_array(two, "mri-sr", model=tiny, device="cpu", scale=2)
+    assert out.shape == (64, 80) and out.dtype == np.float32
+    three = rng.uniform(-1000, 500, (3, 32, 32)).astype(np.float32)
+    assert restore_array(three, "ct-denoise", model=tiny, device="cpu", slice_axis=0).shape == three.shape

@@ -175,9 +175,6 @@ def test_resume_after_kill_equals_uninterrupted_run(hq_data, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(hq_data, tmp_path, monkeypatch):
-    import amir_cli.training.loop as loop
-
-    real = loop.F.l1_loss if hasattr(loop.F, "l1_loss") else None  # noqa: F841
     calls = {"n": 0}
     real_abs = torch.Tensor.abs
 

@@ -45,7 +45,7 @@ CONFIGS: dict[str, AmirConfig] = {
     # The published configuration: 23.54 M parameters.
     "amir": AmirConfig(),
     # CPU-sized model for the shipped weights.
-    "amir-s": AmirConfig(dim=12, num_blocks=(1, 2, 2, 3), num_refinement_blocks=1),
+    "amir-s": AmirConfig(dim=8, num_blocks=(1, 2, 3, 4), num_refinement_blocks=1),
     # Test-sized model.
     "amir-tiny": AmirConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1),
 }

@@ -96,10 +96,10 @@ class NoisyTopKExperts(nn.Module):
         return combine(tokens, gates), loss
 
     def _gates(self, gate_in):
-        clean = gate_in @ self.w_gate
+        clean = (gate_in @ self.w_gate).float()  # gating in fp32 also under autocast
         noisy = self.training
         if noisy:
-            noise_std = F.softplus(gate_in @ self.w_noise) + 1e-2
+            noise_std = F.softplus((gate_in @ self.w_noise).float()) + 1e-2
             logits = clean + torch.randn_like(clean) * noise_std
         else:
             logits = clean
@@ -115,7 +115,7 @@ class NoisyTopKExperts(nn.Module):
         """Differentiable probability that each expert stays in the top k under fresh noise."""
         threshold_in = top_logits[:, self.k : self.k + 1]
         threshold_out = top_logits[:, self.k - 1 : self.k]
-        normal = torch.distributions.Normal(self.mean, self.std)
+        normal = torch.distributions.Normal(self.mean, self.std, validate_args=False)
         p_in = normal.cdf((clean - threshold_in) / noise_std)
         p_out = normal.cdf((clean - threshold_out) / noise_std)
         return torch.where(noisy > threshold_in, p_in, p_out)

@@ -12,12 +12,11 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from amir_cli import __version__
@@ -53,7 +52,7 @@ class TrainOptions:
     eta_min: float = 1e-6
     warmup: int = 0
     load_loss_weight: float = 0.001
-    ema: float = 0.0  # 0: off; e.g. 0.999
+    ema: float = 0.0  # 0: off; e.g. 0.999 (decay min(ema, (1 + it) / (10 + it)))
     task_weighting: str = "uniform"  # or "uncertainty"
     amp: bool = False  # bf16 autocast on CUDA
     clip_grad: float = 0.0  # max gradient norm; 0: off
@@ -139,6 +138,8 @@ def _init_distributed(device_kind: str) -> Dist:
         return Dist()
     import torch.distributed as dist
 
+    if device_kind == "cuda":  # one GPU per process, before NCCL starts
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
     return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
@@ -230,8 +231,7 @@ def evaluate(model: nn.Module, val_set, device, amp: bool = False, batch: int = 
         for i in range(0, len(items), batch):
             chunk = items[i : i + batch]
             x = torch.from_numpy(np.stack([s.lq for s in chunk])[:, None]).to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-                y = model(x)
+            y = model(x)  # fp32 even under --amp: scores must not depend on the training precision
             y = y.float().clamp(0, 1).cpu().numpy()[:, 0]
             for s, pred in zip(chunk, y):
                 sc = slice_scores(intensity.denormalise(pred, task, s.mr_scale), s.hq_phys, task)
@@ -316,7 +316,11 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
 
         if infer_config(init_state) != config:
             raise BadInputError(f"--init weights are a different configuration than --config {o.config}")
-    model = AMIR(config).to(device)
+    model = AMIR(config)
+    # A zero output convolution makes a fresh network the identity (it adds a residual to its input),
+    # so training starts from "no worse than the input" and learns corrections from there.
+    nn.init.zeros_(model.output.weight)
+    model = model.to(device)
     if o.init and state is None:
         model.load_state_dict(init_state, strict=True)
     log_vars = nn.Parameter(torch.zeros(len(TASKS), device=device)) if o.task_weighting == "uncertainty" else None
@@ -354,6 +358,8 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
         ckpt.write_json(run_dir / ckpt.RUN_JSON, run_info)
         if (run_dir / ckpt.BEST).exists() and state is not None:
             best_scores = ckpt.load_torch(run_dir / ckpt.BEST).get("scores")
+            if best_scores and best_scores.get("mean_gain_db") is not None:
+                best = max(best, float(best_scores["mean_gain_db"]))
     dist.barrier()
 
     def save_last(it):
@@ -426,9 +432,10 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
                 torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
             optimizer.step()
             if ema_model is not None:
+                decay = min(o.ema, (1.0 + it) / (10.0 + it))  # warm-up: early EMA is not stuck at the init
                 with torch.no_grad():
                     for pe, pm in zip(ema_model.parameters(), model.parameters()):
-                        pe.lerp_(pm, 1.0 - o.ema)
+                        pe.lerp_(pm, 1.0 - decay)
                     for be, bm in zip(ema_model.buffers(), model.buffers()):
                         be.copy_(bm)
             it += 1
@@ -455,6 +462,8 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
                 log.append(rec)
                 stats = f"loss {rec['loss']:.4f} load {rec['load_loss']:.3f} {rate:.2f} it/s" + (f" | val {last_val}" if last_val else "")
                 window.update(loss=0.0, l1=0.0, load=0.0, n=0, t=now)
+            if it % o.checkpoint_every == 0 or it == o.iterations:
+                save_last(it)  # before validation: a failure there loses nothing
             if it % o.val_every == 0 or it == o.iterations:
                 if dist.main:
                     scores = evaluate(ema_model if ema_model is not None else model, val_set, device, amp)
@@ -482,8 +491,6 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
                     last_val = " ".join(f"{t.split('-')[0]} {g:+.2f}dB" for t, g in gain.items())
                     stats = stats.split(" | val")[0] + f" | val {last_val}"
                 dist.barrier()
-            if it % o.checkpoint_every == 0 or it == o.iterations:
-                save_last(it)
             progress.update(bar, completed=it, stats=stats)
             if kill_at and it == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
