@@ -13,4 +13,11 @@ def load_model(source=None, device="cpu"):
     return _load(source, device)
 
 
-__all__ = ["__version__", "load_model"]
+def restore_array(array, task, **options):
+    """Restore a 2-D or 3-D numpy array in physical units (see `amir_cli.restore.restore_array`)."""
+    from .restore import restore_array as _restore
+
+    return _restore(array, task, **options)
+
+
+__all__ = ["__version__", "load_model", "restore_array"]

@@ -287,3 +287,15 @@ def test_cli_train_errors_exit_1(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert callable(main)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "relative"])
+def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq_data, tmp_path, weighting):
+    """A new network starts as the identity, so each sample's relative L1 is exactly 1."""
+    run = tmp_path / weighting
+    train(TrainOptions(**{**TINY, "log_every": 1}, data=str(hq_data), out=str(run), iterations=1, val_every=100,
+                       task_weighting=weighting))
+    rec = next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train")
+    main = rec["loss"] - 0.001 * rec["load_loss"]
+    assert rec["l1"] > 0
+    assert main == pytest.approx(1.0 if weighting == "relative" else rec["l1"], rel=1e-4)

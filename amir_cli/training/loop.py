@@ -53,7 +53,7 @@ class TrainOptions:
     warmup: int = 0
     load_loss_weight: float = 0.001
     ema: float = 0.0  # 0: off; e.g. 0.999 (decay min(ema, (1 + it) / (10 + it)))
-    task_weighting: str = "uniform"  # or "uncertainty"
+    task_weighting: str = "uniform"  # or "uncertainty", "relative"
     amp: bool = False  # bf16 autocast on CUDA
     clip_grad: float = 0.0  # max gradient norm; 0: off
     seed: int = 0
@@ -105,8 +105,8 @@ class TrainOptions:
             raise BadInputError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.ema < 1:
             raise BadInputError(f"--ema must be in [0, 1), got {self.ema}")
-        if self.task_weighting not in ("uniform", "uncertainty"):
-            raise BadInputError("--task-weighting must be uniform or uncertainty")
+        if self.task_weighting not in ("uniform", "uncertainty", "relative"):
+            raise BadInputError("--task-weighting must be uniform, uncertainty or relative")
         for name, (lo, hi) in (("ct-dose", self.ct_dose), ("pet-dose", self.pet_dose)):
             if not 0 < lo <= hi <= 1:
                 raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
@@ -413,6 +413,10 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
                 task_l1 = torch.zeros(len(TASKS), device=device).index_add_(0, tid, per_sample) / present.clamp(min=1)
                 mask = present > 0
                 main = (torch.exp(-log_vars[mask]) * task_l1[mask] + log_vars[mask]).sum()
+            elif o.task_weighting == "relative":
+                # each sample's error relative to its input's: every task and level weighs the same
+                input_l1 = (lq.float() - hq).abs().mean(dim=(1, 2, 3)).clamp(min=1e-4)
+                main = (per_sample / input_l1).mean()
             else:
                 main = l1
             loss = main + o.load_loss_weight * load_loss.float()
