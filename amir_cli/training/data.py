@@ -262,14 +262,19 @@ def _make_volume(vol, lq_vol, task: str, path: Path, holdout: bool | None) -> Tr
         train, val, rows, vrows = np.arange(0), np.arange(s), 0, (0, h)
     elif not holdout:  # separate validation volumes exist: everything trains
         train, val, rows, vrows = np.arange(s), np.arange(0), h, (0, 0)
-    elif s == 1:
-        train, val = np.arange(1), np.arange(1)
-        rows, vrows = split_rows(h)
     else:
-        train, val = split_slices(s)
-        rows, vrows = h, (0, h)
+        train, val, rows, vrows = _held_out(s, h)
     name = stem(path) if image_suffix(path) else Path(path).name
     return TrainVolume(name, task, hq, lq, _pixel_mm(vol), mr_scale, train, val, rows, vrows, str(path))
+
+
+def _held_out(s: int, h: int):
+    """(train slices, validation slices, training rows, validation row range) of an s x h x w volume."""
+    if s == 1:
+        rows, vrows = split_rows(h)
+        return np.arange(1), np.arange(1), rows, vrows
+    train, val = split_slices(s)
+    return train, val, h, (0, h)
 
 
 def synthetic_volume(task: str, hq: np.ndarray, name: str = "synthetic", pixel_mm: float = 1.0, lq=None) -> TrainVolume:
@@ -277,12 +282,7 @@ def synthetic_volume(task: str, hq: np.ndarray, name: str = "synthetic", pixel_m
     hq = np.asarray(hq, np.float32)
     s, h, _ = hq.shape
     mr_scale = intensity.mr_scale_factor(hq) if task == "mri-sr" else None
-    if s == 1:
-        train, val = np.arange(1), np.arange(1)
-        rows, vrows = split_rows(h)
-    else:
-        train, val = split_slices(s)
-        rows, vrows = h, (0, h)
+    train, val, rows, vrows = _held_out(s, h)
     return TrainVolume(name, task, hq, None if lq is None else np.asarray(lq, np.float32), pixel_mm, mr_scale, train, val, rows, vrows)
 
 
