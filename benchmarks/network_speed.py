@@ -76,9 +76,9 @@ def cpu_peak_memory(config: str, size: int) -> dict:
     code = (
         "import resource,torch;from amir_cli.network import AMIR,get_config;"
         f"m=AMIR(get_config({config!r})).eval();x=torch.rand(1,1,{size},{size});"
-        "base=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "torch.inference_mode()(m)(x);"
-        "peak=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;print(base,peak)"
+        "base=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "with torch.inference_mode(): m(x)\n"
+        "print(base,resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     base, peak = (int(v) / 1024**2 for v in out)  # ru_maxrss is in KiB on Linux
