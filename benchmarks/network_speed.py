@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -72,16 +71,18 @@ def gflop_per_slice(model, size) -> float:
 
 
 def cpu_peak_memory(config: str, size: int) -> dict:
-    """Peak resident memory of a fresh process running one fp32 slice (model included)."""
+    """Peak resident memory (VmHWM) of a fresh process running one fp32 slice, model included.
+
+    ru_maxrss would not do: a child started from this process inherits its high-water mark."""
     code = (
-        "import resource,torch;from amir_cli.network import AMIR,get_config;"
-        f"m=AMIR(get_config({config!r})).eval();x=torch.rand(1,1,{size},{size});"
-        "base=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "import re,torch;from amir_cli.network import AMIR,get_config\n"
+        "hwm=lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        f"m=AMIR(get_config({config!r})).eval();x=torch.rand(1,1,{size},{size});base=hwm()\n"
         "with torch.inference_mode(): m(x)\n"
-        "print(base,resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "print(base,hwm())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    base, peak = (int(v) / 1024**2 for v in out)  # ru_maxrss is in KiB on Linux
+    base, peak = (int(v) / 1024**2 for v in out)  # kB
     return {"peak_gb": peak, "above_loaded_model_gb": peak - base}
 
 
