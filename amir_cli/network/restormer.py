@@ -120,12 +120,26 @@ class TransposedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        q, k, v = self.qkv_dwconv(self.qkv(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W).unbind(1)
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
+        if torch.is_grad_enabled() or reference_mode():
+            qkv = self.qkv_dwconv(self.qkv(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W)
+            q, k, v = qkv.unbind(1)
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        else:  # inference: one of q, k, v at a time, so the 3C-channel map is never held twice
+            q, k, v = (self._project(x, part).reshape(B, self.num_heads, C // self.num_heads, H * W) for part in range(3))
+            for t in (q, k):  # F.normalize, in place on these fresh copies
+                t.div_(t.norm(dim=-1, keepdim=True).clamp_min(1e-12))
         attn = (q @ k.transpose(-2, -1)) * self.temperature
         out = attn.softmax(dim=-1) @ v
         return self.project_out(channels_last(out.reshape(B, C, H, W)))
+
+
+    def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """Channels [part*C, (part+1)*C) of the 1x1 + depthwise projection (q, k or v)."""
+        C = x.shape[1]
+        rows = slice(part * C, (part + 1) * C)
+        bias = lambda conv: None if conv.bias is None else conv.bias[rows]  # noqa: E731
+        y = F.conv2d(x, self.qkv.weight[rows], bias(self.qkv))
+        return F.conv2d(y, self.qkv_dwconv.weight[rows], bias(self.qkv_dwconv), padding=1, groups=C)
 
 
 class TransformerBlock(nn.Module):
@@ -138,8 +152,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = channels_last(x)
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        # in place on the fresh branch output (nothing keeps it for backward): one map less at the peak
+        x = self.attn(self.norm1(x)).add_(x)
+        return self.ffn(self.norm2(x)).add_(x)
 
 
 class PatchEmbed(nn.Module):
