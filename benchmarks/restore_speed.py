@@ -47,8 +47,9 @@ def weights_arg(tmp: Path) -> tuple[str, str]:
     name = weights.default_name()
     if name is not None:
         entry = weights.find(name)
-        cfg = entry.info.get("config")
-        if cfg and cfg.get("dim") == 16:
+        from amir_cli.network import AmirConfig, get_config
+
+        if entry.info.get("config") and AmirConfig.from_dict(entry.info["config"]) == get_config("amir-s"):
             return name, f"shipped {name}"
     import torch
     from safetensors.torch import save_file
