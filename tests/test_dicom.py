@@ -24,9 +24,7 @@ from amir_cli.errors import BadInputError
 from amir_cli.imaging import dicom, list_cases, read_image, write_image
 from amir_cli.imaging.dicom import suv_factors
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from conftest import DATA  # noqa: E402
 
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 MR_CLASS = "1.2.840.10008.5.1.4.1.1.4"

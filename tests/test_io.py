@@ -17,9 +17,7 @@ import SimpleITK as sitk
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import Volume, list_cases, lps_from_ras, ras_from_lps, read_image, write_image
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+from conftest import DATA  # noqa: E402
 
 
 def _save_crop(name: str, sl, dest: Path, *, oblique: bool = False) -> Path:

@@ -1,7 +1,6 @@
 """Metrics follow SPEC §4 and agree with scikit-image to 1e-4."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from amir_cli import metrics as M
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA  # noqa: E402
 
 
 def _sk(pred, ref, window):

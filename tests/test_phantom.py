@@ -1,13 +1,12 @@
 """Simulated FDG PET ground truth from tissue maps."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from amir_cli.imaging import phantom as P
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA  # noqa: E402
 
 
 def _maps():
