@@ -1,7 +1,7 @@
 """Architecture hyperparameters of AMIR and the named configurations."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 ATOM_NUM = 32   # learned atoms in the routing dictionary
 ATOM_DIM = 256  # length of the routing instruction vector
