@@ -44,7 +44,7 @@ def test_summed_gates_without_log_combine_would_miss(official_fixture):
         return lambda tokens, gates: sum(gates[:, e : e + 1] * ex(tokens) for e, ex in enumerate(moe.experts))
 
     for sr in (model.spatial_routing_encoder_level1, model.spatial_routing_encoder_level2, model.spatial_routing_encoder_level3):
-        sr.moe._combine_dense = plain_sum(sr.moe)
+        sr.moe._combine = plain_sum(sr.moe)
     with torch.no_grad():
         out = model(official_fixture["input"])
     assert (out - official_fixture["output"]).abs().max() > 1e-4
@@ -102,7 +102,7 @@ def test_train_mode_returns_load_loss_with_gradients():
     assert moe.w_gate.grad.abs().sum() > 0 and moe.w_noise.grad.abs().sum() > 0
 
 
-def test_dense_and_sparse_expert_paths_agree_in_training():
+def test_fast_and_reference_paths_agree_in_training():
     torch.manual_seed(0)
     model = AMIR(get_config("amir-tiny")).train()
     x = torch.rand(2, 1, 24, 24)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # Reference mode follows the published computation step by step (hand-written LayerNorm over a
-# (B, HW, C) view, sparse expert dispatch); benchmarks use it to measure the fast path's gain.
+# (B, HW, C) view, NCHW layout, q/k/v in one map); benchmarks use it to measure the fast path's gain.
 _REFERENCE = {"on": False}
 _FFN_CHUNK = 1 << 23  # hidden activations (channels x pixels) held at once by inference
 

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ATOM_DIM, ATOM_NUM, NUM_EXPERTS, TOP_K
-from .restormer import reference_mode
 
 _EPS = float(torch.finfo(torch.float64).eps)  # floor before the log, as in the published combine
 _CHUNK = 1 << 16  # pixels routed at once without autograd, to bound inference memory
@@ -92,8 +91,7 @@ class NoisyTopKExperts(nn.Module):
     def _route(self, tokens, gate_in):
         gates, load = self._gates(gate_in)
         loss = _cv_squared(gates.sum(0)) + _cv_squared(load)
-        combine = self._combine_sparse if reference_mode() else self._combine_dense
-        return combine(tokens, gates), loss
+        return self._combine(tokens, gates), loss
 
     def _gates(self, gate_in):
         clean = (gate_in @ self.w_gate).float()  # gating in fp32 also under autocast
@@ -120,20 +118,8 @@ class NoisyTopKExperts(nn.Module):
         p_out = normal.cdf((clean - threshold_out) / noise_std)
         return torch.where(noisy > threshold_in, p_in, p_out)
 
-    def _combine_dense(self, tokens, gates):
-        # Every expert on every pixel in one batched product, then the k chosen ones are mixed.
-        w1 = torch.cat([e.fc1.weight for e in self.experts])
-        b1 = torch.cat([e.fc1.bias for e in self.experts])
-        hidden = F.gelu(F.linear(tokens, w1, b1)).unflatten(1, (self.num_experts, -1)).transpose(0, 1)
-        w2 = torch.stack([e.fc2.weight for e in self.experts]).transpose(1, 2).to(hidden.dtype)
-        b2 = torch.stack([e.fc2.bias for e in self.experts])[:, None, :].to(hidden.dtype)
-        out = torch.baddbmm(b2, hidden, w2).transpose(0, 1)  # (N, E, C)
-        top_gates, top_idx = gates.topk(self.k, dim=1)
-        chosen = out.gather(1, top_idx[..., None].expand(-1, -1, out.shape[2])).float()
-        mixed = (chosen.exp() * top_gates[..., None]).sum(1)
-        return mixed.masked_fill(mixed == 0, _EPS).log().to(tokens.dtype)
-
-    def _combine_sparse(self, tokens, gates):
+    def _combine(self, tokens, gates):
+        """Each expert runs only on the pixels routed to it (k of the experts per pixel)."""
         mixed = tokens.new_zeros(tokens.shape, dtype=torch.float32)
         for e, expert in enumerate(self.experts):
             rows = gates[:, e].nonzero().squeeze(1)
