@@ -241,8 +241,6 @@ def degrade_cmd(
     if dose is not None and not 0 < dose <= 1:
         raise typer.BadParameter(f"{dose} is not a fraction in (0, 1]", param_hint="--dose")
 
-    import numpy as np
-
     from . import restore as R
     from .imaging import degrade as D
     from .imaging.io import read_image, write_image
@@ -254,18 +252,14 @@ def degrade_cmd(
     out = output if output is not None else R.default_output(input, "_degraded")
     R.check_output(input, out, overwrite)
     volume = read_image(input)
-    array = np.moveaxis(volume.array, volume.slice_axis, 0)
-    pixel_mm = float(np.mean([s for a, s in enumerate(volume.spacing_mm) if a != volume.slice_axis]))
-    degraded = np.empty_like(array)
     with progress_bar(quiet or json_out) as bar:
-        job = bar.add_task(f"degrading {input.name}", total=array.shape[0])
-        for i in range(array.shape[0]):  # as degrade_volume does, one seeded generator per slice
-            degraded[i] = D.degrade_slice(array[i], task, level, D.slice_rng(seed, i), pixel_mm=pixel_mm)
-            bar.update(job, advance=1)
+        job = bar.add_task(f"degrading {input.name}", total=volume.shape[volume.slice_axis])
+        degraded = D.degrade_volume(volume.array, task, level, slice_axis=volume.slice_axis, spacing_mm=volume.spacing_mm,
+                                    seed=seed, progress=lambda: bar.update(job, advance=1))
     what = "factor" if task == "mri-sr" else "dose fraction"
     simulated = task == "pet-synthesis" or volume.modality == "PT"
     description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
-    written = write_image(volume.with_array(np.moveaxis(degraded, 0, volume.slice_axis)), out, reference=volume, description=description)
+    written = write_image(volume.with_array(degraded), out, reference=volume, description=description)
     summary = {
         "tool": "amir", "version": __version__, "command": "degrade", "input": str(input), "output": str(written),
         "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),

@@ -405,13 +405,14 @@ def degrade_slice(image2d, task: str, level, rng, *, pixel_mm: float = 1.0, **kw
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def degrade_volume(array, task: str, level=None, *, slice_axis: int = 2, spacing_mm=(1.0, 1.0, 1.0), seed: int = 0, **kw) -> np.ndarray:
+def degrade_volume(array, task: str, level=None, *, slice_axis: int = 2, spacing_mm=(1.0, 1.0, 1.0), seed: int = 0, progress=None, **kw) -> np.ndarray:
     """Degrade a 2-D or 3-D image slice by slice along ``slice_axis`` (float32, same shape).
 
     ``level`` is the k-space factor for ``mri-sr`` and the dose fraction otherwise (default
     :data:`DEFAULT_LEVEL`).  Slice ``i`` uses ``slice_rng(seed, i)``, so a slice's result does not
     depend on which other slices are degraded with it.  The pixel size is the mean of the two
-    in-plane spacings.  Extra keywords go to the slice function (``i0``, ``n_angles``, ``total_counts``).
+    in-plane spacings.  ``progress()``, if given, is called after each slice of a 3-D image.  Extra
+    keywords go to the slice function (``i0``, ``n_angles``, ``total_counts``).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -444,4 +445,6 @@ def degrade_volume(array, task: str, level=None, *, slice_axis: int = 2, spacing
     out = np.empty(moved.shape, dtype=np.float32)
     for i in range(moved.shape[0]):
         out[i] = degrade_slice(moved[i], task, level, slice_rng(seed, i), pixel_mm=pix, **kw)
+        if progress is not None:
+            progress()
     return np.moveaxis(out, 0, ax)
