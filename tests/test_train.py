@@ -24,7 +24,8 @@ from amir_cli.training import (
     validation_set,
 )
 from amir_cli.training import checkpoint as ckpt
-from amir_cli.training.data import TASKS, split_rows, split_slices, synthetic_volume
+from amir_cli.errors import BadInputError
+from amir_cli.training.data import TASKS, split_rows, split_slices, synthetic_volume, task_cycle
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(config="amir-tiny", batch_size=2, patch_size=32, workers=0, threads=1, val_slices=2, val_size=0, log_every=1, quiet=True)
@@ -99,6 +100,36 @@ def test_tasks_sampled_evenly_and_single_task(hq_data):
     assert counts.max() - counts.min() <= 1 and counts.sum() == 240
     ct_only = PatchSampler(vols, ("ct-denoise",), SamplerOptions(batch_size=4, patch_size=32), seed=0)
     assert set(ct_only.batch(3)["task"].tolist()) == {TASKS.index("ct-denoise")}
+
+
+def test_task_mix_sets_the_share_of_each_task(hq_data):
+    vols, _, _ = load_volumes(hq_data)
+    mix = {"ct-denoise": 3, "mri-sr": 2, "pet-synthesis": 1}
+    sampler = PatchSampler(vols, TASKS, SamplerOptions(batch_size=8, patch_size=16, task_mix=mix), seed=0)
+    counts = dict.fromkeys(TASKS, 0)
+    for it in range(30):
+        for g in range(sampler.groups()):
+            counts[sampler.task_of(it, g)] += 1
+    assert counts == {"ct-denoise": 120, "mri-sr": 80, "pet-synthesis": 40}
+    assert task_cycle(list(TASKS), mix) == ["ct-denoise", "mri-sr", "ct-denoise", "pet-synthesis", "mri-sr", "ct-denoise"]
+    assert task_cycle(list(TASKS)) == list(TASKS)  # the default is the even cycle
+    with pytest.raises(BadInputError):
+        task_cycle(list(TASKS), {"ct-denoise": 0, "mri-sr": 0, "pet-synthesis": 0})
+    with pytest.raises(BadInputError, match="task-mix"):
+        TrainOptions(data=str(hq_data), task_mix={"pet-synthesis": 1}, tasks=("ct-denoise",)).check()
+
+
+def test_mr_noise_puts_a_rician_floor_in_reference_and_input(hq_data):
+    vols, _, _ = load_volumes(hq_data, ("mri-sr",))
+    background = lambda b: b["hq"][b["hq"] < 0.005]  # noqa: E731  (the phantom's zero background)
+    clean = PatchSampler(vols, ("mri-sr",), SamplerOptions(batch_size=8, patch_size=32), seed=4).batch(0)
+    noisy_opts = SamplerOptions(batch_size=8, patch_size=32, mr_noise=0.05)
+    noisy = PatchSampler(vols, ("mri-sr",), noisy_opts, seed=4).batch(0)
+    assert np.abs(clean["hq"][clean["hq"] < 1e-6]).max() == 0.0  # no noise without the option
+    assert (noisy["hq"] > 0).mean() > 0.99  # magnitude noise: positive everywhere
+    assert 0 < background(noisy).mean() < 0.05
+    again = PatchSampler(vols, ("mri-sr",), noisy_opts, seed=4).batch(0)
+    assert np.array_equal(noisy["hq"], again["hq"]) and np.array_equal(noisy["lq"], again["lq"])
 
 
 def test_validation_split_disjoint_from_training(hq_data):

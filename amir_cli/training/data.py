@@ -295,6 +295,8 @@ class SamplerOptions:
     flips: bool = True
     mr_scale_jitter: float = 0.0  # MR scale factor multiplied by exp(U(-j, j)) (robustness to scaling)
     levels: Levels = field(default_factory=Levels)
+    task_mix: dict | None = None  # task -> relative share of the slices (None: even)
+    mr_noise: float = 0.0  # MR noise floor added to the reference: sigma ~ U(0, mr_noise) x MR_TARGET
 
 
 def batch_rng(seed: int, rank: int, iteration: int, group: int = 0) -> np.random.Generator:
@@ -305,8 +307,9 @@ def batch_rng(seed: int, rank: int, iteration: int, group: int = 0) -> np.random
 class PatchSampler:
     """Makes the training batch of any iteration: ``sampler.batch(iteration)`` (numpy arrays).
 
-    Tasks are sampled evenly: patch groups cycle through the tasks, continuing from batch to batch,
-    so every task gets the same number of slices (to within one) over any stretch of iterations.
+    Patch groups cycle through the tasks, continuing from batch to batch: evenly by default, so every
+    task gets the same number of slices (to within one) over any stretch of iterations, or in the
+    integer shares of ``options.task_mix`` (:func:`task_cycle`).
     Within a task, a volume is drawn with probability proportional to the square root of its number
     of training slices (big volumes dominate less than in proportion), then a slice.
     """
@@ -315,6 +318,7 @@ class PatchSampler:
         self.tasks = [t for t in TASKS if t in tasks]
         self.opt = options
         self.seed, self.rank = int(seed), int(rank)
+        self.cycle = task_cycle(self.tasks, options.task_mix)
         self.by_task = {}
         for t in self.tasks:
             vols = [v for v in volumes if v.task == t and len(v.train_slices) and v.train_rows > 0]
@@ -332,7 +336,7 @@ class PatchSampler:
 
     def task_of(self, iteration: int, group: int) -> str:
         g = self.groups()
-        return self.tasks[(iteration * g + group) % len(self.tasks)]
+        return self.cycle[(iteration * g + group) % len(self.cycle)]
 
     def batch(self, iteration: int) -> dict:
         """{'lq': (B,1,P,P) float32, 'hq': same, 'task': (B,) int64 index into TASKS}."""
@@ -358,6 +362,8 @@ class PatchSampler:
         vol = vols[rng.choice(len(vols), p=weights)]
         z = int(vol.train_slices[rng.integers(len(vol.train_slices))])
         hq_slice = vol.hq[z]
+        if task == "mri-sr" and vol.lq is None and self.opt.mr_noise > 0:
+            hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
         if vol.lq is not None:
             lq_slice = vol.lq[z]
         else:
@@ -378,6 +384,35 @@ class PatchSampler:
                 a, b = _augment(a, b, rng)
             out.append((a, b))
         return out
+
+
+def _rician(image: np.ndarray, sigma_max: float, rng) -> np.ndarray:
+    """Magnitude of the image plus complex Gaussian noise of sigma ~ U(0, sigma_max) (physical units).
+
+    Scanner MR carries a noise floor that the templates in the training data lack; with it in the
+    reference (and so in the input), the network learns to keep MR texture rather than smooth it.
+    """
+    sigma = float(rng.uniform(0.0, sigma_max))
+    noise_rng = np.random.default_rng(rng.integers(2**63))
+    re = image + noise_rng.normal(0.0, sigma, image.shape)
+    im = noise_rng.normal(0.0, sigma, image.shape)
+    return np.hypot(re, im).astype(np.float32)
+
+
+def task_cycle(tasks, mix: dict | None = None) -> list[str]:
+    """One period of the task order: task t appears mix[t] times (default 1), spread evenly
+    (smooth weighted round robin), e.g. {ct: 2, mr: 1, pet: 1} -> [ct, mr, pet, ct]."""
+    weights = {t: int((mix or {}).get(t, 1)) for t in tasks}
+    if any(w < 0 for w in weights.values()) or not any(weights.values()):
+        raise BadInputError(f"task shares must be non-negative integers, not all zero: {weights}")
+    total, credit, cycle = sum(weights.values()), dict.fromkeys(tasks, 0), []
+    for _ in range(total):
+        for t in tasks:
+            credit[t] += weights[t]
+        pick = max(tasks, key=lambda t: credit[t])
+        credit[pick] -= total
+        cycle.append(pick)
+    return cycle
 
 
 def _pad_to(a: np.ndarray, P: int) -> np.ndarray:

@@ -66,6 +66,8 @@ class TrainOptions:
     threads: int | None = None  # torch CPU threads of the training process (default: torch's)
     crops_per_slice: int = 1
     mr_scale_jitter: float = 0.0
+    task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
+    mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
     ct_dose: tuple[float, float] = (0.1, 0.5)
     ct_i0: tuple[float, float] = (1e5, 1e6)
     mr_factors: tuple[int, ...] = (2, 4)
@@ -112,6 +114,10 @@ class TrainOptions:
                 raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
         if not 0 < self.ct_i0[0] <= self.ct_i0[1]:
             raise BadInputError("--ct-i0 range must be positive and ordered")
+        if self.task_mix is not None and (set(self.task_mix) - set(self.tasks) or any(int(w) < 0 for w in self.task_mix.values()) or not any(int(self.task_mix.get(t, 1)) for t in self.tasks)):
+            raise BadInputError(f"--task-mix must give trained tasks non-negative integer shares, got {self.task_mix}")
+        if not 0 <= self.mr_noise < 1:
+            raise BadInputError(f"--mr-noise must be in [0, 1), got {self.mr_noise}")
         if not self.mr_factors or any(int(f) < 2 for f in self.mr_factors):
             raise BadInputError("--mr-factors must be integers >= 2")
 
@@ -302,7 +308,7 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
     sampler = PatchSampler(
         volumes,
         o.tasks,
-        SamplerOptions(o.batch_size, o.patch_size, o.crops_per_slice, True, o.mr_scale_jitter, o.levels()),
+        SamplerOptions(o.batch_size, o.patch_size, o.crops_per_slice, True, o.mr_scale_jitter, o.levels(), o.task_mix, o.mr_noise),
         seed=o.seed,
         rank=dist.rank,
     )
