@@ -243,7 +243,11 @@ def restore_volume(
     instruction_sum = None
     model_seconds = 0.0
     passthrough = 0
-    predictor = model if tile is None else (lambda t: tiled_predict(model, t, tile, tile_overlap))
+    def predictor(x, instruction):  # tiles share their slice's instruction
+        if tile is None:
+            return model(x, instruction)
+        return tiled_predict(lambda t: model(t, instruction), x, tile, tile_overlap)
+
     with torch.inference_mode():
         for first in range(0, n, batch_size):
             chunk = slices[first : first + batch_size]
@@ -252,8 +256,8 @@ def restore_volume(
             x = torch.from_numpy(intensity.normalise(chunk, task, mr_scale)[:, None]).to(device)
             t0 = time.perf_counter()
             with autocast:
-                y = predictor(x)
                 inst = model.instruction(x)
+                y = predictor(x, inst)
             y = y.float().clamp_(0.0, 1.0).cpu().numpy()[:, 0]
             inst = inst.float().sum(0).double().cpu().numpy()
             model_seconds += time.perf_counter() - t0

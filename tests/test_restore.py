@@ -27,13 +27,15 @@ class Identity(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.shapes = []
+        self.shapes, self.given, self.computed = [], [], []
 
-    def forward(self, x):
+    def forward(self, x, instruction=None):
         self.shapes.append(tuple(x.shape))
+        self.given.append(instruction)
         return x.clone()
 
     def instruction(self, x):
+        self.computed.append(tuple(x.shape))
         return x.mean(dim=(1, 2, 3))[:, None].repeat(1, 256)
 
 
@@ -149,6 +151,17 @@ def test_tiled_restore_close_to_whole_slice(tiny):
     assert np.abs(whole.array - tiled.array).mean() < 50  # tiles see less context; same image
 
 
+def test_routing_instruction_computed_once_per_batch_and_shared_by_tiles():
+    vol = _volume(np.random.default_rng(2).uniform(-200, 200, (70, 60, 3)))
+    model = Identity()
+    restore_volume(model, vol, "ct-denoise", batch_size=2, tile=32)
+    assert model.computed == [(2, 1, 70, 60), (1, 1, 70, 60)]  # whole slices, once per batch
+    assert len(model.shapes) > 2 * len(model.computed)  # many tiles per batch
+    assert all(i is not None and i.shape == (s[0], 256) for i, s in zip(model.given, model.shapes))
+    first_batch = [i for i, s in zip(model.given, model.shapes) if s[0] == 2]
+    assert all(torch.equal(i, first_batch[0]) for i in first_batch)
+
+
 # ---- intensity round trips -----------------------------------------------------------------
 
 
@@ -174,7 +187,7 @@ def test_identity_network_gives_back_the_input(task, values):
 
 def test_output_clipped_into_the_normalisation_range():
     class Overshoot(Identity):
-        def forward(self, x):
+        def forward(self, x, instruction=None):
             return x * 0 + 1.7  # far above 1 in normalised units
 
     vol = _volume(np.zeros((20, 20, 2), np.float32))

@@ -17,7 +17,8 @@ class AMIR(nn.Module):
 
     Training mode returns (image, load_loss), evaluation mode the image. Any H, W >= 9 works: the
     U-Net runs on a reflect-padded copy and the result is cropped back, while the routing
-    instruction is computed from the unpadded image.
+    instruction is computed from the unpadded image (or given: tiles of one slice share the
+    whole slice's instruction).
     """
 
     def __init__(self, config: AmirConfig = AmirConfig()):
@@ -59,8 +60,9 @@ class AMIR(nn.Module):
         """The routing instruction, (B, 256), for a batch of images."""
         return self.dict_generator(image)
 
-    def forward(self, image: torch.Tensor):
-        instruction = self.dict_generator(image)
+    def forward(self, image: torch.Tensor, instruction: torch.Tensor | None = None):
+        if instruction is None:
+            instruction = self.dict_generator(image)
         H, W = image.shape[-2:]
         pad_h, pad_w = -H % MULTIPLE, -W % MULTIPLE
         x = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect") if pad_h or pad_w else image

@@ -81,30 +81,38 @@ class GatedDconvFeedForward(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.project_out.in_channels
-        if torch.is_grad_enabled() or reference_mode() or hidden * x[0, 0].numel() <= _FFN_CHUNK:
+        if reference_mode():
             gate, value = self.dwconv(self.project_in(x)).chunk(2, dim=1)
             return self.project_out(F.gelu(gate) * value)
-        return self._chunked(x, hidden)
-
-    def _chunked(self, x: torch.Tensor, hidden: int) -> torch.Tensor:
-        """Inference in groups of hidden channels: each gate/value pair only meets its own depthwise
-        filter, so the 1x1 projections split exactly and the full hidden map is never held."""
-        step = max(1, _FFN_CHUNK // x[0, 0].numel())
-        w_in, w_dw, w_out = self.project_in.weight, self.dwconv.weight, self.project_out.weight
-        b_in, b_dw = self.project_in.bias, self.dwconv.bias
+        hidden = self.project_out.in_channels
+        step = hidden if torch.is_grad_enabled() else max(1, _FFN_CHUNK // x[0, 0].numel())
         out = None
         for i in range(0, hidden, step):
-            rows = torch.cat([torch.arange(i, min(i + step, hidden))] * 2)
-            rows[len(rows) // 2 :] += hidden
-            h = F.conv2d(x, w_in[rows], None if b_in is None else b_in[rows])
-            h = F.conv2d(h, w_dw[rows], None if b_dw is None else b_dw[rows], padding=1, groups=len(rows))
-            gate, value = h.chunk(2, dim=1)
-            part = F.conv2d(F.gelu(gate) * value, w_out[:, i : i + step])
-            out = part if out is None else out + part
+            part = self._gated(x, i, min(i + step, hidden))
+            out = part if out is None else out.add_(part)
         if self.project_out.bias is not None:
             out = out + self.project_out.bias.view(1, -1, 1, 1)
         return out
+
+    def _gated(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """The projected GELU(gate) * value of hidden channels [lo, hi).
+
+        Gate and value are computed as separate maps (each pair only meets its own depthwise
+        filter, so the split is exact): contiguous maps make GELU several times faster than on
+        the interleaved halves of one map. Inference goes in groups of channels, so the full
+        hidden map is never held.
+        """
+        hidden = self.project_out.in_channels
+
+        def branch(rows: slice) -> torch.Tensor:
+            b_in, b_dw = self.project_in.bias, self.dwconv.bias
+            h = F.conv2d(x, self.project_in.weight[rows], None if b_in is None else b_in[rows])
+            return F.conv2d(h, self.dwconv.weight[rows], None if b_dw is None else b_dw[rows], padding=1, groups=hi - lo)
+
+        gate = F.gelu(branch(slice(lo, hi)))
+        value = branch(slice(hidden + lo, hidden + hi))
+        gated = gate * value if torch.is_grad_enabled() else gate.mul_(value)
+        return F.conv2d(gated, self.project_out.weight[:, lo:hi])
 
 
 class TransposedAttention(nn.Module):

@@ -79,13 +79,17 @@ class NoisyTopKExperts(nn.Module):
         """x: (B, C, H, W) features, cue: (B, C) projected instruction. Returns (y, load_loss)."""
         B, C, H, W = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
-        cue_tokens = cue[:, None, :].expand(B, H * W, C).reshape(-1, C)
-        gate_in = torch.cat((tokens, cue_tokens), dim=1)
         if not torch.is_grad_enabled() and not self.training:
-            y = torch.cat([self._route(t, g)[0] for t, g in zip(tokens.split(_CHUNK), gate_in.split(_CHUNK))])
+            # The cue half of the gate input is one vector per image: its logits are added once
+            # per image instead of being concatenated to every pixel.
+            clean = (tokens @ self.w_gate[:C]).view(B, H * W, -1) + (cue @ self.w_gate[C:])[:, None]
+            clean = clean.float().view(B * H * W, -1)
+            chunks = zip(tokens.split(_CHUNK), clean.split(_CHUNK))
+            y = torch.cat([self._combine(t, self._top_k(logits)) for t, logits in chunks])
             loss = x.new_zeros(())
         else:
-            y, loss = self._route(tokens, gate_in)
+            cue_tokens = cue[:, None, :].expand(B, H * W, C).reshape(-1, C)
+            y, loss = self._route(tokens, torch.cat((tokens, cue_tokens), dim=1))
         return y.reshape(B, H, W, C).permute(0, 3, 1, 2), loss
 
     def _route(self, tokens, gate_in):
@@ -93,21 +97,23 @@ class NoisyTopKExperts(nn.Module):
         loss = _cv_squared(gates.sum(0)) + _cv_squared(load)
         return self._combine(tokens, gates), loss
 
+    def _top_k(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, E) gates: softmax over each pixel's k largest logits, zero elsewhere."""
+        top_logits, top_idx = logits.topk(self.k, dim=1)
+        return torch.zeros_like(logits).scatter(1, top_idx, top_logits.softmax(dim=1))
+
     def _gates(self, gate_in):
         clean = (gate_in @ self.w_gate).float()  # gating in fp32 also under autocast
-        noisy = self.training
-        if noisy:
-            noise_std = F.softplus((gate_in @ self.w_noise).float()) + 1e-2
-            logits = clean + torch.randn_like(clean) * noise_std
-        else:
-            logits = clean
-        top_logits, top_idx = logits.topk(min(self.k + 1, self.num_experts), dim=1)
-        gates = torch.zeros_like(logits).scatter(1, top_idx[:, : self.k], top_logits[:, : self.k].softmax(dim=1))
-        if noisy and self.k < self.num_experts:
-            load = self._prob_in_top_k(clean, logits, noise_std, top_logits).sum(0)
-        else:
-            load = (gates > 0).sum(0)
-        return gates, load
+        if not self.training:
+            gates = self._top_k(clean)
+            return gates, (gates > 0).sum(0)
+        noise_std = F.softplus((gate_in @ self.w_noise).float()) + 1e-2
+        logits = clean + torch.randn_like(clean) * noise_std
+        gates = self._top_k(logits)
+        if self.k < self.num_experts:
+            top_logits = logits.topk(self.k + 1, dim=1).values
+            return gates, self._prob_in_top_k(clean, logits, noise_std, top_logits).sum(0)
+        return gates, (gates > 0).sum(0)
 
     def _prob_in_top_k(self, clean, noisy, noise_std, top_logits):
         """Differentiable probability that each expert stays in the top k under fresh noise."""
@@ -124,7 +130,7 @@ class NoisyTopKExperts(nn.Module):
         for e, expert in enumerate(self.experts):
             rows = gates[:, e].nonzero().squeeze(1)
             contrib = expert(tokens[rows]).float().exp() * gates[rows, e : e + 1]
-            mixed = mixed.index_add(0, rows, contrib)
+            mixed.index_add_(0, rows, contrib)
         return mixed.masked_fill(mixed == 0, _EPS).log().to(tokens.dtype)
 
 
