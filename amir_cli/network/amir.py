@@ -81,11 +81,18 @@ class AMIR(nn.Module):
         x = self.channel_routing_latent(self.down3_4(enc3), instruction)
         x = self.latent(x)
 
+        # each skip is dropped once used, and x rebound, so that freed maps do not pile up at level 1
         x = self.reduce_chan_level3(torch.cat([self.up4_3(x), enc3], 1))
-        x = self.decoder_level3(self.channel_routing_decoder_level3(x, instruction))
+        del enc3
+        x = self.channel_routing_decoder_level3(x, instruction)
+        x = self.decoder_level3(x)
         x = self.reduce_chan_level2(torch.cat([self.up3_2(x), enc2], 1))
-        x = self.decoder_level2(self.channel_routing_decoder_level2(x, instruction))
+        del enc2
+        x = self.channel_routing_decoder_level2(x, instruction)
+        x = self.decoder_level2(x)
         x = torch.cat([self.up2_1(x), enc1], 1)
-        x = self.decoder_level1(self.channel_routing_decoder_level1(x, instruction))
+        del enc1
+        x = self.channel_routing_decoder_level1(x, instruction)
+        x = self.decoder_level1(x)
         x = self.output(self.refinement(x))
         return x, loss1 + loss2 + loss3

@@ -131,15 +131,19 @@ class TransposedAttention(nn.Module):
         if torch.is_grad_enabled() or reference_mode():
             qkv = self.qkv_dwconv(self.qkv(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W)
             q, k, v = qkv.unbind(1)
-            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        else:  # inference: one of q, k, v at a time, so the 3C-channel map is never held twice
-            q, k, v = (self._project(x, part).reshape(B, self.num_heads, C // self.num_heads, H * W) for part in range(3))
+            attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
+        else:  # inference: q, k, v one at a time, and v only once q and k are freed
+            shape = (B, self.num_heads, C // self.num_heads, H * W)
+            q, k = (self._project(x, part).reshape(shape) for part in range(2))
             for t in (q, k):  # F.normalize, in place on these fresh copies
                 t.div_(t.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        attn = (q @ k.transpose(-2, -1)) * self.temperature
+            attn = (q @ k.transpose(-2, -1)) * self.temperature
+            del q, k
+            v = self._project(x, 2).reshape(shape)
         out = attn.softmax(dim=-1) @ v
-        return self.project_out(channels_last(out.reshape(B, C, H, W)))
-
+        del v
+        out = channels_last(out.reshape(B, C, H, W))  # rebinding frees the (heads, HW) layout first
+        return self.project_out(out)
 
     def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """Channels [part*C, (part+1)*C) of the 1x1 + depthwise projection (q, k or v)."""
