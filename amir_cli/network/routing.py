@@ -80,40 +80,41 @@ class NoisyTopKExperts(nn.Module):
         B, C, H, W = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
         if not torch.is_grad_enabled() and not self.training:
-            # The cue half of the gate input is one vector per image: its logits are added once
-            # per image instead of being concatenated to every pixel.
-            clean = (tokens @ self.w_gate[:C]).view(B, H * W, -1) + (cue @ self.w_gate[C:])[:, None]
-            clean = clean.float().view(B * H * W, -1)
+            clean = self._logits(self.w_gate, tokens, cue)
             chunks = zip(tokens.split(_CHUNK), clean.split(_CHUNK))
             y = torch.cat([self._combine(t, self._top_k(logits)) for t, logits in chunks])
             loss = x.new_zeros(())
         else:
-            cue_tokens = cue[:, None, :].expand(B, H * W, C).reshape(-1, C)
-            y, loss = self._route(tokens, torch.cat((tokens, cue_tokens), dim=1))
+            gates, load = self._gates(tokens, cue)
+            y, loss = self._combine(tokens, gates), _cv_squared(gates.sum(0)) + _cv_squared(load)
         return y.reshape(B, H, W, C).permute(0, 3, 1, 2), loss
 
-    def _route(self, tokens, gate_in):
-        gates, load = self._gates(gate_in)
-        loss = _cv_squared(gates.sum(0)) + _cv_squared(load)
-        return self._combine(tokens, gates), loss
+    @staticmethod
+    def _logits(w: torch.Tensor, tokens: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
+        """[pixel feature, image cue] @ w in fp32 (also under autocast). The cue half is one vector
+        per image, so its product is added once per image rather than concatenated to every pixel."""
+        B, C = cue.shape
+        per_pixel = (tokens @ w[:C]).view(B, -1, w.shape[1])
+        return (per_pixel + (cue @ w[C:])[:, None]).float().view(tokens.shape[0], -1)
 
     def _top_k(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, E) gates: softmax over each pixel's k largest logits, zero elsewhere."""
         top_logits, top_idx = logits.topk(self.k, dim=1)
         return torch.zeros_like(logits).scatter(1, top_idx, top_logits.softmax(dim=1))
 
-    def _gates(self, gate_in):
-        clean = (gate_in @ self.w_gate).float()  # gating in fp32 also under autocast
+    def _gates(self, tokens, cue):
+        """(gates, load): noisy gating in training; load is the differentiable expected count."""
+        clean = self._logits(self.w_gate, tokens, cue)
         if not self.training:
             gates = self._top_k(clean)
             return gates, (gates > 0).sum(0)
-        noise_std = F.softplus((gate_in @ self.w_noise).float()) + 1e-2
+        noise_std = F.softplus(self._logits(self.w_noise, tokens, cue)) + 1e-2
         logits = clean + torch.randn_like(clean) * noise_std
         gates = self._top_k(logits)
-        if self.k < self.num_experts:
-            top_logits = logits.topk(self.k + 1, dim=1).values
-            return gates, self._prob_in_top_k(clean, logits, noise_std, top_logits).sum(0)
-        return gates, (gates > 0).sum(0)
+        if self.k == self.num_experts:
+            return gates, (gates > 0).sum(0)
+        top_logits = logits.topk(self.k + 1, dim=1).values
+        return gates, self._prob_in_top_k(clean, logits, noise_std, top_logits).sum(0)
 
     def _prob_in_top_k(self, clean, noisy, noise_std, top_logits):
         """Differentiable probability that each expert stays in the top k under fresh noise."""

@@ -404,7 +404,7 @@ def task_cycle(tasks, mix: dict | None = None) -> list[str]:
     (smooth weighted round robin), e.g. {ct: 2, mr: 1, pet: 1} -> [ct, mr, pet, ct]."""
     weights = {t: int((mix or {}).get(t, 1)) for t in tasks}
     if any(w < 0 for w in weights.values()) or not any(weights.values()):
-        raise BadInputError(f"task shares must be non-negative integers, not all zero: {weights}")
+        raise BadInputError(f"--task-mix shares must be non-negative integers, not all zero: {weights}")
     total, credit, cycle = sum(weights.values()), dict.fromkeys(tasks, 0), []
     for _ in range(total):
         for t in tasks:

@@ -25,7 +25,7 @@ from amir_cli.imaging import intensity
 from amir_cli.metrics import slice_scores
 
 from . import checkpoint as ckpt
-from .data import TASKS, Levels, PatchSampler, SamplerOptions, load_volumes, make_loader, validation_set
+from .data import TASKS, Levels, PatchSampler, SamplerOptions, load_volumes, make_loader, task_cycle, validation_set
 
 
 class TrainingDivergedError(AmirError):
@@ -114,8 +114,11 @@ class TrainOptions:
                 raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
         if not 0 < self.ct_i0[0] <= self.ct_i0[1]:
             raise BadInputError("--ct-i0 range must be positive and ordered")
-        if self.task_mix is not None and (set(self.task_mix) - set(self.tasks) or any(int(w) < 0 for w in self.task_mix.values()) or not any(int(self.task_mix.get(t, 1)) for t in self.tasks)):
-            raise BadInputError(f"--task-mix must give trained tasks non-negative integer shares, got {self.task_mix}")
+        if self.task_mix is not None:
+            unknown = set(self.task_mix) - set(self.tasks)
+            if unknown:
+                raise BadInputError(f"--task-mix names tasks that are not trained: {', '.join(sorted(unknown))}")
+            task_cycle(self.tasks, self.task_mix)  # raises on negative or all-zero shares
         if not 0 <= self.mr_noise < 1:
             raise BadInputError(f"--mr-noise must be in [0, 1), got {self.mr_noise}")
         if not self.mr_factors or any(int(f) < 2 for f in self.mr_factors):
