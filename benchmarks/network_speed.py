@@ -59,12 +59,12 @@ def forward(model, x, precision):
         return model(x)
 
 
-def gflop_per_slice(model, size) -> float:
+def gflop_per_slice(model, size, device) -> float:
     """Multiply-adds of the published computation, counted as 2 FLOP each."""
     set_reference_mode(True)
     try:
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            model(torch.rand(1, 1, size, size))
+            model(torch.rand(1, 1, size, size, device=device))
     finally:
         set_reference_mode(False)
     return counter.get_total_flops() / 1e9
@@ -132,7 +132,7 @@ def main():
         model = AMIR(get_config(config)).eval().to(device)
         for size in args.sizes:
             x = torch.rand(1, 1, size, size, device=device)
-            gflop = gflop_per_slice(AMIR(get_config(config)).eval(), size)
+            gflop = gflop_per_slice(model, size, device)
             row = {"config": config, "size": size, "gflop": round(gflop, 1)}
             for p in precisions:
                 if p in slow:
