@@ -457,6 +457,7 @@ def train_cmd(
     crops_per_slice: Annotated[int, typer.Option("--crops-per-slice", help="Patches cut from one degraded slice.")] = 1,
     mr_scale_jitter: Annotated[float, typer.Option("--mr-scale-jitter", help="Multiply the MR scale factor by exp(U(-j, j)).")] = 0.0,
     mr_noise: Annotated[float, typer.Option("--mr-noise", help="Add a Rician noise floor to MR references, sigma ~ U(0, N) x the MR target level (scanner noise the templates lack).")] = 0.0,
+    zoom_jitter: Annotated[float, typer.Option("--zoom-jitter", help="Resample training slices in-plane by a random factor in [1/Z, Z] before degrading them (robustness to pixel size; 1: off).")] = 1.0,
     task_mix: Annotated[Optional[str], typer.Option("--task-mix", metavar="TASK=N,...", help="Integer shares of the training slices per task, e.g. ct-denoise=3,mri-sr=2,pet-synthesis=1 (default: even).", show_default=False)] = None,
     ct_dose: Annotated[str, typer.Option("--ct-dose", metavar="LOW:HIGH", help="CT dose fraction range (log-uniform).")] = "0.1:0.5",
     ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = "1e5:1e6",
@@ -481,7 +482,7 @@ def train_cmd(
         iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr, eta_min=eta_min, warmup=warmup,
         ema=ema, task_weighting=task_weighting, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
         checkpoint_every=checkpoint_every, log_every=log_every, val_slices=val_slices, val_size=val_size,
-        workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter, task_mix=_task_mix_option(task_mix), mr_noise=mr_noise,
+        workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter, task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, zoom_jitter=zoom_jitter,
         ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=factors,
         pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
     )

@@ -132,6 +132,30 @@ def test_mr_noise_puts_a_rician_floor_in_reference_and_input(hq_data):
     assert np.array_equal(noisy["hq"], again["hq"]) and np.array_equal(noisy["lq"], again["lq"])
 
 
+def test_zoom_jitter_resamples_slices_and_degrades_them_at_their_new_pixel_size(hq_data, monkeypatch):
+    from amir_cli.imaging import degrade
+    from amir_cli.training.data import _zoom
+
+    rng = np.random.default_rng(0)
+    sides = []
+    for _ in range(40):
+        out, f = _zoom(np.ones((200, 150), np.float32), 2.0, rng)
+        side = max(out.shape)
+        assert side % 64 == 0 and side == round(200 * f) and 0.5 / 1.2 < f < 2 * 1.2
+        sides.append(side)
+    assert len(set(sides)) >= 4
+
+    seen = []
+    real = degrade.degrade_slice
+    monkeypatch.setattr(degrade, "degrade_slice", lambda img, task, level, rng, pixel_mm, **kw: seen.append((img.shape[0], pixel_mm)) or real(img, task, level, rng, pixel_mm=pixel_mm, **kw))
+    vols, _, _ = load_volumes(hq_data, ("ct-denoise",))
+    opts = SamplerOptions(batch_size=8, patch_size=32, zoom_jitter=2.0)
+    batch = PatchSampler(vols, ("ct-denoise",), opts, seed=3).batch(0)
+    assert batch["lq"].shape == (8, 1, 32, 32)
+    # the phantoms are 48 and 64 pixels of 1 mm; resampled to a multiple of 64, pixels shrink alike
+    assert any(p != 1 for _, p in seen)
+    assert all(p == pytest.approx(48 / n) or p == pytest.approx(64 / n) for n, p in seen)
+
 def test_validation_split_disjoint_from_training(hq_data):
     for n in (1, 2, 5, 12, 108, 181):
         train_idx, val_idx = split_slices(n)

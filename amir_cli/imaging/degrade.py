@@ -173,7 +173,7 @@ def _n_views(n_angles, n: int) -> int:
     return 4 * math.ceil(m / 4)  # the symmetric view set needs a multiple of 4
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)  # training's pixel-size augmentation uses up to 7 sizes
 def _projector(n: int, n_views: int):
     """Sparse back-projector for the first quarter of the views ``theta_j = (j + 1/2) pi / n_views``.
 

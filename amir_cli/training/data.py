@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from amir_cli.errors import BadInputError
@@ -297,6 +298,7 @@ class SamplerOptions:
     levels: Levels = field(default_factory=Levels)
     task_mix: dict | None = None  # task -> relative share of the slices (None: even)
     mr_noise: float = 0.0  # MR noise floor added to the reference: sigma ~ U(0, mr_noise) x MR_TARGET
+    zoom_jitter: float = 1.0  # slices resampled in-plane by a factor in [1/z, z] before degradation
 
 
 def batch_rng(seed: int, rank: int, iteration: int, group: int = 0) -> np.random.Generator:
@@ -361,7 +363,10 @@ class PatchSampler:
         vols, weights = self.by_task[task]
         vol = vols[rng.choice(len(vols), p=weights)]
         z = int(vol.train_slices[rng.integers(len(vol.train_slices))])
-        hq_slice = vol.hq[z]
+        hq_slice, pixel_mm, rows = vol.hq[z], vol.pixel_mm, vol.train_rows
+        if vol.lq is None and self.opt.zoom_jitter > 1:
+            hq_slice, f = _zoom(hq_slice, self.opt.zoom_jitter, rng)
+            pixel_mm, rows = pixel_mm / f, None if rows is None else round(rows * f)
         if task == "mri-sr" and vol.lq is None and self.opt.mr_noise > 0:
             hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
         if vol.lq is not None:
@@ -369,11 +374,10 @@ class PatchSampler:
         else:
             level, kw = self.opt.levels.draw(task, rng)
             noise_rng = np.random.default_rng(rng.integers(2**63))
-            lq_slice = degrade.degrade_slice(hq_slice, task, level, noise_rng, pixel_mm=vol.pixel_mm, **kw)
+            lq_slice = degrade.degrade_slice(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm, **kw)
         jitter = 1.0
         if task == "mri-sr" and self.opt.mr_scale_jitter > 0:
             jitter = float(math.exp(rng.uniform(-self.opt.mr_scale_jitter, self.opt.mr_scale_jitter)))
-        rows = vol.train_rows
         lq_n = vol.normalise(lq_slice[:rows], jitter)
         hq_n = vol.normalise(hq_slice[:rows], jitter)
         lq_n, hq_n = _pad_to(lq_n, P), _pad_to(hq_n, P)
@@ -384,6 +388,23 @@ class PatchSampler:
                 a, b = _augment(a, b, rng)
             out.append((a, b))
         return out
+
+
+def _zoom(image: np.ndarray, max_factor: float, rng) -> tuple[np.ndarray, float]:
+    """(image, f): the slice resampled in-plane by f, drawn log-uniformly in [1/max_factor, max_factor].
+
+    Scanners reconstruct the same anatomy on other pixel sizes; without this a network trained at
+    about 1 mm blurs the finer detail per pixel of coarser images. f is rounded so that the longer
+    side is a multiple of 64 (at least 64, at most 512 or the slice's own size): the few sizes keep
+    the CT/PET projector cache warm.
+    """
+    n = max(image.shape)
+    f = math.exp(rng.uniform(-math.log(max_factor), math.log(max_factor)))
+    side = min(max(64, round(n * f / 64) * 64), max(512, n))
+    if side == n:
+        return image, 1.0
+    f = side / n
+    return ndimage.zoom(image, f, order=3, mode="nearest").astype(np.float32), f
 
 
 def _rician(image: np.ndarray, sigma_max: float, rng) -> np.ndarray:
