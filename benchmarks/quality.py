@@ -61,15 +61,28 @@ def held_out(vol_slices: np.ndarray):
     return val, (0, h)
 
 
-def add_case(root: Path, task: str, name: str, hq_vol, seed: int) -> int:
-    """Write the held-out HQ part of ``hq_vol`` and its degraded versions; returns slices written."""
+def every_slice(vol_slices: np.ndarray):
+    """All slices and rows: for test volumes that are wholly outside training."""
+    return np.arange(len(vol_slices)), (0, vol_slices.shape[1])
+
+
+def as_float(vol):
+    """The volume, to be written as float32: LQ noise unrounded, scaled MR not clipped to uint8."""
+    vol.source_dtype = np.dtype(np.float32)
+    vol.meta["output_dtype"] = np.dtype(np.float32)
+    return vol
+
+
+def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict | None = None, select=held_out) -> int:
+    """Write the part of ``hq_vol`` that ``select`` picks (default: the held-out part) and its
+    degraded versions at ``levels`` (label -> level; default: :data:`LEVELS`); returns slices written."""
     from amir_cli.benchmark import case_seed
     from amir_cli.imaging import degrade
     from amir_cli.imaging.io import write_image
 
     ax = hq_vol.slice_axis
     slices = np.moveaxis(hq_vol.array, ax, 0)
-    idx, (a, b) = held_out(slices)
+    idx, (a, b) = select(slices)
     pix = float(np.mean([s for i, s in enumerate(hq_vol.spacing_mm) if i != ax]))
 
     def to_volume(stack):  # held-out slices and rows back into the file's axis order
@@ -80,7 +93,7 @@ def add_case(root: Path, task: str, name: str, hq_vol, seed: int) -> int:
     (base / "HQ").mkdir(parents=True, exist_ok=True)
     write_image(to_volume(slices[idx]), base / "HQ" / f"{name}.nii.gz")
     cs = case_seed(seed, name, task)
-    for label, level in LEVELS[task].items():
+    for label, level in (levels or LEVELS[task]).items():
         lq = np.stack([degrade.degrade_slice(slices[i], task, level, degrade.slice_rng(cs, int(i)), pixel_mm=pix) for i in idx])
         (base / f"LQ_{label}").mkdir(parents=True, exist_ok=True)
         write_image(to_volume(lq), base / f"LQ_{label}" / f"{name}.nii.gz")
@@ -90,11 +103,6 @@ def add_case(root: Path, task: str, name: str, hq_vol, seed: int) -> int:
 def build_test_data(root: Path, data_dir: Path = SHARED_DATA, seed: int = DEGRADE_SEED) -> Path:
     from amir_cli.imaging import intensity, phantom
     from amir_cli.imaging.io import Volume, read_image
-
-    def as_float(vol):  # written as float32: LQ noise unrounded, scaled MR not clipped to uint8
-        vol.source_dtype = np.dtype(np.float32)
-        vol.meta["output_dtype"] = np.dtype(np.float32)
-        return vol
 
     for name, rel in CT_CASES.items():
         add_case(root, "ct-denoise", name, as_float(read_image(data_dir / rel)), seed)

@@ -19,7 +19,6 @@ outside what training saw, and prints each case's gain over the input (and over 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 from pathlib import Path
@@ -27,36 +26,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from quality import FOLDER, SHARED_DATA, held_out
+from quality import SHARED_DATA, add_case, as_float, every_slice, held_out
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 777  # degradation noise; distinct from quality.py's
 PET_SEED = 4242
 LEVELS = {"ct-denoise": {"dose1-4": 0.25, "dose1-20": 0.05}, "mri-sr": {"x2": 2, "x4": 4}, "pet-synthesis": {"dose1-20": 0.05, "dose1-2": 0.5}}
 CT_ZOOMS = {"cranium_ct": 1.0, "cranium_ct_0.64mm": 1.5, "cranium_ct_1.44mm": 2 / 3}
-
-
-def write_case(root: Path, task: str, name: str, hq) -> None:
-    """The HQ volume and every degraded level of it, as float32 NIfTI in the paired layout."""
-    from amir_cli.benchmark import case_seed
-    from amir_cli.imaging import degrade
-    from amir_cli.imaging.io import write_image
-
-    ax = hq.slice_axis
-    slices = np.moveaxis(hq.array, ax, 0)
-    pixel_mm = float(np.mean([s for a, s in enumerate(hq.spacing_mm) if a != ax]))
-
-    def save(stack, folder):
-        (root / FOLDER[task] / "test" / folder).mkdir(parents=True, exist_ok=True)
-        out = hq.with_array(np.moveaxis(stack, 0, ax))
-        out.source_dtype = out.meta["output_dtype"] = np.dtype(np.float32)
-        write_image(out, root / FOLDER[task] / "test" / folder / f"{name}.nii.gz")
-
-    save(slices, "HQ")
-    cs = case_seed(SEED, name, task)
-    for label, level in LEVELS[task].items():
-        lq = [degrade.degrade_slice(s, task, level, degrade.slice_rng(cs, i), pixel_mm=pixel_mm) for i, s in enumerate(slices)]
-        save(np.stack(lq), f"LQ_{label}")
 
 
 def build(root: Path, data_dir: Path = SHARED_DATA) -> Path:
@@ -68,28 +44,31 @@ def build(root: Path, data_dir: Path = SHARED_DATA) -> Path:
         stack = np.stack([ndimage.zoom(s, zoom, order=3, mode="nearest") if zoom != 1 else s for s in np.moveaxis(vol.array, ax, 0)[index]])
         affine = vol.affine.copy()
         affine[:3, [a for a in range(3) if a != ax]] /= zoom
-        return vol.with_array(np.moveaxis(stack, 0, ax), affine)
+        return as_float(vol.with_array(np.moveaxis(stack, 0, ax), affine))
+
+    def write_case(task, name, hq):
+        add_case(root, task, name, hq, SEED, LEVELS[task], select=every_slice)
 
     mr = read_image(data_dir / "mr" / "colin27_t1_0.5mm_brain.nii.gz")
     n = mr.shape[mr.slice_axis]
-    write_case(root, "mri-sr", "colin27_t1_0.5mm_brain", part(mr, (np.linspace(0.25, 0.75, 12) * (n - 1)).round().astype(int)))
+    write_case("mri-sr", "colin27_t1_0.5mm_brain", part(mr, (np.linspace(0.25, 0.75, 12) * (n - 1)).round().astype(int)))
 
     ct = read_image(data_dir / "ct" / "cranium_ct.nii.gz")
     idx, _ = held_out(np.moveaxis(ct.array, ct.slice_axis, 0))
     for name, zoom in CT_ZOOMS.items():
-        write_case(root, "ct-denoise", name, part(ct, idx, zoom))
+        write_case("ct-denoise", name, part(ct, idx, zoom))
 
     suv, affine = phantom.load_icbm_pet(data_dir, np.random.default_rng(PET_SEED))
     pet = Volume(suv, affine, modality="PT", unit="SUV")
     idx, _ = held_out(np.moveaxis(pet.array, pet.slice_axis, 0))
-    write_case(root, "pet-synthesis", "icbm152_fdg_seed4242", part(pet, idx))
+    write_case("pet-synthesis", "icbm152_fdg_seed4242", part(pet, idx))
     return root
 
 
-def gains(out: Path) -> list[dict]:
-    """Per case and level: PSNR of the input, the baseline and AMIR, from the benchmark's cases.csv."""
+def gains(case_rows) -> list[dict]:
+    """Per case and level: PSNR of the input, the baseline and AMIR, from the benchmark's case rows."""
     table: dict[tuple, dict] = {}
-    for r in csv.DictReader(open(out / "cases.csv")):
+    for r in case_rows:
         table.setdefault((r["task"], r["case"], r["level"]), {})[r["method"]] = float(r["psnr"])
     rows = []
     for (task, case, level), by in table.items():
@@ -113,7 +92,7 @@ def main(argv=None) -> int:
         data = build(Path(tmp) / "data")
         result = run_benchmark(data, out, weights=args.weights, device=args.device, batch_size=2, max_slices=12,
                                data_label="conditions outside training (benchmarks/robustness.py)")
-    rows = gains(out)
+    rows = gains(result.rows)
     print("| task | case | level | input PSNR | AMIR PSNR | gain over input | gain over baseline |")
     print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:

@@ -156,6 +156,7 @@ def test_zoom_jitter_resamples_slices_and_degrades_them_at_their_new_pixel_size(
     assert any(p != 1 for _, p in seen)
     assert all(p == pytest.approx(48 / n) or p == pytest.approx(64 / n) for n, p in seen)
 
+
 def test_validation_split_disjoint_from_training(hq_data):
     for n in (1, 2, 5, 12, 108, 181):
         train_idx, val_idx = split_slices(n)

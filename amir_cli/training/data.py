@@ -363,15 +363,16 @@ class PatchSampler:
         vols, weights = self.by_task[task]
         vol = vols[rng.choice(len(vols), p=weights)]
         z = int(vol.train_slices[rng.integers(len(vol.train_slices))])
-        hq_slice, pixel_mm, rows = vol.hq[z], vol.pixel_mm, vol.train_rows
-        if vol.lq is None and self.opt.zoom_jitter > 1:
-            hq_slice, f = _zoom(hq_slice, self.opt.zoom_jitter, rng)
-            pixel_mm, rows = pixel_mm / f, None if rows is None else round(rows * f)
-        if task == "mri-sr" and vol.lq is None and self.opt.mr_noise > 0:
-            hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
+        hq_slice, rows = vol.hq[z], vol.train_rows
         if vol.lq is not None:
             lq_slice = vol.lq[z]
-        else:
+        else:  # degraded on the fly, after the augmentations of the reference
+            pixel_mm = vol.pixel_mm
+            if self.opt.zoom_jitter > 1:
+                hq_slice, f = _zoom(hq_slice, self.opt.zoom_jitter, rng)
+                pixel_mm, rows = pixel_mm / f, None if rows is None else round(rows * f)
+            if task == "mri-sr" and self.opt.mr_noise > 0:
+                hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
             level, kw = self.opt.levels.draw(task, rng)
             noise_rng = np.random.default_rng(rng.integers(2**63))
             lq_slice = degrade.degrade_slice(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm, **kw)
