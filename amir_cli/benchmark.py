@@ -216,11 +216,11 @@ def _scale_between(lq_shape, hq_shape) -> int:
     return 0
 
 
-def _run_amir(model, lq_vol, task: str, *, scale: int, device, precision: str, batch_size: int) -> np.ndarray:
+def _run_amir(model, lq_vol, task: str, *, scale: int, device, precision: str, batch_size: int, tta: bool = False) -> np.ndarray:
     """AMIR on a Volume through :func:`amir_cli.restore.restore_volume`; slices-first array out."""
     from amir_cli.restore import restore_volume
 
-    vol, _ = restore_volume(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size)
+    vol, _ = restore_volume(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, tta=tta)
     return _slices_first(vol)
 
 
@@ -299,6 +299,7 @@ def run_benchmark(
     batch_size: int = 4,
     max_slices: int | None = None,
     seed: int = 0,
+    tta: bool = False,
     notes=(),
     model=None,
     figures: bool = True,
@@ -309,7 +310,8 @@ def run_benchmark(
     ``figures/*.png`` into ``out_dir``.
 
     ``progress(done, total, case_label)`` is called after each case.  ``model``: an already loaded
-    network (then ``weights`` only names it in the summary).  ``data_label`` replaces the data path
+    network (then ``weights`` only names it in the summary).  ``tta`` adds the method ``amir-tta``:
+    AMIR averaged over the 8 flips and rotations of each slice.  ``data_label`` replaces the data path
     in the summaries (e.g. for data built in a temporary folder).  Raises :class:`AmirError` when nothing
     can be run (no cases, weights unusable); per-case failures are returned in ``failures``.
     """
@@ -341,7 +343,7 @@ def run_benchmark(
         label = f"{spec.task} {spec.level or '-'} {spec.name}"
         try:
             case_rows, show = _score_case(spec, model, seed=seed, max_slices=max_slices, with_baselines=with_baselines,
-                                          device=dev, precision=precision, batch_size=batch_size)
+                                          device=dev, precision=precision, batch_size=batch_size, tta=tta)
             rows += case_rows
             showcase.setdefault((spec.task, spec.level), []).append(show)
         except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
@@ -379,7 +381,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "level"
 
 
-def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size):
+def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False):
     hq_vol, hq, lq_vol, lq, scale, idx = _load_pair(spec, seed, max_slices)
     task = spec.task
     n = len(idx)
@@ -398,6 +400,10 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
     t = time.perf_counter()
     restored = _run_amir(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size)
     methods.append(("amir", restored, (time.perf_counter() - t) / n))
+    if tta:
+        t = time.perf_counter()
+        ensembled = _run_amir(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, tta=True)
+        methods.append(("amir-tta", ensembled, (time.perf_counter() - t) / n))
 
     rows = []
     scores = {}
@@ -463,7 +469,7 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["level"], r["method"]), []).append(r)
-    method_order = {"input": 0, "amir": 2}
+    method_order = {"input": 0, "amir": 2, "amir-tta": 3}
     keys = sorted(groups, key=lambda k: (TASKS.index(k[0]), level_sort_key(k[0], k[1]), method_order.get(k[2], 1), k[2]))
     results = []
     for task, level, method in keys:
@@ -491,6 +497,8 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
     if max_slices:
         all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
+    if any(r["method"] == "amir-tta" for r in rows):
+        all_notes.append("`amir-tta`: the same network averaged over the 8 flips and 90-degree rotations of each slice (`--tta`)")
     return {
         "tool": f"amir {__version__}",
         "data": str(data),

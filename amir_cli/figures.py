@@ -1,6 +1,6 @@
 """Comparison figures of `amir benchmark` (matplotlib's Agg canvas; no pyplot global state).
 
-One row: input | baseline(s) | AMIR | reference | |AMIR - reference|.  The image panels share the
+One row: input | baseline(s) | AMIR (| AMIR self-ensemble) | reference | |AMIR - reference|.  The image panels share the
 task's evaluation window (SPEC §4; MR whose values sit far below the 12-bit window is shown in
 [0, 99.9th percentile of the reference] instead and the title says so); the error map has its own
 colour bar, scaled to the 99th percentile of the input's error so that it reads as "how much of the
@@ -16,7 +16,7 @@ import numpy as np
 from amir_cli.imaging import intensity
 
 UNITS = {"ct-denoise": "HU", "pet-synthesis": "SUV", "mri-sr": "a.u."}
-TITLES = {"input": "input (low quality)", "amir": "AMIR"}
+TITLES = {"input": "input (low quality)", "amir": "AMIR", "amir-tta": "AMIR, x8 self-ensemble"}
 
 
 def display_window(task: str, reference: np.ndarray) -> tuple[float, float, str]:
@@ -36,7 +36,7 @@ def comparison_figure(show: dict, path: str | Path, *, dpi: int = 110) -> Path:
     task = show["task"]
     ref = np.asarray(show["reference"], dtype=np.float32)
     lo, hi, wtext = display_window(task, ref)
-    panels = list(show["panels"])  # [(method, image, scores or None)], input first, amir last
+    panels = list(show["panels"])  # [(method, image, scores or None)], input first
     amir = next(img for name, img, _ in panels if name == "amir")
     inp = next(img for name, img, _ in panels if name == "input")
     err = np.abs(np.clip(amir, lo, hi) - np.clip(ref, lo, hi))

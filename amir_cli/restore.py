@@ -188,6 +188,24 @@ def tiled_predict(predictor, x, tile: int, overlap: float = DEFAULT_TILE_OVERLAP
     return out / norm
 
 
+def self_ensemble(network, x, identity=None):
+    """Geometric self-ensemble: the mean of ``network`` over the 8 flips and 90-degree rotations of
+    ``x`` (B, C, H, W), each output mapped back. ``identity``: the untransformed output, if known."""
+    import torch
+
+    total = None
+    for k in range(4):
+        for flip in (False, True):
+            if k == 0 and not flip and identity is not None:
+                y = identity.float()
+            else:
+                t = torch.rot90(x, k, (-2, -1))
+                y = network(t.flip(-1) if flip else t).float()
+                y = torch.rot90(y.flip(-1) if flip else y, -k, (-2, -1))
+            total = y if total is None else total + y
+    return total / 8
+
+
 # ---------------------------------------------------------------------------------------------
 # one volume
 
@@ -215,6 +233,7 @@ def restore_volume(
     batch_size: int = DEFAULT_BATCH_SIZE,
     tile: int | None = None,
     tile_overlap: float = DEFAULT_TILE_OVERLAP,
+    tta: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Volume, dict]:
     """Restore ``volume`` (physical units) slice by slice along its acquisition axis.
@@ -224,7 +243,9 @@ def restore_volume(
     denormalised exactly. Voxels whose input lay outside the normalisation range (CT padding
     below -1024 HU, metal above 3071 HU, PET above SUV 20, the brightest MR spots) keep their input
     value: the network only ever saw the clipped value there. ``scale`` > 1 (mri-sr only)
-    zero-pads each slice's k-space to the finer grid before the network. Returns the restored
+    zero-pads each slice's k-space to the finer grid before the network. ``tta`` averages the
+    network over the 8 flips and rotations of each slice (:func:`self_ensemble`, 8x the time;
+    the routing summary is the untransformed slices'). Returns the restored
     Volume and an info dict (timings, shapes, routing instruction summary).
     """
     import torch
@@ -243,10 +264,12 @@ def restore_volume(
     instruction_sum = None
     model_seconds = 0.0
     passthrough = 0
-    def predictor(x, instruction):  # tiles share their slice's instruction
+
+    def network(x):  # the whole AMIR on x; tiles share their slice's instruction
+        instruction = model.instruction(x)
         if tile is None:
-            return model(x, instruction)
-        return tiled_predict(lambda t: model(t, instruction), x, tile, tile_overlap)
+            return model(x, instruction), instruction
+        return tiled_predict(lambda t: model(t, instruction), x, tile, tile_overlap), instruction
 
     with torch.inference_mode():
         for first in range(0, n, batch_size):
@@ -256,8 +279,9 @@ def restore_volume(
             x = torch.from_numpy(intensity.normalise(chunk, task, mr_scale)[:, None]).to(device)
             t0 = time.perf_counter()
             with autocast:
-                inst = model.instruction(x)
-                y = predictor(x, inst)
+                y, inst = network(x)
+                if tta:
+                    y = self_ensemble(lambda t: network(t)[0], x, identity=y)
             y = y.float().clamp_(0.0, 1.0).cpu().numpy()[:, 0]
             inst = inst.float().sum(0).double().cpu().numpy()
             model_seconds += time.perf_counter() - t0
@@ -284,6 +308,7 @@ def restore_volume(
         "batch_size": batch_size,
         "tile": tile,
         "tile_overlap": tile_overlap if tile else None,
+        "tta": tta,
         "slice_axis": axis,
         "slices": n,
         "mr_scale_factor": mr_scale,
@@ -309,6 +334,7 @@ def restore_array(
     precision: str = "fp32",
     batch_size: int = DEFAULT_BATCH_SIZE,
     tile: int | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
 
@@ -323,7 +349,7 @@ def restore_array(
     spacing = list(spacing_mm) + [1.0] * (3 - len(spacing_mm))
     volume = Volume(array=a, affine=np.diag([*spacing[:3], 1.0]), slice_axis=2 if two_d else slice_axis)
     out, _ = restore_volume(
-        model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile
+        model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta
     )
     return out.array[:, :, 0] if two_d else out.array
 
@@ -470,6 +496,7 @@ class RestoreOptions:
     batch_size: int = DEFAULT_BATCH_SIZE
     tile: int | None = None
     tile_overlap: float = DEFAULT_TILE_OVERLAP
+    tta: bool = False
     overwrite: bool = False
 
 
@@ -542,6 +569,7 @@ def restore_case(
         batch_size=options.batch_size,
         tile=options.tile,
         tile_overlap=options.tile_overlap,
+        tta=options.tta,
         progress=progress,
     )
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
@@ -560,6 +588,7 @@ def restore_case(
         "precision": info["precision"],
         "batch_size": info["batch_size"],
         "tile": info["tile"],
+        "tta": info["tta"],
         "scale": info["scale"],
         "input_geometry": _geometry(volume),
         "output_geometry": _geometry(restored),

@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-slices", type=int, default=8, help="slices scored per case (0: all held-out slices)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--tta", action="store_true", help="also score the x8 self-ensemble (amir-tta)")
     args = ap.parse_args(argv)
 
     from amir_cli.benchmark import run_benchmark
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
 
         result = run_benchmark(
             data, out, weights=args.weights, device=args.device, batch_size=args.batch_size,
-            max_slices=args.max_slices or None, progress=progress,
+            max_slices=args.max_slices or None, tta=args.tta, progress=progress,
             data_label="shared/data held-out slices (benchmarks/quality.py)",
             notes=[
                 f"{SIMULATED_NOTE} (seed {PET_SEED}), blurred to 4.5 mm FWHM, in SUV",

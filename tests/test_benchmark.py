@@ -146,6 +146,16 @@ def test_simulation_is_seeded_and_independent_of_max_slices(tmp_path, tiny_weigh
     assert other.rows[0]["psnr"] != full.rows[0]["psnr"]
 
 
+def test_tta_adds_the_self_ensemble_row(tmp_path, tiny_weights):
+    data = tmp_path / "hq"
+    _save(_phantom("mri-sr", slices=2), data / "MRI" / "m.nii.gz")
+    result = run_benchmark(data, tmp_path / "o", weights=tiny_weights, simulate=["mri-sr:2"], with_baselines=False, tta=True)
+    by = {r["method"]: r for r in result.rows}
+    assert set(by) == {"input", "amir", "amir-tta"} and by["amir-tta"]["psnr"] != by["amir"]["psnr"]
+    assert [r["method"] for r in result.summary["results"]] == ["input", "amir", "amir-tta"]
+    assert any("amir-tta" in n for n in result.summary["notes"])
+
+
 def test_failing_case_is_reported_and_others_complete(tmp_path, tiny_weights):
     data = tmp_path / "data"
     ct = _phantom("ct-denoise")

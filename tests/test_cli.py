@@ -149,6 +149,11 @@ def test_reference_adds_metrics_and_json(ct_nii, tiny_weights, tmp_path):
     m = printed["metrics"]
     assert set(m["output"]) >= {"psnr", "ssim", "rmse"} and m["input"]["rmse"] == 0.0
     assert m["window"] == [-160.0, 240.0]
+    assert printed["tta"] is False
+    res = runner.invoke(app, ["restore", str(ct_nii), "-o", str(tmp_path / "e.nii.gz"), "--weights", str(tiny_weights), "--tta"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(Path(str(tmp_path / "e.nii.gz") + ".json").read_text())["tta"] is True
+    assert "x8 self-ensemble" in res.stdout
 
 
 def test_reference_shape_mismatch(ct_nii, mr_nii, tiny_weights, tmp_path):

@@ -17,6 +17,7 @@ from amir_cli.restore import (
     restore_volume,
     routing_summary,
     scaled_affine,
+    self_ensemble,
     tiled_predict,
 )
 from amir_cli.taskdetect import detect_task
@@ -160,6 +161,42 @@ def test_routing_instruction_computed_once_per_batch_and_shared_by_tiles():
     assert all(i is not None and i.shape == (s[0], 256) for i, s in zip(model.given, model.shapes))
     first_batch = [i for i, s in zip(model.given, model.shapes) if s[0] == 2]
     assert all(torch.equal(i, first_batch[0]) for i in first_batch)
+
+
+# ---- self-ensemble -------------------------------------------------------------------------
+
+
+def test_self_ensemble_averages_over_flips_and_rotations():
+    x = torch.rand(2, 1, 9, 7)
+    torch.testing.assert_close(self_ensemble(lambda t: t * 3 - 1, x), x * 3 - 1)  # equivariant: unchanged
+    # a one-pixel shift along W is seen, in the original frame, as a shift in each of the 4 directions twice
+    shifted = self_ensemble(lambda t: torch.roll(t, 1, -1), x)
+    expected = sum(torch.roll(x, s, d) for s in (1, -1) for d in (-1, -2)) / 4
+    torch.testing.assert_close(shifted, expected)
+    identity = torch.full_like(x, 8.0)  # a given untransformed output is used as the first of the 8
+    torch.testing.assert_close(self_ensemble(lambda t: t, x, identity=identity), (x * 7 + 8) / 8)
+
+
+def test_tta_restore_runs_the_whole_network_on_each_transform():
+    vol = _volume(np.random.default_rng(3).uniform(-200, 200, (40, 30, 3)))
+    model = Identity()
+    plain, _ = restore_volume(model, vol, "ct-denoise", batch_size=2)
+    model = Identity()
+    ensembled, info = restore_volume(model, vol, "ct-denoise", batch_size=2, tta=True)
+    assert info["tta"] is True
+    np.testing.assert_allclose(plain.array, ensembled.array, atol=1e-3)  # the identity network is equivariant
+    assert len(model.computed) == 2 * 8 and (2, 1, 30, 40) in model.computed  # own instruction per transform
+    assert len(model.shapes) == 2 * 8
+
+
+def test_tta_makes_a_real_network_exactly_rotation_equivariant(tiny):
+    a = np.random.default_rng(4).uniform(-200, 200, (32, 24, 1))
+    plain, _ = restore_volume(tiny, _volume(a), "ct-denoise")
+    rotated_plain, _ = restore_volume(tiny, _volume(np.rot90(a, 1, (0, 1))), "ct-denoise")
+    assert np.abs(np.rot90(plain.array, 1, (0, 1)) - rotated_plain.array).max() > 1  # the network alone is not
+    ensembled, _ = restore_volume(tiny, _volume(a), "ct-denoise", tta=True)
+    rotated, _ = restore_volume(tiny, _volume(np.rot90(a, 1, (0, 1))), "ct-denoise", tta=True)
+    np.testing.assert_allclose(np.rot90(ensembled.array, 1, (0, 1)), rotated.array, atol=0.05)
 
 
 # ---- intensity round trips -----------------------------------------------------------------
