@@ -15,11 +15,11 @@ the slices at 55% of the slice axis; a single-slice image keeps its bottom 20% o
 Low-quality images are made by the SPEC §3 degradations of whole slices (so CT and PET noise comes
 from the projection of the full cross-section) and then cropped like the references.
 
-    python benchmarks/quality.py --weights amir-s --out benchmarks/results/amir-s
+    python benchmarks/quality.py --weights amir-s --tta --out benchmarks/results/amir-s
     python benchmarks/quality.py --weights /tmp/random_tiny.safetensors --out /tmp/bench --max-slices 2
 
 Prints the Markdown table; the default run (``--max-slices 8``) takes about 3 minutes on 2 CPU cores with
-``amir-s``.
+``amir-s``, also with ``--tta`` (which adds the x8 self-ensemble as method ``amir-tta``).
 """
 
 from __future__ import annotations
