@@ -72,7 +72,7 @@ def gains(case_rows) -> list[dict]:
         table.setdefault((r["task"], r["case"], r["level"]), {})[r["method"]] = float(r["psnr"])
     rows = []
     for (task, case, level), by in table.items():
-        base = next((v for m, v in by.items() if m not in ("input", "amir")), None)
+        base = next((v for m, v in by.items() if m != "input" and not m.startswith("amir")), None)  # not amir-tta either
         rows.append({"task": task, "case": case, "level": level, "input": by["input"], "amir": by["amir"],
                      "gain": by["amir"] - by["input"], "over_baseline": None if base is None else by["amir"] - base})
     return rows
