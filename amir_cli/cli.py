@@ -397,14 +397,14 @@ def weights_import(
 # ---------------------------------------------------------------------------------------------
 
 
-def _tasks_option(text: str) -> tuple[str, ...]:
+def _tasks_option(text: str, hint: str = "--tasks") -> tuple[str, ...]:
     tasks = tuple(t.strip() for t in text.split(",") if t.strip())
     known = ("mri-sr", "ct-denoise", "pet-synthesis")
     if tasks == ("all",):
         return known
     bad = [t for t in tasks if t not in known]
     if bad or not tasks:
-        raise typer.BadParameter(f"{text!r}: give 'all' or tasks from {', '.join(known)}, comma-separated", param_hint="--tasks")
+        raise typer.BadParameter(f"{text!r}: give 'all' or tasks from {', '.join(known)}, comma-separated", param_hint=hint)
     return tasks
 
 
@@ -460,6 +460,7 @@ def train_cmd(
     mr_scale_jitter: Annotated[float, typer.Option("--mr-scale-jitter", help="Multiply the MR scale factor by exp(U(-j, j)).")] = 0.0,
     mr_noise: Annotated[float, typer.Option("--mr-noise", help="Add a Rician noise floor to MR references, sigma ~ U(0, N) x the MR target level (scanner noise the templates lack).")] = 0.0,
     zoom_jitter: Annotated[float, typer.Option("--zoom-jitter", help="Resample training slices in-plane by a random factor in [1/Z, Z] before degrading them (robustness to pixel size; 1: off).")] = 1.0,
+    zoom_tasks: Annotated[str, typer.Option("--zoom-tasks", help="'all' or the comma-separated tasks whose slices --zoom-jitter resamples (e.g. ct-denoise,pet-synthesis: MR super-resolution learns from k-space content that resampling alters).")] = "all",
     task_mix: Annotated[Optional[str], typer.Option("--task-mix", metavar="TASK=N,...", help="Integer shares of the training slices per task, e.g. ct-denoise=3,mri-sr=2,pet-synthesis=1 (default: even).", show_default=False)] = None,
     ct_dose: Annotated[str, typer.Option("--ct-dose", metavar="LOW:HIGH", help="CT dose fraction range (log-uniform).")] = "0.1:0.5",
     ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = "1e5:1e6",
@@ -485,6 +486,7 @@ def train_cmd(
         ema=ema, task_weighting=task_weighting, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
         checkpoint_every=checkpoint_every, log_every=log_every, val_slices=val_slices, val_size=val_size,
         workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter, task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, zoom_jitter=zoom_jitter,
+        zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"),
         ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=factors,
         pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
     )

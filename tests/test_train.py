@@ -157,6 +157,28 @@ def test_zoom_jitter_resamples_slices_and_degrades_them_at_their_new_pixel_size(
     assert all(p == pytest.approx(48 / n) or p == pytest.approx(64 / n) for n, p in seen)
 
 
+def test_zoom_tasks_limits_the_pixel_size_augmentation_to_the_named_tasks(hq_data, monkeypatch):
+    from amir_cli.imaging import degrade
+
+    seen = []
+    real = degrade.degrade_slice
+    monkeypatch.setattr(degrade, "degrade_slice", lambda img, task, level, rng, pixel_mm, **kw: seen.append((task, img.shape, pixel_mm)) or real(img, task, level, rng, pixel_mm=pixel_mm, **kw))
+    tasks = ("mri-sr", "ct-denoise")
+    vols, _, _ = load_volumes(hq_data, tasks)
+    native = {(v.task, v.hq.shape[1:], v.pixel_mm) for v in vols}
+    opts = SamplerOptions(batch_size=8, patch_size=32, zoom_jitter=2.0, zoom_tasks=("ct-denoise",))
+    sampler = PatchSampler(vols, tasks, opts, seed=5)
+    for it in range(4):
+        sampler.batch(it)
+    mr = [s for s in seen if s[0] == "mri-sr"]
+    ct = [s for s in seen if s[0] == "ct-denoise"]
+    assert mr and ct
+    assert all(s in native for s in mr)  # MR slices keep their own grid and pixel size
+    assert any(s not in native for s in ct)
+    with pytest.raises(BadInputError, match="--zoom-tasks"):
+        TrainOptions(data="x", tasks=("ct-denoise",), zoom_tasks=("mri-sr",)).check()
+
+
 def test_validation_split_disjoint_from_training(hq_data):
     for n in (1, 2, 5, 12, 108, 181):
         train_idx, val_idx = split_slices(n)

@@ -299,6 +299,7 @@ class SamplerOptions:
     task_mix: dict | None = None  # task -> relative share of the slices (None: even)
     mr_noise: float = 0.0  # MR noise floor added to the reference: sigma ~ U(0, mr_noise) x MR_TARGET
     zoom_jitter: float = 1.0  # slices resampled in-plane by a factor in [1/z, z] before degradation
+    zoom_tasks: tuple[str, ...] | None = None  # the tasks whose slices zoom_jitter resamples (None: all)
 
 
 def batch_rng(seed: int, rank: int, iteration: int, group: int = 0) -> np.random.Generator:
@@ -368,7 +369,7 @@ class PatchSampler:
             lq_slice = vol.lq[z]
         else:  # degraded on the fly, after the augmentations of the reference
             pixel_mm = vol.pixel_mm
-            if self.opt.zoom_jitter > 1:
+            if self.opt.zoom_jitter > 1 and (self.opt.zoom_tasks is None or task in self.opt.zoom_tasks):
                 hq_slice, f = _zoom(hq_slice, self.opt.zoom_jitter, rng)
                 pixel_mm, rows = pixel_mm / f, None if rows is None else round(rows * f)
             if task == "mri-sr" and self.opt.mr_noise > 0:

@@ -69,6 +69,7 @@ class TrainOptions:
     task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
+    zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
     ct_dose: tuple[float, float] = (0.1, 0.5)
     ct_i0: tuple[float, float] = (1e5, 1e6)
     mr_factors: tuple[int, ...] = (2, 4)
@@ -124,6 +125,8 @@ class TrainOptions:
             raise BadInputError(f"--mr-noise must be in [0, 1), got {self.mr_noise}")
         if not 1 <= self.zoom_jitter <= 4:
             raise BadInputError(f"--zoom-jitter must be in [1, 4], got {self.zoom_jitter}")
+        if self.zoom_tasks is not None and (not self.zoom_tasks or set(self.zoom_tasks) - set(self.tasks)):
+            raise BadInputError(f"--zoom-tasks must name trained tasks, got {','.join(self.zoom_tasks) or '(none)'}")
         if not self.mr_factors or any(int(f) < 2 for f in self.mr_factors):
             raise BadInputError("--mr-factors must be integers >= 2")
 
@@ -314,7 +317,7 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
     sampler = PatchSampler(
         volumes,
         o.tasks,
-        SamplerOptions(o.batch_size, o.patch_size, o.crops_per_slice, True, o.mr_scale_jitter, o.levels(), o.task_mix, o.mr_noise, o.zoom_jitter),
+        SamplerOptions(o.batch_size, o.patch_size, o.crops_per_slice, True, o.mr_scale_jitter, o.levels(), o.task_mix, o.mr_noise, o.zoom_jitter, o.zoom_tasks),
         seed=o.seed,
         rank=dist.rank,
     )
