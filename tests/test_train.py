@@ -351,7 +351,10 @@ def test_cli_train_export_makes_a_loadable_registry_entry(hq_data, tmp_path, ami
     best = ckpt.load_torch(run / ckpt.BEST)
     assert all(torch.equal(best["model"][k], v) for k, v in weights.read_state_dict(entry.path).items())
     # library export of the same run under another name, and the CLI's weights add
-    assert export_run(run, "tiny-run-2", which="last").name == "tiny-run-2"
+    last = export_run(run, "tiny-run-2", which="last")  # iteration 2 was validated: its scores come along
+    assert last.name == "tiny-run-2" and last.info["scores"]["iteration"] == 2
+    assert last.info["scores"]["model"].keys() == best["scores"]["model"].keys()
+    assert last.info["scores"]["mean_gain_db"] == pytest.approx(best["scores"]["mean_gain_db"])
     added = CliRunner().invoke(app, ["weights", "add", str(run), "--name", "tiny-run-3", "--json"])
     assert added.exit_code == 0, added.output
     dup = CliRunner().invoke(app, ["weights", "add", str(run), "--name", "tiny-run-3"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import checkpoint as ckpt
@@ -11,7 +12,8 @@ def export_run(run_dir, name: str, which: str = "best"):
     """Register the run's weights as user entry ``name``; returns the weights.Entry.
 
     ``which="best"`` takes ``best.pt`` (the EMA weights when the run used ``--ema``) and falls back to
-    ``last.pt`` when no validation has run yet; ``which="last"`` takes the latest weights (EMA if any).
+    ``last.pt`` when no validation has run yet; ``which="last"`` takes the latest weights (EMA if any),
+    with the scores of the validation at that iteration when there was one (from ``metrics.jsonl``).
     The manifest record holds the configuration name, tasks, training data, recipe (all options),
     the exact command, seed, iterations, parameter count and validation scores.
     """
@@ -27,7 +29,8 @@ def export_run(run_dir, name: str, which: str = "best"):
     elif last_path.exists():
         saved = ckpt.load_torch(last_path)
         ema = saved.get("ema") is not None
-        state, iteration, scores = (saved["ema"] if ema else saved["model"]), int(saved["iteration"]), None
+        state, iteration = (saved["ema"] if ema else saved["model"]), int(saved["iteration"])
+        scores = _validation_at(run_dir, iteration, info)
         source = "last.pt"
     else:
         raise ckpt.RunFolderError(f"{run_dir}: no best.pt or last.pt to export")
@@ -51,3 +54,20 @@ def export_run(run_dir, name: str, which: str = "best"):
         "tool": info.get("tool"),
     }
     return weights.save_entry(name, state, record)
+
+
+def _validation_at(run_dir: Path, iteration: int, info: dict) -> dict | None:
+    """The validation scores logged at ``iteration``, shaped like ``best.pt``'s (None if not validated)."""
+    path = run_dir / ckpt.METRICS
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line torn by a kill
+            continue
+        if rec.get("kind") == "val" and rec.get("iteration") == iteration:
+            model = {t: {"psnr": rec["psnr"][t], "ssim": rec["ssim"][t]} for t in rec["psnr"]}
+            inputs = (info.get("validation") or {}).get("input_scores")
+            return {"iteration": iteration, "model": model, "input": inputs, "mean_gain_db": rec["mean_gain"]}
+    return None
