@@ -132,19 +132,23 @@ class MetricsLog:
         self.path = Path(path)
         self.records = list(records or [])
 
-    @classmethod
-    def resume(cls, path: Path, iteration: int) -> "MetricsLog":
-        """Keep the records up to the checkpoint's iteration (later ones are replayed) and drop a
-        line torn by a kill."""
+    @staticmethod
+    def read(path: Path) -> list[dict]:
+        """The records of ``path`` (none if it does not exist), without a line torn by a kill."""
         records = []
         if Path(path).exists():
             for line in Path(path).read_text().splitlines():
                 try:
-                    rec = json.loads(line)
+                    records.append(json.loads(line))
                 except ValueError:
                     continue
-                if rec.get("iteration", 0) <= iteration:
-                    records.append(rec)
+        return records
+
+    @classmethod
+    def resume(cls, path: Path, iteration: int) -> "MetricsLog":
+        """Keep the records up to the checkpoint's iteration (later ones are replayed) and drop a
+        line torn by a kill."""
+        records = [rec for rec in cls.read(path) if rec.get("iteration", 0) <= iteration]
         log = cls(path, records)
         _atomic_write(log.path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in records)))
         return log

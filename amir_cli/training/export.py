@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import checkpoint as ckpt
@@ -57,15 +56,9 @@ def export_run(run_dir, name: str, which: str = "best"):
 
 
 def _validation_at(run_dir: Path, iteration: int, info: dict) -> dict | None:
-    """The validation scores logged at ``iteration``, shaped like ``best.pt``'s (None if not validated)."""
-    path = run_dir / ckpt.METRICS
-    if not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line torn by a kill
-            continue
+    """The validation scores logged at ``iteration``, shaped like ``best.pt``'s but without RMSE, which
+    the log does not keep (None if that iteration was not validated)."""
+    for rec in ckpt.MetricsLog.read(run_dir / ckpt.METRICS):
         if rec.get("kind") == "val" and rec.get("iteration") == iteration:
             model = {t: {"psnr": rec["psnr"][t], "ssim": rec["ssim"][t]} for t in rec["psnr"]}
             inputs = (info.get("validation") or {}).get("input_scores")
