@@ -445,7 +445,7 @@ def train_cmd(
     eta_min: Annotated[float, typer.Option("--eta-min", help="Final learning rate of the cosine schedule.")] = 1e-6,
     warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up iterations.")] = 0,
     ema: Annotated[float, typer.Option("--ema", help="Exponential moving average of the weights (e.g. 0.999; 0: off). Validation and export use it.")] = 0.0,
-    task_weighting: Annotated[str, typer.Option("--task-weighting", metavar="uniform|uncertainty|relative", help="Per-task loss weights: uniform (paper), learned homoscedastic uncertainty, or relative (each sample's L1 divided by its input's, so every task and level weighs the same).")] = "uniform",
+    task_weighting: Annotated[str, typer.Option("--task-weighting", metavar="uniform|uncertainty|relative|psnr", help="Per-task loss weights: uniform (paper), learned homoscedastic uncertainty, relative (each sample's L1 divided by its input's, so every task and level weighs the same), or psnr (each sample's PSNR deficit to its input in dB, the benchmark's own score, in place of the L1).")] = "uniform",
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.")] = False,
     clip_grad: Annotated[float, typer.Option("--clip-grad", help="Clip the gradient norm (0: off).")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of every batch.")] = 0,

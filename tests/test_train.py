@@ -370,13 +370,31 @@ def test_cli_train_errors_exit_1(tmp_path):
     assert callable(main)
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "relative"])
+@pytest.mark.parametrize("weighting", ["uniform", "relative", "psnr"])
 def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq_data, tmp_path, weighting):
-    """A new network starts as the identity, so each sample's relative L1 is exactly 1."""
+    """A new network starts as the identity, so each sample's relative L1 is exactly 1 and its
+    PSNR deficit to its input exactly 0 dB."""
     run = tmp_path / weighting
     train(TrainOptions(**{**TINY, "log_every": 1}, data=str(hq_data), out=str(run), iterations=1, val_every=100,
                        task_weighting=weighting))
     rec = next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train")
     main = rec["loss"] - 0.001 * rec["load_loss"]
     assert rec["l1"] > 0
-    assert main == pytest.approx(1.0 if weighting == "relative" else rec["l1"], rel=1e-4)
+    expected = {"uniform": rec["l1"], "relative": 1.0, "psnr": 0.0}[weighting]
+    assert main == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
+def test_psnr_deficit_is_the_psnr_gain_with_its_sign_flipped():
+    """The loss of a sample is minus its SPEC §4 PSNR gain over the input (data range 1)."""
+    from amir_cli.metrics import psnr
+    from amir_cli.training.loop import psnr_deficit
+
+    rng = np.random.default_rng(3)
+    hq = rng.uniform(0, 1, (2, 1, 32, 32))
+    hq[:, :, 0, 0], hq[:, :, 0, 1] = 0.0, 1.0  # data range exactly 1
+    lq = hq + rng.normal(0, 0.05, hq.shape)
+    pred = hq + rng.normal(0, 0.02, hq.shape)
+    got = psnr_deficit(*(torch.from_numpy(a) for a in (pred, hq, lq))).numpy()
+    want = [psnr(lq[i, 0], hq[i, 0], (-10, 10)) - psnr(pred[i, 0], hq[i, 0], (-10, 10)) for i in range(2)]
+    assert got == pytest.approx(want, abs=1e-3)
+    assert (got < -7).all()  # 0.05 -> 0.02 noise: about 8 dB better

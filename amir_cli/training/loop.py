@@ -1,4 +1,4 @@
-"""The training loop: L1 + 0.001 x load loss, Adam, cosine schedule, EMA, task weighting, AMP, DDP,
+"""The training loop: L1 (or the PSNR deficit to the input) + 0.001 x load loss, Adam, cosine schedule, EMA, task weighting, AMP, DDP,
 validation by SPEC §4, atomic checkpoints and exact resumption."""
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class TrainingDivergedError(AmirError):
 
 
 # Options that may change when a run is resumed (everything else is fixed by run.json).
+TASK_WEIGHTINGS = ("uniform", "uncertainty", "relative", "psnr")
+PSNR_FLOOR = 1e-8  # added to both MSEs of psnr_deficit: a perfect patch is not worth infinite decibels
 RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "log_every", "quiet", "export")
 
 
@@ -53,7 +55,7 @@ class TrainOptions:
     warmup: int = 0
     load_loss_weight: float = 0.001
     ema: float = 0.0  # 0: off; e.g. 0.999 (decay min(ema, (1 + it) / (10 + it)))
-    task_weighting: str = "uniform"  # or "uncertainty", "relative"
+    task_weighting: str = "uniform"  # or "uncertainty", "relative", "psnr"
     amp: bool = False  # bf16 autocast on CUDA
     clip_grad: float = 0.0  # max gradient norm; 0: off
     seed: int = 0
@@ -109,8 +111,8 @@ class TrainOptions:
             raise BadInputError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.ema < 1:
             raise BadInputError(f"--ema must be in [0, 1), got {self.ema}")
-        if self.task_weighting not in ("uniform", "uncertainty", "relative"):
-            raise BadInputError("--task-weighting must be uniform, uncertainty or relative")
+        if self.task_weighting not in TASK_WEIGHTINGS:
+            raise BadInputError("--task-weighting must be uniform, uncertainty, relative or psnr")
         for name, (lo, hi) in (("ct-dose", self.ct_dose), ("pet-dose", self.pet_dose)):
             if not 0 < lo <= hi <= 1:
                 raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
@@ -191,6 +193,18 @@ def parse_range(text: str, name: str) -> tuple[float, float]:
     if len(vals) != 2 or vals[0] > vals[1]:
         raise BadInputError(f"--{name} must be LOW:HIGH with LOW <= HIGH, got {text!r}")
     return vals[0], vals[1]
+
+
+def psnr_deficit(pred, hq, lq):
+    """Per sample, the PSNR (dB) by which ``pred`` falls short of ``lq``'s gain over itself:
+    10 log10(MSE(pred, hq) / MSE(lq, hq)); negative once ``pred`` beats its input.
+
+    The benchmark scores slices by their mean PSNR gain over the input, whatever the data range;
+    this loss is that score on the patches, so every task, level and intensity scale weighs the same.
+    """
+    mse = (pred - hq).pow(2).mean(dim=(1, 2, 3))
+    input_mse = (lq - hq).pow(2).mean(dim=(1, 2, 3))
+    return (10.0 / math.log(10.0)) * (torch.log(mse + PSNR_FLOOR) - torch.log(input_mse + PSNR_FLOOR))
 
 
 def cosine_lr(it: int, o: TrainOptions) -> float:
@@ -432,6 +446,8 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
                 # each sample's error relative to its input's: every task and level weighs the same
                 input_l1 = (lq.float() - hq).abs().mean(dim=(1, 2, 3)).clamp(min=1e-4)
                 main = (per_sample / input_l1).mean()
+            elif o.task_weighting == "psnr":
+                main = psnr_deficit(pred.float(), hq, lq.float()).mean()
             else:
                 main = l1
             loss = main + o.load_loss_weight * load_loss.float()
