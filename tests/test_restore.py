@@ -10,6 +10,7 @@ from amir_cli.errors import BadInputError, DeviceError
 from amir_cli.imaging.io import Volume
 from amir_cli.network import AMIR, get_config
 from amir_cli.restore import (
+    BORDER,
     distributed_share,
     kspace_upsample,
     pick_device,
@@ -241,7 +242,9 @@ def test_slices_taken_along_the_acquisition_axis_and_batched(slice_axis):
     n = shape[slice_axis]
     in_plane = tuple(s for a, s in enumerate(shape) if a != slice_axis)
     assert [s[0] for s in model.shapes] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
-    assert all(s[1:] == (1, *in_plane) for s in model.shapes)
+    # the network sees each slice inside its replicated border; the instruction sees the slice alone
+    assert all(s[1:] == (1, *(d + 2 * BORDER for d in in_plane)) for s in model.shapes)
+    assert all(s[1:] == (1, *in_plane) for s in model.computed)
     assert out.shape == vol.shape and info["slice_axis"] == slice_axis
 
 
