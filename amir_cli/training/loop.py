@@ -1,5 +1,6 @@
-"""The training loop: L1 (or the PSNR deficit to the input) + 0.001 x load loss, Adam, cosine schedule, EMA, task weighting, AMP, DDP,
-validation by SPEC §4, atomic checkpoints and exact resumption."""
+"""The training loop: L1 (or the PSNR deficit to the input) + 0.001 x load loss, Adam, cosine
+schedule, EMA, task weighting, AMP, DDP, validation by SPEC §4, atomic checkpoints and exact
+resumption."""
 
 from __future__ import annotations
 
@@ -32,9 +33,9 @@ class TrainingDivergedError(AmirError):
     """The loss became NaN or infinite."""
 
 
-# Options that may change when a run is resumed (everything else is fixed by run.json).
 TASK_WEIGHTINGS = ("uniform", "uncertainty", "relative", "psnr")
 PSNR_FLOOR = 1e-8  # added to both MSEs of psnr_deficit: a perfect patch is not worth infinite decibels
+# Options that may change when a run is resumed (everything else is fixed by run.json).
 RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "log_every", "quiet", "export")
 
 
@@ -196,8 +197,8 @@ def parse_range(text: str, name: str) -> tuple[float, float]:
 
 
 def psnr_deficit(pred, hq, lq):
-    """Per sample, the PSNR (dB) by which ``pred`` falls short of ``lq``'s gain over itself:
-    10 log10(MSE(pred, hq) / MSE(lq, hq)); negative once ``pred`` beats its input.
+    """Per sample, 10 log10(MSE(pred, hq) / MSE(lq, hq)): minus the PSNR gain (dB) of ``pred``
+    over its input ``lq``, negative once ``pred`` beats it.
 
     The benchmark scores slices by their mean PSNR gain over the input, whatever the data range;
     this loss is that score on the patches, so every task, level and intensity scale weighs the same.
