@@ -244,8 +244,7 @@ def restore_volume(
 
     Per task: MR is first scaled into the 12-bit range (``mr_scale_factor``), then everything is
     normalised to [0, 1], run through ``model`` in batches (each slice inside a ``BORDER`` of its
-    replicated edge pixels), clipped back into [0, 1] and
-    denormalised exactly. Voxels whose input lay outside the normalisation range (CT padding
+    replicated edge pixels), clipped back into [0, 1] and denormalised exactly. Voxels whose input lay outside the normalisation range (CT padding
     below -1024 HU, metal above 3071 HU, PET above SUV 20, the brightest MR spots) keep their input
     value: the network only ever saw the clipped value there. ``scale`` > 1 (mri-sr only)
     zero-pads each slice's k-space to the finer grid before the network. ``tta`` averages the

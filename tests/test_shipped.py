@@ -31,6 +31,7 @@ def model():
 def test_examples_come_out_better_than_their_inputs(model, task, lq_name, ref_name, least_gain):
     lq, ref = read_image(EXAMPLES / lq_name), read_image(EXAMPLES / ref_name)
     out, _ = restore_volume(model, lq, task)
+
     def psnr(image):
         return volume_scores(image, ref.array, task, lq.slice_axis)["psnr"]
 
