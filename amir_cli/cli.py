@@ -119,6 +119,7 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     epilog="Examples:\n\n"
     "  amir restore ct_lowdose.nii.gz                      # -> ct_lowdose_amir.nii.gz + .json report\n\n"
     "  amir restore t1.nii.gz --task mri-sr --scale 2 -o t1_x2.nii.gz\n\n"
+    "  amir restore t1_zero_filled.nii.gz --task mri-sr --kspace-factor 2\n\n"
     "  amir restore dicom/series1/ -o restored.nii.gz --reference hq.nii.gz\n\n"
     "  amir restore scans/ -o restored/                    # a batch: every image and series in scans/",
 )
@@ -127,6 +128,7 @@ def restore_cmd(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file or folder [default: <input stem>_amir.<same format> beside the input].", show_default=False)] = None,
     task: Annotated[str, typer.Option("--task", metavar="auto|mri-sr|ct-denoise|pet-synthesis", help="Restoration task; auto decides from the DICOM Modality, header hints, then intensities.")] = "auto",
     scale: Annotated[int, typer.Option("--scale", metavar="1|2|4", help="mri-sr only: write an s-times finer in-plane grid (k-space zero-padding).")] = 1,
+    kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar="2|4", help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
@@ -146,6 +148,13 @@ def restore_cmd(
         raise typer.BadParameter(f"{scale} is not one of 1, 2, 4", param_hint="--scale")
     if scale != 1 and task not in ("auto", "mri-sr"):
         raise AmirError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
+    if kspace_factor is not None:
+        if kspace_factor not in (2, 4):
+            raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
+        if task not in ("auto", "mri-sr"):
+            raise AmirError(f"--kspace-factor is for mri-sr only (task is {task})")
+        if scale != 1:
+            raise AmirError("--kspace-factor is for inputs on their own grid; with --scale the factor is the scale")
 
     from . import restore as R
 
@@ -156,7 +165,7 @@ def restore_cmd(
         raise AmirError("--reference and --report apply to one image, not to a folder of scans")
     dev = R.pick_device(device)
     R.precision_context(dev, precision)  # fail early on an impossible precision
-    options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, overwrite=overwrite)
+    options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor, overwrite=overwrite)
     if not batch:
         out = output if output is not None else R.default_output(input)
         rep = report if report is not None else R.report_path_for(out)
@@ -537,13 +546,14 @@ def benchmark(
         Optional[list[str]],
         typer.Option("--simulate", metavar="TASK[:LEVEL]", help="Degrade high-quality volumes (SPEC §3); repeatable, e.g. ct-denoise:0.25, mri-sr:4, pet-synthesis:1/12."),
     ] = None,
-    with_baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score classical baselines (CT NLM, PET Gaussian, MR bicubic).")] = True,
+    with_baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score classical baselines (CT NLM, PET Gaussian, MR POCS or bicubic).")] = True,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network.")] = "fp32",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per network call.")] = 4,
     max_slices: Annotated[Optional[int], typer.Option("--max-slices", min=1, metavar="N", help="Score N evenly spaced slices per case (shorter runs).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the simulated degradations.")] = 0,
     tta: Annotated[bool, typer.Option("--tta", help="Also score AMIR's x8 flip/rotation self-ensemble (method amir-tta).")] = False,
+    data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="Same-grid MR levels named xS (LQ_x2, --simulate mri-sr:2): restore with --kspace-factor S and score the pocs baseline.")] = True,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -565,7 +575,8 @@ def benchmark(
 
         result = bench.run_benchmark(
             data, out, weights=weights, simulate=simulations, with_baselines=with_baselines, device=device,
-            precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, tta=tta, progress=advance,
+            precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, tta=tta,
+            data_consistency=data_consistency, progress=advance,
         )
     for f in result.failures:
         typer.echo(f"amir: case failed: {f['task']} {f['level'] or '-'} {f['case']}: {f['error']}", err=True)

@@ -4,7 +4,6 @@ The library face of `amir restore` (no Typer here):
 - ``pick_device`` / ``precision_context``: where and in which precision the network runs;
 - ``restore_volume``: one ``Volume`` in physical units to its restored ``Volume`` and an info dict;
 - ``tiled_predict``: overlapping tiles blended back (a pure function of the predictor);
-- ``kspace_upsample``: the `--scale` zero-padding of k-space;
 - ``restore_case`` / ``restore_batch``: files in, files and JSON reports out.
 """
 
@@ -25,6 +24,7 @@ import numpy as np
 from . import __version__
 from .errors import BadInputError, DeviceError, WeightsError
 from .imaging import intensity
+from .imaging.kspace import DC_ITERATIONS, data_consistency, kspace_upsample
 from .imaging.io import Volume, image_suffix, list_cases, one_line, read_image, stem, write_image
 from .taskdetect import detect_task
 
@@ -106,29 +106,6 @@ def precision_context(device, precision: str = "fp32"):
 
 # ---------------------------------------------------------------------------------------------
 # pure array helpers
-
-
-def kspace_upsample(image2d: np.ndarray, scale: int) -> np.ndarray:
-    """Zero-pad the centred 2-D spectrum to a ``scale``-times finer grid, inverse FFT, magnitude.
-
-    The new samples sit where ``scaled_affine`` says: the field of view is kept, so the first fine
-    voxel centre lies (scale - 1) / (2 scale) of an old voxel before the old first centre; a phase
-    ramp makes the band-limited interpolation land exactly there. Intensities are preserved (a
-    constant image stays the same constant).
-    """
-    a = np.asarray(image2d, dtype=np.float64)
-    if scale == 1:
-        return a.astype(np.float32)
-    h, w = a.shape
-    shift = -(scale - 1) / (2 * scale)  # in old voxels
-    ky = np.fft.fftfreq(h)[:, None]  # cycles per old voxel, signed
-    kx = np.fft.fftfreq(w)[None, :]
-    spectrum = np.fft.fft2(a) * np.exp(2j * np.pi * shift * (ky + kx))
-    spectrum = np.fft.fftshift(spectrum)
-    big = np.zeros((h * scale, w * scale), dtype=np.complex128)
-    top, left = (h * scale) // 2 - h // 2, (w * scale) // 2 - w // 2  # DC stays at the centre
-    big[top : top + h, left : left + w] = spectrum
-    return (np.abs(np.fft.ifft2(np.fft.ifftshift(big))) * scale * scale).astype(np.float32)
 
 
 def scaled_affine(affine: np.ndarray, scale: int, slice_axis: int) -> np.ndarray:
@@ -214,12 +191,19 @@ def self_ensemble(network, x, identity=None):
 # one volume
 
 
-def check_options(task: str, scale: int, batch_size: int, tile: int | None) -> None:
+def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspace_factor: int | None = None) -> None:
     intensity.check_task(task)
     if scale not in SCALES:
         raise BadInputError(f"--scale must be 1, 2 or 4, got {scale}")
     if scale != 1 and task != "mri-sr":
         raise BadInputError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
+    if kspace_factor is not None:
+        if kspace_factor not in SCALES[1:]:
+            raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
+        if task != "mri-sr":
+            raise BadInputError(f"--kspace-factor is for mri-sr only (task is {task})")
+        if scale != 1:
+            raise BadInputError("--kspace-factor is for inputs on their own grid; with --scale the factor is the scale")
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if tile is not None and tile < MIN_TILE:
@@ -238,6 +222,7 @@ def restore_volume(
     tile: int | None = None,
     tile_overlap: float = DEFAULT_TILE_OVERLAP,
     tta: bool = False,
+    kspace_factor: int | None = None,
     progress: Progress | None = None,
 ) -> tuple[Volume, dict]:
     """Restore ``volume`` (physical units) slice by slice along its acquisition axis.
@@ -249,12 +234,15 @@ def restore_volume(
     value: the network only ever saw the clipped value there. ``scale`` > 1 (mri-sr only)
     zero-pads each slice's k-space to the finer grid before the network. ``tta`` averages the
     network over the 8 flips and rotations of each slice (:func:`self_ensemble`, 8x the time;
-    the routing summary is the untransformed slices'). Returns the restored
-    Volume and an info dict (timings, shapes, routing instruction summary).
+    the routing summary is the untransformed slices'). ``kspace_factor`` (mri-sr on the input's own
+    grid): the input is a zero-filled image that kept the central 1/factor of k-space per in-plane
+    axis, and each restored slice is made consistent with those measured frequencies
+    (:func:`amir_cli.imaging.kspace.data_consistency`). Returns the restored Volume and an info dict
+    (timings, shapes, routing instruction summary).
     """
     import torch
 
-    check_options(task, scale, batch_size, tile)
+    check_options(task, scale, batch_size, tile, kspace_factor)
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     autocast = precision_context(device, precision)
     started = time.perf_counter()
@@ -294,6 +282,8 @@ def restore_volume(
             model_seconds += time.perf_counter() - t0
             instruction_sum = inst if instruction_sum is None else instruction_sum + inst
             values = intensity.denormalise(y, task, mr_scale)
+            if kspace_factor:
+                values = data_consistency(values, chunk, kspace_factor, device=device)
             physical = np.asarray(chunk, dtype=np.float32) * (mr_scale or 1.0)  # the units normalise() saw
             outside = (physical < low) | (physical > high)
             if outside.any():
@@ -319,6 +309,7 @@ def restore_volume(
         "slice_axis": axis,
         "slices": n,
         "mr_scale_factor": mr_scale,
+        "data_consistency": {"kspace_factor": kspace_factor, "iterations": DC_ITERATIONS} if kspace_factor else None,
         "passthrough_voxels": passthrough,
         "seconds": seconds,
         "model_seconds": model_seconds,
@@ -342,6 +333,7 @@ def restore_array(
     batch_size: int = DEFAULT_BATCH_SIZE,
     tile: int | None = None,
     tta: bool = False,
+    kspace_factor: int | None = None,
 ) -> np.ndarray:
     """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
 
@@ -356,7 +348,8 @@ def restore_array(
     spacing = list(spacing_mm) + [1.0] * (3 - len(spacing_mm))
     volume = Volume(array=a, affine=np.diag([*spacing[:3], 1.0]), slice_axis=2 if two_d else slice_axis)
     out, _ = restore_volume(
-        model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta
+        model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta,
+        kspace_factor=kspace_factor,
     )
     return out.array[:, :, 0] if two_d else out.array
 
@@ -504,6 +497,7 @@ class RestoreOptions:
     tile: int | None = None
     tile_overlap: float = DEFAULT_TILE_OVERLAP
     tta: bool = False
+    kspace_factor: int | None = None
     overwrite: bool = False
 
 
@@ -554,7 +548,7 @@ def restore_case(
             pass
     if weights.tasks and task not in weights.tasks:
         warnings.append(f"weights {weights.name} were not trained for {task} (tasks: {', '.join(weights.tasks)})")
-    check_options(task, options.scale, options.batch_size, options.tile)
+    check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
 
     ref_volume = None
     if reference is not None:
@@ -577,6 +571,7 @@ def restore_case(
         tile=options.tile,
         tile_overlap=options.tile_overlap,
         tta=options.tta,
+        kspace_factor=options.kspace_factor,
         progress=progress,
     )
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
@@ -604,6 +599,7 @@ def restore_case(
         "model_seconds": round(info["model_seconds"], 4),
         "slices_per_second": round(info["slices_per_second"], 4) if info["slices_per_second"] else None,
         "mr_scale_factor": info["mr_scale_factor"],
+        "data_consistency": info["data_consistency"],
         "passthrough_voxels": info["passthrough_voxels"],
         "routing": info["routing"],
         "warnings": warnings,

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 import dicom_builders as DB
 from amir_cli.cli import app, main
+from amir_cli.imaging.kspace import DC_ITERATIONS
 from amir_cli.network import AMIR, get_config
 
 from test_dicom import DATA  # the same data folder the DICOM tests use
@@ -138,6 +139,27 @@ def test_mr_scale_2_halves_spacing_and_keeps_field_of_view(mr_nii, tiny_weights,
         np.testing.assert_allclose(b.affine @ edge_b, a.affine @ edge_a, atol=1e-5)
     rep = json.loads(Path(str(out) + ".json").read_text())
     assert rep["output_geometry"]["shape"] == list(b.shape) and rep["scale"] == 2
+
+
+def test_kspace_factor_keeps_the_measured_band(mr_nii, tiny_weights, tmp_path):
+    """A zero-filled input restored with --kspace-factor: the output's own zero-filled image is the
+    input again, although the (random) network changed the image; the report says so."""
+    from amir_cli.imaging.degrade import mri_truncate
+
+    lq = tmp_path / "t1_x2.nii.gz"
+    code, _, err = amir("degrade", mr_nii, "--task", "mri-sr", "--factor", "2", "-o", lq, "--quiet")
+    assert code == 0, err
+    plain, dc = tmp_path / "plain.nii.gz", tmp_path / "dc.nii.gz"
+    for out, extra in ((plain, []), (dc, ["--kspace-factor", "2"])):
+        code, _, err = amir("restore", lq, "--task", "mri-sr", "-o", out, "--weights", tiny_weights, "--quiet", *extra)
+        assert code == 0, err
+    z = nib.load(str(lq)).get_fdata()
+    a, b = nib.load(str(plain)).get_fdata(), nib.load(str(dc)).get_fdata()
+    for k in range(z.shape[2]):
+        np.testing.assert_allclose(mri_truncate(b[:, :, k], 2), z[:, :, k], atol=0.02 * z.max())
+    assert np.abs(mri_truncate(a[:, :, 0], 2) - z[:, :, 0]).max() > 0.05 * z.max()  # the network alone is not consistent
+    assert json.loads(Path(str(dc) + ".json").read_text())["data_consistency"] == {"kspace_factor": 2, "iterations": DC_ITERATIONS}
+    assert json.loads(Path(str(plain) + ".json").read_text())["data_consistency"] is None
 
 
 def test_reference_adds_metrics_and_json(ct_nii, tiny_weights, tmp_path):
@@ -288,6 +310,14 @@ def _scale_for_ct(tmp, ct_nii):
     return [ct_nii, "--task", "ct-denoise", "--scale", "2"]
 
 
+def _kspace_factor_for_ct(tmp, ct_nii):
+    return [ct_nii, "--task", "ct-denoise", "--kspace-factor", "2"]
+
+
+def _kspace_factor_with_scale(tmp, ct_nii):
+    return [ct_nii, "--task", "mri-sr", "--scale", "2", "--kspace-factor", "2"]
+
+
 def _unknown_weights(tmp, ct_nii):
     return [ct_nii, "--weights", "no-such-weights"]
 
@@ -326,6 +356,8 @@ def _fp16_on_cpu(tmp, ct_nii):
         (_dir_named_nii, "folder"),
         (_missing_output_folder, "does not exist"),
         (_scale_for_ct, "mri-sr only"),
+        (_kspace_factor_for_ct, "mri-sr only"),
+        (_kspace_factor_with_scale, "own grid"),
         (_unknown_weights, "no-such-weights"),
         (_tampered_weights, "sha256"),
         (_ambiguous_task, "--task"),
@@ -348,7 +380,7 @@ def test_bad_inputs(make, needle, tmp_path, ct_nii, tiny_weights, amir_home):
     assert not list(ct_nii.parent.glob("*_amir*"))
 
 
-@pytest.mark.parametrize("args", [["--scale", "3", "--task", "mri-sr"], ["--task", "mri"], ["--precision", "fp64"], ["--batch-size", "0"]])
+@pytest.mark.parametrize("args", [["--scale", "3", "--task", "mri-sr"], ["--kspace-factor", "3", "--task", "mri-sr"], ["--task", "mri"], ["--precision", "fp64"], ["--batch-size", "0"]])
 def test_usage_errors_exit_2(args, ct_nii, tiny_weights):
     code, _, err = amir("restore", ct_nii, *args, "--weights", tiny_weights)
     assert code == 2 and "Traceback" not in err

@@ -8,11 +8,11 @@ import torch
 
 from amir_cli.errors import BadInputError, DeviceError
 from amir_cli.imaging.io import Volume
+from amir_cli.imaging.kspace import kspace_upsample
 from amir_cli.network import AMIR, get_config
 from amir_cli.restore import (
     BORDER,
     distributed_share,
-    kspace_upsample,
     pick_device,
     precision_context,
     restore_volume,
