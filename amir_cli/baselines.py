@@ -1,4 +1,4 @@
-"""Classical restorations that `amir benchmark` scores beside AMIR (no torch here).
+"""Classical restorations that `amir benchmark` scores beside AMIR (no network here).
 
 All functions take a slices-first stack ``(S, H, W)`` in physical units and return a float32 stack
 in the same units.
@@ -12,11 +12,14 @@ in the same units.
 * **pet-synthesis: Gaussian post-filter**, in-plane FWHM :data:`PET_FWHM_MM` (5 mm, the middle of
   the 4-6 mm clinical range), sigma per axis from the pixel spacing.  2-D, because the degradation
   and AMIR are slice-wise (and ``--max-slices`` keeps slices that are not neighbours).
-* **mri-sr**: on the paper's same-grid setting the classical answer is the zero-filled input
-  itself (it is the ``input`` row); where the low-resolution grid is coarser than the reference
-  (a paired case with an s-times smaller in-plane grid) the input is upsampled by k-space zero
-  filling (as `amir restore --scale` does before the network; the ``input`` row) and :func:`bicubic_upsample` is the
-  baseline.
+* **mri-sr**: on the paper's same-grid setting the zero-filled input is the ``input`` row; where the
+  k-space factor is known (``LQ_x2``, ``--simulate mri-sr:2``) the baseline is projection onto
+  convex sets from that input (:func:`pocs_mr`: the measured k-space band and a non-negative
+  image, the data consistency that `amir restore --kspace-factor` applies to the network's
+  output); where the low-resolution grid is coarser than the reference (a paired case with an
+  s-times smaller in-plane grid) the input is upsampled by k-space zero filling (as
+  `amir restore --scale` does before the network; the ``input`` row) and
+  :func:`bicubic_upsample` is the baseline.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ DESCRIPTIONS = {
     ),
     "pet-synthesis": f"Gaussian post-filter, {PET_FWHM_MM:g} mm FWHM in-plane (clinical 4-6 mm range)",
     "mri-sr": (
-        "same grid: the zero-filled input is the classical reconstruction (the input row); "
+        "same grid: the zero-filled input (input row) and, where the k-space factor is known (LQ_x2, LQ_x4), "
+        "projection onto convex sets from it (measured k-space band, non-negative image; pocs row); "
         "coarser LQ grid: k-space zero filling (input row) and bicubic interpolation (bicubic row)"
     ),
 }
@@ -99,13 +103,26 @@ def bicubic_upsample(slices, scale: int) -> np.ndarray:
     return ndimage.zoom(stack, (1, scale, scale), order=3, mode="grid-mirror", grid_mode=True).astype(np.float32)
 
 
-def run_baseline(task: str, lq_slices, pixel_mm: tuple[float, float], scale: int = 1) -> tuple[str, np.ndarray] | None:
+def pocs_mr(zero_filled_slices, kspace_factor: int) -> np.ndarray:
+    """Projection onto convex sets from a zero-filled MR stack (:func:`kspace.data_consistency`
+    started from the input itself)."""
+    from amir_cli.imaging.kspace import data_consistency
+
+    stack = np.asarray(zero_filled_slices, dtype=np.float32)
+    return data_consistency(stack, stack, kspace_factor)
+
+
+def run_baseline(
+    task: str, lq_slices, pixel_mm: tuple[float, float], scale: int = 1, kspace_factor: int | None = None
+) -> tuple[str, np.ndarray] | None:
     """``(method name, restored stack)`` of the task's classical baseline, or None where the input
-    itself is the classical answer (MR on the same grid)."""
+    itself is the classical answer (same-grid MR of unknown k-space factor)."""
     if task == "ct-denoise":
         return BASELINE_NAMES[task], nlm_ct(lq_slices)
     if task == "pet-synthesis":
         return BASELINE_NAMES[task], gaussian_pet(lq_slices, pixel_mm)
     if task == "mri-sr":
-        return (BASELINE_NAMES[task], bicubic_upsample(lq_slices, scale)) if scale > 1 else None
+        if scale > 1:
+            return BASELINE_NAMES[task], bicubic_upsample(lq_slices, scale)
+        return ("pocs", pocs_mr(lq_slices, kspace_factor)) if kspace_factor else None
     raise ValueError(f"unknown task {task!r}")

@@ -18,7 +18,9 @@ Every case is read, its slices put first ``(S, H, W)``, optionally reduced to ``
 spaced slices among those whose windowed reference is not constant (slices that §4 cannot score),
 then scored by :func:`metrics.volume_scores` in physical units for: ``input`` (the low-quality
 image; for MR on a coarser grid its k-space zero-filled upsampling), the task's classical
-baseline (:mod:`amir_cli.baselines`) and ``amir``.  Case scores are slice means, table scores case
+baseline (:mod:`amir_cli.baselines`) and ``amir``.  Same-grid MR cases whose level names their
+k-space factor (``LQ_x2``, ``--simulate mri-sr:2``: :func:`kspace_factor_of`) are restored with
+that factor's data consistency, as `amir restore --kspace-factor` does.  Case scores are slice means, table scores case
 means.  Time per slice is wall time of the method over the case's scored slices (model loading
 excluded).  MR intensity scaling (``mr_scale_factor``) is computed by `restore_volume` from the
 slices it is given, i.e. from the scored slices.  A case that fails (unreadable file, LQ/HQ shape mismatch, ...) is recorded and skipped;
@@ -216,17 +218,31 @@ def _scale_between(lq_shape, hq_shape) -> int:
     return 0
 
 
-def _run_amir(model, lq_vol, task: str, *, scale: int, device, precision: str, batch_size: int, tta: bool = False) -> np.ndarray:
+def _run_amir(model, lq_vol, task: str, *, scale: int, device, precision: str, batch_size: int, tta: bool = False, kspace_factor=None) -> np.ndarray:
     """AMIR on a Volume through :func:`amir_cli.restore.restore_volume`; slices-first array out."""
     from amir_cli.restore import restore_volume
 
-    vol, _ = restore_volume(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, tta=tta)
+    vol, _ = restore_volume(
+        model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, tta=tta, kspace_factor=kspace_factor
+    )
     return _slices_first(vol)
+
+
+def kspace_factor_of(spec: CaseSpec, scale: int) -> int | None:
+    """The k-space truncation factor of a same-grid MR input, where the case says it: ``--simulate
+    mri-sr:S`` or a paired level ``xS`` (``LQ_x2``, ``LQ_x4``); None otherwise (and on a coarser
+    grid, where the scale is the factor)."""
+    if spec.task != "mri-sr" or scale != 1:
+        return None
+    if spec.simulation is not None:
+        return int(spec.simulation.level)
+    m = re.fullmatch(r"[xX]([24])", spec.level)
+    return int(m.group(1)) if m else None
 
 
 def zero_filled(slices: np.ndarray, scale: int) -> np.ndarray:
     """k-space zero-filled upsampling of each slice, exactly as `restore` does before the network."""
-    from amir_cli.restore import kspace_upsample
+    from amir_cli.imaging.kspace import kspace_upsample
 
     return np.stack([kspace_upsample(s, scale) for s in slices]).astype(np.float32)
 
@@ -300,6 +316,7 @@ def run_benchmark(
     max_slices: int | None = None,
     seed: int = 0,
     tta: bool = False,
+    data_consistency: bool = True,
     notes=(),
     model=None,
     figures: bool = True,
@@ -311,7 +328,9 @@ def run_benchmark(
 
     ``progress(done, total, case_label)`` is called after each case.  ``model``: an already loaded
     network (then ``weights`` only names it in the summary).  ``tta`` adds the method ``amir-tta``:
-    AMIR averaged over the 8 flips and rotations of each slice.  ``data_label`` replaces the data path
+    AMIR averaged over the 8 flips and rotations of each slice.  ``data_consistency``: same-grid MR
+    cases whose level names their k-space factor (:func:`kspace_factor_of`) get the ``pocs`` baseline
+    and AMIR with `amir restore --kspace-factor`; off, AMIR is the network alone.  ``data_label`` replaces the data path
     in the summaries (e.g. for data built in a temporary folder).  Raises :class:`AmirError` when nothing
     can be run (no cases, weights unusable); per-case failures are returned in ``failures``.
     """
@@ -343,7 +362,8 @@ def run_benchmark(
         label = f"{spec.task} {spec.level or '-'} {spec.name}"
         try:
             case_rows, show = _score_case(spec, model, seed=seed, max_slices=max_slices, with_baselines=with_baselines,
-                                          device=dev, precision=precision, batch_size=batch_size, tta=tta)
+                                          device=dev, precision=precision, batch_size=batch_size, tta=tta,
+                                          data_consistency=data_consistency)
             rows += case_rows
             showcase.setdefault((spec.task, spec.level), []).append(show)
         except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
@@ -364,6 +384,7 @@ def run_benchmark(
 
     summary = _summary(rows, failures, cases, data=data_label or data, simulate=simulate, weights=winfo, device=str(dev), precision=precision,
                        batch_size=batch_size, max_slices=max_slices, seed=seed, with_baselines=with_baselines,
+                       data_consistency=data_consistency,
                        notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths],
                        seconds=time.perf_counter() - t_start)
     _write_csv(out / "cases.csv", rows)
@@ -381,10 +402,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "level"
 
 
-def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False):
+def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False, data_consistency=True):
     hq_vol, hq, lq_vol, lq, scale, idx = _load_pair(spec, seed, max_slices)
     task = spec.task
     n = len(idx)
+    factor = kspace_factor_of(spec, scale) if data_consistency else None
     methods: list[tuple[str, np.ndarray, float | None]] = []
     if scale > 1:
         t = time.perf_counter()
@@ -394,15 +416,17 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
         methods.append(("input", lq, None))
     if with_baselines:
         t = time.perf_counter()
-        base = baselines.run_baseline(task, lq, _inplane_spacing(lq_vol), scale)
+        base = baselines.run_baseline(task, lq, _inplane_spacing(lq_vol), scale, factor)
         if base is not None:
             methods.append((base[0], base[1], (time.perf_counter() - t) / n))
     t = time.perf_counter()
-    restored = _run_amir(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size)
+    restored = _run_amir(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, kspace_factor=factor)
     methods.append(("amir", restored, (time.perf_counter() - t) / n))
     if tta:
         t = time.perf_counter()
-        ensembled = _run_amir(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, tta=True)
+        ensembled = _run_amir(
+            model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, tta=True, kspace_factor=factor
+        )
         methods.append(("amir-tta", ensembled, (time.perf_counter() - t) / n))
 
     rows = []
@@ -465,7 +489,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _summary(rows, failures, cases, *, data, simulate, weights, device, precision, batch_size, max_slices, seed,
-             with_baselines, notes, figures, seconds) -> dict:
+             with_baselines, data_consistency, notes, figures, seconds) -> dict:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["level"], r["method"]), []).append(r)
@@ -497,6 +521,12 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
     if max_slices:
         all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
+    if any(kspace_factor_of(c, 1) for c in cases):
+        all_notes.append(
+            "same-grid MR levels xS: AMIR's output is made consistent with the k-space band that the input measured "
+            "(`amir restore --kspace-factor S`)" if data_consistency else
+            "same-grid MR: the network alone (`--no-data-consistency`), without `amir restore --kspace-factor`"
+        )
     if any(r["method"] == "amir-tta" for r in rows):
         all_notes.append("`amir-tta`: the same network averaged over the 8 flips and 90-degree rotations of each slice (`--tta`)")
     return {
@@ -510,6 +540,7 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         "batch_size": batch_size,
         "max_slices": max_slices,
         "seed": seed,
+        "data_consistency": data_consistency,
         "protocol": PROTOCOL,
         "baselines": {t: baselines.DESCRIPTIONS[t] for t in tasks} if with_baselines else {},
         "n_cases": len(cases),

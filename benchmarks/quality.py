@@ -12,8 +12,12 @@ the slices at 55% of the slice axis; a single-slice image keeps its bottom 20% o
 * PET (SUV): simulated FDG-like activity from the ICBM152 tissue maps (``phantom.load_icbm_pet``,
   seed 7919, not the training seed); 1/4 and 1/12 dose.
 
-Low-quality images are made by the SPEC §3 degradations of whole slices (so CT and PET noise comes
-from the projection of the full cross-section) and then cropped like the references.
+CT and PET low-quality images are made by the SPEC §3 degradations of whole slices (so their noise
+comes from the projection of the full cross-section) and then cropped like the references. MR
+held-out rows are truncated in their own k-space: a zero-filled image is one whose k-space band
+holds all of it, which rows cut from a larger zero-filled slice are not (and the truncation of the
+whole slice would blur rows used in training into the test input). The level label ``x2``/``x4``
+tells `amir benchmark` the k-space factor (``amir restore --kspace-factor``).
 
     python benchmarks/quality.py --weights amir-s --tta --out benchmarks/results/amir-s
     python benchmarks/quality.py --weights /tmp/random_tiny.safetensors --out /tmp/bench --max-slices 2
@@ -85,16 +89,21 @@ def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict |
     idx, (a, b) = select(slices)
     pix = float(np.mean([s for i, s in enumerate(hq_vol.spacing_mm) if i != ax]))
 
-    def to_volume(stack):  # held-out slices and rows back into the file's axis order
-        arr = np.moveaxis(stack[:, a:b, :], 0, ax)
-        return hq_vol.with_array(arr)
+    def to_volume(stack):  # held-out slices (and rows) back into the file's axis order
+        return hq_vol.with_array(np.moveaxis(stack, 0, ax))
+
+    def low_quality(i, level):
+        rng = degrade.slice_rng(cs, int(i))
+        if task == "mri-sr":  # zero filling belongs to the image as reconstructed: the held-out rows' own k-space
+            return degrade.degrade_slice(slices[i][a:b], task, level, rng, pixel_mm=pix)
+        return degrade.degrade_slice(slices[i], task, level, rng, pixel_mm=pix)[a:b]
 
     base = root / FOLDER[task] / "test"
     (base / "HQ").mkdir(parents=True, exist_ok=True)
-    write_image(to_volume(slices[idx]), base / "HQ" / f"{name}.nii.gz")
+    write_image(to_volume(slices[idx][:, a:b]), base / "HQ" / f"{name}.nii.gz")
     cs = case_seed(seed, name, task)
     for label, level in (levels or LEVELS[task]).items():
-        lq = np.stack([degrade.degrade_slice(slices[i], task, level, degrade.slice_rng(cs, int(i)), pixel_mm=pix) for i in idx])
+        lq = np.stack([low_quality(i, level) for i in idx])
         (base / f"LQ_{label}").mkdir(parents=True, exist_ok=True)
         write_image(to_volume(lq), base / f"LQ_{label}" / f"{name}.nii.gz")
     return len(idx)
@@ -123,6 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--tta", action="store_true", help="also score the x8 self-ensemble (amir-tta)")
+    ap.add_argument("--no-data-consistency", action="store_true", help="MR: score the network alone (no --kspace-factor)")
     args = ap.parse_args(argv)
 
     from amir_cli.benchmark import run_benchmark
@@ -142,6 +152,7 @@ def main(argv=None) -> int:
         result = run_benchmark(
             data, out, weights=args.weights, device=args.device, batch_size=args.batch_size,
             max_slices=args.max_slices or None, tta=args.tta, progress=progress,
+            data_consistency=not args.no_data_consistency,
             data_label="shared/data held-out slices (benchmarks/quality.py)",
             notes=[
                 f"{SIMULATED_NOTE} (seed {PET_SEED}), blurred to 4.5 mm FWHM, in SUV",

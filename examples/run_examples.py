@@ -21,10 +21,10 @@ from amir_cli.figures import comparison_figure
 from amir_cli.metrics import slice_scores
 
 HERE = Path(__file__).resolve().parent
-EXAMPLES = [  # (task, low-quality input, reference)
-    ("ct-denoise", "ct_head_quarter_dose.nii.gz", "ct_head_reference.nii.gz"),
-    ("mri-sr", "mr_brain_x4.nii.gz", "mr_brain_reference.nii.gz"),
-    ("pet-synthesis", "pet_brain_quarter_dose.nii.gz", "pet_brain_reference.nii.gz"),
+EXAMPLES = [  # (task, low-quality input, reference, extra options)
+    ("ct-denoise", "ct_head_quarter_dose.nii.gz", "ct_head_reference.nii.gz", []),
+    ("mri-sr", "mr_brain_x4.nii.gz", "mr_brain_reference.nii.gz", ["--kspace-factor", "4"]),  # a zero-filled image
+    ("pet-synthesis", "pet_brain_quarter_dose.nii.gz", "pet_brain_reference.nii.gz", []),
 ]
 
 
@@ -35,10 +35,10 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     (HERE / "figures").mkdir(exist_ok=True)
-    for task, lq_name, ref_name in EXAMPLES:
+    for task, lq_name, ref_name, extra in EXAMPLES:
         out = args.out / lq_name.replace(".nii.gz", "_amir.nii.gz")
         cmd = [sys.executable, "-m", "amir_cli", "restore", str(HERE / lq_name), "--task", task, "-o", str(out),
-               "--reference", str(HERE / ref_name), "--overwrite", "--quiet"]
+               "--reference", str(HERE / ref_name), "--overwrite", "--quiet", *extra]
         if args.weights:
             cmd += ["--weights", args.weights]
         subprocess.run(cmd, check=True)

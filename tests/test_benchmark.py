@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from amir_cli import baselines
-from amir_cli.benchmark import find_cases, parse_simulate, run_benchmark, select_slices
+from amir_cli.benchmark import CaseSpec, find_cases, kspace_factor_of, parse_simulate, run_benchmark, select_slices
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade
 from amir_cli.metrics import volume_scores
@@ -96,7 +96,8 @@ def test_paired_layout_via_cli(tmp_path, tiny_weights):
     got = {(r["case"], r["level"], r["method"]) for r in rows}
     assert got == {
         ("head", "", "input"), ("head", "", "nlm"), ("head", "", "amir"),
-        ("brain", "x2", "input"), ("brain", "x2", "amir"), ("brain", "x4", "input"), ("brain", "x4", "amir"),
+        ("brain", "x2", "input"), ("brain", "x2", "pocs"), ("brain", "x2", "amir"),
+        ("brain", "x4", "input"), ("brain", "x4", "pocs"), ("brain", "x4", "amir"),
     }
     assert all(int(r["n_slices"]) == 2 for r in rows)
     assert all(float(r["seconds_per_slice"]) > 0 for r in rows if r["method"] != "input")
@@ -107,7 +108,12 @@ def test_paired_layout_via_cli(tmp_path, tiny_weights):
     md = (out / "summary.md").read_text()
     assert "| task | level | method |" in md and "**amir**" in md and "non-local means" in md
     levels = [r["level"] for r in summary["results"] if r["task"] == "mri-sr"]
-    assert levels == ["x2", "x2", "x4", "x4"]
+    assert levels == ["x2"] * 3 + ["x4"] * 3
+    # the level names the k-space factor: AMIR's output keeps the band that the LQ image measured
+    amir_x2 = next(r for r in rows if r["level"] == "x2" and r["method"] == "amir")
+    pocs_x2 = next(r for r in rows if r["level"] == "x2" and r["method"] == "pocs")
+    assert float(amir_x2["psnr"]) > float(next(r for r in rows if r["level"] == "x2" and r["method"] == "input")["psnr"])
+    assert float(pocs_x2["psnr"]) != float(amir_x2["psnr"])
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["ct-denoise_paired.png", "mri-sr_x2.png", "mri-sr_x4.png"]
     for png in (out / "figures").iterdir():
         _check_png(png)
@@ -204,6 +210,19 @@ def test_parse_simulate(text, task, level, label):
     sim = parse_simulate(text)
     assert (sim.task, sim.label) == (task, label)
     assert sim.level == pytest.approx(level)
+
+
+@pytest.mark.parametrize(
+    "task, level, simulate, scale, factor",
+    [
+        ("mri-sr", "x2", None, 1, 2), ("mri-sr", "X4", None, 1, 4), ("mri-sr", "", None, 1, None),
+        ("mri-sr", "x3", None, 1, None), ("mri-sr", "x2", None, 2, None), ("mri-sr", "x4", "mri-sr:4", 1, 4),
+        ("ct-denoise", "x2", None, 1, None),
+    ],
+)
+def test_kspace_factor_of(task, level, simulate, scale, factor, tmp_path):
+    spec = CaseSpec("c", task, level, tmp_path, simulation=parse_simulate(simulate) if simulate else None)
+    assert kspace_factor_of(spec, scale) == factor
 
 
 @pytest.mark.parametrize("text", ["ct", "mri-sr:3", "ct-denoise:0", "pet-synthesis:2", "ct-denoise:abc", "pet-synthesis:1/0"])
