@@ -228,14 +228,16 @@ def _run_amir(model, lq_vol, task: str, *, scale: int, device, precision: str, b
     return _slices_first(vol)
 
 
-def kspace_factor_of(spec: CaseSpec, scale: int) -> int | None:
+def kspace_factor_of(spec: CaseSpec, scale: int, unlabelled: int | None = None) -> int | None:
     """The k-space truncation factor of a same-grid MR input, where the case says it: ``--simulate
-    mri-sr:S`` or a paired level ``xS`` (``LQ_x2``, ``LQ_x4``); None otherwise (and on a coarser
-    grid, where the scale is the factor)."""
+    mri-sr:S`` or a paired level ``xS`` (``LQ_x2``, ``LQ_x4``); ``unlabelled`` for the paired
+    ``LQ`` folder (``--kspace-factor``); None otherwise (and on a coarser grid)."""
     if spec.task != "mri-sr" or scale != 1:
         return None
     if spec.simulation is not None:
         return int(spec.simulation.level)
+    if not spec.level:
+        return unlabelled
     m = re.fullmatch(r"[xX]([24])", spec.level)
     return int(m.group(1)) if m else None
 
@@ -317,6 +319,7 @@ def run_benchmark(
     seed: int = 0,
     tta: bool = False,
     data_consistency: bool = True,
+    kspace_factor: int | None = None,
     notes=(),
     model=None,
     figures: bool = True,
@@ -330,7 +333,8 @@ def run_benchmark(
     network (then ``weights`` only names it in the summary).  ``tta`` adds the method ``amir-tta``:
     AMIR averaged over the 8 flips and rotations of each slice.  ``data_consistency``: same-grid MR
     cases whose level names their k-space factor (:func:`kspace_factor_of`) get the ``pocs`` baseline
-    and AMIR with `amir restore --kspace-factor`; off, AMIR is the network alone.  ``data_label`` replaces the data path
+    and AMIR with `amir restore --kspace-factor`; off, AMIR is the network alone.  ``kspace_factor``:
+    the factor of the same-grid MR cases in the paired ``LQ`` folder, which has no level.  ``data_label`` replaces the data path
     in the summaries (e.g. for data built in a temporary folder).  Raises :class:`AmirError` when nothing
     can be run (no cases, weights unusable); per-case failures are returned in ``failures``.
     """
@@ -338,6 +342,8 @@ def run_benchmark(
         raise BadInputError(f"--max-slices must be at least 1, got {max_slices}")
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if kspace_factor not in (None, 2, 4):
+        raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
     cases = find_cases(data, simulate)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -363,7 +369,7 @@ def run_benchmark(
         try:
             case_rows, show = _score_case(spec, model, seed=seed, max_slices=max_slices, with_baselines=with_baselines,
                                           device=dev, precision=precision, batch_size=batch_size, tta=tta,
-                                          data_consistency=data_consistency)
+                                          factor=kspace_factor_of(spec, 1, kspace_factor) if data_consistency else None)
             rows += case_rows
             showcase.setdefault((spec.task, spec.level), []).append(show)
         except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
@@ -384,7 +390,7 @@ def run_benchmark(
 
     summary = _summary(rows, failures, cases, data=data_label or data, simulate=simulate, weights=winfo, device=str(dev), precision=precision,
                        batch_size=batch_size, max_slices=max_slices, seed=seed, with_baselines=with_baselines,
-                       data_consistency=data_consistency,
+                       data_consistency=data_consistency, kspace_factor=kspace_factor,
                        notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths],
                        seconds=time.perf_counter() - t_start)
     _write_csv(out / "cases.csv", rows)
@@ -402,11 +408,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "level"
 
 
-def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False, data_consistency=True):
+def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False, factor=None):
     hq_vol, hq, lq_vol, lq, scale, idx = _load_pair(spec, seed, max_slices)
     task = spec.task
     n = len(idx)
-    factor = kspace_factor_of(spec, scale) if data_consistency else None
+    factor = factor if scale == 1 else None  # a coarser LQ grid is upsampled, not zero-filled in place
     methods: list[tuple[str, np.ndarray, float | None]] = []
     if scale > 1:
         t = time.perf_counter()
@@ -489,7 +495,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _summary(rows, failures, cases, *, data, simulate, weights, device, precision, batch_size, max_slices, seed,
-             with_baselines, data_consistency, notes, figures, seconds) -> dict:
+             with_baselines, data_consistency, kspace_factor, notes, figures, seconds) -> dict:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["level"], r["method"]), []).append(r)
@@ -521,7 +527,7 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
     if max_slices:
         all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
-    if any(kspace_factor_of(c, 1) for c in cases):
+    if any(kspace_factor_of(c, 1, kspace_factor) for c in cases):
         all_notes.append(
             "same-grid MR levels xS: AMIR's output is made consistent with the k-space band that the input measured "
             "(`amir restore --kspace-factor S`)" if data_consistency else
@@ -541,6 +547,7 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         "max_slices": max_slices,
         "seed": seed,
         "data_consistency": data_consistency,
+        "kspace_factor": kspace_factor,
         "protocol": PROTOCOL,
         "baselines": {t: baselines.DESCRIPTIONS[t] for t in tasks} if with_baselines else {},
         "n_cases": len(cases),

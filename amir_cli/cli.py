@@ -554,6 +554,7 @@ def benchmark(
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the simulated degradations.")] = 0,
     tta: Annotated[bool, typer.Option("--tta", help="Also score AMIR's x8 flip/rotation self-ensemble (method amir-tta).")] = False,
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="Same-grid MR levels named xS (LQ_x2, --simulate mri-sr:2): restore with --kspace-factor S and score the pocs baseline.")] = True,
+    kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar="2|4", help="The k-space factor of the zero-filled MR images in the paired LQ folder (it has no level name).", show_default=False)] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -563,6 +564,8 @@ def benchmark(
     """
     from . import benchmark as bench
 
+    if kspace_factor is not None and kspace_factor not in (2, 4):
+        raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
     try:
         simulations = [bench.parse_simulate(text) for text in simulate or ()]
     except AmirError as exc:  # a malformed option value is a usage error (exit 2)
@@ -576,7 +579,7 @@ def benchmark(
         result = bench.run_benchmark(
             data, out, weights=weights, simulate=simulations, with_baselines=with_baselines, device=device,
             precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, tta=tta,
-            data_consistency=data_consistency, progress=advance,
+            data_consistency=data_consistency, kspace_factor=kspace_factor, progress=advance,
         )
     for f in result.failures:
         typer.echo(f"amir: case failed: {f['task']} {f['level'] or '-'} {f['case']}: {f['error']}", err=True)

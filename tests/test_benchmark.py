@@ -212,6 +212,22 @@ def test_parse_simulate(text, task, level, label):
     assert sim.level == pytest.approx(level)
 
 
+def test_kspace_factor_for_the_unlabelled_lq_folder(tmp_path, tiny_weights):
+    """The paper's layout has one LQ folder and no level: --kspace-factor names its factor."""
+    data = tmp_path / "data"
+    mr = _phantom("mri-sr", slices=2)
+    _save(mr, data / "MRI/test/HQ/brain.nii.gz")
+    _save(degrade.degrade_volume(mr, "mri-sr", 2), data / "MRI/test/LQ/brain.nii.gz")
+    plain = run_benchmark(data, tmp_path / "o1", weights=tiny_weights, figures=False)
+    dc = run_benchmark(data, tmp_path / "o2", weights=tiny_weights, figures=False, kspace_factor=2)
+    assert {r["method"] for r in plain.rows} == {"input", "amir"}
+    assert {r["method"] for r in dc.rows} == {"input", "pocs", "amir"}
+    amir = {res.summary["kspace_factor"]: next(r["psnr"] for r in res.rows if r["method"] == "amir") for res in (plain, dc)}
+    assert amir[2] != amir[None]
+    result = _invoke([data, "-o", tmp_path / "o3", "-w", tiny_weights, "--kspace-factor", "3"])
+    assert result.exit_code == 2
+
+
 @pytest.mark.parametrize(
     "task, level, simulate, scale, factor",
     [
