@@ -529,8 +529,8 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
     if any(kspace_factor_of(c, 1, kspace_factor) for c in cases):
         all_notes.append(
-            "same-grid MR levels xS: AMIR's output is made consistent with the k-space band that the input measured "
-            "(`amir restore --kspace-factor S`)" if data_consistency else
+            "same-grid MR of known k-space factor S (level xS or --kspace-factor S): AMIR's output is made consistent "
+            "with the k-space band that the input measured (`amir restore --kspace-factor S`)" if data_consistency else
             "same-grid MR: the network alone (`--no-data-consistency`), without `amir restore --kspace-factor`"
         )
     if any(r["method"] == "amir-tta" for r in rows):

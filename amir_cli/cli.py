@@ -154,7 +154,7 @@ def restore_cmd(
         if task not in ("auto", "mri-sr"):
             raise AmirError(f"--kspace-factor is for mri-sr only (task is {task})")
         if scale != 1:
-            raise AmirError("--kspace-factor is for inputs on their own grid; with --scale the factor is the scale")
+            raise AmirError("--kspace-factor is for inputs on their own grid, not with --scale")
 
     from . import restore as R
 

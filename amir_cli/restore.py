@@ -203,7 +203,7 @@ def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspa
         if task != "mri-sr":
             raise BadInputError(f"--kspace-factor is for mri-sr only (task is {task})")
         if scale != 1:
-            raise BadInputError("--kspace-factor is for inputs on their own grid; with --scale the factor is the scale")
+            raise BadInputError("--kspace-factor is for inputs on their own grid, not with --scale")
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if tile is not None and tile < MIN_TILE:
@@ -283,7 +283,7 @@ def restore_volume(
             instruction_sum = inst if instruction_sum is None else instruction_sum + inst
             values = intensity.denormalise(y, task, mr_scale)
             if kspace_factor:
-                values = data_consistency(values, chunk, kspace_factor, device=device)
+                values = data_consistency(values, chunk, kspace_factor, device=device if device.type == "cuda" else None)  # complex FFTs: CUDA or CPU
             physical = np.asarray(chunk, dtype=np.float32) * (mr_scale or 1.0)  # the units normalise() saw
             outside = (physical < low) | (physical > high)
             if outside.any():
