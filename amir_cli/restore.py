@@ -243,6 +243,8 @@ def restore_volume(
     import torch
 
     check_options(task, scale, batch_size, tile, kspace_factor)
+    if kspace_factor and float(np.min(volume.array)) < 0:
+        raise BadInputError(f"--kspace-factor needs a magnitude image, and this one has values down to {float(np.min(volume.array)):g}")
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     autocast = precision_context(device, precision)
     started = time.perf_counter()

@@ -318,6 +318,10 @@ def _kspace_factor_with_scale(tmp, ct_nii):
     return [ct_nii, "--task", "mri-sr", "--scale", "2", "--kspace-factor", "2"]
 
 
+def _kspace_factor_for_signed_values(tmp, ct_nii):
+    return [ct_nii, "--task", "mri-sr", "--kspace-factor", "2"]  # HU down to -1024: not a magnitude image
+
+
 def _unknown_weights(tmp, ct_nii):
     return [ct_nii, "--weights", "no-such-weights"]
 
@@ -358,6 +362,7 @@ def _fp16_on_cpu(tmp, ct_nii):
         (_scale_for_ct, "mri-sr only"),
         (_kspace_factor_for_ct, "mri-sr only"),
         (_kspace_factor_with_scale, "own grid"),
+        (_kspace_factor_for_signed_values, "magnitude image"),
         (_unknown_weights, "no-such-weights"),
         (_tampered_weights, "sha256"),
         (_ambiguous_task, "--task"),
