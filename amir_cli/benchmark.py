@@ -218,13 +218,12 @@ def _scale_between(lq_shape, hq_shape) -> int:
     return 0
 
 
-def _run_amir(model, lq_vol, task: str, *, scale: int, device, precision: str, batch_size: int, tta: bool = False, kspace_factor=None) -> np.ndarray:
-    """AMIR on a Volume through :func:`amir_cli.restore.restore_volume`; slices-first array out."""
+def _run_amir(model, lq_vol, task: str, *, scale: int, tta: bool = False, **options) -> np.ndarray:
+    """AMIR on a Volume through :func:`amir_cli.restore.restore_volume` (``options``: its keyword
+    arguments); slices-first array out."""
     from amir_cli.restore import restore_volume
 
-    vol, _ = restore_volume(
-        model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, tta=tta, kspace_factor=kspace_factor
-    )
+    vol, _ = restore_volume(model, lq_vol, task, scale=scale, tta=tta, **options)
     return _slices_first(vol)
 
 
@@ -333,7 +332,8 @@ def run_benchmark(
     network (then ``weights`` only names it in the summary).  ``tta`` adds the method ``amir-tta``:
     AMIR averaged over the 8 flips and rotations of each slice.  ``data_consistency``: same-grid MR
     cases whose level names their k-space factor (:func:`kspace_factor_of`) get the ``pocs`` baseline
-    and AMIR with `amir restore --kspace-factor`; off, AMIR is the network alone.  ``kspace_factor``:
+    and AMIR with `amir restore --kspace-factor`, coarser MR grids AMIR with the data consistency of
+    `amir restore --scale`; off, AMIR is the network alone.  ``kspace_factor``:
     the factor of the same-grid MR cases in the paired ``LQ`` folder, which has no level.  ``data_label`` replaces the data path
     in the summaries (e.g. for data built in a temporary folder).  Raises :class:`AmirError` when nothing
     can be run (no cases, weights unusable); per-case failures are returned in ``failures``.
@@ -369,7 +369,7 @@ def run_benchmark(
         try:
             case_rows, show = _score_case(spec, model, seed=seed, max_slices=max_slices, with_baselines=with_baselines,
                                           device=dev, precision=precision, batch_size=batch_size, tta=tta,
-                                          factor=kspace_factor_of(spec, 1, kspace_factor) if data_consistency else None)
+                                          factor=kspace_factor_of(spec, 1, kspace_factor), data_consistency=data_consistency)
             rows += case_rows
             showcase.setdefault((spec.task, spec.level), []).append(show)
         except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
@@ -408,11 +408,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "level"
 
 
-def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False, factor=None):
+def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False, factor=None,
+                data_consistency=True):
     hq_vol, hq, lq_vol, lq, scale, idx = _load_pair(spec, seed, max_slices)
     task = spec.task
     n = len(idx)
-    factor = factor if scale == 1 else None  # a coarser LQ grid is upsampled, not zero-filled in place
+    factor = factor if scale == 1 and data_consistency else None  # a coarser LQ grid: restore's --scale consistency
+    options = dict(device=device, precision=precision, batch_size=batch_size, kspace_factor=factor, data_consistency=data_consistency)
     methods: list[tuple[str, np.ndarray, float | None]] = []
     if scale > 1:
         t = time.perf_counter()
@@ -426,13 +428,11 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
         if base is not None:
             methods.append((base[0], base[1], (time.perf_counter() - t) / n))
     t = time.perf_counter()
-    restored = _run_amir(model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, kspace_factor=factor)
+    restored = _run_amir(model, lq_vol, task, scale=scale, **options)
     methods.append(("amir", restored, (time.perf_counter() - t) / n))
     if tta:
         t = time.perf_counter()
-        ensembled = _run_amir(
-            model, lq_vol, task, scale=scale, device=device, precision=precision, batch_size=batch_size, tta=True, kspace_factor=factor
-        )
+        ensembled = _run_amir(model, lq_vol, task, scale=scale, tta=True, **options)
         methods.append(("amir-tta", ensembled, (time.perf_counter() - t) / n))
 
     rows = []

@@ -129,6 +129,7 @@ def restore_cmd(
     task: Annotated[str, typer.Option("--task", metavar="auto|mri-sr|ct-denoise|pet-synthesis", help="Restoration task; auto decides from the DICOM Modality, header hints, then intensities.")] = "auto",
     scale: Annotated[int, typer.Option("--scale", metavar="1|2|4", help="mri-sr only: write an s-times finer in-plane grid (k-space zero-padding).")] = 1,
     kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar="2|4", help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
+    data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale or --kspace-factor: keep the k-space band the input measured.")] = True,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
@@ -154,7 +155,7 @@ def restore_cmd(
         if task not in ("auto", "mri-sr"):
             raise AmirError(f"--kspace-factor is for mri-sr only (task is {task})")
         if scale != 1:
-            raise AmirError("--kspace-factor is for inputs on their own grid, not with --scale")
+            raise AmirError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
 
     from . import restore as R
 
@@ -165,7 +166,8 @@ def restore_cmd(
         raise AmirError("--reference and --report apply to one image, not to a folder of scans")
     dev = R.pick_device(device)
     R.precision_context(dev, precision)  # fail early on an impossible precision
-    options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor, overwrite=overwrite)
+    options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
+                               data_consistency=data_consistency, overwrite=overwrite)
     if not batch:
         out = output if output is not None else R.default_output(input)
         rep = report if report is not None else R.report_path_for(out)

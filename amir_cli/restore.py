@@ -23,8 +23,8 @@ import numpy as np
 
 from . import __version__
 from .errors import BadInputError, DeviceError, WeightsError
-from .imaging import intensity
-from .imaging.kspace import DC_ITERATIONS, data_consistency, kspace_upsample
+from .imaging import intensity, kspace
+from .imaging.kspace import kspace_upsample
 from .imaging.io import Volume, image_suffix, list_cases, one_line, read_image, stem, write_image
 from .taskdetect import detect_task
 
@@ -203,7 +203,7 @@ def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspa
         if task != "mri-sr":
             raise BadInputError(f"--kspace-factor is for mri-sr only (task is {task})")
         if scale != 1:
-            raise BadInputError("--kspace-factor is for inputs on their own grid, not with --scale")
+            raise BadInputError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if tile is not None and tile < MIN_TILE:
@@ -223,6 +223,7 @@ def restore_volume(
     tile_overlap: float = DEFAULT_TILE_OVERLAP,
     tta: bool = False,
     kspace_factor: int | None = None,
+    data_consistency: bool = True,
     progress: Progress | None = None,
 ) -> tuple[Volume, dict]:
     """Restore ``volume`` (physical units) slice by slice along its acquisition axis.
@@ -234,17 +235,26 @@ def restore_volume(
     value: the network only ever saw the clipped value there. ``scale`` > 1 (mri-sr only)
     zero-pads each slice's k-space to the finer grid before the network. ``tta`` averages the
     network over the 8 flips and rotations of each slice (:func:`self_ensemble`, 8x the time;
-    the routing summary is the untransformed slices'). ``kspace_factor`` (mri-sr on the input's own
-    grid): the input is a zero-filled image that kept the central 1/factor of k-space per in-plane
-    axis, and each restored slice is made consistent with those measured frequencies
-    (:func:`amir_cli.imaging.kspace.data_consistency`). Returns the restored Volume and an info dict
+    the routing summary is the untransformed slices'). MR whose k-space band is known is then made
+    consistent with the frequencies the input measured (``data_consistency``,
+    :func:`amir_cli.imaging.kspace.data_consistency`): with ``scale`` > 1 the coarse input is that
+    band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
+    that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
+    in-plane axis (negative values are refused). Returns the restored Volume and an info dict
     (timings, shapes, routing instruction summary).
     """
     import torch
 
     check_options(task, scale, batch_size, tile, kspace_factor)
-    if kspace_factor and float(np.min(volume.array)) < 0:
+    signed = task == "mri-sr" and float(np.min(volume.array)) < 0
+    if kspace_factor and data_consistency and signed:
         raise BadInputError(f"--kspace-factor needs a magnitude image, and this one has values down to {float(np.min(volume.array)):g}")
+    if not data_consistency:
+        dc_factor = None
+    elif scale > 1:
+        dc_factor = None if signed else scale
+    else:
+        dc_factor = kspace_factor
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     autocast = precision_context(device, precision)
     started = time.perf_counter()
@@ -270,7 +280,7 @@ def restore_volume(
 
     with torch.inference_mode():
         for first in range(0, n, batch_size):
-            chunk = slices[first : first + batch_size]
+            chunk = measured = slices[first : first + batch_size]
             if scale > 1:
                 chunk = np.stack([kspace_upsample(s, scale) for s in chunk])
             x = torch.from_numpy(intensity.normalise(chunk, task, mr_scale)[:, None]).to(device)
@@ -284,8 +294,8 @@ def restore_volume(
             model_seconds += time.perf_counter() - t0
             instruction_sum = inst if instruction_sum is None else instruction_sum + inst
             values = intensity.denormalise(y, task, mr_scale)
-            if kspace_factor:
-                values = data_consistency(values, chunk, kspace_factor, device=device if device.type == "cuda" else None)  # complex FFTs: CUDA or CPU
+            if dc_factor:  # complex FFTs on CUDA or the CPU
+                values = kspace.data_consistency(values, measured, dc_factor, device=device if device.type == "cuda" else None)
             physical = np.asarray(chunk, dtype=np.float32) * (mr_scale or 1.0)  # the units normalise() saw
             outside = (physical < low) | (physical > high)
             if outside.any():
@@ -311,7 +321,9 @@ def restore_volume(
         "slice_axis": axis,
         "slices": n,
         "mr_scale_factor": mr_scale,
-        "data_consistency": {"kspace_factor": kspace_factor, "iterations": DC_ITERATIONS} if kspace_factor else None,
+        "data_consistency": {"kspace_factor": dc_factor, "grid": "coarse" if scale > 1 else "same", "iterations": kspace.DC_ITERATIONS}
+        if dc_factor
+        else None,
         "passthrough_voxels": passthrough,
         "seconds": seconds,
         "model_seconds": model_seconds,
@@ -336,6 +348,7 @@ def restore_array(
     tile: int | None = None,
     tta: bool = False,
     kspace_factor: int | None = None,
+    data_consistency: bool = True,
 ) -> np.ndarray:
     """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
 
@@ -351,7 +364,7 @@ def restore_array(
     volume = Volume(array=a, affine=np.diag([*spacing[:3], 1.0]), slice_axis=2 if two_d else slice_axis)
     out, _ = restore_volume(
         model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta,
-        kspace_factor=kspace_factor,
+        kspace_factor=kspace_factor, data_consistency=data_consistency,
     )
     return out.array[:, :, 0] if two_d else out.array
 
@@ -500,6 +513,7 @@ class RestoreOptions:
     tile_overlap: float = DEFAULT_TILE_OVERLAP
     tta: bool = False
     kspace_factor: int | None = None
+    data_consistency: bool = True
     overwrite: bool = False
 
 
@@ -574,6 +588,7 @@ def restore_case(
         tile_overlap=options.tile_overlap,
         tta=options.tta,
         kspace_factor=options.kspace_factor,
+        data_consistency=options.data_consistency,
         progress=progress,
     )
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""

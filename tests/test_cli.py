@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 import dicom_builders as DB
 from amir_cli.cli import app, main
-from amir_cli.imaging.kspace import DC_ITERATIONS
+from amir_cli.imaging.kspace import DC_ITERATIONS, kspace_downsample
 from amir_cli.network import AMIR, get_config
 
 from test_dicom import DATA  # the same data folder the DICOM tests use
@@ -139,6 +139,16 @@ def test_mr_scale_2_halves_spacing_and_keeps_field_of_view(mr_nii, tiny_weights,
         np.testing.assert_allclose(b.affine @ edge_b, a.affine @ edge_a, atol=1e-5)
     rep = json.loads(Path(str(out) + ".json").read_text())
     assert rep["output_geometry"]["shape"] == list(b.shape) and rep["scale"] == 2
+    # the coarse input is the band the output keeps: downsampled again, the output gives it back
+    assert rep["data_consistency"] == {"kspace_factor": 2, "grid": "coarse", "iterations": DC_ITERATIONS}
+    lr, hr = a.get_fdata(), b.get_fdata()
+    for k in range(lr.shape[2]):
+        np.testing.assert_allclose(kspace_downsample(hr[:, :, k], 2), lr[:, :, k], atol=0.02 * lr.max())
+    plain = tmp_path / "t1_x2_net.nii.gz"
+    code, _, err = amir("restore", mr_nii, "--task", "mri-sr", "--scale", "2", "-o", plain, "--weights", tiny_weights, "--quiet", "--no-data-consistency")
+    assert code == 0, err
+    assert json.loads(Path(str(plain) + ".json").read_text())["data_consistency"] is None
+    assert np.abs(kspace_downsample(nib.load(str(plain)).get_fdata()[:, :, 0], 2) - lr[:, :, 0]).max() > 0.05 * lr.max()
 
 
 def test_kspace_factor_keeps_the_measured_band(mr_nii, tiny_weights, tmp_path):
@@ -158,7 +168,7 @@ def test_kspace_factor_keeps_the_measured_band(mr_nii, tiny_weights, tmp_path):
     for k in range(z.shape[2]):
         np.testing.assert_allclose(mri_truncate(b[:, :, k], 2), z[:, :, k], atol=0.02 * z.max())
     assert np.abs(mri_truncate(a[:, :, 0], 2) - z[:, :, 0]).max() > 0.05 * z.max()  # the network alone is not consistent
-    assert json.loads(Path(str(dc) + ".json").read_text())["data_consistency"] == {"kspace_factor": 2, "iterations": DC_ITERATIONS}
+    assert json.loads(Path(str(dc) + ".json").read_text())["data_consistency"] == {"kspace_factor": 2, "grid": "same", "iterations": DC_ITERATIONS}
     assert json.loads(Path(str(plain) + ".json").read_text())["data_consistency"] is None
 
 

@@ -1,0 +1,67 @@
+"""`amir restore --scale` on held-out MR, with and without its k-space data consistency.
+
+For the held-out slices of the Colin27 and ICBM152 T1 volumes (8 evenly spaced per volume, as
+``benchmarks/quality.py`` picks them; MR scaled into the 12-bit range, each slice cropped to a
+multiple of the scale), the coarse input is the central 1/s of each slice's k-space on an s-times
+coarser grid (``kspace.kspace_downsample``: what a scanner reconstructs from that band). Scores
+(SPEC §4, on the fine grid, against the original slice): the k-space zero-filled upsampling of the
+input (``input``), bicubic interpolation, the network alone (``--no-data-consistency``) and
+`amir restore --scale` (the network, then data consistency with the coarse input).
+
+    python benchmarks/scale_consistency.py [--weights amir-s]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from quality import MR_CASES, SHARED_DATA, held_out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", default=None, help="registry name or .safetensors (default: the shipped default)")
+    args = ap.parse_args()
+
+    from amir_cli.baselines import bicubic_upsample
+    from amir_cli.imaging import intensity
+    from amir_cli.imaging.io import Volume, read_image
+    from amir_cli.imaging.kspace import kspace_downsample, kspace_upsample
+    from amir_cli.metrics import volume_scores
+    from amir_cli.restore import load_weights, pick_device, restore_volume
+
+    loaded = load_weights(args.weights, pick_device("cpu"))
+    print(f"weights {loaded.name} (sha256 {loaded.sha256[:16]}...), cpu, PSNR gain over the zero-filled input (dB)\n")
+    print("| scale | case | input PSNR | bicubic | network alone | `--scale` (data consistency) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for scale in (2, 4):
+        gains = []
+        for name in ("colin27_t1", "icbm152_t1"):
+            vol = read_image(SHARED_DATA / MR_CASES[name])
+            slices = np.moveaxis(vol.array * intensity.mr_scale_factor(vol.array), vol.slice_axis, 0)
+            idx, _ = held_out(slices)
+            idx = idx[np.linspace(0, len(idx) - 1, 8).round().astype(int)]
+            h, w = (n // scale * scale for n in slices.shape[1:])
+            hq = slices[idx, :h, :w].astype(np.float32)
+            lq = np.stack([kspace_downsample(s, scale) for s in hq])
+            lq_vol = Volume(np.moveaxis(lq, 0, 2), np.eye(4))
+            methods = {
+                "input": np.stack([kspace_upsample(s, scale) for s in lq]),
+                "bicubic": bicubic_upsample(lq, scale),
+            }
+            for label, dc in (("network", False), ("dc", True)):
+                out, _ = restore_volume(loaded.model, lq_vol, "mri-sr", scale=scale, data_consistency=dc)
+                methods[label] = np.moveaxis(out.array, 2, 0)
+            psnr = {k: volume_scores(v, hq, "mri-sr", slice_axis=0)["psnr"] for k, v in methods.items()}
+            gain = {k: psnr[k] - psnr["input"] for k in ("bicubic", "network", "dc")}
+            gains.append(gain)
+            print(f"| x{scale} | {name} | {psnr['input']:.2f} | {gain['bicubic']:+.2f} | {gain['network']:+.2f} | {gain['dc']:+.2f} |")
+        mean = {k: np.mean([g[k] for g in gains]) for k in gains[0]}
+        print(f"| x{scale} | mean | | {mean['bicubic']:+.2f} | {mean['network']:+.2f} | {mean['dc']:+.2f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
