@@ -527,11 +527,12 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
     if max_slices:
         all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
-    if any(kspace_factor_of(c, 1, kspace_factor) for c in cases):
+    if any(c.task == "mri-sr" for c in cases):
         all_notes.append(
-            "same-grid MR of known k-space factor S (level xS or --kspace-factor S): AMIR's output is made consistent "
-            "with the k-space band that the input measured (`amir restore --kspace-factor S`)" if data_consistency else
-            "same-grid MR: the network alone (`--no-data-consistency`), without `amir restore --kspace-factor`"
+            "MR: AMIR's output keeps the k-space band that the input measured where it is known: on the input's grid "
+            "for a level xS or --kspace-factor S (`amir restore --kspace-factor S`), on a coarser LQ grid always "
+            "(`amir restore --scale`)" if data_consistency else
+            "MR: the network alone (`--no-data-consistency`), without the data consistency of `amir restore`"
         )
     if any(r["method"] == "amir-tta" for r in rows):
         all_notes.append("`amir-tta`: the same network averaged over the 8 flips and 90-degree rotations of each slice (`--tta`)")
