@@ -369,7 +369,7 @@ def run_benchmark(
         try:
             case_rows, show = _score_case(spec, model, seed=seed, max_slices=max_slices, with_baselines=with_baselines,
                                           device=dev, precision=precision, batch_size=batch_size, tta=tta,
-                                          factor=kspace_factor_of(spec, 1, kspace_factor), data_consistency=data_consistency)
+                                          kspace_factor=kspace_factor, data_consistency=data_consistency)
             rows += case_rows
             showcase.setdefault((spec.task, spec.level), []).append(show)
         except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
@@ -408,12 +408,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "level"
 
 
-def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False, factor=None,
-                data_consistency=True):
+def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False,
+                kspace_factor=None, data_consistency=True):
     hq_vol, hq, lq_vol, lq, scale, idx = _load_pair(spec, seed, max_slices)
     task = spec.task
     n = len(idx)
-    factor = factor if scale == 1 and data_consistency else None  # a coarser LQ grid: restore's --scale consistency
+    factor = kspace_factor_of(spec, scale, kspace_factor) if data_consistency else None  # same grid; a coarser one: --scale's
     options = dict(device=device, precision=precision, batch_size=batch_size, kspace_factor=factor, data_consistency=data_consistency)
     methods: list[tuple[str, np.ndarray, float | None]] = []
     if scale > 1:

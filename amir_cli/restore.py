@@ -24,7 +24,6 @@ import numpy as np
 from . import __version__
 from .errors import BadInputError, DeviceError, WeightsError
 from .imaging import intensity, kspace
-from .imaging.kspace import kspace_upsample
 from .imaging.io import Volume, image_suffix, list_cases, one_line, read_image, stem, write_image
 from .taskdetect import detect_task
 
@@ -246,15 +245,12 @@ def restore_volume(
     import torch
 
     check_options(task, scale, batch_size, tile, kspace_factor)
-    signed = task == "mri-sr" and float(np.min(volume.array)) < 0
-    if kspace_factor and data_consistency and signed:
-        raise BadInputError(f"--kspace-factor needs a magnitude image, and this one has values down to {float(np.min(volume.array)):g}")
-    if not data_consistency:
-        dc_factor = None
-    elif scale > 1:
-        dc_factor = None if signed else scale
-    else:
-        dc_factor = kspace_factor
+    dc_factor = (scale if scale > 1 else kspace_factor) if data_consistency else None
+    lowest = float(np.min(volume.array)) if dc_factor else 0.0
+    if lowest < 0:  # not a magnitude image
+        if kspace_factor:
+            raise BadInputError(f"--kspace-factor needs a magnitude image, and this one has values down to {lowest:g}")
+        dc_factor = None  # a coarse input with negative values: the network alone
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     autocast = precision_context(device, precision)
     started = time.perf_counter()
@@ -282,7 +278,7 @@ def restore_volume(
         for first in range(0, n, batch_size):
             chunk = measured = slices[first : first + batch_size]
             if scale > 1:
-                chunk = np.stack([kspace_upsample(s, scale) for s in chunk])
+                chunk = np.stack([kspace.kspace_upsample(s, scale) for s in chunk])
             x = torch.from_numpy(intensity.normalise(chunk, task, mr_scale)[:, None]).to(device)
             t0 = time.perf_counter()
             with autocast:

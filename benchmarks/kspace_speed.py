@@ -11,26 +11,15 @@ Times, in one run, for each slice size: the amir-s network on a batch of zero-fi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
+from network_speed import median_seconds
 
 from amir_cli.imaging.degrade import mri_truncate
 from amir_cli.imaging.kspace import DC_ITERATIONS, data_consistency
 from amir_cli.network import AMIR, get_config
 from amir_cli.restore import pick_device
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -54,8 +43,6 @@ def main() -> None:
         def network():
             with torch.inference_mode():
                 model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
 
         net = median_seconds(network, args.repeats) / args.batch_size
         dc = median_seconds(lambda: data_consistency(lq, lq, 2, device=device), args.repeats) / args.batch_size
