@@ -423,13 +423,16 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
     else:
         methods.append(("input", lq, None))
     if with_baselines:
-        t = time.perf_counter()
-        base = baselines.run_baseline(task, lq, _inplane_spacing(lq_vol), scale, factor)
-        if base is not None:
-            methods.append((base[0], base[1], (time.perf_counter() - t) / n))
+        for name, run in baselines.baseline_methods(task, lq, hq, _inplane_spacing(lq_vol), scale, factor):
+            t = time.perf_counter()
+            methods.append((name, run(), (time.perf_counter() - t) / n))
     t = time.perf_counter()
     restored = _run_amir(model, lq_vol, task, scale=scale, **options)
     methods.append(("amir", restored, (time.perf_counter() - t) / n))
+    if factor:  # the network alone: what plain `amir restore` (no --kspace-factor) gives
+        t = time.perf_counter()
+        alone = _run_amir(model, lq_vol, task, scale=scale, **{**options, "kspace_factor": None})
+        methods.append(("amir-net", alone, (time.perf_counter() - t) / n))
     if tta:
         t = time.perf_counter()
         ensembled = _run_amir(model, lq_vol, task, scale=scale, tta=True, **options)
@@ -499,7 +502,7 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["level"], r["method"]), []).append(r)
-    method_order = {"input": 0, "amir": 2, "amir-tta": 3}
+    method_order = {"input": 0, "amir": 2, "amir-net": 3, "amir-tta": 4}
     keys = sorted(groups, key=lambda k: (TASKS.index(k[0]), level_sort_key(k[0], k[1]), method_order.get(k[2], 1), k[2]))
     results = []
     for task, level, method in keys:
@@ -534,6 +537,8 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
             "(`amir restore --scale`)" if data_consistency else
             "MR: the network alone (`--no-data-consistency`), without the data consistency of `amir restore`"
         )
+    if any(r["method"] == "amir-net" for r in rows):
+        all_notes.append("`amir-net`: the network alone, as plain `amir restore` without `--kspace-factor` gives it")
     if any(r["method"] == "amir-tta" for r in rows):
         all_notes.append("`amir-tta`: the same network averaged over the 8 flips and 90-degree rotations of each slice (`--tta`)")
     return {
@@ -555,6 +560,7 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         "n_failed": len(failures),
         "failed": failures,
         "results": results,
+        "cases": [{k: _nan_to_none(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
         "figures": figures,
         "notes": all_notes,
         "seconds": round(seconds, 2),
@@ -584,6 +590,7 @@ def markdown_summary(summary: dict) -> str:
             f"| {r['task']} | {r['level'] or '-'} | {method} | {r['n_cases']} | {r['n_slices']} | {_fmt(r['psnr'])} | "
             f"{_fmt(r['ssim'], 4)} | {_fmt(r['rmse'])}{units[r['task']]} | {gain} | {gain_s} | {sps} |"
         )
+    lines += _case_table(summary)
     lines += ["", "## Notes", "", f"- Protocol: {summary['protocol']}"]
     for t, d in summary["baselines"].items():
         lines.append(f"- Baseline for {t}: {d}.")
@@ -598,6 +605,28 @@ def markdown_summary(summary: dict) -> str:
         for f in summary["figures"]:
             lines.append(f"![{Path(f).stem}]({f})")
     return "\n".join(lines) + "\n"
+
+
+def _case_table(summary: dict) -> list[str]:
+    """Per case: the input's PSNR and every method's PSNR gain over it (dB)."""
+    rows = summary.get("cases") or []
+    methods = [m for m in dict.fromkeys(r["method"] for r in summary["results"]) if m != "input"]
+    if not rows or not methods:
+        return []
+    psnr = {(r["task"], r["level"], r["case"], r["method"]): r["psnr"] for r in rows}
+    lines = ["", "## Per case (ΔPSNR over the input, dB)", "",
+             "| task | level | case | input PSNR | " + " | ".join(methods) + " |",
+             "|---|---|---|---:|" + "---:|" * len(methods)]
+    keys = sorted({(r["task"], r["level"], r["case"]) for r in rows},
+                  key=lambda k: (TASKS.index(k[0]), level_sort_key(k[0], k[1]), k[2]))
+    for task, level, case in keys:
+        base = psnr.get((task, level, case, "input"))
+        cells = []
+        for m in methods:
+            v = psnr.get((task, level, case, m))
+            cells.append("" if v is None or base is None else f"{v - base:+.2f}")
+        lines.append(f"| {task} | {level or '-'} | {case} | {_fmt(base)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def rich_table(summary: dict):

@@ -1,29 +1,27 @@
-"""Quality benchmark on held-out real data: builds the test set from ../shared/data and runs `amir benchmark`.
+"""Quality benchmark on the frozen test split: unseen subjects, every level, classical baselines.
 
-Test set (paired layout ``DATA/{CT,MRI,PET}/test/{HQ,LQ_<level>}/``), taken only from the parts of
-each volume that `amir train` holds out (``amir_cli.training.data.split_slices``: a block of 10% of
-the slices at 55% of the slice axis; a single-slice image keeps its bottom 20% of rows out,
-``split_rows``):
+Builds the test cases from the test subjects of ``benchmarks/splits.py`` (whole volumes and images
+that no training, validation, recipe choice or example reads) and runs `amir benchmark` on them:
 
-* CT (HU): ``cranium_ct`` (head) and ``pancreas_ct_slice`` (abdomen); quarter dose (0.25).
-* MR: ``colin27_t1_1mm``, ``icbm152_2009a_t1``, ``shoulder_mr_slice``, ``abdomen_mr_slice``, each
-  scaled into the 12-bit training range (x ``mr_scale_factor`` of the whole volume, so that the
-  §4 window [0, 4095] means what it means for the paper's data); k-space truncation x2 and x4.
-* PET (SUV): simulated FDG-like activity from the ICBM152 tissue maps (``phantom.load_icbm_pet``,
-  seed 7919, not the training seed); 1/4 and 1/12 dose.
+* CT (HU): the chest CT of one patient (512x512, 5 mm slices) and a contrast chest CT slice of
+  another (GE); doses 1/2, 1/4 and 1/20 at the default photon count.
+* MR: the contrast T1 brain MR of one patient and a FLAIR head slice of another (GE), each scaled
+  into the 12-bit training range (x ``mr_scale_factor`` of the whole volume, so that the evaluation
+  window [0, 4095] means what it means for the paper's data); k-space truncation x2 and x4. AMIR is
+  scored with the data consistency of `amir restore --kspace-factor` (``amir``) and without it
+  (``amir-net``, plain `amir restore`).
+* PET (SUV): SIMULATED FDG-like activity on the anatomy of the T1 brain patient
+  (``phantom.load_t1_pet``, seed 7919); doses 1/2, 1/4, 1/12 and 1/20 with the scanner-like
+  noise of ``degrade.pet_low_count`` (default counts, 3 mm grid, 5 mm post-filter).
 
-CT and PET low-quality images are made by the SPEC §3 degradations of whole slices (so their noise
-comes from the projection of the full cross-section) and then cropped like the references. MR
-held-out rows are truncated in their own k-space: a zero-filled image is one whose k-space band
-holds all of it, which rows cut from a larger zero-filled slice are not (and the truncation of the
-whole slice would blur rows used in training into the test input). The level label ``x2``/``x4``
-tells `amir benchmark` the k-space factor (``amir restore --kspace-factor``).
+Low-quality images are made by the degradations of whole slices (CT and PET noise comes from the
+projection of the full cross-section).
 
-    python benchmarks/quality.py --weights amir-s --tta --out benchmarks/results/amir-s
+    python benchmarks/quality.py --weights amir-s --out benchmarks/results/amir-s
     python benchmarks/quality.py --weights /tmp/random_tiny.safetensors --out /tmp/bench --max-slices 2
 
-Prints the Markdown table; the default run (``--max-slices 8``) takes about 3 minutes on 2 CPU cores with
-``amir-s``, also with ``--tta`` (which adds the x8 self-ensemble as method ``amir-tta``).
+Prints the Markdown table; `summary.md` holds it with the per-case table. Development data:
+``--data``, else ``$AMIR_DATA``, else ``../shared/data`` beside the repository.
 """
 
 from __future__ import annotations
@@ -38,36 +36,19 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("AMIR_SHARED", ROOT.parent / "shared")) / "data"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.splits import TEST, sources  # noqa: E402
+
+DEV_DATA = Path(os.environ.get("AMIR_DATA", ROOT.parent / "shared" / "data"))
 PET_SEED = 7919  # the PET ground truth's lesions; distinct from any training seed
 DEGRADE_SEED = 20240  # degradation noise of the test inputs
-
-CT_CASES = {"cranium_ct": "ct/cranium_ct.nii.gz", "pancreas_ct": "ct/pancreas_ct_slice.nii.gz"}
-MR_CASES = {
-    "colin27_t1": "mr/colin27_t1_1mm.nii.gz",
-    "icbm152_t1": "mr/icbm152_2009a_t1.nii.gz",
-    "shoulder_mr": "mr/shoulder_mr_slice.nii.gz",
-    "abdomen_mr": "mr/abdomen_mr_slice.nii.gz",
+LEVELS = {
+    "ct-denoise": {"dose1-2": 0.5, "dose1-4": 0.25, "dose1-20": 0.05},
+    "mri-sr": {"x2": 2, "x4": 4},
+    "pet-synthesis": {"dose1-2": 0.5, "dose1-4": 0.25, "dose1-12": 1 / 12, "dose1-20": 0.05},
 }
-LEVELS = {"ct-denoise": {"dose1-4": 0.25}, "mri-sr": {"x2": 2, "x4": 4}, "pet-synthesis": {"dose1-4": 0.25, "dose1-12": 1 / 12}}
 FOLDER = {"ct-denoise": "CT", "mri-sr": "MRI", "pet-synthesis": "PET"}
-
-
-def held_out(vol_slices: np.ndarray):
-    """(slice indices, row range) of the held-out part, exactly as `amir train` holds it out."""
-    from amir_cli.training.data import split_rows, split_slices
-
-    s, h, _ = vol_slices.shape
-    if s == 1:
-        _, (a, b) = split_rows(h)
-        return np.arange(1), (a, b)
-    _, val = split_slices(s)
-    return val, (0, h)
-
-
-def every_slice(vol_slices: np.ndarray):
-    """All slices and rows: for test volumes that are wholly outside training."""
-    return np.arange(len(vol_slices)), (0, vol_slices.shape[1])
 
 
 def as_float(vol):
@@ -77,49 +58,44 @@ def as_float(vol):
     return vol
 
 
-def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict | None = None, select=held_out) -> int:
-    """Write the part of ``hq_vol`` that ``select`` picks (default: the held-out part) and its
-    degraded versions at ``levels`` (label -> level; default: :data:`LEVELS`); returns slices written."""
+def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict) -> int:
+    """Write ``hq_vol`` and its degraded versions at ``levels`` (label -> level); returns slices written."""
     from amir_cli.benchmark import case_seed
     from amir_cli.imaging import degrade
     from amir_cli.imaging.io import write_image
 
     ax = hq_vol.slice_axis
     slices = np.moveaxis(hq_vol.array, ax, 0)
-    idx, (a, b) = select(slices)
     pix = float(np.mean([s for i, s in enumerate(hq_vol.spacing_mm) if i != ax]))
-
-    def to_volume(stack):  # held-out slices (and rows) back into the file's axis order
-        return hq_vol.with_array(np.moveaxis(stack, 0, ax))
-
-    def low_quality(i, level):
-        rng = degrade.slice_rng(cs, int(i))
-        if task == "mri-sr":  # zero filling belongs to the image as reconstructed: the held-out rows' own k-space
-            return degrade.degrade_slice(slices[i][a:b], task, level, rng, pixel_mm=pix)
-        return degrade.degrade_slice(slices[i], task, level, rng, pixel_mm=pix)[a:b]
-
     base = root / FOLDER[task] / "test"
     (base / "HQ").mkdir(parents=True, exist_ok=True)
-    write_image(to_volume(slices[idx][:, a:b]), base / "HQ" / f"{name}.nii.gz")
+    write_image(hq_vol, base / "HQ" / f"{name}.nii.gz")
     cs = case_seed(seed, name, task)
-    for label, level in (levels or LEVELS[task]).items():
-        lq = np.stack([low_quality(i, level) for i in idx])
+    for label, level in levels.items():
+        lq = np.stack([degrade.degrade_slice(s, task, level, degrade.slice_rng(cs, i), pixel_mm=pix) for i, s in enumerate(slices)])
         (base / f"LQ_{label}").mkdir(parents=True, exist_ok=True)
-        write_image(to_volume(lq), base / f"LQ_{label}" / f"{name}.nii.gz")
-    return len(idx)
+        write_image(hq_vol.with_array(np.moveaxis(lq, 0, ax)), base / f"LQ_{label}" / f"{name}.nii.gz")
+    return len(slices)
 
 
-def build_test_data(root: Path, data_dir: Path = SHARED_DATA, seed: int = DEGRADE_SEED) -> Path:
+def case_name(src) -> str:
+    return src.subject + ("-fdg-simulated" if src.kind == "simulated" else "")
+
+
+def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_SEED) -> Path:
     from amir_cli.imaging import intensity, phantom
     from amir_cli.imaging.io import Volume, read_image
 
-    for name, rel in CT_CASES.items():
-        add_case(root, "ct-denoise", name, as_float(read_image(data_dir / rel)), seed)
-    for name, rel in MR_CASES.items():
-        vol = read_image(data_dir / rel)
-        add_case(root, "mri-sr", name, as_float(vol.with_array(vol.array * intensity.mr_scale_factor(vol.array))), seed)
-    suv, affine = phantom.load_icbm_pet(data_dir, np.random.default_rng(PET_SEED))
-    add_case(root, "pet-synthesis", "icbm152_fdg_simulated", Volume(suv, affine, modality="PT", unit="SUV"), seed)
+    for src in sources(TEST):
+        path = Path(data_dir) / src.file
+        if src.task == "pet-synthesis":
+            suv, affine = phantom.load_t1_pet(path, np.random.default_rng(PET_SEED))
+            vol = Volume(suv, affine, modality="PT", unit="SUV")
+        else:
+            vol = as_float(read_image(path))
+            if src.task == "mri-sr":
+                vol = vol.with_array(vol.array * intensity.mr_scale_factor(vol.array))
+        add_case(root, src.task, case_name(src), vol, seed, LEVELS[src.task])
     return root
 
 
@@ -127,12 +103,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True, help="registry name or .safetensors path")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results/<weights name>)")
-    ap.add_argument("--data", type=Path, default=None, help="where to build the test data (default: a temporary folder)")
-    ap.add_argument("--max-slices", type=int, default=8, help="slices scored per case (0: all held-out slices)")
+    ap.add_argument("--data", type=Path, default=DEV_DATA, help="the development data folder (holding ct/ and mr/)")
+    ap.add_argument("--cases", type=Path, default=None, help="where to build the test cases (default: a temporary folder)")
+    ap.add_argument("--max-slices", type=int, default=8, help="slices scored per case (0: all)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--tta", action="store_true", help="also score the x8 self-ensemble (amir-tta)")
-    ap.add_argument("--no-data-consistency", action="store_true", help="MR: score the network alone (no --kspace-factor)")
     args = ap.parse_args(argv)
 
     from amir_cli.benchmark import run_benchmark
@@ -141,25 +117,20 @@ def main(argv=None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / Path(args.weights).stem
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="amir-quality-") as tmp:
-        data = args.data or Path(tmp) / "test_data"
-        build_test_data(data)
-        t1 = time.perf_counter()
-        print(f"test data built in {t1 - t0:.0f} s: {data}", file=sys.stderr)
+        cases = args.cases or Path(tmp) / "test_data"
+        build_test_data(cases, args.data)
+        print(f"test cases built in {time.perf_counter() - t0:.0f} s: {cases}", file=sys.stderr)
 
         def progress(done, total, label):
             print(f"[{done}/{total}] {label}", file=sys.stderr)
 
         result = run_benchmark(
-            data, out, weights=args.weights, device=args.device, batch_size=args.batch_size,
+            cases, out, weights=args.weights, device=args.device, batch_size=args.batch_size,
             max_slices=args.max_slices or None, tta=args.tta, progress=progress,
-            data_consistency=not args.no_data_consistency,
-            data_label="shared/data held-out slices (benchmarks/quality.py)",
+            data_label="the frozen test split: subjects that no training, validation, tuning or example reads",
             notes=[
-                f"{SIMULATED_NOTE} (seed {PET_SEED}), blurred to 4.5 mm FWHM, in SUV",
-                (
-                    "test data: the slices (single-slice images: the bottom 20% of rows) that `amir train` holds "
-                    "out of each volume in shared/data, built by benchmarks/quality.py"
-                ),
+                "test split: " + "; ".join(f"{case_name(s)} ({s.task}, {s.kind}: {s.note})" for s in sources(TEST)),
+                f"{SIMULATED_NOTE}: the test PET is FDG-like activity on the T1 brain patient's anatomy (seed {PET_SEED})",
                 "MR volumes scaled into the 12-bit range by their robust scale factor (P99.5 of the foreground -> 3000)",
             ],
         )

@@ -1,14 +1,12 @@
-"""`amir restore --scale` on held-out MR, with and without its k-space data consistency.
+"""`amir restore --scale` on the MR test split, with and without its k-space data consistency.
 
-For the held-out parts of the four MR images of ``benchmarks/quality.py`` (Colin27 and ICBM152: 8
-evenly spaced held-out slices; the shoulder and abdomen scanner slices: their held-out rows; MR
-scaled into the 12-bit range, each slice cropped to a multiple of the scale), the coarse input is the central 1/s of each slice's k-space on an s-times
+For the MR test subjects of ``benchmarks/splits.py`` (up to 8 evenly spaced slices each, MR scaled
+into the 12-bit range, each slice cropped to a multiple of the scale), the coarse input is the
+central 1/s of each slice's k-space on an s-times
 coarser grid (``kspace.kspace_downsample``: what a scanner reconstructs from that band). Scores
 (SPEC §4, on the fine grid, against the original slice): the k-space zero-filled upsampling of the
 input (``input``), bicubic interpolation, the network alone (``--no-data-consistency``) and
-`amir restore --scale` (the network, then data consistency with the coarse input). The abdomen
-rows are cut out of a larger image, so their top and bottom edges do not meet as those of a
-scanner's field of view do: k-space zero filling, which treats the image as periodic, rings there.
+`amir restore --scale` (the network, then data consistency with the coarse input).
 
     python benchmarks/scale_consistency.py [--weights amir-s]
 """
@@ -20,7 +18,8 @@ import sys
 
 import numpy as np
 
-from quality import MR_CASES, SHARED_DATA, held_out
+from quality import DEV_DATA, case_name
+from splits import TEST, sources
 
 
 def main() -> None:
@@ -41,13 +40,13 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for scale in (2, 4):
         gains = []
-        for name in MR_CASES:
-            vol = read_image(SHARED_DATA / MR_CASES[name])
+        for src in sources(TEST, "mri-sr"):
+            name = case_name(src)
+            vol = read_image(DEV_DATA / src.file)
             slices = np.moveaxis(vol.array * intensity.mr_scale_factor(vol.array), vol.slice_axis, 0)
-            idx, (a, b) = held_out(slices)
-            idx = idx[np.linspace(0, len(idx) - 1, min(8, len(idx))).round().astype(int)]
-            h, w = (b - a) // scale * scale, slices.shape[2] // scale * scale
-            hq = slices[idx, a : a + h, :w].astype(np.float32)
+            idx = np.linspace(0, len(slices) - 1, min(8, len(slices))).round().astype(int)
+            h, w = slices.shape[1] // scale * scale, slices.shape[2] // scale * scale
+            hq = slices[idx, :h, :w].astype(np.float32)
             lq = np.stack([kspace_downsample(s, scale) for s in hq])
             lq_vol = Volume(np.moveaxis(lq, 0, 2), np.eye(4))
             methods = {

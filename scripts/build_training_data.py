@@ -1,86 +1,115 @@
 #!/usr/bin/env python
-"""Build the `amir train` data folder of the shipped weights from ../shared/data (issue 6).
+"""Build the `amir train` data folder from the development data, by the split table.
 
-    python scripts/build_training_data.py OUT_DIR [--data ../shared/data] [--pet-volumes 3]
+    python scripts/build_training_data.py OUT_DIR [--data DATA_DIR] [--pet-volumes 3]
 
-OUT_DIR/CT/   cranium_ct (head, 108 slices) and pancreas_ct_slice (abdomen, 1 slice), HU
-OUT_DIR/MRI/  colin27_t1_1mm, icbm152_2009a_t1 (brain volumes), shoulder_mr_slice and
-              abdomen_mr_slice (single slices); add --colin-05 for the 0.5 mm Colin27 brain
-OUT_DIR/PET/  fdg_sim_<seed>: SIMULATED FDG-like activity (SUV, float32) from the ICBM152 tissue
-              maps, lesions differing per seed (amir_cli.imaging.phantom.load_icbm_pet); README.txt
+DATA_DIR is the development data folder (holding ct/ and mr/): ``--data``, else ``$AMIR_DATA``,
+else ``../shared/data`` beside the repository. It reads the train and validation subjects of
+``benchmarks/splits.py`` only, never the test subjects:
 
-All volumes are high quality: `amir train OUT_DIR` degrades them on the fly and keeps a block of
-slices of every volume (rows of a single-slice image) out of training for validation.
+OUT_DIR/{CT,MRI}/             the training volumes (CT in HU, MR in scanner units)
+OUT_DIR/{CT,MRI}/validation/  the validation volumes (whole subjects kept out of training)
+OUT_DIR/PET/                  fdg_sim_<seed>: SIMULATED FDG-like activity (SUV) on the ICBM152 maps
+OUT_DIR/PET/validation/       SIMULATED activity on the validation subject's T1 anatomy
+
+The folder is built beside OUT_DIR and moved into place when complete, so a failed build leaves
+nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CT = ["ct/cranium_ct.nii.gz", "ct/pancreas_ct_slice.nii.gz"]
-MRI = ["mr/colin27_t1_1mm.nii.gz", "mr/icbm152_2009a_t1.nii.gz", "mr/shoulder_mr_slice.nii.gz", "mr/abdomen_mr_slice.nii.gz"]
-MRI_EXTRA = ["mr/colin27_t1_0.5mm_brain.nii.gz"]
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.splits import TRAIN, VALIDATION, sources  # noqa: E402
+
+DEFAULT_DATA = Path(os.environ.get("AMIR_DATA", ROOT.parent / "shared" / "data"))
+FOLDER = {"ct-denoise": "CT", "mri-sr": "MRI"}
 PET_SEEDS = (11, 22, 33, 44, 55)
+VALIDATION_PET_SEED = 77
 
 
-def build(out: Path, data: Path, pet_volumes: int = 3, colin05: bool = False, overwrite: bool = False) -> dict:
+def _save_pet(suv, affine, path: Path) -> None:
     import nibabel as nib
 
-    from amir_cli.imaging.phantom import SIMULATED_NOTE, load_icbm_pet
+    img = nib.Nifti1Image(suv.astype(np.float32), affine)
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = b"simulated FDG-like PET, SUV"
+    nib.save(img, str(path))
 
+
+def _fill(out: Path, data: Path, pet_volumes: int) -> dict:
+    from amir_cli.imaging.phantom import SIMULATED_NOTE, load_icbm_pet, load_t1_pet
+
+    made: dict[str, list[str]] = {}
+    for split in (TRAIN, VALIDATION):
+        for src in sources(split):
+            path = data / src.file
+            if not path.is_file():
+                raise SystemExit(f"missing {path} (give the development data folder with --data or $AMIR_DATA)")
+            sub = "" if split == TRAIN else VALIDATION
+            if src.task in FOLDER:
+                dest = out / FOLDER[src.task] / sub
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest / path.name)
+            elif src.file.endswith("_wm.nii.gz"):  # read with its grey matter map
+                continue
+            elif split == TRAIN:  # PET on the training template: several lesion draws
+                dest = out / "PET"
+                dest.mkdir(parents=True, exist_ok=True)
+                for seed in PET_SEEDS[:pet_volumes]:
+                    _save_pet(*load_icbm_pet(data, np.random.default_rng(seed)), dest / f"fdg_sim_{seed}.nii.gz")
+            else:
+                dest = out / "PET" / sub
+                dest.mkdir(parents=True, exist_ok=True)
+                suv, affine = load_t1_pet(path, np.random.default_rng(VALIDATION_PET_SEED), skull_stripped=True)
+                _save_pet(suv, affine, dest / f"fdg_sim_{src.subject}.nii.gz")
+            made.setdefault(f"{dest.relative_to(out)}", []).append(src.file)
+    (out / "README.txt").write_text(
+        "High-quality volumes for `amir train`, made by scripts/build_training_data.py from the train and\n"
+        "validation subjects of benchmarks/splits.py. CT in HU, MR in scanner units, PET SIMULATED\n"
+        f"({SIMULATED_NOTE}; FDG-like activity in SUV, not patient scans).\n"
+        + "".join(f"{k}/: {', '.join(v)}\n" for k, v in sorted(made.items()))
+    )
+    return made
+
+
+def build(out: Path, data: Path, pet_volumes: int = 3, overwrite: bool = False) -> dict:
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SystemExit(f"{out} is not empty (use --overwrite)")
-    made = {"CT": [], "MRI": [], "PET": []}
-    for folder, files in (("CT", CT), ("MRI", MRI + (MRI_EXTRA if colin05 else []))):
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        for rel in files:
-            src = Path(data) / rel
-            if not src.is_file():
-                raise SystemExit(f"missing {src}")
-            shutil.copyfile(src, out / folder / src.name)
-            made[folder].append(src.name)
-    (out / "PET").mkdir(parents=True, exist_ok=True)
-    for seed in PET_SEEDS[:pet_volumes]:
-        suv, affine = load_icbm_pet(data, np.random.default_rng(seed))
-        img = nib.Nifti1Image(suv.astype(np.float32), affine)
-        img.header.set_xyzt_units("mm")
-        img.header["descrip"] = b"simulated FDG-like PET, SUV"
-        name = f"fdg_sim_{seed}.nii.gz"
-        nib.save(img, str(out / "PET" / name))
-        made["PET"].append(name)
-    (out / "PET" / "README.txt").write_text(
-        f"SIMULATED DATA. {SIMULATED_NOTE}.\n"
-        "Each file is FDG-like activity in SUV (float32): grey matter 8, white matter 2, scalp 0.6,\n"
-        "three hot lesions (SUV 10-15, radius 4-7 mm) placed by the seed in the file name, blurred\n"
-        "to 4.5 mm FWHM (amir_cli.imaging.phantom.load_icbm_pet). Not a patient scan.\n"
-    )
-    (out / "README.txt").write_text(
-        "High-quality volumes for `amir train` (made by scripts/build_training_data.py from ../shared/data,\n"
-        "see its README.md for sources and licences). CT in HU, MRI in scanner units, PET simulated (SUV).\n"
-        + "".join(f"{k}/: {', '.join(v)}\n" for k, v in made.items())
-    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        made = _fill(tmp, Path(data), pet_volumes)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return made
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder (holding ct/ and mr/)")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the development data folder (holding ct/ and mr/)")
     ap.add_argument("--pet-volumes", type=int, default=3, choices=range(1, len(PET_SEEDS) + 1))
-    ap.add_argument("--colin-05", action="store_true", help="also the 0.5 mm Colin27 brain (large)")
     ap.add_argument("--overwrite", action="store_true")
     a = ap.parse_args(argv)
     t = time.time()
-    made = build(a.out, a.data, a.pet_volumes, a.colin_05, a.overwrite)
-    print(f"built {a.out} in {time.time() - t:.1f} s: " + "; ".join(f"{k} {len(v)}" for k, v in made.items()), file=sys.stderr)
+    made = build(a.out, a.data, a.pet_volumes, a.overwrite)
+    print(f"built {a.out} in {time.time() - t:.1f} s: " + "; ".join(f"{k} {len(v)}" for k, v in sorted(made.items())), file=sys.stderr)
     return 0
 
 

@@ -95,12 +95,12 @@ def test_paired_layout_via_cli(tmp_path, tiny_weights):
     assert list(rows[0]) == ["case", "task", "level", "method", "psnr", "ssim", "rmse", "n_slices", "seconds_per_slice"]
     got = {(r["case"], r["level"], r["method"]) for r in rows}
     assert got == {
-        ("head", "", "input"), ("head", "", "nlm"), ("head", "", "amir"),
-        ("brain", "x2", "input"), ("brain", "x2", "pocs"), ("brain", "x2", "amir"),
-        ("brain", "x4", "input"), ("brain", "x4", "pocs"), ("brain", "x4", "amir"),
+        ("head", "", "input"), ("head", "", "nlm"), ("head", "", "bm3d"), ("head", "", "amir"),
+        ("brain", "x2", "input"), ("brain", "x2", "pocs"), ("brain", "x2", "amir"), ("brain", "x2", "amir-net"),
+        ("brain", "x4", "input"), ("brain", "x4", "pocs"), ("brain", "x4", "amir"), ("brain", "x4", "amir-net"),
     }
     assert all(int(r["n_slices"]) == 2 for r in rows)
-    assert all(float(r["seconds_per_slice"]) > 0 for r in rows if r["method"] != "input")
+    assert all(float(r["seconds_per_slice"]) > 0 for r in rows if r["method"] != "input"), [(r["method"], r["seconds_per_slice"]) for r in rows]
     # the input row is the §4 score of the LQ image itself
     head_in = next(r for r in rows if r["case"] == "head" and r["method"] == "input")
     lq = nib.load(str(data / "CT/test/LQ/head.nii.gz")).get_fdata()
@@ -108,7 +108,8 @@ def test_paired_layout_via_cli(tmp_path, tiny_weights):
     md = (out / "summary.md").read_text()
     assert "| task | level | method |" in md and "**amir**" in md and "non-local means" in md
     levels = [r["level"] for r in summary["results"] if r["task"] == "mri-sr"]
-    assert levels == ["x2"] * 3 + ["x4"] * 3
+    assert levels == ["x2"] * 4 + ["x4"] * 4
+    assert "## Per case" in md and "| mri-sr | x2 | brain |" in md
     # the level names the k-space factor: AMIR's output keeps the band that the LQ image measured
     amir_x2 = next(r for r in rows if r["level"] == "x2" and r["method"] == "amir")
     pocs_x2 = next(r for r in rows if r["level"] == "x2" and r["method"] == "pocs")
@@ -157,8 +158,8 @@ def test_tta_adds_the_self_ensemble_row(tmp_path, tiny_weights):
     _save(_phantom("mri-sr", slices=2), data / "MRI" / "m.nii.gz")
     result = run_benchmark(data, tmp_path / "o", weights=tiny_weights, simulate=["mri-sr:2"], with_baselines=False, tta=True)
     by = {r["method"]: r for r in result.rows}
-    assert set(by) == {"input", "amir", "amir-tta"} and by["amir-tta"]["psnr"] != by["amir"]["psnr"]
-    assert [r["method"] for r in result.summary["results"]] == ["input", "amir", "amir-tta"]
+    assert set(by) == {"input", "amir", "amir-net", "amir-tta"} and by["amir-tta"]["psnr"] != by["amir"]["psnr"]
+    assert [r["method"] for r in result.summary["results"]] == ["input", "amir", "amir-net", "amir-tta"]
     assert any("amir-tta" in n for n in result.summary["notes"])
 
 
@@ -221,7 +222,7 @@ def test_kspace_factor_for_the_unlabelled_lq_folder(tmp_path, tiny_weights):
     plain = run_benchmark(data, tmp_path / "o1", weights=tiny_weights, figures=False)
     dc = run_benchmark(data, tmp_path / "o2", weights=tiny_weights, figures=False, kspace_factor=2)
     assert {r["method"] for r in plain.rows} == {"input", "amir"}
-    assert {r["method"] for r in dc.rows} == {"input", "pocs", "amir"}
+    assert {r["method"] for r in dc.rows} == {"input", "pocs", "amir", "amir-net"}
     amir = {res.summary["kspace_factor"]: next(r["psnr"] for r in res.rows if r["method"] == "amir") for res in (plain, dc)}
     assert amir[2] != amir[None]
     result = _invoke([data, "-o", tmp_path / "o3", "-w", tiny_weights, "--kspace-factor", "3"])
@@ -285,6 +286,28 @@ def test_gaussian_filter_improves_noisy_pet():
     before = volume_scores(lq, hq, "pet-synthesis", slice_axis=0)
     after = volume_scores(baselines.gaussian_pet(lq, (2.0, 2.0)), hq, "pet-synthesis", slice_axis=0)
     assert after["psnr"] > before["psnr"] + 3.0
+
+
+def test_bm3d_improves_noisy_ct():
+    ct = _phantom("ct-denoise", n=96, slices=1)
+    hq = np.moveaxis(ct, -1, 0)
+    lq = np.stack([degrade.ct_low_dose(s, 0.25, np.random.default_rng(3), pixel_mm=0.8, i0=3e4) for s in hq])
+    before = volume_scores(lq, hq, "ct-denoise", slice_axis=0)
+    after = volume_scores(baselines.bm3d_ct(lq), hq, "ct-denoise", slice_axis=0)
+    assert after["psnr"] > before["psnr"] + 2.0
+
+
+def test_gaussian_oracle_picks_the_best_width():
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:80, :80]
+    hq = (6.0 * np.exp(-((yy - 40) ** 2 + (xx - 35) ** 2) / (2 * 15.0**2)))[None].astype(np.float32)
+    lq = np.clip(hq + rng.normal(0, 1.0, hq.shape), 0, None).astype(np.float32)
+    fwhm, best = baselines.gaussian_oracle_pet(lq, hq, (2.0, 2.0))
+    score = volume_scores(best, hq, "pet-synthesis", slice_axis=0)["psnr"]
+    assert fwhm in baselines.ORACLE_FWHM_MM
+    for other in (fwhm - 2.0, fwhm + 2.0, baselines.PET_FWHM_MM):
+        if other > 0:
+            assert score >= volume_scores(baselines.gaussian_pet(lq, (2.0, 2.0), other), hq, "pet-synthesis", slice_axis=0)["psnr"]
 
 
 def test_noise_sigma_matches_gaussian_noise():

@@ -20,8 +20,8 @@ simulated exactly as "the low-dose scan is a random subset of the full-dose phot
   Its mean is ~0 and its variance is ``(1/d - 1) / lam`` (CT, in line-integral units) or
   ``(1/d - 1) * lam`` (PET, in counts), so dose 1 adds exactly nothing and the added noise
   variance scales as ``1/d - 1``,
-* only that noise sinogram is reconstructed by filtered back-projection (ramp filter for CT, Hann
-  window for PET) and added to the input image.
+* only that noise sinogram is reconstructed by ramp-filtered back-projection and added to the input
+  image (PET: on a clinical reconstruction grid with a Gaussian post-filter, see :func:`pet_low_count`).
 
 The projector is a pixel-driven parallel-beam projector with linear interpolation on the detector
 (bin width = pixel size), stored as a sparse matrix for one quarter of the views and reused for the
@@ -42,6 +42,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
+from scipy import ndimage
 
 TASKS = ("mri-sr", "ct-denoise", "pet-synthesis")
 DEFAULT_LEVEL = {"mri-sr": 4, "ct-denoise": 0.25, "pet-synthesis": 0.25}
@@ -59,6 +60,12 @@ PET_COUNTS_PER_SUV_CM2 = 3000.0
 A brain slice (about 130 cm², mean SUV about 5) or a body slice (about 700 cm², mean SUV about 1)
 then gets about 2e6 counts, the order of a clinical 2-D-rebinned standard-dose slice.  Attenuation
 and scatter are not modelled (the count total is that of the attenuation-corrected data)."""
+
+PET_RECON_MM = 3.0
+"""Default pixel of the PET reconstruction grid (clinical grids are 2 to 4 mm)."""
+PET_POSTFILTER_FWHM_MM = 5.0
+"""Default Gaussian post-filter of the PET reconstruction (clinical: 4 to 6 mm FWHM)."""
+FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 MAX_DEFAULT_VIEWS = 256
 
@@ -247,8 +254,8 @@ def project(image2d, pixel_mm: float = 1.0, n_angles=None) -> np.ndarray:
     return (P.T.reshape(4 * q, n_det) * pixel_mm).astype(np.float64)
 
 
-def _filter_kernel(n_det: int, window: str) -> np.ndarray:
-    """Frequency response (length of the padded FFT) of the discrete ramp filter, optional window.
+def _filter_kernel(n_det: int) -> np.ndarray:
+    """Frequency response (length of the padded FFT) of the discrete ramp filter.
 
     The ramp is built from the band-limited spatial kernel (h[0] = 1/4, h[odd k] = -1/(pi k)^2), as
     Kak & Slaney, which avoids the DC offset of a sampled |f|.  Units: multiply by 1/pixel_mm.
@@ -258,16 +265,10 @@ def _filter_kernel(n_det: int, window: str) -> np.ndarray:
     h = np.zeros(size)
     h[0] = 0.25
     h[1::2] = -1.0 / (np.pi * k) ** 2
-    ramp = np.real(np.fft.fft(h))
-    if window == "ramp":
-        return ramp
-    if window == "hann":
-        f = np.fft.fftfreq(size)  # cycles / sample, |f| <= 0.5
-        return ramp * (0.5 + 0.5 * np.cos(2 * np.pi * f))
-    raise ValueError(f"unknown filter window {window!r}; use 'ramp' or 'hann'")
+    return np.real(np.fft.fft(h))
 
 
-def fbp(sinogram, size: int, pixel_mm: float = 1.0, window: str = "ramp") -> np.ndarray:
+def fbp(sinogram, size: int, pixel_mm: float = 1.0) -> np.ndarray:
     """Filtered back-projection of a sinogram laid out as :func:`project` returns it.
 
     ``size`` is the side of the square grid the sinogram came from.  Gives an image in
@@ -283,7 +284,7 @@ def fbp(sinogram, size: int, pixel_mm: float = 1.0, window: str = "ramp") -> np.
     AT, n_det_expected = _projector(n, m)
     if n_det != n_det_expected:
         raise ValueError(f"sinogram has {n_det} detector bins; a {n}x{n} grid needs {n_det_expected}")
-    H = _filter_kernel(n_det, window)
+    H = _filter_kernel(n_det)
     size = H.shape[0]
     F = np.fft.rfft(sino, n=size, axis=1)
     filt = np.fft.irfft(F * H[: size // 2 + 1], n=size, axis=1)[:, :n_det] / pixel_mm
@@ -335,7 +336,7 @@ def ct_low_dose(
     n_full = rng.poisson(lam)
     n_low = rng.binomial(n_full, d)
     noise = np.log(np.maximum(n_full, 1) / i0_bin) - np.log(np.maximum(n_low, 1) / (d * i0_bin))
-    noise_mu = fbp(noise, n, pixel_mm, "ramp")[crop]
+    noise_mu = fbp(noise, n, pixel_mm)[crop]
     return (hu + noise_mu * (1000.0 / MU_WATER_PER_MM)).astype(np.float32)
 
 
@@ -347,41 +348,69 @@ def pet_low_count(
     *,
     pixel_mm: float = 2.0,
     total_counts=None,
+    recon_mm: float = PET_RECON_MM,
+    fwhm_mm: float = PET_POSTFILTER_FWHM_MM,
     n_angles=None,
 ) -> np.ndarray:
     """Low-count PET slice (SUV, float32, >= 0): the input plus the extra noise of dose fraction ``d``.
 
-    The activity (negative values treated as 0) is projected; the full-dose expected counts are
-    scaled to ``total_counts`` for the slice (default: :data:`PET_COUNTS_PER_SUV_CM2` x the slice's
-    activity in SUV cm², about 2e6 for a brain or body slice), shared over the simulated views;
-    counts ``N ~ Poisson(lam)``, ``N_d ~ Binomial(N, d)`` (Poisson thinning); the noise ``N_d/d - N``
-    (variance ``(1/d - 1) lam``) is converted back to activity units, reconstructed by FBP with a
-    Hann-windowed ramp, added to the input and the result clipped at 0.  Dose 1 returns the input
-    (clipped at 0).  Attenuation, scatter and randoms are not modelled.
+    As a scanner makes it: the activity (negative values treated as 0) is taken to the
+    reconstruction grid of ``recon_mm`` pixels (the input's own grid if that is coarser) and
+    projected; the full-dose expected counts are scaled to ``total_counts`` true coincidences for
+    the slice (default: :data:`PET_COUNTS_PER_SUV_CM2` x the slice's activity in SUV cm², about 2e6
+    for a brain or body slice); counts ``N ~ Poisson(lam)``, ``N_d ~ Binomial(N, d)`` (Poisson
+    thinning); the noise ``N_d/d - N`` (variance ``(1/d - 1) lam``) is reconstructed by ramp-filtered
+    back-projection on that grid, smoothed by the scanner's Gaussian post-filter of ``fwhm_mm``,
+    interpolated back onto the input grid, added to the input and the result clipped at 0. The
+    noise is therefore correlated over several millimetres, as in a clinical image. Dose 1 returns
+    the input (clipped at 0). Attenuation, scatter and randoms are not modelled.
     """
     suv = _check_2d(suv2d, "suv2d")
     d = _check_dose(dose_fraction)
     rng = _check_rng(rng)
     pixel_mm = _check_positive(pixel_mm, "pixel_mm")
+    recon_mm = max(_check_positive(recon_mm, "recon_mm"), pixel_mm)
+    fwhm_mm = float(fwhm_mm)
+    if not math.isfinite(fwhm_mm) or fwhm_mm < 0:
+        raise ValueError(f"fwhm_mm must be a non-negative number, got {fwhm_mm!r}")
     act = np.clip(suv, 0.0, None)
     if total_counts is None:
         total = PET_COUNTS_PER_SUV_CM2 * act.sum() * pixel_mm**2 / 100.0
     else:
         total = _check_positive(total_counts, "total_counts")
     if d == 1.0 or total <= 0 or act.sum() <= 0:
-        return np.clip(suv, 0.0, None).astype(np.float32)
-    act_sq, crop = _pad_square(act, 0.0)
+        return act.astype(np.float32)
+    coarse = _resample(act, pixel_mm / recon_mm)
+    act_sq, crop = _pad_square(coarse, 0.0)
     n = act_sq.shape[0]
     m = _n_views(n_angles, n)
-    p = np.clip(project(act_sq, pixel_mm, m), 0.0, None)  # SUV x mm
-    per_view = p.sum(axis=1, keepdims=True)  # same in every view up to interpolation rounding
-    scale = (total / m) / per_view.mean()  # counts per (SUV x mm)
+    p = np.clip(project(act_sq, recon_mm, m), 0.0, None)  # SUV x mm
+    scale = (total / m) / p.sum(axis=1).mean()  # counts per (SUV x mm); every view holds the total
     lam = p * scale
     n_full = rng.poisson(lam)
     n_low = rng.binomial(n_full, d)
-    noise_p = (n_low / d - n_full) / scale  # SUV x mm
-    noise = fbp(noise_p, n, pixel_mm, "hann")[crop]
+    noise = fbp((n_low / d - n_full) / scale, n, recon_mm)[crop]
+    if fwhm_mm > 0:
+        noise = ndimage.gaussian_filter(noise, fwhm_mm / FWHM_PER_SIGMA / recon_mm, mode="nearest")
+    noise = _resample(noise, shape=suv.shape)
     return np.clip(suv + noise, 0.0, None).astype(np.float32)
+
+
+def _resample(image: np.ndarray, factor: float = 1.0, shape=None) -> np.ndarray:
+    """``image`` on a grid ``factor`` times as fine (or of ``shape``), pixel centres aligned.
+
+    Shrinking averages over the coarse pixel first (a Gaussian of the pixel's width), so that the
+    counts of the finer grid are not aliased."""
+    if shape is None:
+        if factor >= 1.0:
+            return image
+        shape = tuple(max(4, round(s * factor)) for s in image.shape)
+        image = ndimage.gaussian_filter(image, [0.5 * s / t for s, t in zip(image.shape, shape)], mode="nearest")
+    if tuple(shape) == image.shape:
+        return image
+    coords = [(np.arange(t) + 0.5) * (s / t) - 0.5 for s, t in zip(image.shape, shape)]
+    grid = np.meshgrid(*coords, indexing="ij")
+    return ndimage.map_coordinates(image, grid, order=1, mode="nearest")
 
 
 # --------------------------------------------------------------------------------------- volumes

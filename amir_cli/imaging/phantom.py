@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-SIMULATED_NOTE = "PET figures come from simulated FDG-like activity built from ICBM152 tissue maps"
+SIMULATED_NOTE = "PET figures come from simulated FDG-like activity built from MR anatomy (tissue maps), not from PET scans"
 
 ICBM_GM = "icbm152_2009a_gm.nii.gz"
 ICBM_WM = "icbm152_2009a_wm.nii.gz"
@@ -131,3 +131,61 @@ def load_icbm_pet(data_dir, rng, **kw):
     spacing = tuple(float(z) for z in gm_img.header.get_zooms()[:3])
     suv = fdg_activity_from_tissue(np.asanyarray(gm_img.dataobj), np.asanyarray(wm_img.dataobj), spacing, rng, **kw)
     return suv, gm_img.affine.copy()
+
+
+def tissue_from_t1(t1, spacing_mm, *, slice_axis: int = 2, strip_mm: float = 12.0):
+    """(grey, white) matter probability maps of a T1-weighted head image, for PET simulation.
+
+    The brain is the head (intensity above 10 % of the 99th percentile, holes filled) less an
+    in-plane margin of ``strip_mm`` (scalp and skull; 0 for a skull-stripped image). Inside it,
+    three intensity classes (CSF < grey < white matter, k-means on the darker 90 %) and linear memberships between
+    their centres. Crude, but it puts FDG-like uptake on another subject's anatomy.
+    """
+    a = np.moveaxis(np.asarray(t1, np.float64), slice_axis, 0)
+    sp = [s for i, s in enumerate(spacing_mm) if i != slice_axis]
+    head = a > 0.1 * np.percentile(a, 99)
+    brain = np.zeros_like(head)
+    for k in range(a.shape[0]):
+        filled = ndimage.binary_fill_holes(head[k])
+        labels, n = ndimage.label(filled)
+        if n == 0:
+            continue
+        largest = labels == 1 + int(np.argmax(ndimage.sum(filled, labels, range(1, n + 1))))
+        brain[k] = ndimage.distance_transform_edt(largest, sampling=sp) > strip_mm if strip_mm > 0 else largest
+    values = a[brain]
+    if values.size < 100:
+        raise ValueError("no brain found in the T1 image")
+    values = values[values <= np.percentile(values, 90)]  # vessels, enhancement and fat are not tissue classes
+    centres = np.percentile(values, [10, 50, 90])
+    for _ in range(20):  # 1-D k-means, 3 classes
+        labels = np.argmin(np.abs(values[:, None] - centres[None]), axis=1)
+        centres = np.array([values[labels == c].mean() if np.any(labels == c) else centres[c] for c in range(3)])
+    csf, grey, white = np.sort(centres)
+    wm = np.clip((a - grey) / (white - grey), 0.0, 1.0)
+    gm = np.where(a < grey, np.clip((a - csf) / (grey - csf), 0.0, 1.0), 1.0 - wm)
+    gm, wm = gm * brain, wm * brain
+    return np.moveaxis(gm, 0, slice_axis), np.moveaxis(wm, 0, slice_axis)
+
+
+def load_t1_pet(path, rng, *, skull_stripped: bool = False, min_voxel_mm: float = 1.0, **kw):
+    """Simulated FDG PET (SUV, float32) on the anatomy of a T1-weighted image file, and its affine.
+
+    Voxels finer than ``min_voxel_mm`` are averaged in blocks first (PET has no use for them);
+    extra keywords go to :func:`fdg_activity_from_tissue`.
+    """
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    t1 = np.asarray(img.dataobj, np.float32)
+    affine = img.affine.copy()
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    blocks = [max(1, int(min_voxel_mm // z)) for z in zooms]
+    if max(blocks) > 1:
+        t1 = t1[tuple(slice(0, n - n % b) for n, b in zip(t1.shape, blocks))]
+        t1 = t1.reshape([x for n, b in zip(t1.shape, blocks) for x in (n // b, b)]).mean(axis=(1, 3, 5))
+        affine[:3, :3] = affine[:3, :3] * np.asarray(blocks)
+        affine[:3, 3] += affine[:3, :3] @ ((np.asarray(blocks) - 1) / (2 * np.asarray(blocks)))
+        zooms = [z * b for z, b in zip(zooms, blocks)]
+    slice_axis = int(np.argmax(zooms))
+    gm, wm = tissue_from_t1(t1, zooms, slice_axis=slice_axis, strip_mm=0.0 if skull_stripped else 12.0)
+    return fdg_activity_from_tissue(gm, wm, zooms, rng, **kw), affine

@@ -53,10 +53,13 @@ class TrainingDataError(BadInputError):
 class Levels:
     """Ranges of the on-the-fly degradation levels (issue 6 defaults, around SPEC §3)."""
 
-    ct_dose: tuple[float, float] = (0.1, 0.5)  # dose fraction, log-uniform
+    ct_dose: tuple[float, float] = (0.05, 0.5)  # dose fraction, log-uniform
     ct_i0: tuple[float, float] = (1e5, 1e6)  # photons per 1 mm bin per view, log-uniform
     mr_factors: tuple[int, ...] = (2, 4)  # k-space truncation factor, uniform choice
-    pet_dose: tuple[float, float] = (1 / 12, 1 / 2)  # dose fraction, log-uniform
+    pet_dose: tuple[float, float] = (1 / 20, 1 / 2)  # dose fraction, log-uniform
+    pet_counts: tuple[float, float] = (1e6, 1e7)  # full-dose true coincidences per slice, log-uniform
+    pet_recon_mm: tuple[float, float] = (2.0, 4.0)  # reconstruction pixel, uniform
+    pet_fwhm_mm: tuple[float, float] = (4.0, 6.0)  # post-filter, uniform
     # validation levels (fixed): CT quarter dose at the default I0, MR x2 and x4 alternating, PET 1/4
     val_ct_dose: float = 0.25
     val_pet_dose: float = 0.25
@@ -67,7 +70,11 @@ class Levels:
             return int(self.mr_factors[rng.integers(len(self.mr_factors))]), {}
         if task == "ct-denoise":
             return _log_uniform(rng, *self.ct_dose), {"i0": _log_uniform(rng, *self.ct_i0)}
-        return _log_uniform(rng, *self.pet_dose), {}
+        return _log_uniform(rng, *self.pet_dose), {
+            "total_counts": _log_uniform(rng, *self.pet_counts),
+            "recon_mm": float(rng.uniform(*self.pet_recon_mm)),
+            "fwhm_mm": float(rng.uniform(*self.pet_fwhm_mm)),
+        }
 
     def validation(self, task: str, k: int) -> tuple[object, dict]:
         if task == "mri-sr":
@@ -80,7 +87,10 @@ class Levels:
         return {
             "ct-denoise": {"dose_fraction": list(self.ct_dose), "i0": list(self.ct_i0), "distribution": "log-uniform"},
             "mri-sr": {"factor": list(self.mr_factors)},
-            "pet-synthesis": {"dose_fraction": list(self.pet_dose), "distribution": "log-uniform"},
+            "pet-synthesis": {
+                "dose_fraction": list(self.pet_dose), "distribution": "log-uniform", "total_counts": list(self.pet_counts),
+                "recon_mm": list(self.pet_recon_mm), "postfilter_fwhm_mm": list(self.pet_fwhm_mm),
+            },
             "validation": {"ct-denoise": self.val_ct_dose, "mri-sr": list(self.mr_factors), "pet-synthesis": self.val_pet_dose},
         }
 
@@ -194,8 +204,9 @@ def _read(path: Path, what: str) -> object:
 def load_volumes(root, tasks=TASKS) -> tuple[list[TrainVolume], list[TrainVolume] | None, str]:
     """Volumes of a training data folder: (train volumes, separate validation volumes or None, layout).
 
-    With separate validation volumes (paired layout with a ``validation`` split) all slices of the
-    training volumes train and all slices of the validation volumes validate.
+    With separate validation volumes (a ``validation`` split of the paired layout, or a
+    ``validation/`` folder beside high-quality volumes) all slices of the training volumes train
+    and all slices of the validation volumes validate.
     """
     root = Path(root)
     if not root.is_dir():
@@ -215,16 +226,17 @@ def load_volumes(root, tasks=TASKS) -> tuple[list[TrainVolume], list[TrainVolume
             train += _paired_volumes(folder / "train", task, holdout=not (folder / "validation").is_dir())
             if (folder / "validation").is_dir():
                 val += _paired_volumes(folder / "validation", task, holdout=None)
-        else:
-            cases = [c for c in _cases(folder)]
-            for case in cases:
-                vol = _read(case, str(case))
-                train.append(_make_volume(vol, None, task, case, holdout=True))
+        else:  # a validation/ subfolder holds whole validation volumes; else each volume holds some out
+            separate = (folder / "validation").is_dir()
+            for case in _cases(folder):
+                train.append(_make_volume(_read(case, str(case)), None, task, case, holdout=not separate))
+            if separate:
+                val += [_make_volume(_read(c, str(c)), None, task, c, holdout=None) for c in _cases(folder / "validation")]
     missing = [t for t in tasks if not any(v.task == t for v in train)]
     if missing:
         raise TrainingDataError(f"{root}: no training volumes for task(s) {', '.join(missing)}; pass --tasks to train fewer tasks")
     layout = "paired" if paired else "high-quality volumes, degraded on the fly"
-    return train, (val if paired and val else None), layout
+    return train, (val or None), layout
 
 
 def _cases(folder: Path) -> list[Path]:
@@ -313,8 +325,8 @@ class PatchSampler:
     Patch groups cycle through the tasks, continuing from batch to batch: evenly by default, so every
     task gets the same number of slices (to within one) over any stretch of iterations, or in the
     integer shares of ``options.task_mix`` (:func:`task_cycle`).
-    Within a task, a volume is drawn with probability proportional to the square root of its number
-    of training slices (big volumes dominate less than in proportion), then a slice.
+    Within a task, every volume is drawn with the same probability, then one of its slices: a
+    single-slice scanner image weighs as much as a template volume of 200 slices.
     """
 
     def __init__(self, volumes: list[TrainVolume], tasks, options: SamplerOptions, seed: int = 0, rank: int = 0):
@@ -327,8 +339,7 @@ class PatchSampler:
             vols = [v for v in volumes if v.task == t and len(v.train_slices) and v.train_rows > 0]
             if not vols:
                 raise TrainingDataError(f"no training slices for task {t}")
-            w = np.sqrt([len(v.train_slices) for v in vols])
-            self.by_task[t] = (vols, w / w.sum())
+            self.by_task[t] = (vols, np.full(len(vols), 1.0 / len(vols)))
         if options.patch_size < 16 or options.patch_size % 8:
             raise BadInputError(f"--patch-size must be a multiple of 8 and at least 16, got {options.patch_size}")
         if options.batch_size < 1 or options.crops_per_slice < 1:

@@ -73,10 +73,10 @@ class TrainOptions:
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
-    ct_dose: tuple[float, float] = (0.1, 0.5)
+    ct_dose: tuple[float, float] = (0.05, 0.5)
     ct_i0: tuple[float, float] = (1e5, 1e6)
     mr_factors: tuple[int, ...] = (2, 4)
-    pet_dose: tuple[float, float] = (1 / 12, 1 / 2)
+    pet_dose: tuple[float, float] = (1 / 20, 1 / 2)
     init: str | None = None
     device: str = "auto"
     export: str | None = None

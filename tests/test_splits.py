@@ -1,0 +1,96 @@
+"""The development data split by subject: train, validation and a frozen test split.
+
+The table lives in benchmarks/splits.py; these tests hold its promises: no file and no subject in
+two splits, the test split holds real scanner images of every modality (PET simulated on a test
+patient's anatomy), the examples come from training or validation subjects only, and building the
+training data needs no test file."""
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import splits  # noqa: E402
+from benchmarks.splits import TEST, TRAIN, VALIDATION  # noqa: E402
+
+
+def test_every_file_and_subject_sits_in_one_split():
+    by_file: dict[str, set] = {}
+    for s in splits.SOURCES:
+        by_file.setdefault(s.file, set()).add(s.split)
+    assert all(len(v) == 1 for v in by_file.values()), {f: v for f, v in by_file.items() if len(v) > 1}
+    subject = splits.subject_split()
+    assert set(subject.values()) == {TRAIN, VALIDATION, TEST}
+    colin = [s for s in splits.SOURCES if "colin27" in s.file]
+    assert len(colin) == 2 and {s.subject for s in colin} == {"colin27"}  # 1 mm and 0.5 mm: one subject
+
+
+def test_a_subject_in_two_splits_is_refused(monkeypatch):
+    clash = splits.Source("ct/x.nii.gz", "colin27", "ct-denoise", "real", TEST)
+    monkeypatch.setattr(splits, "SOURCES", splits.SOURCES + (clash,))
+    with pytest.raises(ValueError, match="colin27"):
+        splits.subject_split()
+
+
+def test_the_test_split_holds_real_scanner_images_of_every_task():
+    test = splits.sources(TEST)
+    assert {s.task for s in test if s.kind == "real"} == {"ct-denoise", "mri-sr"}
+    assert all(s.kind == "real" for s in test if s.task != "pet-synthesis")
+    pet = splits.sources(TEST, "pet-synthesis")
+    real_subjects = {s.subject for s in test if s.kind == "real"}
+    assert pet and all(s.subject in real_subjects for s in pet)
+
+
+def test_templates_are_a_minority_of_the_mr_training_volumes():
+    mr = splits.sources(TRAIN, "mri-sr")
+    assert sum(s.kind == "template" for s in mr) * 2 < len(mr)
+
+
+def test_examples_come_from_training_or_validation_subjects():
+    subject_of = {s.file: s.subject for s in splits.SOURCES}
+    split = splits.subject_split()
+    examples = {p.name for p in (ROOT / "examples").glob("*_reference.nii.gz")}
+    assert examples == {e for e, _ in splits.EXAMPLE_SOURCES}
+    for _, source in splits.EXAMPLE_SOURCES:
+        assert split[subject_of[source]] in (TRAIN, VALIDATION), source
+
+
+@pytest.mark.parametrize("example", ["ct_head_reference.nii.gz", "mr_brain_reference.nii.gz"])
+def test_examples_are_cut_from_their_declared_source(example):
+    """The provenance above is a fact: the example's slices are found in its source volume."""
+    source = dict(splits.EXAMPLE_SOURCES)[example]
+    if not (DATA / source).exists():
+        pytest.skip("development data not present")
+    ex = np.asarray(nib.load(str(ROOT / "examples" / example)).dataobj, np.float32)
+    src = np.asarray(nib.load(str(DATA / source)).dataobj, np.float32)
+    first = ex[:, :, 0]
+    matches = [k for k in range(src.shape[2]) if src[:, :, k].shape == first.shape and np.array_equal(src[:, :, k], first)]
+    assert matches, f"{example} is not cut from {source}"
+
+
+def test_training_data_builds_without_any_test_file(tmp_path):
+    """scripts/build_training_data.py given the development data less the test files: it succeeds."""
+    if not DATA.is_dir():
+        pytest.skip("development data not present")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_training_data
+
+    test_files = {s.file for s in splits.sources(TEST)}
+    dev = tmp_path / "dev"
+    for s in splits.SOURCES:
+        if s.file not in test_files:
+            (dev / s.file).parent.mkdir(parents=True, exist_ok=True)
+            if not (dev / s.file).exists():
+                (dev / s.file).symlink_to(DATA / s.file)
+    made = build_training_data.build(tmp_path / "DATA", dev, pet_volumes=1)
+    used = {f for files in made.values() for f in files}
+    assert used and not used & test_files
+    assert (tmp_path / "DATA" / "MRI" / "validation").is_dir() and (tmp_path / "DATA" / "PET" / "validation").is_dir()
+    assert not list(tmp_path.glob(".DATA.*"))  # the temporary build folder is gone
