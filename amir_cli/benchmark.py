@@ -41,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from amir_cli import __version__, baselines
+from amir_cli import baselines
+from amir_cli._version import __version__
 from amir_cli.errors import AmirError, BadInputError
 from amir_cli.imaging import degrade, intensity
 from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem

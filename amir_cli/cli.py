@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
+from ._version import __version__
 from .errors import AmirError
 
 app = typer.Typer(

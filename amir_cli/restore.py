@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import BadInputError, DeviceError, WeightsError
 from .imaging import intensity, kspace
 from .imaging.io import Volume, image_suffix, list_cases, one_line, read_image, stem, write_image

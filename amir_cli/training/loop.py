@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from amir_cli import __version__
+from amir_cli._version import __version__
 from amir_cli.errors import AmirError, BadInputError, DeviceError
 from amir_cli.imaging import intensity
 from amir_cli.metrics import slice_scores
