@@ -30,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from amir_cli.imaging import intensity
+from amir_cli.tasks import CT_DENOISE, MRI_SR, PET_SYNTHESIS
 
 NLM_H_FACTOR = 1.2  # h = 1.2 sigma: best of 0.6-2.0 sigma on quarter-dose head CT slices (fast mode)
 NLM_PATCH_SIZE = 5
@@ -37,15 +38,15 @@ NLM_PATCH_DISTANCE = 6
 PET_FWHM_MM = 5.0
 _MAD_TO_SIGMA = 0.6744897501960817  # median(|N(0, 1)|)
 
-BASELINE_NAMES = {"ct-denoise": "nlm", "pet-synthesis": f"gauss-{PET_FWHM_MM:g}mm", "mri-sr": "bicubic"}
+BASELINE_NAMES = {CT_DENOISE: "nlm", PET_SYNTHESIS: f"gauss-{PET_FWHM_MM:g}mm", MRI_SR: "bicubic"}
 DESCRIPTIONS = {
-    "ct-denoise": (
+    CT_DENOISE: (
         f"non-local means (scikit-image, fast mode, {NLM_PATCH_SIZE}x{NLM_PATCH_SIZE} patches, "
         f"{2 * NLM_PATCH_DISTANCE + 1}x{2 * NLM_PATCH_DISTANCE + 1} search, h = {NLM_H_FACTOR} x sigma, "
         "sigma estimated per slice by the wavelet MAD rule) on HU mapped to [0, 1] from [-1024, 3071]"
     ),
-    "pet-synthesis": f"Gaussian post-filter, {PET_FWHM_MM:g} mm FWHM in-plane (clinical 4-6 mm range)",
-    "mri-sr": (
+    PET_SYNTHESIS: f"Gaussian post-filter, {PET_FWHM_MM:g} mm FWHM in-plane (clinical 4-6 mm range)",
+    MRI_SR: (
         "same grid: the zero-filled input (input row) and, where the k-space factor is known (LQ_x2, LQ_x4), "
         "projection onto convex sets from it (measured k-space band, non-negative image; pocs row); "
         "coarser LQ grid: k-space zero filling (input row) and bicubic interpolation (bicubic row)"
@@ -70,7 +71,7 @@ def nlm_ct(hu_slices) -> np.ndarray:
     stack = np.asarray(hu_slices, dtype=np.float32)
     out = np.empty_like(stack)
     for i, hu in enumerate(stack):
-        x = intensity.normalise(hu, "ct-denoise").astype(np.float64)
+        x = intensity.normalise(hu, CT_DENOISE).astype(np.float64)
         sigma = noise_sigma(x)
         if sigma <= 0:
             out[i] = hu
@@ -83,7 +84,7 @@ def nlm_ct(hu_slices) -> np.ndarray:
             patch_size=NLM_PATCH_SIZE,
             patch_distance=NLM_PATCH_DISTANCE,
         )
-        out[i] = intensity.denormalise(y, "ct-denoise")
+        out[i] = intensity.denormalise(y, CT_DENOISE)
     return out
 
 
@@ -117,11 +118,11 @@ def run_baseline(
 ) -> tuple[str, np.ndarray] | None:
     """``(method name, restored stack)`` of the task's classical baseline, or None where the input
     itself is the classical answer (same-grid MR of unknown k-space factor)."""
-    if task == "ct-denoise":
+    if task == CT_DENOISE:
         return BASELINE_NAMES[task], nlm_ct(lq_slices)
-    if task == "pet-synthesis":
+    if task == PET_SYNTHESIS:
         return BASELINE_NAMES[task], gaussian_pet(lq_slices, pixel_mm)
-    if task == "mri-sr":
+    if task == MRI_SR:
         if scale > 1:
             return BASELINE_NAMES[task], bicubic_upsample(lq_slices, scale)
         return ("pocs", pocs_mr(lq_slices, kspace_factor)) if kspace_factor else None

@@ -17,6 +17,7 @@ import typer
 
 from ._version import __version__
 from .errors import AmirError
+from .tasks import MRI_SR, PET_SYNTHESIS, TASKS
 
 app = typer.Typer(
     name="amir",
@@ -104,7 +105,7 @@ def progress_bar(quiet: bool):
 # ---------------------------------------------------------------------------------------------
 
 
-TASK_CHOICES = ("auto", "mri-sr", "ct-denoise", "pet-synthesis")
+TASK_CHOICES = ("auto", *TASKS)
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
 
 
@@ -147,12 +148,12 @@ def restore_cmd(
     _choice(precision, PRECISION_CHOICES, "--precision")
     if scale not in (1, 2, 4):
         raise typer.BadParameter(f"{scale} is not one of 1, 2, 4", param_hint="--scale")
-    if scale != 1 and task not in ("auto", "mri-sr"):
+    if scale != 1 and task not in ("auto", MRI_SR):
         raise AmirError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
     if kspace_factor is not None:
         if kspace_factor not in (2, 4):
             raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
-        if task not in ("auto", "mri-sr"):
+        if task not in ("auto", MRI_SR):
             raise AmirError(f"--kspace-factor is for mri-sr only (task is {task})")
         if scale != 1:
             raise AmirError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
@@ -245,9 +246,9 @@ def degrade_cmd(
 ) -> None:
     """Simulate a low-quality input (low dose, low count, truncated k-space) from a high-quality image."""
     _choice(task, TASK_CHOICES[1:], "--task")
-    if task == "mri-sr" and dose is not None:
+    if task == MRI_SR and dose is not None:
         raise typer.BadParameter("mri-sr takes --factor, not --dose", param_hint="--dose")
-    if task != "mri-sr" and factor is not None:
+    if task != MRI_SR and factor is not None:
         raise typer.BadParameter(f"{task} takes --dose, not --factor", param_hint="--factor")
     if factor is not None and factor not in (2, 4):
         raise typer.BadParameter(f"{factor} is not one of 2, 4", param_hint="--factor")
@@ -260,7 +261,7 @@ def degrade_cmd(
 
     if not input.exists():
         raise AmirError(f"{input}: no such file or folder")
-    level = factor if task == "mri-sr" else dose
+    level = factor if task == MRI_SR else dose
     level = D.DEFAULT_LEVEL[task] if level is None else level
     out = output if output is not None else R.default_output(input, "_degraded")
     R.check_output(input, out, overwrite)
@@ -269,8 +270,8 @@ def degrade_cmd(
         job = bar.add_task(f"degrading {input.name}", total=volume.shape[volume.slice_axis])
         degraded = D.degrade_volume(volume.array, task, level, slice_axis=volume.slice_axis, spacing_mm=volume.spacing_mm,
                                     seed=seed, progress=lambda: bar.update(job, advance=1))
-    what = "factor" if task == "mri-sr" else "dose fraction"
-    simulated = task == "pet-synthesis" or volume.modality == "PT"
+    what = "factor" if task == MRI_SR else "dose fraction"
+    simulated = task == PET_SYNTHESIS or volume.modality == "PT"
     description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
     written = write_image(volume.with_array(degraded), out, reference=volume, description=description)
     summary = {
@@ -410,7 +411,7 @@ def weights_import(
 
 def _tasks_option(text: str, hint: str = "--tasks") -> tuple[str, ...]:
     tasks = tuple(t.strip() for t in text.split(",") if t.strip())
-    known = ("mri-sr", "ct-denoise", "pet-synthesis")
+    known = TASKS
     if tasks == ("all",):
         return known
     bad = [t for t in tasks if t not in known]

@@ -26,8 +26,8 @@ from .errors import BadInputError, DeviceError, WeightsError
 from .imaging import intensity, kspace
 from .imaging.io import Volume, image_suffix, list_cases, one_line, read_image, stem, write_image
 from .taskdetect import detect_task
+from .tasks import MRI_SR, PET_SYNTHESIS
 
-TASKS = intensity.TASKS
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCALES = (1, 2, 4)
 DEFAULT_BATCH_SIZE = 4
@@ -194,12 +194,12 @@ def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspa
     intensity.check_task(task)
     if scale not in SCALES:
         raise BadInputError(f"--scale must be 1, 2 or 4, got {scale}")
-    if scale != 1 and task != "mri-sr":
+    if scale != 1 and task != MRI_SR:
         raise BadInputError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
     if kspace_factor is not None:
         if kspace_factor not in SCALES[1:]:
             raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
-        if task != "mri-sr":
+        if task != MRI_SR:
             raise BadInputError(f"--kspace-factor is for mri-sr only (task is {task})")
         if scale != 1:
             raise BadInputError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
@@ -257,7 +257,7 @@ def restore_volume(
     axis = volume.slice_axis
     slices = np.moveaxis(np.asarray(volume.array, dtype=np.float32), axis, 0)  # (n, a, b), a view
     n = slices.shape[0]
-    mr_scale = intensity.mr_scale_factor(volume.array) if task == "mri-sr" else None
+    mr_scale = intensity.mr_scale_factor(volume.array) if task == MRI_SR else None
     low, high = intensity.NORM_RANGE[task]
     out_shape = (n, slices.shape[1] * scale, slices.shape[2] * scale)
     restored = np.empty(out_shape, dtype=np.float32)
@@ -617,7 +617,7 @@ def restore_case(
         "routing": info["routing"],
         "warnings": warnings,
     }
-    if volume.modality == "PT" or task == "pet-synthesis":
+    if volume.modality == "PT" or task == PET_SYNTHESIS:
         result["unit"] = "SUV" if volume.unit == "SUV" else volume.unit
     if ref_volume is not None:
         from .metrics import volume_scores

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import WeightsError
+from .tasks import TASKS
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 MANIFEST = "manifest.json"
@@ -222,7 +223,7 @@ def import_official(path: Path, name: str) -> Entry:
     """Register a published `.pth` state_dict under `name` after checking that it loads."""
     state = read_state_dict(path)
     build_from_state(state)
-    return save_entry(name, state, {"source": f"imported from {Path(path).name}", "tasks": ["mri-sr", "ct-denoise", "pet-synthesis"]})
+    return save_entry(name, state, {"source": f"imported from {Path(path).name}", "tasks": list(TASKS)})
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

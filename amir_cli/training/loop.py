@@ -24,9 +24,10 @@ from amir_cli._version import __version__
 from amir_cli.errors import AmirError, BadInputError, DeviceError
 from amir_cli.imaging import intensity
 from amir_cli.metrics import slice_scores
+from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
-from .data import TASKS, Levels, PatchSampler, SamplerOptions, load_volumes, make_loader, task_cycle, validation_set
+from .data import Levels, PatchSampler, SamplerOptions, load_volumes, make_loader, task_cycle, validation_set
 
 
 class TrainingDivergedError(AmirError):
