@@ -43,7 +43,8 @@ import numpy as np
 
 from amir_cli import baselines
 from amir_cli._version import __version__
-from amir_cli.errors import AmirError, BadInputError
+from amir_cli.errors import AmirError, BadInputError, one_line
+from amir_cli.files import json_default
 from amir_cli.imaging import degrade, intensity
 from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem
 from amir_cli.metrics import volume_scores
@@ -371,7 +372,7 @@ def run_benchmark(
             rows += case_rows
             showcase.setdefault((spec.task, spec.level), []).append(show)
         except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
-            failures.append({"case": spec.name, "task": spec.task, "level": spec.level, "error": _one_line(exc)})
+            failures.append({"case": spec.name, "task": spec.task, "level": spec.level, "error": one_line(exc)})
         if progress is not None:
             progress(k + 1, len(cases), label)
 
@@ -392,14 +393,9 @@ def run_benchmark(
                        notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths],
                        seconds=time.perf_counter() - t_start)
     _write_csv(out / "cases.csv", rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
     (out / "summary.md").write_text(markdown_summary(summary))
     return BenchmarkResult(rows, summary, failures, out, fig_paths)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
 
 
 def _slug(text: str) -> str:
@@ -466,14 +462,6 @@ def _representative(shows: list[dict]) -> dict:
     vals = [s["amir_psnr"] if np.isfinite(s["amir_psnr"]) else -np.inf for s in shows]
     order = np.argsort(vals)
     return shows[int(order[(len(order) - 1) // 2])]
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
 
 
 def _nan_to_none(v):

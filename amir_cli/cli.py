@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._version import __version__
-from .errors import AmirError
+from .errors import AmirError, one_line
 from .tasks import MRI_SR, PET_SYNTHESIS, TASKS
 
 app = typer.Typer(
@@ -70,7 +70,7 @@ def _root(
 
 def print_json(data) -> None:
     """The machine-readable summary of a command on stdout (one JSON document)."""
-    from .restore import jsonable
+    from .files import jsonable
 
     sys.stdout.write(json.dumps(jsonable(data), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
@@ -356,7 +356,7 @@ def weights_verify(
             W.verify(e)
             results.append({"name": e.name, "ok": True, "sha256": e.sha256})
         except AmirError as exc:
-            results.append({"name": e.name, "ok": False, "error": _one_line(exc)})
+            results.append({"name": e.name, "ok": False, "error": one_line(exc, limit=None)})
     if json_out:
         print_json({"entries": results})
     elif not quiet:
@@ -602,11 +602,6 @@ def benchmark(
 # ---------------------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`amir = amir_cli.cli:main`).
 
@@ -625,9 +620,9 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         if isinstance(exc, (AmirError, OSError, ValueError, MemoryError)):
-            typer.echo(f"amir: error: {_one_line(exc)}", err=True)
+            typer.echo(f"amir: error: {one_line(exc, limit=None)}", err=True)
         else:
-            typer.echo(f"amir: error: unexpected {type(exc).__name__}: {_one_line(exc)} (AMIR_DEBUG=1 shows details)", err=True)
+            typer.echo(f"amir: error: unexpected {type(exc).__name__}: {one_line(exc, limit=None)} (AMIR_DEBUG=1 shows details)", err=True)
         sys.exit(EXIT_ERROR)
 
 

@@ -10,10 +10,7 @@ The library face of `amir restore` (no Typer here):
 from __future__ import annotations
 
 import contextlib
-import json
-import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +19,10 @@ from typing import Callable
 import numpy as np
 
 from ._version import __version__
-from .errors import BadInputError, DeviceError, WeightsError
+from .errors import BadInputError, DeviceError, WeightsError, one_line
+from .files import write_json
 from .imaging import intensity, kspace
-from .imaging.io import Volume, image_suffix, list_cases, one_line, read_image, stem, write_image
+from .imaging.io import Volume, image_suffix, list_cases, read_image, stem, write_image
 from .taskdetect import detect_task
 from .tasks import MRI_SR, PET_SYNTHESIS
 
@@ -467,35 +465,7 @@ def check_output(input_path: Path, output: Path, overwrite: bool, what: str = "o
                 )
 
 
-def write_json_atomic(path: Path, data: dict) -> Path:
-    """Write ``data`` as JSON to ``path`` via a temp file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(data), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
-
-def jsonable(x):
-    """``x`` with numpy scalars as Python numbers, paths as strings and inf/nan as 'inf'/'nan' (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else str(x)  # inf/nan as strings: strict JSON parsers accept them
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 @dataclass
@@ -630,7 +600,7 @@ def restore_case(
         if options.scale == 1:  # the input on the same grid: what restoration gained
             result["metrics"]["input"] = _scores(volume_scores(volume.array, ref_volume.array, task, volume.slice_axis))
     result["report"] = str(report)
-    write_json_atomic(report, result)
+    write_json(report, result)
     return result
 
 
@@ -723,5 +693,5 @@ def restore_batch(
     }
     name = f"{out_root.name}.json" if world == 1 else f"{out_root.name}.rank{rank}.json"
     summary["report"] = str(out_root.parent / name)
-    write_json_atomic(out_root.parent / name, summary)
+    write_json(out_root.parent / name, summary)
     return summary

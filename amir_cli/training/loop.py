@@ -384,7 +384,7 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
         val_in = input_scores(val_set)
         log = ckpt.MetricsLog.resume(run_dir / ckpt.METRICS, start) if state is not None else ckpt.MetricsLog(run_dir / ckpt.METRICS)
         if state is None:
-            ckpt._atomic_write(log.path, lambda tmp: Path(tmp).write_text(""))
+            ckpt.atomic_file(log.path, lambda tmp: Path(tmp).write_text(""))
         run_info = _run_info(run_dir, o, command, dist, config, n_params, layout, volumes, val_volumes, val_set, val_in, init_info, workers, device, amp)
         ckpt.write_json(run_dir / ckpt.RUN_JSON, run_info)
         if (run_dir / ckpt.BEST).exists() and state is not None:
