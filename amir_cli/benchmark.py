@@ -348,7 +348,8 @@ def run_benchmark(
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: exists and is not a folder")
     t_start = time.perf_counter()
-    from amir_cli.restore import load_weights, pick_device, precision_context
+    from amir_cli.device import pick_device, precision_context
+    from amir_cli.weights import load_weights
 
     dev = pick_device(device)
     precision_context(dev, precision)  # an unsupported precision fails here, before any case

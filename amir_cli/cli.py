@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._version import __version__
+from .device import PRECISIONS
 from .errors import AmirError, one_line
 from .tasks import MRI_SR, PET_SYNTHESIS, TASKS
 
@@ -106,7 +107,7 @@ def progress_bar(quiet: bool):
 
 
 TASK_CHOICES = ("auto", *TASKS)
-PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+PRECISION_CHOICES = PRECISIONS
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
@@ -159,14 +160,16 @@ def restore_cmd(
             raise AmirError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
 
     from . import restore as R
+    from .device import pick_device, precision_context
+    from .weights import load_weights
 
     if not input.exists():
         raise AmirError(f"{input}: no such file or folder")
     batch = R.is_batch_input(input)
     if batch and (reference is not None or report is not None):
         raise AmirError("--reference and --report apply to one image, not to a folder of scans")
-    dev = R.pick_device(device)
-    R.precision_context(dev, precision)  # fail early on an impossible precision
+    dev = pick_device(device)
+    precision_context(dev, precision)  # fail early on an impossible precision
     options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
                                data_consistency=data_consistency, overwrite=overwrite)
     if not batch:
@@ -174,7 +177,7 @@ def restore_cmd(
         rep = report if report is not None else R.report_path_for(out)
         R.check_output(input, out, overwrite)  # before the (slow) model load
         R.check_output(input, rep, overwrite, what="report")
-    loaded = R.load_weights(weights, dev)
+    loaded = load_weights(weights, dev)
 
     if not batch:
         with progress_bar(quiet or json_out) as bar:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import WeightsError
@@ -221,3 +221,31 @@ def import_official(path: Path, name: str) -> Entry:
     state = read_state_dict(path)
     build_from_state(state)
     return save_entry(name, state, {"source": f"imported from {Path(path).name}", "tasks": list(TASKS)})
+
+
+@dataclass
+class LoadedWeights:
+    """An eval-mode network with where it came from (for reports)."""
+
+    model: object
+    name: str
+    path: Path
+    sha256: str
+    config: dict
+    tasks: list = field(default_factory=list)
+
+
+def load_weights(source: str | None, device) -> LoadedWeights:
+    """The eval-mode network for a registry name or a file (sha256 verified for registry entries)."""
+    path, entry = resolve(source)
+    state = read_state_dict(path)
+    model = build_from_state(state, device)
+    sha = entry.sha256 if entry is not None else sha256_of(path)
+    return LoadedWeights(
+        model=model,
+        name=entry.name if entry is not None else str(path),
+        path=Path(path),
+        sha256=sha,
+        config=model.config.to_dict(),
+        tasks=list((entry.info.get("tasks") or []) if entry is not None else []),
+    )

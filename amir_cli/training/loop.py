@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from amir_cli._version import __version__
-from amir_cli.errors import AmirError, BadInputError, DeviceError
+from amir_cli.device import pick_device
+from amir_cli.errors import AmirError, BadInputError
 from amir_cli.imaging import intensity
 from amir_cli.metrics import slice_scores
 from amir_cli.tasks import TASKS
@@ -164,20 +165,6 @@ def _init_distributed(device_kind: str) -> Dist:
     return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
 
 
-def _device(name: str, dist: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError("--device cuda requested but no CUDA GPU is available (use --device cpu)")
-        if dist.world > 1 or name == "cuda":
-            return torch.device("cuda", dist.local_rank if dist.world > 1 else 0)
-        return torch.device(name)
-    if name != "cpu":
-        raise DeviceError(f"unknown --device {name!r}: use auto, cpu or cuda")
-    return torch.device("cpu")
-
-
 def _default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
@@ -279,13 +266,17 @@ def input_scores(val_set) -> dict:
     return {t: {k: float(np.nanmean([s[k] for s in v])) for k in ("psnr", "ssim", "rmse")} for t, v in per.items()}
 
 
+def _pick(spec: str) -> torch.device:
+    """The training device: no Apple GPU; under torchrun each process its LOCAL_RANK's GPU."""
+    return pick_device(spec, mps=False, per_process=True)
+
+
 # ------------------------------------------------------------------------------ the run
 def train(options: TrainOptions, resume: str | os.PathLike | None = None, command: list[str] | None = None) -> dict:
     """Train (or resume) a run; returns a summary dict. Only rank 0 writes to the run folder."""
     run_dir, o, state = _prepare_run(options, resume)
     o.check()
-    dev_kind = "cuda" if (o.device.startswith("cuda") or (o.device == "auto" and torch.cuda.is_available())) else "cpu"
-    dist = _init_distributed(dev_kind)
+    dist = _init_distributed(_pick(o.device).type)
     try:
         return _train(run_dir, o, state, dist, command if command is not None else sys.argv)
     finally:
@@ -318,7 +309,7 @@ def _prepare_run(options: TrainOptions, resume):
 def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command) -> dict:
     from amir_cli.network import AMIR, get_config
 
-    device = _device(o.device, dist)
+    device = _pick(o.device)
     if o.threads:
         torch.set_num_threads(int(o.threads))
     amp = bool(o.amp and device.type == "cuda")
