@@ -77,7 +77,7 @@ def print_json(data) -> None:
     sys.stdout.flush()
 
 
-def info(message: str, quiet: bool = False, json_mode: bool = False) -> None:
+def info(message: str, quiet: bool = False) -> None:
     """A human-readable line on stderr, so that stdout stays clean for --json."""
     if not quiet:
         typer.echo(message, err=True)
@@ -149,20 +149,14 @@ def restore_cmd(
     _choice(precision, PRECISION_CHOICES, "--precision")
     if scale not in (1, 2, 4):
         raise typer.BadParameter(f"{scale} is not one of 1, 2, 4", param_hint="--scale")
-    if scale != 1 and task not in ("auto", MRI_SR):
-        raise AmirError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
-    if kspace_factor is not None:
-        if kspace_factor not in (2, 4):
-            raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
-        if task not in ("auto", MRI_SR):
-            raise AmirError(f"--kspace-factor is for mri-sr only (task is {task})")
-        if scale != 1:
-            raise AmirError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
+    if kspace_factor is not None and kspace_factor not in (2, 4):
+        raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
 
     from . import restore as R
     from .device import pick_device, precision_context
     from .weights import load_weights
 
+    R.check_scale_task(task, scale, kspace_factor)
     if not input.exists():
         raise AmirError(f"{input}: no such file or folder")
     batch = R.is_batch_input(input)

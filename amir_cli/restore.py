@@ -58,19 +58,25 @@ def scaled_affine(affine: np.ndarray, scale: int, slice_axis: int) -> np.ndarray
 # one volume
 
 
+def check_scale_task(task: str, scale: int, kspace_factor: int | None) -> None:
+    """``--scale`` and ``--kspace-factor`` are for MR (``task`` 'auto' is decided later) and exclude each other."""
+    mr = task in ("auto", MRI_SR)
+    if scale != 1 and not mr:
+        raise BadInputError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
+    if kspace_factor is not None:
+        if not mr:
+            raise BadInputError(f"--kspace-factor is for mri-sr only (task is {task})")
+        if scale != 1:
+            raise BadInputError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
+
+
 def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspace_factor: int | None = None) -> None:
     intensity.check_task(task)
     if scale not in SCALES:
         raise BadInputError(f"--scale must be 1, 2 or 4, got {scale}")
-    if scale != 1 and task != MRI_SR:
-        raise BadInputError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
-    if kspace_factor is not None:
-        if kspace_factor not in SCALES[1:]:
-            raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
-        if task != MRI_SR:
-            raise BadInputError(f"--kspace-factor is for mri-sr only (task is {task})")
-        if scale != 1:
-            raise BadInputError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
+    if kspace_factor is not None and kspace_factor not in SCALES[1:]:
+        raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
+    check_scale_task(task, scale, kspace_factor)
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if tile is not None and tile < MIN_TILE:

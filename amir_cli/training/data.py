@@ -284,7 +284,7 @@ def synthetic_volume(task: str, hq: np.ndarray, name: str = "synthetic", pixel_m
 
 
 # --------------------------------------------------------------------------------- sampling
-@dataclass
+@dataclass(kw_only=True)
 class SamplerOptions:
     batch_size: int = 8
     patch_size: int = 128
@@ -367,7 +367,7 @@ class PatchSampler:
             pixel_mm = vol.pixel_mm
             if self.opt.zoom_jitter > 1 and (self.opt.zoom_tasks is None or task in self.opt.zoom_tasks):
                 hq_slice, f = _zoom(hq_slice, self.opt.zoom_jitter, rng)
-                pixel_mm, rows = pixel_mm / f, None if rows is None else round(rows * f)
+                pixel_mm, rows = pixel_mm / f, round(rows * f)
             if task == MRI_SR and self.opt.mr_noise > 0:
                 hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
             level, kw = self.opt.levels.draw(task, rng)
