@@ -167,27 +167,16 @@ def restore_volume(
     affine = scaled_affine(volume.affine, scale, axis) if scale > 1 else volume.affine.copy()
     result = volume.with_array(array, affine=affine)
     seconds = time.perf_counter() - started
-    mean_instruction = instruction_sum / max(n, 1)
     info = {
-        "task": task,
-        "scale": scale,
-        "device": str(device),
-        "precision": precision,
-        "batch_size": batch_size,
-        "tile": tile,
-        "tile_overlap": tile_overlap if tile else None,
-        "tta": tta,
-        "slice_axis": axis,
-        "slices": n,
+        "task": task, "scale": scale, "device": str(device), "precision": precision, "batch_size": batch_size,
+        "tile": tile, "tile_overlap": tile_overlap if tile else None, "tta": tta, "slice_axis": axis, "slices": n,
         "mr_scale_factor": mr_scale,
         "data_consistency": {"kspace_factor": dc_factor, "grid": "coarse" if scale > 1 else "same", "iterations": DC_ITERATIONS}
         if dc_factor
         else None,
-        "passthrough_voxels": passthrough,
-        "seconds": seconds,
-        "model_seconds": model_seconds,
+        "passthrough_voxels": passthrough, "seconds": seconds, "model_seconds": model_seconds,
         "slices_per_second": n / seconds if seconds > 0 else None,
-        "routing": routing_summary(mean_instruction),
+        "routing": routing_summary(instruction_sum / max(n, 1)),
     }
     return result, info
 
@@ -328,6 +317,26 @@ def _geometry(volume: Volume) -> dict:
     }
 
 
+def _choose_task(volume: Volume, given: str, weights: LoadedWeights) -> tuple[str, str, list[str]]:
+    """(task, why, warnings): ``given`` or, for 'auto', the detected task; warns where the image
+    suggests another task than the one given, or the weights were not trained for it."""
+    if given == "auto":
+        task, reason = detect_task(volume)
+    else:
+        task, reason = intensity.check_task(given), "given with --task"
+    warnings = []
+    if given != "auto":
+        try:
+            auto_task, auto_reason = detect_task(volume)
+            if auto_task != task:
+                warnings.append(f"--task {task} given but {auto_reason} suggests {auto_task}")
+        except BadInputError:
+            pass
+    if weights.tasks and task not in weights.tasks:
+        warnings.append(f"weights {weights.name} were not trained for {task} (tasks: {', '.join(weights.tasks)})")
+    return task, reason, warnings
+
+
 def restore_case(
     weights: LoadedWeights,
     input_path: Path,
@@ -349,20 +358,7 @@ def restore_case(
     _check_output_format(input_path, output)
 
     volume = read_image(input_path)
-    if options.task == "auto":
-        task, reason = detect_task(volume)
-    else:
-        task, reason = intensity.check_task(options.task), "given with --task"
-    warnings = []
-    if options.task != "auto":
-        try:
-            auto_task, auto_reason = detect_task(volume)
-            if auto_task != task:
-                warnings.append(f"--task {task} given but {auto_reason} suggests {auto_task}")
-        except BadInputError:
-            pass
-    if weights.tasks and task not in weights.tasks:
-        warnings.append(f"weights {weights.name} were not trained for {task} (tasks: {', '.join(weights.tasks)})")
+    task, reason, warnings = _choose_task(volume, options.task, weights)
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
 
     ref_volume = None
