@@ -1,6 +1,6 @@
 """amir: all-in-one medical image restoration with the AMIR task-adaptive routing network."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def load_model(source=None, device="cpu"):

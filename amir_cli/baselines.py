@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from amir_cli.imaging import intensity
+from amir_cli.tasks import CT_DENOISE, MRI_SR, PET_SYNTHESIS
 
 NLM_H_FACTOR = 1.2  # h = 1.2 sigma: best of 0.6-2.0 sigma on quarter-dose head CT slices (fast mode)
 NLM_PATCH_SIZE = 5
@@ -44,18 +45,18 @@ BM3D_SIGMA_FACTOR = 2.0  # best of 1-3 on the CT validation subject at doses 1/4
 ORACLE_FWHM_MM = np.arange(0.5, 12.01, 0.5)
 
 DESCRIPTIONS = {
-    "ct-denoise": (
+    CT_DENOISE: (
         f"non-local means (nlm: scikit-image, fast mode, {NLM_PATCH_SIZE}x{NLM_PATCH_SIZE} patches, "
         f"{2 * NLM_PATCH_DISTANCE + 1}x{2 * NLM_PATCH_DISTANCE + 1} search, h = {NLM_H_FACTOR} x sigma, "
         "sigma estimated per slice by the wavelet MAD rule) and BM3D (bm3d: PyPI bm3d, sigma = "
         f"{BM3D_SIGMA_FACTOR:g} x the MAD of the slice's residual to a 2-pixel Gaussian), on HU mapped to "
         "[0, 1] from [-1024, 3071]"
     ),
-    "pet-synthesis": (
+    PET_SYNTHESIS: (
         f"Gaussian post-filters in-plane: {PET_FWHM_MM:g} mm FWHM (gauss-{PET_FWHM_MM:g}mm, the clinical 4-6 mm "
         "range) and the FWHM that is best on the reference for each case and level (gauss-oracle)"
     ),
-    "mri-sr": (
+    MRI_SR: (
         "same grid: the zero-filled input (input row) and, where the k-space factor is known (LQ_x2, LQ_x4), "
         "projection onto convex sets from it (measured k-space band, non-negative image; pocs row); "
         "coarser LQ grid: k-space zero filling (input row) and bicubic interpolation (bicubic row)"
@@ -80,7 +81,7 @@ def nlm_ct(hu_slices) -> np.ndarray:
     stack = np.asarray(hu_slices, dtype=np.float32)
     out = np.empty_like(stack)
     for i, hu in enumerate(stack):
-        x = intensity.normalise(hu, "ct-denoise").astype(np.float64)
+        x = intensity.normalise(hu, CT_DENOISE).astype(np.float64)
         sigma = noise_sigma(x)
         if sigma <= 0:
             out[i] = hu
@@ -93,7 +94,7 @@ def nlm_ct(hu_slices) -> np.ndarray:
             patch_size=NLM_PATCH_SIZE,
             patch_distance=NLM_PATCH_DISTANCE,
         )
-        out[i] = intensity.denormalise(y, "ct-denoise")
+        out[i] = intensity.denormalise(y, CT_DENOISE)
     return out
 
 
@@ -111,9 +112,9 @@ def bm3d_ct(hu_slices) -> np.ndarray:
     stack = np.asarray(hu_slices, dtype=np.float32)
     out = np.empty_like(stack)
     for i, hu in enumerate(stack):
-        x = intensity.normalise(hu, "ct-denoise").astype(np.float64)
+        x = intensity.normalise(hu, CT_DENOISE).astype(np.float64)
         sigma = BM3D_SIGMA_FACTOR * residual_sigma(x)
-        out[i] = hu if sigma <= 0 else intensity.denormalise(bm3d.bm3d(x, sigma), "ct-denoise")
+        out[i] = hu if sigma <= 0 else intensity.denormalise(bm3d.bm3d(x, sigma), CT_DENOISE)
     return out
 
 
@@ -132,7 +133,7 @@ def gaussian_oracle_pet(suv_slices, reference, pixel_mm: tuple[float, float]) ->
     best = (-math.inf, 0.0, None)
     for fwhm in ORACLE_FWHM_MM:
         filtered = gaussian_pet(suv_slices, pixel_mm, float(fwhm))
-        psnr = volume_scores(filtered, reference, "pet-synthesis", slice_axis=0)["psnr"]
+        psnr = volume_scores(filtered, reference, PET_SYNTHESIS, slice_axis=0)["psnr"]
         if psnr > best[0]:
             best = (psnr, float(fwhm), filtered)
     return best[1], best[2]
@@ -148,9 +149,9 @@ def bicubic_upsample(slices, scale: int) -> np.ndarray:
 
 
 def pocs_mr(zero_filled_slices, kspace_factor: int) -> np.ndarray:
-    """Projection onto convex sets from a zero-filled MR stack (:func:`kspace.data_consistency`
+    """Projection onto convex sets from a zero-filled MR stack (:func:`amir_cli.inference.data_consistency`
     started from the input itself)."""
-    from amir_cli.imaging.kspace import data_consistency
+    from amir_cli.inference import data_consistency
 
     stack = np.asarray(zero_filled_slices, dtype=np.float32)
     return data_consistency(stack, stack, kspace_factor)
@@ -161,12 +162,12 @@ def baseline_methods(
 ) -> list[tuple[str, Callable[[], np.ndarray]]]:
     """``(method name, function giving the restored stack)`` of the task's classical baselines; none
     where the input itself is the classical answer (same-grid MR of unknown k-space factor)."""
-    if task == "ct-denoise":
+    if task == CT_DENOISE:
         return [("nlm", lambda: nlm_ct(lq_slices)), ("bm3d", lambda: bm3d_ct(lq_slices))]
-    if task == "pet-synthesis":
+    if task == PET_SYNTHESIS:
         return [(f"gauss-{PET_FWHM_MM:g}mm", lambda: gaussian_pet(lq_slices, pixel_mm)),
                 ("gauss-oracle", lambda: gaussian_oracle_pet(lq_slices, reference, pixel_mm)[1])]
-    if task == "mri-sr":
+    if task == MRI_SR:
         if scale > 1:
             return [("bicubic", lambda: bicubic_upsample(lq_slices, scale))]
         return [("pocs", lambda: pocs_mr(lq_slices, kspace_factor))] if kspace_factor else []

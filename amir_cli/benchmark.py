@@ -41,15 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from amir_cli import __version__, baselines
-from amir_cli.errors import AmirError, BadInputError
+from amir_cli import baselines
+from amir_cli._version import __version__
+from amir_cli.errors import AmirError, BadInputError, one_line
+from amir_cli.files import json_default
 from amir_cli.imaging import degrade, intensity
 from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem
 from amir_cli.metrics import volume_scores
-
-TASKS = ("mri-sr", "ct-denoise", "pet-synthesis")
-FOLDER_TASK = {"mri": "mri-sr", "mr": "mri-sr", "ct": "ct-denoise", "pet": "pet-synthesis", "pt": "pet-synthesis"}
-TASK_FOLDER = {"mri-sr": "MRI", "ct-denoise": "CT", "pet-synthesis": "PET"}
+from amir_cli.tasks import DEFAULT_LEVEL, FOLDER_TASK, MRI_SR, PET_SYNTHESIS, TASK, TASK_FOLDER, TASKS
 CSV_COLUMNS = ("case", "task", "level", "method", "psnr", "ssim", "rmse", "n_slices", "seconds_per_slice")
 PROTOCOL = (
     "SPEC §4 (the paper's): per slice, prediction and reference clipped to the task's evaluation window "
@@ -98,17 +97,17 @@ class BenchmarkResult:
 
 def parse_simulate(text: str) -> Simulation:
     """``TASK[:LEVEL]`` -> Simulation.  LEVEL: MR factor 2 or 4 (``x4`` accepted), dose fraction as a
-    number or a fraction (``0.25``, ``1/12``); default :data:`degrade.DEFAULT_LEVEL`."""
+    number or a fraction (``0.25``, ``1/12``); default :data:`amir_cli.tasks.DEFAULT_LEVEL`."""
     task, _, level = str(text).strip().partition(":")
     task = task.strip()
     if task not in TASKS:
         raise BadInputError(f"--simulate {text!r}: unknown task {task!r}; choose one of {', '.join(TASKS)}")
     level = level.strip()
     if not level:
-        value = degrade.DEFAULT_LEVEL[task]
+        value = DEFAULT_LEVEL[task]
         level = str(value)
     try:
-        if task == "mri-sr":
+        if task == MRI_SR:
             value = int(level.lstrip("xX"))
             if value not in (2, 4):
                 raise ValueError
@@ -118,7 +117,7 @@ def parse_simulate(text: str) -> Simulation:
         if not 0 < value <= 1:
             raise ValueError
     except (ValueError, ZeroDivisionError):
-        what = "a factor 2 or 4" if task == "mri-sr" else "a dose fraction in (0, 1], e.g. 0.25 or 1/12"
+        what = "a factor 2 or 4" if task == MRI_SR else "a dose fraction in (0, 1], e.g. 0.25 or 1/12"
         raise BadInputError(f"--simulate {text!r}: level must be {what}") from None
     label = level if "/" in level else f"{value:g}"
     return Simulation(task, value, label)
@@ -231,7 +230,7 @@ def kspace_factor_of(spec: CaseSpec, scale: int, unlabelled: int | None = None) 
     """The k-space truncation factor of a same-grid MR input, where the case says it: ``--simulate
     mri-sr:S`` or a paired level ``xS`` (``LQ_x2``, ``LQ_x4``); ``unlabelled`` for the paired
     ``LQ`` folder (``--kspace-factor``); None otherwise (and on a coarser grid)."""
-    if spec.task != "mri-sr" or scale != 1:
+    if spec.task != MRI_SR or scale != 1:
         return None
     if spec.simulation is not None:
         return int(spec.simulation.level)
@@ -270,7 +269,7 @@ def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
         lq_vol_full = read_image(spec.lq_path)
         lq_all = _slices_first(lq_vol_full)
         scale = _scale_between(lq_all.shape, hq_all.shape)
-        if scale == 0 or (scale > 1 and spec.task != "mri-sr"):
+        if scale == 0 or (scale > 1 and spec.task != MRI_SR):
             raise BadInputError(f"LQ shape {tuple(lq_vol_full.shape)} does not match HQ shape {tuple(hq_vol.shape)}")
         lq = lq_all[idx]
     # a Volume holding just the scored slices, in the file's axis order, for restore_volume
@@ -298,7 +297,7 @@ def level_sort_key(task: str, level: str):
         return (0, 0.0)
     try:
         v = float(Fraction(level.lstrip("xX").replace("dose", "").replace("-", "/")))
-        return (1, v if task == "mri-sr" else -v)
+        return (1, v if task == MRI_SR else -v)
     except (ValueError, ZeroDivisionError):
         return (2, level)
 
@@ -349,7 +348,8 @@ def run_benchmark(
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: exists and is not a folder")
     t_start = time.perf_counter()
-    from amir_cli.restore import load_weights, pick_device, precision_context
+    from amir_cli.device import pick_device, precision_context
+    from amir_cli.weights import load_weights
 
     dev = pick_device(device)
     precision_context(dev, precision)  # an unsupported precision fails here, before any case
@@ -373,7 +373,7 @@ def run_benchmark(
             rows += case_rows
             showcase.setdefault((spec.task, spec.level), []).append(show)
         except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
-            failures.append({"case": spec.name, "task": spec.task, "level": spec.level, "error": _one_line(exc)})
+            failures.append({"case": spec.name, "task": spec.task, "level": spec.level, "error": one_line(exc)})
         if progress is not None:
             progress(k + 1, len(cases), label)
 
@@ -394,14 +394,9 @@ def run_benchmark(
                        notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths],
                        seconds=time.perf_counter() - t_start)
     _write_csv(out / "cases.csv", rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
     (out / "summary.md").write_text(markdown_summary(summary))
     return BenchmarkResult(rows, summary, failures, out, fig_paths)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
 
 
 def _slug(text: str) -> str:
@@ -473,14 +468,6 @@ def _representative(shows: list[dict]) -> dict:
     return shows[int(order[(len(order) - 1) // 2])]
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
 def _nan_to_none(v):
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
 
@@ -526,11 +513,11 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
     sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
     if sims:
         all_notes.append(f"low-quality inputs simulated by the SPEC §3 degradations (seed {seed}, one stream per case and slice)")
-    if any(s.task == "pet-synthesis" for s in sims):
+    if any(s.task == PET_SYNTHESIS for s in sims):
         all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
     if max_slices:
         all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
-    if any(c.task == "mri-sr" for c in cases):
+    if any(c.task == MRI_SR for c in cases):
         all_notes.append(
             "MR: AMIR's output keeps the k-space band that the input measured where it is known: on the input's grid "
             "for a level xS or --kspace-factor S (`amir restore --kspace-factor S`), on a coarser LQ grid always "
@@ -580,15 +567,15 @@ def markdown_summary(summary: dict) -> str:
         "| task | level | method | cases | slices | PSNR (dB) | SSIM | RMSE | ΔPSNR vs input | ΔSSIM vs input | s/slice |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    units = {"ct-denoise": " HU", "pet-synthesis": " SUV", "mri-sr": ""}
     for r in summary["results"]:
         gain = "" if r["psnr_gain_over_input"] is None else f"{r['psnr_gain_over_input']:+.2f}"
         gain_s = "" if r["ssim_gain_over_input"] is None else f"{r['ssim_gain_over_input']:+.4f}"
         sps = "" if r["seconds_per_slice"] is None else f"{r['seconds_per_slice']:.3f}"
         method = f"**{r['method']}**" if r["method"] == "amir" else r["method"]
+        unit = " " + TASK[r["task"]].unit if TASK[r["task"]].unit else ""
         lines.append(
             f"| {r['task']} | {r['level'] or '-'} | {method} | {r['n_cases']} | {r['n_slices']} | {_fmt(r['psnr'])} | "
-            f"{_fmt(r['ssim'], 4)} | {_fmt(r['rmse'])}{units[r['task']]} | {gain} | {gain_s} | {sps} |"
+            f"{_fmt(r['ssim'], 4)} | {_fmt(r['rmse'])}{unit} | {gain} | {gain_s} | {sps} |"
         )
     lines += _case_table(summary)
     lines += ["", "## Notes", "", f"- Protocol: {summary['protocol']}"]

@@ -15,8 +15,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
-from .errors import AmirError
+from ._version import __version__
+from .device import PRECISIONS
+from .errors import AmirError, one_line
+from .tasks import MRI_SR, PET_SYNTHESIS, TASKS
 
 app = typer.Typer(
     name="amir",
@@ -69,13 +71,13 @@ def _root(
 
 def print_json(data) -> None:
     """The machine-readable summary of a command on stdout (one JSON document)."""
-    from .restore import jsonable
+    from .files import jsonable
 
     sys.stdout.write(json.dumps(jsonable(data), indent=2, default=str, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
-def info(message: str, quiet: bool = False, json_mode: bool = False) -> None:
+def info(message: str, quiet: bool = False) -> None:
     """A human-readable line on stderr, so that stdout stays clean for --json."""
     if not quiet:
         typer.echo(message, err=True)
@@ -104,8 +106,8 @@ def progress_bar(quiet: bool):
 # ---------------------------------------------------------------------------------------------
 
 
-TASK_CHOICES = ("auto", "mri-sr", "ct-denoise", "pet-synthesis")
-PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+TASK_CHOICES = ("auto", *TASKS)
+PRECISION_CHOICES = PRECISIONS
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
@@ -147,25 +149,21 @@ def restore_cmd(
     _choice(precision, PRECISION_CHOICES, "--precision")
     if scale not in (1, 2, 4):
         raise typer.BadParameter(f"{scale} is not one of 1, 2, 4", param_hint="--scale")
-    if scale != 1 and task not in ("auto", "mri-sr"):
-        raise AmirError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
-    if kspace_factor is not None:
-        if kspace_factor not in (2, 4):
-            raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
-        if task not in ("auto", "mri-sr"):
-            raise AmirError(f"--kspace-factor is for mri-sr only (task is {task})")
-        if scale != 1:
-            raise AmirError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
+    if kspace_factor is not None and kspace_factor not in (2, 4):
+        raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
 
     from . import restore as R
+    from .device import pick_device, precision_context
+    from .weights import load_weights
 
+    R.check_scale_task(task, scale, kspace_factor)
     if not input.exists():
         raise AmirError(f"{input}: no such file or folder")
     batch = R.is_batch_input(input)
     if batch and (reference is not None or report is not None):
         raise AmirError("--reference and --report apply to one image, not to a folder of scans")
-    dev = R.pick_device(device)
-    R.precision_context(dev, precision)  # fail early on an impossible precision
+    dev = pick_device(device)
+    precision_context(dev, precision)  # fail early on an impossible precision
     options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
                                data_consistency=data_consistency, overwrite=overwrite)
     if not batch:
@@ -173,7 +171,7 @@ def restore_cmd(
         rep = report if report is not None else R.report_path_for(out)
         R.check_output(input, out, overwrite)  # before the (slow) model load
         R.check_output(input, rep, overwrite, what="report")
-    loaded = R.load_weights(weights, dev)
+    loaded = load_weights(weights, dev)
 
     if not batch:
         with progress_bar(quiet or json_out) as bar:
@@ -245,9 +243,9 @@ def degrade_cmd(
 ) -> None:
     """Simulate a low-quality input (low dose, low count, truncated k-space) from a high-quality image."""
     _choice(task, TASK_CHOICES[1:], "--task")
-    if task == "mri-sr" and dose is not None:
+    if task == MRI_SR and dose is not None:
         raise typer.BadParameter("mri-sr takes --factor, not --dose", param_hint="--dose")
-    if task != "mri-sr" and factor is not None:
+    if task != MRI_SR and factor is not None:
         raise typer.BadParameter(f"{task} takes --dose, not --factor", param_hint="--factor")
     if factor is not None and factor not in (2, 4):
         raise typer.BadParameter(f"{factor} is not one of 2, 4", param_hint="--factor")
@@ -260,7 +258,7 @@ def degrade_cmd(
 
     if not input.exists():
         raise AmirError(f"{input}: no such file or folder")
-    level = factor if task == "mri-sr" else dose
+    level = factor if task == MRI_SR else dose
     level = D.DEFAULT_LEVEL[task] if level is None else level
     out = output if output is not None else R.default_output(input, "_degraded")
     R.check_output(input, out, overwrite)
@@ -269,8 +267,8 @@ def degrade_cmd(
         job = bar.add_task(f"degrading {input.name}", total=volume.shape[volume.slice_axis])
         degraded = D.degrade_volume(volume.array, task, level, slice_axis=volume.slice_axis, spacing_mm=volume.spacing_mm,
                                     seed=seed, progress=lambda: bar.update(job, advance=1))
-    what = "factor" if task == "mri-sr" else "dose fraction"
-    simulated = task == "pet-synthesis" or volume.modality == "PT"
+    what = "factor" if task == MRI_SR else "dose fraction"
+    simulated = task == PET_SYNTHESIS or volume.modality == "PT"
     description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
     written = write_image(volume.with_array(degraded), out, reference=volume, description=description)
     summary = {
@@ -355,7 +353,7 @@ def weights_verify(
             W.verify(e)
             results.append({"name": e.name, "ok": True, "sha256": e.sha256})
         except AmirError as exc:
-            results.append({"name": e.name, "ok": False, "error": _one_line(exc)})
+            results.append({"name": e.name, "ok": False, "error": one_line(exc, limit=None)})
     if json_out:
         print_json({"entries": results})
     elif not quiet:
@@ -410,7 +408,7 @@ def weights_import(
 
 def _tasks_option(text: str, hint: str = "--tasks") -> tuple[str, ...]:
     tasks = tuple(t.strip() for t in text.split(",") if t.strip())
-    known = ("mri-sr", "ct-denoise", "pet-synthesis")
+    known = TASKS
     if tasks == ("all",):
         return known
     bad = [t for t in tasks if t not in known]
@@ -601,11 +599,6 @@ def benchmark(
 # ---------------------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`amir = amir_cli.cli:main`).
 
@@ -624,9 +617,9 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         if isinstance(exc, (AmirError, OSError, ValueError, MemoryError)):
-            typer.echo(f"amir: error: {_one_line(exc)}", err=True)
+            typer.echo(f"amir: error: {one_line(exc, limit=None)}", err=True)
         else:
-            typer.echo(f"amir: error: unexpected {type(exc).__name__}: {_one_line(exc)} (AMIR_DEBUG=1 shows details)", err=True)
+            typer.echo(f"amir: error: unexpected {type(exc).__name__}: {one_line(exc, limit=None)} (AMIR_DEBUG=1 shows details)", err=True)
         sys.exit(EXIT_ERROR)
 
 

@@ -1,5 +1,7 @@
 """The few exception types that the command line turns into one-line messages and exit codes."""
 
+from __future__ import annotations
+
 
 class AmirError(Exception):
     """Any failure that the user can act on; its message is printed as one line."""
@@ -15,3 +17,9 @@ class WeightsError(AmirError):
 
 class DeviceError(AmirError):
     """A requested device or precision that this machine cannot provide."""
+
+
+def one_line(exc: BaseException, limit: int | None = 300) -> str:
+    """An exception as one short line (no tracebacks, no newlines) for user messages, cut at ``limit``."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None else text[:limit]

@@ -13,19 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
-from amir_cli.imaging import intensity
+from amir_cli.tasks import EVAL_WINDOW, MRI_SR, TASK
 
-UNITS = {"ct-denoise": "HU", "pet-synthesis": "SUV", "mri-sr": "a.u."}
+
+def unit_of(task: str) -> str:
+    """The unit shown on a figure (MR has none: arbitrary units)."""
+    return TASK[task].unit or "a.u."
+
+
 TITLES = {"input": "input (low quality)", "amir": "AMIR", "amir-tta": "AMIR, x8 self-ensemble"}
 
 
 def display_window(task: str, reference: np.ndarray) -> tuple[float, float, str]:
-    lo, hi = intensity.EVAL_WINDOW[task]
-    if task == "mri-sr":
+    lo, hi = EVAL_WINDOW[task]
+    if task == MRI_SR:
         top = float(np.percentile(reference, 99.9)) if reference.size else hi
         if 0 < top < 0.25 * (hi - lo):
             return 0.0, top, f"[0, {top:.0f}] (data below the 12-bit window)"
-    return float(lo), float(hi), f"[{lo:g}, {hi:g}] {UNITS[task]}"
+    return float(lo), float(hi), f"[{lo:g}, {hi:g}] {unit_of(task)}"
 
 
 def comparison_figure(show: dict, path: str | Path, *, dpi: int = 110) -> Path:
@@ -62,7 +67,7 @@ def comparison_figure(show: dict, path: str | Path, *, dpi: int = 110) -> Path:
     axes[-2].imshow(ref.T, cmap="gray", vmin=lo, vmax=hi, **imshow)
     axes[-2].set_title("reference (high quality)", fontsize=9)
     im = axes[-1].imshow(err.T, cmap="magma", vmin=0, vmax=emax, **imshow)
-    axes[-1].set_title(f"|AMIR − reference| ({UNITS[task]})", fontsize=9)
+    axes[-1].set_title(f"|AMIR − reference| ({unit_of(task)})", fontsize=9)
     cb = fig.colorbar(im, ax=axes[-1], fraction=0.046, pad=0.03)
     cb.ax.tick_params(labelsize=7)
     for ax in axes:

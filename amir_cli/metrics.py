@@ -19,11 +19,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
-WINDOWS = {
-    "ct-denoise": (-160.0, 240.0),
-    "pet-synthesis": (0.0, 20.0),
-    "mri-sr": (0.0, 4095.0),
-}
+from amir_cli.tasks import EVAL_WINDOW
+
+WINDOWS = EVAL_WINDOW
 """Evaluation windows in physical units (HU, SUV, 12-bit MR)."""
 
 SSIM_SIGMA = 1.5

@@ -1,106 +1,39 @@
 """Volume -> batched 2-D slices -> AMIR -> volume, plus the files, reports and batches around it.
 
 The library face of `amir restore` (no Typer here):
-- ``pick_device`` / ``precision_context``: where and in which precision the network runs;
-- ``restore_volume``: one ``Volume`` in physical units to its restored ``Volume`` and an info dict;
-- ``tiled_predict``: overlapping tiles blended back (a pure function of the predictor);
+- ``restore_volume``: one ``Volume`` in physical units to its restored ``Volume`` and an info dict
+  (the network itself runs in :mod:`amir_cli.inference`, on the device of :mod:`amir_cli.device`);
 - ``restore_case`` / ``restore_batch``: files in, files and JSON reports out.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
 import os
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from . import __version__
-from .errors import BadInputError, DeviceError, WeightsError
+from ._version import __version__
+from .device import pick_device, precision_context
+from .errors import BadInputError, DeviceError, WeightsError, one_line
+from .files import write_json
 from .imaging import intensity, kspace
-from .imaging.io import Volume, image_suffix, list_cases, one_line, read_image, stem, write_image
+from . import inference
+from .inference import DC_ITERATIONS, DEFAULT_TILE_OVERLAP, predict
+from .imaging.io import Volume, image_suffix, list_cases, read_image, stem, write_image
 from .taskdetect import detect_task
+from .tasks import MRI_SR, PET_SYNTHESIS
+from .weights import LoadedWeights, load_weights
 
-TASKS = intensity.TASKS
-PRECISIONS = ("fp32", "bf16", "fp16")
 SCALES = (1, 2, 4)
 DEFAULT_BATCH_SIZE = 4
-DEFAULT_TILE_OVERLAP = 0.25  # fraction of the tile size shared by neighbouring tiles
 MIN_TILE = 32
-# Edge pixels replicated around each slice before the network, a multiple of its 8-pixel grid.
-# Anatomy cut by the field of view otherwise came out worse at the border: the whole x2 loss on the
-# held-out abdomen MR rows sat in their last two rows (benchmarks/quality.py).
-BORDER = 8
 DESCRIPTION = "Restored with amir {version} (AMIR all-in-one restoration, task {task}{scale})"
 
 Progress = Callable[[int, int], None]  # (slices done, slices in total)
-
-
-# ---------------------------------------------------------------------------------------------
-# device and precision
-
-
-def pick_device(spec: str = "auto"):
-    """A torch.device for 'auto' (cuda > mps > cpu; cuda:LOCAL_RANK under torchrun), 'cpu',
-    'cuda', 'cuda:N' or 'mps'; DeviceError when this machine cannot provide it."""
-    import torch
-
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "mps":
-        if not _mps_available():
-            raise DeviceError("device mps is not available on this machine (Apple GPU with an MPS-enabled torch needed)")
-        return torch.device("mps")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        index_text = spec[5:] if spec.startswith("cuda:") else ""
-        if index_text and not index_text.isdigit():
-            raise DeviceError(f"invalid device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec} requested but CUDA is not available (torch {torch.__version__}, no GPU found)")
-        index = int(index_text) if index_text else 0
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"device {spec} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-        return torch.device("cuda", index)
-    raise DeviceError(f"invalid device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
-
-
-def _mps_available() -> bool:
-    import torch
-
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
-
-
-def precision_context(device, precision: str = "fp32"):
-    """A context manager running the network in ``precision`` on ``device`` (torch.autocast)."""
-    import torch
-
-    if precision not in PRECISIONS:
-        raise DeviceError(f"invalid precision {precision!r}: use {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cpu" and precision == "fp16":
-        raise DeviceError("fp16 is not supported on the CPU; use --precision fp32 or bf16")
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise DeviceError(f"bf16 is not supported on {torch.cuda.get_device_name(device)}; use fp16 or fp32")
-    try:
-        return torch.autocast(device_type=device.type, dtype=dtype)
-    except (RuntimeError, ValueError) as exc:
-        raise DeviceError(f"precision {precision} is not available on {device}: {one_line(exc)}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,88 +54,29 @@ def scaled_affine(affine: np.ndarray, scale: int, slice_axis: int) -> np.ndarray
     return out
 
 
-def _blend_window(size: int, overlap: int) -> np.ndarray:
-    """1-D weights: 1 in the middle, linear ramps over the overlap (never 0, so borders count)."""
-    w = np.ones(size, dtype=np.float32)
-    if overlap > 0:
-        ramp = (np.arange(overlap, dtype=np.float32) + 1) / (overlap + 1)
-        w[:overlap] = ramp
-        w[size - overlap :] = ramp[::-1]
-    return w
-
-
-def _starts(length: int, tile: int, stride: int) -> list[int]:
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
-
-
-def tiled_predict(predictor, x, tile: int, overlap: float = DEFAULT_TILE_OVERLAP):
-    """Run ``predictor`` on overlapping ``tile`` x ``tile`` windows of ``x`` (B, C, H, W) and blend.
-
-    Like MONAI's sliding_window_inference: a pure function of the predictor; tiles overlap by
-    ``overlap`` of their size and are blended with linear ramps. Slices no larger than the tile
-    go through in one piece.
-    """
-    import torch
-
-    H, W = x.shape[-2:]
-    if H <= tile and W <= tile:
-        return predictor(x)
-    th, tw = min(tile, H), min(tile, W)
-    ov = int(round(tile * overlap))
-    stride = max(1, tile - ov)
-    wy = torch.from_numpy(_blend_window(th, min(ov, th // 2) if H > th else 0))
-    wx = torch.from_numpy(_blend_window(tw, min(ov, tw // 2) if W > tw else 0))
-    weight = (wy[:, None] * wx[None, :]).to(x.device)
-    out = None
-    norm = torch.zeros((H, W), dtype=torch.float32, device=x.device)
-    for top in _starts(H, th, stride):
-        for left in _starts(W, tw, stride):
-            y = predictor(x[..., top : top + th, left : left + tw]).float()
-            if out is None:
-                out = torch.zeros((*y.shape[:-2], H, W), dtype=torch.float32, device=x.device)
-            out[..., top : top + th, left : left + tw] += y * weight
-            norm[top : top + th, left : left + tw] += weight
-    return out / norm
-
-
-def self_ensemble(network, x, identity=None):
-    """Geometric self-ensemble: the mean of ``network`` over the 8 flips and 90-degree rotations of
-    ``x`` (B, C, H, W), each output mapped back. ``identity``: the untransformed output, if known."""
-    import torch
-
-    total = None
-    for k in range(4):
-        for flip in (False, True):
-            if k == 0 and not flip and identity is not None:
-                y = identity.float()
-            else:
-                t = torch.rot90(x, k, (-2, -1))
-                y = network(t.flip(-1) if flip else t).float()
-                y = torch.rot90(y.flip(-1) if flip else y, -k, (-2, -1))
-            total = y if total is None else total + y
-    return total / 8
-
-
 # ---------------------------------------------------------------------------------------------
 # one volume
+
+
+def check_scale_task(task: str, scale: int, kspace_factor: int | None) -> None:
+    """``--scale`` and ``--kspace-factor`` are for MR (``task`` 'auto' is decided later) and exclude each other."""
+    mr = task in ("auto", MRI_SR)
+    if scale != 1 and not mr:
+        raise BadInputError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
+    if kspace_factor is not None:
+        if not mr:
+            raise BadInputError(f"--kspace-factor is for mri-sr only (task is {task})")
+        if scale != 1:
+            raise BadInputError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
 
 
 def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspace_factor: int | None = None) -> None:
     intensity.check_task(task)
     if scale not in SCALES:
         raise BadInputError(f"--scale must be 1, 2 or 4, got {scale}")
-    if scale != 1 and task != "mri-sr":
-        raise BadInputError(f"--scale {scale} is for mri-sr only (task is {task}); use --scale 1")
-    if kspace_factor is not None:
-        if kspace_factor not in SCALES[1:]:
-            raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
-        if task != "mri-sr":
-            raise BadInputError(f"--kspace-factor is for mri-sr only (task is {task})")
-        if scale != 1:
-            raise BadInputError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
+    if kspace_factor is not None and kspace_factor not in SCALES[1:]:
+        raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
+    check_scale_task(task, scale, kspace_factor)
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if tile is not None and tile < MIN_TILE:
@@ -233,10 +107,10 @@ def restore_volume(
     below -1024 HU, metal above 3071 HU, PET above SUV 20, the brightest MR spots) keep their input
     value: the network only ever saw the clipped value there. ``scale`` > 1 (mri-sr only)
     zero-pads each slice's k-space to the finer grid before the network. ``tta`` averages the
-    network over the 8 flips and rotations of each slice (:func:`self_ensemble`, 8x the time;
+    network over the 8 flips and rotations of each slice (:func:`amir_cli.inference.self_ensemble`, 8x the time;
     the routing summary is the untransformed slices'). MR whose k-space band is known is then made
     consistent with the frequencies the input measured (``data_consistency``,
-    :func:`amir_cli.imaging.kspace.data_consistency`): with ``scale`` > 1 the coarse input is that
+    :func:`amir_cli.inference.data_consistency`): with ``scale`` > 1 the coarse input is that
     band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
     in-plane axis (negative values are refused). Returns the restored Volume and an info dict
@@ -257,22 +131,13 @@ def restore_volume(
     axis = volume.slice_axis
     slices = np.moveaxis(np.asarray(volume.array, dtype=np.float32), axis, 0)  # (n, a, b), a view
     n = slices.shape[0]
-    mr_scale = intensity.mr_scale_factor(volume.array) if task == "mri-sr" else None
+    mr_scale = intensity.mr_scale_factor(volume.array) if task == MRI_SR else None
     low, high = intensity.NORM_RANGE[task]
     out_shape = (n, slices.shape[1] * scale, slices.shape[2] * scale)
     restored = np.empty(out_shape, dtype=np.float32)
     instruction_sum = None
     model_seconds = 0.0
     passthrough = 0
-
-    def network(x):  # the whole AMIR on x; tiles share their slice's instruction
-        instruction = model.instruction(x)
-        padded = torch.nn.functional.pad(x, (BORDER,) * 4, mode="replicate")
-        if tile is None:
-            y = model(padded, instruction)
-        else:
-            y = tiled_predict(lambda t: model(t, instruction), padded, tile, tile_overlap)
-        return y[..., BORDER:-BORDER, BORDER:-BORDER], instruction
 
     with torch.inference_mode():
         for first in range(0, n, batch_size):
@@ -282,16 +147,14 @@ def restore_volume(
             x = torch.from_numpy(intensity.normalise(chunk, task, mr_scale)[:, None]).to(device)
             t0 = time.perf_counter()
             with autocast:
-                y, inst = network(x)
-                if tta:
-                    y = self_ensemble(lambda t: network(t)[0], x, identity=y)
+                y, inst = predict(model, x, tile=tile, tile_overlap=tile_overlap, tta=tta)
             y = y.float().clamp_(0.0, 1.0).cpu().numpy()[:, 0]
             inst = inst.float().sum(0).double().cpu().numpy()
             model_seconds += time.perf_counter() - t0
             instruction_sum = inst if instruction_sum is None else instruction_sum + inst
             values = intensity.denormalise(y, task, mr_scale)
             if dc_factor:  # complex FFTs on CUDA or the CPU
-                values = kspace.data_consistency(values, measured, dc_factor, device=device if device.type == "cuda" else None)
+                values = inference.data_consistency(values, measured, dc_factor, device=device if device.type == "cuda" else None)
             physical = np.asarray(chunk, dtype=np.float32) * (mr_scale or 1.0)  # the units normalise() saw
             outside = (physical < low) | (physical > high)
             if outside.any():
@@ -304,27 +167,16 @@ def restore_volume(
     affine = scaled_affine(volume.affine, scale, axis) if scale > 1 else volume.affine.copy()
     result = volume.with_array(array, affine=affine)
     seconds = time.perf_counter() - started
-    mean_instruction = instruction_sum / max(n, 1)
     info = {
-        "task": task,
-        "scale": scale,
-        "device": str(device),
-        "precision": precision,
-        "batch_size": batch_size,
-        "tile": tile,
-        "tile_overlap": tile_overlap if tile else None,
-        "tta": tta,
-        "slice_axis": axis,
-        "slices": n,
+        "task": task, "scale": scale, "device": str(device), "precision": precision, "batch_size": batch_size,
+        "tile": tile, "tile_overlap": tile_overlap if tile else None, "tta": tta, "slice_axis": axis, "slices": n,
         "mr_scale_factor": mr_scale,
-        "data_consistency": {"kspace_factor": dc_factor, "grid": "coarse" if scale > 1 else "same", "iterations": kspace.DC_ITERATIONS}
+        "data_consistency": {"kspace_factor": dc_factor, "grid": "coarse" if scale > 1 else "same", "iterations": DC_ITERATIONS}
         if dc_factor
         else None,
-        "passthrough_voxels": passthrough,
-        "seconds": seconds,
-        "model_seconds": model_seconds,
+        "passthrough_voxels": passthrough, "seconds": seconds, "model_seconds": model_seconds,
         "slices_per_second": n / seconds if seconds > 0 else None,
-        "routing": routing_summary(mean_instruction),
+        "routing": routing_summary(instruction_sum / max(n, 1)),
     }
     return result, info
 
@@ -375,38 +227,6 @@ def routing_summary(mean_instruction: np.ndarray, top: int = 5) -> dict:
         "top_indices": [int(i) for i in order],
         "top_values": [round(float(v[i]), 6) for i in order],
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# weights
-
-
-@dataclass
-class LoadedWeights:
-    model: object
-    name: str
-    path: Path
-    sha256: str
-    config: dict
-    tasks: list = field(default_factory=list)
-
-
-def load_weights(source: str | None, device) -> LoadedWeights:
-    """The eval-mode network for a registry name or a file (sha256 verified for registry entries)."""
-    from . import weights
-
-    path, entry = weights.resolve(source)
-    state = weights.read_state_dict(path)
-    model = weights.build_from_state(state, device)
-    sha = entry.sha256 if entry is not None else weights.sha256_of(path)
-    return LoadedWeights(
-        model=model,
-        name=entry.name if entry is not None else str(path),
-        path=Path(path),
-        sha256=sha,
-        config=model.config.to_dict(),
-        tasks=list((entry.info.get("tasks") or []) if entry is not None else []),
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,35 +287,7 @@ def check_output(input_path: Path, output: Path, overwrite: bool, what: str = "o
                 )
 
 
-def write_json_atomic(path: Path, data: dict) -> Path:
-    """Write ``data`` as JSON to ``path`` via a temp file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(data), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
-
-def jsonable(x):
-    """``x`` with numpy scalars as Python numbers, paths as strings and inf/nan as 'inf'/'nan' (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else str(x)  # inf/nan as strings: strict JSON parsers accept them
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 @dataclass
@@ -525,6 +317,26 @@ def _geometry(volume: Volume) -> dict:
     }
 
 
+def _choose_task(volume: Volume, given: str, weights: LoadedWeights) -> tuple[str, str, list[str]]:
+    """(task, why, warnings): ``given`` or, for 'auto', the detected task; warns where the image
+    suggests another task than the one given, or the weights were not trained for it."""
+    if given == "auto":
+        task, reason = detect_task(volume)
+    else:
+        task, reason = intensity.check_task(given), "given with --task"
+    warnings = []
+    if given != "auto":
+        try:
+            auto_task, auto_reason = detect_task(volume)
+            if auto_task != task:
+                warnings.append(f"--task {task} given but {auto_reason} suggests {auto_task}")
+        except BadInputError:
+            pass
+    if weights.tasks and task not in weights.tasks:
+        warnings.append(f"weights {weights.name} were not trained for {task} (tasks: {', '.join(weights.tasks)})")
+    return task, reason, warnings
+
+
 def restore_case(
     weights: LoadedWeights,
     input_path: Path,
@@ -546,20 +358,7 @@ def restore_case(
     _check_output_format(input_path, output)
 
     volume = read_image(input_path)
-    if options.task == "auto":
-        task, reason = detect_task(volume)
-    else:
-        task, reason = intensity.check_task(options.task), "given with --task"
-    warnings = []
-    if options.task != "auto":
-        try:
-            auto_task, auto_reason = detect_task(volume)
-            if auto_task != task:
-                warnings.append(f"--task {task} given but {auto_reason} suggests {auto_task}")
-        except BadInputError:
-            pass
-    if weights.tasks and task not in weights.tasks:
-        warnings.append(f"weights {weights.name} were not trained for {task} (tasks: {', '.join(weights.tasks)})")
+    task, reason, warnings = _choose_task(volume, options.task, weights)
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
 
     ref_volume = None
@@ -617,7 +416,7 @@ def restore_case(
         "routing": info["routing"],
         "warnings": warnings,
     }
-    if volume.modality == "PT" or task == "pet-synthesis":
+    if volume.modality == "PT" or task == PET_SYNTHESIS:
         result["unit"] = "SUV" if volume.unit == "SUV" else volume.unit
     if ref_volume is not None:
         from .metrics import volume_scores
@@ -630,7 +429,7 @@ def restore_case(
         if options.scale == 1:  # the input on the same grid: what restoration gained
             result["metrics"]["input"] = _scores(volume_scores(volume.array, ref_volume.array, task, volume.slice_axis))
     result["report"] = str(report)
-    write_json_atomic(report, result)
+    write_json(report, result)
     return result
 
 
@@ -723,5 +522,5 @@ def restore_batch(
     }
     name = f"{out_root.name}.json" if world == 1 else f"{out_root.name}.rank{rank}.json"
     summary["report"] = str(out_root.parent / name)
-    write_json_atomic(out_root.parent / name, summary)
+    write_json(out_root.parent / name, summary)
     return summary

@@ -14,14 +14,13 @@ import numpy as np
 
 from .errors import BadInputError
 from .imaging.io import Volume, stem
-
-MODALITY_TASK = {"CT": "ct-denoise", "MR": "mri-sr", "PT": "pet-synthesis"}
+from .tasks import CT_DENOISE, MODALITY_TASK, MRI_SR, PET_SYNTHESIS
 
 # Whole words (split at anything that is not a letter or digit), lower case.
 HINT_WORDS = {
-    "ct-denoise": {"ct", "cta", "cect", "ldct", "ndct", "hu"},
-    "mri-sr": {"mr", "mri", "t1", "t2", "t1w", "t2w", "flair", "mprage", "pdw", "dwi", "swi", "tse", "bold"},
-    "pet-synthesis": {"pet", "fdg", "suv", "petct", "amyloid", "psma", "fet", "dotatate"},
+    CT_DENOISE: {"ct", "cta", "cect", "ldct", "ndct", "hu"},
+    MRI_SR: {"mr", "mri", "t1", "t2", "t1w", "t2w", "flair", "mprage", "pdw", "dwi", "swi", "tse", "bold"},
+    PET_SYNTHESIS: {"pet", "fdg", "suv", "petct", "amyloid", "psma", "fet", "dotatate"},
 }
 
 CT_AIR_HU = -900.0  # voxels at or below are air (or scanner padding) in HU
@@ -70,13 +69,13 @@ def _intensity_rule(array: np.ndarray) -> tuple[str, str] | None:
     if integer and -3100.0 <= lo <= CT_AIR_HU:
         air = float(np.mean(sample <= CT_AIR_HU))
         if air >= CT_MIN_AIR_FRACTION:
-            return "ct-denoise", f"intensities: integer values down to {lo:.0f} with {100 * air:.0f}% air at <= -900 (CT in HU)"
+            return CT_DENOISE, f"intensities: integer values down to {lo:.0f} with {100 * air:.0f}% air at <= -900 (CT in HU)"
     if lo < 0:
         return None
     if not integer and 2.0 <= hi <= PET_MAX_SUV:
         background = float(np.mean(sample < 0.05 * hi))
         if background >= 0.3:
-            return "pet-synthesis", (
+            return PET_SYNTHESIS, (
                 f"intensities: non-negative non-integer values up to {hi:.1f} with {100 * background:.0f}% "
                 "background (PET in SUV)"
             )
@@ -85,7 +84,7 @@ def _intensity_rule(array: np.ndarray) -> tuple[str, str] | None:
         fg = sample[sample > 0.05 * hi]
         in_band = float(np.mean((fg >= MR_RAW_CT_BAND[0]) & (fg <= MR_RAW_CT_BAND[1]))) if fg.size else 0.0
         if in_band < 0.3:
-            return "mri-sr", f"intensities: non-negative values up to {hi:.0f} without a physical unit (MR magnitude)"
+            return MRI_SR, f"intensities: non-negative values up to {hi:.0f} without a physical unit (MR magnitude)"
     return None
 
 

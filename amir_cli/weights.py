@@ -10,11 +10,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import WeightsError
+from .files import atomic_write
+from .tasks import TASKS
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 MANIFEST = "manifest.json"
@@ -205,14 +206,11 @@ def save_entry(name: str, state: dict, info: dict) -> Entry:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         file = folder / f"{name}.safetensors"
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        os.close(fd)
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-        os.replace(tmp, file)
+        atomic_write(file, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp)))
         record = {"name": name, "file": file.name, "sha256": sha256_of(file), "config": config.to_dict(), **info}
         manifest = _read_manifest(folder)
         manifest["entries"].append(record)
-        _write_json_atomic(folder / MANIFEST, manifest)
+        atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     except OSError as exc:
         raise WeightsError(f"cannot write weights to {folder}: {exc.strerror or exc}") from None
     return Entry(name, file, record["sha256"], record, False)
@@ -222,12 +220,32 @@ def import_official(path: Path, name: str) -> Entry:
     """Register a published `.pth` state_dict under `name` after checking that it loads."""
     state = read_state_dict(path)
     build_from_state(state)
-    return save_entry(name, state, {"source": f"imported from {Path(path).name}", "tasks": ["mri-sr", "ct-denoise", "pet-synthesis"]})
+    return save_entry(name, state, {"source": f"imported from {Path(path).name}", "tasks": list(TASKS)})
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+@dataclass
+class LoadedWeights:
+    """An eval-mode network with where it came from (for reports)."""
+
+    model: object
+    name: str
+    path: Path
+    sha256: str
+    config: dict
+    tasks: list = field(default_factory=list)
+
+
+def load_weights(source: str | None, device) -> LoadedWeights:
+    """The eval-mode network for a registry name or a file (sha256 verified for registry entries)."""
+    path, entry = resolve(source)
+    state = read_state_dict(path)
+    model = build_from_state(state, device)
+    sha = entry.sha256 if entry is not None else sha256_of(path)
+    return LoadedWeights(
+        model=model,
+        name=entry.name if entry is not None else str(path),
+        path=Path(path),
+        sha256=sha,
+        config=model.config.to_dict(),
+        tasks=list((entry.info.get("tasks") or []) if entry is not None else []),
+    )

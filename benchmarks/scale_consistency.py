@@ -32,7 +32,9 @@ def main() -> None:
     from amir_cli.imaging.io import Volume, read_image
     from amir_cli.imaging.kspace import kspace_downsample, kspace_upsample
     from amir_cli.metrics import volume_scores
-    from amir_cli.restore import load_weights, pick_device, restore_volume
+    from amir_cli.device import pick_device
+    from amir_cli.restore import restore_volume
+    from amir_cli.weights import load_weights
 
     loaded = load_weights(args.weights, pick_device("cpu"))
     print(f"weights {loaded.name} (sha256 {loaded.sha256[:16]}...), cpu, PSNR gain over the zero-filled input (dB)\n")

@@ -57,7 +57,7 @@ def data_time(data: str, batch: int, patch: int, batches: int, workers: int, cro
     from amir_cli.training.data import TASKS, PatchSampler, SamplerOptions, load_volumes, make_loader
 
     vols, _, _ = load_volumes(data)
-    sampler = PatchSampler(vols, TASKS, SamplerOptions(batch, patch, crops), seed=0)
+    sampler = PatchSampler(vols, TASKS, SamplerOptions(batch_size=batch, patch_size=patch, crops_per_slice=crops), seed=0)
     sampler.batch(0)  # projector matrices are built once per grid size
     times = []
     for it in range(1, batches + 1):

@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 import dicom_builders as DB
 from amir_cli.cli import app, main
-from amir_cli.imaging.kspace import DC_ITERATIONS, kspace_downsample
+from amir_cli.imaging.kspace import kspace_downsample
+from amir_cli.inference import DC_ITERATIONS
 from amir_cli.network import AMIR, get_config
 
 from test_dicom import DATA  # the same data folder the DICOM tests use

@@ -10,17 +10,9 @@ from amir_cli.errors import BadInputError, DeviceError
 from amir_cli.imaging.io import Volume
 from amir_cli.imaging.kspace import kspace_upsample
 from amir_cli.network import AMIR, get_config
-from amir_cli.restore import (
-    BORDER,
-    distributed_share,
-    pick_device,
-    precision_context,
-    restore_volume,
-    routing_summary,
-    scaled_affine,
-    self_ensemble,
-    tiled_predict,
-)
+from amir_cli.device import pick_device, precision_context
+from amir_cli.inference import BORDER, self_ensemble, tiled_predict
+from amir_cli.restore import distributed_share, restore_volume, routing_summary, scaled_affine
 from amir_cli.taskdetect import detect_task
 
 

@@ -10,7 +10,9 @@ from amir_cli.imaging import intensity
 from amir_cli.imaging.degrade import mri_truncate
 from amir_cli.imaging.io import read_image
 from amir_cli.metrics import slice_scores, volume_scores
-from amir_cli.restore import load_weights, pick_device, restore_volume
+from amir_cli.device import pick_device
+from amir_cli.restore import restore_volume
+from amir_cli.weights import load_weights
 from amir_cli.training.data import split_rows
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -28,6 +28,7 @@ from amir_cli.errors import BadInputError
 from amir_cli.training.data import TASKS, split_rows, split_slices, synthetic_volume, task_cycle
 
 ROOT = Path(__file__).resolve().parents[1]
+SEAMS = ROOT / "tests" / "train_seams.py"  # `amir train` with a test seam, in a child process
 TINY = dict(config="amir-tiny", batch_size=2, patch_size=32, workers=0, threads=1, val_slices=2, val_size=0, log_every=1, quiet=True)
 
 
@@ -232,11 +233,11 @@ def test_resume_after_kill_equals_uninterrupted_run(hq_data, tmp_path):
     train(TrainOptions(**common, out=str(tmp_path / "straight")))
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "amir_cli", "train", str(hq_data), "--out", str(killed), "--config", "amir-tiny",
+    cmd = [sys.executable, str(SEAMS), "kill", "4", "--", "train", str(hq_data), "--out", str(killed), "--config", "amir-tiny",
            "--iterations", "6", "--checkpoint-every", "3", "--val-every", "3", "--batch-size", "2", "--patch-size", "32",
            "--workers", "0", "--threads", "1", "--val-slices", "2", "--val-size", "0", "--log-every", "1", "--seed", "5", "--quiet"]
-    env = dict(os.environ, AMIR_TRAIN_KILL_AT="4")  # SIGKILL right after iteration 4 (checkpoint at 3)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # SIGKILL right after iteration 4 (checkpoint at 3)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert ckpt.load_torch(killed / ckpt.LAST)["iteration"] == 3
 
@@ -310,8 +311,8 @@ def test_run_folder_with_a_run_needs_resume(hq_data, tmp_path):
 def test_ddp_two_ranks_end_with_identical_weights(hq_data, tmp_path):
     hashes = tmp_path / "hashes"
     hashes.mkdir()
-    env = dict(os.environ, AMIR_TRAIN_HASH_DIR=str(hashes), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "amir_cli", "train",
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SEAMS), "hash", str(hashes), "--", "train",
            str(hq_data), "--out", str(tmp_path / "ddp"), "--config", "amir-tiny", "--iterations", "2", "--batch-size", "2",
            "--patch-size", "32", "--workers", "0", "--threads", "1", "--val-every", "2", "--val-slices", "1",
            "--val-size", "0", "--device", "cpu", "--quiet"]

@@ -44,8 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage
 
-TASKS = ("mri-sr", "ct-denoise", "pet-synthesis")
-DEFAULT_LEVEL = {"mri-sr": 4, "ct-denoise": 0.25, "pet-synthesis": 0.25}
+from amir_cli.tasks import DEFAULT_LEVEL, TASKS
 
 MU_WATER_PER_MM = 0.0192
 """Linear attenuation of water at a typical CT effective energy (~70 keV), 1/mm."""

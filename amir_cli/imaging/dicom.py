@@ -17,16 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from amir_cli.errors import BadInputError
-from amir_cli.imaging.io import (
-    Volume,
-    _integer_dtype_for,
-    check_dimensions,
-    check_pixels,
-    one_line,
-    ras_from_lps,
-    replace_dir,
-)
+from amir_cli.errors import BadInputError, one_line
+from amir_cli.files import atomic_write, replace_dir
+from amir_cli.imaging.volume import Volume, check_dimensions, check_pixels, integer_dtype_for, ras_from_lps
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
@@ -286,7 +279,7 @@ def _build_volume(items: list[tuple[Path, object]], what: str) -> Volume:
         meta["pet_units"] = str(ds0.get("Units", "")).upper()
         integer_valued = False
     if integer_valued:
-        meta["output_dtype"] = _integer_dtype_for(float(array.min()), float(array.max()), source_dtype)
+        meta["output_dtype"] = integer_dtype_for(float(array.min()), float(array.max()), source_dtype)
     else:
         meta["output_dtype"] = np.dtype(np.float32)
     return Volume(
@@ -604,13 +597,9 @@ def write_dicom_file(volume: Volume, ref: Volume, dest: str | Path, description:
             f"{dest}: a .dcm file holds one slice; give a folder path for a {volume.array.shape[2]}-slice series"
         )
     (ds,) = _derived_datasets(volume, ref, description)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
     try:
-        _save(ds, Path(name))
-        os.replace(name, dest)
+        atomic_write(dest, lambda tmp: _save(ds, tmp))
     except BaseException as exc:
-        Path(name).unlink(missing_ok=True)
         if isinstance(exc, (BadInputError, KeyboardInterrupt, SystemExit)):
             raise
         raise BadInputError(f"{dest}: cannot write DICOM file ({one_line(exc)})") from None

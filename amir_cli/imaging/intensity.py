@@ -7,36 +7,13 @@ and the output divided by the same factor: the restored image comes back in the 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
 from amir_cli.errors import BadInputError
+from amir_cli.tasks import EVAL_WINDOW, MRI_SR, NORM_RANGE, TASKS, Window
 
-TASKS = ("mri-sr", "ct-denoise", "pet-synthesis")
+__all__ = ["EVAL_WINDOW", "NORM_RANGE", "TASKS", "Window", "check_task", "denormalise", "mr_scale_factor", "normalise"]
 
-
-class Window(NamedTuple):
-    """An intensity interval [low, high] in physical units (a tuple, so it unpacks and compares)."""
-
-    low: float
-    high: float
-
-    @property
-    def width(self) -> float:
-        return self.high - self.low
-
-
-NORM_RANGE: dict[str, Window] = {
-    "ct-denoise": Window(-1024.0, 3071.0),
-    "pet-synthesis": Window(0.0, 20.0),
-    "mri-sr": Window(0.0, 4095.0),
-}
-EVAL_WINDOW: dict[str, Window] = {
-    "ct-denoise": Window(-160.0, 240.0),
-    "pet-synthesis": Window(0.0, 20.0),
-    "mri-sr": Window(0.0, 4095.0),
-}
 
 # MR scaling: the 99.5th percentile of the foreground maps to this value of the 12-bit range,
 # which leaves headroom below 4095 for bright structures (vessels, fat) and for the restoration.
@@ -77,7 +54,7 @@ def mr_scale_factor(array: np.ndarray) -> float:
 
 
 def _scale(task: str, mr_scale: float | None) -> float:
-    if task == "mri-sr" and mr_scale is not None:
+    if task == MRI_SR and mr_scale is not None:
         if not (np.isfinite(mr_scale) and mr_scale > 0):
             raise BadInputError(f"MR scale factor must be a positive number, got {mr_scale!r}")
         return float(mr_scale)

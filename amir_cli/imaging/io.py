@@ -7,102 +7,34 @@ so geometry makes a round trip by construction (nnU-Net style). No torch here.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from amir_cli.errors import BadInputError
+from amir_cli.errors import BadInputError, one_line
+from amir_cli.files import atomic_write
+from amir_cli.imaging.volume import (
+    Volume,
+    check_affine,
+    check_dimensions,
+    check_pixels,
+    choose_slice_axis,
+    output_dtype,
+    ras_from_lps,
+    to_dtype,
+)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 
-MIN_INPLANE = 16  # smallest in-plane size the network can take (pixel-unshuffle levels)
-MAX_INPLANE = 8192  # largest in-plane size accepted (header checked before pixel data is read)
-MAX_VOXELS = 2**31
-
-
-@dataclass
-class Volume:
-    """One image: pixels in physical units plus the geometry and header needed to write it back."""
-
-    array: np.ndarray  # float32, (I, J, K); a 2-D image is (I, J, 1)
-    affine: np.ndarray  # 4x4 voxel -> world (RAS+, mm), float64
-    modality: str | None = None  # 'CT', 'MR', 'PT' or None
-    unit: str = "arbitrary"  # 'HU', 'SUV', 'arbitrary'
-    source_format: str = "nifti"  # 'nifti', 'itk', 'dicom'
-    source_dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
-    slice_axis: int = 2  # acquisition axis along which 2-D slices are taken
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.array = np.asarray(self.array, dtype=np.float32)
-        if self.array.ndim == 2:
-            self.array = self.array[:, :, None]
-        if self.array.ndim != 3:
-            raise ValueError(f"Volume.array must be 2-D or 3-D, got shape {self.array.shape}")
-        self.affine = np.asarray(self.affine, dtype=np.float64)
-        if self.affine.shape != (4, 4):
-            raise ValueError(f"Volume.affine must be 4x4, got {self.affine.shape}")
-        self.source_dtype = np.dtype(self.source_dtype)
-        if self.slice_axis not in (0, 1, 2):
-            raise ValueError(f"Volume.slice_axis must be 0, 1 or 2, got {self.slice_axis}")
-
-    @property
-    def spacing_mm(self) -> tuple[float, float, float]:
-        """Voxel size along I, J, K in mm (norms of the affine's columns)."""
-        s = np.linalg.norm(self.affine[:3, :3], axis=0)
-        return (float(s[0]), float(s[1]), float(s[2]))
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
-
-    def with_array(self, array: np.ndarray, affine: np.ndarray | None = None) -> "Volume":
-        """A copy with new pixels (physical units) and optionally a new affine (e.g. after --scale)."""
-        return dataclasses.replace(
-            self,
-            array=np.asarray(array, dtype=np.float32),
-            affine=self.affine.copy() if affine is None else np.asarray(affine, dtype=np.float64),
-            meta=dict(self.meta),
-        )
 
 
 # --------------------------------------------------------------------------------------------
-# LPS <-> RAS: the one place where the convention changes.
-
-
-def ras_from_lps(x: np.ndarray) -> np.ndarray:
-    """Flip the sign of the first two world axes (x, y): LPS (DICOM, ITK) <-> RAS (NIfTI).
-
-    The flip is its own inverse, so this single function serves both directions. Takes a 4x4
-    voxel->world affine (flips its world rows) or points / vectors of shape (..., 3).
-    """
-    x = np.array(x, dtype=np.float64)
-    if x.shape == (4, 4):
-        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ x
-    if x.shape[-1] != 3:
-        raise ValueError(f"expected a 4x4 affine or (..., 3) points, got shape {x.shape}")
-    x[..., :2] *= -1.0
-    return x
-
-
-lps_from_ras = ras_from_lps
-
-
-# --------------------------------------------------------------------------------------------
-# helpers shared with dicom.py
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line (no tracebacks, no newlines) for user messages."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:300]
+# file names
 
 
 def image_suffix(path: str | Path) -> str:
@@ -119,77 +51,6 @@ def stem(path: str | Path) -> str:
     p = Path(path)
     s = image_suffix(p)
     return p.name[: len(p.name) - len(s)] if s else p.name
-
-
-def choose_slice_axis(shape: tuple[int, ...], spacing: tuple[float, ...], hint: int | None = None) -> int:
-    """Acquisition axis: a header hint if given, else the only axis of size 1, else the axis with
-    the coarsest spacing (ties -> 2)."""
-    if hint in (0, 1, 2):
-        return int(hint)
-    singles = [a for a in range(3) if shape[a] == 1]
-    if len(singles) == 1:
-        return singles[0]
-    top = max(spacing)
-    tied = [a for a in range(3) if spacing[a] >= top * (1 - 1e-3)]
-    return 2 if 2 in tied else tied[-1]
-
-
-def check_dimensions(shape: tuple[int, ...], slice_axis: int, what: str) -> None:
-    """Reject images too small or absurdly large for restoration (before reading pixel data)."""
-    inplane = [int(shape[a]) for a in range(3) if a != slice_axis]
-    if min(inplane) < MIN_INPLANE:
-        raise BadInputError(
-            f"{what}: image is {inplane[0]}x{inplane[1]} in-plane; at least {MIN_INPLANE}x{MIN_INPLANE} is needed"
-        )
-    if max(inplane) > MAX_INPLANE:
-        raise BadInputError(
-            f"{what}: header claims {inplane[0]}x{inplane[1]} pixels in-plane; "
-            f"at most {MAX_INPLANE} per axis is accepted"
-        )
-    n = int(np.prod([int(s) for s in shape], dtype=np.int64))
-    if n > MAX_VOXELS:
-        raise BadInputError(f"{what}: header claims {n} voxels; at most {MAX_VOXELS} are accepted")
-
-
-def check_pixels(array: np.ndarray, what: str) -> None:
-    bad = ~np.isfinite(array)
-    if bad.any():
-        raise BadInputError(f"{what}: image contains {int(bad.sum())} NaN or infinite voxels")
-
-
-def check_affine(affine: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise BadInputError(f"{what}: invalid geometry (singular or non-finite voxel-to-world matrix)")
-
-
-def _integer_dtype_for(lo: float, hi: float, preferred: np.dtype) -> np.dtype:
-    """``preferred`` if [lo, hi] fits it, else the smallest of int16/int32 that does."""
-    for dt in (np.dtype(preferred), np.dtype(np.int16), np.dtype(np.int32)):
-        if dt.kind in "iu":
-            info = np.iinfo(dt)
-            if lo >= info.min and hi <= info.max:
-                return dt
-    return np.dtype(np.int32)
-
-
-def output_dtype(volume: Volume) -> np.dtype:
-    """Data type for NIfTI/ITK output: integer sources with integer physical values keep an
-    integer type (CT stays integer HU); everything else is float32."""
-    dt = volume.meta.get("output_dtype")
-    if dt is not None:
-        return np.dtype(dt)
-    if volume.source_dtype.kind in "iu":
-        return volume.source_dtype
-    return np.dtype(np.float32)
-
-
-def to_dtype(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round and clip to an integer type's range, or cast to float32."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(array), info.min, info.max).astype(dtype)
-    return np.asarray(array, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,43 +312,14 @@ def write_image(volume: Volume, path: str | Path, *, reference: Volume | None = 
     )
 
 
-def _tmp_name(dest: Path, suffix: str = "") -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + suffix, dir=dest.parent)
-    os.close(fd)
-    return Path(name)
-
-
 def _atomic_file(dest: Path, write) -> Path:
     """Run ``write(tmp_path)`` on a temp file beside ``dest`` then rename it into place."""
-    tmp = _tmp_name(dest, image_suffix(dest))
     try:
-        write(tmp)
-        os.replace(tmp, dest)
+        return atomic_write(dest, write, suffix=".tmp" + image_suffix(dest))
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         if isinstance(exc, (BadInputError, KeyboardInterrupt, SystemExit)):
             raise
         raise BadInputError(f"{dest}: cannot write ({one_line(exc)})") from None
-    return dest
-
-
-def replace_dir(tmp_dir: Path, dest: Path) -> None:
-    """Move a fully written temp folder onto ``dest`` (replacing an existing one last-moment)."""
-    if dest.exists() or dest.is_symlink():
-        backup = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
-        backup.rmdir()
-        os.replace(dest, backup)
-        try:
-            os.replace(tmp_dir, dest)
-        except BaseException:
-            os.replace(backup, dest)
-            raise
-        if backup.is_dir() and not backup.is_symlink():
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            backup.unlink(missing_ok=True)
-    else:
-        os.replace(tmp_dir, dest)
 
 
 def _write_nifti(volume: Volume, ref: Volume, tmp: Path, description: str) -> None:

@@ -9,9 +9,10 @@
 from .checkpoint import RunFolderError
 from .data import Levels, PatchSampler, SamplerOptions, TrainingDataError, load_volumes, validation_set
 from .export import export_run
-from .loop import TrainingDivergedError, TrainOptions, evaluate, state_hash, train
+from .loop import Hooks, TrainingDivergedError, TrainOptions, evaluate, state_hash, train
 
 __all__ = [
+    "Hooks",
     "Levels",
     "PatchSampler",
     "RunFolderError",

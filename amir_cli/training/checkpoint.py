@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from amir_cli.errors import AmirError
+from amir_cli.files import atomic_write, json_default
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -29,34 +29,21 @@ class RunFolderError(AmirError):
     """The run folder cannot be written (permissions, disk full) or read back."""
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_file(path: Path, write) -> None:
     """write(tmp_path) then os.replace: a reader (or a kill -9) sees the old file or the new one."""
     path = Path(path)
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        # mkstemp makes 0600 files; give them the usual permissions
+        atomic_write(path, write, mode=0o666 & ~_UMASK, fsync=True)
     except OSError as exc:
         raise RunFolderError(
             f"cannot write {path.name} in run folder {path.parent} ({exc.strerror or exc}); "
             "the previous checkpoint is intact"
         ) from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def save_torch(obj: dict, path: Path) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_file(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch(path: Path) -> dict:
@@ -71,22 +58,10 @@ def load_torch(path: Path) -> dict:
 def write_json(path: Path, data: dict) -> None:
     def w(tmp):
         with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
+            json.dump(data, f, indent=2, default=json_default)
             f.write("\n")
 
-    _atomic_write(path, w)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (Path,)):
-        return str(o)
-    if isinstance(o, tuple):
-        return list(o)
-    return str(o)
+    atomic_file(path, w)
 
 
 def read_json(path: Path) -> dict:
@@ -150,14 +125,14 @@ class MetricsLog:
         line torn by a kill."""
         records = [rec for rec in cls.read(path) if rec.get("iteration", 0) <= iteration]
         log = cls(path, records)
-        _atomic_write(log.path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, default=_json_default) + "\n" for r in records)))
+        atomic_file(log.path, lambda tmp: Path(tmp).write_text("".join(json.dumps(r, default=json_default) + "\n" for r in records)))
         return log
 
     def append(self, record: dict) -> None:
         self.records.append(record)
         try:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record, default=_json_default) + "\n")
+                f.write(json.dumps(record, default=json_default) + "\n")
         except OSError as exc:
             raise RunFolderError(f"cannot write {self.path} ({exc.strerror or exc})") from None
 
@@ -197,6 +172,6 @@ def plot_curves(records: list, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=90)
 
     try:
-        _atomic_write(path, w)
+        atomic_file(path, w)
     finally:
         plt.close(fig)

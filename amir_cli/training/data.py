@@ -33,13 +33,9 @@ from torch.utils.data import Dataset
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade, intensity
 from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem
-
-TASKS = ("mri-sr", "ct-denoise", "pet-synthesis")
-FOLDER_TASK = {"mri": "mri-sr", "mr": "mri-sr", "ct": "ct-denoise", "pet": "pet-synthesis", "pt": "pet-synthesis"}
+from amir_cli.tasks import FOLDER_TASK, FOREGROUND, MRI_SR, TASKS
 VAL_FRACTION = 0.10  # slices (or rows of a single-slice image) held out per volume
 VAL_GAP = 2  # slices next to the held-out block left out of training too (neighbours look alike)
-# Normalised intensity above which a pixel counts as foreground when patches are picked.
-FOREGROUND = {"ct-denoise": (-800.0 + 1024.0) / 4095.0, "mri-sr": 0.02, "pet-synthesis": 0.01}
 MIN_FOREGROUND = 0.2  # fraction of foreground pixels a training patch should have (best of tries)
 PATCH_TRIES = 6
 
@@ -268,7 +264,7 @@ def _make_volume(vol, lq_vol, task: str, path: Path, holdout: bool | None) -> Tr
     hq = _slices_first(vol)
     lq = None if lq_vol is None else _slices_first(lq_vol)
     mr_scale = None
-    if task == "mri-sr":  # scaled robustly per volume, from the input the network sees (as at inference)
+    if task == MRI_SR:  # scaled robustly per volume, from the input the network sees (as at inference)
         mr_scale = intensity.mr_scale_factor(lq if lq is not None else hq)
     s, h, _ = hq.shape
     if holdout is None:  # a validation volume: everything validates
@@ -294,13 +290,13 @@ def synthetic_volume(task: str, hq: np.ndarray, name: str = "synthetic", pixel_m
     """A TrainVolume from an in-memory (S, H, W) array (tests, notebooks)."""
     hq = np.asarray(hq, np.float32)
     s, h, _ = hq.shape
-    mr_scale = intensity.mr_scale_factor(hq) if task == "mri-sr" else None
+    mr_scale = intensity.mr_scale_factor(hq) if task == MRI_SR else None
     train, val, rows, vrows = _held_out(s, h)
     return TrainVolume(name, task, hq, None if lq is None else np.asarray(lq, np.float32), pixel_mm, mr_scale, train, val, rows, vrows)
 
 
 # --------------------------------------------------------------------------------- sampling
-@dataclass
+@dataclass(kw_only=True)
 class SamplerOptions:
     batch_size: int = 8
     patch_size: int = 128
@@ -382,14 +378,14 @@ class PatchSampler:
             pixel_mm = vol.pixel_mm
             if self.opt.zoom_jitter > 1 and (self.opt.zoom_tasks is None or task in self.opt.zoom_tasks):
                 hq_slice, f = _zoom(hq_slice, self.opt.zoom_jitter, rng)
-                pixel_mm, rows = pixel_mm / f, None if rows is None else round(rows * f)
-            if task == "mri-sr" and self.opt.mr_noise > 0:
+                pixel_mm, rows = pixel_mm / f, round(rows * f)
+            if task == MRI_SR and self.opt.mr_noise > 0:
                 hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
             level, kw = self.opt.levels.draw(task, rng)
             noise_rng = np.random.default_rng(rng.integers(2**63))
             lq_slice = degrade.degrade_slice(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm, **kw)
         jitter = 1.0
-        if task == "mri-sr" and self.opt.mr_scale_jitter > 0:
+        if task == MRI_SR and self.opt.mr_scale_jitter > 0:
             jitter = float(math.exp(rng.uniform(-self.opt.mr_scale_jitter, self.opt.mr_scale_jitter)))
         lq_n = vol.normalise(lq_slice[:rows], jitter)
         hq_n = vol.normalise(hq_slice[:rows], jitter)

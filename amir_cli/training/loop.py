@@ -10,27 +10,37 @@ import hashlib
 import math
 import os
 import shlex
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from amir_cli import __version__
-from amir_cli.errors import AmirError, BadInputError, DeviceError
+from amir_cli._version import __version__
+from amir_cli.device import pick_device
+from amir_cli.errors import AmirError, BadInputError
 from amir_cli.imaging import intensity
 from amir_cli.metrics import slice_scores
+from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
-from .data import TASKS, Levels, PatchSampler, SamplerOptions, load_volumes, make_loader, task_cycle, validation_set
+from .data import Levels, PatchSampler, SamplerOptions, load_volumes, make_loader, task_cycle, validation_set
 
 
 class TrainingDivergedError(AmirError):
     """The loss became NaN or infinite."""
+
+
+@dataclass
+class Hooks:
+    """Seams for tests and tools, given to :func:`train` (never read from the environment)."""
+
+    after_step: Callable[[int], None] | None = None  # called with the number of iterations done
+    at_end: Callable[[nn.Module, int], None] | None = None  # called with the trained model and this process's rank
 
 
 TASK_WEIGHTINGS = ("uniform", "uncertainty", "relative", "psnr")
@@ -163,20 +173,6 @@ def _init_distributed(device_kind: str) -> Dist:
     return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
 
 
-def _device(name: str, dist: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError("--device cuda requested but no CUDA GPU is available (use --device cpu)")
-        if dist.world > 1 or name == "cuda":
-            return torch.device("cuda", dist.local_rank if dist.world > 1 else 0)
-        return torch.device(name)
-    if name != "cpu":
-        raise DeviceError(f"unknown --device {name!r}: use auto, cpu or cuda")
-    return torch.device("cpu")
-
-
 def _default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
@@ -249,7 +245,7 @@ def _progress(quiet: bool):
 
 # ------------------------------------------------------------------------------ validation
 @torch.no_grad()
-def evaluate(model: nn.Module, val_set, device, amp: bool = False, batch: int = 4) -> dict:
+def evaluate(model: nn.Module, val_set, device, batch: int = 4) -> dict:
     """SPEC §4 scores of the network on the validation slices: per-task PSNR/SSIM means (dB)."""
     was_training = model.training
     model.eval()
@@ -278,15 +274,21 @@ def input_scores(val_set) -> dict:
     return {t: {k: float(np.nanmean([s[k] for s in v])) for k in ("psnr", "ssim", "rmse")} for t, v in per.items()}
 
 
+def _pick(spec: str) -> torch.device:
+    """The training device: no Apple GPU; under torchrun each process its LOCAL_RANK's GPU."""
+    return pick_device(spec, mps=False, per_process=True)
+
+
 # ------------------------------------------------------------------------------ the run
-def train(options: TrainOptions, resume: str | os.PathLike | None = None, command: list[str] | None = None) -> dict:
-    """Train (or resume) a run; returns a summary dict. Only rank 0 writes to the run folder."""
+def train(options: TrainOptions, resume: str | os.PathLike | None = None, command: list[str] | None = None, *, hooks: Hooks | None = None) -> dict:
+    """Train (or resume) a run; returns a summary dict. Only rank 0 writes to the run folder.
+
+    ``hooks``: seams for tests and tools (:class:`Hooks`)."""
     run_dir, o, state = _prepare_run(options, resume)
     o.check()
-    dev_kind = "cuda" if (o.device.startswith("cuda") or (o.device == "auto" and torch.cuda.is_available())) else "cpu"
-    dist = _init_distributed(dev_kind)
+    dist = _init_distributed(_pick(o.device).type)
     try:
-        return _train(run_dir, o, state, dist, command if command is not None else sys.argv)
+        return _train(run_dir, o, state, dist, command if command is not None else sys.argv, hooks or Hooks())
     finally:
         if dist.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -314,10 +316,10 @@ def _prepare_run(options: TrainOptions, resume):
     return run_dir, o, None
 
 
-def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command) -> dict:
+def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command, hooks: Hooks) -> dict:
     from amir_cli.network import AMIR, get_config
 
-    device = _device(o.device, dist)
+    device = _pick(o.device)
     if o.threads:
         torch.set_num_threads(int(o.threads))
     amp = bool(o.amp and device.type == "cuda")
@@ -332,7 +334,8 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
     sampler = PatchSampler(
         volumes,
         o.tasks,
-        SamplerOptions(o.batch_size, o.patch_size, o.crops_per_slice, True, o.mr_scale_jitter, o.levels(), o.task_mix, o.mr_noise, o.zoom_jitter, o.zoom_tasks),
+        SamplerOptions(batch_size=o.batch_size, patch_size=o.patch_size, crops_per_slice=o.crops_per_slice, flips=True, mr_scale_jitter=o.mr_scale_jitter,
+                       levels=o.levels(), task_mix=o.task_mix, mr_noise=o.mr_noise, zoom_jitter=o.zoom_jitter, zoom_tasks=o.zoom_tasks),
         seed=o.seed,
         rank=dist.rank,
     )
@@ -383,7 +386,7 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
         val_in = input_scores(val_set)
         log = ckpt.MetricsLog.resume(run_dir / ckpt.METRICS, start) if state is not None else ckpt.MetricsLog(run_dir / ckpt.METRICS)
         if state is None:
-            ckpt._atomic_write(log.path, lambda tmp: Path(tmp).write_text(""))
+            ckpt.atomic_file(log.path, lambda tmp: Path(tmp).write_text(""))
         run_info = _run_info(run_dir, o, command, dist, config, n_params, layout, volumes, val_volumes, val_set, val_in, init_info, workers, device, amp)
         ckpt.write_json(run_dir / ckpt.RUN_JSON, run_info)
         if (run_dir / ckpt.BEST).exists() and state is not None:
@@ -409,7 +412,6 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
             )
         dist.barrier()
 
-    kill_at = int(os.environ.get("AMIR_TRAIN_KILL_AT", "0") or 0)  # test hook: SIGKILL after this iteration
     loader = make_loader(sampler, start, o.iterations, workers)
     window = {"loss": 0.0, "l1": 0.0, "load": 0.0, "n": 0, "t": time.perf_counter(), "task": {}}
     last_val = None
@@ -430,10 +432,10 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
             try:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     pred, load_loss = net(lq)
-            except (ValueError, RuntimeError) as exc:
-                # weights blown up: torch.distributions in the gating refuses NaN logits
-                nan_inside = "invalid values" in str(exc) and "nan" in str(exc).lower()
-                if not nan_inside and all(torch.isfinite(p).all() for p in model.parameters()):
+            except (ValueError, RuntimeError):
+                # weights blown up (the gating's torch.distributions refuses NaN logits): stop below;
+                # with finite weights the error is not divergence and goes up as it is
+                if all(torch.isfinite(p).all() for p in model.parameters()):
                     raise
                 pred = load_loss = torch.full((), float("nan"), device=device)  # diverged weights: stop below
             per_sample = (pred.float() - hq).abs().mean(dim=(1, 2, 3))
@@ -502,7 +504,7 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
                 save_last(it)  # before validation: a failure there loses nothing
             if it % o.val_every == 0 or it == o.iterations:
                 if dist.main:
-                    scores = evaluate(ema_model if ema_model is not None else model, val_set, device, amp)
+                    scores = evaluate(ema_model if ema_model is not None else model, val_set, device)
                     gain = {t: scores[t]["psnr"] - val_in[t]["psnr"] for t in scores}
                     mean_gain = float(np.mean(list(gain.values()))) if gain else float("nan")
                     is_best = bool(mean_gain > best)
@@ -528,12 +530,11 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
                     stats = stats.split(" | val")[0] + f" | val {last_val}"
                 dist.barrier()
             progress.update(bar, completed=it, stats=stats)
-            if kill_at and it == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+            if hooks.after_step is not None:
+                hooks.after_step(it)
 
-    hash_dir = os.environ.get("AMIR_TRAIN_HASH_DIR")  # test hook: each rank writes its weights' hash
-    if hash_dir:
-        Path(hash_dir, f"rank{dist.rank}.txt").write_text(state_hash(model.state_dict()))
+    if hooks.at_end is not None:
+        hooks.at_end(model, dist.rank)
     summary = {"run_dir": str(run_dir), "iterations": it, "best_mean_gain_db": best if best > -math.inf else None, "best": best_scores}
     if o.export and dist.main:
         from .export import export_run

@@ -1,0 +1,74 @@
+"""Where and in which precision the network runs: one choice shared by restore, benchmark and train."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from .errors import DeviceError, one_line
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def pick_device(spec: str = "auto", *, mps: bool = True, per_process: bool = False):
+    """A torch.device for 'auto' (cuda > mps > cpu; cuda:LOCAL_RANK under torchrun), 'cpu',
+    'cuda', 'cuda:N' or 'mps'; DeviceError when this machine cannot provide it.
+
+    ``mps=False`` leaves Apple GPUs out (training); ``per_process=True`` gives each process of a
+    multi-process run (WORLD_SIZE > 1) the GPU of its LOCAL_RANK whatever CUDA device was named.
+    """
+    import torch
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    spread = per_process and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    choices = "auto, cpu, cuda, cuda:N or mps" if mps else "auto, cpu, cuda or cuda:N"
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        if mps and _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "mps" and mps:
+        if not _mps_available():
+            raise DeviceError("device mps is not available on this machine (Apple GPU with an MPS-enabled torch needed)")
+        return torch.device("mps")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        index_text = spec[5:] if spec.startswith("cuda:") else ""
+        if index_text and not index_text.isdigit():
+            raise DeviceError(f"invalid device {spec!r}: use {choices}")
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {spec} requested but CUDA is not available (torch {torch.__version__}, no GPU found)")
+        index = local_rank if spread else (int(index_text) if index_text else 0)
+        if index >= torch.cuda.device_count():
+            raise DeviceError(f"device {spec} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device("cuda", index)
+    raise DeviceError(f"invalid device {spec!r}: use {choices}")
+
+
+def _mps_available() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def precision_context(device, precision: str = "fp32"):
+    """A context manager running the network in ``precision`` on ``device`` (torch.autocast)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise DeviceError(f"invalid precision {precision!r}: use {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cpu" and precision == "fp16":
+        raise DeviceError("fp16 is not supported on the CPU; use --precision fp32 or bf16")
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"bf16 is not supported on {torch.cuda.get_device_name(device)}; use fp16 or fp32")
+    try:
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    except (RuntimeError, ValueError) as exc:
+        raise DeviceError(f"precision {precision} is not available on {device}: {one_line(exc)}") from None

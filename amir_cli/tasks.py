@@ -1,0 +1,66 @@
+"""The three restoration tasks as data: every other module asks here for a task's name, folders,
+intensity range, evaluation window and defaults (SPEC §2-§4).
+
+ct-denoise works in HU, pet-synthesis in SUV (body weight), mri-sr in the paper's 12-bit range.
+Imports nothing of ours, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+MRI_SR = "mri-sr"
+CT_DENOISE = "ct-denoise"
+PET_SYNTHESIS = "pet-synthesis"
+
+
+class Window(NamedTuple):
+    """An intensity interval [low, high] in physical units (a tuple, so it unpacks and compares)."""
+
+    low: float
+    high: float
+
+    @property
+    def width(self) -> float:
+        return self.high - self.low
+
+
+@dataclass(frozen=True)
+class Task:
+    """One restoration task."""
+
+    name: str
+    folder: str  # the modality folder of the data layouts (DATA/MRI, DATA/CT, DATA/PET)
+    folder_names: tuple[str, ...]  # folder names (lower case) that name this task
+    modality: str  # DICOM Modality
+    unit: str  # physical unit of the intensities ("" for MR: none)
+    norm_range: Window  # physical range mapped to the network's [0, 1]
+    eval_window: Window  # evaluation window of the paper's protocol (SPEC §4)
+    default_level: float  # degradation level when none is given: MR k-space factor, else dose fraction
+    foreground: float  # normalised intensity above which a pixel counts as foreground (training patches)
+    level_name: str  # what the degradation level is
+
+
+TASK_LIST: tuple[Task, ...] = (
+    Task(MRI_SR, "MRI", ("mri", "mr"), "MR", "", Window(0.0, 4095.0), Window(0.0, 4095.0), 4, 0.02, "factor"),
+    Task(CT_DENOISE, "CT", ("ct",), "CT", "HU", Window(-1024.0, 3071.0), Window(-160.0, 240.0), 0.25,
+         (-800.0 + 1024.0) / 4095.0, "dose fraction"),
+    Task(PET_SYNTHESIS, "PET", ("pet", "pt"), "PT", "SUV", Window(0.0, 20.0), Window(0.0, 20.0), 0.25, 0.01, "dose fraction"),
+)
+TASK: dict[str, Task] = {t.name: t for t in TASK_LIST}
+TASKS: tuple[str, ...] = tuple(TASK)
+"""Task names in their canonical order (the network's task index, the tables' row order)."""
+
+FOLDER_TASK: dict[str, str] = {f: t.name for t in TASK_LIST for f in t.folder_names}
+"""Lower-case modality folder name -> task."""
+TASK_FOLDER: dict[str, str] = {t.name: t.folder for t in TASK_LIST}
+MODALITY_TASK: dict[str, str] = {t.modality: t.name for t in TASK_LIST}
+
+# The window tables keep the order CT, PET, MR in which they have always been listed.
+_WINDOW_ORDER = (CT_DENOISE, PET_SYNTHESIS, MRI_SR)
+NORM_RANGE: dict[str, Window] = {name: TASK[name].norm_range for name in _WINDOW_ORDER}
+EVAL_WINDOW: dict[str, Window] = {name: TASK[name].eval_window for name in _WINDOW_ORDER}
+DEFAULT_LEVEL: dict[str, float] = {t.name: t.default_level for t in TASK_LIST}
+FOREGROUND: dict[str, float] = {t.name: t.foreground for t in TASK_LIST}
+
