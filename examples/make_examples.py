@@ -1,8 +1,9 @@
 """Build the shipped examples from the project's development data (../shared/data by default).
 
 Each example is a few slices of a real scan (PET: simulated activity, no real PET is available)
-with a simulated low-quality version beside its high-quality reference. The slices lie inside the
-blocks that training holds out for validation (`amir_cli.training.data.split_slices`):
+with a simulated low-quality version beside its high-quality reference, cut from training or
+validation subjects of `benchmarks/splits.py`, never from the test split (CT: the head CT, a
+training subject; MR: Colin27, a validation subject; PET: activity on the ICBM152 template):
 
     ct_head_quarter_dose.nii.gz   + ct_head_reference.nii.gz      (int16 HU)
     mr_brain_x4.nii.gz            + mr_brain_reference.nii.gz     (float32, scanner units)
