@@ -2,7 +2,7 @@
 
 Each example is a few slices of a real scan (PET: simulated activity, no real PET is available)
 with a simulated low-quality version beside its high-quality reference. The slices lie inside the
-blocks that training holds out for validation (`amir_cli.training.data.split_slices`):
+blocks that training holds out for validation (`amir_cli.training.volumes.split_slices`):
 
     ct_head_quarter_dose.nii.gz   + ct_head_reference.nii.gz      (int16 HU)
     mr_brain_x4.nii.gz            + mr_brain_reference.nii.gz     (float32, scanner units)
