@@ -19,6 +19,7 @@ from ._version import __version__
 from .device import PRECISIONS
 from .errors import AmirError, one_line
 from .tasks import MRI_SR, PET_SYNTHESIS, TASKS
+from .training.options import TaskWeighting, TrainOptions, range_text
 
 app = typer.Typer(
     name="amir",
@@ -102,7 +103,7 @@ def progress_bar(quiet: bool):
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands: restore, degrade  (restore engineer)
+# Commands: restore, degrade
 # ---------------------------------------------------------------------------------------------
 
 
@@ -287,7 +288,7 @@ def degrade_cmd(
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands: weights list | verify | path | import  (restore engineer)
+# Commands: weights list | verify | path | import
 # ---------------------------------------------------------------------------------------------
 
 weights_app = typer.Typer(
@@ -402,7 +403,7 @@ def weights_import(
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands: train  (train engineer)
+# Commands: train
 # ---------------------------------------------------------------------------------------------
 
 
@@ -430,6 +431,15 @@ def _task_mix_option(text: str | None) -> dict | None:
     return mix
 
 
+_TRAIN = TrainOptions()  # the defaults of `amir train`'s options
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (on the command line or in the environment), not defaulted."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 @app.command(
     "train",
     epilog="Examples:\n\n"
@@ -442,48 +452,49 @@ def _task_mix_option(text: str | None) -> dict | None:
     "The run folder gets last.pt (resumable), best.pt, metrics.jsonl, curves.png and run.json.",
 )
 def train_cmd(
+    ctx: typer.Context,
     data: Annotated[Optional[Path], typer.Argument(help="Training data folder (not needed with --resume).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/amir-DATE-TIME).", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue a run from its last checkpoint (options from its run.json; --iterations, --workers, --device, --val-every, --checkpoint-every, --export may be given again).", show_default=False)] = None,
-    config: Annotated[str, typer.Option("--config", metavar="amir|amir-s|amir-tiny", help="Network configuration.")] = "amir",
+    config: Annotated[str, typer.Option("--config", metavar="amir|amir-s|amir-tiny", help="Network configuration.")] = _TRAIN.config,
     tasks: Annotated[str, typer.Option("--tasks", help="'all' (all-in-one, tasks sampled evenly) or a comma-separated subset.")] = "all",
-    iterations: Annotated[int, typer.Option("--iterations", help="Training iterations (total, counting those before a --resume).")] = 200_000,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per iteration per process.")] = 8,
-    patch_size: Annotated[int, typer.Option("--patch-size", help="Patch size in pixels (multiple of 8).")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine-annealed to --eta-min).")] = 2e-4,
-    eta_min: Annotated[float, typer.Option("--eta-min", help="Final learning rate of the cosine schedule.")] = 1e-6,
-    warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up iterations.")] = 0,
-    ema: Annotated[float, typer.Option("--ema", help="Exponential moving average of the weights (e.g. 0.999; 0: off). Validation and export use it.")] = 0.0,
-    task_weighting: Annotated[str, typer.Option("--task-weighting", metavar="uniform|uncertainty|relative|psnr", help="Per-task loss weights: uniform (paper), learned homoscedastic uncertainty, relative (each sample's L1 divided by its input's, so every task and level weighs the same), or psnr (each sample's PSNR deficit to its input in dB, the benchmark's own score, in place of the L1).")] = "uniform",
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.")] = False,
-    clip_grad: Annotated[float, typer.Option("--clip-grad", help="Clip the gradient norm (0: off).")] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of every batch.")] = 0,
-    val_every: Annotated[int, typer.Option("--val-every", help="Validate (SPEC §4) every N iterations; the best is kept as best.pt.")] = 5000,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write last.pt every N iterations.")] = 1000,
-    log_every: Annotated[int, typer.Option("--log-every", help="Append training loss to metrics.jsonl every N iterations.")] = 50,
-    val_slices: Annotated[int, typer.Option("--val-slices", help="Held-out validation slices per task.")] = 8,
-    val_size: Annotated[int, typer.Option("--val-size", help="Centre crop of validation slices (0: whole slices).")] = 256,
+    iterations: Annotated[int, typer.Option("--iterations", help="Training iterations (total, counting those before a --resume).")] = _TRAIN.iterations,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per iteration per process.")] = _TRAIN.batch_size,
+    patch_size: Annotated[int, typer.Option("--patch-size", help="Patch size in pixels (multiple of 8).")] = _TRAIN.patch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine-annealed to --eta-min).")] = _TRAIN.lr,
+    eta_min: Annotated[float, typer.Option("--eta-min", help="Final learning rate of the cosine schedule.")] = _TRAIN.eta_min,
+    warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up iterations.")] = _TRAIN.warmup,
+    ema: Annotated[float, typer.Option("--ema", help="Exponential moving average of the weights (e.g. 0.999; 0: off). Validation and export use it.")] = _TRAIN.ema,
+    task_weighting: Annotated[TaskWeighting, typer.Option("--task-weighting", help="Per-task loss weights: uniform (paper), learned homoscedastic uncertainty, relative (each sample's L1 divided by its input's, so every task and level weighs the same), or psnr (each sample's PSNR deficit to its input in dB, the benchmark's own score, in place of the L1).")] = TaskWeighting(_TRAIN.task_weighting),
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.")] = _TRAIN.amp,
+    clip_grad: Annotated[float, typer.Option("--clip-grad", help="Clip the gradient norm (0: off).")] = _TRAIN.clip_grad,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of every batch.")] = _TRAIN.seed,
+    val_every: Annotated[int, typer.Option("--val-every", help="Validate (SPEC §4) every N iterations; the best is kept as best.pt.")] = _TRAIN.val_every,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write last.pt every N iterations.")] = _TRAIN.checkpoint_every,
+    log_every: Annotated[int, typer.Option("--log-every", help="Append training loss to metrics.jsonl every N iterations.")] = _TRAIN.log_every,
+    val_slices: Annotated[int, typer.Option("--val-slices", help="Held-out validation slices per task.")] = _TRAIN.val_slices,
+    val_size: Annotated[int, typer.Option("--val-size", help="Centre crop of validation slices (0: whole slices).")] = _TRAIN.val_size,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data loader processes (default: min(8, CPUs - 1); 0: in the training process).", show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads of the training process.", show_default=False)] = None,
-    crops_per_slice: Annotated[int, typer.Option("--crops-per-slice", help="Patches cut from one degraded slice.")] = 1,
-    mr_scale_jitter: Annotated[float, typer.Option("--mr-scale-jitter", help="Multiply the MR scale factor by exp(U(-j, j)).")] = 0.0,
-    mr_noise: Annotated[float, typer.Option("--mr-noise", help="Add a Rician noise floor to MR references, sigma ~ U(0, N) x the MR target level (scanner noise the templates lack).")] = 0.0,
-    zoom_jitter: Annotated[float, typer.Option("--zoom-jitter", help="Resample training slices in-plane by a random factor in [1/Z, Z] before degrading them (robustness to pixel size; 1: off).")] = 1.0,
+    crops_per_slice: Annotated[int, typer.Option("--crops-per-slice", help="Patches cut from one degraded slice.")] = _TRAIN.crops_per_slice,
+    mr_scale_jitter: Annotated[float, typer.Option("--mr-scale-jitter", help="Multiply the MR scale factor by exp(U(-j, j)).")] = _TRAIN.mr_scale_jitter,
+    mr_noise: Annotated[float, typer.Option("--mr-noise", help="Add a Rician noise floor to MR references, sigma ~ U(0, N) x the MR target level (scanner noise the templates lack).")] = _TRAIN.mr_noise,
+    zoom_jitter: Annotated[float, typer.Option("--zoom-jitter", help="Resample training slices in-plane by a random factor in [1/Z, Z] before degrading them (robustness to pixel size; 1: off).")] = _TRAIN.zoom_jitter,
     zoom_tasks: Annotated[str, typer.Option("--zoom-tasks", help="'all' or the comma-separated tasks whose slices --zoom-jitter resamples (e.g. ct-denoise,pet-synthesis: MR super-resolution learns from k-space content that resampling alters).")] = "all",
     task_mix: Annotated[Optional[str], typer.Option("--task-mix", metavar="TASK=N,...", help="Integer shares of the training slices per task, e.g. ct-denoise=3,mri-sr=2,pet-synthesis=1 (default: even).", show_default=False)] = None,
-    ct_dose: Annotated[str, typer.Option("--ct-dose", metavar="LOW:HIGH", help="CT dose fraction range (log-uniform).")] = "0.05:0.5",
-    ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = "1e5:1e6",
-    mr_factors: Annotated[str, typer.Option("--mr-factors", help="MR k-space factors, comma-separated.")] = "2,4",
-    pet_dose: Annotated[str, typer.Option("--pet-dose", metavar="LOW:HIGH", help="PET dose fraction range (log-uniform).")] = "1/20:1/2",
+    ct_dose: Annotated[str, typer.Option("--ct-dose", metavar="LOW:HIGH", help="CT dose fraction range (log-uniform).")] = range_text(_TRAIN.ct_dose),
+    ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = range_text(_TRAIN.ct_i0),
+    mr_factors: Annotated[str, typer.Option("--mr-factors", help="MR k-space factors, comma-separated.")] = ",".join(map(str, _TRAIN.mr_factors)),
+    pet_dose: Annotated[str, typer.Option("--pet-dose", metavar="LOW:HIGH", help="PET dose fraction range (log-uniform).")] = range_text(_TRAIN.pet_dose),
     init: Annotated[Optional[str], typer.Option("--init", metavar="NAME|PATH", help="Start from these weights (fine-tuning).", show_default=False)] = None,
-    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train.")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train.")] = _TRAIN.device,
     export: Annotated[Optional[str], typer.Option("--export", metavar="NAME", help="At the end, add the best weights to the registry as NAME.", show_default=False)] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Train or fine-tune AMIR (all-in-one or single-task); resumable, runs under torchrun (DDP)."""
-    from .training import TrainOptions, train
-    from .training.loop import parse_range
+    from .training import train
+    from .training.options import RESUMABLE, parse_range
 
     try:
         factors = tuple(int(f) for f in mr_factors.split(",") if f.strip())
@@ -492,14 +503,15 @@ def train_cmd(
     options = TrainOptions(
         data=str(data) if data else None, out=str(out) if out else None, config=config, tasks=_tasks_option(tasks),
         iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr, eta_min=eta_min, warmup=warmup,
-        ema=ema, task_weighting=task_weighting, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
+        ema=ema, task_weighting=task_weighting.value, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
         checkpoint_every=checkpoint_every, log_every=log_every, val_slices=val_slices, val_size=val_size,
         workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter, task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, zoom_jitter=zoom_jitter,
         zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"),
         ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=factors,
         pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
     )
-    summary = train(options, resume=resume, command=["amir", *sys.argv[1:]])
+    changed = {"quiet" if name == "json_out" else name for name in (*RESUMABLE, "json_out") if _given(ctx, name)}  # --json: --quiet
+    summary = train(options, resume=resume, command=["amir", *sys.argv[1:]], changed=changed)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     if json_out:
@@ -533,7 +545,7 @@ def weights_add(
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands: benchmark  (benchmark engineer)
+# Commands: benchmark
 # ---------------------------------------------------------------------------------------------
 
 

@@ -54,7 +54,9 @@ def step_time(config: str, batch: int, patch: int, steps: int, device: str, amp:
 
 
 def data_time(data: str, batch: int, patch: int, batches: int, workers: int, crops: int) -> list[dict]:
-    from amir_cli.training.data import TASKS, PatchSampler, SamplerOptions, load_volumes, make_loader
+    from amir_cli.tasks import TASKS
+    from amir_cli.training.sampling import PatchSampler, SamplerOptions, make_loader
+    from amir_cli.training.volumes import load_volumes
 
     vols, _, _ = load_volumes(data)
     sampler = PatchSampler(vols, TASKS, SamplerOptions(batch_size=batch, patch_size=patch, crops_per_slice=crops), seed=0)

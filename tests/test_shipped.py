@@ -13,7 +13,7 @@ from amir_cli.metrics import slice_scores, volume_scores
 from amir_cli.device import pick_device
 from amir_cli.restore import restore_volume
 from amir_cli.weights import load_weights
-from amir_cli.training.data import split_rows
+from amir_cli.training.volumes import split_rows
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # (task, low-quality file, reference file, k-space factor, least gain in dB); the gains measured are

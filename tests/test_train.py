@@ -25,7 +25,9 @@ from amir_cli.training import (
 )
 from amir_cli.training import checkpoint as ckpt
 from amir_cli.errors import BadInputError
-from amir_cli.training.data import TASKS, split_rows, split_slices, synthetic_volume, task_cycle
+from amir_cli.tasks import TASKS
+from amir_cli.training.sampling import task_cycle
+from amir_cli.training.volumes import split_rows, split_slices, synthetic_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 SEAMS = ROOT / "tests" / "train_seams.py"  # `amir train` with a test seam, in a child process
@@ -135,7 +137,7 @@ def test_mr_noise_puts_a_rician_floor_in_reference_and_input(hq_data):
 
 def test_zoom_jitter_resamples_slices_and_degrades_them_at_their_new_pixel_size(hq_data, monkeypatch):
     from amir_cli.imaging import degrade
-    from amir_cli.training.data import _zoom
+    from amir_cli.training.sampling import _zoom
 
     rng = np.random.default_rng(0)
     sides = []
@@ -390,7 +392,7 @@ def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq
 def test_psnr_deficit_is_the_psnr_gain_with_its_sign_flipped():
     """The loss of a sample is minus its SPEC §4 PSNR gain over the input (data range 1)."""
     from amir_cli.metrics import psnr
-    from amir_cli.training.loop import psnr_deficit
+    from amir_cli.training.trainer import psnr_deficit
 
     rng = np.random.default_rng(3)
     hq = rng.uniform(0, 1, (2, 1, 32, 32))
@@ -401,3 +403,26 @@ def test_psnr_deficit_is_the_psnr_gain_with_its_sign_flipped():
     want = [psnr(lq[i, 0], hq[i, 0], (-10, 10)) - psnr(pred[i, 0], hq[i, 0], (-10, 10)) for i in range(2)]
     assert got == pytest.approx(want, abs=1e-3)
     assert (got < -7).all()  # 0.05 -> 0.02 noise: about 8 dB better
+
+
+def test_resume_takes_the_options_given_again_even_at_their_default(tmp_path, monkeypatch):
+    """An option given again on --resume replaces the run's recorded value, also when it is the default."""
+    from typer.testing import CliRunner
+
+    import amir_cli.training as T
+    from amir_cli.cli import app
+    from amir_cli.training.options import resumed_options
+
+    recorded = TrainOptions(data="D", val_every=2, iterations=6, workers=0, seed=5).to_dict()
+    o = resumed_options(recorded, TrainOptions(iterations=10), changed={"val_every", "iterations"})
+    assert (o.val_every, o.iterations, o.workers, o.seed, o.data) == (TrainOptions().val_every, 10, 0, 5, "D")
+    assert resumed_options(recorded, TrainOptions(seed=9), changed={"seed"}).seed == 5  # not resumable
+    assert resumed_options(recorded, TrainOptions(), changed=set()).val_every == 2
+
+    seen = {}
+    monkeypatch.setattr(T, "train", lambda options, resume=None, command=None, changed=None: seen.update(changed=changed) or {"run_dir": str(resume), "iterations": 10})
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path), "--val-every", str(TrainOptions().val_every), "--iterations", "10", "--json"])
+    assert result.exit_code == 0, result.output
+    assert seen["changed"] == {"val_every", "iterations", "quiet"}
+    bad = CliRunner().invoke(app, ["train", str(tmp_path), "--task-weighting", "loudest"])
+    assert bad.exit_code == 2 and "uniform" in bad.output

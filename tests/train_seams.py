@@ -12,7 +12,7 @@ from pathlib import Path
 
 import amir_cli.training as T
 from amir_cli.cli import main
-from amir_cli.training.loop import Hooks, state_hash
+from amir_cli.training import Hooks, state_hash
 
 
 def _kill_after(target: int, it: int) -> None:

@@ -1,0 +1,61 @@
+"""The ranges of the on-the-fly degradation levels (around SPEC §3) and how one level is drawn."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from amir_cli.tasks import CT_DENOISE, MRI_SR, PET_SYNTHESIS
+
+
+@dataclass(frozen=True)
+class Levels:
+    """Ranges of the on-the-fly degradation levels; the defaults are `amir train`'s."""
+
+    ct_dose: tuple[float, float] = (0.05, 0.5)  # dose fraction, log-uniform
+    ct_i0: tuple[float, float] = (1e5, 1e6)  # photons per 1 mm bin per view, log-uniform
+    mr_factors: tuple[int, ...] = (2, 4)  # k-space truncation factor, uniform choice
+    pet_dose: tuple[float, float] = (1 / 20, 1 / 2)  # dose fraction, log-uniform
+    pet_counts: tuple[float, float] = (1e6, 1e7)  # full-dose true coincidences per slice, log-uniform
+    pet_recon_mm: tuple[float, float] = (2.0, 4.0)  # reconstruction pixel, uniform
+    pet_fwhm_mm: tuple[float, float] = (4.0, 6.0)  # post-filter, uniform
+    # validation levels (fixed): CT quarter dose at the default I0, MR x2 and x4 alternating, PET 1/4
+    val_ct_dose: float = 0.25
+    val_pet_dose: float = 0.25
+
+    def draw(self, task: str, rng: np.random.Generator) -> tuple[object, dict]:
+        """(level, extra keywords for degrade_slice)."""
+        if task == MRI_SR:
+            return int(self.mr_factors[rng.integers(len(self.mr_factors))]), {}
+        if task == CT_DENOISE:
+            return _log_uniform(rng, *self.ct_dose), {"i0": _log_uniform(rng, *self.ct_i0)}
+        return _log_uniform(rng, *self.pet_dose), {
+            "total_counts": _log_uniform(rng, *self.pet_counts),
+            "recon_mm": float(rng.uniform(*self.pet_recon_mm)),
+            "fwhm_mm": float(rng.uniform(*self.pet_fwhm_mm)),
+        }
+
+    def validation(self, task: str, k: int) -> tuple[object, dict]:
+        if task == MRI_SR:
+            return int(self.mr_factors[k % len(self.mr_factors)]), {}
+        if task == CT_DENOISE:
+            return self.val_ct_dose, {}
+        return self.val_pet_dose, {}
+
+    def describe(self) -> dict:
+        return {
+            CT_DENOISE: {"dose_fraction": list(self.ct_dose), "i0": list(self.ct_i0), "distribution": "log-uniform"},
+            MRI_SR: {"factor": list(self.mr_factors)},
+            PET_SYNTHESIS: {
+                "dose_fraction": list(self.pet_dose), "distribution": "log-uniform", "total_counts": list(self.pet_counts),
+                "recon_mm": list(self.pet_recon_mm), "postfilter_fwhm_mm": list(self.pet_fwhm_mm),
+            },
+            "validation": {CT_DENOISE: self.val_ct_dose, MRI_SR: list(self.mr_factors), PET_SYNTHESIS: self.val_pet_dose},
+        }
+
+
+def _log_uniform(rng, lo, hi) -> float:
+    lo, hi = float(lo), float(hi)
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if hi > lo else lo

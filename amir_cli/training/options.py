@@ -1,0 +1,167 @@
+"""The options of `amir train` (:class:`TrainOptions`, the one place for their defaults), their
+checks, and which of them a resumed run takes from the command line.
+
+Imports neither torch nor the network, so the CLI reads the defaults without starting them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import Enum
+
+from amir_cli.errors import BadInputError
+from amir_cli.tasks import TASKS
+
+from .levels import Levels
+
+
+class TaskWeighting(str, Enum):
+    """How the per-sample losses of the tasks are weighed (``--task-weighting``)."""
+
+    UNIFORM = "uniform"  # the paper's L1
+    UNCERTAINTY = "uncertainty"  # learned homoscedastic uncertainty per task
+    RELATIVE = "relative"  # each sample's L1 divided by its input's
+    PSNR = "psnr"  # each sample's PSNR deficit to its input
+
+
+# Options that may change when a run is resumed (everything else is fixed by run.json).
+RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "log_every", "quiet", "export")
+
+
+@dataclass
+class TrainOptions:
+    """Every option of `amir train`; defaults are the paper's recipe where it has one."""
+
+    data: str | None = None
+    out: str | None = None
+    config: str = "amir"
+    tasks: tuple[str, ...] = TASKS
+    iterations: int = 200_000
+    batch_size: int = 8  # per process; under torchrun the global batch is K x this
+    patch_size: int = 128
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eta_min: float = 1e-6
+    warmup: int = 0
+    load_loss_weight: float = 0.001
+    ema: float = 0.0  # 0: off; e.g. 0.999 (decay min(ema, (1 + it) / (10 + it)))
+    task_weighting: str = TaskWeighting.UNIFORM.value  # a TaskWeighting value
+    amp: bool = False  # bf16 autocast on CUDA
+    clip_grad: float = 0.0  # max gradient norm; 0: off
+    seed: int = 0
+    val_every: int = 5000
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    val_slices: int = 8  # per task
+    val_size: int = 256  # centre crop of the validation slices (0: whole slice)
+    workers: int | None = None  # default min(8, cpu_count - 1)
+    threads: int | None = None  # torch CPU threads of the training process (default: torch's)
+    crops_per_slice: int = 1
+    mr_scale_jitter: float = 0.0
+    task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
+    mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
+    zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
+    zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
+    ct_dose: tuple[float, float] = Levels.ct_dose
+    ct_i0: tuple[float, float] = Levels.ct_i0
+    mr_factors: tuple[int, ...] = Levels.mr_factors
+    pet_dose: tuple[float, float] = Levels.pet_dose
+    init: str | None = None
+    device: str = "auto"
+    export: str | None = None
+    quiet: bool = False
+
+    def levels(self) -> Levels:
+        return Levels(tuple(self.ct_dose), tuple(self.ct_i0), tuple(int(f) for f in self.mr_factors), tuple(self.pet_dose))
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainOptions":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+    def check(self) -> None:
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad or not self.tasks:
+            raise BadInputError(f"unknown task(s) {', '.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
+        from amir_cli.network import CONFIGS
+
+        if self.config not in CONFIGS:
+            raise BadInputError(f"unknown --config {self.config!r}; known: {', '.join(CONFIGS)}")
+        for name in ("iterations", "batch_size", "val_every", "checkpoint_every", "log_every", "val_slices"):
+            if int(getattr(self, name)) < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise BadInputError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise BadInputError(f"--ema must be in [0, 1), got {self.ema}")
+        try:
+            TaskWeighting(self.task_weighting)
+        except ValueError:
+            raise BadInputError(f"--task-weighting must be one of {', '.join(w.value for w in TaskWeighting)}") from None
+        self._check_levels()
+        self._check_augmentation()
+
+    def _check_levels(self) -> None:
+        for name, (lo, hi) in (("ct-dose", self.ct_dose), ("pet-dose", self.pet_dose)):
+            if not 0 < lo <= hi <= 1:
+                raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
+        if not 0 < self.ct_i0[0] <= self.ct_i0[1]:
+            raise BadInputError("--ct-i0 range must be positive and ordered")
+        if not self.mr_factors or any(int(f) < 2 for f in self.mr_factors):
+            raise BadInputError("--mr-factors must be integers >= 2")
+
+    def _check_augmentation(self) -> None:
+        if self.task_mix is not None:
+            unknown = set(self.task_mix) - set(self.tasks)
+            if unknown:
+                raise BadInputError(f"--task-mix names tasks that are not trained: {', '.join(sorted(unknown))}")
+            from .sampling import task_cycle
+
+            task_cycle(self.tasks, self.task_mix)  # raises on negative or all-zero shares
+        if not 0 <= self.mr_noise < 1:
+            raise BadInputError(f"--mr-noise must be in [0, 1), got {self.mr_noise}")
+        if not 1 <= self.zoom_jitter <= 4:
+            raise BadInputError(f"--zoom-jitter must be in [1, 4], got {self.zoom_jitter}")
+        if self.zoom_tasks is not None and (not self.zoom_tasks or set(self.zoom_tasks) - set(self.tasks)):
+            raise BadInputError(f"--zoom-tasks must name trained tasks, got {','.join(self.zoom_tasks) or '(none)'}")
+
+
+def resumed_options(recorded: dict, given: TrainOptions, changed: Collection[str] | None = None) -> TrainOptions:
+    """The options of a resumed run: its recorded ones, with the :data:`RESUMABLE` ones given again.
+
+    ``changed``: the names of the options given again (the CLI passes those on its command line),
+    compared with the run's recorded values, so one set back to its default counts too. ``None``
+    (library calls): the resumable options of ``given`` that differ from the defaults.
+    """
+    o = TrainOptions.from_dict(recorded)
+    defaults = TrainOptions()
+    for k in RESUMABLE:
+        v = getattr(given, k)
+        if (k in changed) if changed is not None else v != getattr(defaults, k):
+            setattr(o, k, v)
+    return o
+
+
+def parse_range(text: str, name: str) -> tuple[float, float]:
+    """'0.1:0.5', '0.1,0.5', '1/12:1/2' or one value -> (low, high)."""
+    parts = [p for p in str(text).replace(",", ":").split(":") if p.strip()]
+    try:
+        vals = [float(p.split("/")[0]) / float(p.split("/")[1]) if "/" in p else float(p) for p in parts]
+    except (ValueError, ZeroDivisionError):
+        raise BadInputError(f"--{name} must be LOW:HIGH (numbers or fractions like 1/12), got {text!r}") from None
+    if len(vals) == 1:
+        vals = vals * 2
+    if len(vals) != 2 or vals[0] > vals[1]:
+        raise BadInputError(f"--{name} must be LOW:HIGH with LOW <= HIGH, got {text!r}")
+    return vals[0], vals[1]
+
+
+def range_text(values) -> str:
+    """A range as ``parse_range`` reads it back: (0.05, 0.5) -> '0.05:0.5'."""
+    return ":".join(f"{float(v):g}" for v in values)

@@ -1,0 +1,359 @@
+"""One process's training: the model, its optimiser and EMA; a step (L1, or the PSNR deficit to
+the input, + 0.001 x load loss, under a cosine schedule and the task weighting); validation by
+SPEC §4 with the best weights kept; atomic checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from amir_cli.errors import AmirError, BadInputError
+from amir_cli.tasks import TASKS
+
+from . import checkpoint as ckpt
+from .options import TaskWeighting, TrainOptions
+from .validation import evaluate, input_scores
+
+PSNR_FLOOR = 1e-8  # added to both MSEs of psnr_deficit: a perfect patch is not worth infinite decibels
+
+
+class TrainingDivergedError(AmirError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Hooks:
+    """Seams for tests and tools, given to :func:`~amir_cli.training.train` (never read from the environment)."""
+
+    after_step: Callable[[int], None] | None = None  # called with the number of iterations done
+    at_end: Callable[[nn.Module, int], None] | None = None  # called with the trained model and this process's rank
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def psnr_deficit(pred, hq, lq):
+    """Per sample, 10 log10(MSE(pred, hq) / MSE(lq, hq)): minus the PSNR gain (dB) of ``pred``
+    over its input ``lq``, negative once ``pred`` beats it.
+
+    The benchmark scores slices by their mean PSNR gain over the input, whatever the data range;
+    this loss is that score on the patches, so every task, level and intensity scale weighs the same.
+    """
+    mse = (pred - hq).pow(2).mean(dim=(1, 2, 3))
+    input_mse = (lq - hq).pow(2).mean(dim=(1, 2, 3))
+    return (10.0 / math.log(10.0)) * (torch.log(mse + PSNR_FLOOR) - torch.log(input_mse + PSNR_FLOOR))
+
+
+def cosine_lr(it: int, o: TrainOptions) -> float:
+    """Learning rate of iteration ``it`` (0-based): linear warm-up, then cosine to eta_min."""
+    if o.warmup and it < o.warmup:
+        return o.lr * (it + 1) / o.warmup
+    span = max(1, o.iterations - o.warmup)
+    t = min(1.0, (it - o.warmup) / span)
+    return o.eta_min + (o.lr - o.eta_min) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _iteration_seed(seed: int, rank: int, it: int) -> int:
+    return int(np.random.SeedSequence(int(seed), spawn_key=(int(rank), int(it), 7)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def state_hash(state: dict) -> str:
+    """sha256 over a state_dict's names and tensor bytes (to compare weights across processes)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Trainer:
+    """The model and optimiser of one process, with :meth:`step`, :meth:`validate` and
+    :meth:`save_last`; :meth:`fit` runs them over a loader of batches. Only rank 0 writes files."""
+
+    def __init__(self, run_dir: Path, o: TrainOptions, dist: Dist, device: torch.device, state: dict | None = None):
+        self.run_dir, self.o, self.dist, self.device = run_dir, o, dist, device
+        self.amp = bool(o.amp and device.type == "cuda")
+        self.config, self.model, self.init_info = _build_model(o, device, fresh=state is None)
+        uncertainty = o.task_weighting == TaskWeighting.UNCERTAINTY
+        self.log_vars = nn.Parameter(torch.zeros(len(TASKS), device=device)) if uncertainty else None
+        params = list(self.model.parameters()) + ([self.log_vars] if self.log_vars is not None else [])
+        self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas))
+        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False) if o.ema > 0 else None
+        self.start, self.best, self.best_scores = 0, -math.inf, None
+        if state is not None:
+            self._restore(state)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        self.net = self.model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.net = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+        self.val_set, self.val_in, self.log = [], {}, None
+        self.window = _Window()
+        self.stats, self.last_val = "", None
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema_model is not None and state.get("ema") is not None:
+            self.ema_model.load_state_dict(state["ema"])
+        if self.log_vars is not None and state.get("log_vars") is not None:
+            with torch.no_grad():
+                self.log_vars.copy_(state["log_vars"])
+        ckpt.set_rng_state(state["rng"])
+        self.start, self.best = int(state["iteration"]), float(state.get("best", -math.inf))
+
+    @property
+    def scored_model(self) -> nn.Module:
+        """The weights that are validated and kept: the EMA's when there is one."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def open_run(self, val_set: list, resumed: bool) -> None:
+        """Rank 0: the validation set and its input scores, the metrics log, the best score so far."""
+        self.val_set, self.val_in = val_set, input_scores(val_set)
+        metrics = self.run_dir / ckpt.METRICS
+        self.log = ckpt.MetricsLog.resume(metrics, self.start) if resumed else ckpt.MetricsLog(metrics)
+        if not resumed:
+            ckpt.atomic_file(self.log.path, lambda tmp: Path(tmp).write_text(""))
+        if resumed and (self.run_dir / ckpt.BEST).exists():
+            self.best_scores = ckpt.load_torch(self.run_dir / ckpt.BEST).get("scores")
+            if self.best_scores and self.best_scores.get("mean_gain_db") is not None:
+                self.best = max(self.best, float(self.best_scores["mean_gain_db"]))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, loader, hooks: Hooks) -> int:
+        """Train over ``loader``'s batches (iterations start..); returns the iterations done."""
+        progress = _progress(self.o.quiet or not self.dist.main)
+        self.model.train()
+        it = self.start
+        with progress:
+            bar = progress.add_task("train", total=self.o.iterations, completed=it, stats="")
+            for batch in loader:
+                lr, check = self.step(it, batch)
+                it += 1
+                self._log_train(it, lr, check)
+                if it % self.o.checkpoint_every == 0 or it == self.o.iterations:
+                    self.save_last(it)  # before validation: a failure there loses nothing
+                if it % self.o.val_every == 0 or it == self.o.iterations:
+                    self.validate(it)
+                progress.update(bar, completed=it, stats=self.stats)
+                if hooks.after_step is not None:
+                    hooks.after_step(it)
+        return it
+
+    def step(self, it: int, batch: dict) -> tuple[float, torch.Tensor]:
+        """One optimiser step on iteration ``it``'s batch: (learning rate, [loss, L1, load loss] mean over processes)."""
+        o = self.o
+        lr = cosine_lr(it, o)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(_iteration_seed(o.seed, self.dist.rank, it))  # the gating noise of this step
+        lq = batch["lq"].to(self.device, non_blocking=True)
+        hq = batch["hq"].to(self.device, non_blocking=True)
+        tid = batch["task"].to(self.device)
+        pred, load_loss = self._forward(lq)
+        per_sample = (pred.float() - hq).abs().mean(dim=(1, 2, 3))
+        l1 = per_sample.mean()
+        loss = self._main_loss(per_sample, l1, pred, lq, hq, tid) + o.load_loss_weight * load_loss.float()
+        check = torch.stack([loss.detach(), l1.detach(), load_loss.detach().float()])
+        if self.dist.world > 1:
+            torch.distributed.all_reduce(check)
+            check /= self.dist.world
+        if not torch.isfinite(check).all():
+            last = self.run_dir / ckpt.LAST
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint had been written yet"
+            raise TrainingDivergedError(
+                f"loss became {check[0].item()} at iteration {it + 1}; training stopped and {kept} "
+                "(lower --lr, use --clip-grad, then --resume)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad)
+        self.optimizer.step()
+        if self.ema_model is not None:
+            self._update_ema(it)
+        return lr, check
+
+    def _forward(self, lq):
+        try:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                return self.net(lq)
+        except (ValueError, RuntimeError):
+            # weights blown up (the gating's torch.distributions refuses NaN logits): the step stops;
+            # with finite weights the error is not divergence and goes up as it is
+            if all(torch.isfinite(p).all() for p in self.model.parameters()):
+                raise
+            nan = torch.full((), float("nan"), device=self.device)
+            return nan, nan
+
+    def _main_loss(self, per_sample, l1, pred, lq, hq, tid):
+        weighting = self.o.task_weighting
+        if self.log_vars is not None:
+            lv = self.log_vars
+            present = torch.zeros(len(TASKS), device=self.device).index_add_(0, tid, torch.ones_like(per_sample))
+            task_l1 = torch.zeros(len(TASKS), device=self.device).index_add_(0, tid, per_sample) / present.clamp(min=1)
+            mask = present > 0
+            return (torch.exp(-lv[mask]) * task_l1[mask] + lv[mask]).sum()
+        if weighting == TaskWeighting.RELATIVE:
+            # each sample's error relative to its input's: every task and level weighs the same
+            input_l1 = (lq.float() - hq).abs().mean(dim=(1, 2, 3)).clamp(min=1e-4)
+            return (per_sample / input_l1).mean()
+        if weighting == TaskWeighting.PSNR:
+            return psnr_deficit(pred.float(), hq, lq.float()).mean()
+        return l1
+
+    def _update_ema(self, it: int) -> None:
+        decay = min(self.o.ema, (1.0 + it) / (10.0 + it))  # warm-up: early EMA is not stuck at the init
+        with torch.no_grad():
+            for pe, pm in zip(self.ema_model.parameters(), self.model.parameters()):
+                pe.lerp_(pm, 1.0 - decay)
+            for be, bm in zip(self.ema_model.buffers(), self.model.buffers()):
+                be.copy_(bm)
+
+    def _log_train(self, it: int, lr: float, check: torch.Tensor) -> None:
+        self.window.add(*(float(x) for x in check.cpu()))
+        if not self.dist.main or not (it % self.o.log_every == 0 or it == self.o.iterations):
+            return
+        means, rate = self.window.flush()
+        rec = {"kind": "train", "iteration": it, **means, "lr": lr, "it_per_s": rate}
+        if self.log_vars is not None:
+            rec["task_log_var"] = {t: float(self.log_vars[TASKS.index(t)].detach()) for t in self.o.tasks}
+        self.log.append(rec)
+        self.stats = f"loss {rec['loss']:.4f} load {rec['load_loss']:.3f} {rec['it_per_s']:.2f} it/s" + (f" | val {self.last_val}" if self.last_val else "")
+
+    # ------------------------------------------------------------------ validation and checkpoints
+    def validate(self, it: int) -> None:
+        """Rank 0 scores the validation set, logs it, and keeps the weights as best.pt when they beat the best."""
+        if self.dist.main:
+            scores = evaluate(self.scored_model, self.val_set, self.device)
+            gain = {t: scores[t]["psnr"] - self.val_in[t]["psnr"] for t in scores}
+            mean_gain = float(np.mean(list(gain.values()))) if gain else float("nan")
+            is_best = bool(mean_gain > self.best)
+            rec = {
+                "kind": "val",
+                "iteration": it,
+                "psnr": {t: s["psnr"] for t, s in scores.items()},
+                "ssim": {t: s["ssim"] for t, s in scores.items()},
+                "input_psnr": {t: s["psnr"] for t, s in self.val_in.items()},
+                "gain": gain,
+                "mean_psnr": float(np.mean([s["psnr"] for s in scores.values()])),
+                "mean_gain": mean_gain,
+                "best": is_best,
+            }
+            if is_best:
+                self.best = mean_gain
+                self.best_scores = {"iteration": it, "model": scores, "input": self.val_in, "mean_gain_db": mean_gain}
+                best = {"model": self.scored_model.state_dict(), "iteration": it, "scores": self.best_scores, "ema": self.ema_model is not None}
+                ckpt.save_torch(best, self.run_dir / ckpt.BEST)
+            self.log.append(rec)
+            ckpt.plot_curves(self.log.records, self.run_dir / ckpt.CURVES)
+            self.last_val = " ".join(f"{t.split('-')[0]} {g:+.2f}dB" for t, g in gain.items())
+            self.stats = self.stats.split(" | val")[0] + f" | val {self.last_val}"
+        self.dist.barrier()
+
+    def save_last(self, it: int) -> None:
+        """Rank 0 writes last.pt: everything an exact resumption at iteration ``it`` needs."""
+        if self.dist.main:
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
+                "log_vars": self.log_vars.detach().cpu() if self.log_vars is not None else None,
+                "rng": ckpt.rng_state(),
+                "iteration": it,  # iterations done = the data sampler's next position
+                "best": self.best,
+                "config": self.o.config,
+            }
+            ckpt.save_torch(state, self.run_dir / ckpt.LAST)
+        self.dist.barrier()
+
+
+class _Window:
+    """Sums of the step losses since the last training log record."""
+
+    def __init__(self):
+        self.loss = self.l1 = self.load = 0.0
+        self.n, self.t = 0, time.perf_counter()
+
+    def add(self, loss: float, l1: float, load: float) -> None:
+        self.loss, self.l1, self.load, self.n = self.loss + loss, self.l1 + l1, self.load + load, self.n + 1
+
+    def flush(self) -> tuple[dict, float]:
+        """(mean losses, iterations per second) since the last flush; starts a new window."""
+        now = time.perf_counter()
+        means = {"loss": self.loss / self.n, "l1": self.l1 / self.n, "load_loss": self.load / self.n}
+        rate = self.n / max(1e-9, now - self.t)
+        self.loss = self.l1 = self.load = 0.0
+        self.n, self.t = 0, now
+        return means, rate
+
+
+def _build_model(o: TrainOptions, device: torch.device, fresh: bool):
+    """(config, model on ``device``, --init record): seeded by the run's seed, from --init's weights on a fresh run."""
+    from amir_cli.network import AMIR, get_config
+
+    torch.manual_seed(o.seed)
+    config = get_config(o.config)
+    init_state = init_info = None
+    if o.init and fresh:
+        init_state, init_info = _init_weights(o.init)
+        from amir_cli.weights import infer_config
+
+        if infer_config(init_state) != config:
+            raise BadInputError(f"--init weights are a different configuration than --config {o.config}")
+    model = AMIR(config)
+    # A zero output convolution makes a fresh network the identity (it adds a residual to its input),
+    # so training starts from "no worse than the input" and learns corrections from there.
+    nn.init.zeros_(model.output.weight)
+    model = model.to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state, strict=True)
+    return config, model, init_info
+
+
+def _init_weights(source: str):
+    from amir_cli import weights
+
+    path, entry = weights.resolve(source)
+    return weights.read_state_dict(path), {"source": str(source), "sha256": entry.sha256 if entry else weights.sha256_of(path)}
+
+
+def _progress(quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+        transient=False,
+    )
