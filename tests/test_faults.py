@@ -414,3 +414,40 @@ def test_empty_referenced_uid_is_not_written(tmp_path):
     if shutil.which("dciodvfy"):
         errors = DB.dciodvfy_errors(out)
         assert not [e for e in errors if "UID" in e], errors
+
+
+def test_several_series_error_names_no_descriptions(tmp_path):
+    import pydicom
+
+    from amir_cli.errors import BadInputError
+    from amir_cli.imaging.io import read_image
+
+    a, b = DB.ct_series(tmp_path / "a"), DB.mr_series(tmp_path / "b")
+    both = tmp_path / "both"
+    both.mkdir()
+    for folder, tag in ((a, "a"), (b, "b")):
+        for f in folder.iterdir():
+            ds = pydicom.dcmread(str(f))
+            ds.SeriesDescription = "DOE^JANE head"
+            ds.save_as(str(both / f"{tag}{f.name}"))
+    with pytest.raises(BadInputError, match="holds 2 DICOM series") as info:
+        read_image(both)
+    assert "DOE" not in str(info.value)
+
+
+def test_failed_train_leaves_no_run_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    run = tmp_path / "run"
+    code, _, err = amir("train", tmp_path / "data", "-o", run, "--config", "amir-tiny", "--iterations", "1", "--device", "cpu", "-q")
+    assert code == 1, err
+    one_error_line(err)
+    assert not run.exists()
+
+
+def test_run_json_missing_a_field(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(b"")
+    (run / "run.json").write_text("{}")
+    code, _, err = amir("train", "--resume", run, "-q")
+    assert code == 1 and "run.json" in one_error_line(err) and "options" in err

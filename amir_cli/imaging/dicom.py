@@ -107,7 +107,7 @@ def group_series(folder: str | Path) -> dict[str, list[tuple[Path, object]]]:
         raise BadInputError(f"{folder}: no DICOM images in this folder")
     if len(series) > 1:
         parts = [
-            f"{uid} ({str(items[0][1].get('SeriesDescription', '') or 'no description')}, {len(items)} files)"
+            f"{uid} (series number {items[0][1].get('SeriesNumber', '?')}, {items[0][1].get('Modality', '?')}, {len(items)} files)"
             for uid, items in sorted(series.items(), key=lambda kv: -len(kv[1]))
         ]
         raise BadInputError(f"{folder}: holds {len(series)} DICOM series, give one series folder: " + "; ".join(parts))

@@ -22,7 +22,7 @@ from torch import nn
 
 from amir_cli._version import __version__
 from amir_cli.device import pick_device
-from amir_cli.errors import AmirError, BadInputError
+from amir_cli.errors import AmirError, BadInputError, one_line
 from amir_cli.imaging import intensity
 from amir_cli.metrics import slice_scores
 from amir_cli.tasks import TASKS
@@ -286,12 +286,30 @@ def train(options: TrainOptions, resume: str | os.PathLike | None = None, comman
     ``hooks``: seams for tests and tools (:class:`Hooks`)."""
     run_dir, o, state = _prepare_run(options, resume)
     o.check()
+    created = not run_dir.exists()
     dist = _init_distributed(_pick(o.device).type)
     try:
         return _train(run_dir, o, state, dist, command if command is not None else sys.argv, hooks or Hooks())
+    except BaseException:
+        if created and dist.main:
+            _remove_unstarted(run_dir)
+        raise
     finally:
         if dist.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _remove_unstarted(run_dir: Path) -> None:
+    """A run folder this command created and that holds no checkpoint yet is removed on failure
+    (only the files a starting run writes, then the folder if it is empty)."""
+    if not run_dir.is_dir() or (run_dir / ckpt.LAST).exists() or (run_dir / ckpt.BEST).exists():
+        return
+    for name in (ckpt.RUN_JSON, ckpt.METRICS):
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass  # something else is in there: leave it
 
 
 def _prepare_run(options: TrainOptions, resume):
@@ -300,7 +318,10 @@ def _prepare_run(options: TrainOptions, resume):
         if not (run_dir / ckpt.LAST).exists():
             raise ckpt.RunFolderError(f"{run_dir}: no {ckpt.LAST} to resume from")
         saved = ckpt.read_json(run_dir / ckpt.RUN_JSON)
-        o = TrainOptions.from_dict(saved["options"])
+        try:
+            o = TrainOptions.from_dict(saved["options"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ckpt.RunFolderError(f"{run_dir / ckpt.RUN_JSON}: missing or invalid field {one_line(exc)}; cannot resume") from None
         for k in RESUMABLE:  # options given again on the command line win
             v = getattr(options, k)
             if v != getattr(TrainOptions(), k):
