@@ -155,14 +155,15 @@ def restore_cmd(
 
     from . import restore as R
     from .device import pick_device, precision_context
-    from .weights import load_weights
+    from .weights import is_path, load_weights
 
-    R.check_scale_task(task, scale, kspace_factor)
+    _restore_usage(R, task, scale, kspace_factor, tile, device, reference)
     if not input.exists():
         raise AmirError(f"{input}: no such file or folder")
     batch = R.is_batch_input(input)
     if batch and (reference is not None or report is not None):
-        raise AmirError("--reference and --report apply to one image, not to a folder of scans")
+        raise typer.BadParameter("--reference and --report apply to one image, not to a folder of scans")
+    R.check_input_format(input)
     dev = pick_device(device)
     precision_context(dev, precision)  # fail early on an impossible precision
     options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
@@ -170,8 +171,9 @@ def restore_cmd(
     if not batch:
         out = output if output is not None else R.default_output(input)
         rep = report if report is not None else R.report_path_for(out)
-        R.check_output(input, out, overwrite)  # before the (slow) model load
-        R.check_output(input, rep, overwrite, what="report")
+        inputs = (reference, weights if weights is not None and is_path(weights) else None)
+        R.check_output(input, out, overwrite, inputs=inputs)  # before the (slow) model load
+        R.check_output(input, rep, overwrite, what="report", inputs=inputs)
     loaded = load_weights(weights, dev)
 
     if not batch:
@@ -205,6 +207,22 @@ def restore_cmd(
         typer.echo(f"{len(summary['restored'])} restored, {len(summary['failed'])} failed; report {summary['report']}")
     if summary["failed"]:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _restore_usage(R, task, scale, kspace_factor, tile, device, reference) -> None:
+    """The option checks of `amir restore` that need no image: usage errors (exit 2), before the model loads."""
+    import re
+
+    try:
+        R.check_scale_task(task, scale, kspace_factor)
+    except AmirError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scale/--kspace-factor/--task") from None
+    if tile is not None and tile < R.MIN_TILE:
+        raise typer.BadParameter(f"{tile} is below the smallest tile, {R.MIN_TILE} pixels", param_hint="--tile")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", (device or "auto").strip().lower()):
+        raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N, mps", param_hint="--device")
+    if reference is not None and (not reference.exists() or R.is_batch_input(reference)):
+        raise typer.BadParameter(f"{reference}: not an image file or a DICOM series folder", param_hint="--reference")
 
 
 def _print_restore_summary(r: dict) -> None:
@@ -255,13 +273,14 @@ def degrade_cmd(
 
     from . import restore as R
     from .imaging import degrade as D
-    from .imaging.io import read_image, write_image
+    from .imaging.io import read_image
 
     if not input.exists():
         raise AmirError(f"{input}: no such file or folder")
     level = factor if task == MRI_SR else dose
     level = D.DEFAULT_LEVEL[task] if level is None else level
     out = output if output is not None else R.default_output(input, "_degraded")
+    R.check_input_format(input)
     R.check_output(input, out, overwrite)
     volume = read_image(input)
     with progress_bar(quiet or json_out) as bar:
@@ -271,7 +290,7 @@ def degrade_cmd(
     what = "factor" if task == MRI_SR else "dose fraction"
     simulated = task == PET_SYNTHESIS or volume.modality == "PT"
     description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
-    written = write_image(volume.with_array(degraded), out, reference=volume, description=description)
+    written = R.publish(volume.with_array(degraded), out, reference=volume, description=description, overwrite=overwrite)
     summary = {
         "tool": "amir", "version": __version__, "command": "degrade", "input": str(input), "output": str(written),
         "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),

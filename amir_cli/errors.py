@@ -21,5 +21,6 @@ class DeviceError(AmirError):
 
 def one_line(exc: BaseException, limit: int | None = 300) -> str:
     """An exception as one short line (no tracebacks, no newlines) for user messages, cut at ``limit``."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = str(exc).split("Traceback (most recent call last)")[0]  # third-party messages that embed one
+    text = " ".join(text.split()) or type(exc).__name__
     return text if limit is None else text[:limit]

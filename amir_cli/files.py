@@ -3,6 +3,7 @@ and the two ways our records become JSON."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -13,34 +14,186 @@ from pathlib import Path
 import numpy as np
 
 
-def atomic_write(dest: str | Path, write, *, suffix: str = ".tmp", mode: int | None = None, fsync: bool = False) -> Path:
-    """Run ``write(tmp_path)`` on a temp file beside ``dest``, then rename it onto ``dest``.
+TMP_TAG = ".amir-tmp-"  # temp names: .<name>.amir-tmp-<pid>-<random>, removed by a later run once <pid> is dead
 
-    ``mode``: permissions of the new file (mkstemp makes 0600 files); ``fsync``: flush it to disk
-    before the rename. On any failure the temp file is removed and the error propagates.
+
+def umask() -> int:
+    """The process umask (read without changing it for longer than two system calls)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~umask()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(dest: str | Path) -> list[Path]:
+    """Remove the temp files and folders that a dead process left for ``dest``; returns them."""
+    dest = Path(dest)
+    prefix = f".{dest.name}{TMP_TAG}"
+    removed = []
+    try:
+        names = os.listdir(dest.parent if str(dest.parent) else ".")
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid_text = name[len(prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        stale = dest.parent / name
+        remove_path(stale)
+        removed.append(stale)
+    return removed
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, link or folder tree (missing is fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def temp_prefix(dest: Path) -> str:
+    return f".{dest.name}{TMP_TAG}{os.getpid()}-"
+
+
+def temp_dir(dest: str | Path) -> Path:
+    """A new private folder beside ``dest`` named as this process's temp for it."""
+    dest = Path(dest)
+    remove_stale(dest)
+    return Path(tempfile.mkdtemp(prefix=temp_prefix(dest), dir=dest.parent))
+
+
+def place(src: Path, dest: Path, *, overwrite: bool) -> None:
+    """Move ``src`` (a file or folder) onto ``dest``: exclusively (``FileExistsError`` when ``dest``
+    exists, also when another process placed it a moment ago) unless ``overwrite``."""
+    if src.is_dir():
+        if overwrite:
+            replace_dir(src, dest)
+        elif os.path.lexists(dest):
+            raise FileExistsError(errno.EEXIST, "exists; pass --overwrite to replace it", str(dest))
+        else:
+            os.rename(src, dest)  # onto a non-empty folder fails as well
+    elif overwrite:
+        os.replace(src, dest)
+    else:
+        os.link(src, dest)  # atomic and exclusive
+        os.unlink(src)
+
+
+def atomic_write(
+    dest: str | Path, write, *, suffix: str = ".tmp", mode: int | None = None, fsync: bool = False, overwrite: bool = True
+) -> Path:
+    """Run ``write(tmp_path)`` on a temp file beside ``dest``, then move it onto ``dest``.
+
+    ``mode``: permissions of the new file (default: 0666 less the umask); ``fsync``: flush it to
+    disk before the move; ``overwrite=False``: the move is exclusive (``FileExistsError``). On any
+    failure the temp file is removed and the error propagates.
     """
     dest = Path(dest)
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    remove_stale(dest)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(dest), suffix=suffix, dir=dest.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, file_mode() if mode is None else mode)
         write(tmp)
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        place(tmp, dest, overwrite=overwrite)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return dest
 
 
+class Staging:
+    """Outputs written under temp names beside their destinations, then placed all together.
+
+    ``path(dest)`` gives where to write ``dest`` (inside a private temp folder beside it, with the
+    final name, so that a MetaImage header and its data file are written side by side);
+    ``publish()`` places every file of those folders exclusively (or replacing them with
+    ``overwrite``), with the umask's permissions; on failure it removes what it placed. Leaving the
+    ``with`` block removes the temp folders.
+    """
+
+    def __init__(self, overwrite: bool = False):
+        self.overwrite = overwrite
+        self.folders: list[tuple[Path, Path]] = []  # (temp folder, destination folder)
+        self.placed: list[Path] = []
+
+    def path(self, dest: str | Path) -> Path:
+        dest = Path(dest)
+        folder = temp_dir(dest)
+        self.folders.append((folder, dest.parent))
+        return folder / dest.name
+
+    def publish(self) -> list[Path]:
+        entries = []
+        for folder, target in self.folders:
+            names = sorted(os.listdir(folder), key=lambda n: n.lower().endswith((".mhd", ".json")))  # headers last
+            entries += [(folder / n, target / n) for n in names]
+        try:
+            for src, dest in entries:
+                _chmod_tree(src)
+                place(src, dest, overwrite=self.overwrite)
+                self.placed.append(dest)
+        except BaseException:
+            for dest in reversed(self.placed):
+                remove_path(dest)
+            self.placed = []
+            raise
+        return [dest for _, dest in entries]
+
+    def discard(self) -> None:
+        for folder, _ in self.folders:
+            remove_path(folder)
+        self.folders = []
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+def _chmod_tree(path: Path) -> None:
+    if path.is_dir():
+        os.chmod(path, dir_mode())
+        for child in path.iterdir():
+            _chmod_tree(child)
+    else:
+        os.chmod(path, file_mode())
+
+
 def replace_dir(tmp_dir: Path, dest: Path) -> None:
     """Move a fully written temp folder onto ``dest`` (replacing an existing one last-moment)."""
     if dest.exists() or dest.is_symlink():
-        backup = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        backup = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), suffix="-old", dir=dest.parent))
         backup.rmdir()
         os.replace(dest, backup)
         try:
@@ -48,10 +201,7 @@ def replace_dir(tmp_dir: Path, dest: Path) -> None:
         except BaseException:
             os.replace(backup, dest)
             raise
-        if backup.is_dir() and not backup.is_symlink():
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            backup.unlink(missing_ok=True)
+        remove_path(backup)
     else:
         os.replace(tmp_dir, dest)
 
@@ -79,12 +229,13 @@ def json_default(o):
     return str(o)
 
 
-def write_json(path: str | Path, data) -> Path:
-    """``data`` as strict JSON (:func:`jsonable`), indented, written atomically."""
+def write_json(path: str | Path, data, *, overwrite: bool = True) -> Path:
+    """``data`` as strict JSON (:func:`jsonable`), indented, written atomically (exclusively
+    unless ``overwrite``)."""
 
     def write(tmp: Path) -> None:
         with open(tmp, "w") as f:
             json.dump(jsonable(data), f, indent=2, allow_nan=False)
             f.write("\n")
 
-    return atomic_write(path, write)
+    return atomic_write(path, write, overwrite=overwrite)

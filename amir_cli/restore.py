@@ -19,11 +19,12 @@ import numpy as np
 from ._version import __version__
 from .device import pick_device, precision_context
 from .errors import BadInputError, DeviceError, WeightsError, one_line
-from .files import write_json
+from .files import Staging, write_json
 from .imaging import intensity, kspace
 from . import inference
 from .inference import DC_ITERATIONS, DEFAULT_TILE_OVERLAP, predict
 from .imaging.io import Volume, image_suffix, list_cases, read_image, stem, write_image
+from .imaging.volume import check_memory
 from .taskdetect import detect_task
 from .tasks import MRI_SR, PET_SYNTHESIS
 from .weights import LoadedWeights, load_weights
@@ -31,6 +32,7 @@ from .weights import LoadedWeights, load_weights
 SCALES = (1, 2, 4)
 DEFAULT_BATCH_SIZE = 4
 MIN_TILE = 32
+RESTORE_COPIES = 4  # input, normalised and restored float32 volumes, and the output being encoded
 DESCRIPTION = "Restored with amir {version} (AMIR all-in-one restoration, task {task}{scale})"
 
 Progress = Callable[[int, int], None]  # (slices done, slices in total)
@@ -261,33 +263,106 @@ def report_path_for(output: Path) -> Path:
 
 
 def _same_or_inside(a: Path, b: Path) -> bool:
-    """True when ``a`` is ``b`` or lies inside folder ``b``."""
+    """True when ``a`` is ``b`` (also through links or hard links) or lies inside folder ``b``."""
     ra, rb = os.path.realpath(a), os.path.realpath(b)
-    return ra == rb or ra.startswith(rb.rstrip(os.sep) + os.sep)
+    if ra == rb or ra.startswith(rb.rstrip(os.sep) + os.sep):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
-def check_output(input_path: Path, output: Path, overwrite: bool, what: str = "output") -> None:
-    """Refuse to write onto (or around) the input, into a missing folder, or onto an existing
-    file without --overwrite; an existing folder is only replaced when it holds a DICOM series."""
+def data_files(path: Path) -> list[Path]:
+    """An image file and the data file its header names (MetaImage ``ElementDataFile``, detached NRRD)."""
+    p = Path(path)
+    files = [p]
+    suffix = image_suffix(p)
+    if suffix not in (".mhd", ".nrrd") or not p.is_file():
+        return files
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16).decode("latin-1")
+    except OSError:
+        return files
+    for line in head.splitlines():
+        if suffix == ".nrrd" and not line.strip():
+            break  # end of the NRRD header
+        key, sep, value = line.partition("=" if suffix == ".mhd" else ":")
+        key, value = key.strip().lower(), value.strip()
+        if sep and key in ("elementdatafile", "data file", "datafile") and value and value.upper() not in ("LOCAL", "LIST"):
+            files.append(p.parent / value.split()[0])
+    return files
+
+
+def written_files(output: Path) -> list[Path]:
+    """The files an output comprises: a MetaImage header ``.mhd`` and its data file ``.zraw``."""
+    output = Path(output)
+    if image_suffix(output) == ".mhd":
+        return [output, output.parent / f"{stem(output)}.zraw"]
+    return [output]
+
+
+def is_amir_output(folder: Path) -> bool:
+    """A folder holding only DICOM files, written by amir (our DerivationDescription)."""
     from .imaging import dicom
 
-    if _same_or_inside(output, input_path) or _same_or_inside(input_path, output):
-        raise BadInputError(f"{output}: {what} would overwrite the input {input_path}; choose another -o")
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    if not files or not all(dicom.is_dicom_file(p) for p in files):
+        return False
+    pydicom = dicom._pydicom()
+    try:
+        ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False
+    text = str(ds.get("DerivationDescription", "") or "")
+    return "amir" in text.lower()
+
+
+def check_output(
+    input_path: Path, output: Path, overwrite: bool, what: str = "output", inputs=()
+) -> None:
+    """Refuse to write onto (or around) any input (``input_path`` and ``inputs``: the reference,
+    the weights file, their data files; through links too), into a missing folder, or onto an
+    existing file without --overwrite; an existing folder is only replaced when amir wrote it."""
+    sources = [f for i in (input_path, *inputs) if i is not None for f in data_files(Path(i))]
+    for target in written_files(output):
+        for src in sources:
+            if _same_or_inside(target, src) or _same_or_inside(src, target):
+                raise BadInputError(f"{target}: {what} would overwrite the input {src}; choose another -o")
     parent = output.parent
     if not parent.is_dir():
         raise BadInputError(f"{output}: {what} folder {parent} does not exist")
-    if output.exists() or output.is_symlink():
+    for target in written_files(output):
+        if not (target.exists() or target.is_symlink()):
+            continue
         if not overwrite:
-            raise BadInputError(f"{output}: {what} exists; pass --overwrite to replace it")
-        if output.is_dir():
-            foreign = [p for p in output.rglob("*") if p.is_file() and not dicom.is_dicom_file(p)]
-            if foreign:
-                raise BadInputError(
-                    f"{output}: refusing to replace a folder that holds files other than a DICOM series ({foreign[0].name})"
-                )
+            raise BadInputError(f"{target}: {what} exists; pass --overwrite to replace it")
+        if target.is_dir() and not target.is_symlink() and not is_amir_output(target):
+            raise BadInputError(f"{target}: refusing to replace a folder that amir did not write (originals are never replaced)")
 
 
+def check_input_format(input_path: Path) -> None:
+    """An input file must be an image format we read (blamed on the input, not on the output)."""
+    if input_path.is_file() and not image_suffix(input_path) and not is_dicom_input(input_path):
+        raise BadInputError(
+            f"{input_path}: unknown input format (expected .nii, .nii.gz, .mha, .mhd, .nrrd, a DICOM file or a DICOM series folder)"
+        )
 
+
+def publish(image: Volume, output: Path, *, reference: Volume, description: str, overwrite: bool,
+            report: Path | None = None, result: dict | None = None) -> Path:
+    """Write the image (and the JSON report ``result``) under temp names, then place them all
+    together, exclusively unless ``overwrite``: both land or neither does."""
+    try:
+        with Staging(overwrite) as staging:
+            write_image(image, staging.path(output), reference=reference, description=description)
+            if report is not None:
+                write_json(staging.path(report), result)
+            staging.publish()
+    except FileExistsError as exc:
+        raise BadInputError(f"{exc.filename or output}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
+    return output
 
 
 @dataclass
@@ -351,15 +426,19 @@ def restore_case(
     input_path = Path(input_path)
     output = Path(output) if output is not None else default_output(input_path)
     report = Path(report) if report is not None else report_path_for(output)
-    check_output(input_path, output, options.overwrite)
-    check_output(input_path, report, options.overwrite, what="report")
-    if _same_or_inside(report, output) or _same_or_inside(output, report):
+    inputs = (reference, weights.path)
+    check_output(input_path, output, options.overwrite, inputs=inputs)
+    check_output(input_path, report, options.overwrite, what="report", inputs=inputs)
+    if any(_same_or_inside(report, o) or _same_or_inside(o, report) for o in written_files(output)):
         raise BadInputError(f"{report}: the report path must differ from the output")
+    check_input_format(input_path)
     _check_output_format(input_path, output)
 
     volume = read_image(input_path)
     task, reason, warnings = _choose_task(volume, options.task, weights)
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
+    out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
+    check_memory(out_shape, str(input_path), copies=RESTORE_COPIES, doing="restoring")
 
     ref_volume = None
     if reference is not None:
@@ -388,16 +467,16 @@ def restore_case(
     )
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
     description = DESCRIPTION.format(version=__version__, task=task, scale=scale_text)
-    written = write_image(restored, output, reference=volume, description=description)
 
     result = {
         "tool": "amir",
         "version": __version__,
         "input": str(input_path),
-        "output": str(written),
+        "output": str(output),
         "task": task,
         "task_reason": reason,
-        "weights": {"name": weights.name, "sha256": weights.sha256, "config": weights.config},
+        "weights": {"name": weights.name, "file": str(weights.path), "sha256": weights.sha256,
+                    "registered": weights.registered, "config": weights.config},
         "device": info["device"],
         "precision": info["precision"],
         "batch_size": info["batch_size"],
@@ -429,7 +508,8 @@ def restore_case(
         if options.scale == 1:  # the input on the same grid: what restoration gained
             result["metrics"]["input"] = _scores(volume_scores(volume.array, ref_volume.array, task, volume.slice_axis))
     result["report"] = str(report)
-    write_json(report, result)
+    publish(restored, output, reference=volume, description=description, overwrite=options.overwrite,
+            report=report, result=result)
     return result
 
 
@@ -489,6 +569,8 @@ def restore_batch(
         raise BadInputError(f"{out_root}: exists and is not a folder")
     cases = list_cases(folder)
     mine, rank, world = distributed_share(cases)
+    name = f"{out_root.name}.json" if world == 1 else f"{out_root.name}.rank{rank}.json"
+    check_output(folder, out_root.parent / name, options.overwrite, what="batch report", inputs=(weights.path,))
     out_root.mkdir(exist_ok=True)
     done, failed = [], []
     started = time.perf_counter()
@@ -512,7 +594,7 @@ def restore_batch(
         "version": __version__,
         "input": str(folder),
         "output": str(out_root),
-        "weights": {"name": weights.name, "sha256": weights.sha256},
+        "weights": {"name": weights.name, "file": str(weights.path), "sha256": weights.sha256, "registered": weights.registered},
         "cases_total": len(cases),
         "rank": rank,
         "world_size": world,
@@ -520,7 +602,9 @@ def restore_batch(
         "failed": failed,
         "seconds": round(time.perf_counter() - started, 4),
     }
-    name = f"{out_root.name}.json" if world == 1 else f"{out_root.name}.rank{rank}.json"
     summary["report"] = str(out_root.parent / name)
-    write_json(out_root.parent / name, summary)
+    try:
+        write_json(out_root.parent / name, summary, overwrite=options.overwrite)
+    except FileExistsError:
+        raise BadInputError(f"{out_root.parent / name}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
     return summary

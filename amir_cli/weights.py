@@ -107,13 +107,37 @@ def read_state_dict(path: Path) -> dict:
         else:
             tensors = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoding failure is a bad weights file
-        raise WeightsError(f"cannot read weights {path.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise WeightsError(f"cannot read weights {path.name}: {_read_failure(path, exc)}") from None
     for key in ("state_dict", "params_ema", "params", "model"):  # common training-checkpoint wrappers
         if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
             tensors = tensors[key]
     if not isinstance(tensors, dict) or not tensors:
         raise WeightsError(f"{path.name} holds no state_dict")
     return _strip_prefixes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+
+
+def _read_failure(path: Path, exc: Exception) -> str:
+    """Why a weights file did not decode, in words (a text file named .pth, a truncated archive)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if path.suffix != ".safetensors" and not head.startswith(b"PK") and not head.startswith(b"\x80"):
+        return "not a PyTorch checkpoint (neither a zip archive nor a pickle; a text file or another format?)"
+    text = " ".join(str(exc).split())
+    return text[:200] if text else type(exc).__name__
+
+
+def _mismatch(model, state: dict, exc: Exception, shown: int = 3) -> str:
+    """The first mismatching keys (missing, unexpected, other shapes) in one line."""
+    own = model.state_dict()
+    parts = []
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if keys:
+            more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+            parts.append(f"{label}: {', '.join(keys[:shown])}{more}")
+    return "; ".join(parts) or " ".join(str(exc).split())
 
 
 def _strip_prefixes(state: dict) -> dict:
@@ -169,8 +193,18 @@ def build_from_state(state: dict, device="cpu"):
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"weights do not fit the inferred AMIR configuration: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"weights do not fit the inferred AMIR configuration: {_mismatch(model, state, exc)}") from None
     return model.to(device).eval()
+
+
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
+
+
+def is_path(source: str | os.PathLike) -> bool:
+    """A path is a path (a folder separator or a weights suffix); anything else is a registry name,
+    never a file that happens to sit in the working folder."""
+    text = os.fspath(source)
+    return isinstance(source, os.PathLike) or "/" in text or os.sep in text or Path(text).suffix.lower() in WEIGHTS_SUFFIXES
 
 
 def resolve(source: str | os.PathLike | None) -> tuple[Path, Entry | None]:
@@ -179,9 +213,8 @@ def resolve(source: str | os.PathLike | None) -> tuple[Path, Entry | None]:
         source = default_name()
         if source is None:
             raise WeightsError("no default weights are installed; pass --weights NAME|PATH")
-    path = Path(source)
-    if path.suffix in (".safetensors", ".pth", ".pt", ".ckpt") or path.exists():
-        return path, None
+    if is_path(source):
+        return Path(source), None
     entry = find(str(source))
     verify(entry)
     return entry.path, entry
@@ -233,6 +266,7 @@ class LoadedWeights:
     sha256: str
     config: dict
     tasks: list = field(default_factory=list)
+    registered: bool = True  # False: a file given by path (its sha256 is recorded, not checked)
 
 
 def load_weights(source: str | None, device) -> LoadedWeights:
@@ -248,4 +282,5 @@ def load_weights(source: str | None, device) -> LoadedWeights:
         sha256=sha,
         config=model.config.to_dict(),
         tasks=list((entry.info.get("tasks") or []) if entry is not None else []),
+        registered=entry is not None,
     )

@@ -11,14 +11,14 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
+import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from amir_cli.errors import BadInputError, one_line
-from amir_cli.files import atomic_write, replace_dir
+from amir_cli.files import atomic_write, replace_dir, temp_dir
 from amir_cli.imaging.volume import Volume, check_dimensions, check_pixels, integer_dtype_for, ras_from_lps
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -107,7 +107,7 @@ def group_series(folder: str | Path) -> dict[str, list[tuple[Path, object]]]:
         raise BadInputError(f"{folder}: no DICOM images in this folder")
     if len(series) > 1:
         parts = [
-            f"{uid} ({str(items[0][1].get('SeriesDescription', '') or 'no description')}, {len(items)} files)"
+            f"{uid} (series number {items[0][1].get('SeriesNumber', '?')}, {items[0][1].get('Modality', '?')}, {len(items)} files)"
             for uid, items in sorted(series.items(), key=lambda kv: -len(kv[1]))
         ]
         raise BadInputError(f"{folder}: holds {len(series)} DICOM series, give one series folder: " + "; ".join(parts))
@@ -525,10 +525,12 @@ def _derived_datasets(volume: Volume, ref: Volume, description: str) -> list:
         ds.DerivationDescription = derivation
         if "SourceImageSequence" in ds:
             del ds.SourceImageSequence
-        item = Dataset()
-        item.ReferencedSOPClassUID = src.SOPClassUID
-        item.ReferencedSOPInstanceUID = src.SOPInstanceUID
-        ds.SourceImageSequence = [item]
+        _drop_empty_references(ds)
+        if _valid_uid(src.get("SOPClassUID")) and _valid_uid(src.get("SOPInstanceUID")):
+            item = Dataset()
+            item.ReferencedSOPClassUID = src.SOPClassUID
+            item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+            ds.SourceImageSequence = [item]
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = sop_uid
         ds.SeriesNumber = series_number
@@ -565,6 +567,32 @@ def _derived_datasets(volume: Volume, ref: Volume, description: str) -> list:
     return out
 
 
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def _valid_uid(value) -> bool:
+    text = str(value or "")
+    return 0 < len(text) <= 64 and bool(_UID.match(text))
+
+
+def _drop_empty_references(ds) -> None:
+    """Remove copied sequence items that reference an empty or invalid UID (derived files never
+    carry an empty UID), and sequences left without items."""
+    for elem in list(ds):
+        if elem.VR != "SQ":
+            continue
+        keep = []
+        for item in elem.value:
+            _drop_empty_references(item)
+            refs = [item.get(k) for k in ("ReferencedSOPInstanceUID", "ReferencedSOPClassUID") if k in item]
+            if all(_valid_uid(r) for r in refs):
+                keep.append(item)
+        if keep:
+            elem.value = keep
+        else:
+            del ds[elem.tag]
+
+
 def _save(ds, path: Path) -> None:
     try:
         ds.save_as(str(path), enforce_file_format=True)
@@ -576,7 +604,7 @@ def write_dicom_series(volume: Volume, ref: Volume, dest: str | Path, descriptio
     """Write a derived series folder atomically (temp folder beside ``dest``, then rename)."""
     dest = Path(dest)
     datasets = _derived_datasets(volume, ref, description)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp_dir = temp_dir(dest)
     try:
         for k, ds in enumerate(datasets):
             _save(ds, tmp_dir / f"IM{k + 1:05d}.dcm")

@@ -7,19 +7,22 @@ so geometry makes a round trip by construction (nnU-Net style). No torch here.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from amir_cli.errors import BadInputError, one_line
-from amir_cli.files import atomic_write
+from amir_cli.files import atomic_write, temp_dir
 from amir_cli.imaging.volume import (
     Volume,
     check_affine,
     check_dimensions,
+    check_memory,
     check_pixels,
     choose_slice_axis,
     output_dtype,
@@ -116,6 +119,8 @@ def _read_nifti(p: Path) -> Volume:
     slice_hint = hdr.get_dim_info()[2] if hasattr(hdr, "get_dim_info") else None
     slice_axis = choose_slice_axis(shape3, spacing, slice_hint)
     check_dimensions(shape3, slice_axis, what)
+    _check_nifti_size(p, img, shape3, dtype)
+    check_memory(shape3, what)
     try:
         data = img.get_fdata(dtype=np.float32)
     except Exception as exc:
@@ -152,6 +157,47 @@ def _read_nifti(p: Path) -> Volume:
     )
 
 
+def _check_nifti_size(p: Path, img, shape3, dtype) -> None:
+    """An uncompressed file must hold the voxels its header declares (checked before reading them;
+    a compressed file is read no further than the header's size)."""
+    if image_suffix(p) != ".nii":
+        return
+    declared = int(np.prod(shape3, dtype=np.int64)) * np.dtype(dtype).itemsize + int(img.header["vox_offset"])
+    actual = p.stat().st_size
+    if actual < declared:
+        raise BadInputError(
+            f"{p}: header declares {'x'.join(map(str, shape3))} voxels of {np.dtype(dtype)} ({declared} bytes) "
+            f"but the file holds {actual} bytes (truncated or a wrong header)"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Keep C++ libraries (ITK's MetaIO, GDCM) from printing on our stderr: the error reaches the
+    user as our one line instead."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _itk_message(exc: BaseException) -> str:
+    """SimpleITK's error without its source file, line and object address."""
+    text = " ".join(str(exc).split())
+    if "ITK ERROR:" in text:
+        text = text.split("ITK ERROR:", 1)[1]
+    return re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text).strip()[:300]
+
+
 def _itk_affine(spacing, origin, direction, dim: int) -> np.ndarray:
     """RAS affine from ITK's LPS spacing/origin/direction (2-D images get a unit third axis)."""
     d = np.eye(3)
@@ -169,13 +215,16 @@ def _itk_affine(spacing, origin, direction, dim: int) -> np.ndarray:
 def _read_itk(p: Path) -> Volume:
     import SimpleITK as sitk
 
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # errors reach the user as our one line, not ITK's
+
     what = str(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
-        reader.ReadImageInformation()
+        with _quiet_stderr():
+            reader.ReadImageInformation()
     except Exception as exc:
-        raise BadInputError(f"{what}: not a readable MetaImage/NRRD file ({one_line(exc)})") from None
+        raise BadInputError(f"{what}: not a readable MetaImage/NRRD file ({_itk_message(exc)})") from None
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
     if reader.GetNumberOfComponents() != 1:
@@ -193,11 +242,13 @@ def _read_itk(p: Path) -> Volume:
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     slice_axis = choose_slice_axis(shape3, spacing)
     check_dimensions(shape3, slice_axis, what)
+    check_memory(shape3, what)
     try:
-        img = reader.Execute()
+        with _quiet_stderr():
+            img = reader.Execute()
         raw = sitk.GetArrayFromImage(img)  # (z, y, x)
     except Exception as exc:
-        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({one_line(exc)})") from None
+        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({_itk_message(exc)})") from None
     dtype = raw.dtype
     if dtype.kind not in "iuf":
         raise BadInputError(f"{what}: unsupported voxel type {dtype}")
@@ -357,6 +408,7 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
     the final names, then move the data file and the header (last) into place."""
     import SimpleITK as sitk
 
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
     data = to_dtype(volume.array, output_dtype(ref))
     img = sitk.GetImageFromArray(np.ascontiguousarray(data.T))  # (I,J,K) -> ITK (z,y,x) buffer
     lps = ras_from_lps(volume.affine)
@@ -364,10 +416,11 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
     img.SetSpacing([float(s) for s in spacing])
     img.SetOrigin([float(o) for o in lps[:3, 3]])
     img.SetDirection([float(d) for d in (lps[:3, :3] / spacing[None, :]).ravel()])
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    tmp_dir = temp_dir(dest)
     try:
         target = tmp_dir / dest.name
-        sitk.WriteImage(img, str(target), useCompression=image_suffix(dest) != ".mha")
+        with _quiet_stderr():
+            sitk.WriteImage(img, str(target), useCompression=image_suffix(dest) != ".mha")
         header_moved = False
         for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dest.name):
             os.replace(f, dest.parent / f.name)
@@ -378,6 +431,6 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         if isinstance(exc, (BadInputError, KeyboardInterrupt, SystemExit)):
             raise
-        raise BadInputError(f"{dest}: cannot write ({one_line(exc)})") from None
+        raise BadInputError(f"{dest}: cannot write ({_itk_message(exc)})") from None
     shutil.rmtree(tmp_dir, ignore_errors=True)
     return dest

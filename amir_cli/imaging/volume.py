@@ -7,6 +7,7 @@ Imported by ``io`` and ``dicom`` (neither imports the other at module level). No
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,6 +119,35 @@ def check_dimensions(shape: tuple[int, ...], slice_axis: int, what: str) -> None
     n = int(np.prod([int(s) for s in shape], dtype=np.int64))
     if n > MAX_VOXELS:
         raise BadInputError(f"{what}: header claims {n} voxels; at most {MAX_VOXELS} are accepted")
+
+
+READ_COPIES = 3  # the stored voxels, their float32 values and one working copy
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (MemAvailable of /proc/meminfo, else free pages), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(shape, what: str, copies: float = READ_COPIES, doing: str = "reading") -> None:
+    """Refuse before allocating when ``copies`` float32 arrays of ``shape`` exceed the available memory."""
+    need = int(np.prod([int(s) for s in shape], dtype=np.int64)) * 4 * copies
+    have = available_memory()
+    if have is not None and need > have:
+        raise BadInputError(
+            f"{what}: {doing} a {'x'.join(str(int(s)) for s in shape)} image needs about {need / 2**30:.1f} GiB "
+            f"of memory; {have / 2**30:.1f} GiB is available"
+        )
 
 
 def check_pixels(array: np.ndarray, what: str) -> None:

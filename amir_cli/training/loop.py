@@ -16,7 +16,7 @@ import torch
 
 from amir_cli._version import __version__
 from amir_cli.device import pick_device
-from amir_cli.errors import BadInputError
+from amir_cli.errors import BadInputError, one_line
 from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
@@ -41,12 +41,30 @@ def train(
     the options given again, which replace the run's recorded values (see :func:`resumed_options`)."""
     run_dir, o, state = _prepare_run(options, resume, changed)
     o.check()
+    created = not run_dir.exists()
     dist = _init_distributed(_pick(o.device).type)
     try:
         return _run(run_dir, o, state, dist, command if command is not None else sys.argv, hooks or Hooks())
+    except BaseException:
+        if created and dist.main:
+            _remove_unstarted(run_dir)
+        raise
     finally:
         if dist.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _remove_unstarted(run_dir: Path) -> None:
+    """A run folder this command created and that holds no checkpoint yet is removed on failure
+    (only the files a starting run writes, then the folder if it is empty)."""
+    if not run_dir.is_dir() or (run_dir / ckpt.LAST).exists() or (run_dir / ckpt.BEST).exists():
+        return
+    for name in (ckpt.RUN_JSON, ckpt.METRICS):
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass  # something else is in there: leave it
 
 
 def _init_distributed(device_kind: str) -> Dist:
@@ -77,7 +95,10 @@ def _prepare_run(options: TrainOptions, resume, changed):
         if not (run_dir / ckpt.LAST).exists():
             raise ckpt.RunFolderError(f"{run_dir}: no {ckpt.LAST} to resume from")
         saved = ckpt.read_json(run_dir / ckpt.RUN_JSON)
-        o = resumed_options(saved["options"], options, changed)
+        try:
+            o = resumed_options(saved["options"], options, changed)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ckpt.RunFolderError(f"{run_dir / ckpt.RUN_JSON}: missing or invalid field {one_line(exc)}; cannot resume") from None
         o.out = str(run_dir)
         return run_dir, o, ckpt.load_torch(run_dir / ckpt.LAST)
     if not options.data:
