@@ -10,7 +10,7 @@ device named, to benchmarks/results/network_speed.jsonl (--out). Batch: 16 at 25
 scaled by pixels (8 at 512x512), 4 on the CPU (--batch).
 
     python benchmarks/network_speed.py                      # the GPU table: amir, amir-s at 256 and 512
-    python benchmarks/network_speed.py --compile            # also torch.compile'd rows (minutes each)
+    python benchmarks/network_speed.py --configs amir --sizes 512 --precisions bf16 --compile   # compiled (minutes)
     python benchmarks/network_speed.py --quick              # amir-tiny at 64x64 on the CPU: checks the script
     python benchmarks/network_speed.py --experts sparse --norm permuted   # another computation
 """
@@ -163,8 +163,12 @@ def measure(model, config, source, size, args, device, precisions, slow, peaks) 
     xb = torch.rand(batch, 1, size, size, device=device)
     reference = AMIR(model.config).to(device).eval().set_computation(reference=True)
     reference.load_state_dict(model.state_dict())
-    row["reference_fp32_slices_per_s"] = round(batch / median_seconds(lambda: forward(reference, xb, "fp32"), args.repeats), 2)
-    del reference
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_ref = median_seconds(lambda: forward(reference, xb, "fp32"), args.repeats)
+    row["reference_fp32_slices_per_s"] = round(batch / t_ref, 2)
+    if device.type == "cuda":
+        row["reference_fp32_peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
     for p in precisions:
         if p in slow:
             continue
@@ -186,7 +190,6 @@ def measure(model, config, source, size, args, device, precisions, slow, peaks) 
             row[f"{p}_peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
         if p != "fp32" and (p not in slow):
             row[f"{p}_psnr_vs_fp32_db"] = fidelity(model, device, size, p, m)
-        del m, run
     if device.type != "cuda":
         mem = cpu_peak_memory(config, size)
         row["peak_memory_gb"] = round(mem["peak_gb"], 3)
@@ -241,7 +244,7 @@ def main():
                 with open(args.out, "a") as f:
                     f.write(json.dumps({**stamp, **row}) + "\n")
 
-    keys = ["batch", "reference_fp32_slices_per_s"] + [f"{p}_{k}" for p in precisions if p not in slow
+    keys = ["batch", "reference_fp32_slices_per_s", "reference_fp32_peak_memory_gb"] + [f"{p}_{k}" for p in precisions if p not in slow
             for k in ("slices_per_s", "speedup_vs_reference_fp32", "peak_memory_gb", "psnr_vs_fp32_db", "compile_s")]
     keys = [k for k in keys if any(k in r for r in rows)] + (["peak_memory_gb"] if device.type != "cuda" else [])
     print(f"\n{name}, torch {torch.__version__}, experts {args.experts}, norm {args.norm}, compile {args.compile}")

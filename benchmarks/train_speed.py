@@ -22,7 +22,8 @@ import time
 import torch
 
 
-def step_time(config: str, batch: int, patch: int, steps: int, device: str, amp: bool, computation: dict | None = None) -> dict:
+def step_time(config: str, batch: int, patch: int, steps: int, device: str, amp: bool,
+              computation: dict | None = None) -> dict:
     from amir_cli.network import AMIR, get_config
 
     torch.manual_seed(0)
