@@ -32,7 +32,7 @@ def _weight(w: torch.Tensor) -> torch.Tensor:
     cuDNN finds no engine for such a pointer."""
     if w.device.type == "cpu" or (w.is_contiguous() and w.storage_offset() * w.element_size() % 16 == 0):
         return w
-    return w.contiguous().clone() if w.is_contiguous() else w.contiguous()
+    return w.clone(memory_format=torch.contiguous_format)
 
 
 class _NormBody(nn.Module):
