@@ -22,11 +22,12 @@ import time
 import torch
 
 
-def step_time(config: str, batch: int, patch: int, steps: int, device: str, amp: bool) -> dict:
+def step_time(config: str, batch: int, patch: int, steps: int, device: str, amp: bool,
+              computation: dict | None = None) -> dict:
     from amir_cli.network import AMIR, get_config
 
     torch.manual_seed(0)
-    model = AMIR(get_config(config)).to(device).train()
+    model = AMIR(get_config(config)).to(device).train().set_computation(**(computation or {}))
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.999))
     x = torch.rand(batch, 1, patch, patch, device=device)
     y = torch.rand(batch, 1, patch, patch, device=device)
@@ -49,7 +50,8 @@ def step_time(config: str, batch: int, patch: int, steps: int, device: str, amp:
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    return {"what": "step", "config": config, "batch": batch, "patch": patch, "device": device, "amp_bf16": amp,
+    what = "step, published computation" if (computation or {}).get("reference") else "step"
+    return {"what": what, "config": config, "batch": batch, "patch": patch, "device": device, "amp_bf16": amp,
             "steps": steps, "s_per_it": med, "it_per_s": 1.0 / med, "peak_gib": mem}
 
 
@@ -92,6 +94,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="timed steps per case (amir at patch 128 on CPU: capped at 3)")
     ap.add_argument("--devices", default="auto", help="comma-separated; auto: cpu, plus cuda when available")
     ap.add_argument("--amp", action="store_true", help="also bf16 autocast on CUDA")
+    ap.add_argument("--experts", default="auto", choices=["auto", "dense", "sparse"], help="expert computation (auto: dense off the CPU)")
+    ap.add_argument("--reference", action="store_true", help="also the published computation, in the same run")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--data", default=None, help="a training data folder: also time the data pipeline")
     ap.add_argument("--workers", type=int, default=0)
@@ -107,10 +111,12 @@ def main(argv=None) -> int:
         for config in [c for c in a.configs.split(",") if c]:
             for patch in (int(p) for p in a.patches.split(",")):
                 steps = min(a.steps, 3) if (device == "cpu" and config == "amir" and patch >= 128) else a.steps
+                computations = [{"experts": a.experts}] + ([{"reference": True}] if a.reference else [])
                 for amp in ([False, True] if (a.amp and device.startswith("cuda")) else [False]):
-                    r = step_time(config, a.batch, patch, steps, device, amp)
-                    rows.append(r)
-                    print(f"  {config} {device} patch {patch} amp={amp}: {r['s_per_it']:.3f} s/it", file=sys.stderr, flush=True)
+                    for computation in computations:
+                        r = step_time(config, a.batch, patch, steps, device, amp, computation)
+                        rows.append(r)
+                        print(f"  {r['what']} {config} {device} patch {patch} amp={amp}: {r['s_per_it']:.3f} s/it", file=sys.stderr, flush=True)
     if a.data:
         for patch in (int(p) for p in a.patches.split(",")):
             rows += data_time(a.data, a.batch, patch, a.data_batches, a.workers, a.crops_per_slice)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from amir_cli.network import AMIR, CONFIGS, AmirConfig, get_config, set_reference_mode
+from amir_cli.network import AMIR, CONFIGS, AmirConfig, get_config
 from amir_cli.weights import build_from_state, infer_config, read_state_dict
 
 from conftest import FIXTURE
@@ -11,17 +11,23 @@ def official_state(tensors):
     return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
-@pytest.mark.parametrize("reference", [False, True])
-def test_reproduces_published_output(official_fixture, reference):
+COMPUTATIONS = [
+    dict(reference=True),
+    dict(),
+    dict(experts="dense", norm="channels"),
+    dict(experts="sparse", norm="channels"),
+    dict(experts="dense", norm="permuted"),
+]
+
+
+@pytest.mark.parametrize("computation", COMPUTATIONS, ids=str)
+def test_reproduces_published_output(official_fixture, computation):
     model = AMIR(AmirConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)).eval()
     model.load_state_dict(official_state(official_fixture), strict=True)
-    set_reference_mode(reference)
-    try:
-        with torch.no_grad():
-            out = model(official_fixture["input"])
-            instruction = model.instruction(official_fixture["input"])
-    finally:
-        set_reference_mode(False)
+    model.set_computation(**computation)
+    with torch.no_grad():
+        out = model(official_fixture["input"])
+        instruction = model.instruction(official_fixture["input"])
     assert (out - official_fixture["output"]).abs().max() < 1e-5
     assert (instruction - official_fixture["instruction"]).abs().max() < 1e-5
 
@@ -102,19 +108,19 @@ def test_train_mode_returns_load_loss_with_gradients():
     assert moe.w_gate.grad.abs().sum() > 0 and moe.w_noise.grad.abs().sum() > 0
 
 
-def test_fast_and_reference_paths_agree_in_training():
+@pytest.mark.parametrize("computation", COMPUTATIONS[1:], ids=str)
+def test_fast_and_reference_paths_agree_in_training(computation):
     torch.manual_seed(0)
     model = AMIR(get_config("amir-tiny")).train()
     x = torch.rand(2, 1, 24, 24)
     results = []
-    for reference in (False, True):
-        set_reference_mode(reference)
+    for kwargs in (computation, dict(reference=True)):
+        model.set_computation(**kwargs)
         torch.manual_seed(1)
         out, loss = model(x)
         out.sum().backward()
         results.append((out.detach(), loss.detach(), model.patch_embed.proj.weight.grad.clone()))
         model.zero_grad()
-    set_reference_mode(False)
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
 

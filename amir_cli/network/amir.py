@@ -6,13 +6,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AmirConfig
-from .restormer import Downsample, PatchEmbed, Upsample, channels_last, stage
-from .routing import ChannelRouting, RoutingInstructionNetwork, SpatialRouting
+from .restormer import NORM_PATHS, ChannelLayerNorm, Computation, Downsample, PatchEmbed, Upsample, channels_last, stage
+from .routing import EXPERT_PATHS, ChannelRouting, NoisyTopKExperts, RoutingInstructionNetwork, SpatialRouting
 
 MULTIPLE = 8  # three 2x downsamplings
 
 
-class AMIR(nn.Module):
+class AMIR(Computation, nn.Module):
     """Maps a (B, C, H, W) image normalised to [0, 1] to its restored version.
 
     Training mode returns (image, load_loss), evaluation mode the image. Any H, W >= 9 works: the
@@ -56,6 +56,28 @@ class AMIR(nn.Module):
         self.refinement = stage(widths[1], c.num_refinement_blocks, c.heads[0], **blocks)
         self.output = nn.Conv2d(widths[1], c.out_channels, 3, padding=1, bias=c.bias)
 
+    def set_computation(self, reference: bool = False, experts: str = "auto", norm: str = "auto") -> "AMIR":
+        """Choose how this model computes (the outputs agree to float rounding); returns the model.
+
+        reference: follow the published code step by step (slow; the oracle of tests and benchmarks).
+        experts: "dense" runs every expert on every pixel with the gates zero outside each pixel's
+        top k (no host synchronisation, the same shapes whatever the routing: what GPUs,
+        `torch.compile` and CUDA graphs need), "sparse" runs each expert on its own pixels only,
+        "auto" is dense off the CPU and sparse on it. norm: "channels" normalises over C in the
+        convolutions' layout, "permuted" runs F.layer_norm on the NHWC view, "auto" is channels off
+        the CPU and permuted on it.
+        """
+        if experts not in EXPERT_PATHS or norm not in NORM_PATHS:
+            raise ValueError(f"experts must be one of {EXPERT_PATHS} and norm one of {NORM_PATHS}")
+        for m in self.modules():
+            if isinstance(m, Computation):
+                m.reference = bool(reference)
+            if isinstance(m, NoisyTopKExperts):
+                m.experts_path = experts
+            if isinstance(m, ChannelLayerNorm):
+                m.norm_path = norm
+        return self
+
     def instruction(self, image: torch.Tensor) -> torch.Tensor:
         """The routing instruction, (B, 256), for a batch of images."""
         return self.dict_generator(image)
@@ -71,7 +93,7 @@ class AMIR(nn.Module):
         return (restored, load_loss) if self.training else restored
 
     def _unet(self, image, instruction):
-        x = channels_last(self.patch_embed(image))
+        x = channels_last(self.patch_embed(image), self.reference)
         x, loss1 = self.spatial_routing_encoder_level1(x, instruction)
         enc1 = self.encoder_level1(x)
         x, loss2 = self.spatial_routing_encoder_level2(self.down1_2(enc1), instruction)

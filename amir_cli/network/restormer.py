@@ -8,24 +8,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Reference mode follows the published computation step by step (hand-written LayerNorm over a
-# (B, HW, C) view, NCHW layout, q/k/v in one map); benchmarks use it to measure the fast path's gain.
-_REFERENCE = {"on": False}
 _FFN_CHUNK = 1 << 23  # hidden activations (channels x pixels) held at once by inference
+NORM_PATHS = ("auto", "channels", "permuted")
 
 
-def set_reference_mode(on: bool) -> None:
-    """Switch every AMIR module to the published code's computation (slow) or the fast path."""
-    _REFERENCE["on"] = bool(on)
+class Computation:
+    """How a module computes, chosen per model instance by `AMIR.set_computation` (class defaults:
+    the fast path). `reference` follows the published code step by step (hand-written LayerNorm
+    over a (B, HW, C) view, NCHW layout, q/k/v in one map, each expert on its own pixels): tests
+    and benchmarks compare the fast path against it."""
+
+    reference = False
 
 
-def reference_mode() -> bool:
-    return _REFERENCE["on"]
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
+def channels_last(x: torch.Tensor, reference: bool = False) -> torch.Tensor:
     """NHWC layout for the fast path: depthwise and 1x1 convolutions run several times faster."""
-    return x if _REFERENCE["on"] else x.contiguous(memory_format=torch.channels_last)
+    return x if reference else x.contiguous(memory_format=torch.channels_last)
+
+
+def _weight(w: torch.Tensor) -> torch.Tensor:
+    """A slice of a weight as a convolution can take it in any dtype: off the CPU a slice whose
+    start is not 16-byte aligned (a bf16 or fp16 weight's rows at an odd offset) is copied, since
+    cuDNN finds no engine for such a pointer."""
+    if w.device.type == "cpu" or (w.is_contiguous() and w.storage_offset() * w.element_size() % 16 == 0):
+        return w
+    return w.clone(memory_format=torch.contiguous_format)
 
 
 class _NormBody(nn.Module):
@@ -37,11 +44,16 @@ class _NormBody(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
 
 
-class ChannelLayerNorm(nn.Module):
+class ChannelLayerNorm(Computation, nn.Module):
     """LayerNorm over the channels of a (B, C, H, W) map, eps 1e-5.
 
-    The bias-free variant scales by the standard deviation without removing the mean.
+    The bias-free variant scales by the standard deviation without removing the mean. The fast
+    path normalises over C in the layout the convolutions use ("channels"), or runs F.layer_norm on
+    the NHWC view ("permuted"); `norm_path` "auto" takes "channels" off the CPU and "permuted" on it,
+    where it is faster. Low-precision maps are normalised in fp32 and returned in their own dtype.
     """
+
+    norm_path = "auto"  # one of NORM_PATHS, set by AMIR.set_computation
 
     def __init__(self, dim: int, layernorm_type: str = "WithBias"):
         super().__init__()
@@ -50,13 +62,21 @@ class ChannelLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w, b = self.body.weight, self.body.bias
-        if reference_mode():
+        if self.reference:
             return self._reference(x, w, b)
-        if self.with_bias:
+        if self.with_bias and not self.channels_first(x.device):
             y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, eps=1e-5)
             return y.permute(0, 3, 1, 2)
-        var = x.var(1, keepdim=True, unbiased=False)
-        return x * torch.rsqrt(var + 1e-5) * w.view(1, -1, 1, 1)
+        xf = x.float()
+        if not self.with_bias:
+            var = xf.var(1, keepdim=True, unbiased=False)
+            return (xf * torch.rsqrt(var + 1e-5) * w.view(1, -1, 1, 1)).to(x.dtype)
+        var, mean = torch.var_mean(xf, 1, keepdim=True, unbiased=False)
+        y = torch.addcmul(b.view(1, -1, 1, 1), (xf - mean) * torch.rsqrt(var + 1e-5), w.view(1, -1, 1, 1))
+        return y.to(x.dtype)
+
+    def channels_first(self, device: torch.device) -> bool:
+        return self.norm_path == "channels" or (self.norm_path == "auto" and device.type != "cpu")
 
     @staticmethod
     def _reference(x, w, b):
@@ -70,7 +90,7 @@ class ChannelLayerNorm(nn.Module):
         return t.transpose(1, 2).reshape(B, C, H, W)
 
 
-class GatedDconvFeedForward(nn.Module):
+class GatedDconvFeedForward(Computation, nn.Module):
     """GDFN: 1x1 expansion to two branches, depthwise 3x3, GELU gate, 1x1 projection."""
 
     def __init__(self, dim: int, expansion: float, bias: bool):
@@ -81,7 +101,7 @@ class GatedDconvFeedForward(nn.Module):
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if reference_mode():
+        if self.reference:
             gate, value = self.dwconv(self.project_in(x)).chunk(2, dim=1)
             return self.project_out(F.gelu(gate) * value)
         hidden = self.project_out.in_channels
@@ -106,16 +126,17 @@ class GatedDconvFeedForward(nn.Module):
 
         def branch(rows: slice) -> torch.Tensor:
             b_in, b_dw = self.project_in.bias, self.dwconv.bias
-            h = F.conv2d(x, self.project_in.weight[rows], None if b_in is None else b_in[rows])
-            return F.conv2d(h, self.dwconv.weight[rows], None if b_dw is None else b_dw[rows], padding=1, groups=hi - lo)
+            h = F.conv2d(x, _weight(self.project_in.weight[rows]), None if b_in is None else _weight(b_in[rows]))
+            w_dw = _weight(self.dwconv.weight[rows])
+            return F.conv2d(h, w_dw, None if b_dw is None else _weight(b_dw[rows]), padding=1, groups=hi - lo)
 
         gate = F.gelu(branch(slice(lo, hi)))
         value = branch(slice(hidden + lo, hidden + hi))
         gated = gate * value if torch.is_grad_enabled() else gate.mul_(value)
-        return F.conv2d(gated, self.project_out.weight[:, lo:hi])
+        return F.conv2d(gated, _weight(self.project_out.weight[:, lo:hi]))
 
 
-class TransposedAttention(nn.Module):
+class TransposedAttention(Computation, nn.Module):
     """MDTA: attention across channels (C x C per head) with a learned temperature per head."""
 
     def __init__(self, dim: int, num_heads: int, bias: bool):
@@ -128,7 +149,7 @@ class TransposedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        if torch.is_grad_enabled() or reference_mode():
+        if torch.is_grad_enabled() or self.reference:
             qkv = self.qkv_dwconv(self.qkv(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W)
             q, k, v = qkv.unbind(1)
             attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
@@ -142,19 +163,19 @@ class TransposedAttention(nn.Module):
             v = self._project(x, 2).reshape(shape)
         out = attn.softmax(dim=-1) @ v
         del v
-        out = channels_last(out.reshape(B, C, H, W))  # rebinding frees the (heads, HW) layout first
+        out = channels_last(out.reshape(B, C, H, W), self.reference)  # rebinding frees the (heads, HW) layout first
         return self.project_out(out)
 
     def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
         """Channels [part*C, (part+1)*C) of the 1x1 + depthwise projection (q, k or v)."""
         C = x.shape[1]
         rows = slice(part * C, (part + 1) * C)
-        bias = lambda conv: None if conv.bias is None else conv.bias[rows]  # noqa: E731
-        y = F.conv2d(x, self.qkv.weight[rows], bias(self.qkv))
-        return F.conv2d(y, self.qkv_dwconv.weight[rows], bias(self.qkv_dwconv), padding=1, groups=C)
+        bias = lambda conv: None if conv.bias is None else _weight(conv.bias[rows])  # noqa: E731
+        y = F.conv2d(x, _weight(self.qkv.weight[rows]), bias(self.qkv))
+        return F.conv2d(y, _weight(self.qkv_dwconv.weight[rows]), bias(self.qkv_dwconv), padding=1, groups=C)
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(Computation, nn.Module):
     def __init__(self, dim: int, num_heads: int, expansion: float, bias: bool, layernorm_type: str):
         super().__init__()
         self.norm1 = ChannelLayerNorm(dim, layernorm_type)
@@ -163,7 +184,7 @@ class TransformerBlock(nn.Module):
         self.ffn = GatedDconvFeedForward(dim, expansion, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = channels_last(x)
+        x = channels_last(x, self.reference)
         # in place on the fresh branch output (nothing keeps it for backward): one map less at the peak
         x = self.attn(self.norm1(x)).add_(x)
         return self.ffn(self.norm2(x)).add_(x)

@@ -7,9 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ATOM_DIM, ATOM_NUM, NUM_EXPERTS, TOP_K
+from .restormer import Computation
 
 _EPS = float(torch.finfo(torch.float64).eps)  # floor before the log, as in the published combine
 _CHUNK = 1 << 16  # pixels routed at once without autograd, to bound inference memory
+_DENSE_CHUNK = 1 << 26  # expert hidden activations (pixels x experts x hidden) held at once by dense inference
+EXPERT_PATHS = ("auto", "dense", "sparse")
 
 
 class RoutingInstructionNetwork(nn.Module):
@@ -54,13 +57,15 @@ def _cv_squared(x: torch.Tensor) -> torch.Tensor:
     return x.var() / (x.mean() ** 2 + 1e-10)
 
 
-class NoisyTopKExperts(nn.Module):
+class NoisyTopKExperts(Computation, nn.Module):
     """Per-pixel mixture of experts with noisy top-k gating (Shazeer et al.).
 
     The gate sees [feature, projected instruction]. Outputs are combined as
     log(sum_k gate_k * exp(expert_k(x))): the published combine works in log space, and its
     checkpoints depend on it.
     """
+
+    experts_path = "auto"  # one of EXPERT_PATHS, set by AMIR.set_computation
 
     def __init__(self, dim: int, expansion: float, num_experts: int = NUM_EXPERTS, k: int = TOP_K):
         super().__init__()
@@ -79,15 +84,28 @@ class NoisyTopKExperts(nn.Module):
         """x: (B, C, H, W) features, cue: (B, C) projected instruction. Returns (y, load_loss)."""
         B, C, H, W = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
+        dense = self.dense(x.device)
+        combine = self._combine_dense if dense else self._combine
         if not torch.is_grad_enabled() and not self.training:
             clean = self._logits(self.w_gate, tokens, cue)
-            chunks = zip(tokens.split(_CHUNK), clean.split(_CHUNK))
-            y = torch.cat([self._combine(t, self._top_k(logits)) for t, logits in chunks])
+            step = self._dense_chunk() if dense else _CHUNK
+            chunks = zip(tokens.split(step), clean.split(step))
+            y = torch.cat([combine(t, self._top_k(logits)) for t, logits in chunks])
             loss = x.new_zeros(())
         else:
             gates, load = self._gates(tokens, cue)
-            y, loss = self._combine(tokens, gates), _cv_squared(gates.sum(0)) + _cv_squared(load)
+            y, loss = combine(tokens, gates), _cv_squared(gates.sum(0)) + _cv_squared(load)
         return y.reshape(B, H, W, C).permute(0, 3, 1, 2), loss
+
+    def dense(self, device: torch.device) -> bool:
+        """Whether the experts run densely: set per model by `AMIR.set_computation`; "auto" means
+        dense everywhere but on the CPU, where running each expert on its own pixels is faster."""
+        if self.reference or self.experts_path == "sparse":
+            return False
+        return self.experts_path == "dense" or device.type != "cpu"
+
+    def _dense_chunk(self) -> int:
+        return max(1, _DENSE_CHUNK // (self.num_experts * self.experts[0].fc1.out_features))
 
     @staticmethod
     def _logits(w: torch.Tensor, tokens: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
@@ -132,6 +150,23 @@ class NoisyTopKExperts(nn.Module):
             rows = gates[:, e].nonzero().squeeze(1)
             contrib = expert(tokens[rows]).float().exp() * gates[rows, e : e + 1]
             mixed.index_add_(0, rows, contrib)
+        return mixed.masked_fill(mixed == 0, _EPS).log().to(tokens.dtype)
+
+    def _combine_dense(self, tokens, gates):
+        """The same combine with every expert run on every pixel: no host synchronisation and the
+        same shapes whatever the routing. One product for all the experts' first layers and one
+        batched product for their second layers; an expert's output is zeroed before the exp where
+        its gate is zero, so that it adds exactly nothing (and no inf or NaN, also in backward)."""
+        E, hidden = self.num_experts, self.experts[0].fc1.out_features
+        w1 = torch.cat([e.fc1.weight for e in self.experts])  # (E * hidden, C)
+        b1 = torch.cat([e.fc1.bias for e in self.experts])
+        h = F.gelu(F.linear(tokens, w1, b1)).view(-1, E, hidden).transpose(0, 1)  # (E, N, hidden)
+        w2 = torch.stack([e.fc2.weight for e in self.experts]).transpose(1, 2)  # (E, hidden, C)
+        b2 = torch.stack([e.fc2.bias for e in self.experts])[:, None]  # (E, 1, C)
+        out = torch.baddbmm(b2, h, w2).transpose(0, 1)  # (N, E, C)
+        g = gates[:, :, None]
+        contrib = out.float().masked_fill(g == 0, 0).exp_() * g
+        mixed = contrib.sum(1)
         return mixed.masked_fill(mixed == 0, _EPS).log().to(tokens.dtype)
 
 
