@@ -7,9 +7,11 @@ Data
   low-quality folders ``LQ_<level>`` beside ``LQ`` (e.g. ``LQ_x2``, ``LQ_x4``, ``LQ_dose1-12``) share
   the ``HQ`` folder; ``<level>`` is the label in the tables (``LQ`` alone has no level, shown "-").
 * **Simulated**: a folder of high-quality volumes and ``--simulate TASK[:LEVEL]`` (repeatable).  With
-  modality folders ``DATA/{MRI,CT,PET}/`` each task takes the volumes of its folder; a flat folder
-  gives every volume every simulated task.  The low-quality input is made by the SPEC §3
-  degradation of each scored slice with the generator :func:`degrade.slice_rng` of (case seed,
+  modality folders ``DATA/{MRI,CT,PET}/`` each task takes the volumes of its folder; in a flat folder
+  each volume's task is decided as `amir restore --task auto` decides it (Modality, header and file
+  name words, intensities), each simulation takes the volumes of its task, the others are listed as
+  skipped, and a volume that cannot be placed is an error.  The low-quality input is made by the
+  degradation (docs/protocol.md) of each scored slice with the generator :func:`degrade.slice_rng` of (case seed,
   slice index), so a slice degrades the same whether or not ``--max-slices`` is used.
 
 Scoring
@@ -133,45 +135,80 @@ def _case_name(path: Path) -> str:
 
 def find_cases(data, simulate=()) -> list[CaseSpec]:
     """The cases of a benchmark folder (see the module docstring)."""
+    return plan_cases(data, simulate)[0]
+
+
+def place_volumes(paths) -> list[tuple[Path, str, str]]:
+    """(path, task, reason) of each volume of a flat folder, decided as `amir restore --task auto`
+    decides (:func:`amir_cli.taskdetect.detect_task`); a volume it cannot place is an error."""
+    from amir_cli.taskdetect import detect_task
+
+    placed = []
+    for p in paths:
+        try:
+            task, reason = detect_task(read_image(p))
+        except BadInputError:
+            raise BadInputError(
+                f"{p}: cannot tell its task from the header, the file name or the intensities; "
+                "put the volumes in CT/, MRI/ and PET/ folders (or name the file, e.g. ct_..., mr_..., pet_...)"
+            ) from None
+        placed.append((p, task, reason))
+    return placed
+
+
+def plan_cases(data, simulate=()) -> tuple[list[CaseSpec], list[dict]]:
+    """The cases of a benchmark folder and the volumes skipped (a flat folder's volumes whose task no
+    ``--simulate`` names: ``{"volume", "task", "reason"}``)."""
     root = Path(data)
     if not root.is_dir():
         raise BadInputError(f"{root}: benchmark data folder not found")
     sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
     folders = _task_folders(root)
-    cases: list[CaseSpec] = []
     if not sims:
-        for task, folder in folders:
-            test = folder / "test"
-            if not (test / "HQ").is_dir():
-                continue
-            hq = {_case_name(p): p for p in list_cases(test / "HQ")}
-            lq_dirs = sorted(d for d in test.iterdir() if d.is_dir() and re.fullmatch(r"LQ(_.+)?", d.name))
-            if not lq_dirs:
-                raise BadInputError(f"{test}: no LQ folder beside HQ")
-            for lq_dir in lq_dirs:
-                level = lq_dir.name[3:]
-                lq = {_case_name(p): p for p in list_cases(lq_dir)}
-                for name in sorted(set(hq) | set(lq)):
-                    cases.append(CaseSpec(name, task, level, hq.get(name), lq.get(name)))  # type: ignore[arg-type]
-        if not cases:
-            raise BadInputError(
-                f"{root}: no paired test data (expected {{MRI,CT,PET}}/test/{{LQ,HQ}}/); "
-                "for a folder of high-quality volumes pass --simulate TASK[:LEVEL]"
-            )
-        return cases
-    by_task = {t: [] for t in TASKS}
+        return _paired_cases(root, folders), []
+    by_task: dict[str, list[Path]] = {t: [] for t in TASKS}
+    skipped: list[dict] = []
     if folders:
         for task, folder in folders:
             by_task[task] += list_cases(folder)
     else:
-        for t in TASKS:
-            by_task[t] = list_cases(root)
+        wanted = {s.task for s in sims}
+        for p, task, reason in place_volumes(list_cases(root)):
+            if task in wanted:
+                by_task[task].append(p)
+            else:
+                skipped.append({"volume": _case_name(p), "task": task, "reason": reason})
+    cases: list[CaseSpec] = []
     for sim in sims:
         paths = by_task[sim.task]
         if not paths:
-            raise BadInputError(f"{root}: no {TASK_FOLDER[sim.task]}/ volumes for --simulate {sim.task}")
+            where = f"{TASK_FOLDER[sim.task]}/ volumes" if folders else f"volumes of task {sim.task}"
+            raise BadInputError(f"{root}: no {where} for --simulate {sim.task}")
         for p in paths:
             cases.append(CaseSpec(_case_name(p), sim.task, sim.label, p, None, sim))
+    return cases, skipped
+
+
+def _paired_cases(root: Path, folders) -> list[CaseSpec]:
+    cases: list[CaseSpec] = []
+    for task, folder in folders:
+        test = folder / "test"
+        if not (test / "HQ").is_dir():
+            continue
+        hq = {_case_name(p): p for p in list_cases(test / "HQ")}
+        lq_dirs = sorted(d for d in test.iterdir() if d.is_dir() and re.fullmatch(r"LQ(_.+)?", d.name))
+        if not lq_dirs:
+            raise BadInputError(f"{test}: no LQ folder beside HQ")
+        for lq_dir in lq_dirs:
+            level = lq_dir.name[3:]
+            lq = {_case_name(p): p for p in list_cases(lq_dir)}
+            for name in sorted(set(hq) | set(lq)):
+                cases.append(CaseSpec(name, task, level, hq.get(name), lq.get(name)))  # type: ignore[arg-type]
+    if not cases:
+        raise BadInputError(
+            f"{root}: no paired test data (expected {{MRI,CT,PET}}/test/{{LQ,HQ}}/); "
+            "for a folder of high-quality volumes pass --simulate TASK[:LEVEL]"
+        )
     return cases
 
 
@@ -343,7 +380,7 @@ def run_benchmark(
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if kspace_factor not in (None, 2, 4):
         raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
-    cases = find_cases(data, simulate)
+    cases, skipped = plan_cases(data, simulate)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: exists and is not a folder")
@@ -354,6 +391,8 @@ def run_benchmark(
     dev = pick_device(device)
     precision_context(dev, precision)  # an unsupported precision fails here, before any case
     if model is None:
+        if progress is not None:
+            progress(0, len(cases), "loading the model")
         loaded = load_weights(weights, dev)
         model = loaded.model
         winfo = {"name": Path(loaded.name).name, "sha256": loaded.sha256, "file": str(loaded.path)}
@@ -391,7 +430,7 @@ def run_benchmark(
     summary = _summary(rows, failures, cases, data=data_label or data, simulate=simulate, weights=winfo, device=str(dev), precision=precision,
                        batch_size=batch_size, max_slices=max_slices, seed=seed, with_baselines=with_baselines,
                        data_consistency=data_consistency, kspace_factor=kspace_factor,
-                       notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths],
+                       notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths], skipped=skipped,
                        seconds=time.perf_counter() - t_start)
     _write_csv(out / "cases.csv", rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
@@ -485,7 +524,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _summary(rows, failures, cases, *, data, simulate, weights, device, precision, batch_size, max_slices, seed,
-             with_baselines, data_consistency, kspace_factor, notes, figures, seconds) -> dict:
+             with_baselines, data_consistency, kspace_factor, notes, figures, seconds, skipped=()) -> dict:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["level"], r["method"]), []).append(r)
@@ -546,6 +585,7 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         "n_cases": len(cases),
         "n_failed": len(failures),
         "failed": failures,
+        "skipped": list(skipped),
         "results": results,
         "cases": [{k: _nan_to_none(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
         "figures": figures,
@@ -585,6 +625,8 @@ def markdown_summary(summary: dict) -> str:
     lines.append("- Seconds per slice: wall time on the device above, model loading excluded; `input` has none.")
     for n in summary["notes"]:
         lines.append(f"- {n}")
+    for v in summary.get("skipped", []):
+        lines.append(f"- Skipped {v['volume']}: {v['task']} ({v['reason']}), which no --simulate names.")
     for f in summary["failed"]:
         lines.append(f"- FAILED {f['task']} {f['level'] or '-'} {f['case']}: {f['error']}")
     if summary["figures"]:

@@ -571,7 +571,7 @@ def benchmark(
     except AmirError as exc:  # a malformed option value is a usage error (exit 2)
         raise typer.BadParameter(str(exc), param_hint="--simulate") from None
     with progress_bar(quiet or json_out) as bar:
-        job = bar.add_task("benchmark", total=None)
+        job = bar.add_task("reading the cases", total=None)
 
         def advance(done, total, label):
             bar.update(job, completed=done, total=total, description=label)
@@ -581,6 +581,8 @@ def benchmark(
             precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, tta=tta,
             data_consistency=data_consistency, kspace_factor=kspace_factor, progress=advance,
         )
+    for v in result.summary.get("skipped", []):
+        info(f"skipped {v['volume']}: {v['task']} ({v['reason']}), which no --simulate names", quiet or json_out)
     for f in result.failures:
         typer.echo(f"amir: case failed: {f['task']} {f['level'] or '-'} {f['case']}: {f['error']}", err=True)
     if json_out:
