@@ -1,5 +1,5 @@
 """The training loop: L1 (or the PSNR deficit to the input) + 0.001 x load loss, Adam, cosine
-schedule, EMA, task weighting, AMP, DDP, validation by SPEC §4, atomic checkpoints and exact
+schedule, EMA, task weighting, AMP, DDP, validation by the protocol of docs/protocol.md, atomic checkpoints and exact
 resumption."""
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class Hooks:
     at_end: Callable[[nn.Module, int], None] | None = None  # called with the trained model and this process's rank
 
 
+PAPER_PATCH_SIZE, CPU_PATCH_SIZE = 128, 64  # default --patch-size on CUDA and elsewhere
 TASK_WEIGHTINGS = ("uniform", "uncertainty", "relative", "psnr")
 PSNR_FLOOR = 1e-8  # added to both MSEs of psnr_deficit: a perfect patch is not worth infinite decibels
 # Options that may change when a run is resumed (everything else is fixed by run.json).
@@ -59,7 +60,7 @@ class TrainOptions:
     tasks: tuple[str, ...] = TASKS
     iterations: int = 200_000
     batch_size: int = 8  # per process; under torchrun the global batch is K x this
-    patch_size: int = 128
+    patch_size: int | None = None  # None: 128 (the paper's) on CUDA, 64 elsewhere (CPU_PATCH_SIZE)
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eta_min: float = 1e-6
@@ -77,7 +78,7 @@ class TrainOptions:
     val_size: int = 256  # centre crop of the validation slices (0: whole slice)
     workers: int | None = None  # default min(8, cpu_count - 1)
     threads: int | None = None  # torch CPU threads of the training process (default: torch's)
-    crops_per_slice: int = 1
+    crops_per_slice: int = 4  # one degraded slice gives 4 patches: the degradation costs more than a CPU step
     mr_scale_jitter: float = 0.0
     task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
@@ -246,7 +247,7 @@ def _progress(quiet: bool):
 # ------------------------------------------------------------------------------ validation
 @torch.no_grad()
 def evaluate(model: nn.Module, val_set, device, batch: int = 4) -> dict:
-    """SPEC §4 scores of the network on the validation slices: per-task PSNR/SSIM means (dB)."""
+    """Scores (docs/protocol.md) of the network on the validation slices: per-task PSNR/SSIM means (dB)."""
     was_training = model.training
     model.eval()
     per = {}
@@ -286,12 +287,33 @@ def train(options: TrainOptions, resume: str | os.PathLike | None = None, comman
     ``hooks``: seams for tests and tools (:class:`Hooks`)."""
     run_dir, o, state = _prepare_run(options, resume)
     o.check()
+    if state is not None and int(state["iteration"]) >= o.iterations:
+        return _finished_run(run_dir, o, int(state["iteration"]))
     dist = _init_distributed(_pick(o.device).type)
     try:
         return _train(run_dir, o, state, dist, command if command is not None else sys.argv, hooks or Hooks())
     finally:
         if dist.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _finished_run(run_dir: Path, o: TrainOptions, done: int) -> dict:
+    """`--resume` of a run that has done its iterations: nothing to train, and the export (when asked
+    and not done before) of its weights; the summary says so."""
+    best = ckpt.load_torch(run_dir / ckpt.BEST).get("scores") if (run_dir / ckpt.BEST).exists() else None
+    note = f"{run_dir} has already done its {done} iterations: nothing to train (a larger --iterations continues it)"
+    summary = {"run_dir": str(run_dir), "iterations": done, "already_finished": True, "note": note,
+               "best_mean_gain_db": (best or {}).get("mean_gain_db"), "best": best}
+    if o.export and int(os.environ.get("RANK", "0")) == 0:
+        from .export import export_run, exported_entry
+
+        entry = exported_entry(run_dir, o.export)
+        if entry is None:
+            entry = export_run(run_dir, o.export)
+        else:
+            summary["note"] += f"; its weights are already in the registry as {entry.name}"
+        summary["exported"] = {"name": entry.name, "path": str(entry.path), "sha256": entry.sha256}
+    return summary
 
 
 def _prepare_run(options: TrainOptions, resume):
@@ -313,6 +335,8 @@ def _prepare_run(options: TrainOptions, resume):
     if (run_dir / ckpt.LAST).exists():
         raise ckpt.RunFolderError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     o = dataclasses.replace(options, out=str(run_dir), tasks=tuple(t for t in TASKS if t in options.tasks) or tuple(options.tasks))
+    if o.patch_size is None:  # recorded in run.json, so a resumed run keeps it on any device
+        o.patch_size = PAPER_PATCH_SIZE if _pick(o.device).type == "cuda" else CPU_PATCH_SIZE
     return run_dir, o, None
 
 
@@ -483,6 +507,8 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
             window["l1"] += l1_v
             window["load"] += load_v
             window["n"] += 1
+            live = window["n"] / max(1e-9, time.perf_counter() - window["t"])  # the bar's loss and speed, every step
+            stats = f"loss {window['loss'] / window['n']:.4f} {live:.2f} it/s" + (f" | val {last_val}" if last_val else "")
             if dist.main and (it % o.log_every == 0 or it == o.iterations):
                 now = time.perf_counter()
                 rate = window["n"] / max(1e-9, now - window["t"])
@@ -498,7 +524,6 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
                 if log_vars is not None:
                     rec["task_log_var"] = {t: float(log_vars[TASKS.index(t)].detach()) for t in o.tasks}
                 log.append(rec)
-                stats = f"loss {rec['loss']:.4f} load {rec['load_loss']:.3f} {rate:.2f} it/s" + (f" | val {last_val}" if last_val else "")
                 window.update(loss=0.0, l1=0.0, load=0.0, n=0, t=now)
             if it % o.checkpoint_every == 0 or it == o.iterations:
                 save_last(it)  # before validation: a failure there loses nothing
@@ -528,6 +553,7 @@ def _train(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, comma
                     ckpt.plot_curves(log.records, run_dir / ckpt.CURVES)
                     last_val = " ".join(f"{t.split('-')[0]} {g:+.2f}dB" for t, g in gain.items())
                     stats = stats.split(" | val")[0] + f" | val {last_val}"
+                    window["t"] = time.perf_counter() - window["n"] / max(live, 1e-9)  # the speed shown leaves validation out
                 dist.barrier()
             progress.update(bar, completed=it, stats=stats)
             if hooks.after_step is not None:
@@ -580,7 +606,7 @@ def _run_info(run_dir, o, command, dist, config, n_params, layout, volumes, val_
         "validation": {
             "slices": [{"task": s.task, "volume": s.volume, "slice": s.index, "level": s.level, "shape": list(s.lq.shape)} for s in val_set],
             "input_scores": val_in,
-            "best_by": "mean over tasks of the PSNR gain over the low-quality input (SPEC §4), "
+            "best_by": "mean over tasks of the PSNR gain over the low-quality input (docs/protocol.md), "
             "equivalent to the mean PSNR on this fixed set",
         },
     }
