@@ -1,4 +1,4 @@
-"""`amir benchmark`: paired cases -> scores of the input, classical baselines and AMIR (SPEC §4, §5).
+"""`amir benchmark`: paired cases -> scores of the input, classical baselines and AMIR (docs/protocol.md).
 
 Data
 ----
@@ -53,7 +53,7 @@ from amir_cli.metrics import volume_scores
 from amir_cli.tasks import DEFAULT_LEVEL, FOLDER_TASK, MRI_SR, PET_SYNTHESIS, TASK, TASK_FOLDER, TASKS
 CSV_COLUMNS = ("case", "task", "level", "method", "psnr", "ssim", "rmse", "n_slices", "seconds_per_slice")
 PROTOCOL = (
-    "SPEC §4 (the paper's): per slice, prediction and reference clipped to the task's evaluation window "
+    "the paper's (docs/protocol.md): per slice, prediction and reference clipped to the task's evaluation window "
     "(CT [-160, 240] HU, PET [0, 20] SUV, MR [0, 4095]); L = max - min of the clipped reference slice; "
     "PSNR over the whole slice; SSIM 11x11 Gaussian window (sigma 1.5); RMSE in physical units. "
     "Case scores are slice means, table scores case means."
@@ -551,7 +551,7 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
     all_notes = list(notes)
     sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
     if sims:
-        all_notes.append(f"low-quality inputs simulated by the SPEC §3 degradations (seed {seed}, one stream per case and slice)")
+        all_notes.append(f"low-quality inputs simulated by the degradations of docs/protocol.md (seed {seed}, one stream per case and slice)")
     if any(s.task == PET_SYNTHESIS for s in sims):
         all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
     if max_slices:
@@ -662,7 +662,7 @@ def rich_table(summary: dict):
     """The results as a rich Table for the terminal."""
     from rich.table import Table
 
-    table = Table(title="amir benchmark (SPEC §4 scores; case means)")
+    table = Table(title="amir benchmark (scores of docs/protocol.md; case means)")
     for col in ("task", "level", "method", "cases", "PSNR", "SSIM", "RMSE", "ΔPSNR", "s/slice"):
         table.add_column(col, justify="left" if col in ("task", "level", "method") else "right")
     for r in summary["results"]:

@@ -1,6 +1,6 @@
 """The `amir` command line: thin Typer commands that parse options and call the library.
 
-Errors become exit codes at this edge only (SPEC §5): 0 ok, 1 error (one line on stderr, no
+Errors become exit codes at this edge only (README, Commands): 0 ok, 1 error (one line on stderr, no
 traceback unless AMIR_DEBUG=1), 2 usage error (Typer/Click), 3 a batch where some cases failed.
 torch and the heavy modules are imported inside command bodies so that `amir --help` starts fast.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from ._version import __version__
 from .device import PRECISIONS
@@ -27,11 +28,23 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # patient data must not spill into tracebacks
     no_args_is_help=True,
     add_completion=False,
-    rich_markup_mode="rich",
-    epilog="Example: amir restore ct_lowdose.nii.gz  (writes ct_lowdose_amir.nii.gz and a JSON report)",
+    rich_markup_mode=None,  # plain help: reads at 80 columns, square brackets kept
+    epilog="Example: amir restore ct_lowdose.nii.gz (writes ct_lowdose_amir.nii.gz and a JSON report)",
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+class Command(TyperCommand):
+    """A command whose usage line names its arguments plainly (INPUT, not {INPUT})."""
+
+    def collect_usage_pieces(self, ctx):
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+
+def examples(*lines: str, note: str = "") -> str:
+    """A command's epilog: example lines kept as written (click's \\b stops the rewrapping)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines) + (f"\n\n{note}" if note else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,15 +131,18 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
 
 @app.command(
     "restore",
-    epilog="Examples:\n\n"
-    "  amir restore ct_lowdose.nii.gz                      # -> ct_lowdose_amir.nii.gz + .json report\n\n"
-    "  amir restore t1.nii.gz --task mri-sr --scale 2 -o t1_x2.nii.gz\n\n"
-    "  amir restore t1_zero_filled.nii.gz --task mri-sr --kspace-factor 2\n\n"
-    "  amir restore dicom/series1/ -o restored.nii.gz --reference hq.nii.gz\n\n"
-    "  amir restore scans/ -o restored/                    # a batch: every image and series in scans/",
+    cls=Command,
+    short_help="Restore an image, a DICOM series or a folder of scans.",
+    epilog=examples(
+        "amir restore ct_lowdose.nii.gz       # -> ct_lowdose_amir.nii.gz + .json",
+        "amir restore t1.nii.gz --task mri-sr --scale 2 -o t1_x2.nii.gz",
+        "amir restore t1_zero_filled.nii.gz --task mri-sr --kspace-factor 2",
+        "amir restore dicom/series1/ -o restored.nii.gz --reference hq.nii.gz",
+        "amir restore scans/ -o restored/     # a batch: every image and series",
+    ),
 )
 def restore_cmd(
-    input: Annotated[Path, typer.Argument(help="NIfTI/MetaImage/NRRD file, DICOM file, DICOM series folder, or a folder of scans (batch).", show_default=False)],
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="NIfTI/MetaImage/NRRD file, DICOM file, DICOM series folder, or a folder of scans (batch).", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file or folder [default: <input stem>_amir.<same format> beside the input].", show_default=False)] = None,
     task: Annotated[str, typer.Option("--task", metavar="auto|mri-sr|ct-denoise|pet-synthesis", help="Restoration task; auto decides from the DICOM Modality, header hints, then intensities.")] = "auto",
     scale: Annotated[int, typer.Option("--scale", metavar="1|2|4", help="mri-sr only: write an s-times finer in-plane grid (k-space zero-padding).")] = 1,
@@ -135,8 +151,8 @@ def restore_cmd(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per network call.")] = 4,
-    tile: Annotated[Optional[int], typer.Option("--tile", min=1, help="Restore large slices in overlapping N x N tiles (saves memory).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call.")] = 4,
+    tile: Annotated[Optional[int], typer.Option("--tile", min=1, metavar="N", help="Restore large slices in overlapping N x N tiles (saves memory).", show_default=False)] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average the network over the 8 flips and rotations of each slice (self-ensemble): a little better, 8x the time.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", metavar="HQ", help="High-quality image on the output grid: adds PSNR/SSIM/RMSE to the report.", show_default=False)] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Where to write the JSON report [default: <output>.json].", show_default=False)] = None,
@@ -226,13 +242,17 @@ def _print_restore_summary(r: dict) -> None:
 
 @app.command(
     "degrade",
-    epilog="Examples:\n\n"
-    "  amir degrade ct.nii.gz --task ct-denoise --dose 0.25 -o ct_quarter_dose.nii.gz\n\n"
-    "  amir degrade t1.nii.gz --task mri-sr --factor 4 --seed 1 -o t1_lr.nii.gz",
+    cls=Command,
+    short_help="Simulate a low-quality input from a high-quality image.",
+    epilog=examples(
+        "amir degrade ct.nii.gz --task ct-denoise --dose 0.25 -o ct_quarter.nii.gz",
+        "amir degrade t1.nii.gz --task mri-sr --factor 4 --seed 1 -o t1_lr.nii.gz",
+        note="The degradations are described in docs/protocol.md.",
+    ),
 )
 def degrade_cmd(
-    input: Annotated[Path, typer.Argument(help="High-quality image (NIfTI, MetaImage/NRRD, DICOM file or series folder).", show_default=False)],
-    task: Annotated[str, typer.Option("--task", metavar="mri-sr|ct-denoise|pet-synthesis", help="Which degradation to simulate (SPEC §3).", show_default=False)],
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="High-quality image (NIfTI, MetaImage/NRRD, DICOM file or series folder).", show_default=False)],
+    task: Annotated[str, typer.Option("--task", metavar="mri-sr|ct-denoise|pet-synthesis", help="Which degradation to simulate (docs/protocol.md).", show_default=False)],
     dose: Annotated[Optional[float], typer.Option("--dose", help="Dose fraction for ct-denoise / pet-synthesis [default: 0.25].", show_default=False)] = None,
     factor: Annotated[Optional[int], typer.Option("--factor", metavar="2|4", help="k-space truncation factor for mri-sr [default: 4].", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated noise (same seed, same image).")] = 0,
@@ -291,14 +311,15 @@ def degrade_cmd(
 # ---------------------------------------------------------------------------------------------
 
 weights_app = typer.Typer(
+    rich_markup_mode=None,
     help="The weights registry: list, verify, locate and import weights.",
     no_args_is_help=True,
-    epilog="Examples:\n\n  amir weights list\n\n  amir weights import AMIR_official.pth --name amir-paper",
+    epilog=examples("amir weights list", "amir weights import AMIR_official.pth --name amir-paper"),
 )
 app.add_typer(weights_app, name="weights")
 
 
-@weights_app.command("list", epilog="Example:\n\n  amir weights list --json")
+@weights_app.command(cls=Command, name="list", short_help="List the shipped and user weights.", epilog=examples("amir weights list --json"))
 def weights_list(quiet: QuietOpt = False, json_out: JsonOpt = False) -> None:
     """List the shipped and user weights (name, configuration, tasks, sha256, file)."""
     from . import weights as W
@@ -337,9 +358,9 @@ def weights_list(quiet: QuietOpt = False, json_out: JsonOpt = False) -> None:
     Console().print(table)
 
 
-@weights_app.command("verify", epilog="Examples:\n\n  amir weights verify\n\n  amir weights verify my-ct-model")
+@weights_app.command(cls=Command, name="verify", short_help="Check every weights file against its sha256.", epilog=examples("amir weights verify", "amir weights verify my-ct-model"))
 def weights_verify(
-    names: Annotated[Optional[list[str]], typer.Argument(help="Entries to check [default: all].", show_default=False)] = None,
+    names: Annotated[Optional[list[str]], typer.Argument(metavar="NAME", help="Entries to check [default: all].", show_default=False)] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -364,9 +385,9 @@ def weights_verify(
         raise AmirError(f"{len(bad)} of {len(results)} weights failed verification: {', '.join(bad)}")
 
 
-@weights_app.command("path", epilog="Example:\n\n  amir weights path amir-s")
+@weights_app.command(cls=Command, name="path", short_help="Print the file of a weights entry.", epilog=examples("amir weights path amir-s"))
 def weights_path(
-    name: Annotated[Optional[str], typer.Argument(help="Entry name [default: the default weights].", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Argument(metavar="NAME", help="Entry name [default: the default weights].", show_default=False)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Print the file of a weights entry."""
@@ -382,7 +403,7 @@ def weights_path(
         typer.echo(str(entry.path))
 
 
-@weights_app.command("import", epilog="Example:\n\n  amir weights import AMIR_official.pth --name amir-paper")
+@weights_app.command(cls=Command, name="import", short_help="Add a published checkpoint to the user registry.", epilog=examples("amir weights import AMIR_official.pth --name amir-paper"))
 def weights_import(
     path: Annotated[Path, typer.Argument(metavar="OFFICIAL.pth", help="A published AMIR state_dict (.pth) or a .safetensors file.", show_default=False)],
     name: Annotated[str, typer.Option("--name", help="Registry name for the imported weights.", show_default=False)],
@@ -432,24 +453,29 @@ def _task_mix_option(text: str | None) -> dict | None:
 
 @app.command(
     "train",
-    epilog="Examples:\n\n"
-    "  amir train DATA --config amir-s --iterations 20000 --out runs/s1     # DATA/{MRI,CT,PET}/*.nii.gz\n\n"
-    "  amir train --resume runs/s1                                          # after a crash or kill -9\n\n"
-    "  amir train DATA --tasks ct-denoise --init amir-s --iterations 2000 --lr 5e-5 --export my-ct\n\n"
-    "  torchrun --nproc_per_node=4 -m amir_cli train DATA --out runs/ddp    # one process per GPU\n\n"
-    "DATA: the paper's paired layout DATA/{MRI,CT,PET}/{train,validation}/{LQ,HQ}/<case>.nii.gz, or "
-    "high-quality volumes in DATA/{MRI,CT,PET}/ degraded on the fly (random levels, --ct-dose etc.). "
-    "The run folder gets last.pt (resumable), best.pt, metrics.jsonl, curves.png and run.json.",
+    cls=Command,
+    short_help="Train or fine-tune AMIR; resumable, runs under torchrun.",
+    epilog=examples(
+        "amir train DATA --config amir-s --iterations 2000 --out runs/r1",
+        "amir train --resume runs/r1          # after a crash or kill -9",
+        "amir train DATA --config amir-s --init amir-s --tasks ct-denoise \\",
+        "    --iterations 500 --lr 5e-5 --export my-ct",
+        "torchrun --nproc_per_node=4 -m amir_cli train DATA --out runs/ddp",
+        note="DATA: high-quality volumes in DATA/{MRI,CT,PET}/ degraded on the fly (random levels, --ct-dose "
+        "etc.; scripts/build_training_data.py makes one), or the paper's paired layout "
+        "DATA/{MRI,CT,PET}/{train,validation}/{LQ,HQ}/<case>.nii.gz. The run folder gets last.pt "
+        "(resumable), best.pt, metrics.jsonl, curves.png and run.json. --resume of a finished run does nothing.",
+    ),
 )
 def train_cmd(
-    data: Annotated[Optional[Path], typer.Argument(help="Training data folder (not needed with --resume).", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Training data folder (not needed with --resume).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/amir-DATE-TIME).", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue a run from its last checkpoint (options from its run.json; --iterations, --workers, --device, --val-every, --checkpoint-every, --export may be given again).", show_default=False)] = None,
     config: Annotated[str, typer.Option("--config", metavar="amir|amir-s|amir-tiny", help="Network configuration.")] = "amir",
     tasks: Annotated[str, typer.Option("--tasks", help="'all' (all-in-one, tasks sampled evenly) or a comma-separated subset.")] = "all",
     iterations: Annotated[int, typer.Option("--iterations", help="Training iterations (total, counting those before a --resume).")] = 200_000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per iteration per process.")] = 8,
-    patch_size: Annotated[int, typer.Option("--patch-size", help="Patch size in pixels (multiple of 8).")] = 128,
+    patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="Patch size in pixels (multiple of 8) [default: 128 (the paper's) on CUDA, 64 on CPU].", show_default=False)] = None,
     lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine-annealed to --eta-min).")] = 2e-4,
     eta_min: Annotated[float, typer.Option("--eta-min", help="Final learning rate of the cosine schedule.")] = 1e-6,
     warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up iterations.")] = 0,
@@ -458,14 +484,14 @@ def train_cmd(
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.")] = False,
     clip_grad: Annotated[float, typer.Option("--clip-grad", help="Clip the gradient norm (0: off).")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of every batch.")] = 0,
-    val_every: Annotated[int, typer.Option("--val-every", help="Validate (SPEC §4) every N iterations; the best is kept as best.pt.")] = 5000,
+    val_every: Annotated[int, typer.Option("--val-every", help="Validate (docs/protocol.md) every N iterations; the best is kept as best.pt.")] = 5000,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write last.pt every N iterations.")] = 1000,
     log_every: Annotated[int, typer.Option("--log-every", help="Append training loss to metrics.jsonl every N iterations.")] = 50,
     val_slices: Annotated[int, typer.Option("--val-slices", help="Held-out validation slices per task.")] = 8,
     val_size: Annotated[int, typer.Option("--val-size", help="Centre crop of validation slices (0: whole slices).")] = 256,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data loader processes (default: min(8, CPUs - 1); 0: in the training process).", show_default=False)] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads of the training process.", show_default=False)] = None,
-    crops_per_slice: Annotated[int, typer.Option("--crops-per-slice", help="Patches cut from one degraded slice.")] = 1,
+    crops_per_slice: Annotated[int, typer.Option("--crops-per-slice", help="Patches cut from one degraded slice (1: a fresh slice for every patch, the slowest data).")] = 4,
     mr_scale_jitter: Annotated[float, typer.Option("--mr-scale-jitter", help="Multiply the MR scale factor by exp(U(-j, j)).")] = 0.0,
     mr_noise: Annotated[float, typer.Option("--mr-noise", help="Add a Rician noise floor to MR references, sigma ~ U(0, N) x the MR target level (scanner noise the templates lack).")] = 0.0,
     zoom_jitter: Annotated[float, typer.Option("--zoom-jitter", help="Resample training slices in-plane by a random factor in [1/Z, Z] before degrading them (robustness to pixel size; 1: off).")] = 1.0,
@@ -504,6 +530,8 @@ def train_cmd(
         return
     if json_out:
         print_json(summary)
+    elif summary.get("already_finished"):
+        info(summary["note"], quiet)
     elif not quiet:
         best = summary.get("best_mean_gain_db")
         msg = f"trained {summary['iterations']} iterations -> {summary['run_dir']}"
@@ -514,7 +542,7 @@ def train_cmd(
         info(msg)
 
 
-@weights_app.command("add", epilog="Example:\n\n  amir weights add runs/s1 --name my-amir-s")
+@weights_app.command(cls=Command, name="add", short_help="Add a training run's weights to the user registry.", epilog=examples("amir weights add runs/s1 --name my-amir-s"))
 def weights_add(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="An `amir train` run folder.", show_default=False)],
     name: Annotated[str, typer.Option("--name", help="Registry name for the run's weights.", show_default=False)],
@@ -537,31 +565,39 @@ def weights_add(
 # ---------------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(
+    "benchmark",
+    cls=Command,
+    short_help="Score the input, classical baselines and AMIR.",
+    epilog=examples(
+        "amir benchmark DATA -o bench/        # DATA/{MRI,CT,PET}/test/{LQ,HQ}/",
+        "amir benchmark hq/ --simulate ct-denoise:0.25 --simulate mri-sr:4 -o bench/",
+        note="In a flat folder each volume's task is decided as `amir restore --task auto` decides it; "
+        "each --simulate takes the volumes of its task. Protocol: docs/protocol.md; "
+        "fields of summary.json: docs/reports.md.",
+    ),
+)
 def benchmark(
-    data: Annotated[Path, typer.Argument(help="DATA/{MRI,CT,PET}/test/{LQ,HQ}/ (paired), or high-quality volumes with --simulate.")],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="DATA/{MRI,CT,PET}/test/{LQ,HQ}/ (paired), or high-quality volumes with --simulate (flat, or in {MRI,CT,PET}/ folders).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", metavar="OUTDIR", help="Folder for cases.csv, summary.json, summary.md, figures/.")] = Path("amir_benchmark"),
     weights: WeightsOpt = None,
     simulate: Annotated[
         Optional[list[str]],
-        typer.Option("--simulate", metavar="TASK[:LEVEL]", help="Degrade high-quality volumes (SPEC §3); repeatable, e.g. ct-denoise:0.25, mri-sr:4, pet-synthesis:1/12."),
+        typer.Option("--simulate", metavar="TASK[:LEVEL]", help="Degrade high-quality volumes (docs/protocol.md); repeatable, e.g. ct-denoise:0.25, mri-sr:4, pet-synthesis:1/12."),
     ] = None,
     with_baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score classical baselines (CT NLM, PET Gaussian, MR POCS or bicubic).")] = True,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network.")] = "fp32",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per network call.")] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call.")] = 4,
     max_slices: Annotated[Optional[int], typer.Option("--max-slices", min=1, metavar="N", help="Score N evenly spaced slices per case (shorter runs).")] = None,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the simulated degradations.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, metavar="N", help="Seed of the simulated degradations.")] = 0,
     tta: Annotated[bool, typer.Option("--tta", help="Also score AMIR's x8 flip/rotation self-ensemble (method amir-tta).")] = False,
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="Same-grid MR levels named xS (LQ_x2, --simulate mri-sr:2): restore with --kspace-factor S and score the pocs baseline.")] = True,
     kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar="2|4", help="The k-space factor of the zero-filled MR images in the paired LQ folder (it has no level name).", show_default=False)] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Score the input, classical baselines and AMIR by the paper's protocol (PSNR, SSIM, RMSE).
-
-    Example: [bold]amir benchmark hq_volumes/ --simulate ct-denoise:0.25 --simulate mri-sr:4 -o bench/[/bold]
-    """
+    """Score the input, classical baselines and AMIR by the paper's protocol (PSNR, SSIM, RMSE)."""
     from . import benchmark as bench
 
     if kspace_factor is not None and kspace_factor not in (2, 4):

@@ -1,11 +1,11 @@
 """Training data: volumes on disk -> deterministic batches of (low-quality, high-quality) patches.
 
-Two layouts (SPEC §5 `amir train`):
+Two layouts (README, `amir train`):
 
 * **paired** (the paper's): ``DATA/{MRI,CT,PET}/{train,validation}/{LQ,HQ}/<case>.nii[.gz]``,
   pairs matched by name;
 * **high-quality volumes** in modality folders ``DATA/{MRI,CT,PET}/`` (image files or DICOM series
-  folders; the folder names the task); low-quality inputs are made on the fly by the SPEC §3
+  folders; the folder names the task); low-quality inputs are made on the fly by the docs/protocol.md
   degradations at random levels drawn from :class:`Levels`.
 
 A batch is a pure function of ``(seed, rank, iteration)``: every random choice (task order, volume,
@@ -47,7 +47,7 @@ class TrainingDataError(BadInputError):
 # --------------------------------------------------------------------------------- levels
 @dataclass(frozen=True)
 class Levels:
-    """Ranges of the on-the-fly degradation levels (issue 6 defaults, around SPEC §3)."""
+    """Ranges of the on-the-fly degradation levels (issue 6 defaults, around docs/protocol.md)."""
 
     ct_dose: tuple[float, float] = (0.05, 0.5)  # dose fraction, log-uniform
     ct_i0: tuple[float, float] = (1e5, 1e6)  # photons per 1 mm bin per view, log-uniform
