@@ -199,11 +199,15 @@ def _case_table(summary: dict) -> list[str]:
 
 def rich_table(summary: dict):
     """The results as a rich Table for the terminal."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="amir benchmark (scores of docs/protocol.md; case means)")
+    # no vertical rules: the whole table fits 80 columns without cutting task or method names
+    table = Table(title="amir benchmark (scores of docs/protocol.md; case means)", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     for col in ("task", "level", "method", "cases", "PSNR", "SSIM", "RMSE", "ΔPSNR", "s/slice"):
-        table.add_column(col, justify="left" if col in ("task", "level", "method") else "right")
+        text = col in ("task", "level", "method")
+        table.add_column(col, justify="left" if text else "right", no_wrap=True)
     for r in summary["results"]:
         table.add_row(
             r["task"], r["level"] or "-", r["method"], str(r["n_cases"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4),
