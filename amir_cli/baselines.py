@@ -127,7 +127,7 @@ def gaussian_pet(suv_slices, pixel_mm: tuple[float, float], fwhm_mm: float = PET
 
 def gaussian_oracle_pet(suv_slices, reference, pixel_mm: tuple[float, float]) -> tuple[float, np.ndarray]:
     """(FWHM, filtered stack): the Gaussian post-filter of :data:`ORACLE_FWHM_MM` whose mean PSNR
-    (SPEC §4) against the reference slices is highest."""
+    (docs/protocol.md) against the reference slices is highest."""
     from amir_cli.metrics import volume_scores
 
     best = (-math.inf, 0.0, None)

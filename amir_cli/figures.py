@@ -1,7 +1,7 @@
 """Comparison figures of `amir benchmark` (matplotlib's Agg canvas; no pyplot global state).
 
 One row: input | baseline(s) | AMIR (| AMIR self-ensemble) | reference | |AMIR - reference|.  The image panels share the
-task's evaluation window (SPEC §4; MR whose values sit far below the 12-bit window is shown in
+task's evaluation window (docs/protocol.md; MR whose values sit far below the 12-bit window is shown in
 [0, 99.9th percentile of the reference] instead and the title says so); the error map has its own
 colour bar, scaled to the 99th percentile of the input's error so that it reads as "how much of the
 input's error is left".
@@ -73,12 +73,10 @@ def comparison_figure(show: dict, path: str | Path, *, dpi: int = 110) -> Path:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    level = show.get("level") or "-"
-    fig.suptitle(
-        f"{task}  level {level}  —  case {show['case']}, slice {show['slice']}  —  window {wtext}",
-        fontsize=10,
-    )
+    level = f"level {show['level']}" if show.get("level") else ""
+    parts = [f"{task}  {level}".strip(), f"case {show['case']}, slice {show['slice']}", f"window {wtext}"]
+    fig.suptitle("  —  ".join(parts), fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", metadata={"Software": None})  # the same image gives the same bytes
     return path

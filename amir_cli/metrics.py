@@ -1,4 +1,4 @@
-"""Image-quality scores of the paper's evaluation protocol (SPEC §4).
+"""Image-quality scores of the paper's evaluation protocol (docs/protocol.md).
 
 Per 2-D slice: clip prediction and reference to the task's evaluation window; data range
 ``L = max - min`` of the clipped reference slice; PSNR = 10 log10(L² / MSE) over the whole slice;

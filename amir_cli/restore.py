@@ -9,6 +9,7 @@ The library face of `amir restore` (no Typer here):
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from .inference import DC_ITERATIONS, DEFAULT_TILE_OVERLAP, predict
 from .imaging.io import Volume, image_suffix, list_cases, read_image, stem, write_image
 from .imaging.volume import check_memory
 from .taskdetect import detect_task
-from .tasks import MRI_SR, PET_SYNTHESIS
+from .tasks import MRI_SR, TASK
 from .weights import LoadedWeights, load_weights
 
 SCALES = (1, 2, 4)
@@ -380,7 +381,14 @@ class RestoreOptions:
     overwrite: bool = False
 
 
-def _geometry(volume: Volume) -> dict:
+def value_unit(volume: Volume, task: str) -> str:
+    """The unit of the values: the file's where it names one, else the task's (a CT NIfTI holds HU)."""
+    if volume.unit not in ("", "arbitrary"):
+        return volume.unit
+    return TASK[task].unit or "arbitrary"
+
+
+def _geometry(volume: Volume, unit: str | None = None) -> dict:
     return {
         "shape": list(volume.shape),
         "spacing_mm": [round(s, 6) for s in volume.spacing_mm],
@@ -388,7 +396,7 @@ def _geometry(volume: Volume) -> dict:
         "slice_axis": volume.slice_axis,
         "format": volume.source_format,
         "modality": volume.modality,
-        "unit": volume.unit,
+        "unit": unit or volume.unit,
     }
 
 
@@ -410,6 +418,20 @@ def _choose_task(volume: Volume, given: str, weights: LoadedWeights) -> tuple[st
     if weights.tasks and task not in weights.tasks:
         warnings.append(f"weights {weights.name} were not trained for {task} (tasks: {', '.join(weights.tasks)})")
     return task, reason, warnings
+
+
+_ZERO_FILLED_NAME = re.compile(r"(?:^|[^a-z0-9])(?:x([24])|zf|zero[_-]?fill(?:ed)?)(?:$|[^a-z0-9])")
+
+
+def zero_filled_hint(path: Path) -> list[str]:
+    """A one-line hint when an MR file's name suggests a zero-filled image (``_x4``, ``zf``) and
+    ``--kspace-factor`` was not given; [] otherwise."""
+    found = _ZERO_FILLED_NAME.search(stem(Path(path)).lower())
+    if not found:
+        return []
+    factor = found.group(1) or "S"
+    return [f"the name suggests a zero-filled image: if it kept the central 1/{factor} of k-space, "
+            f"--kspace-factor {factor} keeps the frequencies it measured"]
 
 
 def restore_case(
@@ -439,6 +461,8 @@ def restore_case(
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
     check_memory(out_shape, str(input_path), copies=RESTORE_COPIES, doing="restoring")
+    if task == MRI_SR and options.scale == 1 and options.kspace_factor is None:
+        warnings += zero_filled_hint(input_path)
 
     ref_volume = None
     if reference is not None:
@@ -483,8 +507,9 @@ def restore_case(
         "tile": info["tile"],
         "tta": info["tta"],
         "scale": info["scale"],
-        "input_geometry": _geometry(volume),
-        "output_geometry": _geometry(restored),
+        "unit": value_unit(volume, task),
+        "input_geometry": _geometry(volume, value_unit(volume, task)),
+        "output_geometry": _geometry(restored, value_unit(volume, task)),
         "slices": info["slices"],
         "seconds": round(info["seconds"], 4),
         "model_seconds": round(info["model_seconds"], 4),
@@ -495,8 +520,6 @@ def restore_case(
         "routing": info["routing"],
         "warnings": warnings,
     }
-    if volume.modality == "PT" or task == PET_SYNTHESIS:
-        result["unit"] = "SUV" if volume.unit == "SUV" else volume.unit
     if ref_volume is not None:
         from .metrics import volume_scores
 

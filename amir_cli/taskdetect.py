@@ -1,4 +1,4 @@
-"""`--task auto`: which restoration task fits an image, and which rule decided (SPEC §5).
+"""`--task auto`: which restoration task fits an image, and which rule decided (README, `amir restore`).
 
 Rules, in order: the DICOM (or MetaImage/NRRD) Modality; words in the header description or the file
 name; the intensities. Each rule is conservative: when it cannot decide, the next one is tried, and

@@ -1,5 +1,5 @@
 """The three restoration tasks as data: every other module asks here for a task's name, folders,
-intensity range, evaluation window and defaults (SPEC §2-§4).
+intensity range, evaluation window and defaults (docs/protocol.md).
 
 ct-denoise works in HU, pet-synthesis in SUV (body weight), mri-sr in the paper's 12-bit range.
 Imports nothing of ours, so any layer may use it.
@@ -36,7 +36,7 @@ class Task:
     modality: str  # DICOM Modality
     unit: str  # physical unit of the intensities ("" for MR: none)
     norm_range: Window  # physical range mapped to the network's [0, 1]
-    eval_window: Window  # evaluation window of the paper's protocol (SPEC §4)
+    eval_window: Window  # evaluation window of the paper's protocol (docs/protocol.md)
     default_level: float  # degradation level when none is given: MR k-space factor, else dose fraction
     foreground: float  # normalised intensity above which a pixel counts as foreground (training patches)
     level_name: str  # what the degradation level is

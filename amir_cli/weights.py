@@ -17,7 +17,9 @@ from .errors import WeightsError
 from .files import atomic_write
 from .tasks import TASKS
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+# The repository's weights/ folder, reached through the link amir_cli/shipped_weights -> ../weights;
+# in a wheel (or `pip install .`) the files themselves are package data in that place.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped_weights"
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 

@@ -1,6 +1,11 @@
 """Restore the three shipped examples with `amir restore` and draw the README's before/after figures.
 
-    python examples/run_examples.py [--weights NAME|PATH] [--out DIR]
+    python examples/run_examples.py [--weights NAME|PATH] [--out DIR] [--figures DIR]
+
+Outputs, reports and figures go to examples/restored/ (not tracked). The README's figures in
+examples/figures/ change only when asked: `--figures examples/figures`. (The network's float
+arithmetic may differ in the last bits between machines and thread counts, which moves a few pixels
+of a figure across a colour step, so a tracked figure is not redrawn on every run.)
 
 Each example goes through the command line exactly as a user would run it (with `--reference`, so
 the JSON report holds the scores); the figure shows the middle slice: input | AMIR | reference |
@@ -32,9 +37,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None)
     ap.add_argument("--out", type=Path, default=HERE / "restored")
+    ap.add_argument("--figures", type=Path, default=None, help="figure folder (default: OUT/figures)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    (HERE / "figures").mkdir(exist_ok=True)
+    figures = args.figures or args.out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
     for task, lq_name, ref_name, extra in EXAMPLES:
         out = args.out / lq_name.replace(".nii.gz", "_amir.nii.gz")
         cmd = [sys.executable, "-m", "amir_cli", "restore", str(HERE / lq_name), "--task", task, "-o", str(out),
@@ -48,7 +55,7 @@ def main() -> None:
         panels = [(name, img[:, :, k], slice_scores(img[:, :, k], ref[:, :, k], task)) for name, img in (("input", lq), ("amir", amir))]
         show = {"task": task, "reference": ref[:, :, k], "panels": panels, "case": lq_name, "slice": k,
                 "level": "", "pixel_mm": nib.load(HERE / lq_name).header.get_zooms()[:2]}
-        comparison_figure(show, HERE / "figures" / f"{task}.png")
+        comparison_figure(show, figures / f"{task}.png")
         print(f"{task:14s} {lq_name:32s} report: {json.dumps(report.get('metrics', {}))}")
 
 

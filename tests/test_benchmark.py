@@ -124,6 +124,7 @@ def test_simulate_flat_folder_and_max_slices(tmp_path, tiny_weights):
     data = tmp_path / "hq"
     _save(_phantom("ct-denoise", slices=5), data / "a.nii.gz")
     _save(_phantom("ct-denoise", slices=5)[:, ::-1], data / "b.nii.gz")
+    _save(_phantom("pet-synthesis", slices=5), data / "pet_c.nii.gz")
     out = tmp_path / "out"
 
     result = _invoke([data, "-o", out, "-w", tiny_weights, "--simulate", "ct-denoise:1/4", "--simulate", "pet-synthesis:0.5",
@@ -131,7 +132,8 @@ def test_simulate_flat_folder_and_max_slices(tmp_path, tiny_weights):
 
     assert result.exit_code == 0, result.output
     rows = _read_csv(out / "cases.csv")
-    assert len(rows) == 2 * 2 * 2  # cases x simulated tasks x (input, amir)
+    assert len(rows) == (2 + 1) * 2  # (CT cases + PET case) x (input, amir)
+    assert {r["case"] for r in rows if r["task"] == "pet-synthesis"} == {"pet_c"}
     assert {r["level"] for r in rows if r["task"] == "ct-denoise"} == {"1/4"}
     assert {r["level"] for r in rows if r["task"] == "pet-synthesis"} == {"0.5"}
     assert all(int(r["n_slices"]) == 2 for r in rows)
@@ -320,3 +322,34 @@ def test_malformed_simulate_is_a_usage_error(tmp_path, tiny_weights):
     (tmp_path / "hq").mkdir()
     result = _invoke([tmp_path / "hq", "-w", tiny_weights, "--simulate", "mri-sr:3"])
     assert result.exit_code == 2
+
+
+def test_flat_mixed_folder_simulates_each_volume_by_its_own_task(tmp_path, tiny_weights):
+    """The README's example on a flat folder of a CT and an MR volume: each --simulate takes only the
+    volumes of its task (decided as `amir restore --task auto` does); a PET volume is skipped and said."""
+    data = tmp_path / "hq"
+    _save(_phantom("ct-denoise"), data / "head.nii.gz")  # CT by its intensities (HU with air)
+    _save(_phantom("mri-sr"), data / "brain_t1.nii.gz")  # MR by its name
+    _save(_phantom("pet-synthesis"), data / "pet_whole_body.nii.gz")
+    out = tmp_path / "out"
+
+    result = _invoke([data, "-o", out, "-w", tiny_weights, "--simulate", "ct-denoise:0.25", "--simulate", "mri-sr:4",
+                      "--no-baselines"])
+
+    assert result.exit_code == 0, result.output
+    rows = _read_csv(out / "cases.csv")
+    assert {(r["case"], r["task"], r["level"]) for r in rows} == {("head", "ct-denoise", "0.25"), ("brain_t1", "mri-sr", "x4")}
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(v["volume"], v["task"]) for v in summary["skipped"]] == [("pet_whole_body", "pet-synthesis")]
+    assert "skipped pet_whole_body" in result.stderr
+    assert "Skipped pet_whole_body" in (out / "summary.md").read_text()
+
+
+def test_flat_folder_volume_without_a_task_is_an_error(tmp_path, tiny_weights):
+    data = tmp_path / "hq"
+    _save(_phantom("ct-denoise"), data / "head.nii.gz")
+    _save(np.full((N, N, 2), 7.0, np.float32), data / "x.nii.gz")  # no header, no name, no telling intensities
+    result = _invoke([data, "-o", tmp_path / "out", "-w", tiny_weights, "--simulate", "ct-denoise"])
+    assert result.exit_code == 1
+    assert "x.nii.gz: cannot tell its task" in str(result.exception)
+    assert not (tmp_path / "out" / "cases.csv").exists()

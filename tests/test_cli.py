@@ -509,3 +509,24 @@ def test_weights_import_list_verify_path(tmp_path, amir_home, ct_nii):
     Path(entry["path"]).write_bytes(Path(entry["path"]).read_bytes()[:-8] + b"\0" * 8)
     code, out, err = amir("weights", "verify")
     assert code == 1 and "FAILED" in out and err.startswith("amir: error:") and err.count("\n") == 1
+
+
+def test_report_unit_and_every_field_documented(ct_nii, tiny_weights):
+    """A CT NIfTI's values are HU and the report says so; docs/reports.md names every report field."""
+    code, out, err = amir("restore", ct_nii, "--weights", tiny_weights, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["unit"] == "HU" and report["input_geometry"]["unit"] == report["output_geometry"]["unit"] == "HU"
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reports.md").read_text()
+    for key in report:
+        assert f"`{key}`" in doc, key
+
+
+def test_mr_named_like_zero_filled_gets_a_kspace_factor_hint(mr_nii, tiny_weights, tmp_path):
+    named = mr_nii.rename(tmp_path / "brain_t1_x4.nii.gz")
+    code, out, err = amir("restore", named, "--weights", tiny_weights, "--task", "mri-sr")
+    assert code == 0, err
+    hints = [line for line in err.splitlines() if "--kspace-factor 4" in line]
+    assert len(hints) == 1
+    code, out, err = amir("restore", named, "--weights", tiny_weights, "--task", "mri-sr", "--kspace-factor", "4", "--overwrite")
+    assert code == 0 and "--kspace-factor" not in err

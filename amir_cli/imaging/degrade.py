@@ -1,4 +1,4 @@
-"""Physically motivated degradations that turn high-quality slices into low-quality inputs (SPEC §3).
+"""Physically motivated degradations that turn high-quality slices into low-quality inputs (docs/protocol.md).
 
 All slice functions take a 2-D float array in physical units (MR: arbitrary, CT: HU, PET: SUV) and
 return a float32 array on the same grid.  The noisy ones take a ``numpy.random.Generator`` so that a

@@ -1,4 +1,4 @@
-"""Task intensity conventions (SPEC §2): physical units <-> the network's [0, 1] range.
+"""Task intensity conventions (docs/protocol.md): physical units <-> the network's [0, 1] range.
 
 ct-denoise works in HU, pet-synthesis in SUV (body weight), mri-sr in the paper's 12-bit range.
 MR has no absolute unit, so a user's MR volume is first multiplied by ``mr_scale_factor(volume)``

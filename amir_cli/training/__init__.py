@@ -3,7 +3,7 @@
     from amir_cli.training import TrainOptions, train, export_run
     train(TrainOptions(data="DATA", out="runs/r1", config="amir-s", iterations=20000))
     train(TrainOptions(), resume="runs/r1")      # after a crash or kill -9
-    export_run("runs/r1", "my-amir-s")           # a weights registry entry (SPEC §6)
+    export_run("runs/r1", "my-amir-s")           # a weights registry entry (with its recipe and scores)
 
 Modules: ``options`` (TrainOptions, the defaults), ``levels`` (degradation level ranges),
 ``volumes`` (data layouts, held-out slices), ``sampling`` (deterministic batches), ``validation``

@@ -165,7 +165,7 @@ def plot_curves(records: list, path: Path) -> None:
         ax2.legend(title="dotted: input")
     ax2.set_xlabel("iteration")
     ax2.set_ylabel("PSNR (dB)")
-    ax2.set_title("validation (SPEC §4)")
+    ax2.set_title("validation (docs/protocol.md)")
     fig.tight_layout()
 
     def w(tmp):

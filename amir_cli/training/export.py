@@ -1,4 +1,5 @@
-"""A finished (or running) training run -> a weights registry entry with its SPEC §6 record."""
+"""A finished (or running) training run -> a weights registry entry with its record (recipe, data,
+command, scores)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,16 @@ def _validation_at(run_dir: Path, iteration: int, info: dict) -> dict | None:
             inputs = (info.get("validation") or {}).get("input_scores")
             return {"iteration": iteration, "model": model, "input": inputs, "mean_gain_db": rec["mean_gain"]}
     return None
+
+
+def exported_entry(run_dir, name: str):
+    """The registry entry ``name`` when it holds weights of this run (an earlier export), else None."""
+    from amir_cli import weights
+    from amir_cli.errors import WeightsError
+
+    try:
+        entry = weights.find(name)
+    except WeightsError:
+        return None
+    first = (ckpt.read_json(Path(run_dir) / ckpt.RUN_JSON).get("invocations") or [])[:1]
+    return entry if first and (entry.info.get("invocations") or [])[:1] == first else None

@@ -1,4 +1,4 @@
-"""The ranges of the on-the-fly degradation levels (around SPEC §3) and how one level is drawn."""
+"""The ranges of the on-the-fly degradation levels (around docs/protocol.md) and how one level is drawn."""
 
 from __future__ import annotations
 

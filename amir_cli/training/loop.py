@@ -20,7 +20,7 @@ from amir_cli.errors import BadInputError, one_line
 from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
-from .options import TrainOptions, resumed_options
+from .options import CPU_PATCH_SIZE, PAPER_PATCH_SIZE, TrainOptions, resumed_options
 from .sampling import PatchSampler, SamplerOptions, make_loader
 from .trainer import Dist, Hooks, Trainer
 from .validation import validation_set
@@ -41,6 +41,8 @@ def train(
     the options given again, which replace the run's recorded values (see :func:`resumed_options`)."""
     run_dir, o, state = _prepare_run(options, resume, changed)
     o.check()
+    if state is not None and int(state["iteration"]) >= o.iterations:
+        return _finished_run(run_dir, o, int(state["iteration"]))
     created = not run_dir.exists()
     dist = _init_distributed(_pick(o.device).type)
     try:
@@ -52,6 +54,25 @@ def train(
     finally:
         if dist.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _finished_run(run_dir: Path, o: TrainOptions, done: int) -> dict:
+    """`--resume` of a run that has done its iterations: nothing to train, and the export (when asked
+    and not done before) of its weights; the summary says so."""
+    best = ckpt.load_torch(run_dir / ckpt.BEST).get("scores") if (run_dir / ckpt.BEST).exists() else None
+    note = f"{run_dir} has already done its {done} iterations: nothing to train (a larger --iterations continues it)"
+    summary = {"run_dir": str(run_dir), "iterations": done, "already_finished": True, "note": note,
+               "best_mean_gain_db": (best or {}).get("mean_gain_db"), "best": best}
+    if o.export and int(os.environ.get("RANK", "0")) == 0:
+        from .export import export_run, exported_entry
+
+        entry = exported_entry(run_dir, o.export)
+        if entry is None:
+            entry = export_run(run_dir, o.export)
+        else:
+            summary["note"] += f"; its weights are already in the registry as {entry.name}"
+        summary["exported"] = {"name": entry.name, "path": str(entry.path), "sha256": entry.sha256}
+    return summary
 
 
 def _remove_unstarted(run_dir: Path) -> None:
@@ -107,6 +128,8 @@ def _prepare_run(options: TrainOptions, resume, changed):
     if (run_dir / ckpt.LAST).exists():
         raise ckpt.RunFolderError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
     o = dataclasses.replace(options, out=str(run_dir), tasks=tuple(t for t in TASKS if t in options.tasks) or tuple(options.tasks))
+    if o.patch_size is None:  # recorded in run.json, so a resumed run keeps it on any device
+        o.patch_size = PAPER_PATCH_SIZE if _pick(o.device).type == "cuda" else CPU_PATCH_SIZE
     return run_dir, o, None
 
 
@@ -177,7 +200,7 @@ def _run_info(trainer: Trainer, command, data: dict, workers: int) -> dict:
         "validation": {
             "slices": [{"task": s.task, "volume": s.volume, "slice": s.index, "level": s.level, "shape": list(s.lq.shape)} for s in trainer.val_set],
             "input_scores": trainer.val_in,
-            "best_by": "mean over tasks of the PSNR gain over the low-quality input (SPEC §4), "
+            "best_by": "mean over tasks of the PSNR gain over the low-quality input (docs/protocol.md), "
             "equivalent to the mean PSNR on this fixed set",
         },
     }

@@ -28,6 +28,7 @@ class TaskWeighting(str, Enum):
 
 
 # Options that may change when a run is resumed (everything else is fixed by run.json).
+PAPER_PATCH_SIZE, CPU_PATCH_SIZE = 128, 64  # default --patch-size on CUDA and elsewhere
 RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "log_every", "quiet", "export")
 
 
@@ -41,7 +42,7 @@ class TrainOptions:
     tasks: tuple[str, ...] = TASKS
     iterations: int = 200_000
     batch_size: int = 8  # per process; under torchrun the global batch is K x this
-    patch_size: int = 128
+    patch_size: int | None = None  # None: PAPER_PATCH_SIZE on CUDA, CPU_PATCH_SIZE elsewhere (resolved when a run starts)
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
     eta_min: float = 1e-6
@@ -59,7 +60,7 @@ class TrainOptions:
     val_size: int = 256  # centre crop of the validation slices (0: whole slice)
     workers: int | None = None  # default min(8, cpu_count - 1)
     threads: int | None = None  # torch CPU threads of the training process (default: torch's)
-    crops_per_slice: int = 1
+    crops_per_slice: int = 4  # one degraded slice gives 4 patches: the degradation costs more than a CPU step
     mr_scale_jitter: float = 0.0
     task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)

@@ -22,7 +22,7 @@ from amir_cli.imaging import degrade, intensity
 from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
 
 from .levels import Levels
-from .options import TrainOptions
+from .options import PAPER_PATCH_SIZE, TrainOptions
 from .volumes import TrainingDataError, TrainVolume
 
 MIN_FOREGROUND = 0.2  # fraction of foreground pixels a training patch should have (best of tries)
@@ -34,7 +34,7 @@ class SamplerOptions:
     """How batches are made; the defaults are :class:`TrainOptions`'s."""
 
     batch_size: int = TrainOptions.batch_size
-    patch_size: int = TrainOptions.patch_size
+    patch_size: int = PAPER_PATCH_SIZE
     crops_per_slice: int = TrainOptions.crops_per_slice  # patches cut from one degraded slice
     flips: bool = True
     mr_scale_jitter: float = TrainOptions.mr_scale_jitter  # MR scale factor multiplied by exp(U(-j, j))

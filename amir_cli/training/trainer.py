@@ -1,6 +1,6 @@
 """One process's training: the model, its optimiser and EMA; a step (L1, or the PSNR deficit to
 the input, + 0.001 x load loss, under a cosine schedule and the task weighting); validation by
-SPEC §4 with the best weights kept; atomic checkpoints that resume exactly."""
+the protocol of docs/protocol.md with the best weights kept; atomic checkpoints that resume exactly."""
 
 from __future__ import annotations
 
@@ -236,6 +236,7 @@ class Trainer:
 
     def _log_train(self, it: int, lr: float, check: torch.Tensor) -> None:
         self.window.add(*(float(x) for x in check.cpu()))
+        self.stats = self.window.live() + (f" | val {self.last_val}" if self.last_val else "")  # the bar, every step
         if not self.dist.main or not (it % self.o.log_every == 0 or it == self.o.iterations):
             return
         means, rate = self.window.flush()
@@ -243,7 +244,6 @@ class Trainer:
         if self.log_vars is not None:
             rec["task_log_var"] = {t: float(self.log_vars[TASKS.index(t)].detach()) for t in self.o.tasks}
         self.log.append(rec)
-        self.stats = f"loss {rec['loss']:.4f} load {rec['load_loss']:.3f} {rec['it_per_s']:.2f} it/s" + (f" | val {self.last_val}" if self.last_val else "")
 
     # ------------------------------------------------------------------ validation and checkpoints
     def validate(self, it: int) -> None:
@@ -301,6 +301,11 @@ class _Window:
 
     def add(self, loss: float, l1: float, load: float) -> None:
         self.loss, self.l1, self.load, self.n = self.loss + loss, self.l1 + l1, self.load + load, self.n + 1
+
+    def live(self) -> str:
+        """The mean loss and speed of the window so far, for the progress bar."""
+        rate = self.n / max(1e-9, time.perf_counter() - self.t)
+        return f"loss {self.loss / max(self.n, 1):.4f} {rate:.2f} it/s"
 
     def flush(self) -> tuple[dict, float]:
         """(mean losses, iterations per second) since the last flush; starts a new window."""

@@ -1,5 +1,5 @@
 """Validation: a fixed, seeded set of degraded slices per task from the held-out parts of the
-volumes, and the SPEC §4 scores of a network (and of the inputs) on it."""
+volumes, and the docs/protocol.md scores of a network (and of the inputs) on it."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _centre_crop(a: np.ndarray, size: int | None) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model, val_set, device, batch: int = 4) -> dict:
-    """SPEC §4 scores of the network on the validation slices: per-task PSNR/SSIM/RMSE means."""
+    """Scores (docs/protocol.md) of the network on the validation slices: per-task PSNR/SSIM/RMSE means."""
     was_training = model.training
     model.eval()
     per = {}
@@ -101,7 +101,7 @@ def evaluate(model, val_set, device, batch: int = 4) -> dict:
 
 
 def input_scores(val_set) -> dict:
-    """SPEC §4 scores of the low-quality inputs of the validation slices (what a network must beat)."""
+    """Scores (docs/protocol.md) of the low-quality inputs of the validation slices (what a network must beat)."""
     per = {}
     for s in val_set:
         per.setdefault(s.task, []).append(slice_scores(intensity.denormalise(s.lq, s.task, s.mr_scale), s.hq_phys, s.task))

@@ -1,13 +1,13 @@
 """Training volumes: the data folder's layouts read into (slices, H, W) arrays, and the slices
 (or rows) each volume keeps out of training for validation.
 
-Two layouts (SPEC §5 `amir train`):
+Two layouts (README, `amir train`):
 
 * **paired** (the paper's): ``DATA/{MRI,CT,PET}/{train,validation}/{LQ,HQ}/<case>.nii[.gz]``,
   pairs matched by name;
 * **high-quality volumes** in modality folders ``DATA/{MRI,CT,PET}/`` (image files or DICOM series
-  folders; the folder names the task); low-quality inputs are made on the fly by the SPEC §3
-  degradations at random levels drawn from :class:`~amir_cli.training.levels.Levels`.
+  folders; the folder names the task); low-quality inputs are made on the fly by the
+  degradations of docs/protocol.md at random levels drawn from :class:`~amir_cli.training.levels.Levels`.
 
 Every volume keeps a block of slices out of training (:func:`split_slices`), a single-slice image
 keeps its bottom rows out instead, unless whole validation volumes are given.

@@ -1,4 +1,6 @@
-"""`amir benchmark`: paired cases -> scores of the input, classical baselines and AMIR (SPEC §4, §5).
+"""`amir benchmark`: paired cases -> scores of the input, classical baselines and AMIR (docs/protocol.md).
+
+This module scores and runs; :mod:`.cases` finds the cases, :mod:`.report` writes the outputs.
 
 Data
 ----
@@ -7,9 +9,11 @@ Data
   low-quality folders ``LQ_<level>`` beside ``LQ`` (e.g. ``LQ_x2``, ``LQ_x4``, ``LQ_dose1-12``) share
   the ``HQ`` folder; ``<level>`` is the label in the tables (``LQ`` alone has no level, shown "-").
 * **Simulated**: a folder of high-quality volumes and ``--simulate TASK[:LEVEL]`` (repeatable).  With
-  modality folders ``DATA/{MRI,CT,PET}/`` each task takes the volumes of its folder; a flat folder
-  gives every volume every simulated task.  The low-quality input is made by the SPEC §3
-  degradation of each scored slice with the generator :func:`degrade.slice_rng` of (case seed,
+  modality folders ``DATA/{MRI,CT,PET}/`` each task takes the volumes of its folder; in a flat folder
+  each volume's task is decided as `amir restore --task auto` decides it (Modality, header and file
+  name words, intensities), each simulation takes the volumes of its task, the others are listed as
+  skipped, and a volume that cannot be placed is an error.  The low-quality input is made by the
+  degradation (docs/protocol.md) of each scored slice with the generator :func:`degrade.slice_rng` of (case seed,
   slice index), so a slice degrades the same whether or not ``--max-slices`` is used.
 
 Scoring
@@ -29,57 +33,31 @@ the others complete and the command exits 3.
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import re
 import time
 import zlib
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from amir_cli import baselines
-from amir_cli._version import __version__
 from amir_cli.errors import AmirError, BadInputError, one_line
 from amir_cli.files import json_default
 from amir_cli.imaging import degrade, intensity
-from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem
+from amir_cli.imaging.io import read_image
 from amir_cli.metrics import volume_scores
-from amir_cli.tasks import DEFAULT_LEVEL, FOLDER_TASK, MRI_SR, PET_SYNTHESIS, TASK, TASK_FOLDER, TASKS
-CSV_COLUMNS = ("case", "task", "level", "method", "psnr", "ssim", "rmse", "n_slices", "seconds_per_slice")
-PROTOCOL = (
-    "SPEC §4 (the paper's): per slice, prediction and reference clipped to the task's evaluation window "
-    "(CT [-160, 240] HU, PET [0, 20] SUV, MR [0, 4095]); L = max - min of the clipped reference slice; "
-    "PSNR over the whole slice; SSIM 11x11 Gaussian window (sigma 1.5); RMSE in physical units. "
-    "Case scores are slice means, table scores case means."
-)
-MAX_SLICES_NOTE = (
-    "--max-slices {n}: {n} evenly spaced slices scored per case, chosen among the slices whose windowed "
-    "reference is not constant"
-)
+from amir_cli.tasks import MRI_SR
 
+from .cases import CaseSpec, Simulation, find_cases, parse_simulate, place_volumes, plan_cases
+from .report import CSV_COLUMNS, PROTOCOL, _summary, _write_csv, level_sort_key, markdown_summary, rich_table
 
-# --------------------------------------------------------------------------------------- cases
-@dataclass(frozen=True)
-class Simulation:
-    """One ``--simulate TASK[:LEVEL]``: the task, its level (factor or dose fraction) and a label."""
-
-    task: str
-    level: float
-    label: str
-
-
-@dataclass
-class CaseSpec:
-    name: str
-    task: str
-    level: str  # label shown in the tables ("" = unknown, paired `LQ`)
-    hq_path: Path
-    lq_path: Path | None = None  # paired
-    simulation: Simulation | None = None  # simulated
+__all__ = [
+    "BenchmarkResult", "CaseSpec", "Simulation", "CSV_COLUMNS", "PROTOCOL", "case_seed", "find_cases", "kspace_factor_of",
+    "level_sort_key", "markdown_summary", "parse_simulate", "place_volumes", "plan_cases", "rich_table", "run_benchmark",
+    "select_slices", "zero_filled",
+]
 
 
 @dataclass
@@ -94,85 +72,6 @@ class BenchmarkResult:
     def exit_code(self) -> int:
         return 3 if self.failures else 0
 
-
-def parse_simulate(text: str) -> Simulation:
-    """``TASK[:LEVEL]`` -> Simulation.  LEVEL: MR factor 2 or 4 (``x4`` accepted), dose fraction as a
-    number or a fraction (``0.25``, ``1/12``); default :data:`amir_cli.tasks.DEFAULT_LEVEL`."""
-    task, _, level = str(text).strip().partition(":")
-    task = task.strip()
-    if task not in TASKS:
-        raise BadInputError(f"--simulate {text!r}: unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    level = level.strip()
-    if not level:
-        value = DEFAULT_LEVEL[task]
-        level = str(value)
-    try:
-        if task == MRI_SR:
-            value = int(level.lstrip("xX"))
-            if value not in (2, 4):
-                raise ValueError
-            return Simulation(task, value, f"x{value}")
-        frac = Fraction(level)
-        value = float(frac)
-        if not 0 < value <= 1:
-            raise ValueError
-    except (ValueError, ZeroDivisionError):
-        what = "a factor 2 or 4" if task == MRI_SR else "a dose fraction in (0, 1], e.g. 0.25 or 1/12"
-        raise BadInputError(f"--simulate {text!r}: level must be {what}") from None
-    label = level if "/" in level else f"{value:g}"
-    return Simulation(task, value, label)
-
-
-def _task_folders(root: Path) -> list[tuple[str, Path]]:
-    return [(FOLDER_TASK[p.name.lower()], p) for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in FOLDER_TASK]
-
-
-def _case_name(path: Path) -> str:
-    return stem(path) if image_suffix(path) else path.name
-
-
-def find_cases(data, simulate=()) -> list[CaseSpec]:
-    """The cases of a benchmark folder (see the module docstring)."""
-    root = Path(data)
-    if not root.is_dir():
-        raise BadInputError(f"{root}: benchmark data folder not found")
-    sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
-    folders = _task_folders(root)
-    cases: list[CaseSpec] = []
-    if not sims:
-        for task, folder in folders:
-            test = folder / "test"
-            if not (test / "HQ").is_dir():
-                continue
-            hq = {_case_name(p): p for p in list_cases(test / "HQ")}
-            lq_dirs = sorted(d for d in test.iterdir() if d.is_dir() and re.fullmatch(r"LQ(_.+)?", d.name))
-            if not lq_dirs:
-                raise BadInputError(f"{test}: no LQ folder beside HQ")
-            for lq_dir in lq_dirs:
-                level = lq_dir.name[3:]
-                lq = {_case_name(p): p for p in list_cases(lq_dir)}
-                for name in sorted(set(hq) | set(lq)):
-                    cases.append(CaseSpec(name, task, level, hq.get(name), lq.get(name)))  # type: ignore[arg-type]
-        if not cases:
-            raise BadInputError(
-                f"{root}: no paired test data (expected {{MRI,CT,PET}}/test/{{LQ,HQ}}/); "
-                "for a folder of high-quality volumes pass --simulate TASK[:LEVEL]"
-            )
-        return cases
-    by_task = {t: [] for t in TASKS}
-    if folders:
-        for task, folder in folders:
-            by_task[task] += list_cases(folder)
-    else:
-        for t in TASKS:
-            by_task[t] = list_cases(root)
-    for sim in sims:
-        paths = by_task[sim.task]
-        if not paths:
-            raise BadInputError(f"{root}: no {TASK_FOLDER[sim.task]}/ volumes for --simulate {sim.task}")
-        for p in paths:
-            cases.append(CaseSpec(_case_name(p), sim.task, sim.label, p, None, sim))
-    return cases
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -286,21 +185,6 @@ def _weights_info(weights) -> dict:
     return {"name": Path(path).name, "sha256": registry.sha256_of(Path(path)), "file": str(path)}
 
 
-def _fmt(v, nd=2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.{nd}f}"
-
-
-def level_sort_key(task: str, level: str):
-    if not level:
-        return (0, 0.0)
-    try:
-        v = float(Fraction(level.lstrip("xX").replace("dose", "").replace("-", "/")))
-        return (1, v if task == MRI_SR else -v)
-    except (ValueError, ZeroDivisionError):
-        return (2, level)
-
 
 # ---------------------------------------------------------------------------------------- run
 def run_benchmark(
@@ -343,7 +227,7 @@ def run_benchmark(
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if kspace_factor not in (None, 2, 4):
         raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
-    cases = find_cases(data, simulate)
+    cases, skipped = plan_cases(data, simulate)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: exists and is not a folder")
@@ -354,6 +238,8 @@ def run_benchmark(
     dev = pick_device(device)
     precision_context(dev, precision)  # an unsupported precision fails here, before any case
     if model is None:
+        if progress is not None:
+            progress(0, len(cases), "loading the model")
         loaded = load_weights(weights, dev)
         model = loaded.model
         winfo = {"name": Path(loaded.name).name, "sha256": loaded.sha256, "file": str(loaded.path)}
@@ -391,7 +277,7 @@ def run_benchmark(
     summary = _summary(rows, failures, cases, data=data_label or data, simulate=simulate, weights=winfo, device=str(dev), precision=precision,
                        batch_size=batch_size, max_slices=max_slices, seed=seed, with_baselines=with_baselines,
                        data_consistency=data_consistency, kspace_factor=kspace_factor,
-                       notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths],
+                       notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths], skipped=skipped,
                        seconds=time.perf_counter() - t_start)
     _write_csv(out / "cases.csv", rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
@@ -466,167 +352,3 @@ def _representative(shows: list[dict]) -> dict:
     vals = [s["amir_psnr"] if np.isfinite(s["amir_psnr"]) else -np.inf for s in shows]
     order = np.argsort(vals)
     return shows[int(order[(len(order) - 1) // 2])]
-
-
-def _nan_to_none(v):
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({
-                **r,
-                "psnr": _fmt(r["psnr"], 4), "ssim": _fmt(r["ssim"], 5), "rmse": _fmt(r["rmse"], 4),
-                "seconds_per_slice": "" if r["seconds_per_slice"] is None else f"{r['seconds_per_slice']:.4f}",
-            })
-
-
-def _summary(rows, failures, cases, *, data, simulate, weights, device, precision, batch_size, max_slices, seed,
-             with_baselines, data_consistency, kspace_factor, notes, figures, seconds) -> dict:
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["task"], r["level"], r["method"]), []).append(r)
-    method_order = {"input": 0, "amir": 2, "amir-net": 3, "amir-tta": 4}
-    keys = sorted(groups, key=lambda k: (TASKS.index(k[0]), level_sort_key(k[0], k[1]), method_order.get(k[2], 1), k[2]))
-    results = []
-    for task, level, method in keys:
-        g = groups[(task, level, method)]
-        mean = {m: float(np.mean([r[m] for r in g])) for m in ("psnr", "ssim", "rmse")}
-        inp = groups.get((task, level, "input"))
-        gain_psnr = gain_ssim = None
-        if inp and method != "input":
-            gain_psnr = mean["psnr"] - float(np.mean([r["psnr"] for r in inp]))
-            gain_ssim = mean["ssim"] - float(np.mean([r["ssim"] for r in inp]))
-        sps = [r["seconds_per_slice"] for r in g if r["seconds_per_slice"] is not None]
-        results.append({
-            "task": task, "level": level, "method": method, "n_cases": len(g),
-            "n_slices": int(sum(r["n_slices"] for r in g)),
-            **{k: _nan_to_none(v) for k, v in mean.items()},
-            "psnr_gain_over_input": _nan_to_none(gain_psnr), "ssim_gain_over_input": _nan_to_none(gain_ssim),
-            "seconds_per_slice": float(np.mean(sps)) if sps else None,
-        })
-    tasks = sorted({c.task for c in cases}, key=TASKS.index)
-    all_notes = list(notes)
-    sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
-    if sims:
-        all_notes.append(f"low-quality inputs simulated by the SPEC §3 degradations (seed {seed}, one stream per case and slice)")
-    if any(s.task == PET_SYNTHESIS for s in sims):
-        all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
-    if max_slices:
-        all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
-    if any(c.task == MRI_SR for c in cases):
-        all_notes.append(
-            "MR: AMIR's output keeps the k-space band that the input measured where it is known: on the input's grid "
-            "for a level xS or --kspace-factor S (`amir restore --kspace-factor S`), on a coarser LQ grid always "
-            "(`amir restore --scale`)" if data_consistency else
-            "MR: the network alone (`--no-data-consistency`), without the data consistency of `amir restore`"
-        )
-    if any(r["method"] == "amir-net" for r in rows):
-        all_notes.append("`amir-net`: the network alone, as plain `amir restore` without `--kspace-factor` gives it")
-    if any(r["method"] == "amir-tta" for r in rows):
-        all_notes.append("`amir-tta`: the same network averaged over the 8 flips and 90-degree rotations of each slice (`--tta`)")
-    return {
-        "tool": f"amir {__version__}",
-        "data": str(data),
-        "mode": "simulated" if sims else "paired",
-        "simulate": [{"task": s.task, "level": s.level, "label": s.label} for s in sims],
-        "weights": weights,
-        "device": device,
-        "precision": precision,
-        "batch_size": batch_size,
-        "max_slices": max_slices,
-        "seed": seed,
-        "data_consistency": data_consistency,
-        "kspace_factor": kspace_factor,
-        "protocol": PROTOCOL,
-        "baselines": {t: baselines.DESCRIPTIONS[t] for t in tasks} if with_baselines else {},
-        "n_cases": len(cases),
-        "n_failed": len(failures),
-        "failed": failures,
-        "results": results,
-        "cases": [{k: _nan_to_none(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
-        "figures": figures,
-        "notes": all_notes,
-        "seconds": round(seconds, 2),
-    }
-
-
-def markdown_summary(summary: dict) -> str:
-    """summary.md: the results table and the notes."""
-    w = summary["weights"]
-    lines = [
-        "# amir benchmark",
-        "",
-        f"Data: `{summary['data']}` ({summary['mode']}); weights `{w['name']}` (sha256 `{w['sha256'][:16]}…`); "
-        f"device {summary['device']}, {summary['precision']}; {summary['n_cases']} cases"
-        + (f", **{summary['n_failed']} failed**" if summary["n_failed"] else "") + ".",
-        "",
-        "| task | level | method | cases | slices | PSNR (dB) | SSIM | RMSE | ΔPSNR vs input | ΔSSIM vs input | s/slice |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in summary["results"]:
-        gain = "" if r["psnr_gain_over_input"] is None else f"{r['psnr_gain_over_input']:+.2f}"
-        gain_s = "" if r["ssim_gain_over_input"] is None else f"{r['ssim_gain_over_input']:+.4f}"
-        sps = "" if r["seconds_per_slice"] is None else f"{r['seconds_per_slice']:.3f}"
-        method = f"**{r['method']}**" if r["method"] == "amir" else r["method"]
-        unit = " " + TASK[r["task"]].unit if TASK[r["task"]].unit else ""
-        lines.append(
-            f"| {r['task']} | {r['level'] or '-'} | {method} | {r['n_cases']} | {r['n_slices']} | {_fmt(r['psnr'])} | "
-            f"{_fmt(r['ssim'], 4)} | {_fmt(r['rmse'])}{unit} | {gain} | {gain_s} | {sps} |"
-        )
-    lines += _case_table(summary)
-    lines += ["", "## Notes", "", f"- Protocol: {summary['protocol']}"]
-    for t, d in summary["baselines"].items():
-        lines.append(f"- Baseline for {t}: {d}.")
-    lines.append("- `input` is the low-quality image itself (MR on a coarser grid: its k-space zero-filled upsampling).")
-    lines.append("- Seconds per slice: wall time on the device above, model loading excluded; `input` has none.")
-    for n in summary["notes"]:
-        lines.append(f"- {n}")
-    for f in summary["failed"]:
-        lines.append(f"- FAILED {f['task']} {f['level'] or '-'} {f['case']}: {f['error']}")
-    if summary["figures"]:
-        lines += ["", "## Figures", ""]
-        for f in summary["figures"]:
-            lines.append(f"![{Path(f).stem}]({f})")
-    return "\n".join(lines) + "\n"
-
-
-def _case_table(summary: dict) -> list[str]:
-    """Per case: the input's PSNR and every method's PSNR gain over it (dB)."""
-    rows = summary.get("cases") or []
-    methods = [m for m in dict.fromkeys(r["method"] for r in summary["results"]) if m != "input"]
-    if not rows or not methods:
-        return []
-    psnr = {(r["task"], r["level"], r["case"], r["method"]): r["psnr"] for r in rows}
-    lines = ["", "## Per case (ΔPSNR over the input, dB)", "",
-             "| task | level | case | input PSNR | " + " | ".join(methods) + " |",
-             "|---|---|---|---:|" + "---:|" * len(methods)]
-    keys = sorted({(r["task"], r["level"], r["case"]) for r in rows},
-                  key=lambda k: (TASKS.index(k[0]), level_sort_key(k[0], k[1]), k[2]))
-    for task, level, case in keys:
-        base = psnr.get((task, level, case, "input"))
-        cells = []
-        for m in methods:
-            v = psnr.get((task, level, case, m))
-            cells.append("" if v is None or base is None else f"{v - base:+.2f}")
-        lines.append(f"| {task} | {level or '-'} | {case} | {_fmt(base)} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def rich_table(summary: dict):
-    """The results as a rich Table for the terminal."""
-    from rich.table import Table
-
-    table = Table(title="amir benchmark (SPEC §4 scores; case means)")
-    for col in ("task", "level", "method", "cases", "PSNR", "SSIM", "RMSE", "ΔPSNR", "s/slice"):
-        table.add_column(col, justify="left" if col in ("task", "level", "method") else "right")
-    for r in summary["results"]:
-        table.add_row(
-            r["task"], r["level"] or "-", r["method"], str(r["n_cases"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4),
-            _fmt(r["rmse"]), "" if r["psnr_gain_over_input"] is None else f"{r['psnr_gain_over_input']:+.2f}",
-            "" if r["seconds_per_slice"] is None else f"{r['seconds_per_slice']:.3f}",
-        )
-    return table

@@ -1,0 +1,149 @@
+"""The cases of an `amir benchmark` folder: paired LQ/HQ folders, or high-quality volumes with
+``--simulate`` (in modality folders, or flat with each volume's task decided as `--task auto` does)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from amir_cli.errors import BadInputError
+from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem
+from amir_cli.tasks import DEFAULT_LEVEL, FOLDER_TASK, MRI_SR, TASK_FOLDER, TASKS
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """One ``--simulate TASK[:LEVEL]``: the task, its level (factor or dose fraction) and a label."""
+
+    task: str
+    level: float
+    label: str
+
+
+@dataclass
+class CaseSpec:
+    name: str
+    task: str
+    level: str  # label shown in the tables ("" = unknown, paired `LQ`)
+    hq_path: Path
+    lq_path: Path | None = None  # paired
+    simulation: Simulation | None = None  # simulated
+
+
+
+
+def parse_simulate(text: str) -> Simulation:
+    """``TASK[:LEVEL]`` -> Simulation.  LEVEL: MR factor 2 or 4 (``x4`` accepted), dose fraction as a
+    number or a fraction (``0.25``, ``1/12``); default :data:`amir_cli.tasks.DEFAULT_LEVEL`."""
+    task, _, level = str(text).strip().partition(":")
+    task = task.strip()
+    if task not in TASKS:
+        raise BadInputError(f"--simulate {text!r}: unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    level = level.strip()
+    if not level:
+        value = DEFAULT_LEVEL[task]
+        level = str(value)
+    try:
+        if task == MRI_SR:
+            value = int(level.lstrip("xX"))
+            if value not in (2, 4):
+                raise ValueError
+            return Simulation(task, value, f"x{value}")
+        frac = Fraction(level)
+        value = float(frac)
+        if not 0 < value <= 1:
+            raise ValueError
+    except (ValueError, ZeroDivisionError):
+        what = "a factor 2 or 4" if task == MRI_SR else "a dose fraction in (0, 1], e.g. 0.25 or 1/12"
+        raise BadInputError(f"--simulate {text!r}: level must be {what}") from None
+    label = level if "/" in level else f"{value:g}"
+    return Simulation(task, value, label)
+
+
+def _task_folders(root: Path) -> list[tuple[str, Path]]:
+    return [(FOLDER_TASK[p.name.lower()], p) for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in FOLDER_TASK]
+
+
+def _case_name(path: Path) -> str:
+    return stem(path) if image_suffix(path) else path.name
+
+
+def find_cases(data, simulate=()) -> list[CaseSpec]:
+    """The cases of a benchmark folder (see the module docstring)."""
+    return plan_cases(data, simulate)[0]
+
+
+def place_volumes(paths) -> list[tuple[Path, str, str]]:
+    """(path, task, reason) of each volume of a flat folder, decided as `amir restore --task auto`
+    decides (:func:`amir_cli.taskdetect.detect_task`); a volume it cannot place is an error."""
+    from amir_cli.taskdetect import detect_task
+
+    placed = []
+    for p in paths:
+        try:
+            task, reason = detect_task(read_image(p))
+        except BadInputError:
+            raise BadInputError(
+                f"{p}: cannot tell its task from the header, the file name or the intensities; "
+                "put the volumes in CT/, MRI/ and PET/ folders (or name the file, e.g. ct_..., mr_..., pet_...)"
+            ) from None
+        placed.append((p, task, reason))
+    return placed
+
+
+def plan_cases(data, simulate=()) -> tuple[list[CaseSpec], list[dict]]:
+    """The cases of a benchmark folder and the volumes skipped (a flat folder's volumes whose task no
+    ``--simulate`` names: ``{"volume", "task", "reason"}``)."""
+    root = Path(data)
+    if not root.is_dir():
+        raise BadInputError(f"{root}: benchmark data folder not found")
+    sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
+    folders = _task_folders(root)
+    if not sims:
+        return _paired_cases(root, folders), []
+    by_task: dict[str, list[Path]] = {t: [] for t in TASKS}
+    skipped: list[dict] = []
+    if folders:
+        for task, folder in folders:
+            by_task[task] += list_cases(folder)
+    else:
+        wanted = {s.task for s in sims}
+        for p, task, reason in place_volumes(list_cases(root)):
+            if task in wanted:
+                by_task[task].append(p)
+            else:
+                skipped.append({"volume": _case_name(p), "task": task, "reason": reason})
+    cases: list[CaseSpec] = []
+    for sim in sims:
+        paths = by_task[sim.task]
+        if not paths:
+            where = f"{TASK_FOLDER[sim.task]}/ volumes" if folders else f"volumes of task {sim.task}"
+            raise BadInputError(f"{root}: no {where} for --simulate {sim.task}")
+        for p in paths:
+            cases.append(CaseSpec(_case_name(p), sim.task, sim.label, p, None, sim))
+    return cases, skipped
+
+
+def _paired_cases(root: Path, folders) -> list[CaseSpec]:
+    cases: list[CaseSpec] = []
+    for task, folder in folders:
+        test = folder / "test"
+        if not (test / "HQ").is_dir():
+            continue
+        hq = {_case_name(p): p for p in list_cases(test / "HQ")}
+        lq_dirs = sorted(d for d in test.iterdir() if d.is_dir() and re.fullmatch(r"LQ(_.+)?", d.name))
+        if not lq_dirs:
+            raise BadInputError(f"{test}: no LQ folder beside HQ")
+        for lq_dir in lq_dirs:
+            level = lq_dir.name[3:]
+            lq = {_case_name(p): p for p in list_cases(lq_dir)}
+            for name in sorted(set(hq) | set(lq)):
+                cases.append(CaseSpec(name, task, level, hq.get(name), lq.get(name)))  # type: ignore[arg-type]
+    if not cases:
+        raise BadInputError(
+            f"{root}: no paired test data (expected {{MRI,CT,PET}}/test/{{LQ,HQ}}/); "
+            "for a folder of high-quality volumes pass --simulate TASK[:LEVEL]"
+        )
+    return cases

@@ -1,0 +1,43 @@
+"""The `amir` command line: thin Typer commands that parse options and call the library, one module
+per command group (restore and degrade, weights, train, benchmark) around `common`.
+
+Errors become exit codes at this edge only (README, Commands): 0 ok, 1 error (one line on stderr, no
+traceback unless AMIR_DEBUG=1), 2 usage error (Typer/Click), 3 a batch where some cases failed.
+torch and the heavy modules are imported inside command bodies so that `amir --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from ..errors import AmirError, one_line
+from . import restore, train, benchmark, weights  # noqa: F401, I001  (each registers its commands on `app`, in the order of --help)
+from .common import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, app, info, print_json, progress_bar
+
+__all__ = ["app", "main", "info", "print_json", "progress_bar", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PARTIAL"]
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (`amir = amir_cli.cli:main`).
+
+    Click handles usage errors itself (message + exit 2); everything else that escapes a command
+    becomes one line `amir: error: <message>` on stderr and exit code 1.
+    """
+    debug = os.environ.get("AMIR_DEBUG", "") not in ("", "0")
+    try:
+        app(args=argv, prog_name="amir")
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("amir: error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place where errors become exit codes
+        if debug:
+            raise
+        if isinstance(exc, (AmirError, OSError, ValueError, MemoryError)):
+            typer.echo(f"amir: error: {one_line(exc, limit=None)}", err=True)
+        else:
+            typer.echo(f"amir: error: unexpected {type(exc).__name__}: {one_line(exc, limit=None)} (AMIR_DEBUG=1 shows details)", err=True)
+        sys.exit(EXIT_ERROR)

@@ -1,0 +1,211 @@
+"""`amir restore` and `amir degrade`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .._version import __version__
+from ..errors import AmirError
+from ..tasks import MRI_SR, PET_SYNTHESIS
+from .common import (EXIT_PARTIAL, PRECISION_CHOICES, TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
+                     _choice, app, examples, print_json, progress_bar)
+
+
+@app.command(
+    "restore",
+    cls=Command,
+    short_help="Restore an image, a DICOM series or a folder of scans.",
+    epilog=examples(
+        "amir restore ct_lowdose.nii.gz       # -> ct_lowdose_amir.nii.gz + .json",
+        "amir restore t1.nii.gz --task mri-sr --scale 2 -o t1_x2.nii.gz",
+        "amir restore t1_zero_filled.nii.gz --task mri-sr --kspace-factor 2",
+        "amir restore dicom/series1/ -o restored.nii.gz --reference hq.nii.gz",
+        "amir restore scans/ -o restored/     # a batch: every image and series",
+    ),
+)
+def restore_cmd(
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="NIfTI/MetaImage/NRRD file, DICOM file, DICOM series folder, or a folder of scans (batch).", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file or folder [default: <input stem>_amir.<same format> beside the input].", show_default=False)] = None,
+    task: Annotated[str, typer.Option("--task", metavar="auto|mri-sr|ct-denoise|pet-synthesis", help="Restoration task; auto decides from the DICOM Modality, header hints, then intensities.")] = "auto",
+    scale: Annotated[int, typer.Option("--scale", metavar="1|2|4", help="mri-sr only: write an s-times finer in-plane grid (k-space zero-padding).")] = 1,
+    kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar="2|4", help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
+    data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale or --kspace-factor: keep the k-space band the input measured.")] = True,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call.")] = 4,
+    tile: Annotated[Optional[int], typer.Option("--tile", min=1, metavar="N", help="Restore large slices in overlapping N x N tiles (saves memory).", show_default=False)] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="Average the network over the 8 flips and rotations of each slice (self-ensemble): a little better, 8x the time.")] = False,
+    reference: Annotated[Optional[Path], typer.Option("--reference", metavar="HQ", help="High-quality image on the output grid: adds PSNR/SSIM/RMSE to the report.", show_default=False)] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Where to write the JSON report [default: <output>.json].", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Restore an image, a DICOM series or a folder of scans with AMIR and write a JSON report."""
+    _choice(task, TASK_CHOICES, "--task")
+    _choice(precision, PRECISION_CHOICES, "--precision")
+    if scale not in (1, 2, 4):
+        raise typer.BadParameter(f"{scale} is not one of 1, 2, 4", param_hint="--scale")
+    if kspace_factor is not None and kspace_factor not in (2, 4):
+        raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
+
+    from .. import restore as R
+    from ..device import pick_device, precision_context
+    from ..weights import is_path, load_weights
+
+    _restore_usage(R, task, scale, kspace_factor, tile, device, reference)
+    if not input.exists():
+        raise AmirError(f"{input}: no such file or folder")
+    batch = R.is_batch_input(input)
+    if batch and (reference is not None or report is not None):
+        raise typer.BadParameter("--reference and --report apply to one image, not to a folder of scans")
+    R.check_input_format(input)
+    dev = pick_device(device)
+    precision_context(dev, precision)  # fail early on an impossible precision
+    options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
+                               data_consistency=data_consistency, overwrite=overwrite)
+    if not batch:
+        out = output if output is not None else R.default_output(input)
+        rep = report if report is not None else R.report_path_for(out)
+        inputs = (reference, weights if weights is not None and is_path(weights) else None)
+        R.check_output(input, out, overwrite, inputs=inputs)  # before the (slow) model load
+        R.check_output(input, rep, overwrite, what="report", inputs=inputs)
+    loaded = load_weights(weights, dev)
+
+    if not batch:
+        with progress_bar(quiet or json_out) as bar:
+            job = bar.add_task(f"restoring {input.name}", total=None)
+            result = R.restore_case(
+                loaded, input, output, options, reference=reference, report=report,
+                progress=lambda done, total: bar.update(job, completed=done, total=total),
+            )
+        if json_out:
+            print_json(result)
+        elif not quiet:
+            _print_restore_summary(result)
+        return
+
+    def on_case(case, result, error):
+        if error is not None:
+            typer.echo(f"amir: error: {case}: {error}", err=True)
+        elif not quiet and not json_out:
+            typer.echo(f"{case} -> {result['output']} ({result['task']}, {result['seconds']:.1f} s)")
+
+    with progress_bar(quiet or json_out) as bar:
+        def progress_for(case):
+            job = bar.add_task(f"restoring {case.name}", total=None)
+            return lambda done, total: bar.update(job, completed=done, total=total)
+
+        summary = R.restore_batch(loaded, input, output, options, on_case=on_case, progress_for=progress_for)
+    if json_out:
+        print_json(summary)
+    elif not quiet:
+        typer.echo(f"{len(summary['restored'])} restored, {len(summary['failed'])} failed; report {summary['report']}")
+    if summary["failed"]:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _restore_usage(R, task, scale, kspace_factor, tile, device, reference) -> None:
+    """The option checks of `amir restore` that need no image: usage errors (exit 2), before the model loads."""
+    import re
+
+    try:
+        R.check_scale_task(task, scale, kspace_factor)
+    except AmirError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scale/--kspace-factor/--task") from None
+    if tile is not None and tile < R.MIN_TILE:
+        raise typer.BadParameter(f"{tile} is below the smallest tile, {R.MIN_TILE} pixels", param_hint="--tile")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", (device or "auto").strip().lower()):
+        raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N, mps", param_hint="--device")
+    if reference is not None and (not reference.exists() or R.is_batch_input(reference)):
+        raise typer.BadParameter(f"{reference}: not an image file or a DICOM series folder", param_hint="--reference")
+
+
+def _print_restore_summary(r: dict) -> None:
+    typer.echo(f"{r['input']} -> {r['output']}")
+    typer.echo(f"  task {r['task']} ({r['task_reason']}); weights {r['weights']['name']} ({r['weights']['sha256'][:12]})")
+    ensemble = ", x8 self-ensemble" if r["tta"] else ""
+    typer.echo(f"  {r['slices']} slices in {r['seconds']:.1f} s ({r['slices_per_second']:.2f}/s) on {r['device']}, {r['precision']}{ensemble}")
+    m = r.get("metrics")
+    if m:
+        o = m["output"]
+        line = f"  vs reference: PSNR {o['psnr']:.2f} dB, SSIM {o['ssim']:.4f}, RMSE {o['rmse']:.4g}"
+        if "input" in m:
+            i = m["input"]
+            line += f" (input: {i['psnr']:.2f} dB, {i['ssim']:.4f}, {i['rmse']:.4g})"
+        typer.echo(line)
+    for w in r.get("warnings", []):
+        typer.echo(f"  warning: {w}", err=True)
+    typer.echo(f"  report {r['report']}")
+
+
+@app.command(
+    "degrade",
+    cls=Command,
+    short_help="Simulate a low-quality input from a high-quality image.",
+    epilog=examples(
+        "amir degrade ct.nii.gz --task ct-denoise --dose 0.25 -o ct_quarter.nii.gz",
+        "amir degrade t1.nii.gz --task mri-sr --factor 4 --seed 1 -o t1_lr.nii.gz",
+        note="The degradations are described in docs/protocol.md.",
+    ),
+)
+def degrade_cmd(
+    input: Annotated[Path, typer.Argument(metavar="INPUT", help="High-quality image (NIfTI, MetaImage/NRRD, DICOM file or series folder).", show_default=False)],
+    task: Annotated[str, typer.Option("--task", metavar="mri-sr|ct-denoise|pet-synthesis", help="Which degradation to simulate (docs/protocol.md).", show_default=False)],
+    dose: Annotated[Optional[float], typer.Option("--dose", help="Dose fraction for ct-denoise / pet-synthesis [default: 0.25].", show_default=False)] = None,
+    factor: Annotated[Optional[int], typer.Option("--factor", metavar="2|4", help="k-space truncation factor for mri-sr [default: 4].", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated noise (same seed, same image).")] = 0,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output path [default: <input stem>_degraded.<same format>].", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")] = False,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Simulate a low-quality input (low dose, low count, truncated k-space) from a high-quality image."""
+    _choice(task, TASK_CHOICES[1:], "--task")
+    if task == MRI_SR and dose is not None:
+        raise typer.BadParameter("mri-sr takes --factor, not --dose", param_hint="--dose")
+    if task != MRI_SR and factor is not None:
+        raise typer.BadParameter(f"{task} takes --dose, not --factor", param_hint="--factor")
+    if factor is not None and factor not in (2, 4):
+        raise typer.BadParameter(f"{factor} is not one of 2, 4", param_hint="--factor")
+    if dose is not None and not 0 < dose <= 1:
+        raise typer.BadParameter(f"{dose} is not a fraction in (0, 1]", param_hint="--dose")
+
+    from .. import restore as R
+    from ..imaging import degrade as D
+    from ..imaging.io import read_image
+
+    if not input.exists():
+        raise AmirError(f"{input}: no such file or folder")
+    level = factor if task == MRI_SR else dose
+    level = D.DEFAULT_LEVEL[task] if level is None else level
+    out = output if output is not None else R.default_output(input, "_degraded")
+    R.check_input_format(input)
+    R.check_output(input, out, overwrite)
+    volume = read_image(input)
+    with progress_bar(quiet or json_out) as bar:
+        job = bar.add_task(f"degrading {input.name}", total=volume.shape[volume.slice_axis])
+        degraded = D.degrade_volume(volume.array, task, level, slice_axis=volume.slice_axis, spacing_mm=volume.spacing_mm,
+                                    seed=seed, progress=lambda: bar.update(job, advance=1))
+    what = "factor" if task == MRI_SR else "dose fraction"
+    simulated = task == PET_SYNTHESIS or volume.modality == "PT"
+    description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
+    written = R.publish(volume.with_array(degraded), out, reference=volume, description=description, overwrite=overwrite)
+    summary = {
+        "tool": "amir", "version": __version__, "command": "degrade", "input": str(input), "output": str(written),
+        "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),
+        "spacing_mm": list(volume.spacing_mm), "simulated": True,
+    }
+    if simulated:
+        summary["note"] = "simulated low-count PET (Poisson thinning of projected activity); not a real low-dose acquisition"
+    if json_out:
+        print_json(summary)
+    elif not quiet:
+        typer.echo(f"{input} -> {written} ({task}, {what} {level}, seed {seed})")
+        if simulated:
+            typer.echo(f"  note: {summary['note']}")
+

@@ -1,0 +1,141 @@
+"""`amir train`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..tasks import TASKS
+from ..training.options import TaskWeighting, TrainOptions, range_text
+from .common import Command, JsonOpt, QuietOpt, app, examples, info, print_json
+
+
+def _tasks_option(text: str, hint: str = "--tasks") -> tuple[str, ...]:
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    known = TASKS
+    if tasks == ("all",):
+        return known
+    bad = [t for t in tasks if t not in known]
+    if bad or not tasks:
+        raise typer.BadParameter(f"{text!r}: give 'all' or tasks from {', '.join(known)}, comma-separated", param_hint=hint)
+    return tasks
+
+
+def _task_mix_option(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    mix = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        task, _, share = part.partition("=")
+        try:
+            mix[task.strip()] = int(share)
+        except ValueError:
+            raise typer.BadParameter(f"{part!r}: expected TASK=N with an integer N", param_hint="--task-mix") from None
+    return mix
+
+
+_TRAIN = TrainOptions()  # the defaults of `amir train`'s options
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was given (on the command line or in the environment), not defaulted."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+@app.command(
+    "train",
+    cls=Command,
+    short_help="Train or fine-tune AMIR; resumable, runs under torchrun.",
+    epilog=examples(
+        "amir train DATA --config amir-s --iterations 2000 --out runs/r1",
+        "amir train --resume runs/r1          # after a crash or kill -9",
+        "amir train DATA --config amir-s --init amir-s --tasks ct-denoise \\",
+        "    --iterations 500 --lr 5e-5 --export my-ct",
+        "torchrun --nproc_per_node=4 -m amir_cli train DATA --out runs/ddp",
+        note="DATA: high-quality volumes in DATA/{MRI,CT,PET}/ degraded on the fly (random levels, --ct-dose "
+        "etc.; scripts/build_training_data.py makes one), or the paper's paired layout "
+        "DATA/{MRI,CT,PET}/{train,validation}/{LQ,HQ}/<case>.nii.gz. The run folder gets last.pt "
+        "(resumable), best.pt, metrics.jsonl, curves.png and run.json. --resume of a finished run does nothing.",
+    ),
+)
+def train_cmd(
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Training data folder (not needed with --resume).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/amir-DATE-TIME).", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue a run from its last checkpoint (options from its run.json; --iterations, --workers, --device, --val-every, --checkpoint-every, --export may be given again).", show_default=False)] = None,
+    config: Annotated[str, typer.Option("--config", metavar="amir|amir-s|amir-tiny", help="Network configuration.")] = _TRAIN.config,
+    tasks: Annotated[str, typer.Option("--tasks", help="'all' (all-in-one, tasks sampled evenly) or a comma-separated subset.")] = "all",
+    iterations: Annotated[int, typer.Option("--iterations", help="Training iterations (total, counting those before a --resume).")] = _TRAIN.iterations,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per iteration per process.")] = _TRAIN.batch_size,
+    patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="Patch size in pixels (multiple of 8) [default: 128 (the paper's) on CUDA, 64 on CPU].", show_default=False)] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine-annealed to --eta-min).")] = _TRAIN.lr,
+    eta_min: Annotated[float, typer.Option("--eta-min", help="Final learning rate of the cosine schedule.")] = _TRAIN.eta_min,
+    warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up iterations.")] = _TRAIN.warmup,
+    ema: Annotated[float, typer.Option("--ema", help="Exponential moving average of the weights (e.g. 0.999; 0: off). Validation and export use it.")] = _TRAIN.ema,
+    task_weighting: Annotated[TaskWeighting, typer.Option("--task-weighting", help="Per-task loss weights: uniform (paper), learned homoscedastic uncertainty, relative (each sample's L1 divided by its input's, so every task and level weighs the same), or psnr (each sample's PSNR deficit to its input in dB, the benchmark's own score, in place of the L1).")] = TaskWeighting(_TRAIN.task_weighting),
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA.")] = _TRAIN.amp,
+    clip_grad: Annotated[float, typer.Option("--clip-grad", help="Clip the gradient norm (0: off).")] = _TRAIN.clip_grad,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of every batch.")] = _TRAIN.seed,
+    val_every: Annotated[int, typer.Option("--val-every", help="Validate (docs/protocol.md) every N iterations; the best is kept as best.pt.")] = _TRAIN.val_every,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write last.pt every N iterations.")] = _TRAIN.checkpoint_every,
+    log_every: Annotated[int, typer.Option("--log-every", help="Append training loss to metrics.jsonl every N iterations.")] = _TRAIN.log_every,
+    val_slices: Annotated[int, typer.Option("--val-slices", help="Held-out validation slices per task.")] = _TRAIN.val_slices,
+    val_size: Annotated[int, typer.Option("--val-size", help="Centre crop of validation slices (0: whole slices).")] = _TRAIN.val_size,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data loader processes (default: min(8, CPUs - 1); 0: in the training process).", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads of the training process.", show_default=False)] = None,
+    crops_per_slice: Annotated[int, typer.Option("--crops-per-slice", help="Patches cut from one degraded slice (1: a fresh slice for every patch, the slowest data).")] = _TRAIN.crops_per_slice,
+    mr_scale_jitter: Annotated[float, typer.Option("--mr-scale-jitter", help="Multiply the MR scale factor by exp(U(-j, j)).")] = _TRAIN.mr_scale_jitter,
+    mr_noise: Annotated[float, typer.Option("--mr-noise", help="Add a Rician noise floor to MR references, sigma ~ U(0, N) x the MR target level (scanner noise the templates lack).")] = _TRAIN.mr_noise,
+    zoom_jitter: Annotated[float, typer.Option("--zoom-jitter", help="Resample training slices in-plane by a random factor in [1/Z, Z] before degrading them (robustness to pixel size; 1: off).")] = _TRAIN.zoom_jitter,
+    zoom_tasks: Annotated[str, typer.Option("--zoom-tasks", help="'all' or the comma-separated tasks whose slices --zoom-jitter resamples (e.g. ct-denoise,pet-synthesis: MR super-resolution learns from k-space content that resampling alters).")] = "all",
+    task_mix: Annotated[Optional[str], typer.Option("--task-mix", metavar="TASK=N,...", help="Integer shares of the training slices per task, e.g. ct-denoise=3,mri-sr=2,pet-synthesis=1 (default: even).", show_default=False)] = None,
+    ct_dose: Annotated[str, typer.Option("--ct-dose", metavar="LOW:HIGH", help="CT dose fraction range (log-uniform).")] = range_text(_TRAIN.ct_dose),
+    ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = range_text(_TRAIN.ct_i0),
+    mr_factors: Annotated[str, typer.Option("--mr-factors", help="MR k-space factors, comma-separated.")] = ",".join(map(str, _TRAIN.mr_factors)),
+    pet_dose: Annotated[str, typer.Option("--pet-dose", metavar="LOW:HIGH", help="PET dose fraction range (log-uniform).")] = range_text(_TRAIN.pet_dose),
+    init: Annotated[Optional[str], typer.Option("--init", metavar="NAME|PATH", help="Start from these weights (fine-tuning).", show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train.")] = _TRAIN.device,
+    export: Annotated[Optional[str], typer.Option("--export", metavar="NAME", help="At the end, add the best weights to the registry as NAME.", show_default=False)] = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train or fine-tune AMIR (all-in-one or single-task); resumable, runs under torchrun (DDP)."""
+    from ..training import train
+    from ..training.options import RESUMABLE, parse_range
+
+    try:
+        factors = tuple(int(f) for f in mr_factors.split(",") if f.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{mr_factors!r} is not a comma-separated list of integers", param_hint="--mr-factors") from None
+    options = TrainOptions(
+        data=str(data) if data else None, out=str(out) if out else None, config=config, tasks=_tasks_option(tasks),
+        iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr, eta_min=eta_min, warmup=warmup,
+        ema=ema, task_weighting=task_weighting.value, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
+        checkpoint_every=checkpoint_every, log_every=log_every, val_slices=val_slices, val_size=val_size,
+        workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter, task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, zoom_jitter=zoom_jitter,
+        zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"),
+        ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=factors,
+        pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
+    )
+    changed = {"quiet" if name == "json_out" else name for name in (*RESUMABLE, "json_out") if _given(ctx, name)}  # --json: --quiet
+    summary = train(options, resume=resume, command=["amir", *sys.argv[1:]], changed=changed)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if json_out:
+        print_json(summary)
+    elif summary.get("already_finished"):
+        info(summary["note"], quiet)
+    elif not quiet:
+        best = summary.get("best_mean_gain_db")
+        msg = f"trained {summary['iterations']} iterations -> {summary['run_dir']}"
+        if best is not None:
+            msg += f"; best validation mean PSNR gain {best:+.2f} dB"
+        if summary.get("exported"):
+            msg += f"; exported as {summary['exported']['name']}"
+        info(msg)
+
