@@ -35,7 +35,7 @@ class SamplerOptions:
 
     batch_size: int = TrainOptions.batch_size
     patch_size: int = PAPER_PATCH_SIZE
-    crops_per_slice: int = TrainOptions.crops_per_slice  # patches cut from one degraded slice
+    crops_per_slice: int = 1  # patches cut from one degraded slice (`amir train` passes its own default)
     flips: bool = True
     mr_scale_jitter: float = TrainOptions.mr_scale_jitter  # MR scale factor multiplied by exp(U(-j, j))
     levels: Levels = field(default_factory=Levels)
