@@ -1,14 +1,14 @@
-"""Volume -> batched 2-D slices -> AMIR -> volume, plus the files, reports and batches around it.
+"""Volume -> batched 2-D slices -> AMIR -> volume, and one case's files and report around it.
 
 The library face of `amir restore` (no Typer here):
 - ``restore_volume``: one ``Volume`` in physical units to its restored ``Volume`` and an info dict
   (the network itself runs in :mod:`amir_cli.inference`, on the device of :mod:`amir_cli.device`);
-- ``restore_case`` / ``restore_batch``: files in, files and JSON reports out.
+- ``restore_case``: one file in, the restored file and its JSON report out (where they may go and
+  how they are placed: :mod:`amir_cli.placement`); a folder of cases: :mod:`amir_cli.batch`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -19,13 +19,14 @@ import numpy as np
 
 from ._version import __version__
 from .device import pick_device, precision_context
-from .errors import BadInputError, DeviceError, WeightsError, one_line
-from .files import Staging, write_json
+from .errors import BadInputError
 from .imaging import intensity, kspace
 from . import inference
 from .inference import DC_ITERATIONS, DEFAULT_TILE_OVERLAP, predict
-from .imaging.io import Volume, image_suffix, list_cases, read_image, stem, write_image
+from .imaging.io import Volume, read_image, stem
 from .imaging.volume import check_memory
+from .placement import (check_input_format, check_output, check_output_format, default_output, publish,
+                        report_path_for, same_or_inside, written_files)
 from .taskdetect import detect_task
 from .tasks import MRI_SR, TASK
 from .weights import LoadedWeights, load_weights
@@ -232,140 +233,6 @@ def routing_summary(mean_instruction: np.ndarray, top: int = 5) -> dict:
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# paths and files
-
-
-def is_dicom_input(path: Path) -> bool:
-    from .imaging import dicom
-
-    return path.is_dir() or (not image_suffix(path) and (path.suffix.lower() in dicom.DICOM_SUFFIXES or dicom.is_dicom_file(path)))
-
-
-def is_batch_input(path: Path) -> bool:
-    """A folder that does not itself hold DICOM files is a batch of cases."""
-    from .imaging import dicom
-
-    return path.is_dir() and not image_suffix(path) and not dicom.folder_dicom_files(path)
-
-
-def default_output(input_path: Path, suffix_tag: str = "_amir") -> Path:
-    """``<stem>_amir.<same format>`` beside the input; a series folder gives ``<folder>_amir``."""
-    p = Path(input_path)
-    if p.is_dir():
-        return p.parent / f"{p.name}{suffix_tag}"
-    suffix = image_suffix(p) or p.suffix
-    return p.parent / f"{stem(p) if image_suffix(p) else p.stem}{suffix_tag}{suffix}"
-
-
-def report_path_for(output: Path) -> Path:
-    """``<output>.json`` (a series folder ``x_amir`` gets ``x_amir.json`` beside it)."""
-    return output.parent / (output.name.rstrip("/") + ".json")
-
-
-def _same_or_inside(a: Path, b: Path) -> bool:
-    """True when ``a`` is ``b`` (also through links or hard links) or lies inside folder ``b``."""
-    ra, rb = os.path.realpath(a), os.path.realpath(b)
-    if ra == rb or ra.startswith(rb.rstrip(os.sep) + os.sep):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def data_files(path: Path) -> list[Path]:
-    """An image file and the data file its header names (MetaImage ``ElementDataFile``, detached NRRD)."""
-    p = Path(path)
-    files = [p]
-    suffix = image_suffix(p)
-    if suffix not in (".mhd", ".nrrd") or not p.is_file():
-        return files
-    try:
-        with open(p, "rb") as f:
-            head = f.read(1 << 16).decode("latin-1")
-    except OSError:
-        return files
-    for line in head.splitlines():
-        if suffix == ".nrrd" and not line.strip():
-            break  # end of the NRRD header
-        key, sep, value = line.partition("=" if suffix == ".mhd" else ":")
-        key, value = key.strip().lower(), value.strip()
-        if sep and key in ("elementdatafile", "data file", "datafile") and value and value.upper() not in ("LOCAL", "LIST"):
-            files.append(p.parent / value.split()[0])
-    return files
-
-
-def written_files(output: Path) -> list[Path]:
-    """The files an output comprises: a MetaImage header ``.mhd`` and its data file ``.zraw``."""
-    output = Path(output)
-    if image_suffix(output) == ".mhd":
-        return [output, output.parent / f"{stem(output)}.zraw"]
-    return [output]
-
-
-def is_amir_output(folder: Path) -> bool:
-    """A folder holding only DICOM files, written by amir (our DerivationDescription)."""
-    from .imaging import dicom
-
-    files = [p for p in folder.rglob("*") if not p.is_dir()]
-    if not files or not all(dicom.is_dicom_file(p) for p in files):
-        return False
-    pydicom = dicom._pydicom()
-    try:
-        ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
-    except Exception:  # noqa: BLE001 - unreadable: not ours
-        return False
-    text = str(ds.get("DerivationDescription", "") or "")
-    return "amir" in text.lower()
-
-
-def check_output(
-    input_path: Path, output: Path, overwrite: bool, what: str = "output", inputs=()
-) -> None:
-    """Refuse to write onto (or around) any input (``input_path`` and ``inputs``: the reference,
-    the weights file, their data files; through links too), into a missing folder, or onto an
-    existing file without --overwrite; an existing folder is only replaced when amir wrote it."""
-    sources = [f for i in (input_path, *inputs) if i is not None for f in data_files(Path(i))]
-    for target in written_files(output):
-        for src in sources:
-            if _same_or_inside(target, src) or _same_or_inside(src, target):
-                raise BadInputError(f"{target}: {what} would overwrite the input {src}; choose another -o")
-    parent = output.parent
-    if not parent.is_dir():
-        raise BadInputError(f"{output}: {what} folder {parent} does not exist")
-    for target in written_files(output):
-        if not (target.exists() or target.is_symlink()):
-            continue
-        if not overwrite:
-            raise BadInputError(f"{target}: {what} exists; pass --overwrite to replace it")
-        if target.is_dir() and not target.is_symlink() and not is_amir_output(target):
-            raise BadInputError(f"{target}: refusing to replace a folder that amir did not write (originals are never replaced)")
-
-
-def check_input_format(input_path: Path) -> None:
-    """An input file must be an image format we read (blamed on the input, not on the output)."""
-    if input_path.is_file() and not image_suffix(input_path) and not is_dicom_input(input_path):
-        raise BadInputError(
-            f"{input_path}: unknown input format (expected .nii, .nii.gz, .mha, .mhd, .nrrd, a DICOM file or a DICOM series folder)"
-        )
-
-
-def publish(image: Volume, output: Path, *, reference: Volume, description: str, overwrite: bool,
-            report: Path | None = None, result: dict | None = None) -> Path:
-    """Write the image (and the JSON report ``result``) under temp names, then place them all
-    together, exclusively unless ``overwrite``: both land or neither does."""
-    try:
-        with Staging(overwrite) as staging:
-            write_image(image, staging.path(output), reference=reference, description=description)
-            if report is not None:
-                write_json(staging.path(report), result)
-            staging.publish()
-    except FileExistsError as exc:
-        raise BadInputError(f"{exc.filename or output}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
-    return output
-
-
 @dataclass
 class RestoreOptions:
     task: str = "auto"
@@ -451,10 +318,10 @@ def restore_case(
     inputs = (reference, weights.path)
     check_output(input_path, output, options.overwrite, inputs=inputs)
     check_output(input_path, report, options.overwrite, what="report", inputs=inputs)
-    if any(_same_or_inside(report, o) or _same_or_inside(o, report) for o in written_files(output)):
+    if any(same_or_inside(report, o) or same_or_inside(o, report) for o in written_files(output)):
         raise BadInputError(f"{report}: the report path must differ from the output")
     check_input_format(input_path)
-    _check_output_format(input_path, output)
+    check_output_format(input_path, output)
 
     volume = read_image(input_path)
     task, reason, warnings = _choose_task(volume, options.task, weights)
@@ -538,96 +405,3 @@ def restore_case(
 
 def _scores(s: dict) -> dict:
     return {k: s[k] for k in ("psnr", "ssim", "rmse", "n_slices", "n_skipped")}
-
-
-def _check_output_format(input_path: Path, output: Path) -> None:
-    from .imaging import dicom
-
-    if image_suffix(output):
-        return
-    if is_dicom_input(input_path):
-        return  # a DICOM series folder (or a .dcm file for a one-slice input)
-    if output.suffix.lower() in dicom.DICOM_SUFFIXES:
-        raise BadInputError(f"{output}: DICOM output needs a DICOM input; use .nii, .nii.gz, .mha, .mhd or .nrrd")
-    raise BadInputError(f"{output}: unknown output format; use .nii, .nii.gz, .mha, .mhd or .nrrd")
-
-
-# ---------------------------------------------------------------------------------------------
-# batches
-
-
-def distributed_share(cases: list) -> tuple[list, int, int]:
-    """This process's cases under torchrun (cases[rank::world_size]), its rank and the world size."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    if world < 1 or not 0 <= rank < world:
-        raise BadInputError(f"invalid torchrun environment: RANK={rank} WORLD_SIZE={world}")
-    return cases[rank::world], rank, world
-
-
-def batch_output_for(case: Path, root: Path, out_root: Path) -> Path:
-    """A case's output inside the batch output folder, under its path relative to the input."""
-    rel = case.relative_to(root)
-    return out_root / rel
-
-
-def restore_batch(
-    weights: LoadedWeights,
-    folder: Path,
-    out_root: Path | None,
-    options: RestoreOptions,
-    *,
-    on_case: Callable[[Path, dict | None, str | None], None] | None = None,
-    progress_for: Callable[[Path], Progress | None] | None = None,
-) -> dict:
-    """Restore every case of ``folder`` into ``out_root`` with one loaded model; a failing case is
-    recorded and skipped. Returns the batch summary (also written as ``<out_root>.json``)."""
-    folder = Path(folder)
-    out_root = Path(out_root) if out_root is not None else default_output(folder)
-    if _same_or_inside(out_root, folder) or _same_or_inside(folder, out_root):
-        raise BadInputError(f"{out_root}: the batch output folder must lie outside the input folder {folder}")
-    if not out_root.parent.is_dir():
-        raise BadInputError(f"{out_root}: output folder {out_root.parent} does not exist")
-    if out_root.exists() and not out_root.is_dir():
-        raise BadInputError(f"{out_root}: exists and is not a folder")
-    cases = list_cases(folder)
-    mine, rank, world = distributed_share(cases)
-    name = f"{out_root.name}.json" if world == 1 else f"{out_root.name}.rank{rank}.json"
-    check_output(folder, out_root.parent / name, options.overwrite, what="batch report", inputs=(weights.path,))
-    out_root.mkdir(exist_ok=True)
-    done, failed = [], []
-    started = time.perf_counter()
-    for case in mine:
-        target = batch_output_for(case, folder, out_root)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            report = restore_case(
-                weights, case, target, options, progress=progress_for(case) if progress_for else None
-            )
-            done.append({"input": str(case), "output": report["output"], "task": report["task"], "seconds": report["seconds"]})
-            if on_case:
-                on_case(case, report, None)
-        except (BadInputError, WeightsError, DeviceError, OSError, ValueError) as exc:
-            message = one_line(exc)
-            failed.append({"input": str(case), "error": message})
-            if on_case:
-                on_case(case, None, message)
-    summary = {
-        "tool": "amir",
-        "version": __version__,
-        "input": str(folder),
-        "output": str(out_root),
-        "weights": {"name": weights.name, "file": str(weights.path), "sha256": weights.sha256, "registered": weights.registered},
-        "cases_total": len(cases),
-        "rank": rank,
-        "world_size": world,
-        "restored": done,
-        "failed": failed,
-        "seconds": round(time.perf_counter() - started, 4),
-    }
-    summary["report"] = str(out_root.parent / name)
-    try:
-        write_json(out_root.parent / name, summary, overwrite=options.overwrite)
-    except FileExistsError:
-        raise BadInputError(f"{out_root.parent / name}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
-    return summary

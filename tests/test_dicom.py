@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from amir_cli.errors import BadInputError
-from amir_cli.imaging import dicom, list_cases, read_image, write_image
+from amir_cli.imaging import dicom, dicom_write, list_cases, read_image, write_image
 from amir_cli.imaging.dicom import suv_factors
 
 from conftest import DATA  # noqa: E402
@@ -131,7 +131,7 @@ def make_series(
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
-        dicom._save(ds, folder / names[k])
+        dicom_write._save(ds, folder / names[k])
     return folder
 
 
@@ -556,7 +556,7 @@ def test_reading_never_modifies_input(ct_series):
 def test_failed_series_write_leaves_nothing(ct_series, tmp_path, monkeypatch):
     vol = read_image(ct_series[0])
     calls = []
-    real_save = dicom._save
+    real_save = dicom_write._save
 
     def boom(ds, path):
         calls.append(path)
@@ -564,7 +564,7 @@ def test_failed_series_write_leaves_nothing(ct_series, tmp_path, monkeypatch):
             raise OSError("disk full")
         real_save(ds, path)
 
-    monkeypatch.setattr(dicom, "_save", boom)
+    monkeypatch.setattr(dicom_write, "_save", boom)
     with pytest.raises(BadInputError, match="disk full"):
         write_image(vol, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -169,14 +169,14 @@ def test_full_disk_during_report_leaves_nothing(ct, tiny_weights, tmp_path, monk
 def test_full_disk_in_dicom_write_is_one_line(tiny_weights, tmp_path, monkeypatch):
     import errno
 
-    from amir_cli.imaging import dicom
+    from amir_cli.imaging import dicom_write
 
     series = DB.ct_series(tmp_path / "series")
 
     def full(ds, path):
         raise OSError(errno.ENOSPC, "No space left on device\nTraceback (most recent call last):\n  File x")
 
-    monkeypatch.setattr(dicom, "_save", full)
+    monkeypatch.setattr(dicom_write, "_save", full)
     code, _, err = amir("restore", series, "-o", tmp_path / "out", "-w", tiny_weights, "-q")
     assert code == 1 and "No space left" in one_error_line(err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]

@@ -12,7 +12,8 @@ from amir_cli.imaging.kspace import kspace_upsample
 from amir_cli.network import AMIR, get_config
 from amir_cli.device import pick_device, precision_context
 from amir_cli.inference import BORDER, self_ensemble, tiled_predict
-from amir_cli.restore import distributed_share, restore_volume, routing_summary, scaled_affine
+from amir_cli.batch import distributed_share
+from amir_cli.restore import restore_volume, routing_summary, scaled_affine
 from amir_cli.taskdetect import detect_task
 
 

@@ -54,26 +54,28 @@ def restore_cmd(
         raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
 
     from .. import restore as R
+    from .. import placement as P
+    from ..batch import restore_batch
     from ..device import pick_device, precision_context
     from ..weights import is_path, load_weights
 
     _restore_usage(R, task, scale, kspace_factor, tile, device, reference)
     if not input.exists():
         raise AmirError(f"{input}: no such file or folder")
-    batch = R.is_batch_input(input)
+    batch = P.is_batch_input(input)
     if batch and (reference is not None or report is not None):
         raise typer.BadParameter("--reference and --report apply to one image, not to a folder of scans")
-    R.check_input_format(input)
+    P.check_input_format(input)
     dev = pick_device(device)
     precision_context(dev, precision)  # fail early on an impossible precision
     options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
                                data_consistency=data_consistency, overwrite=overwrite)
     if not batch:
-        out = output if output is not None else R.default_output(input)
-        rep = report if report is not None else R.report_path_for(out)
+        out = output if output is not None else P.default_output(input)
+        rep = report if report is not None else P.report_path_for(out)
         inputs = (reference, weights if weights is not None and is_path(weights) else None)
-        R.check_output(input, out, overwrite, inputs=inputs)  # before the (slow) model load
-        R.check_output(input, rep, overwrite, what="report", inputs=inputs)
+        P.check_output(input, out, overwrite, inputs=inputs)  # before the (slow) model load
+        P.check_output(input, rep, overwrite, what="report", inputs=inputs)
     loaded = load_weights(weights, dev)
 
     if not batch:
@@ -100,7 +102,7 @@ def restore_cmd(
             job = bar.add_task(f"restoring {case.name}", total=None)
             return lambda done, total: bar.update(job, completed=done, total=total)
 
-        summary = R.restore_batch(loaded, input, output, options, on_case=on_case, progress_for=progress_for)
+        summary = restore_batch(loaded, input, output, options, on_case=on_case, progress_for=progress_for)
     if json_out:
         print_json(summary)
     elif not quiet:
@@ -113,6 +115,8 @@ def _restore_usage(R, task, scale, kspace_factor, tile, device, reference) -> No
     """The option checks of `amir restore` that need no image: usage errors (exit 2), before the model loads."""
     import re
 
+    from ..placement import is_batch_input
+
     try:
         R.check_scale_task(task, scale, kspace_factor)
     except AmirError as exc:
@@ -121,7 +125,7 @@ def _restore_usage(R, task, scale, kspace_factor, tile, device, reference) -> No
         raise typer.BadParameter(f"{tile} is below the smallest tile, {R.MIN_TILE} pixels", param_hint="--tile")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", (device or "auto").strip().lower()):
         raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N, mps", param_hint="--device")
-    if reference is not None and (not reference.exists() or R.is_batch_input(reference)):
+    if reference is not None and (not reference.exists() or is_batch_input(reference)):
         raise typer.BadParameter(f"{reference}: not an image file or a DICOM series folder", param_hint="--reference")
 
 
@@ -175,7 +179,7 @@ def degrade_cmd(
     if dose is not None and not 0 < dose <= 1:
         raise typer.BadParameter(f"{dose} is not a fraction in (0, 1]", param_hint="--dose")
 
-    from .. import restore as R
+    from .. import placement as P
     from ..imaging import degrade as D
     from ..imaging.io import read_image
 
@@ -183,9 +187,9 @@ def degrade_cmd(
         raise AmirError(f"{input}: no such file or folder")
     level = factor if task == MRI_SR else dose
     level = D.DEFAULT_LEVEL[task] if level is None else level
-    out = output if output is not None else R.default_output(input, "_degraded")
-    R.check_input_format(input)
-    R.check_output(input, out, overwrite)
+    out = output if output is not None else P.default_output(input, "_degraded")
+    P.check_input_format(input)
+    P.check_output(input, out, overwrite)
     volume = read_image(input)
     with progress_bar(quiet or json_out) as bar:
         job = bar.add_task(f"degrading {input.name}", total=volume.shape[volume.slice_axis])
@@ -194,7 +198,7 @@ def degrade_cmd(
     what = "factor" if task == MRI_SR else "dose fraction"
     simulated = task == PET_SYNTHESIS or volume.modality == "PT"
     description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
-    written = R.publish(volume.with_array(degraded), out, reference=volume, description=description, overwrite=overwrite)
+    written = P.publish(volume.with_array(degraded), out, reference=volume, description=description, overwrite=overwrite)
     summary = {
         "tool": "amir", "version": __version__, "command": "degrade", "input": str(input), "output": str(written),
         "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),

@@ -23,10 +23,7 @@ simulated exactly as "the low-dose scan is a random subset of the full-dose phot
 * only that noise sinogram is reconstructed by ramp-filtered back-projection and added to the input
   image (PET: on a clinical reconstruction grid with a Gaussian post-filter, see :func:`pet_low_count`).
 
-The projector is a pixel-driven parallel-beam projector with linear interpolation on the detector
-(bin width = pixel size), stored as a sparse matrix for one quarter of the views and reused for the
-other three quarters through the exact symmetries of the square pixel grid.  The matrix is cached
-per (grid size, number of views); building it takes about 1 s for 256x256.
+The projector and filtered back-projection are :mod:`amir_cli.imaging.projector`.
 
 Dose is conserved when the number of simulated views changes: ``i0`` is the number of photons per
 1 mm detector bin per view of a :data:`CT_REFERENCE_VIEWS`-view rotation, and the PET count total
@@ -36,14 +33,13 @@ texture at the edge of the field of view, not against noise level.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import ndimage
 
+from amir_cli.imaging.projector import check_2d, fbp, pad_square, project, view_count
 from amir_cli.tasks import DEFAULT_LEVEL, TASKS
 
 MU_WATER_PER_MM = 0.0192
@@ -66,24 +62,7 @@ PET_POSTFILTER_FWHM_MM = 5.0
 """Default Gaussian post-filter of the PET reconstruction (clinical: 4 to 6 mm FWHM)."""
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
-MAX_DEFAULT_VIEWS = 256
-
-
 # --------------------------------------------------------------------------------------- helpers
-def _check_2d(image2d, name="image2d") -> np.ndarray:
-    arr = np.asarray(image2d)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array, got shape {arr.shape}")
-    if arr.shape[0] < 2 or arr.shape[1] < 2:
-        raise ValueError(f"{name} must be at least 2x2, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64, copy=False)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return arr
-
-
 def _check_factor(factor) -> int:
     if isinstance(factor, bool) or not isinstance(factor, (int, np.integer, float, np.floating)):
         raise ValueError(f"mri-sr factor must be an integer >= 1, got {factor!r}")
@@ -142,7 +121,7 @@ def kspace_mask(shape: Sequence[int], factor: int) -> np.ndarray:
 
 def mri_truncate_complex(image2d, factor: int) -> np.ndarray:
     """Complex image of :func:`mri_truncate` before the magnitude step (complex128)."""
-    img = _check_2d(image2d)
+    img = check_2d(image2d)
     factor = _check_factor(factor)
     if factor == 1:
         return img.astype(np.complex128)
@@ -158,142 +137,10 @@ def mri_truncate(image2d, factor: int) -> np.ndarray:
     inverse FFT, magnitude.  ``factor`` 1 returns the input unchanged (as float32).
     """
     factor = _check_factor(factor)
-    img = _check_2d(image2d)
+    img = check_2d(image2d)
     if factor == 1:
         return img.astype(np.float32)
     return np.abs(mri_truncate_complex(img, factor)).astype(np.float32)
-
-
-# ------------------------------------------------------------------------------ projector (CT/PET)
-def _default_views(n: int) -> int:
-    return min(n, MAX_DEFAULT_VIEWS)
-
-
-def _n_views(n_angles, n: int) -> int:
-    if n_angles is None:
-        m = _default_views(n)
-    else:
-        if isinstance(n_angles, bool) or int(n_angles) != n_angles or int(n_angles) < 4:
-            raise ValueError(f"n_angles must be an integer >= 4, got {n_angles!r}")
-        m = int(n_angles)
-    return 4 * math.ceil(m / 4)  # the symmetric view set needs a multiple of 4
-
-
-@functools.lru_cache(maxsize=8)  # training's pixel-size augmentation uses up to 7 sizes
-def _projector(n: int, n_views: int):
-    """Sparse back-projector for the first quarter of the views ``theta_j = (j + 1/2) pi / n_views``.
-
-    Returns (AT, n_det): AT (CSR, float32) maps (n_views/4 * n_det) detector values to a flattened
-    n x n image; it is the transpose of the pixel-driven projector (linear interpolation on the
-    detector, weights of one pixel sum to 1 per view).  ``AT.T @ x`` projects (CSC, cache-friendly).
-    Memory: about 16 bytes x n² x n_views/4 (67 MB for 256x256 with 256 views).
-    """
-    n_det = 2 * math.ceil((n - 1) / math.sqrt(2)) + 3
-    c = np.arange(n) - (n - 1) / 2
-    mid = (n_det - 1) / 2
-    q = n_views // 4
-    thetas = (np.arange(q) + 0.5) * np.pi / n_views
-    npix = n * n
-    # per pixel, per view: two detector bins (i, i+1) with weights (1-w, w); rows sorted by pixel
-    t = (c[None, None, :] * np.cos(thetas)[:, None, None] + c[None, :, None] * np.sin(thetas)[:, None, None] + mid)
-    t = t.reshape(q, npix).T  # (npix, q)
-    i = np.floor(t).astype(np.int32)
-    w = (t - i).astype(np.float32)
-    del t
-    i += (np.arange(q, dtype=np.int32) * n_det)[None, :]
-    indices = np.stack([i, i + 1], axis=2).reshape(-1)
-    data = np.stack([1.0 - w, w], axis=2).reshape(-1)
-    del i, w
-    indptr = np.arange(0, 2 * q * npix + 1, 2 * q, dtype=np.int64)
-    AT = sp.csr_matrix((data, indices, indptr), shape=(npix, q * n_det))
-    return AT, n_det
-
-
-# The four members of the view orbit: image transform g such that P[img](phi, s) = P[g(img)](theta, s)
-_FORWARD_T = (
-    lambda a: a,  # phi = theta
-    lambda a: a.T,  # phi = pi/2 - theta
-    lambda a: a[:, ::-1],  # phi = pi - theta
-    lambda a: np.rot90(a),  # phi = pi/2 + theta
-)
-_ADJOINT_T = (
-    lambda a: a,
-    lambda a: a.T,
-    lambda a: a[:, ::-1],
-    lambda a: np.rot90(a, -1),
-)
-
-
-def _pad_square(img: np.ndarray, fill: float = 0.0):
-    h, w = img.shape
-    n = max(h, w)
-    if h == w:
-        return img, (slice(0, h), slice(0, w))
-    out = np.full((n, n), fill, dtype=img.dtype)
-    r0, c0 = (n - h) // 2, (n - w) // 2
-    out[r0 : r0 + h, c0 : c0 + w] = img
-    return out, (slice(r0, r0 + h), slice(c0, c0 + w))
-
-
-def project(image2d, pixel_mm: float = 1.0, n_angles=None) -> np.ndarray:
-    """Parallel-beam line integrals of a square image (values x mm), shape (n_views, n_det).
-
-    Views are ``theta_j = (j + 1/2) pi / n_views`` in a fixed but *permuted* order (the order does not
-    matter to :func:`fbp`, which inverts exactly this layout).
-    """
-    img = _check_2d(image2d)
-    if img.shape[0] != img.shape[1]:
-        raise ValueError(f"project needs a square image, got {img.shape}")
-    n = img.shape[0]
-    m = _n_views(n_angles, n)
-    AT, n_det = _projector(n, m)
-    X = np.stack([g(img).ravel() for g in _FORWARD_T], axis=1).astype(np.float32)
-    P = AT.T @ X  # (q * n_det, 4)
-    q = m // 4
-    return (P.T.reshape(4 * q, n_det) * pixel_mm).astype(np.float64)
-
-
-def _filter_kernel(n_det: int) -> np.ndarray:
-    """Frequency response (length of the padded FFT) of the discrete ramp filter.
-
-    The ramp is built from the band-limited spatial kernel (h[0] = 1/4, h[odd k] = -1/(pi k)^2), as
-    Kak & Slaney, which avoids the DC offset of a sampled |f|.  Units: multiply by 1/pixel_mm.
-    """
-    size = max(64, int(2 ** math.ceil(math.log2(2 * n_det))))
-    k = np.concatenate([np.arange(1, size // 2 + 1, 2), np.arange(size // 2 - 1, 0, -2)])
-    h = np.zeros(size)
-    h[0] = 0.25
-    h[1::2] = -1.0 / (np.pi * k) ** 2
-    return np.real(np.fft.fft(h))
-
-
-def fbp(sinogram, size: int, pixel_mm: float = 1.0) -> np.ndarray:
-    """Filtered back-projection of a sinogram laid out as :func:`project` returns it.
-
-    ``size`` is the side of the square grid the sinogram came from.  Gives an image in
-    (sinogram units) / mm.
-    """
-    sino = np.asarray(sinogram, dtype=np.float64)
-    if sino.ndim != 2:
-        raise ValueError(f"sinogram must be 2-D, got shape {sino.shape}")
-    m, n_det = sino.shape
-    if m % 4:
-        raise ValueError(f"sinogram must have a multiple of 4 views, got {m}")
-    n = int(size)
-    AT, n_det_expected = _projector(n, m)
-    if n_det != n_det_expected:
-        raise ValueError(f"sinogram has {n_det} detector bins; a {n}x{n} grid needs {n_det_expected}")
-    H = _filter_kernel(n_det)
-    size = H.shape[0]
-    F = np.fft.rfft(sino, n=size, axis=1)
-    filt = np.fft.irfft(F * H[: size // 2 + 1], n=size, axis=1)[:, :n_det] / pixel_mm
-    q = m // 4
-    Q = np.ascontiguousarray(filt.reshape(4, q * n_det).T, dtype=np.float32)
-    B = AT @ Q  # (n*n, 4)
-    out = np.zeros((n, n), dtype=np.float64)
-    for i, g in enumerate(_ADJOINT_T):
-        out += g(B[:, i].reshape(n, n))
-    return out * (np.pi / m)
 
 
 # ------------------------------------------------------------------------------------------- CT
@@ -318,7 +165,7 @@ def ct_low_dose(
     Dose 1 returns the input unchanged.  ``n_angles`` (default ``min(size, 256)``, rounded up to a
     multiple of 4) sets the simulated views.  Non-square slices are padded with air.
     """
-    hu = _check_2d(hu2d, "hu2d")
+    hu = check_2d(hu2d, "hu2d")
     d = _check_dose(dose_fraction)
     rng = _check_rng(rng)
     pixel_mm = _check_positive(pixel_mm, "pixel_mm")
@@ -326,9 +173,9 @@ def ct_low_dose(
     if d == 1.0:
         return hu.astype(np.float32)
     mu = np.clip(MU_WATER_PER_MM * (1.0 + hu / 1000.0), 0.0, None)
-    mu_sq, crop = _pad_square(mu, 0.0)
+    mu_sq, crop = pad_square(mu, 0.0)
     n = mu_sq.shape[0]
-    m = _n_views(n_angles, n)
+    m = view_count(n_angles, n)
     p = project(mu_sq, pixel_mm, m)
     i0_bin = i0 * pixel_mm * CT_REFERENCE_VIEWS / m
     lam = i0_bin * np.exp(-p)
@@ -364,7 +211,7 @@ def pet_low_count(
     noise is therefore correlated over several millimetres, as in a clinical image. Dose 1 returns
     the input (clipped at 0). Attenuation, scatter and randoms are not modelled.
     """
-    suv = _check_2d(suv2d, "suv2d")
+    suv = check_2d(suv2d, "suv2d")
     d = _check_dose(dose_fraction)
     rng = _check_rng(rng)
     pixel_mm = _check_positive(pixel_mm, "pixel_mm")
@@ -380,9 +227,9 @@ def pet_low_count(
     if d == 1.0 or total <= 0 or act.sum() <= 0:
         return act.astype(np.float32)
     coarse = _resample(act, pixel_mm / recon_mm)
-    act_sq, crop = _pad_square(coarse, 0.0)
+    act_sq, crop = pad_square(coarse, 0.0)
     n = act_sq.shape[0]
-    m = _n_views(n_angles, n)
+    m = view_count(n_angles, n)
     p = np.clip(project(act_sq, recon_mm, m), 0.0, None)  # SUV x mm
     scale = (total / m) / p.sum(axis=1).mean()  # counts per (SUV x mm); every view holds the total
     lam = p * scale

@@ -343,7 +343,7 @@ def write_image(volume: Volume, path: str | Path, *, reference: Volume | None = 
     """Write ``volume`` atomically; the format follows the path (.nii/.nii.gz, .mha/.mhd/.nrrd, or a
     folder name for a DICOM derived series when the source is DICOM). Header fields, data type
     family and DICOM tags come from ``reference`` (default: the volume itself). Returns the path."""
-    from amir_cli.imaging import dicom
+    from amir_cli.imaging import dicom, dicom_write
 
     p = Path(path)
     ref = reference if reference is not None else volume
@@ -355,8 +355,8 @@ def write_image(volume: Volume, path: str | Path, *, reference: Volume | None = 
         return _write_itk_atomic(volume, ref, p)
     if ref.source_format == "dicom" and "dicom_datasets" in ref.meta:
         if p.suffix.lower() in dicom.DICOM_SUFFIXES:
-            return dicom.write_dicom_file(volume, ref, p, description)
-        return dicom.write_dicom_series(volume, ref, p, description)
+            return dicom_write.write_dicom_file(volume, ref, p, description)
+        return dicom_write.write_dicom_series(volume, ref, p, description)
     raise BadInputError(
         f"{p}: cannot tell the output format; use .nii, .nii.gz, .mha, .mhd or .nrrd "
         "(a DICOM series folder needs a DICOM input)"

@@ -1,0 +1,96 @@
+"""`amir restore` on a folder of cases: each case through :func:`amir_cli.restore.restore_case` with
+one loaded model, a failing case recorded and skipped, and the batch summary (shared among torchrun
+ranks when there are several)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from ._version import __version__
+from .errors import BadInputError, DeviceError, WeightsError, one_line
+from .files import write_json
+from .imaging.io import list_cases
+from .placement import check_output, default_output, same_or_inside
+from .restore import Progress, RestoreOptions, restore_case
+from .weights import LoadedWeights
+
+
+
+def distributed_share(cases: list) -> tuple[list, int, int]:
+    """This process's cases under torchrun (cases[rank::world_size]), its rank and the world size."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if world < 1 or not 0 <= rank < world:
+        raise BadInputError(f"invalid torchrun environment: RANK={rank} WORLD_SIZE={world}")
+    return cases[rank::world], rank, world
+
+
+def batch_output_for(case: Path, root: Path, out_root: Path) -> Path:
+    """A case's output inside the batch output folder, under its path relative to the input."""
+    rel = case.relative_to(root)
+    return out_root / rel
+
+
+def restore_batch(
+    weights: LoadedWeights,
+    folder: Path,
+    out_root: Path | None,
+    options: RestoreOptions,
+    *,
+    on_case: Callable[[Path, dict | None, str | None], None] | None = None,
+    progress_for: Callable[[Path], Progress | None] | None = None,
+) -> dict:
+    """Restore every case of ``folder`` into ``out_root`` with one loaded model; a failing case is
+    recorded and skipped. Returns the batch summary (also written as ``<out_root>.json``)."""
+    folder = Path(folder)
+    out_root = Path(out_root) if out_root is not None else default_output(folder)
+    if same_or_inside(out_root, folder) or same_or_inside(folder, out_root):
+        raise BadInputError(f"{out_root}: the batch output folder must lie outside the input folder {folder}")
+    if not out_root.parent.is_dir():
+        raise BadInputError(f"{out_root}: output folder {out_root.parent} does not exist")
+    if out_root.exists() and not out_root.is_dir():
+        raise BadInputError(f"{out_root}: exists and is not a folder")
+    cases = list_cases(folder)
+    mine, rank, world = distributed_share(cases)
+    name = f"{out_root.name}.json" if world == 1 else f"{out_root.name}.rank{rank}.json"
+    check_output(folder, out_root.parent / name, options.overwrite, what="batch report", inputs=(weights.path,))
+    out_root.mkdir(exist_ok=True)
+    done, failed = [], []
+    started = time.perf_counter()
+    for case in mine:
+        target = batch_output_for(case, folder, out_root)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            report = restore_case(
+                weights, case, target, options, progress=progress_for(case) if progress_for else None
+            )
+            done.append({"input": str(case), "output": report["output"], "task": report["task"], "seconds": report["seconds"]})
+            if on_case:
+                on_case(case, report, None)
+        except (BadInputError, WeightsError, DeviceError, OSError, ValueError) as exc:
+            message = one_line(exc)
+            failed.append({"input": str(case), "error": message})
+            if on_case:
+                on_case(case, None, message)
+    summary = {
+        "tool": "amir",
+        "version": __version__,
+        "input": str(folder),
+        "output": str(out_root),
+        "weights": {"name": weights.name, "file": str(weights.path), "sha256": weights.sha256, "registered": weights.registered},
+        "cases_total": len(cases),
+        "rank": rank,
+        "world_size": world,
+        "restored": done,
+        "failed": failed,
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    summary["report"] = str(out_root.parent / name)
+    try:
+        write_json(out_root.parent / name, summary, overwrite=options.overwrite)
+    except FileExistsError:
+        raise BadInputError(f"{out_root.parent / name}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
+    return summary

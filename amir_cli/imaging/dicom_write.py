@@ -1,0 +1,250 @@
+"""Writing DICOM: a derived series (or one file) from a restored volume and the series it was read from.
+
+New SeriesInstanceUID and SOPInstanceUIDs, DERIVED image type, a reference to each source image,
+the source's own pixel encoding where the values fit it (else int16/uint16 with a rescale), and the
+grid of the output where it differs from the source's (:mod:`amir_cli.imaging.dicom` reads).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from amir_cli.errors import BadInputError, one_line
+from amir_cli.files import atomic_write, replace_dir, temp_dir
+from amir_cli.imaging.dicom import _pydicom
+from amir_cli.imaging.volume import Volume, check_dimensions, ras_from_lps
+
+_PRIMARY_ONLY_CLASSES = {"1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.20"}  # PET, NM images
+# tags whose value no longer describes re-encoded pixels (some have a VR that depends on the sign)
+_DROP_TAGS = (
+    "PixelData",
+    "FloatPixelData",
+    "DoubleFloatPixelData",
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+    "SmallestPixelValueInSeries",
+    "LargestPixelValueInSeries",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+)
+
+
+def _ds(value: float) -> str:
+    """A number as a valid DS string (at most 16 characters)."""
+    from pydicom.valuerep import format_number_as_ds
+
+    return format_number_as_ds(float(value))
+
+
+def _stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
+    if signed:
+        return -(2 ** (bits_stored - 1)), 2 ** (bits_stored - 1) - 1
+    return 0, 2**bits_stored - 1
+
+
+def _encode(values: np.ndarray, datasets: list, modality: str | None):
+    """Stored integers and the rescale of each slice: the input's own encoding when every value fits
+    it (lossless round trip), else int16/uint16 with a RescaleSlope/Intercept chosen to fit."""
+    n = values.shape[0]
+    orig = []
+    fits = True
+    for k, ds in enumerate(datasets):
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        bits = int(ds.get("BitsStored", ds.BitsAllocated))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        lo, hi = _stored_range(bits, signed)
+        stored = np.rint((values[k] - intercept) / slope)
+        if stored.size and (stored.min() < lo or stored.max() > hi):
+            fits = False
+            break
+        orig.append((stored, None, None, int(ds.BitsAllocated), bits, signed))
+    if fits:
+        return orig
+
+    had_unit_slope = all(float(ds.get("RescaleSlope", 1) or 1) == 1.0 for ds in datasets)
+    if modality != "PT" and had_unit_slope:
+        v = np.rint(values)
+        lo, hi = float(v.min()), float(v.max())
+        signed = not (lo >= 0 and hi > 32767 and hi <= 65535)
+        r = _stored_range(16, signed)
+        if lo >= r[0] and hi <= r[1]:
+            return [(v[k], "1", "0", 16, 16, signed) for k in range(n)]
+    groups = [[k] for k in range(n)] if modality == "PT" else [list(range(n))]
+    result: list = [None] * n
+    for g in groups:
+        m = float(np.max(np.abs(values[g]))) if values[g].size else 0.0
+        slope_text = _ds(m / 32767.0) if m > 0 else "1"
+        slope = float(slope_text)
+        for k in g:
+            stored = np.clip(np.rint(values[k] / slope), -32768, 32767)
+            result[k] = (stored, slope_text, "0", 16, 16, True)
+    return result
+
+
+def _same_geometry(volume: Volume, ref: Volume) -> bool:
+    """True when the volume still has the grid of the DICOM files it was read from."""
+    shape, affine = ref.meta.get("dicom_shape"), ref.meta.get("dicom_affine")
+    if shape is None or affine is None:
+        return False
+    return tuple(volume.array.shape) == tuple(shape) and np.allclose(volume.affine, affine, atol=1e-6)
+
+
+def _derived_datasets(volume: Volume, ref: Volume, description: str) -> list:
+    pydicom = _pydicom()
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+
+    datasets = ref.meta["dicom_datasets"]
+    n = len(datasets)
+    if volume.array.ndim != 3 or volume.array.shape[2] != n:
+        raise BadInputError(
+            f"cannot write a DICOM series of {volume.array.shape[2]} slices from a reference of {n} slices"
+        )
+    cols, rows = volume.array.shape[0], volume.array.shape[1]
+    check_dimensions((cols, rows, n), 2, "output")
+    values = np.transpose(np.asarray(volume.array, dtype=np.float64), (2, 1, 0))  # (slice, row, col)
+    modality = ref.meta.get("dicom_modality") or ref.modality
+    if modality == "PT" and "suv_factors" in ref.meta:
+        values = values / np.asarray(ref.meta["suv_factors"], dtype=np.float64)[:, None, None]
+    encoded = _encode(values, datasets, modality)
+
+    same_geometry = _same_geometry(volume, ref)
+    lps = ras_from_lps(volume.affine)
+    dc, dr = float(np.linalg.norm(lps[:3, 0])), float(np.linalg.norm(lps[:3, 1]))
+    iop = [_ds(v) for v in np.concatenate([lps[:3, 0] / dc, lps[:3, 1] / dr])]
+
+    series_uid = generate_uid()
+    now = dt.datetime.now()
+    date_text, time_text = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    series_number = int(datasets[0].get("SeriesNumber", 0) or 0) + 1000
+    derivation = (description or "Restored with amir (AMIR all-in-one medical image restoration)")[:1024]
+    out = []
+    for k, (src, (stored, slope, intercept, bits_alloc, bits_stored, signed)) in enumerate(
+        zip(datasets, encoded, strict=True)
+    ):
+        ds = copy.deepcopy(src)
+        for tag in _DROP_TAGS:
+            if tag in ds:
+                del ds[tag]
+        sop_uid = generate_uid()
+        image_type = [str(v) for v in (ds.get("ImageType") or [])]
+        # Image Type value 2: SECONDARY, except IODs that enumerate PRIMARY only (PET, NM)
+        second = "PRIMARY" if str(src.get("SOPClassUID", "")) in _PRIMARY_ONLY_CLASSES else "SECONDARY"
+        ds.ImageType = ["DERIVED", second] + image_type[2:]
+        ds.DerivationDescription = derivation
+        if "SourceImageSequence" in ds:
+            del ds.SourceImageSequence
+        _drop_empty_references(ds)
+        if _valid_uid(src.get("SOPClassUID")) and _valid_uid(src.get("SOPInstanceUID")):
+            item = Dataset()
+            item.ReferencedSOPClassUID = src.SOPClassUID
+            item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+            ds.SourceImageSequence = [item]
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = sop_uid
+        ds.SeriesNumber = series_number
+        ds.SeriesDescription = (str(src.get("SeriesDescription", "") or "").strip() + " AMIR").strip()[:64]
+        ds.InstanceCreationDate, ds.InstanceCreationTime = date_text, time_text
+        ds.ContentDate, ds.ContentTime = date_text, time_text
+        if not same_geometry:
+            ds.Rows, ds.Columns = rows, cols
+            if "PixelSpacing" in src or "ImageOrientationPatient" in src:
+                ds.PixelSpacing = [_ds(dr), _ds(dc)]
+                ds.ImageOrientationPatient = iop
+                ds.ImagePositionPatient = [_ds(v) for v in (lps @ [0.0, 0.0, float(k), 1.0])[:3]]
+        # add rescale tags only where needed (MR images, for instance, usually have none)
+        if slope is not None and not (slope == "1" and intercept == "0" and "RescaleSlope" not in src):
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        dtype = np.dtype(("<i" if signed else "<u") + str(bits_alloc // 8))
+        lo, hi = _stored_range(bits_stored, signed)
+        pixels = np.clip(stored, lo, hi).astype(dtype)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_alloc, bits_stored, bits_stored - 1
+        ds.PixelRepresentation = 1 if signed else 0
+        ds.SamplesPerPixel = 1
+        ds.PixelData = pixels.tobytes()
+        ds["PixelData"].VR = "OW" if bits_alloc > 8 else "OB"
+
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        ds.file_meta = meta
+        if int(pydicom.__version__.split(".")[0]) < 3:
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+        out.append(ds)
+    return out
+
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
+def _valid_uid(value) -> bool:
+    text = str(value or "")
+    return 0 < len(text) <= 64 and bool(_UID.match(text))
+
+
+def _drop_empty_references(ds) -> None:
+    """Remove copied sequence items that reference an empty or invalid UID (derived files never
+    carry an empty UID), and sequences left without items."""
+    for elem in list(ds):
+        if elem.VR != "SQ":
+            continue
+        keep = []
+        for item in elem.value:
+            _drop_empty_references(item)
+            refs = [item.get(k) for k in ("ReferencedSOPInstanceUID", "ReferencedSOPClassUID") if k in item]
+            if all(_valid_uid(r) for r in refs):
+                keep.append(item)
+        if keep:
+            elem.value = keep
+        else:
+            del ds[elem.tag]
+
+
+def _save(ds, path: Path) -> None:
+    try:
+        ds.save_as(str(path), enforce_file_format=True)
+    except TypeError:  # pydicom < 3
+        ds.save_as(str(path), write_like_original=False)
+
+
+def write_dicom_series(volume: Volume, ref: Volume, dest: str | Path, description: str = "") -> Path:
+    """Write a derived series folder atomically (temp folder beside ``dest``, then rename)."""
+    dest = Path(dest)
+    datasets = _derived_datasets(volume, ref, description)
+    tmp_dir = temp_dir(dest)
+    try:
+        for k, ds in enumerate(datasets):
+            _save(ds, tmp_dir / f"IM{k + 1:05d}.dcm")
+        replace_dir(tmp_dir, dest)
+    except BaseException as exc:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        if isinstance(exc, (BadInputError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise BadInputError(f"{dest}: cannot write DICOM series ({one_line(exc)})") from None
+    return dest
+
+
+def write_dicom_file(volume: Volume, ref: Volume, dest: str | Path, description: str = "") -> Path:
+    """Write a one-slice derived image as a single DICOM file (atomic)."""
+    dest = Path(dest)
+    if volume.array.shape[2] != 1:
+        raise BadInputError(
+            f"{dest}: a .dcm file holds one slice; give a folder path for a {volume.array.shape[2]}-slice series"
+        )
+    (ds,) = _derived_datasets(volume, ref, description)
+    try:
+        atomic_write(dest, lambda tmp: _save(ds, tmp))
+    except BaseException as exc:
+        if isinstance(exc, (BadInputError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise BadInputError(f"{dest}: cannot write DICOM file ({one_line(exc)})") from None
+    return dest

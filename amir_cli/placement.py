@@ -1,0 +1,150 @@
+"""Where `amir restore` (and `amir degrade`) may read and write: input kinds, default output and
+report paths, the checks that keep every input safe, and placing the output and its report together.
+
+No model and no torch here; the restore job itself is :mod:`amir_cli.restore`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import BadInputError
+from .files import Staging, write_json
+from .imaging import dicom
+from .imaging.io import Volume, image_suffix, stem, write_image
+
+
+
+def is_dicom_input(path: Path) -> bool:
+    return path.is_dir() or (not image_suffix(path) and (path.suffix.lower() in dicom.DICOM_SUFFIXES or dicom.is_dicom_file(path)))
+
+
+def is_batch_input(path: Path) -> bool:
+    """A folder that does not itself hold DICOM files is a batch of cases."""
+    return path.is_dir() and not image_suffix(path) and not dicom.folder_dicom_files(path)
+
+
+def default_output(input_path: Path, suffix_tag: str = "_amir") -> Path:
+    """``<stem>_amir.<same format>`` beside the input; a series folder gives ``<folder>_amir``."""
+    p = Path(input_path)
+    if p.is_dir():
+        return p.parent / f"{p.name}{suffix_tag}"
+    suffix = image_suffix(p) or p.suffix
+    return p.parent / f"{stem(p) if image_suffix(p) else p.stem}{suffix_tag}{suffix}"
+
+
+def report_path_for(output: Path) -> Path:
+    """``<output>.json`` (a series folder ``x_amir`` gets ``x_amir.json`` beside it)."""
+    return output.parent / (output.name.rstrip("/") + ".json")
+
+
+def same_or_inside(a: Path, b: Path) -> bool:
+    """True when ``a`` is ``b`` (also through links or hard links) or lies inside folder ``b``."""
+    ra, rb = os.path.realpath(a), os.path.realpath(b)
+    if ra == rb or ra.startswith(rb.rstrip(os.sep) + os.sep):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def data_files(path: Path) -> list[Path]:
+    """An image file and the data file its header names (MetaImage ``ElementDataFile``, detached NRRD)."""
+    p = Path(path)
+    files = [p]
+    suffix = image_suffix(p)
+    if suffix not in (".mhd", ".nrrd") or not p.is_file():
+        return files
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16).decode("latin-1")
+    except OSError:
+        return files
+    for line in head.splitlines():
+        if suffix == ".nrrd" and not line.strip():
+            break  # end of the NRRD header
+        key, sep, value = line.partition("=" if suffix == ".mhd" else ":")
+        key, value = key.strip().lower(), value.strip()
+        if sep and key in ("elementdatafile", "data file", "datafile") and value and value.upper() not in ("LOCAL", "LIST"):
+            files.append(p.parent / value.split()[0])
+    return files
+
+
+def written_files(output: Path) -> list[Path]:
+    """The files an output comprises: a MetaImage header ``.mhd`` and its data file ``.zraw``."""
+    output = Path(output)
+    if image_suffix(output) == ".mhd":
+        return [output, output.parent / f"{stem(output)}.zraw"]
+    return [output]
+
+
+def is_amir_output(folder: Path) -> bool:
+    """A folder holding only DICOM files, written by amir (our DerivationDescription)."""
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    if not files or not all(dicom.is_dicom_file(p) for p in files):
+        return False
+    pydicom = dicom._pydicom()
+    try:
+        ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False
+    text = str(ds.get("DerivationDescription", "") or "")
+    return "amir" in text.lower()
+
+
+def check_output(
+    input_path: Path, output: Path, overwrite: bool, what: str = "output", inputs=()
+) -> None:
+    """Refuse to write onto (or around) any input (``input_path`` and ``inputs``: the reference,
+    the weights file, their data files; through links too), into a missing folder, or onto an
+    existing file without --overwrite; an existing folder is only replaced when amir wrote it."""
+    sources = [f for i in (input_path, *inputs) if i is not None for f in data_files(Path(i))]
+    for target in written_files(output):
+        for src in sources:
+            if same_or_inside(target, src) or same_or_inside(src, target):
+                raise BadInputError(f"{target}: {what} would overwrite the input {src}; choose another -o")
+    parent = output.parent
+    if not parent.is_dir():
+        raise BadInputError(f"{output}: {what} folder {parent} does not exist")
+    for target in written_files(output):
+        if not (target.exists() or target.is_symlink()):
+            continue
+        if not overwrite:
+            raise BadInputError(f"{target}: {what} exists; pass --overwrite to replace it")
+        if target.is_dir() and not target.is_symlink() and not is_amir_output(target):
+            raise BadInputError(f"{target}: refusing to replace a folder that amir did not write (originals are never replaced)")
+
+
+def check_input_format(input_path: Path) -> None:
+    """An input file must be an image format we read (blamed on the input, not on the output)."""
+    if input_path.is_file() and not image_suffix(input_path) and not is_dicom_input(input_path):
+        raise BadInputError(
+            f"{input_path}: unknown input format (expected .nii, .nii.gz, .mha, .mhd, .nrrd, a DICOM file or a DICOM series folder)"
+        )
+
+
+def publish(image: Volume, output: Path, *, reference: Volume, description: str, overwrite: bool,
+            report: Path | None = None, result: dict | None = None) -> Path:
+    """Write the image (and the JSON report ``result``) under temp names, then place them all
+    together, exclusively unless ``overwrite``: both land or neither does."""
+    try:
+        with Staging(overwrite) as staging:
+            write_image(image, staging.path(output), reference=reference, description=description)
+            if report is not None:
+                write_json(staging.path(report), result)
+            staging.publish()
+    except FileExistsError as exc:
+        raise BadInputError(f"{exc.filename or output}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
+    return output
+
+
+def check_output_format(input_path: Path, output: Path) -> None:
+    if image_suffix(output):
+        return
+    if is_dicom_input(input_path):
+        return  # a DICOM series folder (or a .dcm file for a one-slice input)
+    if output.suffix.lower() in dicom.DICOM_SUFFIXES:
+        raise BadInputError(f"{output}: DICOM output needs a DICOM input; use .nii, .nii.gz, .mha, .mhd or .nrrd")
+    raise BadInputError(f"{output}: unknown output format; use .nii, .nii.gz, .mha, .mhd or .nrrd")
