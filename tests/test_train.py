@@ -26,7 +26,7 @@ from amir_cli.training import (
 from amir_cli.training import checkpoint as ckpt
 from amir_cli.errors import BadInputError
 from amir_cli.tasks import TASKS
-from amir_cli.training.sampling import task_cycle
+from amir_cli.training.options import task_cycle
 from amir_cli.training.volumes import split_rows, split_slices, synthetic_volume
 
 ROOT = Path(__file__).resolve().parents[1]

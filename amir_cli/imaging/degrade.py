@@ -40,7 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from amir_cli.imaging.projector import check_2d, fbp, pad_square, project, view_count
-from amir_cli.tasks import DEFAULT_LEVEL, TASKS
+from amir_cli.tasks import CT_DENOISE, DEFAULT_LEVEL, MRI_SR, PET_SYNTHESIS, TASKS
 
 MU_WATER_PER_MM = 0.0192
 """Linear attenuation of water at a typical CT effective energy (~70 keV), 1/mm."""
@@ -269,13 +269,13 @@ def slice_rng(seed: int, index: int) -> np.random.Generator:
 
 def degrade_slice(image2d, task: str, level, rng, *, pixel_mm: float = 1.0, **kw) -> np.ndarray:
     """Apply the degradation of ``task`` to one 2-D slice (``level``: factor or dose fraction)."""
-    if task == "mri-sr":
+    if task == MRI_SR:
         if kw:
             raise ValueError(f"mri-sr takes no extra options, got {sorted(kw)}")
         return mri_truncate(image2d, level)
-    if task == "ct-denoise":
+    if task == CT_DENOISE:
         return ct_low_dose(image2d, level, rng, pixel_mm=pixel_mm, **kw)
-    if task == "pet-synthesis":
+    if task == PET_SYNTHESIS:
         return pet_low_count(image2d, level, rng, pixel_mm=pixel_mm, **kw)
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
@@ -293,7 +293,7 @@ def degrade_volume(array, task: str, level=None, *, slice_axis: int = 2, spacing
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     if level is None:
         level = DEFAULT_LEVEL[task]
-    if task == "mri-sr":
+    if task == MRI_SR:
         _check_factor(level)
     else:
         _check_dose(level)

@@ -122,8 +122,6 @@ class TrainOptions:
             unknown = set(self.task_mix) - set(self.tasks)
             if unknown:
                 raise BadInputError(f"--task-mix names tasks that are not trained: {', '.join(sorted(unknown))}")
-            from .sampling import task_cycle
-
             task_cycle(self.tasks, self.task_mix)  # raises on negative or all-zero shares
         if not 0 <= self.mr_noise < 1:
             raise BadInputError(f"--mr-noise must be in [0, 1), got {self.mr_noise}")
@@ -166,3 +164,19 @@ def parse_range(text: str, name: str) -> tuple[float, float]:
 def range_text(values) -> str:
     """A range as ``parse_range`` reads it back: (0.05, 0.5) -> '0.05:0.5'."""
     return ":".join(f"{float(v):g}" for v in values)
+
+
+def task_cycle(tasks, mix: dict | None = None) -> list[str]:
+    """One period of the task order: task t appears mix[t] times (default 1), spread evenly
+    (smooth weighted round robin), e.g. {ct: 2, mr: 1, pet: 1} -> [ct, mr, pet, ct]."""
+    weights = {t: int((mix or {}).get(t, 1)) for t in tasks}
+    if any(w < 0 for w in weights.values()) or not any(weights.values()):
+        raise BadInputError(f"--task-mix shares must be non-negative integers, not all zero: {weights}")
+    total, credit, cycle = sum(weights.values()), dict.fromkeys(tasks, 0), []
+    for _ in range(total):
+        for t in tasks:
+            credit[t] += weights[t]
+        pick = max(tasks, key=lambda t: credit[t])
+        credit[pick] -= total
+        cycle.append(pick)
+    return cycle

@@ -22,7 +22,7 @@ from amir_cli.imaging import degrade, intensity
 from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
 
 from .levels import Levels
-from .options import PAPER_PATCH_SIZE, TrainOptions
+from .options import PAPER_PATCH_SIZE, TrainOptions, task_cycle
 from .volumes import TrainingDataError, TrainVolume
 
 MIN_FOREGROUND = 0.2  # fraction of foreground pixels a training patch should have (best of tries)
@@ -169,22 +169,6 @@ def _rician(image: np.ndarray, sigma_max: float, rng) -> np.ndarray:
     re = image + noise_rng.normal(0.0, sigma, image.shape)
     im = noise_rng.normal(0.0, sigma, image.shape)
     return np.hypot(re, im).astype(np.float32)
-
-
-def task_cycle(tasks, mix: dict | None = None) -> list[str]:
-    """One period of the task order: task t appears mix[t] times (default 1), spread evenly
-    (smooth weighted round robin), e.g. {ct: 2, mr: 1, pet: 1} -> [ct, mr, pet, ct]."""
-    weights = {t: int((mix or {}).get(t, 1)) for t in tasks}
-    if any(w < 0 for w in weights.values()) or not any(weights.values()):
-        raise BadInputError(f"--task-mix shares must be non-negative integers, not all zero: {weights}")
-    total, credit, cycle = sum(weights.values()), dict.fromkeys(tasks, 0), []
-    for _ in range(total):
-        for t in tasks:
-            credit[t] += weights[t]
-        pick = max(tasks, key=lambda t: credit[t])
-        credit[pick] -= total
-        cycle.append(pick)
-    return cycle
 
 
 def _pad_to(a: np.ndarray, P: int) -> np.ndarray:
