@@ -33,12 +33,13 @@ import numpy as np
 from scipy import ndimage
 
 from amir_cli.imaging import intensity
+from amir_cli.imaging.degrade import FWHM_PER_SIGMA, PET_POSTFILTER_FWHM_MM
 from amir_cli.tasks import CT_DENOISE, MRI_SR, PET_SYNTHESIS
 
 NLM_H_FACTOR = 1.2  # h = 1.2 sigma: best of 0.6-2.0 sigma on quarter-dose head CT slices (fast mode)
 NLM_PATCH_SIZE = 5
 NLM_PATCH_DISTANCE = 6
-PET_FWHM_MM = 5.0
+PET_FWHM_MM = PET_POSTFILTER_FWHM_MM  # the scanner's own post-filter in the simulation
 _MAD_TO_SIGMA = 0.6744897501960817  # median(|N(0, 1)|)
 
 BM3D_SIGMA_FACTOR = 2.0  # best of 1-3 on the CT validation subject at doses 1/4 and 1/20
@@ -74,28 +75,28 @@ def noise_sigma(image2d) -> float:
     return float(np.median(np.abs(hh)) / _MAD_TO_SIGMA)
 
 
+def _each_ct_slice(hu_slices, denoise) -> np.ndarray:
+    """``denoise(x)`` of each CT slice mapped to [0, 1] (HU in, HU out); ``None`` keeps the slice."""
+    stack = np.asarray(hu_slices, dtype=np.float32)
+    out = np.empty_like(stack)
+    for i, hu in enumerate(stack):
+        y = denoise(intensity.normalise(hu, CT_DENOISE).astype(np.float64))
+        out[i] = hu if y is None else intensity.denormalise(y, CT_DENOISE)
+    return out
+
+
 def nlm_ct(hu_slices) -> np.ndarray:
     """Non-local means of each CT slice (HU in, HU out)."""
     from skimage.restoration import denoise_nl_means
 
-    stack = np.asarray(hu_slices, dtype=np.float32)
-    out = np.empty_like(stack)
-    for i, hu in enumerate(stack):
-        x = intensity.normalise(hu, CT_DENOISE).astype(np.float64)
+    def nlm(x):
         sigma = noise_sigma(x)
         if sigma <= 0:
-            out[i] = hu
-            continue
-        y = denoise_nl_means(
-            x,
-            h=NLM_H_FACTOR * sigma,
-            sigma=sigma,
-            fast_mode=True,
-            patch_size=NLM_PATCH_SIZE,
-            patch_distance=NLM_PATCH_DISTANCE,
-        )
-        out[i] = intensity.denormalise(y, CT_DENOISE)
-    return out
+            return None
+        return denoise_nl_means(x, h=NLM_H_FACTOR * sigma, sigma=sigma, fast_mode=True,
+                                patch_size=NLM_PATCH_SIZE, patch_distance=NLM_PATCH_DISTANCE)
+
+    return _each_ct_slice(hu_slices, nlm)
 
 
 def residual_sigma(image2d, sigma_px: float = 2.0) -> float:
@@ -109,19 +110,17 @@ def bm3d_ct(hu_slices) -> np.ndarray:
     """BM3D of each CT slice (HU in, HU out)."""
     import bm3d
 
-    stack = np.asarray(hu_slices, dtype=np.float32)
-    out = np.empty_like(stack)
-    for i, hu in enumerate(stack):
-        x = intensity.normalise(hu, CT_DENOISE).astype(np.float64)
+    def denoise(x):
         sigma = BM3D_SIGMA_FACTOR * residual_sigma(x)
-        out[i] = hu if sigma <= 0 else intensity.denormalise(bm3d.bm3d(x, sigma), CT_DENOISE)
-    return out
+        return None if sigma <= 0 else bm3d.bm3d(x, sigma)
+
+    return _each_ct_slice(hu_slices, denoise)
 
 
 def gaussian_pet(suv_slices, pixel_mm: tuple[float, float], fwhm_mm: float = PET_FWHM_MM) -> np.ndarray:
     """In-plane Gaussian post-filter of ``fwhm_mm`` (pixel_mm: spacing of the H and W axes)."""
     stack = np.asarray(suv_slices, dtype=np.float32)
-    sig = [fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / float(p) for p in pixel_mm]
+    sig = [fwhm_mm / FWHM_PER_SIGMA / float(p) for p in pixel_mm]
     return ndimage.gaussian_filter(stack, sigma=(0.0, sig[0], sig[1]), mode="nearest").astype(np.float32)
 
 

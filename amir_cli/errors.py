@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 class AmirError(Exception):
     """Any failure that the user can act on; its message is printed as one line."""
@@ -17,6 +19,18 @@ class WeightsError(AmirError):
 
 class DeviceError(AmirError):
     """A requested device or precision that this machine cannot provide."""
+
+
+@contextmanager
+def failures_as_bad_input(prefix: str, describe=None):
+    """Any failure inside becomes ``BadInputError(f"{prefix} ({describe(exc)})")`` (default
+    :func:`one_line`); our own input errors and interrupts pass unchanged."""
+    try:
+        yield
+    except (BadInputError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        raise BadInputError(f"{prefix} ({(describe or one_line)(exc)})") from None
 
 
 def one_line(exc: BaseException, limit: int | None = 300) -> str:

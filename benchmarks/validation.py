@@ -36,13 +36,14 @@ def validation_sets(data) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", help="training data folder with validation/ volumes")
-    ap.add_argument("weights", nargs="+", help="registry names, .safetensors or run checkpoints (.pt)")
+    ap.add_argument("weights", nargs="+", help="registry names, .safetensors files or run checkpoints (best.pt, last.pt)")
     args = ap.parse_args(argv)
 
+    import numpy as np
     import torch
 
     from amir_cli.training.validation import evaluate, input_scores
-    from amir_cli.weights import build_from_state, load_weights
+    from amir_cli.weights import load_weights
 
     sets = validation_sets(args.data)
     inputs = {k: input_scores(v) for k, v in sets.items()}
@@ -50,19 +51,16 @@ def main(argv=None) -> int:
     print("|---|---|---:|" + "---:|" * len(args.weights))
     gains = {}
     for w in args.weights:
-        if w.endswith(".pt"):
-            model = build_from_state(torch.load(w, map_location="cpu", weights_only=True)["model"], torch.device("cpu"))
-        else:
-            model = load_weights(w, torch.device("cpu")).model
+        model = load_weights(w, torch.device("cpu")).model
         for key, vs in sets.items():
             gains[(w, key)] = evaluate(model, vs, torch.device("cpu"))[key[0]]["psnr"] - inputs[key][key[0]]["psnr"]
     for task, level in sets:
         cells = " | ".join(f"{gains[(w, (task, level))]:+.2f}" for w in args.weights)
         print(f"| {task} | {level:g} | {inputs[(task, level)][task]['psnr']:.2f} | {cells} |")
     for w in args.weights:
-        per_task = {t: sum(g for (ww, (tt, _)), g in gains.items() if ww == w and tt == t) / len(LEVELS[t]) for t in LEVELS}
+        per_task = {t: float(np.mean([gains[(w, (t, level))] for level in levels])) for t, levels in LEVELS.items()}
         print(f"{w}: mean gain per task " + ", ".join(f"{t} {g:+.2f}" for t, g in per_task.items())
-              + f"; mean {sum(per_task.values()) / 3:+.2f} dB")
+              + f"; mean {np.mean(list(per_task.values())):+.2f} dB")
     return 0
 
 

@@ -287,7 +287,8 @@ def degrade_volume(array, task: str, level=None, *, slice_axis: int = 2, spacing
     :data:`DEFAULT_LEVEL`).  Slice ``i`` uses ``slice_rng(seed, i)``, so a slice's result does not
     depend on which other slices are degraded with it.  The pixel size is the mean of the two
     in-plane spacings.  ``progress()``, if given, is called after each slice of a 3-D image.  Extra
-    keywords go to the slice function (``i0``, ``n_angles``, ``total_counts``).
+    keywords go to the slice function (``i0``, ``n_angles``; PET: ``total_counts``, ``recon_mm``,
+    ``fwhm_mm``).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")

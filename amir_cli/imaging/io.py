@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amir_cli.errors import BadInputError, one_line
+from amir_cli.errors import BadInputError, failures_as_bad_input, one_line
 from amir_cli.files import atomic_write, temp_dir
 from amir_cli.imaging.volume import (
     Volume,
@@ -365,12 +365,8 @@ def write_image(volume: Volume, path: str | Path, *, reference: Volume | None = 
 
 def _atomic_file(dest: Path, write) -> Path:
     """Run ``write(tmp_path)`` on a temp file beside ``dest`` then rename it into place."""
-    try:
+    with failures_as_bad_input(f"{dest}: cannot write"):
         return atomic_write(dest, write, suffix=".tmp" + image_suffix(dest))
-    except BaseException as exc:
-        if isinstance(exc, (BadInputError, KeyboardInterrupt, SystemExit)):
-            raise
-        raise BadInputError(f"{dest}: cannot write ({one_line(exc)})") from None
 
 
 def _write_nifti(volume: Volume, ref: Volume, tmp: Path, description: str) -> None:
@@ -418,19 +414,16 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
     img.SetDirection([float(d) for d in (lps[:3, :3] / spacing[None, :]).ravel()])
     tmp_dir = temp_dir(dest)
     try:
-        target = tmp_dir / dest.name
-        with _quiet_stderr():
-            sitk.WriteImage(img, str(target), useCompression=image_suffix(dest) != ".mha")
-        header_moved = False
-        for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dest.name):
-            os.replace(f, dest.parent / f.name)
-            header_moved = header_moved or f.name == dest.name
-        if not header_moved:
-            raise OSError("SimpleITK wrote no file")
-    except BaseException as exc:
+        with failures_as_bad_input(f"{dest}: cannot write", _itk_message):
+            target = tmp_dir / dest.name
+            with _quiet_stderr():
+                sitk.WriteImage(img, str(target), useCompression=image_suffix(dest) != ".mha")
+            header_moved = False
+            for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dest.name):
+                os.replace(f, dest.parent / f.name)
+                header_moved = header_moved or f.name == dest.name
+            if not header_moved:
+                raise OSError("SimpleITK wrote no file")
+    finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        if isinstance(exc, (BadInputError, KeyboardInterrupt, SystemExit)):
-            raise
-        raise BadInputError(f"{dest}: cannot write ({_itk_message(exc)})") from None
-    shutil.rmtree(tmp_dir, ignore_errors=True)
     return dest

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from amir_cli.imaging.degrade import FWHM_PER_SIGMA
+
 SIMULATED_NOTE = "PET figures come from simulated FDG-like activity built from MR anatomy (tissue maps), not from PET scans"
 
 ICBM_GM = "icbm152_2009a_gm.nii.gz"
@@ -105,7 +107,7 @@ def fdg_activity_from_tissue(
         lesions.append({"center": tuple(int(c) for c in center), "radius_mm": radius, "suv": suv})
 
     if fwhm_mm > 0:
-        sigma = float(fwhm_mm) / (2.0 * math.sqrt(2.0 * math.log(2.0))) / spacing
+        sigma = float(fwhm_mm) / FWHM_PER_SIGMA / spacing
         act = ndimage.gaussian_filter(act, sigma=sigma, mode="constant")
     act = np.clip(act, 0.0, None).astype(np.float32)
     return (act, lesions) if return_lesions else act
