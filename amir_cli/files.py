@@ -80,6 +80,17 @@ def temp_prefix(dest: Path) -> str:
     return f".{dest.name}{TMP_TAG}{os.getpid()}-"
 
 
+def public_path(path) -> str:
+    """The path a user asked for: a temp name of ours (:func:`temp_prefix`) reads as its destination."""
+    parts = list(Path(os.fsdecode(path)).parts)
+    for i, q in enumerate(parts):
+        if q.startswith(".") and TMP_TAG in q:
+            name = q[1:].split(TMP_TAG)[0]
+            # a Staging folder holds its file under the final name: drop the folder
+            parts[i] = "" if i + 1 < len(parts) and parts[i + 1] == name else name
+    return str(Path(*filter(None, parts)))
+
+
 def temp_dir(dest: str | Path) -> Path:
     """A new private folder beside ``dest`` named as this process's temp for it."""
     dest = Path(dest)

@@ -182,6 +182,27 @@ def test_full_disk_in_dicom_write_is_one_line(tiny_weights, tmp_path, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]
 
 
+def test_unwritable_output_names_the_output_not_our_temp(ct, tiny_weights, tmp_path, monkeypatch):
+    import errno
+
+    def denied(img, path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(nib, "save", denied)
+    code, _, err = amir("restore", ct, "-o", tmp_path / "o.nii.gz", "-w", tiny_weights, "-q")
+    assert code == 1 and one_error_line(err) == f"amir: error: {tmp_path / 'o.nii.gz'}: cannot write (Permission denied)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
+
+
+def test_temp_names_read_as_their_destination():
+    from amir_cli.files import public_path, temp_prefix
+
+    tmp = Path("/out") / f"{temp_prefix(Path('/out/series'))}k2j4"
+    assert public_path(tmp) == "/out/series" and public_path(tmp / "IM0001.dcm") == "/out/series/IM0001.dcm"
+    assert public_path(tmp / "series") == "/out/series"  # a Staging folder holds the final name
+    assert public_path("/out/.hidden/a.nii") == "/out/.hidden/a.nii"
+
+
 # ---- leftovers: kill -9 during the write -------------------------------------------------------
 
 KILLED = """

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from amir_cli.errors import BadInputError, failures_as_bad_input
-from amir_cli.files import atomic_write, replace_dir, temp_dir
+from amir_cli.files import atomic_write, public_path, replace_dir, temp_dir
 from amir_cli.imaging.dicom import _pydicom
 from amir_cli.imaging.volume import Volume, check_dimensions, ras_from_lps
 
@@ -222,7 +222,7 @@ def write_dicom_series(volume: Volume, ref: Volume, dest: str | Path, descriptio
     datasets = _derived_datasets(volume, ref, description)
     tmp_dir = temp_dir(dest)
     try:
-        with failures_as_bad_input(f"{dest}: cannot write DICOM series"):
+        with failures_as_bad_input(f"{public_path(dest)}: cannot write DICOM series"):
             for k, ds in enumerate(datasets):
                 _save(ds, tmp_dir / f"IM{k + 1:05d}.dcm")
             replace_dir(tmp_dir, dest)
@@ -239,6 +239,6 @@ def write_dicom_file(volume: Volume, ref: Volume, dest: str | Path, description:
             f"{dest}: a .dcm file holds one slice; give a folder path for a {volume.array.shape[2]}-slice series"
         )
     (ds,) = _derived_datasets(volume, ref, description)
-    with failures_as_bad_input(f"{dest}: cannot write DICOM file"):
+    with failures_as_bad_input(f"{public_path(dest)}: cannot write DICOM file"):
         atomic_write(dest, lambda tmp: _save(ds, tmp))
     return dest

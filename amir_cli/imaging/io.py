@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from amir_cli.errors import BadInputError, failures_as_bad_input, one_line
-from amir_cli.files import atomic_write, temp_dir
+from amir_cli.files import atomic_write, public_path, temp_dir
 from amir_cli.imaging.volume import (
     Volume,
     check_affine,
@@ -365,7 +365,7 @@ def write_image(volume: Volume, path: str | Path, *, reference: Volume | None = 
 
 def _atomic_file(dest: Path, write) -> Path:
     """Run ``write(tmp_path)`` on a temp file beside ``dest`` then rename it into place."""
-    with failures_as_bad_input(f"{dest}: cannot write"):
+    with failures_as_bad_input(f"{public_path(dest)}: cannot write"):
         return atomic_write(dest, write, suffix=".tmp" + image_suffix(dest))
 
 
@@ -414,7 +414,7 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
     img.SetDirection([float(d) for d in (lps[:3, :3] / spacing[None, :]).ravel()])
     tmp_dir = temp_dir(dest)
     try:
-        with failures_as_bad_input(f"{dest}: cannot write", _itk_message):
+        with failures_as_bad_input(f"{public_path(dest)}: cannot write", _itk_message):
             target = tmp_dir / dest.name
             with _quiet_stderr():
                 sitk.WriteImage(img, str(target), useCompression=image_suffix(dest) != ".mha")
