@@ -148,7 +148,8 @@ class Staging:
     ``path(dest)`` gives where to write ``dest`` (inside a private temp folder beside it, with the
     final name, so that a MetaImage header and its data file are written side by side);
     ``publish()`` places every file of those folders exclusively (or replacing them with
-    ``overwrite``), with the umask's permissions; on failure it removes what it placed. Leaving the
+    ``overwrite``), with the umask's permissions; on failure it removes what it placed and puts back
+    what it replaced. Leaving the
     ``with`` block removes the temp folders.
     """
 
@@ -168,16 +169,23 @@ class Staging:
         for folder, target in self.folders:
             names = sorted(os.listdir(folder), key=lambda n: n.lower().endswith((".mhd", ".json")))  # headers last
             entries += [(folder / n, target / n) for n in names]
+        aside: list[tuple[Path, Path]] = []  # (an output being replaced, moved out of the way; its place)
         try:
             for src, dest in entries:
                 _chmod_tree(src)
+                if self.overwrite and os.path.lexists(dest):
+                    aside.append((_set_aside(dest), dest))
                 place(src, dest, overwrite=self.overwrite)
                 self.placed.append(dest)
         except BaseException:
             for dest in reversed(self.placed):
                 remove_path(dest)
+            for old, dest in reversed(aside):  # the replaced outputs come back
+                os.replace(old, dest)
             self.placed = []
             raise
+        for old, _ in aside:
+            remove_path(old)
         return [dest for _, dest in entries]
 
     def discard(self) -> None:
@@ -201,12 +209,18 @@ def _chmod_tree(path: Path) -> None:
         os.chmod(path, file_mode())
 
 
+def _set_aside(dest: Path) -> Path:
+    """Move ``dest`` (a file or folder) to a new temp name beside it; returns that name."""
+    backup = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), suffix="-old", dir=dest.parent))
+    backup.rmdir()
+    os.replace(dest, backup)
+    return backup
+
+
 def replace_dir(tmp_dir: Path, dest: Path) -> None:
     """Move a fully written temp folder onto ``dest`` (replacing an existing one last-moment)."""
     if dest.exists() or dest.is_symlink():
-        backup = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), suffix="-old", dir=dest.parent))
-        backup.rmdir()
-        os.replace(dest, backup)
+        backup = _set_aside(dest)
         try:
             os.replace(tmp_dir, dest)
         except BaseException:

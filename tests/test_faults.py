@@ -166,6 +166,29 @@ def test_full_disk_during_report_leaves_nothing(ct, tiny_weights, tmp_path, monk
     assert code == 0, err
 
 
+def test_overwrite_that_fails_halfway_keeps_the_old_outputs(ct, tiny_weights, tmp_path, monkeypatch):
+    """--overwrite: the image is placed, placing the report fails; the old image and report are back."""
+    import errno
+
+    from amir_cli import files
+
+    out = tmp_path / "o.nii.gz"
+    code, _, err = amir("restore", ct, "-o", out, "-w", tiny_weights, "-q")
+    assert code == 0, err
+    before = {p.name: sha(p) for p in tmp_path.iterdir()}
+    real = files.place
+
+    def report_fails(src, dest, *, overwrite):
+        if dest == tmp_path / "o.nii.gz.json":  # its final place, not its temp file
+            raise OSError(errno.ENOSPC, "No space left on device", str(dest))
+        real(src, dest, overwrite=overwrite)
+
+    monkeypatch.setattr(files, "place", report_fails)
+    code, _, err = amir("restore", ct, "-o", out, "-w", tiny_weights, "-q", "--overwrite", "--tta")
+    assert code == 1 and "No space left" in one_error_line(err)
+    assert {p.name: sha(p) for p in tmp_path.iterdir()} == before
+
+
 def test_full_disk_in_dicom_write_is_one_line(tiny_weights, tmp_path, monkeypatch):
     import errno
 
