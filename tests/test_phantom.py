@@ -66,3 +66,42 @@ def test_load_icbm_pet():
     suv, affine = P.load_icbm_pet(DATA, np.random.default_rng(0), fwhm_mm=0, n_lesions=0, scalp_suv=0)
     assert suv.shape == (197, 233, 189) and affine.shape == (4, 4)
     assert suv.max() == pytest.approx(8.0, abs=0.05)
+
+
+def _t1_head(n=96, slices=4, mm=1.0):
+    """A T1-like head: scalp (bright) and skull (dark) around a brain of white matter (brightest)
+    in a grey matter shell, with a CSF ventricle (dark) in the middle; (x, y, z) and its labels."""
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(yy - n / 2, xx - n / 2) * mm
+    labels = np.select([r < 6, r < 20, r < 30, r < 33, r < 38, r < 42], ["csf", "wm", "gm", "csf", "skull", "scalp"], "air")
+    value = {"csf": 150.0, "wm": 800.0, "gm": 500.0, "skull": 60.0, "scalp": 900.0, "air": 0.0}
+    t1 = np.vectorize(value.get)(labels).astype(np.float32)
+    return np.repeat(t1[:, :, None], slices, axis=2), labels
+
+
+def test_tissue_from_t1_finds_grey_and_white_matter_and_strips_the_scalp():
+    t1, labels = _t1_head()
+    gm, wm = P.tissue_from_t1(t1, (1.0, 1.0, 1.0), slice_axis=2, strip_mm=12.0)
+    assert gm.shape == wm.shape == t1.shape
+    g, w = gm[:, :, 1], wm[:, :, 1]
+    assert np.all(w[labels == "wm"] > 0.9) and np.all(g[labels == "wm"] < 0.1)
+    assert np.median(g[labels == "gm"]) > 0.9 and np.median(w[labels == "gm"]) < 0.1
+    for outside in ("csf", "skull", "scalp", "air"):  # the ventricle, and everything the strip removes
+        assert g[labels == outside].max() < 0.1 and w[labels == outside].max() < 0.1, outside
+
+
+def test_load_t1_pet_averages_fine_voxels_and_keeps_the_world_position(tmp_path):
+    import nibabel as nib
+
+    t1, labels = _t1_head(n=192, slices=4, mm=0.5)  # 0.5 mm in-plane, 3 mm slices: in-plane 2x2 blocks
+    affine = np.diag([0.5, 0.5, 3.0, 1.0])
+    affine[:3, 3] = (-40.0, 10.0, 3.0)
+    nib.save(nib.Nifti1Image(t1, affine), str(tmp_path / "t1.nii.gz"))
+    suv, out_affine = P.load_t1_pet(tmp_path / "t1.nii.gz", np.random.default_rng(0), n_lesions=0)
+    assert suv.shape == (96, 96, 4) and suv.dtype == np.float32
+    np.testing.assert_allclose(np.diag(out_affine)[:3], (1.0, 1.0, 3.0))
+    np.testing.assert_allclose(out_affine[:3, 3], affine[:3, 3] + (0.25, 0.25, 0.0))  # the first block's centre
+    coarse = labels[::2, ::2]
+    s = suv[:, :, 2]
+    gm_suv, wm_suv, csf_suv = (np.median(s[coarse == t]) for t in ("gm", "wm", "csf"))
+    assert gm_suv > 2 * wm_suv > 0 and csf_suv < wm_suv  # FDG-like: grey matter hottest, CSF coldest
