@@ -56,7 +56,8 @@ class AMIR(Computation, nn.Module):
         self.refinement = stage(widths[1], c.num_refinement_blocks, c.heads[0], **blocks)
         self.output = nn.Conv2d(widths[1], c.out_channels, 3, padding=1, bias=c.bias)
 
-    def set_computation(self, reference: bool = False, experts: str = "auto", norm: str = "auto") -> "AMIR":
+    def set_computation(self, reference: bool = False, experts: str = "auto", norm: str = "auto",
+                        fused: bool = True) -> "AMIR":
         """Choose how this model computes (the outputs agree to float rounding); returns the model.
 
         reference: follow the published code step by step (slow; the oracle of tests and benchmarks).
@@ -65,13 +66,15 @@ class AMIR(Computation, nn.Module):
         `torch.compile` and CUDA graphs need), "sparse" runs each expert on its own pixels only,
         "auto" is dense off the CPU and sparse on it. norm: "channels" normalises over C in the
         convolutions' layout, "permuted" runs F.layer_norm on the NHWC view, "auto" is channels off
-        the CPU and permuted on it.
+        the CPU and permuted on it. fused: CPU fp32 inference runs oneDNN's fused operators (a
+        convolution or linear layer with the GELU, product or residual sum after it, `onednn`).
         """
         if experts not in EXPERT_PATHS or norm not in NORM_PATHS:
             raise ValueError(f"experts must be one of {EXPERT_PATHS} and norm one of {NORM_PATHS}")
         for m in self.modules():
             if isinstance(m, Computation):
                 m.reference = bool(reference)
+                m.fused = bool(fused)
             if isinstance(m, NoisyTopKExperts):
                 m.experts_path = experts
             if isinstance(m, ChannelLayerNorm):

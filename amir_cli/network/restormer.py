@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import onednn
+
 _FFN_CHUNK = 1 << 23  # hidden activations (channels x pixels) held at once by inference
 NORM_PATHS = ("auto", "channels", "permuted")
 
@@ -19,6 +21,7 @@ class Computation:
     and benchmarks compare the fast path against it."""
 
     reference = False
+    fused = True  # oneDNN fused operators where they apply (`onednn.applies`): CPU fp32 inference
 
 
 def channels_last(x: torch.Tensor, reference: bool = False) -> torch.Tensor:
@@ -90,6 +93,25 @@ class ChannelLayerNorm(Computation, nn.Module):
         return t.transpose(1, 2).reshape(B, C, H, W)
 
 
+def _nhwc_rows(x: torch.Tensor) -> torch.Tensor:
+    """The (B * H * W, C) rows of a channels-last (B, C, H, W) map: a view."""
+    return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def _from_rows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B * H * W, C) rows back to a channels-last (B, C, H, W) map shaped like ``like``: a view."""
+    B, _, H, W = like.shape
+    return rows.view(B, H, W, -1).permute(0, 3, 1, 2)
+
+
+def _base(residual: torch.Tensor | None, conv: nn.Conv2d) -> torch.Tensor | None:
+    """What a projection's product is added to: the residual rows plus the projection's bias."""
+    if residual is None:
+        return None if conv.bias is None else conv.bias
+    rows = _nhwc_rows(channels_last(residual))
+    return rows if conv.bias is None else rows + conv.bias
+
+
 class GatedDconvFeedForward(Computation, nn.Module):
     """GDFN: 1x1 expansion to two branches, depthwise 3x3, GELU gate, 1x1 projection."""
 
@@ -100,44 +122,77 @@ class GatedDconvFeedForward(Computation, nn.Module):
         self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, 3, padding=1, groups=hidden * 2, bias=bias)
         self.project_out = nn.Conv2d(hidden, dim, 1, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The feed-forward of ``x``, plus ``residual`` when given (added inside the last product)."""
         if self.reference:
             gate, value = self.dwconv(self.project_in(x)).chunk(2, dim=1)
-            return self.project_out(F.gelu(gate) * value)
+            y = self.project_out(F.gelu(gate) * value)
+            return y if residual is None else y + residual
         hidden = self.project_out.in_channels
         step = hidden if torch.is_grad_enabled() else max(1, _FFN_CHUNK // x[0, 0].numel())
-        out = None
+        project = self._project_fused if self.fused and onednn.applies(x) else self._project
+        out = residual
         for i in range(0, hidden, step):
-            part = self._gated(x, i, min(i + step, hidden))
-            out = part if out is None else out.add_(part)
-        if self.project_out.bias is not None:
-            out = out + self.project_out.bias.view(1, -1, 1, 1)
+            out = project(self._gated(x, i, min(i + step, hidden)), i, out, owned=i > 0)
         return out
 
+    def _project(self, gated: torch.Tensor, lo: int, total: torch.Tensor | None, owned: bool) -> torch.Tensor:
+        """``total`` + project_out's hidden channels [lo, lo + n) applied to ``gated`` (n channels),
+        as one product that adds the sum (in place where ``owned``) and, with the first group, the bias."""
+        w = _weight(self.project_out.weight[:, lo : lo + gated.shape[1], 0, 0]).t()
+        rows = _nhwc_rows(gated)
+        b = self.project_out.bias if lo == 0 else None
+        if total is None:
+            out = rows @ w if b is None else torch.addmm(b, rows, w)
+        elif owned and not torch.is_grad_enabled():
+            out = _nhwc_rows(total).addmm_(rows, w)
+        else:
+            base = _nhwc_rows(channels_last(total))
+            out = torch.addmm(base if b is None else base + b, rows, w)
+        return _from_rows(out, gated)
+
+    def _project_fused(self, gated: torch.Tensor, lo: int, total: torch.Tensor | None, owned: bool) -> torch.Tensor:
+        w = self.project_out.weight[:, lo : lo + gated.shape[1]]
+        b = self.project_out.bias if lo == 0 else None
+        if owned:  # a later group: b is None
+            return onednn.conv_add_(total, gated, w)
+        return onednn.conv(gated, w, b, add=None if total is None else channels_last(total))
+
     def _gated(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """The projected GELU(gate) * value of hidden channels [lo, hi).
+        """GELU(gate) * value of hidden channels [lo, hi).
 
         Gate and value are computed as separate maps (each pair only meets its own depthwise
         filter, so the split is exact): contiguous maps make GELU several times faster than on
-        the interleaved halves of one map. Inference goes in groups of channels, so the full
-        hidden map is never held.
+        the interleaved halves of one map, and the fused operators take the GELU and the product
+        into the depthwise convolutions. Inference goes in groups of channels, so the full hidden
+        map is never held.
         """
         hidden = self.project_out.in_channels
+        fuse = self.fused and onednn.applies(x)
 
-        def branch(rows: slice) -> torch.Tensor:
+        def branch(rows: slice, **post) -> torch.Tensor:
             b_in, b_dw = self.project_in.bias, self.dwconv.bias
-            h = F.conv2d(x, _weight(self.project_in.weight[rows]), None if b_in is None else _weight(b_in[rows]))
-            w_dw = _weight(self.dwconv.weight[rows])
-            return F.conv2d(h, w_dw, None if b_dw is None else _weight(b_dw[rows]), padding=1, groups=hi - lo)
+            w_in, w_dw = _weight(self.project_in.weight[rows]), _weight(self.dwconv.weight[rows])
+            b_in, b_dw = (None if b is None else _weight(b[rows]) for b in (b_in, b_dw))
+            if fuse:
+                return onednn.conv(onednn.conv(x, w_in, b_in), w_dw, b_dw, **post)
+            return F.conv2d(F.conv2d(x, w_in, b_in), w_dw, b_dw, padding=1, groups=hi - lo)
 
+        if fuse:
+            return branch(slice(hidden + lo, hidden + hi), mul=branch(slice(lo, hi), gelu=True))
         gate = F.gelu(branch(slice(lo, hi)))
         value = branch(slice(hidden + lo, hidden + hi))
-        gated = gate * value if torch.is_grad_enabled() else gate.mul_(value)
-        return F.conv2d(gated, _weight(self.project_out.weight[:, lo:hi]))
+        return gate * value if torch.is_grad_enabled() else gate.mul_(value)
 
 
 class TransposedAttention(Computation, nn.Module):
-    """MDTA: attention across channels (C x C per head) with a learned temperature per head."""
+    """MDTA: attention across channels (C x C per head) with a learned temperature per head.
+
+    The fast path never forms the normalised q and k nor the attention's output map: the Gram
+    matrix of q and k per head is divided by the outer product of their norms, and the output
+    projection is folded into the attention matrix (W_out @ A, C x C per image), so that one
+    product of v does both and adds the residual.
+    """
 
     def __init__(self, dim: int, num_heads: int, bias: bool):
         super().__init__()
@@ -147,32 +202,47 @@ class TransposedAttention(Computation, nn.Module):
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention of ``x``, plus ``residual`` when given (added inside the last product)."""
+        if self.reference:
+            y = self._reference(x)
+            return y if residual is None else y + residual
         B, C, H, W = x.shape
-        if torch.is_grad_enabled() or self.reference:
-            qkv = self.qkv_dwconv(self.qkv(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W)
-            q, k, v = qkv.unbind(1)
-            attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
-        else:  # inference: q, k, v one at a time, and v only once q and k are freed
-            shape = (B, self.num_heads, C // self.num_heads, H * W)
-            q, k = (self._project(x, part).reshape(shape) for part in range(2))
-            for t in (q, k):  # F.normalize, in place on these fresh copies
-                t.div_(t.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-            attn = (q @ k.transpose(-2, -1)) * self.temperature
-            del q, k
-            v = self._project(x, 2).reshape(shape)
-        out = attn.softmax(dim=-1) @ v
-        del v
-        out = channels_last(out.reshape(B, C, H, W), self.reference)  # rebinding frees the (heads, HW) layout first
-        return self.project_out(out)
+        heads, c = self.num_heads, C // self.num_heads
+        if torch.is_grad_enabled() or 3 * x.numel() <= _FFN_CHUNK:
+            q, k, v = self._project(x, slice(0, 3 * C)).split(C, dim=-1)
+        else:  # a large inference map: q and k, then v once they are freed
+            (q, k), v = (self._project(x, slice(i * C, (i + 1) * C)) for i in range(2)), None
+        norm = lambda t: torch.linalg.vector_norm(t, dim=1).clamp_min(1e-12)  # noqa: E731  F.normalize's floor
+        scale = norm(q).view(B, heads, c, 1) * norm(k).view(B, heads, 1, c)
+        gram = torch.stack([q[b].view(-1, heads, c).permute(1, 2, 0) @ k[b].view(-1, heads, c).transpose(0, 1)
+                            for b in range(B)])  # (B, heads, c, c)
+        attn = (gram / scale * self.temperature).softmax(dim=-1)
+        del q, k
+        if v is None:
+            v = self._project(x, slice(2 * C, 3 * C))
+        w_out = _weight(self.project_out.weight).view(C, heads, c).transpose(0, 1)  # (heads, C, c)
+        mix = (w_out @ attn).permute(0, 2, 1, 3).reshape(B, C, C)  # W_out @ blockdiag(A), per image
+        base = _base(residual, self.project_out)
+        if base is None:
+            out = v @ mix.transpose(1, 2)
+        else:
+            out = torch.baddbmm(base.view(B, H * W, C) if base.dim() > 1 else base, v, mix.transpose(1, 2))
+        return _from_rows(out.view(-1, C), x)
 
-    def _project(self, x: torch.Tensor, part: int) -> torch.Tensor:
-        """Channels [part*C, (part+1)*C) of the 1x1 + depthwise projection (q, k or v)."""
-        C = x.shape[1]
-        rows = slice(part * C, (part + 1) * C)
+    def _project(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
+        """Channels ``rows`` of the 1x1 + depthwise projection, as (B, H * W, channels) rows."""
         bias = lambda conv: None if conv.bias is None else _weight(conv.bias[rows])  # noqa: E731
         y = F.conv2d(x, _weight(self.qkv.weight[rows]), bias(self.qkv))
-        return F.conv2d(y, _weight(self.qkv_dwconv.weight[rows]), bias(self.qkv_dwconv), padding=1, groups=C)
+        y = F.conv2d(y, _weight(self.qkv_dwconv.weight[rows]), bias(self.qkv_dwconv), padding=1, groups=y.shape[1])
+        return _nhwc_rows(channels_last(y)).view(x.shape[0], -1, y.shape[1])
+
+    def _reference(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        qkv = self.qkv_dwconv(self.qkv(x)).reshape(B, 3, self.num_heads, C // self.num_heads, H * W)
+        q, k, v = qkv.unbind(1)
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
+        return self.project_out((attn.softmax(dim=-1) @ v).reshape(B, C, H, W))
 
 
 class TransformerBlock(Computation, nn.Module):
@@ -185,9 +255,8 @@ class TransformerBlock(Computation, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = channels_last(x, self.reference)
-        # in place on the fresh branch output (nothing keeps it for backward): one map less at the peak
-        x = self.attn(self.norm1(x)).add_(x)
-        return self.ffn(self.norm2(x)).add_(x)
+        x = self.attn(self.norm1(x), residual=x)
+        return self.ffn(self.norm2(x), residual=x)
 
 
 class PatchEmbed(nn.Module):

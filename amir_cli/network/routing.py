@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ATOM_DIM, ATOM_NUM, NUM_EXPERTS, TOP_K
+from . import onednn
 from .restormer import Computation
 
 _EPS = float(torch.finfo(torch.float64).eps)  # floor before the log, as in the published combine
-_CHUNK = 1 << 16  # pixels routed at once without autograd, to bound inference memory
+_SPARSE_CHUNK = 1 << 23  # expert hidden activations (pixels x hidden) held at once by sparse inference
 _DENSE_CHUNK = 1 << 26  # expert hidden activations (pixels x experts x hidden) held at once by dense inference
 EXPERT_PATHS = ("auto", "dense", "sparse")
 
@@ -47,7 +48,10 @@ class Expert(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """fused: with oneDNN's fused operators (`onednn.applies` to ``x``)."""
+        if fused:
+            return onednn.linear(onednn.linear(x, self.fc1.weight, self.fc1.bias, gelu=True), self.fc2.weight, self.fc2.bias)
         return self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -85,17 +89,25 @@ class NoisyTopKExperts(Computation, nn.Module):
         B, C, H, W = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
         dense = self.dense(x.device)
-        combine = self._combine_dense if dense else self._combine
         if not torch.is_grad_enabled() and not self.training:
             clean = self._logits(self.w_gate, tokens, cue)
-            step = self._dense_chunk() if dense else _CHUNK
+            step = max(1, (_DENSE_CHUNK // self.num_experts if dense else _SPARSE_CHUNK) // self.experts[0].fc1.out_features)
             chunks = zip(tokens.split(step), clean.split(step))
-            y = torch.cat([combine(t, self._top_k(logits)) for t, logits in chunks])
+            y = torch.cat([self._mix(t, *self._top_k(logits), dense) for t, logits in chunks])
             loss = x.new_zeros(())
         else:
-            gates, load = self._gates(tokens, cue)
-            y, loss = combine(tokens, gates), _cv_squared(gates.sum(0)) + _cv_squared(load)
+            (top, idx), load = self._gates(tokens, cue)
+            gates = self._spread(top, idx)
+            y, loss = self._mix(tokens, top, idx, dense), _cv_squared(gates.sum(0)) + _cv_squared(load)
         return y.reshape(B, H, W, C).permute(0, 3, 1, 2), loss
+
+    def _mix(self, tokens: torch.Tensor, top: torch.Tensor, idx: torch.Tensor, dense: bool) -> torch.Tensor:
+        """The experts' combined output for gates ``top`` of experts ``idx`` (N, k)."""
+        if dense:
+            return self._combine_dense(tokens, self._spread(top, idx))
+        if self.reference:
+            return self._combine(tokens, self._spread(top, idx))
+        return self._combine_ranked(tokens, top, idx)
 
     def dense(self, device: torch.device) -> bool:
         """Whether the experts run densely: set per model by `AMIR.set_computation`; "auto" means
@@ -103,9 +115,6 @@ class NoisyTopKExperts(Computation, nn.Module):
         if self.reference or self.experts_path == "sparse":
             return False
         return self.experts_path == "dense" or device.type != "cpu"
-
-    def _dense_chunk(self) -> int:
-        return max(1, _DENSE_CHUNK // (self.num_experts * self.experts[0].fc1.out_features))
 
     @staticmethod
     def _logits(w: torch.Tensor, tokens: torch.Tensor, cue: torch.Tensor) -> torch.Tensor:
@@ -115,24 +124,30 @@ class NoisyTopKExperts(Computation, nn.Module):
         per_pixel = (tokens @ w[:C]).view(B, -1, w.shape[1])
         return (per_pixel + (cue @ w[C:])[:, None]).float().view(tokens.shape[0], -1)
 
-    def _top_k(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N, E) gates: softmax over each pixel's k largest logits, zero elsewhere."""
+    def _top_k(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gates, experts), (N, k) each: the softmax over each pixel's k largest logits, and whose."""
         top_logits, top_idx = logits.topk(self.k, dim=1)
-        return torch.zeros_like(logits).scatter(1, top_idx, top_logits.softmax(dim=1))
+        if self.k == 2 and not self.reference:  # a softmax of two is a sigmoid of the difference (and far faster on rows of two)
+            return torch.sigmoid(top_logits - top_logits.flip(1)), top_idx
+        return top_logits.softmax(dim=1), top_idx
+
+    def _spread(self, top: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(N, E) gates: ``top`` at the experts ``idx``, zero elsewhere."""
+        return top.new_zeros(top.shape[0], self.num_experts).scatter(1, idx, top)
 
     def _gates(self, tokens, cue):
-        """(gates, load): noisy gating in training; load is the differentiable expected count."""
+        """((top gates, experts), load): noisy gating in training; load is the differentiable expected count."""
         clean = self._logits(self.w_gate, tokens, cue)
         if not self.training:
-            gates = self._top_k(clean)
-            return gates, (gates > 0).sum(0)
+            top = self._top_k(clean)
+            return top, (self._spread(*top) > 0).sum(0)
         noise_std = F.softplus(self._logits(self.w_noise, tokens, cue)) + 1e-2
         logits = clean + torch.randn_like(clean) * noise_std
-        gates = self._top_k(logits)
+        top = self._top_k(logits)
         if self.k == self.num_experts:
-            return gates, (gates > 0).sum(0)
+            return top, (self._spread(*top) > 0).sum(0)
         top_logits = logits.topk(self.k + 1, dim=1).values
-        return gates, self._prob_in_top_k(clean, logits, noise_std, top_logits).sum(0)
+        return top, self._prob_in_top_k(clean, logits, noise_std, top_logits).sum(0)
 
     def _prob_in_top_k(self, clean, noisy, noise_std, top_logits):
         """Differentiable probability that each expert stays in the top k under fresh noise."""
@@ -144,13 +159,29 @@ class NoisyTopKExperts(Computation, nn.Module):
         return torch.where(noisy > threshold_in, p_in, p_out)
 
     def _combine(self, tokens, gates):
-        """Each expert runs only on the pixels routed to it (k of the experts per pixel)."""
+        """Each expert runs only on the pixels routed to it (k of the experts per pixel): the published combine."""
         mixed = tokens.new_zeros(tokens.shape, dtype=torch.float32)
         for e, expert in enumerate(self.experts):
             rows = gates[:, e].nonzero().squeeze(1)
             contrib = expert(tokens[rows]).float().exp() * gates[rows, e : e + 1]
             mixed.index_add_(0, rows, contrib)
         return mixed.masked_fill(mixed == 0, _EPS).log().to(tokens.dtype)
+
+    def _combine_ranked(self, tokens: torch.Tensor, top: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The published combine with each expert on its own pixels, its terms written (not added)
+        into one slot per (rank, pixel) and the k slots then summed: no scatter-add, which the CPU
+        runs serially. A pixel's terms are added in another order, which float addition of two
+        terms does not see."""
+        N, k = idx.shape
+        ranked, gates = idx.t().flatten(), top.t().flatten()  # rank-major: slot r * N + pixel
+        slots = tokens.new_empty(k * N, tokens.shape[1], dtype=torch.float32)
+        fuse = self.fused and onednn.applies(tokens)
+        for e, expert in enumerate(self.experts):
+            pos = (ranked == e).nonzero().squeeze(1)
+            y = expert(tokens.index_select(0, pos % N), fused=fuse)
+            slots.index_copy_(0, pos, y.float().exp_() * gates[pos, None])
+        mixed = slots.view(k, N, -1).sum(0)
+        return mixed.masked_fill_(mixed == 0, _EPS).log().to(tokens.dtype)
 
     def _combine_dense(self, tokens, gates):
         """The same combine with every expert run on every pixel: no host synchronisation and the
