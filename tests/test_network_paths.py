@@ -50,8 +50,28 @@ def test_fast_paths_equal_reference_on_random_configurations(config, computation
     assert (out - ref).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+@pytest.mark.parametrize("gram", ["whole", "per-head"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole-maps", "chunked"])
+def test_inference_paths_equal_reference(fused, gram, chunked, monkeypatch):
+    """oneDNN's fused operators or plain ones, the attention's Gram matrix as one C x C product or
+    one per head, maps whole or in groups of channels and pixels (large images)."""
+    model = random_model(RANDOM_CONFIGS[0]).eval()
+    x = torch.rand(2, 1, 40, 48)
+    with torch.no_grad():
+        ref = model.set_computation(reference=True)(x)
+        monkeypatch.setattr(restormer, "_FULL_GRAM_WIDTH", 64 if gram == "whole" else 0)
+        if chunked:
+            monkeypatch.setattr(restormer, "_FFN_CHUNK", 1000)
+            monkeypatch.setattr(routing, "_SPARSE_CHUNK", 2000)
+        out = model.set_computation(fused=fused)(x)
+    assert (out - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("gram", ["whole", "per-head"])
 @pytest.mark.parametrize("computation", FAST, ids=str)
-def test_fast_paths_equal_reference_in_training_loss_and_gradients(computation):
+def test_fast_paths_equal_reference_in_training_loss_and_gradients(computation, gram, monkeypatch):
+    monkeypatch.setattr(restormer, "_FULL_GRAM_WIDTH", 64 if gram == "whole" else 0)
     model = random_model(RANDOM_CONFIGS[0]).train()
     x = torch.rand(2, 1, 32, 32)
     results = []

@@ -12,6 +12,8 @@ from . import onednn
 
 _FFN_CHUNK = 1 << 23  # hidden activations (channels x pixels) held at once by inference
 NORM_PATHS = ("auto", "channels", "permuted")
+# Below this width the attention's whole C x C Gram matrix, one product, is cheaper than a product per head.
+_FULL_GRAM_WIDTH = 64
 
 
 class Computation:
@@ -210,13 +212,18 @@ class TransposedAttention(Computation, nn.Module):
         B, C, H, W = x.shape
         heads, c = self.num_heads, C // self.num_heads
         if torch.is_grad_enabled() or 3 * x.numel() <= _FFN_CHUNK:
-            q, k, v = self._project(x, slice(0, 3 * C)).split(C, dim=-1)
+            qkv = self._project(x, slice(0, 3 * C))
+            (q, k, v), squares = qkv.split(C, dim=-1), qkv[..., : 2 * C].square().sum(1)
         else:  # a large inference map: q and k, then v once they are freed
             (q, k), v = (self._project(x, slice(i * C, (i + 1) * C)) for i in range(2)), None
-        norm = lambda t: torch.linalg.vector_norm(t, dim=1).clamp_min(1e-12)  # noqa: E731  F.normalize's floor
-        scale = norm(q).view(B, heads, c, 1) * norm(k).view(B, heads, 1, c)
-        gram = torch.stack([q[b].view(-1, heads, c).permute(1, 2, 0) @ k[b].view(-1, heads, c).transpose(0, 1)
-                            for b in range(B)])  # (B, heads, c, c)
+            squares = torch.cat([q.square().sum(1), k.square().sum(1)], 1)
+        norm_q, norm_k = squares.sqrt().clamp_min(1e-12).split(C, dim=1)  # F.normalize's floor
+        scale = norm_q.reshape(B, heads, c, 1) * norm_k.reshape(B, heads, 1, c)
+        if heads == 1 or C <= _FULL_GRAM_WIDTH:  # one C x C product, its diagonal blocks kept
+            gram = (q.transpose(1, 2) @ k).view(B, heads, c, heads, c).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+        else:
+            gram = torch.stack([q[b].view(-1, heads, c).permute(1, 2, 0) @ k[b].view(-1, heads, c).transpose(0, 1)
+                                for b in range(B)])  # (B, heads, c, c)
         attn = (gram / scale * self.temperature).softmax(dim=-1)
         del q, k
         if v is None:
