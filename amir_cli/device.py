@@ -8,6 +8,7 @@ import os
 from .errors import DeviceError, one_line
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+ENGINES = ("fused", "plain")  # oneDNN's fused operators where they apply (CPU fp32), or PyTorch's only
 
 
 def pick_device(spec: str = "auto", *, mps: bool = True, per_process: bool = False):

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from amir_cli.imaging.degrade import kspace_mask
-
 DEFAULT_TILE_OVERLAP = 0.25  # fraction of the tile size shared by neighbouring tiles
 # Edge pixels replicated around each slice before the network, a multiple of its 8-pixel grid:
 # anatomy cut by the field of view otherwise comes out worse at the border.
@@ -130,6 +128,8 @@ def data_consistency(
     grid (…, H / factor, W / factor) that :func:`amir_cli.imaging.kspace.kspace_upsample` takes to the estimate's. Runs on
     the torch ``device`` (default CPU); returns float32 numpy, never negative."""
     import torch
+
+    from amir_cli.imaging.degrade import kspace_mask  # here: degrade imports scipy, which restoring CT or PET never needs
 
     fine, meas = np.shape(estimate), np.shape(measured)
     coarse = meas != fine

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ._version import __version__
-from .device import pick_device, precision_context
+from .device import ENGINES, pick_device, precision_context
 from .errors import BadInputError
 from .imaging import intensity, kspace
 from . import inference
@@ -32,7 +32,8 @@ from .tasks import MRI_SR, TASK
 from .weights import LoadedWeights, load_weights
 
 SCALES = (1, 2, 4)
-DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_SIZE = 4  # slices per network call off the CPU
+CPU_BATCH_SIZE = 1
 MIN_TILE = 32
 RESTORE_COPIES = 4  # input, normalised and restored float32 volumes, and the output being encoded
 DESCRIPTION = "Restored with amir {version} (AMIR all-in-one restoration, task {task}{scale})"
@@ -81,10 +82,66 @@ def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspa
     if kspace_factor is not None and kspace_factor not in SCALES[1:]:
         raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
     check_scale_task(task, scale, kspace_factor)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if tile is not None and tile < MIN_TILE:
         raise BadInputError(f"--tile must be at least {MIN_TILE} pixels, got {tile}")
+
+
+def batch_size_for(device, batch_size: int | None) -> int:
+    """``batch_size``, or where None the default of the device: one slice at a time on the CPU,
+    where larger batches are slower per slice (their maps leave the caches), four elsewhere."""
+    if batch_size is not None:
+        return batch_size
+    return CPU_BATCH_SIZE if device is None or getattr(device, "type", str(device)) == "cpu" else DEFAULT_BATCH_SIZE
+
+
+@dataclass
+class _Batch:
+    first: int
+    measured: np.ndarray  # the input slices as given
+    chunk: np.ndarray  # on the output grid (k-space zero-padded when scale > 1)
+    x: object  # their normalised torch tensor (B, 1, H, W) on the device
+
+
+@dataclass
+class _SliceJob:
+    """What is done to each batch of slices before and after the network (numpy and FFTs, run by a
+    worker thread while the network runs on the next batch), writing into ``restored``."""
+
+    slices: np.ndarray
+    restored: np.ndarray
+    task: str
+    scale: int
+    mr_scale: float | None
+    dc_factor: int | None
+    device: object
+    passthrough: int = 0
+
+    def prepare(self, first: int, batch_size: int) -> _Batch:
+        import torch
+
+        chunk = measured = self.slices[first : first + batch_size]
+        if self.scale > 1:
+            chunk = np.stack([kspace.kspace_upsample(s, self.scale) for s in chunk])
+        x = torch.from_numpy(intensity.normalise(chunk, self.task, self.mr_scale)[:, None]).to(self.device)
+        return _Batch(first, measured, chunk, x)
+
+    def finish(self, batch: _Batch, y: np.ndarray) -> None:
+        """Denormalise the network's [0, 1] output ``y`` (B, H, W), make it consistent with the
+        measured k-space band, keep the input where it lay outside the normalisation range, store."""
+        values = intensity.denormalise(y, self.task, self.mr_scale)
+        if self.dc_factor:  # complex FFTs on CUDA or the CPU
+            on = self.device if self.device.type == "cuda" else None
+            values = inference.data_consistency(values, batch.measured, self.dc_factor, device=on)
+        chunk = np.asarray(batch.chunk, dtype=np.float32)
+        physical = chunk * (self.mr_scale or 1.0)  # the units normalise() saw
+        low, high = intensity.NORM_RANGE[self.task]
+        outside = (physical < low) | (physical > high)
+        if outside.any():
+            values[outside] = chunk[outside]
+            self.passthrough += int(outside.sum())
+        self.restored[batch.first : batch.first + len(chunk)] = values
 
 
 def restore_volume(
@@ -95,7 +152,7 @@ def restore_volume(
     scale: int = 1,
     device=None,
     precision: str = "fp32",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     tile: int | None = None,
     tile_overlap: float = DEFAULT_TILE_OVERLAP,
     tta: bool = False,
@@ -117,11 +174,13 @@ def restore_volume(
     :func:`amir_cli.inference.data_consistency`): with ``scale`` > 1 the coarse input is that
     band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
-    in-plane axis (negative values are refused). Returns the restored Volume and an info dict
-    (timings, shapes, routing instruction summary).
+    in-plane axis (negative values are refused). ``batch_size`` None: :func:`batch_size_for` the
+    device. A worker thread prepares the next batch and finishes the last one while the network
+    runs. Returns the restored Volume and an info dict (timings, shapes, engine, routing
+    instruction summary).
     """
-    import torch
-
+    device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
+    batch_size = batch_size_for(device, batch_size)
     check_options(task, scale, batch_size, tile, kspace_factor)
     dc_factor = (scale if scale > 1 else kspace_factor) if data_consistency else None
     lowest = float(np.min(volume.array)) if dc_factor else 0.0
@@ -129,60 +188,76 @@ def restore_volume(
         if kspace_factor:
             raise BadInputError(f"--kspace-factor needs a magnitude image, and this one has values down to {lowest:g}")
         dc_factor = None  # a coarse input with negative values: the network alone
-    device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     autocast = precision_context(device, precision)
     started = time.perf_counter()
     axis = volume.slice_axis
     slices = np.moveaxis(np.asarray(volume.array, dtype=np.float32), axis, 0)  # (n, a, b), a view
     n = slices.shape[0]
-    mr_scale = intensity.mr_scale_factor(volume.array) if task == MRI_SR else None
-    low, high = intensity.NORM_RANGE[task]
-    out_shape = (n, slices.shape[1] * scale, slices.shape[2] * scale)
-    restored = np.empty(out_shape, dtype=np.float32)
-    instruction_sum = None
-    model_seconds = 0.0
-    passthrough = 0
+    job = _SliceJob(slices, np.empty((n, slices.shape[1] * scale, slices.shape[2] * scale), dtype=np.float32), task,
+                    scale, intensity.mr_scale_factor(volume.array) if task == MRI_SR else None, dc_factor, device)
 
-    with torch.inference_mode():
-        for first in range(0, n, batch_size):
-            chunk = measured = slices[first : first + batch_size]
-            if scale > 1:
-                chunk = np.stack([kspace.kspace_upsample(s, scale) for s in chunk])
-            x = torch.from_numpy(intensity.normalise(chunk, task, mr_scale)[:, None]).to(device)
-            t0 = time.perf_counter()
-            with autocast:
-                y, inst = predict(model, x, tile=tile, tile_overlap=tile_overlap, tta=tta)
-            y = y.float().clamp_(0.0, 1.0).cpu().numpy()[:, 0]
-            inst = inst.float().sum(0).double().cpu().numpy()
-            model_seconds += time.perf_counter() - t0
-            instruction_sum = inst if instruction_sum is None else instruction_sum + inst
-            values = intensity.denormalise(y, task, mr_scale)
-            if dc_factor:  # complex FFTs on CUDA or the CPU
-                values = inference.data_consistency(values, measured, dc_factor, device=device if device.type == "cuda" else None)
-            physical = np.asarray(chunk, dtype=np.float32) * (mr_scale or 1.0)  # the units normalise() saw
-            outside = (physical < low) | (physical > high)
-            if outside.any():
-                values[outside] = np.asarray(chunk, dtype=np.float32)[outside]
-                passthrough += int(outside.sum())
-            restored[first : first + len(chunk)] = values
-            if progress is not None:
-                progress(min(first + batch_size, n), n)
-    array = np.moveaxis(restored, 0, axis)
+    def network(batch: _Batch):
+        with autocast:
+            y, inst = predict(model, batch.x, tile=tile, tile_overlap=tile_overlap, tta=tta)
+        return y.float().clamp_(0.0, 1.0).cpu().numpy()[:, 0], inst.float().sum(0).double().cpu().numpy()
+
+    model_seconds, instruction_sum = _pipeline(job, network, n, batch_size, progress)
+    array = np.moveaxis(job.restored, 0, axis)
     affine = scaled_affine(volume.affine, scale, axis) if scale > 1 else volume.affine.copy()
     result = volume.with_array(array, affine=affine)
     seconds = time.perf_counter() - started
     info = {
         "task": task, "scale": scale, "device": str(device), "precision": precision, "batch_size": batch_size,
+        "engine": engine(model, device, precision),
         "tile": tile, "tile_overlap": tile_overlap if tile else None, "tta": tta, "slice_axis": axis, "slices": n,
-        "mr_scale_factor": mr_scale,
+        "mr_scale_factor": job.mr_scale,
         "data_consistency": {"kspace_factor": dc_factor, "grid": "coarse" if scale > 1 else "same", "iterations": DC_ITERATIONS}
         if dc_factor
         else None,
-        "passthrough_voxels": passthrough, "seconds": seconds, "model_seconds": model_seconds,
+        "passthrough_voxels": job.passthrough, "seconds": seconds, "model_seconds": model_seconds,
         "slices_per_second": n / seconds if seconds > 0 else None,
         "routing": routing_summary(instruction_sum / max(n, 1)),
     }
     return result, info
+
+
+def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progress | None) -> tuple[float, np.ndarray]:
+    """Run ``network`` on each batch in the calling thread while one worker thread prepares the
+    next batch and finishes the previous one; returns (network seconds, summed instructions)."""
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+
+    model_seconds, instruction_sum = 0.0, None
+    with ThreadPoolExecutor(1, thread_name_prefix="amir-slices") as worker, torch.inference_mode():
+        upcoming = worker.submit(job.prepare, 0, batch_size)
+        finishing = None
+        for first in range(0, n, batch_size):
+            batch = upcoming.result()
+            if first + batch_size < n:
+                upcoming = worker.submit(job.prepare, first + batch_size, batch_size)
+            t0 = time.perf_counter()
+            y, inst = network(batch)
+            model_seconds += time.perf_counter() - t0
+            instruction_sum = inst if instruction_sum is None else instruction_sum + inst
+            if finishing is not None:
+                finishing.result()
+                if progress is not None:
+                    progress(first, n)
+            finishing = worker.submit(job.finish, batch, y)
+        finishing.result()
+    if progress is not None:
+        progress(n, n)
+    return model_seconds, instruction_sum
+
+
+def engine(model, device, precision: str = "fp32") -> str:
+    """How the network computes: "fused" (oneDNN's fused operators, CPU fp32), or "plain"
+    (PyTorch's operators: other devices and precisions, --engine plain, or a torch without them)."""
+    from .network import onednn
+
+    fused = getattr(model, "fused", False) and not getattr(model, "reference", False)
+    on_cpu = getattr(device, "type", str(device)) == "cpu"
+    return "fused" if fused and on_cpu and precision == "fp32" and onednn.available() else "plain"
 
 
 def restore_array(
@@ -196,7 +271,7 @@ def restore_array(
     scale: int = 1,
     device: str = "auto",
     precision: str = "fp32",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     tile: int | None = None,
     tta: bool = False,
     kspace_factor: int | None = None,
@@ -239,13 +314,14 @@ class RestoreOptions:
     scale: int = 1
     device: object = None
     precision: str = "fp32"
-    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_size: int | None = None  # None: batch_size_for the device
     tile: int | None = None
     tile_overlap: float = DEFAULT_TILE_OVERLAP
     tta: bool = False
     kspace_factor: int | None = None
     data_consistency: bool = True
     overwrite: bool = False
+    engine: str = "fused"  # or "plain": PyTorch's operators only (`engine`)
 
 
 def value_unit(volume: Volume, task: str) -> str:
@@ -341,6 +417,10 @@ def restore_case(
                 f"{'x'.join(map(str, expected))}"
             )
 
+    if options.engine not in ENGINES:
+        raise BadInputError(f"--engine must be one of {', '.join(ENGINES)}, got {options.engine!r}")
+    if options.engine == "plain":
+        weights.model.set_computation(fused=False)
     restored, info = restore_volume(
         weights.model,
         volume,
@@ -370,6 +450,7 @@ def restore_case(
                     "registered": weights.registered, "config": weights.config},
         "device": info["device"],
         "precision": info["precision"],
+        "engine": info["engine"],
         "batch_size": info["batch_size"],
         "tile": info["tile"],
         "tta": info["tta"],

@@ -127,6 +127,22 @@ def test_restore_nifti_keeps_geometry_and_dtype(ct_nii, tiny_weights):
     assert out == "" and err == ""  # --quiet
 
 
+def test_engine_is_reported_and_plain_gives_the_same_image(ct_nii, tiny_weights, tmp_path):
+    """The CPU default runs oneDNN's fused operators; --engine plain PyTorch's alone: the same HU."""
+    images = {}
+    for engine in ("fused", "plain"):
+        out = tmp_path / f"{engine}.nii.gz"
+        code, _, err = amir("restore", ct_nii, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--quiet",
+                            *(["--engine", engine] if engine == "plain" else []))
+        assert code == 0, err
+        report = json.loads(Path(f"{out}.json").read_text())
+        assert report["engine"] == engine and report["batch_size"] == 1  # one slice per call on the CPU
+        images[engine] = np.asarray(nib.load(str(out)).dataobj, dtype=np.float32)
+    assert np.abs(images["fused"] - images["plain"]).max() <= 1  # integer HU, rounded
+    code, _, err = amir("restore", ct_nii, "-o", tmp_path / "x.nii.gz", "--weights", tiny_weights, "--engine", "fast")
+    assert code == 2 and "--engine" in err
+
+
 def test_mr_scale_2_halves_spacing_and_keeps_field_of_view(mr_nii, tiny_weights, tmp_path):
     out = tmp_path / "t1_x2.nii.gz"
     code, _, err = amir("restore", mr_nii, "--task", "mri-sr", "--scale", "2", "-o", out, "--weights", tiny_weights, "--quiet")

@@ -32,7 +32,7 @@ def test_help_at_80_columns(args):
 
 def test_defaults_and_brackets_are_shown():
     text = _help(["restore"])
-    assert "[default: <input" in text and "[default: auto]" in text and "[default: 4; x>=1]" in text
+    assert "[default: <input" in text and "[default: auto]" in text and "[default: 1 on the" in text
     assert "--data-consistency / --no-data-consistency" in text
     train = _help(["train"])
     assert "[default: 4]" in train.split("--crops-per-slice")[1][:200]

@@ -265,6 +265,39 @@ def test_batch_size_does_not_change_the_result(tiny):
     assert ia["routing"]["top_indices"] == ib["routing"]["top_indices"]
 
 
+def test_batches_overlap_with_the_network_and_come_back_in_order(monkeypatch):
+    """A worker thread prepares and finishes batches while the network runs: every slice lands in
+    its place, progress is reported in order up to the end, and a failure in the worker surfaces."""
+    import threading
+
+    import amir_cli.restore as R
+
+    vol = _volume(np.arange(7 * 20 * 20, dtype=np.float32).reshape(20, 20, 7) % 900 - 400)
+    threads, done = set(), []
+    finish = R._SliceJob.finish
+
+    def finish_noting_the_thread(self, batch, y):
+        threads.add(threading.current_thread().name)
+        finish(self, batch, y)
+
+    monkeypatch.setattr(R._SliceJob, "finish", finish_noting_the_thread)
+    out, info = restore_volume(Identity(), vol, "ct-denoise", batch_size=3, progress=lambda d, n: done.append((d, n)))
+    np.testing.assert_allclose(out.array, vol.array, atol=0.01)  # the identity network: every slice in its place
+    assert done == [(3, 7), (6, 7), (7, 7)] and info["batch_size"] == 3
+    assert threads and threading.current_thread().name not in threads
+    monkeypatch.setattr(R._SliceJob, "finish", lambda self, batch, y: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        restore_volume(Identity(), vol, "ct-denoise", batch_size=3)
+
+
+def test_batch_size_default_is_one_slice_on_the_cpu(tiny):
+    from amir_cli.restore import batch_size_for
+
+    _, info = restore_volume(tiny, _volume(np.zeros((16, 16, 3))), "ct-denoise")
+    assert info["batch_size"] == 1 and info["engine"] == "fused"
+    assert batch_size_for(torch.device("cuda"), None) == 4 and batch_size_for(torch.device("cpu"), 2) == 2
+
+
 def test_bf16_on_cpu_runs(tiny):
     vol = _volume(np.random.default_rng(4).uniform(0, 10, (16, 16, 1)))
     out, info = restore_volume(tiny, vol, "pet-synthesis", precision="bf16")

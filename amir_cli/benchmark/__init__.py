@@ -196,7 +196,7 @@ def run_benchmark(
     with_baselines: bool = True,
     device: str = "auto",
     precision: str = "fp32",
-    batch_size: int = 4,
+    batch_size: int | None = None,
     max_slices: int | None = None,
     seed: int = 0,
     tta: bool = False,
@@ -223,7 +223,7 @@ def run_benchmark(
     """
     if max_slices is not None and int(max_slices) < 1:
         raise BadInputError(f"--max-slices must be at least 1, got {max_slices}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if kspace_factor not in (None, 2, 4):
         raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
@@ -235,8 +235,11 @@ def run_benchmark(
     from amir_cli.device import pick_device, precision_context
     from amir_cli.weights import load_weights
 
+    from amir_cli.restore import batch_size_for
+
     dev = pick_device(device)
     precision_context(dev, precision)  # an unsupported precision fails here, before any case
+    batch_size = batch_size_for(dev, batch_size)
     if model is None:
         if progress is not None:
             progress(0, len(cases), "loading the model")

@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperCommand
 
 from .._version import __version__
-from ..device import PRECISIONS
+from ..device import ENGINES, PRECISIONS
 from ..tasks import TASKS
 
 app = typer.Typer(
@@ -110,6 +110,7 @@ def progress_bar(quiet: bool):
 
 TASK_CHOICES = ("auto", *TASKS)
 PRECISION_CHOICES = PRECISIONS
+ENGINE_CHOICES = ENGINES
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:

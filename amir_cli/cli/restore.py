@@ -10,7 +10,7 @@ import typer
 from .._version import __version__
 from ..errors import AmirError
 from ..tasks import MRI_SR, PET_SYNTHESIS
-from .common import (EXIT_PARTIAL, PRECISION_CHOICES, TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
+from .common import (ENGINE_CHOICES, EXIT_PARTIAL, PRECISION_CHOICES, TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
                      _choice, app, examples, print_json, progress_bar)
 
 
@@ -36,7 +36,8 @@ def restore_cmd(
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call.")] = 4,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call [default: 1 on the CPU, 4 on a GPU].", show_default=False)] = None,
+    engine: Annotated[str, typer.Option("--engine", metavar="fused|plain", help="fused: the CPU runs fp32 with oneDNN's fused operators (a convolution with the GELU, product or sum after it); plain: PyTorch's operators only. The report names the one used.")] = "fused",
     tile: Annotated[Optional[int], typer.Option("--tile", min=1, metavar="N", help="Restore large slices in overlapping N x N tiles (saves memory).", show_default=False)] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average the network over the 8 flips and rotations of each slice (self-ensemble): a little better, 8x the time.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", metavar="HQ", help="High-quality image on the output grid: adds PSNR/SSIM/RMSE to the report.", show_default=False)] = None,
@@ -48,6 +49,7 @@ def restore_cmd(
     """Restore an image, a DICOM series or a folder of scans with AMIR and write a JSON report."""
     _choice(task, TASK_CHOICES, "--task")
     _choice(precision, PRECISION_CHOICES, "--precision")
+    _choice(engine, ENGINE_CHOICES, "--engine")
     if scale not in (1, 2, 4):
         raise typer.BadParameter(f"{scale} is not one of 1, 2, 4", param_hint="--scale")
     if kspace_factor is not None and kspace_factor not in (2, 4):
@@ -69,7 +71,7 @@ def restore_cmd(
     dev = pick_device(device)
     precision_context(dev, precision)  # fail early on an impossible precision
     options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
-                               data_consistency=data_consistency, overwrite=overwrite)
+                               data_consistency=data_consistency, overwrite=overwrite, engine=engine)
     if not batch:
         out = output if output is not None else P.default_output(input)
         rep = report if report is not None else P.report_path_for(out)
@@ -133,7 +135,8 @@ def _print_restore_summary(r: dict) -> None:
     typer.echo(f"{r['input']} -> {r['output']}")
     typer.echo(f"  task {r['task']} ({r['task_reason']}); weights {r['weights']['name']} ({r['weights']['sha256'][:12]})")
     ensemble = ", x8 self-ensemble" if r["tta"] else ""
-    typer.echo(f"  {r['slices']} slices in {r['seconds']:.1f} s ({r['slices_per_second']:.2f}/s) on {r['device']}, {r['precision']}{ensemble}")
+    typer.echo(f"  {r['slices']} slices in {r['seconds']:.1f} s ({r['slices_per_second']:.2f}/s) on {r['device']}, {r['precision']}, "
+               f"{r['engine']} engine{ensemble}")
     m = r.get("metrics")
     if m:
         o = m["output"]
