@@ -1,14 +1,17 @@
-"""`amir restore` end to end on a CT volume: process seconds, restore seconds, network seconds.
+"""`amir restore` end to end on a CT volume: process seconds, restore seconds, network seconds, peak memory.
 
 Builds the volume from ../shared/data/ct/cranium_ct.nii.gz (256x256x108 HU): --slices slices from its
 middle (repeated when more are asked), --size pixels square (centre crop below 256, nearest-neighbour
 enlargement above: 512 gives a 512x512 CT like a scanner's), uncompressed .nii. Uses the shipped
 default weights (else random amir-s ones in a temp .safetensors), runs `python -m amir_cli restore`
-in a subprocess once per precision and prints a table: total seconds (process start to exit),
-restore seconds, network-only seconds and share, slices per second. Rows are appended as JSON lines,
-with the device named, to benchmarks/results/restore_speed.jsonl (--out).
+in a subprocess once per precision and engine (--repeats times, the median kept) and prints a
+table: total seconds (process start to exit), restore seconds, network-only seconds, total over
+network, slices per second, and the process's peak resident memory beside the volume's float32 size.
+Rows are appended as JSON lines, with the device named, to benchmarks/results/restore_speed.jsonl
+(--out).
 
-    python benchmarks/restore_speed.py                                     # CPU: 100 x 256 x 256, fp32
+    python benchmarks/restore_speed.py                                     # CPU: 100 x 256 x 256, fp32 (about 1 minute)
+    python benchmarks/restore_speed.py --size 1024 --slices 12 --engines fused plain   # memory of large slices
     python benchmarks/restore_speed.py --device cuda --size 512 --slices 300 --precisions fp32 bf16 --batch-size 16
     python benchmarks/restore_speed.py --quick                             # 8 x 64 x 64: checks the script
 """
@@ -81,22 +84,29 @@ def device_name(device: str) -> str:
     return f"CPU, {torch.get_num_threads()} threads"
 
 
-def restore_once(src: Path, out: Path, weights: str, args, precision: str) -> tuple[float, dict]:
+def restore_once(src: Path, out: Path, weights: str, args, precision: str, engine: str) -> tuple[float, float, dict]:
+    """(process seconds, peak resident GiB of that process alone, report) of one `amir restore`."""
     cmd = [sys.executable, "-m", "amir_cli", "restore", str(src), "-o", str(out), "--task", "ct-denoise",
-           "--weights", weights, "--device", args.device, "--batch-size", str(args.batch_size),
-           "--precision", precision, "--quiet"]
+           "--weights", weights, "--device", args.device, "--precision", precision, "--engine", engine, "--quiet",
+           "--overwrite", *(["--batch-size", str(args.batch_size)] if args.batch_size else [])]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    total = time.perf_counter() - t0
-    if res.returncode != 0:
-        sys.exit(f"amir restore failed ({res.returncode}): {res.stderr.strip()}")
-    return total, json.loads(Path(str(out) + ".json").read_text())
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage: its peak memory
+        total = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"amir restore failed ({proc.returncode}): {err.read().decode(errors='replace').strip()}")
+    return total, usage.ru_maxrss / 2**20, json.loads(Path(str(out) + ".json").read_text())  # ru_maxrss: KiB
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: amir restore's (1 on the CPU)")
+    ap.add_argument("--engines", nargs="+", default=["fused"], choices=["fused", "plain"])
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each case; the median total is kept")
     ap.add_argument("--precisions", "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--slices", type=int, default=100)
     ap.add_argument("--size", type=int, default=256)
@@ -104,7 +114,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "restore_speed.jsonl"), help="JSON lines appended here ('' for none)")
     args = ap.parse_args()
     if args.quick:
-        args.slices, args.size = 8, 64
+        args.slices, args.size, args.repeats = 8, 64, 1
     name = device_name(args.device)
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -112,16 +122,23 @@ def main() -> None:
         src = tmp / "ct.nii"
         build_volume(src, args.slices, args.size)
         weights, label = weights_arg(tmp)
+        volume_gb = args.slices * args.size**2 * 4 / 2**30
         for precision in args.precisions:
-            total, report = restore_once(src, tmp / f"ct_amir_{precision}.nii", weights, args, precision)
-            rows.append({"device": name, "volume": f"{args.slices}x{args.size}x{args.size} CT (cranium_ct, HU)",
-                         "weights": label, "run_on": report["device"], "precision": report["precision"],
-                         "batch": args.batch_size, "total_s": round(total, 2), "restore_s": round(report["seconds"], 2),
-                         "network_s": round(report["model_seconds"], 2),
-                         "network_share": round(report["model_seconds"] / total, 3),
-                         "slices_per_s": round(args.slices / total, 2),
-                         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    keys = ["precision", "batch", "total_s", "restore_s", "network_s", "network_share", "slices_per_s"]
+            for engine in args.engines:
+                runs = sorted((restore_once(src, tmp / "ct_amir.nii", weights, args, precision, engine)
+                               for _ in range(args.repeats)), key=lambda r: r[0])
+                total, peak, report = runs[len(runs) // 2]
+                rows.append({"device": name, "volume": f"{args.slices}x{args.size}x{args.size} CT (cranium_ct, HU)",
+                             "weights": label, "run_on": report["device"], "precision": report["precision"],
+                             "engine": report["engine"], "batch": report["batch_size"], "total_s": round(total, 2),
+                             "restore_s": round(report["seconds"], 2), "network_s": round(report["model_seconds"], 2),
+                             "total_over_network": round(total / report["model_seconds"], 3),
+                             "slices_per_s": round(args.slices / total, 2), "peak_gb": round(peak, 3),
+                             "volume_float32_gb": round(volume_gb, 3), "repeats": args.repeats,
+                             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+                print(json.dumps(rows[-1]), flush=True)
+    keys = ["precision", "engine", "batch", "total_s", "restore_s", "network_s", "total_over_network", "slices_per_s",
+            "peak_gb", "volume_float32_gb"]
     print(f"{name}: {rows[0]['volume']}, weights {rows[0]['weights']}, run on {rows[0]['run_on']}")
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:

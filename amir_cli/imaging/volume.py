@@ -183,9 +183,14 @@ def output_dtype(volume: Volume) -> np.dtype:
 
 
 def to_dtype(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round and clip to an integer type's range, or cast to float32."""
+    """Round and clip a volume (I, J, K) to an integer type's range (a slab at a time: no float
+    copy of the whole volume), or cast it to float32."""
     dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(array), info.min, info.max).astype(dtype)
-    return np.asarray(array, dtype=np.float32)
+    if dtype.kind not in "iu":
+        return np.asarray(array, dtype=np.float32)
+    info = np.iinfo(dtype)
+    out = np.empty(np.shape(array), dtype)
+    step = max(1, (1 << 22) // max(1, int(np.prod(out.shape[1:]))))
+    for i in range(0, len(out), step):
+        out[i : i + step] = np.clip(np.rint(array[i : i + step]), info.min, info.max)
+    return out
