@@ -240,8 +240,11 @@ class TransposedAttention(Computation, nn.Module):
     def _project(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
         """Channels ``rows`` of the 1x1 + depthwise projection, as (B, H * W, channels) rows."""
         bias = lambda conv: None if conv.bias is None else _weight(conv.bias[rows])  # noqa: E731
-        y = F.conv2d(x, _weight(self.qkv.weight[rows]), bias(self.qkv))
-        y = F.conv2d(y, _weight(self.qkv_dwconv.weight[rows]), bias(self.qkv_dwconv), padding=1, groups=y.shape[1])
+        w, w_dw = _weight(self.qkv.weight[rows]), _weight(self.qkv_dwconv.weight[rows])
+        if self.fused and onednn.applies(x):
+            y = onednn.conv(onednn.conv(x, w, bias(self.qkv)), w_dw, bias(self.qkv_dwconv))
+        else:
+            y = F.conv2d(F.conv2d(x, w, bias(self.qkv)), w_dw, bias(self.qkv_dwconv), padding=1, groups=w.shape[0])
         return _nhwc_rows(channels_last(y)).view(x.shape[0], -1, y.shape[1])
 
     def _reference(self, x: torch.Tensor) -> torch.Tensor:
