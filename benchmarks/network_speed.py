@@ -4,15 +4,19 @@ Prints, for each configuration and size: slices/s with batching per precision (f
 autocast, and on CUDA a model cast with `model.to(torch.bfloat16)`), the published computation's
 fp32 slices/s in the same run (`AMIR.set_computation(reference=True)`) and the speed-up over it, peak
 memory, the fraction of the matrix-product peak reached, and each low precision's PSNR against fp32
-in every task's evaluation window. A configuration runs with its shipped weights where the registry
+in every task's evaluation window. The published computation and each precision are timed in
+turns (one forward of each, then again, --repeats times; medians), so that a busy machine's load
+falls on all of them alike. A configuration runs with its shipped weights where the registry
 has them (`amir-s`), else with seeded random ones (`amir`). Rows are appended as JSON lines, with the
 device named, to benchmarks/results/network_speed.jsonl (--out). Batch: 16 at 256x256 on CUDA,
-scaled by pixels (8 at 512x512), 4 on the CPU (--batch).
+scaled by pixels (8 at 512x512), 1 on the CPU like `amir restore` (--batch).
 
     python benchmarks/network_speed.py                      # the GPU table: amir, amir-s at 256 and 512
     python benchmarks/network_speed.py --configs amir --sizes 512 --precisions bf16 --compile   # compiled (minutes)
     python benchmarks/network_speed.py --quick              # amir-tiny at 64x64 on the CPU: checks the script
     python benchmarks/network_speed.py --experts sparse --norm permuted   # another computation
+    python benchmarks/network_speed.py --sizes 256 --repeats 7            # the CPU table (about 3 minutes on 2 cores)
+    python benchmarks/network_speed.py --engine plain                     # PyTorch's operators only (amir restore --engine plain)
 """
 from __future__ import annotations
 
@@ -43,6 +47,21 @@ def median_seconds(fn, repeats: int) -> float:
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def paired_median_seconds(fns: dict, repeats: int) -> dict:
+    """Median seconds of each function, timed in turns (each once, then each again, ...) after one
+    warm-up call each."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def sync():
@@ -152,28 +171,30 @@ def git_commit() -> str:
 
 
 def default_batch(device, size: int) -> int:
-    return max(1, 16 * 256**2 // size**2) if device.type == "cuda" else 4
+    return max(1, 16 * 256**2 // size**2) if device.type == "cuda" else 1
 
 
 def measure(model, config, source, size, args, device, precisions, slow, peaks) -> dict:
     batch = args.batch or default_batch(device, size)
     gflop = gflop_per_slice(model, size, device)
+    from amir_cli.restore import engine
+
     row = {"config": config, "weights": source, "size": size, "batch": batch, "gflop": round(gflop, 1),
-           "computation": {"experts": args.experts, "norm": args.norm}, "compile": args.compile}
+           "computation": {"experts": args.experts, "norm": args.norm}, "engine": engine(model, device),
+           "compile": args.compile}
     xb = torch.rand(batch, 1, size, size, device=device)
     reference = AMIR(model.config).to(device).eval().set_computation(reference=True)
     reference.load_state_dict(model.state_dict())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t_ref = median_seconds(lambda: forward(reference, xb, "fp32"), args.repeats)
-    row["reference_fp32_slices_per_s"] = round(batch / t_ref, 2)
+    forward(reference, xb, "fp32")
     if device.type == "cuda":
         row["reference_fp32_peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
-    for p in precisions:
-        if p in slow:
-            continue
+    runs, timed = {}, {"reference": lambda: forward(reference, xb, "fp32")}
+    for p in (p for p in precisions if p not in slow):
         m = cast_copy(model, p)
         run = torch.compile(m, mode=args.compile) if args.compile else m
+        runs[p] = m
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -182,13 +203,17 @@ def measure(model, config, source, size, args, device, precisions, slow, peaks) 
         sync()
         if args.compile:
             row[f"{p}_compile_s"] = round(time.perf_counter() - t0, 1)
-        t = median_seconds(lambda: forward(run, xb, p), args.repeats)
+        if device.type == "cuda":
+            row[f"{p}_peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+        timed[p] = lambda run=run, p=p: forward(run, xb, p)
+    seconds = paired_median_seconds(timed, args.repeats)
+    row["reference_fp32_slices_per_s"] = round(batch / seconds["reference"], 2)
+    for p, m in runs.items():
+        t = seconds[p]
         row[f"{p}_slices_per_s"] = round(batch / t, 2)
         row[f"{p}_speedup_vs_reference_fp32"] = round(row[f"{p}_slices_per_s"] / row["reference_fp32_slices_per_s"], 2)
         row[f"{p}_peak_frac"] = round(gflop * batch / t / peaks[p.removesuffix("-cast")], 3)
-        if device.type == "cuda":
-            row[f"{p}_peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1024**3, 3)
-        if p != "fp32" and (p not in slow):
+        if p != "fp32":
             row[f"{p}_psnr_vs_fp32_db"] = fidelity(model, device, size, p, m)
     if device.type != "cuda":
         mem = cpu_peak_memory(config, size)
@@ -203,8 +228,10 @@ def main():
     ap.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     ap.add_argument("--precisions", nargs="+", choices=list(DTYPES), default=None,
                     help="default: fp32 bf16 fp16 bf16-cast on CUDA, fp32 bf16 on the CPU")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=None, help="batch for slices/s (default 16 x 256^2 / size^2 on CUDA, 4 on CPU)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed turns (medians)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--batch", type=int, default=None, help="batch for slices/s (default 16 x 256^2 / size^2 on CUDA, 1 on CPU)")
+    ap.add_argument("--engine", default="fused", choices=["fused", "plain"], help="plain: PyTorch's operators only")
     ap.add_argument("--experts", default="auto", choices=["auto", "dense", "sparse"])
     ap.add_argument("--norm", default="auto", choices=["auto", "channels", "permuted"])
     ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
@@ -215,6 +242,8 @@ def main():
     if args.quick:
         args.configs, args.sizes, args.repeats = ["amir-tiny"], [64], 1
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precisions = args.precisions or (["fp32", "bf16", "fp16", "bf16-cast"] if device.type == "cuda" else ["fp32", "bf16"])
     if "fp32" not in precisions:
@@ -234,7 +263,7 @@ def main():
     rows = []
     for config in args.configs:
         model, source = build_model(config, device)
-        model.set_computation(experts=args.experts, norm=args.norm)
+        model.set_computation(experts=args.experts, norm=args.norm, fused=args.engine == "fused")
         for size in args.sizes:
             row = measure(model, config, source, size, args, device, precisions, slow, peaks)
             rows.append(row)
@@ -244,7 +273,7 @@ def main():
                 with open(args.out, "a") as f:
                     f.write(json.dumps({**stamp, **row}) + "\n")
 
-    keys = ["batch", "reference_fp32_slices_per_s", "reference_fp32_peak_memory_gb"] + [f"{p}_{k}" for p in precisions if p not in slow
+    keys = ["engine", "batch", "reference_fp32_slices_per_s", "reference_fp32_peak_memory_gb"] + [f"{p}_{k}" for p in precisions if p not in slow
             for k in ("slices_per_s", "speedup_vs_reference_fp32", "peak_memory_gb", "psnr_vs_fp32_db", "compile_s")]
     keys = [k for k in keys if any(k in r for r in rows)] + (["peak_memory_gb"] if device.type != "cuda" else [])
     print(f"\n{name}, torch {torch.__version__}, experts {args.experts}, norm {args.norm}, compile {args.compile}")

@@ -3,9 +3,14 @@
 
     python benchmarks/train_speed.py                         # amir-s and amir, batch 8, patch 64 and 128, CPU (+ CUDA)
     python benchmarks/train_speed.py --data TRAIN_DATA --workers 8   # also batches/s of the data loader
+    python benchmarks/train_speed.py --configs amir-s --patches 64 --batch 4 --reference --steps 20 --threads 2
+                                      # ours against the published computation, steps in turns (about 1 minute)
 
 The step (forward in train mode, L1 + 0.001 x load loss, backward, Adam) runs on random tensors, so
-data loading is excluded; its time is the median over --steps steps after one warm-up step.
+data loading is excluded; its time is the median over --steps steps after one warm-up step. With
+--reference the published computation's step, from the same weights, is timed in turns with ours
+(one step of each, then again), so that a busy machine's load falls on both alike, and the ratio is
+printed. Rows are appended as JSON lines to benchmarks/results/train_speed.jsonl (--out).
 With --data, the on-the-fly degradation pipeline is timed separately: one process making batches
 (median seconds per batch) and, with --workers N, the DataLoader's batches/s. The training rate is
 about min(step rate, loader rate). Prints a Markdown table; --json writes the rows.
@@ -14,45 +19,60 @@ about min(step rate, loader rate). Prints a Markdown table; --json writes the ro
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 
-def step_time(config: str, batch: int, patch: int, steps: int, device: str, amp: bool,
-              computation: dict | None = None) -> dict:
+def step_times(config: str, batch: int, patch: int, steps: int, device: str, amp: bool,
+               computations: list[dict]) -> list[dict]:
+    """A row per computation: the median step time of a model set to it, all from the same
+    weights, their steps timed in turns."""
     from amir_cli.network import AMIR, get_config
 
     torch.manual_seed(0)
-    model = AMIR(get_config(config)).to(device).train().set_computation(**(computation or {}))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.999))
+    first = AMIR(get_config(config)).to(device).train()
+    models = []
+    for computation in computations:
+        model = AMIR(first.config).to(device).train().set_computation(**computation)
+        model.load_state_dict(first.state_dict())
+        models.append((model, torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.999))))
     x = torch.rand(batch, 1, patch, patch, device=device)
     y = torch.rand(batch, 1, patch, patch, device=device)
-    times = []
+    times = [[] for _ in models]
     for i in range(steps + 1):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
-            pred, load = model(x)
-        loss = (pred.float() - y).abs().mean() + 0.001 * load.float()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i:  # the first step warms up allocators and kernels
-            times.append(time.perf_counter() - t)
-    med = statistics.median(times)
+        for (model, opt), t_list in zip(models, times):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+                pred, load = model(x)
+            loss = (pred.float() - y).abs().mean() + 0.001 * load.float()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if i:  # the first step warms up allocators and kernels
+                t_list.append(time.perf_counter() - t)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    what = "step, published computation" if (computation or {}).get("reference") else "step"
-    return {"what": what, "config": config, "batch": batch, "patch": patch, "device": device, "amp_bf16": amp,
-            "steps": steps, "s_per_it": med, "it_per_s": 1.0 / med, "peak_gib": mem}
+    rows = []
+    for computation, t_list in zip(computations, times):
+        med = statistics.median(t_list)
+        what = "step, published computation" if computation.get("reference") else "step"
+        rows.append({"what": what, "config": config, "batch": batch, "patch": patch, "device": device, "amp_bf16": amp,
+                     "steps": steps, "s_per_it": med, "it_per_s": 1.0 / med, "peak_gib": mem,
+                     "threads": torch.get_num_threads()})
+    if len(rows) > 1:  # ours first, the published computation last
+        rows[0]["speedup_vs_published"] = round(rows[-1]["s_per_it"] / rows[0]["s_per_it"], 3)
+    return rows
 
 
 def data_time(data: str, batch: int, patch: int, batches: int, workers: int, crops: int) -> list[dict]:
@@ -102,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--crops-per-slice", type=int, default=1)
     ap.add_argument("--data-batches", type=int, default=5)
     ap.add_argument("--json", default=None, help="write the rows to this JSON file")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "train_speed.jsonl"),
+                    help="JSON lines appended here ('' for none)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -113,8 +135,7 @@ def main(argv=None) -> int:
                 steps = min(a.steps, 3) if (device == "cpu" and config == "amir" and patch >= 128) else a.steps
                 computations = [{"experts": a.experts}] + ([{"reference": True}] if a.reference else [])
                 for amp in ([False, True] if (a.amp and device.startswith("cuda")) else [False]):
-                    for computation in computations:
-                        r = step_time(config, a.batch, patch, steps, device, amp, computation)
+                    for r in step_times(config, a.batch, patch, steps, device, amp, computations):
                         rows.append(r)
                         print(f"  {r['what']} {config} {device} patch {patch} amp={amp}: {r['s_per_it']:.3f} s/it", file=sys.stderr, flush=True)
     if a.data:
@@ -122,15 +143,22 @@ def main(argv=None) -> int:
             rows += data_time(a.data, a.batch, patch, a.data_batches, a.workers, a.crops_per_slice)
     dev_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads{', ' + dev_name if dev_name else ''}\n")
-    print("| what | config | device | amp | batch | patch | s/it | it/s | peak GiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| what | config | device | amp | batch | patch | s/it | it/s | peak GiB | vs published |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") else ""
         print(f"| {r['what']} | {r.get('config', '')} | {r.get('device', 'cpu')} | {'bf16' if r.get('amp_bf16') else ''} | "
-              f"{r['batch']} | {r['patch']} | {r['s_per_it']:.3f} | {r['it_per_s']:.2f} | {peak} |")
+              f"{r['batch']} | {r['patch']} | {r['s_per_it']:.3f} | {r['it_per_s']:.2f} | {peak} | "
+              f"{r.get('speedup_vs_published', '')} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)
+    if a.out:
+        stamp = {"torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(a.out, "a") as f:
+            f.writelines(json.dumps({**stamp, **r}) + "\n" for r in rows)
+        print(f"rows appended to {a.out}")
     return 0
 
 
