@@ -5,7 +5,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from amir_cli.network import AMIR, AmirConfig, get_config
-from amir_cli.network import restormer, routing
+from amir_cli.network import onednn, restormer, routing
 
 from test_network import official_state
 
@@ -53,10 +53,11 @@ def test_fast_paths_equal_reference_on_random_configurations(config, computation
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
 @pytest.mark.parametrize("gram", ["whole", "per-head"])
 @pytest.mark.parametrize("chunked", [False, True], ids=["whole-maps", "chunked"])
-def test_inference_paths_equal_reference(fused, gram, chunked, monkeypatch):
+@pytest.mark.parametrize("config", RANDOM_CONFIGS[:2], ids=["no-bias", "bias"])
+def test_inference_paths_equal_reference(config, fused, gram, chunked, monkeypatch):
     """oneDNN's fused operators or plain ones, the attention's Gram matrix as one C x C product or
     one per head, maps whole or in groups of channels and pixels (large images)."""
-    model = random_model(RANDOM_CONFIGS[0]).eval()
+    model = random_model(config).eval()
     x = torch.rand(2, 1, 40, 48)
     with torch.no_grad():
         ref = model.set_computation(reference=True)(x)
@@ -195,3 +196,22 @@ def test_weight_slices_are_aligned_off_the_cpu():
     assert restormer._weight(even) is even
     cpu = torch.empty(222, 1, 3, 3, dtype=torch.bfloat16)[111:140]
     assert restormer._weight(cpu).storage_offset() == cpu.storage_offset()
+
+
+@pytest.mark.skipif(not onednn.available(), reason="this torch build has no oneDNN fused operators")
+def test_fused_operators_run_in_cpu_inference_only():
+    from torch.profiler import profile
+
+    model = random_model(RANDOM_CONFIGS[2])
+    x = torch.rand(1, 1, 24, 24)
+
+    def fused_ops(run) -> set:
+        with profile() as prof:
+            run()
+        return {e.key for e in prof.key_averages() if e.key.startswith("mkldnn::")}
+
+    with torch.no_grad():
+        assert fused_ops(lambda: model.eval()(x)) >= {"mkldnn::_convolution_pointwise", "mkldnn::_linear_pointwise"}
+        assert not fused_ops(lambda: model.set_computation(fused=False)(x))
+    model.set_computation().train()
+    assert not fused_ops(lambda: model(x)[0].sum().backward())
