@@ -153,11 +153,41 @@ def test_dense_experts_have_static_shapes_and_no_host_synchronisation(training):
     x1, x2, cue = torch.randn(2, 8, 12, 12), 3 * torch.randn(2, 8, 12, 12), torch.randn(2, 8)
     moe.experts_path = "dense"
     a, b = run_logged(moe, x1, cue), run_logged(moe, x2, cue)
-    assert not {"aten.nonzero", "aten._local_scalar_dense", "aten.item"} & set(a.ops)
+    routed = {"aten.nonzero", "aten.bincount", "aten._local_scalar_dense", "aten.item"}  # sizes read on the host
+    assert not routed & set(a.ops)
     assert a.ops == b.ops and a.shapes == b.shapes
     moe.experts_path = "sparse"
     a, b = run_logged(moe, x1, cue), run_logged(moe, x2, cue)
-    assert "aten.nonzero" in a.ops and a.shapes != b.shapes
+    assert routed & set(a.ops) and a.shapes != b.shapes
+
+
+class StorageLog(TorchDispatchMode):
+    """The sizes of the storages that the ops' results live in (a view: its base's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor):
+            self.sizes.append(out.untyped_storage().nbytes())
+        return out
+
+
+def test_sparse_inference_allocates_the_same_buffers_whatever_the_routing():
+    """Buffers sized by the routing fragment the heap (the process grows slice after slice): the
+    sparse experts write into buffers sized by the pixels alone."""
+    torch.manual_seed(0)
+    moe = routing.NoisyTopKExperts(8, 2.0).eval()
+    moe.experts_path = "sparse"
+    x1, x2, cue = torch.randn(2, 8, 12, 12), 3 * torch.randn(2, 8, 12, 12), torch.randn(2, 8)
+    logs = []
+    for x in (x1, x2):
+        with torch.no_grad(), StorageLog() as log:
+            moe(x, cue)
+        logs.append(sorted(log.sizes))
+    assert logs[0] == logs[1]
 
 
 def test_computation_is_chosen_per_model():
@@ -211,7 +241,7 @@ def test_fused_operators_run_in_cpu_inference_only():
         return {e.key for e in prof.key_averages() if e.key.startswith("mkldnn::")}
 
     with torch.no_grad():
-        assert fused_ops(lambda: model.eval()(x)) >= {"mkldnn::_convolution_pointwise", "mkldnn::_linear_pointwise"}
+        assert "mkldnn::_convolution_pointwise" in fused_ops(lambda: model.eval()(x))
         assert not fused_ops(lambda: model.set_computation(fused=False)(x))
     model.set_computation().train()
     assert not fused_ops(lambda: model(x)[0].sum().backward())

@@ -67,7 +67,7 @@ class AMIR(Computation, nn.Module):
         "auto" is dense off the CPU and sparse on it. norm: "channels" normalises over C in the
         convolutions' layout, "permuted" runs F.layer_norm on the NHWC view, "auto" is channels off
         the CPU and permuted on it. fused: CPU fp32 inference runs oneDNN's fused operators (a
-        convolution or linear layer with the GELU, product or residual sum after it, `onednn`).
+        convolution with the GELU, product or residual sum after it, `onednn`).
         """
         if experts not in EXPERT_PATHS or norm not in NORM_PATHS:
             raise ValueError(f"experts must be one of {EXPERT_PATHS} and norm one of {NORM_PATHS}")

@@ -1,5 +1,5 @@
-"""oneDNN fused operators for CPU inference: a convolution or a linear layer together with the
-elementwise operation that follows it (GELU, a product, a residual sum) in one pass over memory.
+"""oneDNN fused operators for CPU inference: a convolution together with the elementwise operation
+that follows it (GELU, a product, a residual sum) in one pass over memory.
 
 These are the operators PyTorch's compiler emits for the CPU (`torch.ops.mkldnn`), called directly:
 no compilation and no start-up cost. They have no gradients and run fp32 only, so they serve
@@ -18,7 +18,7 @@ def available() -> bool:
     try:
         ops = torch.ops.mkldnn
         return torch.backends.mkldnn.is_available() and all(
-            hasattr(ops, name) for name in ("_convolution_pointwise", "_convolution_pointwise_", "_linear_pointwise"))
+            hasattr(ops, name) for name in ("_convolution_pointwise", "_convolution_pointwise_"))
     except (AttributeError, RuntimeError):
         return False
 
@@ -46,7 +46,3 @@ def conv_add_(total: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tor
     return torch.ops.mkldnn._convolution_pointwise_.binary(total, x, weight, None, [0, 0], [1, 1], [1, 1], 1, "add",
                                                            1.0, None, [], None)
 
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False) -> torch.Tensor:
-    """x @ weight.T + bias, with the bias inside the product, followed by GELU where asked."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [], "none" if gelu else "")

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ATOM_DIM, ATOM_NUM, NUM_EXPERTS, TOP_K
-from . import onednn
 from .restormer import Computation
 
 _EPS = float(torch.finfo(torch.float64).eps)  # floor before the log, as in the published combine
@@ -48,10 +47,7 @@ class Expert(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor, fused: bool = False) -> torch.Tensor:
-        """fused: with oneDNN's fused operators (`onednn.applies` to ``x``)."""
-        if fused:
-            return onednn.linear(onednn.linear(x, self.fc1.weight, self.fc1.bias, gelu=True), self.fc2.weight, self.fc2.bias)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
 
 
@@ -168,20 +164,39 @@ class NoisyTopKExperts(Computation, nn.Module):
         return mixed.masked_fill(mixed == 0, _EPS).log().to(tokens.dtype)
 
     def _combine_ranked(self, tokens: torch.Tensor, top: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """The published combine with each expert on its own pixels, its terms written (not added)
-        into one slot per (rank, pixel) and the k slots then summed: no scatter-add, which the CPU
-        runs serially. A pixel's terms are added in another order, which float addition of two
-        terms does not see."""
+        """The published combine with each expert on its own pixels, without a scatter-add (which
+        the CPU runs serially): the (pixel, rank) pairs are sorted by expert, each expert runs on
+        its run of them, and the terms go back to one slot per (rank, pixel), the k slots then
+        summed (two terms: the same sum in any order). Without autograd every buffer has the same
+        size whatever the routing, so that memory freed by one slice fits the next (buffers whose
+        size follows the routing fragment the heap: the process grows slice after slice)."""
         N, k = idx.shape
-        ranked, gates = idx.t().flatten(), top.t().flatten()  # rank-major: slot r * N + pixel
-        slots = tokens.new_empty(k * N, tokens.shape[1], dtype=torch.float32)
-        fuse = self.fused and onednn.applies(tokens)
-        for e, expert in enumerate(self.experts):
-            pos = (ranked == e).nonzero().squeeze(1)
-            y = expert(tokens.index_select(0, pos % N), fused=fuse)
-            slots.index_copy_(0, pos, y.float().exp_() * gates[pos, None])
+        ranked = idx.t().flatten()  # rank-major: slot r * N + pixel
+        order = ranked.argsort(stable=True)
+        runs = torch.bincount(ranked, minlength=self.num_experts).tolist()
+        x = tokens.index_select(0, order % N)
+        if torch.is_grad_enabled():
+            y = torch.cat([expert(part) for expert, part in zip(self.experts, x.split(runs))])
+        else:
+            y = self._experts_into(x, runs)
+        terms = y.float().exp() * top.t().flatten()[order, None]
+        slots = terms.index_select(0, torch.empty_like(order).index_copy_(0, order, torch.arange(k * N)))
         mixed = slots.view(k, N, -1).sum(0)
         return mixed.masked_fill_(mixed == 0, _EPS).log().to(tokens.dtype)
+
+    def _experts_into(self, x: torch.Tensor, runs: list[int]) -> torch.Tensor:
+        """Each expert on its run of the rows of ``x``, written into buffers of x's length."""
+        hidden = x.new_empty(x.shape[0], self.experts[0].fc1.out_features)
+        out = torch.empty_like(x)
+        bounds = [sum(runs[:e]) for e in range(len(runs) + 1)]
+        for e, expert in enumerate(self.experts):
+            rows = slice(bounds[e], bounds[e + 1])
+            torch.addmm(expert.fc1.bias, x[rows], expert.fc1.weight.t(), out=hidden[rows])
+        hidden = F.gelu(hidden)
+        for e, expert in enumerate(self.experts):
+            rows = slice(bounds[e], bounds[e + 1])
+            torch.addmm(expert.fc2.bias, hidden[rows], expert.fc2.weight.t(), out=out[rows])
+        return out
 
     def _combine_dense(self, tokens, gates):
         """The same combine with every expert run on every pixel: no host synchronisation and the
