@@ -167,15 +167,15 @@ class NoisyTopKExperts(Computation, nn.Module):
         """The published combine with each expert on its own pixels, without a scatter-add (which
         the CPU runs serially): the (pixel, rank) pairs are sorted by expert, each expert runs on
         its run of them, and the terms go back to one slot per (rank, pixel), the k slots then
-        summed (two terms: the same sum in any order). Without autograd every buffer has the same
-        size whatever the routing, so that memory freed by one slice fits the next (buffers whose
+        summed (two terms: the same sum in any order). Without autograd or autocast every buffer has
+        the same size whatever the routing, so that memory freed by one slice fits the next (buffers whose
         size follows the routing fragment the heap: the process grows slice after slice)."""
         N, k = idx.shape
         ranked = idx.t().flatten()  # rank-major: slot r * N + pixel
         order = ranked.argsort(stable=True)
         runs = torch.bincount(ranked, minlength=self.num_experts).tolist()
         x = tokens.index_select(0, order % N)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):  # out= has neither
             y = torch.cat([expert(part) for expert, part in zip(self.experts, x.split(runs))])
         else:
             y = self._experts_into(x, runs)
