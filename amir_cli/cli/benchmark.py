@@ -45,6 +45,7 @@ def benchmark(
 ) -> None:
     """Score the input, classical baselines and AMIR by the paper's protocol (PSNR, SSIM, RMSE)."""
     from .. import benchmark as bench
+    from ..device import keep_freed_memory
 
     if kspace_factor is not None and kspace_factor not in (2, 4):
         raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
@@ -58,6 +59,7 @@ def benchmark(
         def advance(done, total, label):
             bar.update(job, completed=done, total=total, description=label)
 
+        keep_freed_memory()
         result = bench.run_benchmark(
             data, out, weights=weights, simulate=simulations, with_baselines=with_baselines, device=device,
             precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, tta=tta,

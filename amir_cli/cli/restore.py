@@ -58,7 +58,7 @@ def restore_cmd(
     from .. import restore as R
     from .. import placement as P
     from ..batch import restore_batch
-    from ..device import pick_device, precision_context
+    from ..device import keep_freed_memory, pick_device, precision_context
     from ..weights import is_path, load_weights
 
     _restore_usage(R, task, scale, kspace_factor, tile, device, reference)
@@ -69,6 +69,7 @@ def restore_cmd(
         raise typer.BadParameter("--reference and --report apply to one image, not to a folder of scans")
     P.check_input_format(input)
     dev = pick_device(device)
+    keep_freed_memory()
     precision_context(dev, precision)  # fail early on an impossible precision
     options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
                                data_consistency=data_consistency, overwrite=overwrite, engine=engine)

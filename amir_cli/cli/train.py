@@ -105,6 +105,7 @@ def train_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Train or fine-tune AMIR (all-in-one or single-task); resumable, runs under torchrun (DDP)."""
+    from ..device import keep_freed_memory
     from ..training import train
     from ..training.options import RESUMABLE, parse_range
 
@@ -123,6 +124,7 @@ def train_cmd(
         pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
     )
     changed = {"quiet" if name == "json_out" else name for name in (*RESUMABLE, "json_out") if _given(ctx, name)}  # --json: --quiet
+    keep_freed_memory()
     summary = train(options, resume=resume, command=["amir", *sys.argv[1:]], changed=changed)
     if int(os.environ.get("RANK", "0")) != 0:
         return
