@@ -232,6 +232,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--batch", type=int, default=None, help="batch for slices/s (default 16 x 256^2 / size^2 on CUDA, 1 on CPU)")
     ap.add_argument("--engine", default="fused", choices=["fused", "plain"], help="plain: PyTorch's operators only")
+    ap.add_argument("--heap", default="kept", choices=["kept", "default"],
+                    help="kept: glibc keeps freed memory, as amir restore has it (both computations alike)")
     ap.add_argument("--experts", default="auto", choices=["auto", "dense", "sparse"])
     ap.add_argument("--norm", default="auto", choices=["auto", "channels", "permuted"])
     ap.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
@@ -244,6 +246,10 @@ def main():
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.heap == "kept":
+        from amir_cli.device import keep_freed_memory
+
+        keep_freed_memory()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precisions = args.precisions or (["fp32", "bf16", "fp16", "bf16-cast"] if device.type == "cuda" else ["fp32", "bf16"])
     if "fp32" not in precisions:
@@ -258,7 +264,7 @@ def main():
         print(f"note: {p} skipped for the network: this processor has no native {p} "
               f"({peaks[p.removesuffix('-cast')]:.1f} vs {peaks['fp32']:.1f} GFLOP/s fp32)")
 
-    stamp = {"device": name, "torch": torch.__version__, "commit": git_commit(),
+    stamp = {"device": name, "torch": torch.__version__, "commit": git_commit(), "heap": args.heap,
              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     rows = []
     for config in args.configs:
@@ -276,7 +282,8 @@ def main():
     keys = ["engine", "batch", "reference_fp32_slices_per_s", "reference_fp32_peak_memory_gb"] + [f"{p}_{k}" for p in precisions if p not in slow
             for k in ("slices_per_s", "speedup_vs_reference_fp32", "peak_memory_gb", "psnr_vs_fp32_db", "compile_s")]
     keys = [k for k in keys if any(k in r for r in rows)] + (["peak_memory_gb"] if device.type != "cuda" else [])
-    print(f"\n{name}, torch {torch.__version__}, experts {args.experts}, norm {args.norm}, compile {args.compile}")
+    print(f"\n{name}, torch {torch.__version__}, experts {args.experts}, norm {args.norm}, compile {args.compile}, "
+          f"heap {args.heap}")
     print("| config | weights | size | " + " | ".join(keys) + " |")
     print("|---|---|---|" + "---|" * len(keys))
     for r in rows:

@@ -117,6 +117,8 @@ def main(argv=None) -> int:
     ap.add_argument("--experts", default="auto", choices=["auto", "dense", "sparse"], help="expert computation (auto: dense off the CPU)")
     ap.add_argument("--reference", action="store_true", help="also the published computation, in the same run")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--heap", default="kept", choices=["kept", "default"],
+                    help="kept: glibc keeps freed memory, as amir train has it (both computations alike)")
     ap.add_argument("--data", default=None, help="a training data folder: also time the data pipeline")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--crops-per-slice", type=int, default=1)
@@ -127,6 +129,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.heap == "kept":
+        from amir_cli.device import keep_freed_memory
+
+        keep_freed_memory()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if a.devices == "auto" else a.devices.split(",")
     rows = []
     for device in devices:
