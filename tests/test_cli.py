@@ -98,6 +98,21 @@ def test_help_has_an_example(cmd):
         assert "Example" in res.output and "amir " in res.output
 
 
+def test_the_command_process_skips_the_collectors_last_passes(monkeypatch):
+    """As the process's command (no argv given) main() freezes the collector before exiting, which
+    spares the interpreter's exit a walk over torch's objects; called with arguments (a library
+    caller, these tests) it leaves the collector alone."""
+    import gc
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    monkeypatch.setattr(sys, "argv", ["amir", "--version"])
+    for argv in (["--version"], None):
+        with pytest.raises(SystemExit):
+            main(argv)
+    assert frozen == [True]
+
+
 def test_help_is_fast_and_imports_no_torch():
     code = "import sys; from amir_cli.cli import app; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

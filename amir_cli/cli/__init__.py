@@ -8,6 +8,7 @@ torch and the heavy modules are imported inside command bodies so that `amir --h
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -41,3 +42,6 @@ def main(argv: list[str] | None = None) -> None:
         else:
             typer.echo(f"amir: error: unexpected {type(exc).__name__}: {one_line(exc, limit=None)} (AMIR_DEBUG=1 shows details)", err=True)
         sys.exit(EXIT_ERROR)
+    finally:
+        if argv is None:  # this process is the command: its exit need not walk torch's objects
+            gc.freeze()  # with the cyclic collector (about a second after the network ran)
