@@ -251,13 +251,14 @@ def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progre
 
 
 def engine(model, device, precision: str = "fp32") -> str:
-    """How the network computes: "fused" (oneDNN's fused operators, CPU fp32), or "plain"
-    (PyTorch's operators: other devices and precisions, --engine plain, or a torch without them)."""
+    """How the network computes: "fused" (oneDNN's fused operators: CPU fp32, with one torch thread
+    or --engine fused), or "plain" (PyTorch's operators)."""
+    import torch
+
     from .network import onednn
 
-    fused = getattr(model, "fused", False) and not getattr(model, "reference", False)
-    on_cpu = getattr(device, "type", str(device)) == "cpu"
-    return "fused" if fused and on_cpu and precision == "fp32" and onednn.available() else "plain"
+    choice = "plain" if getattr(model, "reference", False) else getattr(model, "engine", "plain")
+    return "fused" if onednn.fuses(choice, torch.device(device), precision) else "plain"
 
 
 def restore_array(
@@ -321,7 +322,7 @@ class RestoreOptions:
     kspace_factor: int | None = None
     data_consistency: bool = True
     overwrite: bool = False
-    engine: str = "fused"  # or "plain": PyTorch's operators only (`engine`)
+    engine: str = "auto"  # ENGINES (`engine`)
 
 
 def value_unit(volume: Volume, task: str) -> str:
@@ -419,8 +420,7 @@ def restore_case(
 
     if options.engine not in ENGINES:
         raise BadInputError(f"--engine must be one of {', '.join(ENGINES)}, got {options.engine!r}")
-    if options.engine == "plain":
-        weights.model.set_computation(fused=False)
+    weights.model.set_computation(engine=options.engine)
     restored, info = restore_volume(
         weights.model,
         volume,

@@ -22,6 +22,6 @@ python benchmarks/network_processes.py --threads "$threads" --out "$dir/network_
     | tee "$dir/network_processes_cpu.txt"
 python benchmarks/train_speed.py --configs amir-s --patches 64 --batch 4 --steps 20 --reference --threads "$threads" \
     --devices cpu --out "$dir/train_speed.jsonl" | tee "$dir/train_speed_cpu.txt"
-python benchmarks/restore_speed.py --engines fused plain --out "$dir/restore_speed.jsonl" | tee "$dir/restore_speed_cpu.txt"
-python benchmarks/restore_speed.py --size 1024 --slices 12 --repeats 1 --out "$dir/restore_speed.jsonl" \
+python benchmarks/restore_speed.py --engines plain fused --out "$dir/restore_speed.jsonl" | tee "$dir/restore_speed_cpu.txt"
+python benchmarks/restore_speed.py --size 1024 --slices 12 --repeats 1 --engines plain fused --out "$dir/restore_speed.jsonl" \
     | tee "$dir/restore_memory_cpu.txt"

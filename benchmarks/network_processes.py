@@ -37,7 +37,7 @@ if side == "ours":
     from amir_cli.device import keep_freed_memory
     keep_freed_memory()
 model, _ = build_model(config, torch.device("cpu"))
-model.set_computation(reference=True) if side == "published" else model.set_computation(fused=engine == "fused")
+model.set_computation(reference=True) if side == "published" else model.set_computation(engine=engine)
 times = []
 with torch.inference_mode():
     for i in range(slices + 4):
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--slices", type=int, default=None, help="timed slices per process (default 10 for amir-s, 2 for amir)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--engine", default="fused", choices=["fused", "plain"], help="ours: amir restore --engine")
+    ap.add_argument("--engine", default="auto", choices=["auto", "fused", "plain"], help="ours: amir restore --engine")
     ap.add_argument("--quick", action="store_true", help="amir-tiny at 64x64, 2 rounds: checks the script")
     ap.add_argument("--out", default=str(RESULTS / "network_processes.jsonl"), help="JSON lines appended here ('' for none)")
     args = ap.parse_args()

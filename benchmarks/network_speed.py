@@ -231,7 +231,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5, help="timed turns (medians)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--batch", type=int, default=None, help="batch for slices/s (default 16 x 256^2 / size^2 on CUDA, 1 on CPU)")
-    ap.add_argument("--engine", default="fused", choices=["fused", "plain"], help="plain: PyTorch's operators only")
+    ap.add_argument("--engine", default="auto", choices=["auto", "fused", "plain"], help="as amir restore --engine")
     ap.add_argument("--heap", default="kept", choices=["kept", "default"],
                     help="kept: glibc keeps freed memory, as amir restore has it (both computations alike)")
     ap.add_argument("--experts", default="auto", choices=["auto", "dense", "sparse"])
@@ -269,7 +269,7 @@ def main():
     rows = []
     for config in args.configs:
         model, source = build_model(config, device)
-        model.set_computation(experts=args.experts, norm=args.norm, fused=args.engine == "fused")
+        model.set_computation(experts=args.experts, norm=args.norm, engine=args.engine)
         for size in args.sizes:
             row = measure(model, config, source, size, args, device, precisions, slow, peaks)
             rows.append(row)

@@ -11,7 +11,7 @@ Rows are appended as JSON lines, with the device named, to benchmarks/results/re
 (--out).
 
     python benchmarks/restore_speed.py                                     # CPU: 100 x 256 x 256, fp32 (about 1 minute)
-    python benchmarks/restore_speed.py --size 1024 --slices 12 --engines fused plain   # memory of large slices
+    python benchmarks/restore_speed.py --size 1024 --slices 12 --engines plain fused   # memory of large slices
     python benchmarks/restore_speed.py --device cuda --size 512 --slices 300 --precisions fp32 bf16 --batch-size 16
     python benchmarks/restore_speed.py --quick                             # 8 x 64 x 64: checks the script
 """
@@ -105,7 +105,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
     ap.add_argument("--batch-size", type=int, default=None, help="default: amir restore's (1 on the CPU)")
-    ap.add_argument("--engines", nargs="+", default=["fused"], choices=["fused", "plain"])
+    ap.add_argument("--engines", nargs="+", default=["auto"], choices=["auto", "fused", "plain"])
     ap.add_argument("--repeats", type=int, default=3, help="runs of each case; the median total is kept")
     ap.add_argument("--precisions", "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--slices", type=int, default=100)

@@ -143,15 +143,17 @@ def test_restore_nifti_keeps_geometry_and_dtype(ct_nii, tiny_weights):
 
 
 def test_engine_is_reported_and_plain_gives_the_same_image(ct_nii, tiny_weights, tmp_path):
-    """The CPU default runs oneDNN's fused operators; --engine plain PyTorch's alone: the same HU."""
+    """--engine fused runs oneDNN's fused operators, plain PyTorch's alone: the same HU; the default
+    (auto) fuses when torch runs one thread."""
     images = {}
-    for engine in ("fused", "plain"):
+    for engine in ("fused", "plain", None):
         out = tmp_path / f"{engine}.nii.gz"
         code, _, err = amir("restore", ct_nii, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--quiet",
-                            *(["--engine", engine] if engine == "plain" else []))
+                            *(["--engine", engine] if engine else []))
         assert code == 0, err
         report = json.loads(Path(f"{out}.json").read_text())
-        assert report["engine"] == engine and report["batch_size"] == 1  # one slice per call on the CPU
+        expected = engine or ("fused" if torch.get_num_threads() == 1 else "plain")
+        assert report["engine"] == expected and report["batch_size"] == 1  # one slice per call on the CPU
         images[engine] = np.asarray(nib.load(str(out)).dataobj, dtype=np.float32)
     assert np.abs(images["fused"] - images["plain"]).max() <= 1  # integer HU, rounded
     code, _, err = amir("restore", ct_nii, "-o", tmp_path / "x.nii.gz", "--weights", tiny_weights, "--engine", "fast")

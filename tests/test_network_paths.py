@@ -65,7 +65,7 @@ def test_inference_paths_equal_reference(config, fused, gram, chunked, monkeypat
         if chunked:
             monkeypatch.setattr(restormer, "_FFN_CHUNK", 1000)
             monkeypatch.setattr(routing, "_SPARSE_CHUNK", 2000)
-        out = model.set_computation(fused=fused)(x)
+        out = model.set_computation(engine="fused" if fused else "plain")(x)
     assert (out - ref).abs().max() < 1e-5
 
 
@@ -241,7 +241,15 @@ def test_fused_operators_run_in_cpu_inference_only():
         return {e.key for e in prof.key_averages() if e.key.startswith("mkldnn::")}
 
     with torch.no_grad():
-        assert "mkldnn::_convolution_pointwise" in fused_ops(lambda: model.eval()(x))
-        assert not fused_ops(lambda: model.set_computation(fused=False)(x))
-    model.set_computation().train()
+        assert "mkldnn::_convolution_pointwise" in fused_ops(lambda: model.eval().set_computation(engine="fused")(x))
+        assert not fused_ops(lambda: model.set_computation(engine="plain")(x))
+        model.set_computation(engine="auto")
+        threads = torch.get_num_threads()
+        try:
+            for n, fused in ((1, True), (2, False)):  # auto: fused with one thread only
+                torch.set_num_threads(n)
+                assert bool(fused_ops(lambda: model(x))) == fused
+        finally:
+            torch.set_num_threads(threads)
+    model.set_computation(engine="fused").train()
     assert not fused_ops(lambda: model(x)[0].sum().backward())

@@ -37,7 +37,7 @@ def restore_cmd(
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call [default: 1 on the CPU, 4 on a GPU].", show_default=False)] = None,
-    engine: Annotated[str, typer.Option("--engine", metavar="fused|plain", help="fused: the CPU runs fp32 with oneDNN's fused operators (a convolution with the GELU, product or sum after it); plain: PyTorch's operators only. The report names the one used.")] = "fused",
+    engine: Annotated[str, typer.Option("--engine", metavar="auto|fused|plain", help="fused: the CPU runs fp32 with oneDNN's fused operators (a convolution with the GELU, product or sum after it): faster with one thread, more memory; plain: PyTorch's operators only; auto: fused with one thread. The report names the one used.")] = "auto",
     tile: Annotated[Optional[int], typer.Option("--tile", min=1, metavar="N", help="Restore large slices in overlapping N x N tiles (saves memory).", show_default=False)] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average the network over the 8 flips and rotations of each slice (self-ensemble): a little better, 8x the time.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", metavar="HQ", help="High-quality image on the output grid: adds PSNR/SSIM/RMSE to the report.", show_default=False)] = None,

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AmirConfig
+from .onednn import ENGINE_PATHS
 from .restormer import NORM_PATHS, ChannelLayerNorm, Computation, Downsample, PatchEmbed, Upsample, channels_last, stage
 from .routing import EXPERT_PATHS, ChannelRouting, NoisyTopKExperts, RoutingInstructionNetwork, SpatialRouting
 
@@ -57,7 +58,7 @@ class AMIR(Computation, nn.Module):
         self.output = nn.Conv2d(widths[1], c.out_channels, 3, padding=1, bias=c.bias)
 
     def set_computation(self, reference: bool = False, experts: str = "auto", norm: str = "auto",
-                        fused: bool = True) -> "AMIR":
+                        engine: str = "auto") -> "AMIR":
         """Choose how this model computes (the outputs agree to float rounding); returns the model.
 
         reference: follow the published code step by step (slow; the oracle of tests and benchmarks).
@@ -66,15 +67,16 @@ class AMIR(Computation, nn.Module):
         `torch.compile` and CUDA graphs need), "sparse" runs each expert on its own pixels only,
         "auto" is dense off the CPU and sparse on it. norm: "channels" normalises over C in the
         convolutions' layout, "permuted" runs F.layer_norm on the NHWC view, "auto" is channels off
-        the CPU and permuted on it. fused: CPU fp32 inference runs oneDNN's fused operators (a
-        convolution with the GELU, product or residual sum after it, `onednn`).
+        the CPU and permuted on it. engine: "fused" runs CPU fp32 inference with oneDNN's fused
+        operators (a convolution with the GELU, product or residual sum after it, `onednn`),
+        "plain" with PyTorch's alone, "auto" fuses when torch runs one thread.
         """
-        if experts not in EXPERT_PATHS or norm not in NORM_PATHS:
-            raise ValueError(f"experts must be one of {EXPERT_PATHS} and norm one of {NORM_PATHS}")
+        if experts not in EXPERT_PATHS or norm not in NORM_PATHS or engine not in ENGINE_PATHS:
+            raise ValueError(f"experts must be one of {EXPERT_PATHS}, norm one of {NORM_PATHS}, engine one of {ENGINE_PATHS}")
         for m in self.modules():
             if isinstance(m, Computation):
                 m.reference = bool(reference)
-                m.fused = bool(fused)
+                m.engine = engine
             if isinstance(m, NoisyTopKExperts):
                 m.experts_path = experts
             if isinstance(m, ChannelLayerNorm):

@@ -3,13 +3,19 @@ that follows it (GELU, a product, a residual sum) in one pass over memory.
 
 These are the operators PyTorch's compiler emits for the CPU (`torch.ops.mkldnn`), called directly:
 no compilation and no start-up cost. They have no gradients and run fp32 only, so they serve
-inference on the CPU; everything else takes the plain operators.
+inference on the CPU; everything else takes the plain operators. Measured on 2 cores (256x256
+slices of amir-s), they make the network about a tenth faster when torch runs one thread, and no
+faster with two, where they cost a quarter more working memory: the "auto" engine fuses with one
+thread only.
 """
 from __future__ import annotations
 
 import functools
 
 import torch
+
+
+ENGINE_PATHS = ("auto", "fused", "plain")
 
 
 @functools.cache
@@ -23,10 +29,18 @@ def available() -> bool:
         return False
 
 
-def applies(x: torch.Tensor) -> bool:
-    """Whether ``x`` can go through the fused operators: fp32 on the CPU, without autograd or autocast."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and available())
+def fuses(engine: str, device: torch.device, precision: str = "fp32") -> bool:
+    """Whether ``engine`` ("auto": with one torch thread) runs the fused operators on ``device``
+    in ``precision`` (they serve fp32 on the CPU, where this torch has them)."""
+    wanted = engine == "fused" or (engine == "auto" and torch.get_num_threads() == 1)
+    return wanted and device.type == "cpu" and precision == "fp32" and available()
+
+
+def applies(engine: str, x: torch.Tensor) -> bool:
+    """Whether ``x`` goes through the fused operators: ``fuses`` for its device and dtype, without
+    autograd or autocast."""
+    return (x.dtype == torch.float32 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and fuses(engine, x.device))
 
 
 def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, gelu: bool = False,

@@ -23,7 +23,7 @@ class Computation:
     and benchmarks compare the fast path against it."""
 
     reference = False
-    fused = True  # oneDNN fused operators where they apply (`onednn.applies`): CPU fp32 inference
+    engine = "auto"  # oneDNN's fused operators or plain ones (`onednn.applies`), set by AMIR.set_computation
 
 
 def channels_last(x: torch.Tensor, reference: bool = False) -> torch.Tensor:
@@ -132,7 +132,7 @@ class GatedDconvFeedForward(Computation, nn.Module):
             return y if residual is None else y + residual
         hidden = self.project_out.in_channels
         step = hidden if torch.is_grad_enabled() else max(1, _FFN_CHUNK // x[0, 0].numel())
-        project = self._project_fused if self.fused and onednn.applies(x) else self._project
+        project = self._project_fused if onednn.applies(self.engine, x) else self._project
         out = residual
         for i in range(0, hidden, step):
             out = project(self._gated(x, i, min(i + step, hidden)), i, out, owned=i > 0)
@@ -170,7 +170,7 @@ class GatedDconvFeedForward(Computation, nn.Module):
         map is never held.
         """
         hidden = self.project_out.in_channels
-        fuse = self.fused and onednn.applies(x)
+        fuse = onednn.applies(self.engine, x)
 
         def branch(rows: slice, **post) -> torch.Tensor:
             b_in, b_dw = self.project_in.bias, self.dwconv.bias
@@ -241,7 +241,7 @@ class TransposedAttention(Computation, nn.Module):
         """Channels ``rows`` of the 1x1 + depthwise projection, as (B, H * W, channels) rows."""
         bias = lambda conv: None if conv.bias is None else _weight(conv.bias[rows])  # noqa: E731
         w, w_dw = _weight(self.qkv.weight[rows]), _weight(self.qkv_dwconv.weight[rows])
-        if self.fused and onednn.applies(x):
+        if onednn.applies(self.engine, x):
             y = onednn.conv(onednn.conv(x, w, bias(self.qkv)), w_dw, bias(self.qkv_dwconv))
         else:
             y = F.conv2d(F.conv2d(x, w, bias(self.qkv)), w_dw, bias(self.qkv_dwconv), padding=1, groups=w.shape[0])
