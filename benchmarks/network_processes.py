@@ -5,7 +5,7 @@ and its engine), on the CPU in fp32, batch 1.
 Each round starts one fresh process per side, alternating (published, ours, published, ours, ...),
 so that a busy machine's load falls on both alike; a process times --slices forwards, each on a new
 random --size x --size slice (the experts' routing changes from slice to slice, as in a volume),
-after four warm-up forwards, and reports its median. The table gives the median over --rounds of
+after four warm-up forwards (one for the paper configuration), and reports its median. The table gives the median over --rounds of
 each side and their ratio; rows are appended to benchmarks/results/network_processes.jsonl (--out).
 `network_speed.py` times both computations in one process instead (the same heap for both).
 
@@ -31,7 +31,7 @@ import json, statistics, sys, time
 import torch
 sys.path.insert(0, {bench!r})
 from network_speed import build_model
-config, size, slices, side, threads, engine = {config!r}, {size}, {slices}, {side!r}, {threads}, {engine!r}
+config, size, slices, warmup, side, threads, engine = {config!r}, {size}, {slices}, {warmup}, {side!r}, {threads}, {engine!r}
 torch.set_num_threads(threads)
 if side == "ours":
     from amir_cli.device import keep_freed_memory
@@ -40,19 +40,19 @@ model, _ = build_model(config, torch.device("cpu"))
 model.set_computation(reference=True) if side == "published" else model.set_computation(engine=engine)
 times = []
 with torch.inference_mode():
-    for i in range(slices + 4):
+    for i in range(slices + warmup):
         x = torch.rand(1, 1, size, size)
         t0 = time.perf_counter()
         model(x)
-        if i >= 4:  # after oneDNN has built its kernels and the heap has grown
+        if i >= warmup:  # after oneDNN has built its kernels and the heap has grown
             times.append(time.perf_counter() - t0)
 print(json.dumps(statistics.median(times)))
 """
 
 
-def one_process(config: str, size: int, slices: int, side: str, threads: int, engine: str) -> float:
+def one_process(config: str, size: int, slices: int, side: str, threads: int, engine: str, warmup: int = 4) -> float:
     code = CHILD.format(bench=str(Path(__file__).resolve().parent), config=config, size=size, slices=slices,
-                        side=side, threads=threads, engine=engine)
+                        warmup=warmup, side=side, threads=threads, engine=engine)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode != 0:
@@ -79,7 +79,8 @@ def main() -> None:
         seconds = {"published": [], "ours": []}
         for _ in range(args.rounds):
             for side in seconds:
-                seconds[side].append(one_process(config, args.size, slices, side, args.threads, args.engine))
+                seconds[side].append(one_process(config, args.size, slices, side, args.threads, args.engine,
+                                                 warmup=1 if config == "amir" else 4))
         published, ours = (statistics.median(seconds[s]) for s in ("published", "ours"))
         rows.append({"config": config, "size": args.size, "threads": args.threads, "engine": args.engine,
                      "rounds": args.rounds, "slices_per_process": slices, "published_s": round(published, 4),
