@@ -101,6 +101,7 @@ def restore_volume(
     tta: bool = False,
     kspace_factor: int | None = None,
     data_consistency: bool = True,
+    detect_zero_filling: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Volume, dict]:
     """Restore ``volume`` (physical units) slice by slice along its acquisition axis.
@@ -117,12 +118,17 @@ def restore_volume(
     :func:`amir_cli.inference.data_consistency`): with ``scale`` > 1 the coarse input is that
     band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
-    in-plane axis (negative values are refused). Returns the restored Volume and an info dict
-    (timings, shapes, routing instruction summary).
+    in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
+    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`). Returns the
+    restored Volume and an info dict (timings, shapes, routing instruction summary).
     """
     import torch
 
     check_options(task, scale, batch_size, tile, kspace_factor)
+    factor_from = "scale" if scale > 1 else "option" if kspace_factor else None
+    if task == MRI_SR and factor_from is None and detect_zero_filling and data_consistency:
+        kspace_factor = kspace.zero_filled_factor(volume.array, volume.slice_axis)
+        factor_from = "detected" if kspace_factor else None
     dc_factor = (scale if scale > 1 else kspace_factor) if data_consistency else None
     lowest = float(np.min(volume.array)) if dc_factor else 0.0
     if lowest < 0:  # not a magnitude image
@@ -175,7 +181,8 @@ def restore_volume(
         "task": task, "scale": scale, "device": str(device), "precision": precision, "batch_size": batch_size,
         "tile": tile, "tile_overlap": tile_overlap if tile else None, "tta": tta, "slice_axis": axis, "slices": n,
         "mr_scale_factor": mr_scale,
-        "data_consistency": {"kspace_factor": dc_factor, "grid": "coarse" if scale > 1 else "same", "iterations": DC_ITERATIONS}
+        "data_consistency": {"kspace_factor": dc_factor, "factor_from": factor_from,
+                             "grid": "coarse" if scale > 1 else "same", "iterations": DC_ITERATIONS}
         if dc_factor
         else None,
         "passthrough_voxels": passthrough, "seconds": seconds, "model_seconds": model_seconds,
@@ -201,6 +208,7 @@ def restore_array(
     tta: bool = False,
     kspace_factor: int | None = None,
     data_consistency: bool = True,
+    detect_zero_filling: bool = True,
 ) -> np.ndarray:
     """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
 
@@ -216,7 +224,7 @@ def restore_array(
     volume = Volume(array=a, affine=np.diag([*spacing[:3], 1.0]), slice_axis=2 if two_d else slice_axis)
     out, _ = restore_volume(
         model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta,
-        kspace_factor=kspace_factor, data_consistency=data_consistency,
+        kspace_factor=kspace_factor, data_consistency=data_consistency, detect_zero_filling=detect_zero_filling,
     )
     return out.array[:, :, 0] if two_d else out.array
 
@@ -245,6 +253,7 @@ class RestoreOptions:
     tta: bool = False
     kspace_factor: int | None = None
     data_consistency: bool = True
+    detect_zero_filling: bool = True
     overwrite: bool = False
 
 
@@ -328,8 +337,6 @@ def restore_case(
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
     check_memory(out_shape, str(input_path), copies=RESTORE_COPIES, doing="restoring")
-    if task == MRI_SR and options.scale == 1 and options.kspace_factor is None:
-        warnings += zero_filled_hint(input_path)
 
     ref_volume = None
     if reference is not None:
@@ -354,8 +361,11 @@ def restore_case(
         tta=options.tta,
         kspace_factor=options.kspace_factor,
         data_consistency=options.data_consistency,
+        detect_zero_filling=options.detect_zero_filling,
         progress=progress,
     )
+    if task == MRI_SR and options.scale == 1 and info["data_consistency"] is None:
+        warnings += zero_filled_hint(input_path)
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
     description = DESCRIPTION.format(version=__version__, task=task, scale=scale_text)
 

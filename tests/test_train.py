@@ -201,7 +201,7 @@ def test_validation_split_disjoint_from_training(hq_data):
             assert v.val_rows[0] >= v.train_rows and s.hq_phys.shape[0] == v.val_rows[1] - v.val_rows[0]
     # deterministic
     again = validation_set(vols, TASKS, per_task=3, size=None, seed=0)
-    assert all(np.array_equal(x.lq, y.lq) for x, y in zip(val, again))
+    assert all(np.array_equal(x.lq_phys, y.lq_phys) for x, y in zip(val, again))
 
 
 def test_paired_layout_loads(tmp_path):
@@ -259,7 +259,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(hq_data, tmp_path, monkey
     calls = {"n": 0}
     real_abs = torch.Tensor.abs
 
-    def poisoned_abs(self):  # the L1 term turns NaN at the third iteration
+    def poisoned_abs(self):  # the L1 term turns NaN at the third iteration (one abs per step: no MR consistency term)
         calls["n"] += 1
         out = real_abs(self)
         return out * float("nan") if calls["n"] == 3 else out
@@ -267,7 +267,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(hq_data, tmp_path, monkey
     monkeypatch.setattr(torch.Tensor, "abs", poisoned_abs)
     run = tmp_path / "nan"
     with pytest.raises(TrainingDivergedError, match="iteration 3.*last good checkpoint"):
-        train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=10, checkpoint_every=1, val_every=100))
+        train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=10, checkpoint_every=1, val_every=100,
+                           mr_consistency_loss=False))
     state = ckpt.load_torch(run / ckpt.LAST)
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -376,10 +377,10 @@ def test_cli_train_errors_exit_1(tmp_path):
 @pytest.mark.parametrize("weighting", ["uniform", "relative", "psnr"])
 def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq_data, tmp_path, weighting):
     """A new network starts as the identity, so each sample's relative L1 is exactly 1 and its
-    PSNR deficit to its input exactly 0 dB."""
+    PSNR deficit to its input exactly 0 dB (without the MR consistency term, which changes the output)."""
     run = tmp_path / weighting
     train(TrainOptions(**{**TINY, "log_every": 1}, data=str(hq_data), out=str(run), iterations=1, val_every=100,
-                       task_weighting=weighting))
+                       task_weighting=weighting, mr_consistency_loss=False))
     rec = next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train")
     main = rec["loss"] - 0.001 * rec["load_loss"]
     assert rec["l1"] > 0

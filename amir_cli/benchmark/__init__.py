@@ -22,9 +22,11 @@ Every case is read, its slices put first ``(S, H, W)``, optionally reduced to ``
 spaced slices among those whose windowed reference is not constant (slices that §4 cannot score),
 then scored by :func:`metrics.volume_scores` in physical units for: ``input`` (the low-quality
 image; for MR on a coarser grid its k-space zero-filled upsampling), the task's classical
-baseline (:mod:`amir_cli.baselines`) and ``amir``.  Same-grid MR cases whose level names their
-k-space factor (``LQ_x2``, ``--simulate mri-sr:2``: :func:`kspace_factor_of`) are restored with
-that factor's data consistency, as `amir restore --kspace-factor` does.  Case scores are slice means, table scores case
+baseline (:mod:`amir_cli.baselines`) and ``amir``, run as plain `amir restore` runs (a zero-filled
+MR input recognised by its spectrum; ``--kspace-factor`` forces a factor on an unlabelled ``LQ``
+folder).  Same-grid MR cases whose level names their k-space factor (``LQ_x2``, ``--simulate
+mri-sr:2``: :func:`kspace_factor_of`) give that factor to the ``pocs`` baseline and add ``amir-net``,
+the network without data consistency.  Case scores are slice means, table scores case
 means.  Time per slice is wall time of the method over the case's scored slices (model loading
 excluded).  MR intensity scaling (``mr_scale_factor``) is computed by `restore_volume` from the
 slices it is given, i.e. from the scored slices.  A case that fails (unreadable file, LQ/HQ shape mismatch, ...) is recorded and skipped;
@@ -295,7 +297,10 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
     task = spec.task
     n = len(idx)
     factor = kspace_factor_of(spec, scale, kspace_factor) if data_consistency else None  # same grid; a coarser one: --scale's
-    options = dict(device=device, precision=precision, batch_size=batch_size, kspace_factor=factor, data_consistency=data_consistency)
+    # amir runs as plain `amir restore` does: the zero filling recognised, unless --kspace-factor forces a factor
+    forced = kspace_factor if task == MRI_SR and scale == 1 and not spec.level else None
+    options = dict(device=device, precision=precision, batch_size=batch_size, kspace_factor=forced,
+                   data_consistency=data_consistency, detect_zero_filling=True)
     methods: list[tuple[str, np.ndarray, float | None]] = []
     if scale > 1:
         t = time.perf_counter()
@@ -310,9 +315,9 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
     t = time.perf_counter()
     restored = _run_amir(model, lq_vol, task, scale=scale, **options)
     methods.append(("amir", restored, (time.perf_counter() - t) / n))
-    if factor:  # the network alone: what plain `amir restore` (no --kspace-factor) gives
+    if factor:  # the network alone, without data consistency
         t = time.perf_counter()
-        alone = _run_amir(model, lq_vol, task, scale=scale, **{**options, "kspace_factor": None})
+        alone = _run_amir(model, lq_vol, task, scale=scale, **{**options, "data_consistency": False})
         methods.append(("amir-net", alone, (time.perf_counter() - t) / n))
     if tta:
         t = time.perf_counter()

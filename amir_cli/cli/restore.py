@@ -32,7 +32,8 @@ def restore_cmd(
     task: Annotated[str, typer.Option("--task", metavar="auto|mri-sr|ct-denoise|pet-synthesis", help="Restoration task; auto decides from the DICOM Modality, header hints, then intensities.")] = "auto",
     scale: Annotated[int, typer.Option("--scale", metavar="1|2|4", help="mri-sr only: write an s-times finer in-plane grid (k-space zero-padding).")] = 1,
     kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar="2|4", help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
-    data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale or --kspace-factor: keep the k-space band the input measured.")] = True,
+    data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale, --kspace-factor or a recognised zero-filled input: keep the k-space band the input measured.")] = True,
+    detect_zero_filling: Annotated[bool, typer.Option("--detect-zero-filling/--no-detect-zero-filling", help="mri-sr on the input's grid: recognise a zero-filled image (the central 1/2 or 1/4 of k-space) by its spectrum and keep its band, as --kspace-factor does.")] = True,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
@@ -69,7 +70,7 @@ def restore_cmd(
     dev = pick_device(device)
     precision_context(dev, precision)  # fail early on an impossible precision
     options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
-                               data_consistency=data_consistency, overwrite=overwrite)
+                               data_consistency=data_consistency, detect_zero_filling=detect_zero_filling, overwrite=overwrite)
     if not batch:
         out = output if output is not None else P.default_output(input)
         rep = report if report is not None else P.report_path_for(out)

@@ -198,7 +198,7 @@ def _run_info(trainer: Trainer, command, data: dict, workers: int) -> dict:
             "validation_volumes": [v.describe() for v in val_volumes] if val_volumes else None,
         },
         "validation": {
-            "slices": [{"task": s.task, "volume": s.volume, "slice": s.index, "level": s.level, "shape": list(s.lq.shape)} for s in trainer.val_set],
+            "slices": [{"task": s.task, "volume": s.volume, "slice": s.index, "level": s.level, "shape": list(s.lq_phys.shape)} for s in trainer.val_set],
             "input_scores": trainer.val_in,
             "best_by": "mean over tasks of the PSNR gain over the low-quality input (docs/protocol.md), "
             "equivalent to the mean PSNR on this fixed set",

@@ -64,6 +64,7 @@ class TrainOptions:
     mr_scale_jitter: float = 0.0
     task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
+    mr_consistency_loss: bool = True  # MR loss also on the output made consistent with the measured band
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
     ct_dose: tuple[float, float] = Levels.ct_dose

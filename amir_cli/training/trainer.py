@@ -1,5 +1,6 @@
 """One process's training: the model, its optimiser and EMA; a step (L1, or the PSNR deficit to
-the input, + 0.001 x load loss, under a cosine schedule and the task weighting); validation by
+the input, + 0.001 x load loss, under a cosine schedule and the task weighting; MR scored half on
+the network's output and half on it made consistent with the measured k-space band); validation by
 the protocol of docs/protocol.md with the best weights kept; atomic checkpoints that resume exactly."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from amir_cli.errors import AmirError, BadInputError
+from amir_cli.inference import band_mask, project_band
 from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
@@ -24,6 +26,7 @@ from .options import TaskWeighting, TrainOptions
 from .validation import evaluate, input_scores
 
 PSNR_FLOOR = 1e-8  # added to both MSEs of psnr_deficit: a perfect patch is not worth infinite decibels
+TRAIN_DC_ITERATIONS = 5  # data-consistency projections in the MR loss (restore runs more; the first do most)
 
 
 class TrainingDivergedError(AmirError):
@@ -65,6 +68,19 @@ def psnr_deficit(pred, hq, lq):
     mse = (pred - hq).pow(2).mean(dim=(1, 2, 3))
     input_mse = (lq - hq).pow(2).mean(dim=(1, 2, 3))
     return (10.0 / math.log(10.0)) * (torch.log(mse + PSNR_FLOOR) - torch.log(input_mse + PSNR_FLOOR))
+
+
+def _consistent(pred, lq, factors):
+    """``pred`` with each MR sample made consistent with the band its zero-filled input ``lq`` measured
+    (``factors``: its truncation factor, 0 for other samples), as `amir restore` does; differentiable."""
+    out = pred
+    for f in factors.unique().tolist():
+        if f > 0:
+            idx = (factors == f).nonzero()[:, 0]
+            band = band_mask(pred.shape[-2:], f, pred.device)
+            dc = project_band(pred[idx], lq[idx].float(), band, TRAIN_DC_ITERATIONS, eps=1e-4)
+            out = out.index_put((idx,), dc)
+    return out
 
 
 def cosine_lr(it: int, o: TrainOptions) -> float:
@@ -176,6 +192,9 @@ class Trainer:
         tid = batch["task"].to(self.device)
         pred, load_loss = self._forward(lq)
         per_sample = (pred.float() - hq).abs().mean(dim=(1, 2, 3))
+        if self.o.mr_consistency_loss and "kspace_factor" in batch:
+            consistent = _consistent(pred.float(), lq, batch["kspace_factor"].to(self.device))
+            per_sample = 0.5 * (per_sample + (consistent - hq).abs().mean(dim=(1, 2, 3)))
         l1 = per_sample.mean()
         loss = self._main_loss(per_sample, l1, pred, lq, hq, tid) + o.load_loss_weight * load_loss.float()
         check = torch.stack([loss.detach(), l1.detach(), load_loss.detach().float()])
