@@ -27,6 +27,7 @@ from .volumes import TrainingDataError, TrainVolume
 
 MIN_FOREGROUND = 0.2  # fraction of foreground pixels a training patch should have (best of tries)
 PATCH_TRIES = 6
+MAX_ZOOMED_SIDE = 512  # the longest side the MR pixel-size augmentation makes
 
 
 @dataclass(kw_only=True)
@@ -169,6 +170,7 @@ def _fourier_zoom(image: np.ndarray, max_factor: float, rng) -> tuple[np.ndarray
     interpolation) its centred k-space, then the magnitude. Unlike a spatial resampling this keeps
     what MR pixels hold: the finer grid has an empty outer k-space, as on a scanner."""
     f = math.exp(rng.uniform(-math.log(max_factor), math.log(max_factor)))
+    f = min(f, max(1.0, MAX_ZOOMED_SIDE / max(image.shape)))  # a finer grid than 512 pixels costs time, teaches nothing new
     shape = tuple(max(16, 2 * round(n * f / 2)) for n in image.shape)
     if shape == image.shape:
         return image, 1.0
