@@ -101,8 +101,9 @@ def _geometry(ds, what: str, required: bool):
 def _check_headers(items: list, what: str) -> tuple[int, int]:
     """(rows, columns) shared by every slice; greyscale images only."""
     for path, ds, _frame in items:
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-            raise BadInputError(f"{what}: colour DICOM images are not supported (SamplesPerPixel > 1)")
+        photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").upper()
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or not photometric.startswith("MONOCHROME"):
+            raise BadInputError(f"{what}: colour DICOM images are not supported (PhotometricInterpretation {photometric})")
         for key in ("Rows", "Columns", "BitsAllocated"):
             _require(ds, key, str(path))
     ds0 = items[0][1]
