@@ -202,6 +202,17 @@ def test_derived_multiframe_on_a_finer_grid(tmp_path):
     np.testing.assert_array_equal(back.array, fine)
 
 
+def test_classic_multiframe_steps_from_its_one_position(tmp_path):
+    ds = pydicom.dcmread(registry_file("emri_small.dcm"))
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = ["10", "-20", "30"], ["0", "1", "0", "0", "0", "-1"]
+    ds.PixelSpacing, ds.SpacingBetweenSlices = ["0.5", "0.6"], "2.5"
+    ds.save_as(tmp_path / "classic.dcm")
+    vol = read_image(tmp_path / "classic.dcm")
+    lps = np.array([[0, 0, -2.5, 10], [0.6, 0, 0, -20], [0, -0.5, 0, 30], [0, 0, 0, 1.0]])
+    np.testing.assert_allclose(vol.affine, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-9)
+    assert vol.meta["notes"] == []
+
+
 def test_cine_and_colour_multiframe_are_refused(tmp_path):
     ds = pydicom.dcmread(registry_file("emri_small.dcm"))
     ds.FrameTime, ds.FrameIncrementPointer = "33", 0x00181063  # frames in time, not in space

@@ -53,12 +53,19 @@ def frame_headers(ds, what: str) -> tuple[list, list[str]]:
         header.update(base)
         for group in list(shared[:1]) + ([per_frame[k]] if per_frame else []):
             _lay_over(header, group)
-        if "FrameAcquisitionDateTime" in header:
-            header.AcquisitionDateTime = header.FrameAcquisitionDateTime  # this frame's own time (PET decay)
+        if "FrameAcquisitionDateTime" in header:  # this frame's own time (PET decay)
+            _set(header, "AcquisitionDateTime", header.FrameAcquisitionDateTime)
         headers.append(header)
-    if all("ImagePositionPatient" in h for h in headers):
+    if per_frame and all("PlanePositionSequence" in group for group in per_frame):
         return headers, []
     return _stack(headers, what)
+
+
+def _set(header, keyword: str, value) -> None:
+    """Give ``header`` an element of its own (the frames share the source's elements)."""
+    if keyword in header:
+        del header[keyword]
+    setattr(header, keyword, value)
 
 
 def _lay_over(header, group) -> None:
@@ -92,13 +99,13 @@ def _stack(headers: list, what: str) -> tuple[list, list[str]]:
         iop, origin = np.array([1.0, 0, 0, 0, 1.0, 0]), np.zeros(3)
         pixel = [float(v) for v in first.get("PixelSpacing") or [1.0, 1.0]]
         for header in headers:
-            header.PixelSpacing = [f"{v:g}" for v in pixel]
+            _set(header, "PixelSpacing", [f"{v:g}" for v in pixel])
         notes.append(
             f"no plane position or orientation in the file: its {len(headers)} frames are stacked in file order, "
             f"{pixel[1]:g} x {pixel[0]:g} mm pixels, {abs(step):g} mm apart"
         )
     normal = np.cross(iop[:3], iop[3:])
     for k, header in enumerate(headers):
-        header.ImageOrientationPatient = [f"{v:.8g}" for v in iop]
-        header.ImagePositionPatient = [f"{v:.8g}" for v in origin + k * abs(step) * normal]
+        _set(header, "ImageOrientationPatient", [f"{v:.8g}" for v in iop])
+        _set(header, "ImagePositionPatient", [f"{v:.8g}" for v in origin + k * abs(step) * normal])
     return headers, notes
