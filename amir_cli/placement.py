@@ -21,8 +21,15 @@ def is_dicom_input(path: Path) -> bool:
 
 
 def is_batch_input(path: Path) -> bool:
-    """A folder that does not itself hold DICOM files is a batch of cases."""
-    return path.is_dir() and not image_suffix(path) and not dicom.folder_dicom_files(path)
+    """A folder that does not itself hold DICOM files, or holds several DICOM series, is a batch of cases."""
+    if not path.is_dir() or image_suffix(path):
+        return False
+    if not dicom.folder_dicom_files(path):
+        return True
+    try:
+        return len(dicom.folder_series(path)) > 1
+    except BadInputError:
+        return False  # reading the folder as one case says what is wrong with it
 
 
 def default_output(input_path: Path, suffix_tag: str = "_amir") -> Path:

@@ -319,8 +319,10 @@ def restore_case(
     reference: Path | None = None,
     report: Path | None = None,
     progress: Progress | None = None,
+    series: str | None = None,
 ) -> dict:
-    """Read, restore, write and report one image; returns the report (also written as JSON)."""
+    """Read, restore, write and report one image (``series``: the SeriesInstanceUID of one series of
+    a DICOM folder that holds several); returns the report (also written as JSON)."""
     input_path = Path(input_path)
     output = Path(output) if output is not None else default_output(input_path)
     report = Path(report) if report is not None else report_path_for(output)
@@ -332,8 +334,9 @@ def restore_case(
     check_input_format(input_path)
     check_output_format(input_path, output)
 
-    volume = read_image(input_path)
+    volume = read_image(input_path, series)
     task, reason, warnings = _choose_task(volume, options.task, weights)
+    warnings = volume.meta.get("notes", []) + warnings  # what reading left out or assumed
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
     check_memory(out_shape, str(input_path), copies=RESTORE_COPIES, doing="restoring")
@@ -373,6 +376,7 @@ def restore_case(
         "tool": "amir",
         "version": __version__,
         "input": str(input_path),
+        **({"series_instance_uid": series} if series else {}),
         "output": str(output),
         "task": task,
         "task_reason": reason,

@@ -268,16 +268,6 @@ def _empty_folder(tmp, ct_nii):
     return [tmp / "empty"]
 
 
-def _two_series(tmp, ct_nii):
-    DB.ct_series(tmp / "two" / "a")
-    DB.mr_series(tmp / "two" / "b")
-    both = tmp / "both"
-    both.mkdir()
-    for f in list((tmp / "two" / "a").iterdir()) + list((tmp / "two" / "b").iterdir()):
-        shutil.copy(f, both / (f.parent.name + f.name))
-    return [both]
-
-
 def _four_d(tmp, ct_nii):
     p = tmp / "fmri.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((32, 32, 4, 3), np.int16), np.eye(4)), str(p))
@@ -363,7 +353,6 @@ def _fp16_on_cpu(tmp, ct_nii):
         (_truncated, "truncated"),
         (_random_dcm, "noise.dcm"),
         (_empty_folder, "no images"),
-        (_two_series, "2 DICOM series"),
         (_four_d, "4-D"),
         (_nans, "NaN"),
         (_one_pixel, "at least 16x16"),

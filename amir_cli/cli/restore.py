@@ -97,6 +97,8 @@ def restore_cmd(
             typer.echo(f"amir: error: {case}: {error}", err=True)
         elif not quiet and not json_out:
             typer.echo(f"{case} -> {result['output']} ({result['task']}, {result['seconds']:.1f} s)")
+            for w in result.get("warnings", []):
+                typer.echo(f"  warning: {w}", err=True)
 
     with progress_bar(quiet or json_out) as bar:
         def progress_for(case):

@@ -60,8 +60,9 @@ def stem(path: str | Path) -> str:
 # reading
 
 
-def read_image(path: str | Path) -> Volume:
-    """Read NIfTI, MetaImage/NRRD, one DICOM file or a folder holding one DICOM series."""
+def read_image(path: str | Path, series_uid: str | None = None) -> Volume:
+    """Read NIfTI, MetaImage/NRRD, one DICOM file, or a folder holding one DICOM series (or the
+    series ``series_uid`` of a folder holding several)."""
     from amir_cli.imaging import dicom
 
     p = Path(path)
@@ -70,7 +71,7 @@ def read_image(path: str | Path) -> Volume:
     if p.is_dir():
         if image_suffix(p) or p.suffix.lower() in dicom.DICOM_SUFFIXES:
             raise BadInputError(f"{p}: is a folder, not an image file")
-        return dicom.read_series_folder(p)
+        return dicom.read_series_folder(p, series_uid)
     if not os.access(p, os.R_OK):
         raise BadInputError(f"{p}: file is not readable (permission denied)")
     suffix = image_suffix(p)
@@ -284,15 +285,15 @@ def _read_itk(p: Path) -> Volume:
 
 
 def list_cases(folder: str | Path) -> list[Path]:
-    """Cases in an input folder: ``[folder]`` if it directly holds one DICOM series, else its image
-    files (.nii, .nii.gz, .mha, .mhd, .nrrd) and the DICOM series folders below it, sorted."""
+    """Cases in an input folder: ``[folder]`` if it directly holds DICOM files, else its image files
+    (.nii, .nii.gz, .mha, .mhd, .nrrd) and the DICOM folders below it, sorted (a DICOM folder may
+    hold several series: :func:`amir_cli.imaging.dicom.folder_series`)."""
     from amir_cli.imaging import dicom
 
     root = Path(folder)
     if not root.is_dir():
         raise BadInputError(f"{root}: not a folder")
     if dicom.folder_dicom_files(root):
-        dicom.group_series(root)  # raises for several series, listing them
         return [root]
     cases: list[Path] = []
     for entry in sorted(root.iterdir()):
