@@ -69,6 +69,7 @@ SOURCES = (
     Source("ct/pancreas_ct_slice.nii.gz", "pydicom-explicit-vr-un", "pet-synthesis", "simulated", VALIDATION, "abdomen CT anatomy"),
     Source("mr/colin27_t1_0.5mm_brain.nii.gz", "colin27", "pet-synthesis", "simulated", VALIDATION, "skull-stripped T1"),
     Source("mr/brain_t1c_1.nii.gz", "pyradiomics-brain1", "pet-synthesis", "simulated", TEST, "T1 with contrast"),
+    Source("ct/chest_ct_lung1.nii.gz", "pyradiomics-lung1", "pet-synthesis", "simulated", TEST, "chest CT anatomy"),
 )
 
 # The shipped examples: (file in examples/, the development file it was cut from).

@@ -48,6 +48,14 @@ def test_the_test_split_holds_real_scanner_images_of_every_task():
     assert pet and all(s.subject in real_subjects for s in pet)
 
 
+def test_weights_are_chosen_and_trained_on_real_brain_mr_and_pet_on_body_anatomy():
+    brain = lambda s: s.kind == "real" and s.note.startswith("brain")  # noqa: E731
+    assert any(brain(s) for s in splits.sources(VALIDATION, "mri-sr"))
+    assert sum(brain(s) for s in splits.sources(TRAIN, "mri-sr")) >= 4
+    assert any(s.file.startswith("ct/") for s in splits.sources(TRAIN, "pet-synthesis"))
+    assert any(s.file.startswith("ct/") for s in splits.sources(VALIDATION, "pet-synthesis"))
+
+
 def test_templates_are_a_minority_of_the_mr_training_volumes():
     mr = splits.sources(TRAIN, "mri-sr")
     assert sum(s.kind == "template" for s in mr) * 2 < len(mr)
