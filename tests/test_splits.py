@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, DEV_DATA_REASON
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,7 +67,7 @@ def test_examples_are_cut_from_their_declared_source(example):
     """The provenance above is a fact: the example's slices are found in its source volume."""
     source = dict(splits.EXAMPLE_SOURCES)[example]
     if not (DATA / source).exists():
-        pytest.skip("development data not present")
+        pytest.skip(DEV_DATA_REASON)
     ex = np.asarray(nib.load(str(ROOT / "examples" / example)).dataobj, np.float32)
     src = np.asarray(nib.load(str(DATA / source)).dataobj, np.float32)
     first = ex[:, :, 0]
@@ -78,7 +78,7 @@ def test_examples_are_cut_from_their_declared_source(example):
 def test_training_data_builds_without_any_test_file(tmp_path):
     """scripts/build_training_data.py given the development data less the test files: it succeeds."""
     if not DATA.is_dir():
-        pytest.skip("development data not present")
+        pytest.skip(DEV_DATA_REASON)
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_training_data
 
