@@ -27,9 +27,13 @@ class TaskWeighting(str, Enum):
     PSNR = "psnr"  # each sample's PSNR deficit to its input
 
 
+# Defaults that depend on the device or on --init, fixed when a run starts (see started_options)
+PAPER_PATCH_SIZE, CPU_PATCH_SIZE = 128, 64  # --patch-size on CUDA and elsewhere
+PAPER_CONFIG, CPU_CONFIG = "amir", "amir-s"  # --config on CUDA and elsewhere
+PAPER_LR, FINE_TUNE_LR = 2e-4, 5e-5  # --lr of a new network and of one started from --init
 # Options that may change when a run is resumed (everything else is fixed by run.json).
-PAPER_PATCH_SIZE, CPU_PATCH_SIZE = 128, 64  # default --patch-size on CUDA and elsewhere
-RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "log_every", "quiet", "export")
+RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "checkpoint_minutes", "log_every",
+             "quiet", "export")
 
 
 @dataclass
@@ -38,12 +42,12 @@ class TrainOptions:
 
     data: str | None = None
     out: str | None = None
-    config: str = "amir"
+    config: str | None = None  # None: PAPER_CONFIG on CUDA, CPU_CONFIG elsewhere
     tasks: tuple[str, ...] = TASKS
     iterations: int = 200_000
     batch_size: int = 8  # per process; under torchrun the global batch is K x this
     patch_size: int | None = None  # None: PAPER_PATCH_SIZE on CUDA, CPU_PATCH_SIZE elsewhere (resolved when a run starts)
-    lr: float = 2e-4
+    lr: float | None = None  # None: PAPER_LR, or FINE_TUNE_LR with init
     betas: tuple[float, float] = (0.9, 0.999)
     eta_min: float = 1e-6
     warmup: int = 0
@@ -55,6 +59,7 @@ class TrainOptions:
     seed: int = 0
     val_every: int = 5000
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 5.0  # last.pt also after this much wall time (0: only by iterations)
     log_every: int = 50
     val_slices: int = 8  # per task
     val_size: int = 256  # centre crop of the validation slices (0: whole slice)
@@ -92,13 +97,15 @@ class TrainOptions:
             raise BadInputError(f"unknown task(s) {', '.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
         from amir_cli.network import CONFIGS
 
-        if self.config not in CONFIGS:
+        if self.config is not None and self.config not in CONFIGS:
             raise BadInputError(f"unknown --config {self.config!r}; known: {', '.join(CONFIGS)}")
         for name in ("iterations", "batch_size", "val_every", "checkpoint_every", "log_every", "val_slices"):
             if int(getattr(self, name)) < 1:
                 raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise BadInputError(f"--lr must be positive, got {self.lr}")
+        if not (self.checkpoint_minutes >= 0 and math.isfinite(self.checkpoint_minutes)):
+            raise BadInputError(f"--checkpoint-minutes must be 0 or more, got {self.checkpoint_minutes}")
         if not 0 <= self.ema < 1:
             raise BadInputError(f"--ema must be in [0, 1), got {self.ema}")
         try:
@@ -129,6 +136,18 @@ class TrainOptions:
             raise BadInputError(f"--zoom-jitter must be in [1, 4], got {self.zoom_jitter}")
         if self.zoom_tasks is not None and (not self.zoom_tasks or set(self.zoom_tasks) - set(self.tasks)):
             raise BadInputError(f"--zoom-tasks must name trained tasks, got {','.join(self.zoom_tasks) or '(none)'}")
+
+
+def started_options(o: TrainOptions, device_type: str) -> TrainOptions:
+    """The options a new run records in run.json, its defaults that depend on the device (network
+    configuration, patch size) and on ``init`` (learning rate) made explicit, so a resumed run keeps them."""
+    cuda = device_type == "cuda"
+    return dataclasses.replace(
+        o,
+        config=o.config or (PAPER_CONFIG if cuda else CPU_CONFIG),
+        patch_size=o.patch_size or (PAPER_PATCH_SIZE if cuda else CPU_PATCH_SIZE),
+        lr=o.lr if o.lr is not None else (FINE_TUNE_LR if o.init else PAPER_LR),
+    )
 
 
 def resumed_options(recorded: dict, given: TrainOptions, changed: Collection[str] | None = None) -> TrainOptions:
