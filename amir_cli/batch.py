@@ -71,7 +71,7 @@ def restore_batch(
             if on_case:
                 on_case(case, report, None)
         except (BadInputError, WeightsError, DeviceError, OSError, ValueError) as exc:
-            message = one_line(exc)
+            message = one_line(exc, limit=None)
             failed.append({"input": str(case), "error": message})
             if on_case:
                 on_case(case, None, message)

@@ -119,13 +119,20 @@ def read_state_dict(path: Path) -> dict:
 
 
 def _read_failure(path: Path, exc: Exception) -> str:
-    """Why a weights file did not decode, in words (a text file named .pth, a truncated archive)."""
+    """Why a weights file did not decode, in words (a text file named .pth, a truncated archive, a
+    pickle of objects), never cut mid-sentence."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())  # torch colours its advice
+    if path.suffix == ".safetensors":
+        return f"not a complete safetensors file ({text or type(exc).__name__})"
     with open(path, "rb") as f:
         head = f.read(512)
-    if path.suffix != ".safetensors" and not head.startswith(b"PK") and not head.startswith(b"\x80"):
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):
         return "not a PyTorch checkpoint (neither a zip archive nor a pickle; a text file or another format?)"
-    text = " ".join(str(exc).split())
-    return text[:200] if text else type(exc).__name__
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        held = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects{held} besides tensors, which amir never unpickles; save the model's state_dict"
+    return f"a truncated or corrupt PyTorch checkpoint ({text or type(exc).__name__})"
 
 
 def _mismatch(model, state: dict, exc: Exception, shown: int = 3) -> str:
@@ -174,8 +181,10 @@ def infer_config(state: dict):
             in_channels=int(embed.shape[1]),
             out_channels=int(state["output.weight"].shape[0]),
         )
-    except (KeyError, IndexError, ValueError) as exc:
-        raise WeightsError(f"these weights are not an AMIR network (cannot infer the configuration: {exc})") from None
+    except KeyError as exc:
+        raise WeightsError(f"these weights are not an AMIR network: they hold no tensor {exc}") from None
+    except (IndexError, ValueError) as exc:
+        raise WeightsError(f"these weights are not an AMIR network: the configuration cannot be inferred ({exc})") from None
     return config
 
 

@@ -72,7 +72,8 @@ def benchmark(
     elif not quiet:
         from rich.console import Console
 
-        Console().print(bench.rich_table(result.summary))
+        console = Console()
+        console.print(bench.rich_table(result.summary, width=console.width))
         info(f"wrote {out}/cases.csv, summary.json, summary.md and {len(result.figures)} figure(s)")
     if result.exit_code:
         raise typer.Exit(EXIT_PARTIAL)

@@ -92,8 +92,8 @@ def restore_cmd(
         return
 
     def on_case(case, result, error):
-        if error is not None:
-            typer.echo(f"amir: error: {case}: {error}", err=True)
+        if error is not None:  # the error names the case (or a file in it) unless it is about something else
+            typer.echo(f"amir: error: {error if str(case) in error else f'{case}: {error}'}", err=True)
         elif not quiet and not json_out:
             typer.echo(f"{case} -> {result['output']} ({result['task']}, {result['seconds']:.1f} s)")
 

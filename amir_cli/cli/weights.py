@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import AmirError, one_line
+from ..tasks import TASKS
 from .common import Command, JsonOpt, QuietOpt, app, examples, print_json
 
 
@@ -49,14 +50,21 @@ def weights_list(quiet: QuietOpt = False, json_out: JsonOpt = False) -> None:
         typer.echo(f"no weights installed (user folder {W.user_dir()}); import some with `amir weights import`")
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table("name", "source", "tasks", "sha256", "file")
+    from ..tables import fitted_table
+
+    table_rows = []
     for r in rows:
-        name = r["name"] + (" (default)" if r["default"] else "")
-        tasks = ", ".join(r["tasks"] or []) if isinstance(r["tasks"], list) else str(r["tasks"] or "")
-        table.add_row(name, "shipped" if r["shipped"] else "user", tasks, r["sha256"][:12], r["path"])
-    Console().print(table)
+        tasks = r["tasks"] if isinstance(r["tasks"], list) else [str(r["tasks"] or "")]
+        table_rows.append((r["name"] + (" (default)" if r["default"] else ""), "shipped" if r["shipped"] else "user",
+                           "all" if set(tasks) == set(TASKS) else ",".join(tasks), r["sha256"][:12], Path(r["path"]).name))
+    console = Console()
+    table, _ = fitted_table(("name", "source", "tasks", "sha256", "file"), table_rows, width=console.width, drop=("sha256", "file", "tasks"))
+    console.print(table)
+    for label, shipped in (("shipped", True), ("user", False)):  # whole paths, on lines of their own
+        folders = sorted({str(Path(r["path"]).parent) for r in rows if r["shipped"] == shipped})
+        for folder in folders:
+            typer.echo(f"{label} files in {folder}")
 
 
 @weights_app.command(cls=Command, name="verify", short_help="Check every weights file against its sha256.", epilog=examples("amir weights verify", "amir weights verify my-ct-model"))

@@ -117,10 +117,15 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise RunFolderError(f"cannot read {path}: {exc}") from None
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{path.parent}: not an amir train run folder (it has no {path.name})") from None
+    except OSError as exc:
+        raise RunFolderError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc})") from None
 
 
 # ------------------------------------------------------------------------------ RNG states
