@@ -237,12 +237,17 @@ def load_model(source=None, device="cpu"):
     return build_from_state(read_state_dict(path), device)
 
 
+def check_name(name: str) -> None:
+    """A registry name: up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit."""
+    if not _NAME.match(name):
+        raise WeightsError(f"invalid weights name {name!r}: use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+
+
 def save_entry(name: str, state: dict, info: dict) -> Entry:
     """Write `state` as a user registry entry `name` with the manifest record `info`."""
     from safetensors.torch import save_file
 
-    if not _NAME.match(name):
-        raise WeightsError(f"invalid weights name {name!r}: use letters, digits, '.', '_' or '-'")
+    check_name(name)
     if any(e.name == name for e in entries()):
         raise WeightsError(f"weights named {name!r} already exist")
     config = infer_config(state)

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import AmirError
 from ..tasks import TASKS
 from ..training.options import TaskWeighting, TrainOptions, range_text
 from .common import Command, JsonOpt, QuietOpt, app, examples, info, print_json
@@ -116,16 +117,21 @@ def train_cmd(
         factors = tuple(int(f) for f in mr_factors.split(",") if f.strip())
     except ValueError:
         raise typer.BadParameter(f"{mr_factors!r} is not a comma-separated list of integers", param_hint="--mr-factors") from None
-    options = TrainOptions(
-        data=str(data) if data else None, out=str(out) if out else None, config=config, tasks=_tasks_option(tasks),
-        iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr, eta_min=eta_min, warmup=warmup,
-        ema=ema, task_weighting=task_weighting.value, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
-        checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, log_every=log_every, val_slices=val_slices, val_size=val_size,
-        workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter, task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, zoom_jitter=zoom_jitter,
-        zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"),
-        ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=factors,
-        pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
-    )
+    try:  # every option value is checked here, before any work: a bad one is a usage error (exit 2)
+        options = TrainOptions(
+            data=str(data) if data else None, out=str(out) if out else None, config=config, tasks=_tasks_option(tasks),
+            iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr, eta_min=eta_min, warmup=warmup,
+            ema=ema, task_weighting=task_weighting.value, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
+            checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, log_every=log_every, val_slices=val_slices,
+            val_size=val_size, workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter,
+            task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, zoom_jitter=zoom_jitter,
+            zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"),
+            ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=factors,
+            pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
+        )
+        options.check()
+    except AmirError as exc:
+        raise typer.BadParameter(str(exc)) from None
     changed = {"quiet" if name == "json_out" else name for name in (*RESUMABLE, "json_out") if _given(ctx, name)}  # --json: --quiet
     try:
         summary = train(options, resume=resume, command=["amir", *sys.argv[1:]], changed=changed)

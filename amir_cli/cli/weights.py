@@ -9,7 +9,7 @@ import typer
 
 from ..errors import AmirError, one_line
 from ..tasks import TASKS
-from .common import Command, JsonOpt, QuietOpt, app, examples, print_json
+from .common import Command, JsonOpt, QuietOpt, app, check_weights_name, examples, print_json
 
 
 weights_app = typer.Typer(
@@ -122,6 +122,7 @@ def weights_import(
     """Check that a published checkpoint loads into AMIR and add it to the user registry."""
     from .. import weights as W
 
+    check_weights_name(name)
     if not path.is_file():
         raise AmirError(f"{path}: no such file")
     entry = W.import_official(path, name)
@@ -143,6 +144,7 @@ def weights_add(
     """Add a training run's best weights (EMA if used) to the user registry, with its recipe and scores."""
     from ..training import export_run
 
+    check_weights_name(name)
     entry = export_run(run_dir, name, which="last" if last else "best")
     if json_out:
         print_json({"name": entry.name, "path": str(entry.path), "sha256": entry.sha256})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
@@ -99,21 +100,38 @@ class TrainOptions:
 
         if self.config is not None and self.config not in CONFIGS:
             raise BadInputError(f"unknown --config {self.config!r}; known: {', '.join(CONFIGS)}")
-        for name in ("iterations", "batch_size", "val_every", "checkpoint_every", "log_every", "val_slices"):
-            if int(getattr(self, name)) < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise BadInputError(f"--lr must be positive, got {self.lr}")
-        if not (self.checkpoint_minutes >= 0 and math.isfinite(self.checkpoint_minutes)):
-            raise BadInputError(f"--checkpoint-minutes must be 0 or more, got {self.checkpoint_minutes}")
+        self._check_numbers()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device).strip().lower()):
+            raise BadInputError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not 0 <= self.ema < 1:
             raise BadInputError(f"--ema must be in [0, 1), got {self.ema}")
         try:
             TaskWeighting(self.task_weighting)
         except ValueError:
             raise BadInputError(f"--task-weighting must be one of {', '.join(w.value for w in TaskWeighting)}") from None
+        if self.export is not None:
+            from amir_cli.weights import check_name
+
+            check_name(self.export)
         self._check_levels()
         self._check_augmentation()
+
+    def _check_numbers(self) -> None:
+        least = {name: 1 for name in ("iterations", "batch_size", "val_every", "checkpoint_every", "log_every", "val_slices",
+                                      "crops_per_slice", "threads")}
+        least.update(dict.fromkeys(("seed", "warmup", "val_size", "workers"), 0))
+        for name, low in least.items():
+            value = getattr(self, name)
+            if value is not None and int(value) < low:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if self.patch_size is not None and (self.patch_size < 16 or self.patch_size % 8):
+            raise BadInputError(f"--patch-size must be a multiple of 8 and at least 16, got {self.patch_size}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise BadInputError(f"--lr must be positive, got {self.lr}")
+        for name in ("eta_min", "clip_grad", "mr_scale_jitter", "checkpoint_minutes"):
+            value = float(getattr(self, name))
+            if not (value >= 0 and math.isfinite(value)):
+                raise BadInputError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
 
     def _check_levels(self) -> None:
         for name, (lo, hi) in (("ct-dose", self.ct_dose), ("pet-dose", self.pet_dose)):
