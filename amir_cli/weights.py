@@ -248,8 +248,11 @@ def save_entry(name: str, state: dict, info: dict) -> Entry:
     from safetensors.torch import save_file
 
     check_name(name)
-    if any(e.name == name for e in entries()):
-        raise WeightsError(f"weights named {name!r} already exist")
+    taken = next((e for e in entries() if e.name == name), None)
+    if taken is not None and taken.shipped:
+        raise WeightsError(f"{name!r} names weights shipped with amir; choose another name")
+    if taken is not None:
+        raise WeightsError(f"weights named {name!r} already exist; choose another name, or remove them first with amir weights remove {name}")
     config = infer_config(state)
     folder = user_dir()
     try:
@@ -259,10 +262,31 @@ def save_entry(name: str, state: dict, info: dict) -> Entry:
         record = {"name": name, "file": file.name, "sha256": sha256_of(file), "config": config.to_dict(), **info}
         manifest = _read_manifest(folder)
         manifest["entries"].append(record)
-        atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+        _write_manifest(folder, manifest)
     except OSError as exc:
         raise WeightsError(f"cannot write weights to {folder}: {exc.strerror or exc}") from None
     return Entry(name, file, record["sha256"], record, False)
+
+
+def remove_entry(name: str) -> Entry:
+    """Delete user entry ``name``: its manifest record, then its file (a failure in between leaves
+    a stray file, never a record without one). Shipped entries are never removed."""
+    entry = find(name)
+    if entry.shipped:
+        raise WeightsError(f"{name!r} names weights shipped with amir, which are never removed; only user entries can be")
+    folder = user_dir()
+    try:
+        manifest = _read_manifest(folder)
+        manifest["entries"] = [rec for rec in manifest["entries"] if rec["name"] != name]
+        _write_manifest(folder, manifest)
+        entry.path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise WeightsError(f"cannot remove weights {name!r} from {folder}: {exc.strerror or exc}") from None
+    return entry
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
 
 
 def import_official(path: Path, name: str) -> Entry:

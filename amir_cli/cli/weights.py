@@ -1,4 +1,4 @@
-"""`amir weights`: list, verify, path, import and add."""
+"""`amir weights`: list, verify, path, import, add and remove."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from .common import Command, JsonOpt, QuietOpt, app, check_weights_name, example
 
 weights_app = typer.Typer(
     rich_markup_mode=None,
-    help="The weights registry: list, verify, locate and import weights.",
+    help="The weights registry: list, verify, import and remove weights.",
     no_args_is_help=True,
-    epilog=examples("amir weights list", "amir weights import AMIR_official.pth --name amir-paper"),
+    epilog=examples("amir weights list", "amir weights import AMIR_official.pth --name amir-paper", "amir weights remove amir-paper"),
 )
 app.add_typer(weights_app, name="weights")
 
@@ -151,3 +151,18 @@ def weights_add(
     elif not quiet:
         typer.echo(f"added {run_dir} as {entry.name} -> {entry.path} (sha256 {entry.sha256[:12]})")
 
+
+@weights_app.command(cls=Command, name="remove", short_help="Remove a user entry from the registry.", epilog=examples("amir weights remove my-amir-s"))
+def weights_remove(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A user entry (shipped weights are never removed).", show_default=False)],
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove a user entry (trained or imported) and its file from the registry."""
+    from .. import weights as W
+
+    entry = W.remove_entry(name)
+    if json_out:
+        print_json({"name": entry.name, "path": str(entry.path), "sha256": entry.sha256, "removed": True})
+    elif not quiet:
+        typer.echo(f"removed {entry.name} ({entry.path})")
