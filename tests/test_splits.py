@@ -116,3 +116,13 @@ def test_registry_sources_are_built_as_nifti_or_skipped_with_a_line(tmp_path, mo
     made = build_training_data.build(tmp_path / "D2", tmp_path / "no-dev-data", pet_volumes=1)
     assert made == {"CT": [ct.file]}
     assert "skipped x/scan.dcm: no-such-distribution is not installed" in capsys.readouterr().err
+
+
+def test_quality_benchmark_without_the_development_data_says_so_in_one_line(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import quality
+
+    assert quality.main(["--weights", "amir-s", "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the development data are not in {tmp_path}" in err and "--data" in err
+
