@@ -89,7 +89,7 @@ def restore_batch(
             if on_case:
                 on_case(shown, report, None)
         except (BadInputError, WeightsError, DeviceError, OSError, ValueError) as exc:
-            message = one_line(exc)
+            message = one_line(exc, limit=None)
             failed.append({**entry, "error": message})
             if on_case:
                 on_case(shown, None, message)

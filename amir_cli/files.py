@@ -130,8 +130,8 @@ def atomic_write(
     os.close(fd)
     tmp = Path(name)
     try:
-        os.chmod(tmp, file_mode() if mode is None else mode)
         write(tmp)
+        os.chmod(tmp, file_mode() if mode is None else mode)  # after: some writers make the file anew (0600)
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())

@@ -288,7 +288,7 @@ def _choose_task(volume: Volume, given: str, weights: LoadedWeights) -> tuple[st
         try:
             auto_task, auto_reason = detect_task(volume)
             if auto_task != task:
-                warnings.append(f"--task {task} given but {auto_reason} suggests {auto_task}")
+                warnings.append(f"--task {task} was given, though --task auto would choose {auto_task} ({auto_reason})")
         except BadInputError:
             pass
     if weights.tasks and task not in weights.tasks:

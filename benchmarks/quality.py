@@ -115,6 +115,12 @@ def main(argv=None) -> int:
     from amir_cli.benchmark import run_benchmark
     from amir_cli.imaging.phantom import SIMULATED_NOTE
 
+    missing = [s.file for s in sources(TEST) if not (args.data / s.file).exists()]
+    if missing:  # a user without the development data: one line, no traceback
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        print(f"quality.py: the development data are not in {args.data} ({missing[0]}{more} missing); "
+              "give their folder with --data or $AMIR_DATA", file=sys.stderr)
+        return 1
     out = args.out or ROOT / "benchmarks" / "results" / Path(args.weights).stem
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="amir-quality-") as tmp:

@@ -3,9 +3,42 @@ from pathlib import Path
 
 import pytest
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURE = FIXTURES / "official_amir_tiny.safetensors"
+# The full development data (not in the repository; CI has it): tests that need more than the crops
+# in tests/fixtures/data skip without it, with DEV_DATA_REASON.
 SHARED = Path(os.environ.get("AMIR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-FIXTURE = SHARED / "fixtures" / "official_amir_tiny.safetensors"
 DATA = SHARED / "data"
+DEV_DATA_REASON = f"needs the full development data ({DATA}; set AMIR_SHARED to its parent folder)"
+
+# Committed crops of development-data files (tests/fixtures/README.md): file -> first voxel of the crop
+CROPS = {
+    "ct/cranium_ct.nii.gz": (80, 90, 40),
+    "mr/colin27_t1_1mm.nii.gz": (50, 70, 60),
+    "ct/pancreas_ct_slice.nii.gz": (192, 192, 0),
+}
+
+
+def needs_dev_data(*files: str):
+    """Skip unless the full development data (these files of it, or the folder) are present."""
+    present = all((DATA / f).exists() for f in files) if files else DATA.is_dir()
+    return pytest.mark.skipif(not present, reason=DEV_DATA_REASON)
+
+
+def real_crop(name: str, sl: tuple):
+    """Voxels ``sl`` (slices in the full file's indices) of development-data file ``name``, read from
+    its committed crop: (array, affine of the first voxel, NIfTI header)."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(FIXTURES / "data" / name))
+    origin = CROPS[name]
+    local = tuple(slice(s.start - o, s.stop - o) for s, o in zip(sl, origin))
+    if any(s.start < 0 or s.stop > n for s, n in zip(local, img.shape)):
+        raise ValueError(f"{sl} is outside the committed crop of {name}")
+    affine = img.affine.copy()
+    affine[:3, 3] = (img.affine @ np.array([s.start for s in local] + [1.0]))[:3]
+    return np.asarray(img.dataobj[local]), affine, img.header.copy()
 
 
 @pytest.fixture(scope="session")

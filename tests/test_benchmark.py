@@ -353,3 +353,36 @@ def test_flat_folder_volume_without_a_task_is_an_error(tmp_path, tiny_weights):
     assert result.exit_code == 1
     assert "x.nii.gz: cannot tell its task" in str(result.exception)
     assert not (tmp_path / "out" / "cases.csv").exists()
+
+
+# ------------------------------------------------------------------------------------ figures a reader wants
+def _show(task, ref, rng):
+    noisy = ref + rng.normal(0, 0.05 * float(np.ptp(ref)), ref.shape)
+    return {"task": task, "reference": ref, "case": "c", "slice": 0, "level": "",
+            "panels": [("input", noisy, {"psnr": 20.0, "ssim": 0.5}), ("amir", (noisy + ref) / 2, {"psnr": 25.0, "ssim": 0.8})]}
+
+
+@pytest.mark.parametrize("task", ["pet-synthesis", "ct-denoise", "mri-sr"])
+def test_figure_shows_each_modality_as_read_with_the_same_zoomed_square_in_every_panel(task):
+    from amir_cli.figures import comparison, zoom_region
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:96, :80]
+    body = (yy - 48) ** 2 + (xx - 40) ** 2 < 36 ** 2
+    detail = (np.abs(yy - 30) < 10) & (np.abs(xx - 55) < 10) & (((yy + xx) // 2) % 2 == 0)  # fine stripes: the place to zoom
+    base = {"pet-synthesis": (0.0, 2.0, 7.0), "ct-denoise": (-1000.0, 40.0, 90.0), "mri-sr": (0.0, 150.0, 250.0)}[task]
+    ref = np.where(body, base[1], base[0]) + detail * (base[2] - base[1])
+    fig = comparison(_show(task, ref, rng))
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.images and ax.child_axes]
+    assert len(panels) == 4  # input, AMIR, reference, error map: each with its inset
+    image = panels[0].images[0]
+    expected = {"pet-synthesis": ("gray_r", (0.0, 7.0)), "ct-denoise": ("gray", (-160.0, 240.0)),
+                "mri-sr": ("gray", (0.0, float(np.percentile(ref, 99.5))))}[task]
+    assert (image.get_cmap().name, image.get_clim()) == (expected[0], pytest.approx(expected[1]))
+    insets = [np.asarray(ax.child_axes[0].images[0].get_array()) for ax in panels]
+    assert {a.shape for a in insets} == {(20, 20)}  # the same square everywhere: a quarter of the smaller side
+    i, j, n = zoom_region(ref, *image.get_clim(), task)
+    assert 20 <= i + n / 2 <= 40 and 45 <= j + n / 2 <= 65  # on the fine stripes, not on an edge of the body
+    np.testing.assert_array_equal(insets[2], ref[i:i + n, j:j + n].T)
+    title = fig._suptitle.get_text()
+    assert "window [0, 20]" not in title and "12-bit" not in title and "—" not in title

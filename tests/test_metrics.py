@@ -8,7 +8,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from amir_cli import metrics as M
 
-from conftest import DATA  # noqa: E402
+from conftest import DATA, needs_dev_data, real_crop  # noqa: E402
 
 
 def _sk(pred, ref, window):
@@ -38,22 +38,17 @@ def test_random_slices_match_skimage(task):
 
 
 def test_real_ct_slice_matches_skimage():
-    nib = pytest.importorskip("nibabel")
-    path = DATA / "ct" / "cranium_ct.nii.gz"
-    if not path.exists():
-        pytest.skip("shared CT sample not available")
-    ref = np.asarray(nib.load(str(path)).dataobj[:, :, 54], dtype=np.float64)
+    ref = real_crop("ct/cranium_ct.nii.gz", (slice(80, 160), slice(90, 164), slice(54, 55)))[0][:, :, 0].astype(np.float64)
     rng = np.random.default_rng(0)
     pred = ref + rng.normal(0, 30, ref.shape)
     _check(pred, ref, "ct-denoise")
 
 
+@needs_dev_data("mr/abdomen_mr_slice.nii.gz")
 def test_real_mr_slice_matches_skimage():
-    nib = pytest.importorskip("nibabel")
-    path = DATA / "mr" / "abdomen_mr_slice.nii.gz"
-    if not path.exists():
-        pytest.skip("shared MR sample not available")
-    ref = np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)[..., 0] * 3.6
+    import nibabel as nib
+
+    ref = np.asarray(nib.load(str(DATA / "mr/abdomen_mr_slice.nii.gz")).dataobj, dtype=np.float64)[..., 0] * 3.6
     pred = np.roll(ref, 1, axis=0) * 1.05
     _check(pred, ref, "mri-sr")
 

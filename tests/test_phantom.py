@@ -6,7 +6,7 @@ import pytest
 
 from amir_cli.imaging import phantom as P
 
-from conftest import DATA  # noqa: E402
+from conftest import DATA, needs_dev_data  # noqa: E402
 
 
 def _maps():
@@ -61,7 +61,7 @@ def test_bad_parameters():
     assert "simulated" in P.SIMULATED_NOTE
 
 
-@pytest.mark.skipif(not (DATA / "mr" / P.ICBM_GM).exists(), reason="ICBM152 maps not available")
+@needs_dev_data("mr/" + P.ICBM_GM)
 def test_load_icbm_pet():
     suv, affine = P.load_icbm_pet(DATA, np.random.default_rng(0), fwhm_mm=0, n_lesions=0, scalp_suv=0)
     assert suv.shape == (197, 233, 189) and affine.shape == (4, 4)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA
+from conftest import DATA, needs_dev_data
 
 from amir_cli.imaging import intensity
 from amir_cli.imaging.degrade import mri_truncate
@@ -41,12 +41,10 @@ def test_examples_come_out_better_than_their_inputs(model, task, lq_name, ref_na
     assert psnr(out.array) - psnr(lq.array) > least_gain
 
 
+@needs_dev_data("mr/abdomen_mr_slice.nii.gz")
 def test_anatomy_cut_by_the_image_edge_is_not_made_worse(model):
     """The held-out bottom rows of the abdomen MR slice at x2: the body runs into the last row."""
-    path = DATA / "mr" / "abdomen_mr_slice.nii.gz"
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    vol = read_image(path)
+    vol = read_image(DATA / "mr" / "abdomen_mr_slice.nii.gz")
     hq = np.squeeze(vol.array).astype(np.float32)
     hq = hq * intensity.mr_scale_factor(hq)
     _, (a, b) = split_rows(hq.shape[0])

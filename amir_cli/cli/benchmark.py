@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import AmirError
-from .common import EXIT_PARTIAL, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt, app, examples, info, print_json, progress_bar
+from .common import (EXIT_PARTIAL, PRECISION_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt, _choice, app, check_device,
+                     examples, info, print_json, progress_bar)
 
 
 @app.command(
@@ -46,6 +47,8 @@ def benchmark(
     """Score the input, classical baselines and AMIR by the paper's protocol (PSNR, SSIM, RMSE)."""
     from .. import benchmark as bench
 
+    _choice(precision, PRECISION_CHOICES, "--precision")
+    check_device(device)
     if kspace_factor is not None and kspace_factor not in (2, 4):
         raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
     try:
@@ -72,7 +75,8 @@ def benchmark(
     elif not quiet:
         from rich.console import Console
 
-        Console().print(bench.rich_table(result.summary))
+        console = Console()
+        console.print(bench.rich_table(result.summary, width=console.width))
         info(f"wrote {out}/cases.csv, summary.json, summary.md and {len(result.figures)} figure(s)")
     if result.exit_code:
         raise typer.Exit(EXIT_PARTIAL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Annotated, Optional
 
@@ -116,4 +117,21 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     if value not in choices:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=option)
     return value
+
+
+def check_device(device: str) -> None:
+    """A --device of restore and benchmark (whether this machine has it is checked later)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", (device or "auto").strip().lower()):
+        raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N, mps", param_hint="--device")
+
+
+def check_weights_name(name: str) -> None:
+    """A registry name given to be written (import, add, train --export): a usage error when invalid."""
+    from ..errors import WeightsError
+    from ..weights import check_name
+
+    try:
+        check_name(name)
+    except WeightsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--name") from None
 

@@ -11,7 +11,7 @@ from .._version import __version__
 from ..errors import AmirError
 from ..tasks import MRI_SR, PET_SYNTHESIS
 from .common import (EXIT_PARTIAL, PRECISION_CHOICES, TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
-                     _choice, app, examples, print_json, progress_bar)
+                     _choice, app, check_device, examples, print_json, progress_bar)
 
 
 @app.command(
@@ -93,8 +93,8 @@ def restore_cmd(
         return
 
     def on_case(case, result, error):
-        if error is not None:
-            typer.echo(f"amir: error: {case}: {error}", err=True)
+        if error is not None:  # the error names the case (or a file in it) unless it is about something else
+            typer.echo(f"amir: error: {error if str(case) in error else f'{case}: {error}'}", err=True)
         elif not quiet and not json_out:
             typer.echo(f"{case} -> {result['output']} ({result['task']}, {result['seconds']:.1f} s)")
             for w in result.get("warnings", []):
@@ -116,8 +116,6 @@ def restore_cmd(
 
 def _restore_usage(R, task, scale, kspace_factor, tile, device, reference) -> None:
     """The option checks of `amir restore` that need no image: usage errors (exit 2), before the model loads."""
-    import re
-
     from ..placement import is_batch_input
 
     try:
@@ -126,9 +124,10 @@ def _restore_usage(R, task, scale, kspace_factor, tile, device, reference) -> No
         raise typer.BadParameter(str(exc), param_hint="--scale/--kspace-factor/--task") from None
     if tile is not None and tile < R.MIN_TILE:
         raise typer.BadParameter(f"{tile} is below the smallest tile, {R.MIN_TILE} pixels", param_hint="--tile")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", (device or "auto").strip().lower()):
-        raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N, mps", param_hint="--device")
-    if reference is not None and (not reference.exists() or is_batch_input(reference)):
+    check_device(device)
+    if reference is not None and not reference.exists():  # bad input, not a usage error: exit 1
+        raise AmirError(f"{reference}: no such file or folder (--reference)")
+    if reference is not None and is_batch_input(reference):
         raise typer.BadParameter(f"{reference}: not an image file or a DICOM series folder", param_hint="--reference")
 
 
@@ -165,7 +164,7 @@ def degrade_cmd(
     task: Annotated[str, typer.Option("--task", metavar="mri-sr|ct-denoise|pet-synthesis", help="Which degradation to simulate (docs/protocol.md).", show_default=False)],
     dose: Annotated[Optional[float], typer.Option("--dose", help="Dose fraction for ct-denoise / pet-synthesis [default: 0.25].", show_default=False)] = None,
     factor: Annotated[Optional[int], typer.Option("--factor", metavar="2|4", help="k-space truncation factor for mri-sr [default: 4].", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated noise (same seed, same image).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the simulated noise (same seed, same image).")] = 0,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output path [default: <input stem>_degraded.<same format>].", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")] = False,
     quiet: QuietOpt = False,

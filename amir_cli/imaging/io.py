@@ -106,7 +106,7 @@ def _read_nifti(p: Path) -> Volume:
     try:
         img = nib.load(str(p))
     except Exception as exc:
-        raise BadInputError(f"{what}: not a readable NIfTI file ({one_line(exc)})") from None
+        raise BadInputError(f"{what}: not a readable NIfTI file ({_nifti_reason(exc, p)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise BadInputError(f"{what}: not a NIfTI image")
     hdr = img.header
@@ -125,7 +125,7 @@ def _read_nifti(p: Path) -> Volume:
     try:
         data = img.get_fdata(dtype=np.float32)
     except Exception as exc:
-        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({one_line(exc)})") from None
+        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({_nifti_reason(exc, p)})") from None
     data = np.asarray(data, dtype=np.float32).reshape(shape3)
     check_pixels(data, what)
 
@@ -156,6 +156,16 @@ def _read_nifti(p: Path) -> Volume:
         slice_axis=slice_axis,
         meta=meta,
     )
+
+
+def _nifti_reason(exc: BaseException, p: Path) -> str:
+    """nibabel's reason in words, without the file's name (the message names it once)."""
+    text = one_line(exc, limit=None)
+    if "Cannot work out file type" in text:
+        return "no NIfTI header"
+    for name in (str(p), p.name):
+        text = text.replace(f'"{name}"', "").replace(f"'{name}'", "").replace(name, "")
+    return " ".join(text.split()).strip(" :") or type(exc).__name__
 
 
 def _check_nifti_size(p: Path, img, shape3, dtype) -> None:
@@ -191,12 +201,16 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def _itk_message(exc: BaseException) -> str:
-    """SimpleITK's error without its source file, line and object address."""
-    text = " ".join(str(exc).split())
-    if "ITK ERROR:" in text:
-        text = text.split("ITK ERROR:", 1)[1]
-    return re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text).strip()[:300]
+def _itk_message(exc: BaseException, fallback: str = "SimpleITK gives no reason") -> str:
+    """SimpleITK's reason in words: NRRD's innermost one, else ITK's text without its source file,
+    line and object address; ``fallback`` where ITK only says that it could not read the file (MetaIO
+    prints its reason elsewhere) or says nothing."""
+    nrrd = re.findall(r"\[nrrd\] (?:\w+: )?(.+)", str(exc))
+    if nrrd:
+        return nrrd[-1].strip()
+    text = re.split(r"(?i)\bitk(?:::| )error:", " ".join(str(exc).split()))[-1]
+    text = re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text).strip()
+    return fallback if not text or text.startswith(("File cannot be read", "Exception thrown")) else text
 
 
 def _itk_affine(spacing, origin, direction, dim: int) -> np.ndarray:
@@ -213,6 +227,28 @@ def _itk_affine(spacing, origin, direction, dim: int) -> np.ndarray:
     return ras_from_lps(lps)
 
 
+def data_files(path: Path) -> list[Path]:
+    """An image file and the data file its header names (MetaImage ``ElementDataFile``, detached NRRD)."""
+    p = Path(path)
+    files = [p]
+    suffix = image_suffix(p)
+    if suffix not in (".mhd", ".nrrd") or not p.is_file():
+        return files
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16).decode("latin-1")
+    except OSError:
+        return files
+    for line in head.splitlines():
+        if suffix == ".nrrd" and not line.strip():
+            break  # end of the NRRD header
+        key, sep, value = line.partition("=" if suffix == ".mhd" else ":")
+        key, value = key.strip().lower(), value.strip()
+        if sep and key in ("elementdatafile", "data file", "datafile") and value and value.upper() not in ("LOCAL", "LIST"):
+            files.append(p.parent / value.split()[0])
+    return files
+
+
 def _read_itk(p: Path) -> Volume:
     import SimpleITK as sitk
 
@@ -225,7 +261,7 @@ def _read_itk(p: Path) -> Volume:
         with _quiet_stderr():
             reader.ReadImageInformation()
     except Exception as exc:
-        raise BadInputError(f"{what}: not a readable MetaImage/NRRD file ({_itk_message(exc)})") from None
+        raise BadInputError(f"{what}: not a readable MetaImage/NRRD file ({_itk_message(exc, 'its header cannot be parsed')})") from None
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
     if reader.GetNumberOfComponents() != 1:
@@ -244,12 +280,15 @@ def _read_itk(p: Path) -> Volume:
     slice_axis = choose_slice_axis(shape3, spacing)
     check_dimensions(shape3, slice_axis, what)
     check_memory(shape3, what)
+    missing = [f for f in data_files(p)[1:] if not f.is_file()]
+    if missing:
+        raise BadInputError(f"{what}: its data file {missing[0].name} is missing")
     try:
         with _quiet_stderr():
             img = reader.Execute()
         raw = sitk.GetArrayFromImage(img)  # (z, y, x)
     except Exception as exc:
-        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({_itk_message(exc)})") from None
+        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({_itk_message(exc, 'no reason given')})") from None
     dtype = raw.dtype
     if dtype.kind not in "iuf":
         raise BadInputError(f"{what}: unsupported voxel type {dtype}")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,55 @@ os.umask(_UMASK)
 
 class RunFolderError(AmirError):
     """The run folder cannot be written (permissions, disk full) or read back."""
+
+
+class TrainingStopped(AmirError):
+    """SIGINT or SIGTERM stopped the run after its last.pt was written; ``signum`` says which."""
+
+    def __init__(self, signum: int, iteration: int, run_dir: Path):
+        self.signum = int(signum)
+        super().__init__(f"training stopped by {signal.Signals(signum).name} at iteration {iteration}; "
+                         f"last.pt holds it: continue with amir train --resume {run_dir}")
+
+
+class CheckpointSchedule:
+    """When last.pt is due: every ``every`` iterations, every ``minutes`` of wall time (0: never by
+    time), at the last iteration, and at once when SIGINT or SIGTERM asks the run to stop.
+
+    Used as a context manager around the training loop: the signals only set :attr:`stop` (the step
+    under way finishes, is saved, and the run ends); a second signal acts as it did before."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, every: int, minutes: float, total: int, clock=time.monotonic):
+        self.every, self.seconds, self.total, self.clock = int(every), float(minutes) * 60.0, int(total), clock
+        self.saved_at = clock()
+        self.stop: int | None = None  # the signal that asked the run to stop
+        self._previous: dict = {}
+
+    def __enter__(self) -> "CheckpointSchedule":
+        if threading.current_thread() is threading.main_thread():  # Python's signals reach the main thread only
+            self._previous = {s: signal.signal(s, self._ask_stop) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _ask_stop(self, signum, _frame) -> None:
+        self.stop = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def due(self, iteration: int) -> bool:
+        by_time = self.seconds > 0 and self.clock() - self.saved_at >= self.seconds
+        return iteration % self.every == 0 or iteration == self.total or by_time or self.stop is not None
+
+    def saved(self) -> None:
+        self.saved_at = self.clock()
 
 
 def atomic_file(path: Path, write) -> None:
@@ -65,10 +117,15 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise RunFolderError(f"cannot read {path}: {exc}") from None
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{path.parent}: not an amir train run folder (it has no {path.name})") from None
+    except OSError as exc:
+        raise RunFolderError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc})") from None
 
 
 # ------------------------------------------------------------------------------ RNG states

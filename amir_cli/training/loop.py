@@ -20,7 +20,8 @@ from amir_cli.errors import BadInputError, one_line
 from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
-from .options import CPU_PATCH_SIZE, PAPER_PATCH_SIZE, TrainOptions, resumed_options
+from .options import TrainOptions, resumed_options, started_options
+from .report import say
 from .sampling import PatchSampler, SamplerOptions, make_loader
 from .trainer import Dist, Hooks, Trainer
 from .validation import validation_set
@@ -127,10 +128,12 @@ def _prepare_run(options: TrainOptions, resume, changed):
     run_dir = Path(options.out or f"runs/amir-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / ckpt.LAST).exists():
         raise ckpt.RunFolderError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    begun = [name for name in (ckpt.RUN_JSON, ckpt.METRICS, ckpt.BEST) if (run_dir / name).exists()]
+    if begun:  # killed before its first last.pt: nothing to resume, and its log is not ours to empty
+        raise ckpt.RunFolderError(f"{run_dir} holds a run stopped before its first checkpoint ({begun[0]}, no last.pt); "
+                                  "remove that folder or choose another --out")
     o = dataclasses.replace(options, out=str(run_dir), tasks=tuple(t for t in TASKS if t in options.tasks) or tuple(options.tasks))
-    if o.patch_size is None:  # recorded in run.json, so a resumed run keeps it on any device
-        o.patch_size = PAPER_PATCH_SIZE if _pick(o.device).type == "cuda" else CPU_PATCH_SIZE
-    return run_dir, o, None
+    return run_dir, started_options(o, _pick(o.device).type), None
 
 
 def _run(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command, hooks: Hooks) -> dict:
@@ -143,6 +146,9 @@ def _run(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ckpt.RunFolderError(f"cannot create run folder {run_dir} ({exc.strerror or exc})") from None
+    start = int(state["iteration"]) if state is not None else 0
+    say(f"amir train: {o.config} on {device}, iterations {start} to {o.iterations}, into {run_dir}; "
+        "reading the data and making the validation set", o.quiet or not dist.main)
 
     volumes, val_volumes, layout = load_volumes(o.data, o.tasks)
     sampler = PatchSampler(volumes, o.tasks, SamplerOptions.of(o), seed=o.seed, rank=dist.rank)

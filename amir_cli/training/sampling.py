@@ -10,6 +10,7 @@ needs the projection of the full slice), so one degraded slice gives ``crops_per
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -268,4 +269,6 @@ def make_loader(sampler: PatchSampler, start: int, stop: int, workers: int):
 
 def _worker_init(_):
     torch.set_num_threads(1)  # numpy/scipy do the work here; keep the cores for the other workers
+    for s in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole group: the main process stops the run
+        signal.signal(s, signal.SIG_IGN)
 

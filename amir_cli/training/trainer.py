@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
 from .options import TaskWeighting, TrainOptions
+from .report import LOG_SECONDS, TrainingReport
 from .validation import evaluate, input_scores
 
 PSNR_FLOOR = 1e-8  # added to both MSEs of psnr_deficit: a perfect patch is not worth infinite decibels
@@ -129,7 +131,7 @@ class Trainer:
             self.net = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
         self.val_set, self.val_in, self.log = [], {}, None
         self.window = _Window()
-        self.stats, self.last_val = "", None
+        self.report = TrainingReport(o.quiet or not dist.main, o.iterations)
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -162,23 +164,34 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, loader, hooks: Hooks) -> int:
         """Train over ``loader``'s batches (iterations start..); returns the iterations done."""
-        progress = _progress(self.o.quiet or not self.dist.main)
         self.model.train()
         it = self.start
-        with progress:
-            bar = progress.add_task("train", total=self.o.iterations, completed=it, stats="")
+        schedule = ckpt.CheckpointSchedule(self.o.checkpoint_every, self.o.checkpoint_minutes, self.o.iterations)
+        with self.report.running(it), schedule:
             for batch in loader:
                 lr, check = self.step(it, batch)
                 it += 1
                 self._log_train(it, lr, check)
-                if it % self.o.checkpoint_every == 0 or it == self.o.iterations:
+                save, stop = self._agree(schedule.due(it), schedule.stop is not None)
+                if save:
                     self.save_last(it)  # before validation: a failure there loses nothing
+                    schedule.saved()
+                if stop:
+                    raise ckpt.TrainingStopped(schedule.stop or signal.SIGTERM, it, self.run_dir)
                 if it % self.o.val_every == 0 or it == self.o.iterations:
                     self.validate(it)
-                progress.update(bar, completed=it, stats=self.stats)
+                self.report.update(it, self.window.live())
                 if hooks.after_step is not None:
                     hooks.after_step(it)
         return it
+
+    def _agree(self, *flags: bool) -> tuple[bool, ...]:
+        """The flags, true on every process when true on any (a checkpoint or a stop is taken by all)."""
+        if self.dist.world == 1:
+            return flags
+        votes = torch.tensor([float(f) for f in flags], device=self.device)
+        torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)
+        return tuple(bool(v) for v in votes.tolist())
 
     def step(self, it: int, batch: dict) -> tuple[float, torch.Tensor]:
         """One optimiser step on iteration ``it``'s batch: (learning rate, [loss, L1, load loss] mean over processes)."""
@@ -255,14 +268,15 @@ class Trainer:
 
     def _log_train(self, it: int, lr: float, check: torch.Tensor) -> None:
         self.window.add(*(float(x) for x in check.cpu()))
-        self.stats = self.window.live() + (f" | val {self.last_val}" if self.last_val else "")  # the bar, every step
-        if not self.dist.main or not (it % self.o.log_every == 0 or it == self.o.iterations):
+        due = it % self.o.log_every == 0 or it == self.o.iterations or self.window.seconds() >= LOG_SECONDS
+        if not self.dist.main or not due:
             return
         means, rate = self.window.flush()
         rec = {"kind": "train", "iteration": it, **means, "lr": lr, "it_per_s": rate}
         if self.log_vars is not None:
             rec["task_log_var"] = {t: float(self.log_vars[TASKS.index(t)].detach()) for t in self.o.tasks}
         self.log.append(rec)
+        self.report.record(rec)
 
     # ------------------------------------------------------------------ validation and checkpoints
     def validate(self, it: int) -> None:
@@ -290,8 +304,7 @@ class Trainer:
                 ckpt.save_torch(best, self.run_dir / ckpt.BEST)
             self.log.append(rec)
             ckpt.plot_curves(self.log.records, self.run_dir / ckpt.CURVES)
-            self.last_val = " ".join(f"{t.split('-')[0]} {g:+.2f}dB" for t, g in gain.items())
-            self.stats = self.stats.split(" | val")[0] + f" | val {self.last_val}"
+            self.report.validation(it, gain, is_best)
         self.dist.barrier()
 
     def save_last(self, it: int) -> None:
@@ -320,6 +333,9 @@ class _Window:
 
     def add(self, loss: float, l1: float, load: float) -> None:
         self.loss, self.l1, self.load, self.n = self.loss + loss, self.l1 + l1, self.load + load, self.n + 1
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t
 
     def live(self) -> str:
         """The mean loss and speed of the window so far, for the progress bar."""
@@ -364,20 +380,3 @@ def _init_weights(source: str):
 
     path, entry = weights.resolve(source)
     return weights.read_state_dict(path), {"source": str(source), "sha256": entry.sha256 if entry else weights.sha256_of(path)}
-
-
-def _progress(quiet: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
-        transient=False,
-    )
