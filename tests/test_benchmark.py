@@ -110,11 +110,13 @@ def test_paired_layout_via_cli(tmp_path, tiny_weights):
     levels = [r["level"] for r in summary["results"] if r["task"] == "mri-sr"]
     assert levels == ["x2"] * 4 + ["x4"] * 4
     assert "## Per case" in md and "| mri-sr | x2 | brain |" in md
-    # the level names the k-space factor: AMIR's output keeps the band that the LQ image measured
+    # the level's k-space factor goes to pocs; amir runs as plain `amir restore`, which cannot tell
+    # zero filling on 32-pixel slices, so it is the network alone here
     amir_x2 = next(r for r in rows if r["level"] == "x2" and r["method"] == "amir")
     pocs_x2 = next(r for r in rows if r["level"] == "x2" and r["method"] == "pocs")
-    assert float(amir_x2["psnr"]) > float(next(r for r in rows if r["level"] == "x2" and r["method"] == "input")["psnr"])
-    assert float(pocs_x2["psnr"]) != float(amir_x2["psnr"])
+    net_x2 = next(r for r in rows if r["level"] == "x2" and r["method"] == "amir-net")
+    assert float(pocs_x2["psnr"]) > float(next(r for r in rows if r["level"] == "x2" and r["method"] == "input")["psnr"])
+    assert float(pocs_x2["psnr"]) != float(amir_x2["psnr"]) and amir_x2["psnr"] == net_x2["psnr"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["ct-denoise_paired.png", "mri-sr_x2.png", "mri-sr_x4.png"]
     for png in (out / "figures").iterdir():
         _check_png(png)

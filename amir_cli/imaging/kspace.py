@@ -68,6 +68,7 @@ def kspace_downsample(image2d: np.ndarray, scale: int) -> np.ndarray:
 # that are not zero-filled, below 0.25 on zero-filled ones with noise and integer rounding).
 CLIFF_RATIO = 0.3
 DETECT_SLICES = 16  # slices of a volume whose spectra are averaged
+MIN_DETECT_SIDE = 64  # on smaller slices the band edge is too few samples wide to tell
 
 
 def band_edge_ratio(power: np.ndarray, factor: int) -> float:
@@ -89,7 +90,7 @@ def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -
     The power spectra of up to ``DETECT_SLICES`` slices are averaged into one profile per in-plane
     axis; f is the coarsest factor at whose band edge both profiles drop below ``CLIFF_RATIO``."""
     a = np.moveaxis(np.asarray(array, dtype=np.float32), slice_axis, 0)
-    if a.size == 0 or float(a.min()) < 0 or min(a.shape[1:]) < 32:
+    if a.size == 0 or float(a.min()) < 0 or min(a.shape[1:]) < MIN_DETECT_SIDE:
         return None
     picks = np.unique(np.linspace(0, a.shape[0] - 1, min(DETECT_SLICES, a.shape[0])).round().astype(int))
     slices = a[picks].astype(np.float64)
