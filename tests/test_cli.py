@@ -137,7 +137,7 @@ def test_mr_scale_2_halves_spacing_and_keeps_field_of_view(mr_nii, tiny_weights,
     rep = json.loads(Path(str(out) + ".json").read_text())
     assert rep["output_geometry"]["shape"] == list(b.shape) and rep["scale"] == 2
     # the coarse input is the band the output keeps: downsampled again, the output gives it back
-    assert rep["data_consistency"] == {"kspace_factor": 2, "grid": "coarse", "iterations": DC_ITERATIONS}
+    assert rep["data_consistency"] == {"kspace_factor": 2, "factor_from": "scale", "grid": "coarse", "iterations": DC_ITERATIONS}
     lr, hr = a.get_fdata(), b.get_fdata()
     for k in range(lr.shape[2]):
         np.testing.assert_allclose(kspace_downsample(hr[:, :, k], 2), lr[:, :, k], atol=0.02 * lr.max())
@@ -156,8 +156,8 @@ def test_kspace_factor_keeps_the_measured_band(mr_nii, tiny_weights, tmp_path):
     lq = tmp_path / "t1_x2.nii.gz"
     code, _, err = amir("degrade", mr_nii, "--task", "mri-sr", "--factor", "2", "-o", lq, "--quiet")
     assert code == 0, err
-    plain, dc = tmp_path / "plain.nii.gz", tmp_path / "dc.nii.gz"
-    for out, extra in ((plain, []), (dc, ["--kspace-factor", "2"])):
+    plain, dc, auto = tmp_path / "plain.nii.gz", tmp_path / "dc.nii.gz", tmp_path / "auto.nii.gz"
+    for out, extra in ((plain, ["--no-detect-zero-filling"]), (dc, ["--kspace-factor", "2"]), (auto, [])):
         code, _, err = amir("restore", lq, "--task", "mri-sr", "-o", out, "--weights", tiny_weights, "--quiet", *extra)
         assert code == 0, err
     z = nib.load(str(lq)).get_fdata()
@@ -165,8 +165,13 @@ def test_kspace_factor_keeps_the_measured_band(mr_nii, tiny_weights, tmp_path):
     for k in range(z.shape[2]):
         np.testing.assert_allclose(mri_truncate(b[:, :, k], 2), z[:, :, k], atol=0.02 * z.max())
     assert np.abs(mri_truncate(a[:, :, 0], 2) - z[:, :, 0]).max() > 0.05 * z.max()  # the network alone is not consistent
-    assert json.loads(Path(str(dc) + ".json").read_text())["data_consistency"] == {"kspace_factor": 2, "grid": "same", "iterations": DC_ITERATIONS}
-    assert json.loads(Path(str(plain) + ".json").read_text())["data_consistency"] is None
+    report = {out: json.loads(Path(str(out) + ".json").read_text())["data_consistency"] for out in (plain, dc, auto)}
+    assert report[dc] == {"kspace_factor": 2, "factor_from": "option", "grid": "same", "iterations": DC_ITERATIONS}
+    assert report[plain] is None
+    # a 48-pixel side is too short to tell zero filling: plain restore gives the network alone
+    # (recognition on larger slices: test_zero_filled.py)
+    assert report[auto] is None
+    np.testing.assert_array_equal(nib.load(str(auto)).get_fdata(), a)
 
 
 def test_reference_adds_metrics_and_json(ct_nii, tiny_weights, tmp_path):

@@ -98,13 +98,13 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
     if any(c.task == MRI_SR for c in cases):
         all_notes.append(
-            "MR: AMIR's output keeps the k-space band that the input measured where it is known: on the input's grid "
-            "for a level xS or --kspace-factor S (`amir restore --kspace-factor S`), on a coarser LQ grid always "
-            "(`amir restore --scale`)" if data_consistency else
+            "MR: AMIR runs as plain `amir restore` does: on the input's grid it keeps the k-space band of an input "
+            "it recognises as zero-filled (or of --kspace-factor S on an unlabelled LQ folder), on a coarser LQ grid "
+            "always (`amir restore --scale`)" if data_consistency else
             "MR: the network alone (`--no-data-consistency`), without the data consistency of `amir restore`"
         )
     if any(r["method"] == "amir-net" for r in rows):
-        all_notes.append("`amir-net`: the network alone, as plain `amir restore` without `--kspace-factor` gives it")
+        all_notes.append("`amir-net`: the network alone, without data consistency (`amir restore --no-data-consistency`)")
     if any(r["method"] == "amir-tta" for r in rows):
         all_notes.append("`amir-tta`: the same network averaged over the 8 flips and 90-degree rotations of each slice (`--tta`)")
     return {
