@@ -98,7 +98,7 @@ def restore_batch(
         "version": __version__,
         "input": str(folder),
         "output": str(out_root),
-        "weights": {"name": weights.name, "file": str(weights.path), "sha256": weights.sha256, "registered": weights.registered},
+        "weights": weights.record(),
         "cases_total": len(jobs),
         "rank": rank,
         "world_size": world,

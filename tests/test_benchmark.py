@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from amir_cli import baselines
-from amir_cli.benchmark import CaseSpec, find_cases, kspace_factor_of, parse_simulate, run_benchmark, select_slices
+from amir_cli.benchmark import CaseSpec, kspace_factor_of, parse_simulate, plan_cases, run_benchmark, select_slices
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade
 from amir_cli.metrics import volume_scores
@@ -253,7 +253,7 @@ def test_parse_simulate_rejects(text):
 def test_no_cases_is_an_error(tmp_path, tiny_weights):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInputError, match="--simulate"):
-        find_cases(tmp_path / "empty")
+        plan_cases(tmp_path / "empty")
     result = _invoke([tmp_path / "missing", "-o", tmp_path / "o", "-w", tiny_weights, "--quiet"])
     assert result.exit_code != 0
 

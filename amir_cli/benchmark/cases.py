@@ -70,11 +70,6 @@ def _case_name(path: Path) -> str:
     return stem(path) if image_suffix(path) else path.name
 
 
-def find_cases(data, simulate=()) -> list[CaseSpec]:
-    """The cases of a benchmark folder (see the module docstring)."""
-    return plan_cases(data, simulate)[0]
-
-
 def place_volumes(paths) -> list[tuple[Path, str, str]]:
     """(path, task, reason) of each volume of a flat folder, decided as `amir restore --task auto`
     decides (:func:`amir_cli.taskdetect.detect_task`); a volume it cannot place is an error."""

@@ -92,19 +92,12 @@ def info(message: str, quiet: bool = False) -> None:
 def progress_bar(quiet: bool):
     """A rich progress bar on stderr (disabled by --quiet or when stderr is not a terminal)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .. import tables
 
     console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,  # no bar (nor stray newlines) in logs and pipes
-        transient=True,
-    )
+    # no bar (nor stray newlines) in logs and pipes
+    return tables.progress_bar(console, "{task.description}", disable=quiet or not console.is_terminal)
 
 
 

@@ -4,7 +4,6 @@ with ``torch.load(weights_only=True)``), JSON, the metrics log and the training-
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import threading
@@ -22,10 +21,6 @@ BEST = "best.pt"
 RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class RunFolderError(AmirError):
@@ -85,8 +80,7 @@ def atomic_file(path: Path, write) -> None:
     """write(tmp_path) then os.replace: a reader (or a kill -9) sees the old file or the new one."""
     path = Path(path)
     try:
-        # mkstemp makes 0600 files; give them the usual permissions
-        atomic_write(path, write, mode=0o666 & ~_UMASK, fsync=True)
+        atomic_write(path, write, fsync=True)
     except OSError as exc:
         raise RunFolderError(
             f"cannot write {path.name} in run folder {path.parent} ({exc.strerror or exc}); "
@@ -105,15 +99,6 @@ def load_torch(path: Path) -> dict:
         raise RunFolderError(f"no checkpoint {path}") from None
     except Exception as exc:  # truncated/corrupt file
         raise RunFolderError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
-def write_json(path: Path, data: dict) -> None:
-    def w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=json_default)
-            f.write("\n")
-
-    atomic_file(path, w)
 
 
 def read_json(path: Path) -> dict:

@@ -17,6 +17,7 @@ import torch
 from amir_cli._version import __version__
 from amir_cli.device import pick_device
 from amir_cli.errors import BadInputError, one_line
+from amir_cli.files import json_writer
 from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
@@ -157,7 +158,7 @@ def _run(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command
         val_set = validation_set(val_volumes or volumes, o.tasks, o.val_slices, o.val_size or None, o.seed, o.levels())
         trainer.open_run(val_set, resumed=state is not None)
         data = {"layout": layout, "volumes": volumes, "validation_volumes": val_volumes}
-        ckpt.write_json(run_dir / ckpt.RUN_JSON, _run_info(trainer, command, data, workers))
+        ckpt.atomic_file(run_dir / ckpt.RUN_JSON, json_writer(_run_info(trainer, command, data, workers), keep_nan=True))
     dist.barrier()
 
     it = trainer.fit(make_loader(sampler, trainer.start, o.iterations, workers), hooks)
