@@ -7,6 +7,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from amir_cli import metrics as M
+from amir_cli.tasks import EVAL_WINDOW
 
 from conftest import DATA, needs_dev_data, real_crop  # noqa: E402
 
@@ -21,16 +22,16 @@ def _sk(pred, ref, window):
 
 def _check(pred, ref, task):
     got = M.slice_scores(pred, ref, task)
-    ps, ss, rm = _sk(pred, ref, M.WINDOWS[task])
+    ps, ss, rm = _sk(pred, ref, EVAL_WINDOW[task])
     assert got["psnr"] == pytest.approx(ps, abs=1e-4)
     assert got["ssim"] == pytest.approx(ss, abs=1e-4)
     assert got["rmse"] == pytest.approx(rm, abs=1e-4)
 
 
-@pytest.mark.parametrize("task", list(M.WINDOWS))
+@pytest.mark.parametrize("task", list(EVAL_WINDOW))
 def test_random_slices_match_skimage(task):
     rng = np.random.default_rng(3)
-    lo, hi = M.WINDOWS[task]
+    lo, hi = EVAL_WINDOW[task]
     span = hi - lo
     ref = rng.uniform(lo - 0.2 * span, hi + 0.2 * span, (64, 80))
     pred = ref + rng.normal(0, 0.1 * span, ref.shape)

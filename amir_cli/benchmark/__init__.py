@@ -44,12 +44,12 @@ from pathlib import Path
 import numpy as np
 
 from amir_cli import baselines
-from amir_cli.errors import AmirError, BadInputError, one_line
+from amir_cli.errors import EXIT_OK, EXIT_PARTIAL, AmirError, BadInputError, one_line
 from amir_cli.files import write_json
-from amir_cli.imaging import degrade, intensity
+from amir_cli.imaging import degrade
 from amir_cli.imaging.io import read_image
 from amir_cli.metrics import volume_scores
-from amir_cli.tasks import MRI_SR
+from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, MRI_SR, one_of
 
 from .cases import CaseSpec, Simulation, parse_simulate, place_volumes, plan_cases
 from .report import CSV_COLUMNS, PROTOCOL, _summary, _write_csv, level_sort_key, markdown_summary, rich_table
@@ -71,7 +71,7 @@ class BenchmarkResult:
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.failures else 0
+        return EXIT_PARTIAL if self.failures else EXIT_OK
 
 
 
@@ -86,7 +86,7 @@ def select_slices(ref: np.ndarray, task: str, max_slices: int | None) -> np.ndar
     n = ref.shape[0]
     if not max_slices:
         return np.arange(n)
-    lo, hi = intensity.EVAL_WINDOW[task]
+    lo, hi = EVAL_WINDOW[task]
     clipped = np.clip(ref, lo, hi)
     scorable = np.flatnonzero(clipped.reshape(n, -1).max(1) > clipped.reshape(n, -1).min(1))
     pool = scorable if scorable.size else np.arange(n)
@@ -107,7 +107,7 @@ def _scale_between(lq_shape, hq_shape) -> int:
         return 1
     if lq_shape[0] != hq_shape[0]:
         return 0
-    for s in (2, 4):
+    for s in MR_FACTORS:
         if lq_shape[1] * s == hq_shape[1] and lq_shape[2] * s == hq_shape[2]:
             return s
     return 0
@@ -212,8 +212,8 @@ def run_benchmark(
         raise BadInputError(f"--max-slices must be at least 1, got {max_slices}")
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
-    if kspace_factor not in (None, 2, 4):
-        raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
+    if kspace_factor not in (None, *MR_FACTORS):
+        raise BadInputError(f"--kspace-factor must be {one_of(MR_FACTORS)}, got {kspace_factor}")
     cases, skipped = plan_cases(data, simulate)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -322,7 +322,7 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
             "seconds_per_slice": sps,
         })
     # the figure slice: the scored slice with the most reference signal in the window
-    lo, hi = intensity.EVAL_WINDOW[task]
+    lo, hi = EVAL_WINDOW[task]
     signal = np.clip(hq, lo, hi).reshape(n, -1).std(1)
     j = int(np.argmax(signal))
     from amir_cli.metrics import slice_scores

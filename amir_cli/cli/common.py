@@ -25,8 +25,6 @@ app = typer.Typer(
     epilog="Example: amir restore ct_lowdose.nii.gz (writes ct_lowdose_amir.nii.gz and a JSON report)",
 )
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
-
 
 class Command(TyperCommand):
     """A command whose usage line names its arguments plainly (INPUT, not {INPUT})."""
@@ -103,7 +101,6 @@ def progress_bar(quiet: bool):
 
 
 TASK_CHOICES = ("auto", *TASKS)
-PRECISION_CHOICES = PRECISIONS
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from amir_cli._version import __version__
-from amir_cli.device import pick_device
+from amir_cli.device import pick_device, torchrun
 from amir_cli.errors import BadInputError, one_line
 from amir_cli.files import json_writer
 from amir_cli.tasks import TASKS
@@ -65,7 +65,7 @@ def _finished_run(run_dir: Path, o: TrainOptions, done: int) -> dict:
     note = f"{run_dir} has already done its {done} iterations: nothing to train (a larger --iterations continues it)"
     summary = {"run_dir": str(run_dir), "iterations": done, "already_finished": True, "note": note,
                "best_mean_gain_db": (best or {}).get("mean_gain_db"), "best": best}
-    if o.export and int(os.environ.get("RANK", "0")) == 0:
+    if o.export and torchrun().rank == 0:
         from .export import export_run, exported_entry
 
         entry = exported_entry(run_dir, o.export)
@@ -91,16 +91,16 @@ def _remove_unstarted(run_dir: Path) -> None:
 
 
 def _init_distributed(device_kind: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    env = torchrun()
+    if env.world_size <= 1:
         return Dist()
     import torch.distributed as dist
 
     if device_kind == "cuda":  # one GPU per process, before NCCL starts
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+    return Dist(dist.get_rank(), env.local_rank, dist.get_world_size())
 
 
 def _default_workers() -> int:
