@@ -318,6 +318,16 @@ def test_noise_sigma_matches_gaussian_noise():
     assert baselines.noise_sigma(flat) == pytest.approx(0.3, rel=0.1)
 
 
+
+def test_residual_sigma_is_the_normal_scaled_mad_of_the_residual():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    x = np.full((96, 80), 40.0) + rng.normal(0, 3.0, (96, 80))
+    r = x - ndimage.gaussian_filter(x, 2.0)
+    assert baselines.residual_sigma(x) == 1.4826 * np.median(np.abs(r - np.median(r)))  # bit for bit
+    assert baselines.residual_sigma(x) == pytest.approx(3.0, rel=0.15)
+
 def test_malformed_simulate_is_a_usage_error(tmp_path, tiny_weights):
     (tmp_path / "hq").mkdir()
     result = _invoke([tmp_path / "hq", "-w", tiny_weights, "--simulate", "mri-sr:3"])

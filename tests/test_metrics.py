@@ -54,6 +54,32 @@ def test_real_mr_slice_matches_skimage():
     _check(pred, ref, "mri-sr")
 
 
+def _protocol_ssim(p, r, L):
+    """docs/protocol.md's SSIM written out: Gaussian (sigma 1.5, 11 x 11) local statistics with
+    population variances, reflected edges, the mean over the pixels at least 5 from the border."""
+    from scipy import ndimage
+
+    def f(a):
+        return ndimage.gaussian_filter(a, sigma=1.5, truncate=3.5, mode="reflect")
+
+    ux, uy = f(p), f(r)
+    vx, vy, vxy = f(p * p) - ux * ux, f(r * r) - uy * uy, f(p * r) - ux * uy
+    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return float(s[5:-5, 5:-5].mean())
+
+
+@pytest.mark.parametrize("task", list(EVAL_WINDOW))
+def test_ssim_is_the_protocol_formula(task):
+    rng = np.random.default_rng(7)
+    lo, hi = EVAL_WINDOW[task]
+    for shape in ((11, 11), (37, 64), (90, 23)):
+        ref = rng.uniform(lo, hi, shape)
+        pred = np.clip(ref + rng.normal(0, 0.05 * (hi - lo), shape), lo, hi)
+        L = float(ref.max() - ref.min())
+        assert M.ssim(pred, ref, (lo, hi)) == pytest.approx(_protocol_ssim(pred, ref, L), abs=1e-12)
+
+
 def test_identical_images():
     ref = np.random.default_rng(1).uniform(0, 20, (32, 32))
     s = M.slice_scores(ref, ref.copy(), "pet-synthesis")
