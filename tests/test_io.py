@@ -223,6 +223,21 @@ def _empty_folder(tmp_path, ct_nii):
     return bad
 
 
+
+def test_itk_io_leaves_the_warning_setting_and_stderr_as_they_were(tmp_path, capfd):
+    vol = Volume(np.ones((16, 16, 2), np.float32), np.eye(4))
+    before = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(True)
+    try:
+        read_image(write_image(vol, tmp_path / "b.mha"))
+        assert sitk.ProcessObject_GetGlobalWarningDisplay()  # switched off only while we read and write
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(before)
+    import sys
+
+    print("after", file=sys.stderr)
+    assert capfd.readouterr().err.endswith("after\n")  # file descriptor 2 is ours again
+
 def _missing(tmp_path, ct_nii):
     return tmp_path / "nope.nii.gz"
 

@@ -531,3 +531,18 @@ def test_device_and_init_defaults():
     assert (cuda.config, cuda.patch_size) == ("amir", 128)
     assert started_options(TrainOptions(init="amir-s"), "cpu").lr == FINE_TUNE_LR == 5e-5
     assert started_options(TrainOptions(init="amir-s", lr=1e-3, config="amir"), "cpu").lr == 1e-3
+
+
+def test_plot_curves_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    records = [{"kind": "train", "iteration": i, "l1": 1.0 / i, "load_loss": 0.1} for i in (1, 2)]
+    records += [{"kind": "val", "iteration": 2, "psnr": {"ct-denoise": 30.0}, "input_psnr": {"ct-denoise": 28.0}}]
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg", force=True)  # a backend of the host program's choice
+    try:
+        ckpt.plot_curves(records, tmp_path / "curves.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend, force=True)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

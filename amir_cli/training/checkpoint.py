@@ -180,15 +180,16 @@ class MetricsLog:
 
 
 def plot_curves(records: list, path: Path) -> None:
-    """Training loss and validation PSNR per task over iterations (PNG, matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    """Training loss and validation PSNR per task over iterations (PNG on matplotlib's Agg canvas;
+    no pyplot, so the process's backend is left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
     if train:
         it = [r["iteration"] for r in train]
         ax1.plot(it, [r["l1"] for r in train], label="L1")
@@ -213,7 +214,4 @@ def plot_curves(records: list, path: Path) -> None:
     def w(tmp):
         fig.savefig(tmp, format="png", dpi=90)
 
-    try:
-        atomic_file(path, w)
-    finally:
-        plt.close(fig)
+    atomic_file(path, w)
