@@ -140,8 +140,11 @@ def test_simulate_flat_folder_and_max_slices(tmp_path, tiny_weights):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "simulated" and summary["max_slices"] == 2
     assert any("--max-slices 2" in n for n in summary["notes"])
-    # simulated inputs are really degraded
-    assert all(float(r["psnr"]) < 60 for r in rows if r["method"] == "input" and r["task"] == "ct-denoise")
+    # the inputs carry the quarter dose's noise: the RMSE of an independent simulation of that dose
+    hq = _phantom("ct-denoise", slices=5)
+    quarter = volume_scores(degrade.degrade_volume(hq, "ct-denoise", 0.25, seed=99), hq, "ct-denoise")["rmse"]
+    ct_inputs = [float(r["rmse"]) for r in rows if r["method"] == "input" and r["task"] == "ct-denoise"]
+    assert len(ct_inputs) == 2 and all(rmse == pytest.approx(quarter, rel=0.25) for rmse in ct_inputs), (ct_inputs, quarter)
 
 
 def test_simulation_is_seeded_and_independent_of_max_slices(tmp_path, tiny_weights):

@@ -94,7 +94,7 @@ def test_help_has_an_example(cmd):
         assert "Example" in res.output and "amir " in res.output
 
 
-def test_help_is_fast_and_imports_no_torch():
+def test_importing_the_cli_imports_no_torch():
     code = "import sys; from amir_cli.cli import app; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -324,8 +324,11 @@ def test_existing_output_replaced_atomically(ct_nii, tmp_path):
     vol = read_image(ct_nii)
     target = tmp_path / "o.nii.gz"
     target.write_bytes(b"old")
-    write_image(vol, target)
+    with open(target, "rb") as reader:  # a reader of the old file keeps reading the old file
+        write_image(vol, target)
+        assert reader.read() == b"old"  # the new file was renamed over the name, not written into the old one
     np.testing.assert_array_equal(read_image(target).array, vol.array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "o.nii.gz"]  # no temp file left
 
 
 def test_with_array_copies_meta(ct_nii):
