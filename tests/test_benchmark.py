@@ -20,19 +20,6 @@ N = 32  # in-plane size of the synthetic volumes
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    import torch
-    from safetensors.torch import save_file
-
-    from amir_cli.network import AMIR, get_config
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny_random.safetensors"
-    save_file(AMIR(get_config("amir-tiny")).state_dict(), str(path))
-    return path
-
-
 def _phantom(task: str, n: int = N, slices: int = 2) -> np.ndarray:
     yy, xx = np.mgrid[:n, :n]
     body = ((yy - n / 2) ** 2 + (xx - n / 2) ** 2 < (0.42 * n) ** 2).astype(np.float32)
