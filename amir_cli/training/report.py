@@ -42,8 +42,7 @@ class TrainingReport:
         if self.quiet or not self.console.is_terminal:
             yield self
             return
-        # "train ━━━━ 200000/200000 loss 0.0119 2.56 it/s 0:02:25 0:10:36": at most 80 columns
-        self.progress = progress_bar(self.console, "[bold]train", bar_width=14, fields=("stats",), transient=False)
+        self.progress = training_bar(self.console)
         with self.progress:
             self._bar = self.progress.add_task("train", total=self.total, completed=start, stats="")
             try:
@@ -70,4 +69,9 @@ class TrainingReport:
     def validation(self, iteration: int, gain: dict, best: bool) -> None:
         gains = ", ".join(f"{task.split('-')[0]} {g:+.2f} dB" for task, g in gain.items())
         self.line(f"validation at {iteration}: {gains} over the input" + (" (best so far)" if best else ""))
+
+
+def training_bar(console):
+    # "train ━━━━ 200000/200000 loss 0.0119 2.56 it/s 0:02:25 0:10:36": at most 80 columns
+    return progress_bar(console, "[bold]train", bar_width=14, fields=("stats",), transient=False)
 
