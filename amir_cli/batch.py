@@ -4,12 +4,12 @@ ranks when there are several). A folder holding several DICOM series gives a cas
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 from ._version import __version__
+from .device import torchrun
 from .errors import BadInputError, DeviceError, WeightsError, one_line
 from .files import write_json
 from .imaging import dicom
@@ -21,8 +21,7 @@ from .weights import LoadedWeights
 
 def distributed_share(cases: list) -> tuple[list, int, int]:
     """This process's cases under torchrun (cases[rank::world_size]), its rank and the world size."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
+    rank, _, world = torchrun()
     if world < 1 or not 0 <= rank < world:
         raise BadInputError(f"invalid torchrun environment: RANK={rank} WORLD_SIZE={world}")
     return cases[rank::world], rank, world
@@ -98,7 +97,7 @@ def restore_batch(
         "version": __version__,
         "input": str(folder),
         "output": str(out_root),
-        "weights": {"name": weights.name, "file": str(weights.path), "sha256": weights.sha256, "registered": weights.registered},
+        "weights": weights.record(),
         "cases_total": len(jobs),
         "rank": rank,
         "world_size": world,

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import NamedTuple
 
 from .errors import DeviceError, one_line
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class Torchrun(NamedTuple):
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def torchrun() -> Torchrun:
+    """This process's place in a torchrun launch (RANK, LOCAL_RANK, WORLD_SIZE; 0, 0, 1 outside one)."""
+    env = os.environ
+    return Torchrun(int(env.get("RANK") or 0), int(env.get("LOCAL_RANK") or 0), int(env.get("WORLD_SIZE") or 1))
 
 
 def pick_device(spec: str = "auto", *, mps: bool = True, per_process: bool = False):
@@ -19,8 +32,8 @@ def pick_device(spec: str = "auto", *, mps: bool = True, per_process: bool = Fal
     """
     import torch
 
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    spread = per_process and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    _, local_rank, world = torchrun()
+    spread = per_process and world > 1
     choices = "auto, cpu, cuda, cuda:N or mps" if mps else "auto, cpu, cuda or cuda:N"
     spec = (spec or "auto").strip().lower()
     if spec == "auto":

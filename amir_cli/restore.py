@@ -28,10 +28,9 @@ from .imaging.volume import check_memory
 from .placement import (check_input_format, check_output, check_output_format, default_output, publish,
                         report_path_for, same_or_inside, written_files)
 from .taskdetect import detect_task
-from .tasks import MRI_SR, TASK
+from .tasks import EVAL_WINDOW, MR_FACTORS, MR_SCALES, MRI_SR, NORM_RANGE, TASK, one_of
 from .weights import LoadedWeights, load_weights
 
-SCALES = (1, 2, 4)
 DEFAULT_BATCH_SIZE = 4
 MIN_TILE = 32
 RESTORE_COPIES = 4  # input, normalised and restored float32 volumes, and the output being encoded
@@ -76,10 +75,10 @@ def check_scale_task(task: str, scale: int, kspace_factor: int | None) -> None:
 
 def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspace_factor: int | None = None) -> None:
     intensity.check_task(task)
-    if scale not in SCALES:
-        raise BadInputError(f"--scale must be 1, 2 or 4, got {scale}")
-    if kspace_factor is not None and kspace_factor not in SCALES[1:]:
-        raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
+    if scale not in MR_SCALES:
+        raise BadInputError(f"--scale must be {one_of(MR_SCALES)}, got {scale}")
+    if kspace_factor is not None and kspace_factor not in MR_FACTORS:
+        raise BadInputError(f"--kspace-factor must be {one_of(MR_FACTORS)}, got {kspace_factor}")
     check_scale_task(task, scale, kspace_factor)
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -142,7 +141,7 @@ def restore_volume(
     slices = np.moveaxis(np.asarray(volume.array, dtype=np.float32), axis, 0)  # (n, a, b), a view
     n = slices.shape[0]
     mr_scale = intensity.mr_scale_factor(volume.array) if task == MRI_SR else None
-    low, high = intensity.NORM_RANGE[task]
+    low, high = NORM_RANGE[task]
     out_shape = (n, slices.shape[1] * scale, slices.shape[2] * scale)
     restored = np.empty(out_shape, dtype=np.float32)
     instruction_sum = None
@@ -380,8 +379,7 @@ def restore_case(
         "output": str(output),
         "task": task,
         "task_reason": reason,
-        "weights": {"name": weights.name, "file": str(weights.path), "sha256": weights.sha256,
-                    "registered": weights.registered, "config": weights.config},
+        "weights": {**weights.record(), "config": weights.config},
         "device": info["device"],
         "precision": info["precision"],
         "batch_size": info["batch_size"],
@@ -406,7 +404,7 @@ def restore_case(
 
         result["reference"] = str(reference)
         result["metrics"] = {
-            "window": list(intensity.EVAL_WINDOW[task]),
+            "window": list(EVAL_WINDOW[task]),
             "output": _scores(volume_scores(restored.array, ref_volume.array, task, restored.slice_axis)),
         }
         if options.scale == 1:  # the input on the same grid: what restoration gained

@@ -1,5 +1,6 @@
 """Terminal tables that fit the terminal: no vertical rules, one space between columns, and when the
-table is still too wide, whole columns left out in a given order instead of cut cells."""
+table is still too wide, whole columns left out in a given order instead of cut cells; and the
+progress bar of the commands."""
 
 from __future__ import annotations
 
@@ -36,3 +37,22 @@ def _table(columns, shown, rows, right, title):
     for row in rows:
         table.add_row(*(row[i] for i in index))
     return table
+
+
+def progress_bar(console, label: str, *, bar_width: int = 40, fields: Sequence[str] = (), transient: bool = True,
+                 disable: bool = False):
+    """A rich progress bar on ``console``: ``label`` (rich markup), the bar, done/total, the task
+    ``fields`` named, the time elapsed and the time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(label),
+        BarColumn(bar_width=bar_width),
+        MofNCompleteColumn(),
+        *(TextColumn(f"{{task.fields[{name}]}}") for name in fields),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=transient,
+        disable=disable,
+    )

@@ -308,19 +308,25 @@ class LoadedWeights:
     tasks: list = field(default_factory=list)
     registered: bool = True  # False: a file given by path (its sha256 is recorded, not checked)
 
+    def record(self) -> dict:
+        """Which weights these are, for reports."""
+        return {"name": self.name, "file": str(self.path), "sha256": self.sha256, "registered": self.registered}
+
 
 def load_weights(source: str | None, device) -> LoadedWeights:
     """The eval-mode network for a registry name or a file (sha256 verified for registry entries)."""
     path, entry = resolve(source)
-    state = read_state_dict(path)
-    model = build_from_state(state, device)
-    sha = entry.sha256 if entry is not None else sha256_of(path)
-    return LoadedWeights(
-        model=model,
-        name=entry.name if entry is not None else str(path),
-        path=Path(path),
-        sha256=sha,
-        config=model.config.to_dict(),
-        tasks=list((entry.info.get("tasks") or []) if entry is not None else []),
-        registered=entry is not None,
-    )
+    model = build_from_state(read_state_dict(path), device)
+    tasks = list((entry.info.get("tasks") or []) if entry is not None else [])
+    return LoadedWeights(model=model, config=model.config.to_dict(), tasks=tasks, **_identity(path, entry))
+
+
+def describe(source: str | None) -> dict:
+    """:meth:`LoadedWeights.record` of the weights ``source`` names, without loading them."""
+    return LoadedWeights(model=None, config={}, **_identity(*resolve(source))).record()
+
+
+def _identity(path, entry: Entry | None) -> dict:
+    if entry is None:  # a file given by path
+        return {"name": str(path), "path": Path(path), "sha256": sha256_of(path), "registered": False}
+    return {"name": entry.name, "path": Path(path), "sha256": entry.sha256, "registered": True}

@@ -1,3 +1,4 @@
+import hashlib
 import os
 from pathlib import Path
 
@@ -55,3 +56,55 @@ def amir_home(tmp_path, monkeypatch):
     """An empty user weights registry."""
     monkeypatch.setenv("AMIR_HOME", str(tmp_path / "amir_home"))
     return tmp_path / "amir_home"
+
+
+def amir(*args: str) -> tuple[int, str, str]:
+    """Run `amir` in process through main() (the real error edge): exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    from amir_cli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+def sha(path: Path) -> str:
+    """sha256 of a file, or of a folder's files in name order."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """amir-tiny with seeded random weights (what the CLI runs in tests)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from amir_cli.network import AMIR, get_config
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
+    save_file(AMIR(get_config("amir-tiny")).state_dict(), str(path))
+    return path
+
+
+def crop_nifti(name: str, sl, dest: Path, dtype=None) -> Path:
+    """A NIfTI file of voxels ``sl`` of a committed crop (:func:`real_crop`)."""
+    import nibabel as nib
+
+    data, affine, hdr = real_crop(name, sl)
+    if dtype is not None:
+        data = data.astype(dtype)
+        hdr.set_data_dtype(dtype)
+    nib.save(nib.Nifti1Image(data, affine, header=hdr), str(dest))
+    return dest

@@ -11,26 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from amir_cli import baselines
-from amir_cli.benchmark import CaseSpec, find_cases, kspace_factor_of, parse_simulate, run_benchmark, select_slices
+from amir_cli.benchmark import CaseSpec, kspace_factor_of, parse_simulate, plan_cases, run_benchmark, select_slices
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade
 from amir_cli.metrics import volume_scores
 
 N = 32  # in-plane size of the synthetic volumes
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    import torch
-    from safetensors.torch import save_file
-
-    from amir_cli.network import AMIR, get_config
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "tiny_random.safetensors"
-    save_file(AMIR(get_config("amir-tiny")).state_dict(), str(path))
-    return path
 
 
 def _phantom(task: str, n: int = N, slices: int = 2) -> np.ndarray:
@@ -142,8 +129,11 @@ def test_simulate_flat_folder_and_max_slices(tmp_path, tiny_weights):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mode"] == "simulated" and summary["max_slices"] == 2
     assert any("--max-slices 2" in n for n in summary["notes"])
-    # simulated inputs are really degraded
-    assert all(float(r["psnr"]) < 60 for r in rows if r["method"] == "input" and r["task"] == "ct-denoise")
+    # the inputs carry the quarter dose's noise: the RMSE of an independent simulation of that dose
+    hq = _phantom("ct-denoise", slices=5)
+    quarter = volume_scores(degrade.degrade_volume(hq, "ct-denoise", 0.25, seed=99), hq, "ct-denoise")["rmse"]
+    ct_inputs = [float(r["rmse"]) for r in rows if r["method"] == "input" and r["task"] == "ct-denoise"]
+    assert len(ct_inputs) == 2 and all(rmse == pytest.approx(quarter, rel=0.25) for rmse in ct_inputs), (ct_inputs, quarter)
 
 
 def test_simulation_is_seeded_and_independent_of_max_slices(tmp_path, tiny_weights):
@@ -255,7 +245,7 @@ def test_parse_simulate_rejects(text):
 def test_no_cases_is_an_error(tmp_path, tiny_weights):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadInputError, match="--simulate"):
-        find_cases(tmp_path / "empty")
+        plan_cases(tmp_path / "empty")
     result = _invoke([tmp_path / "missing", "-o", tmp_path / "o", "-w", tiny_weights, "--quiet"])
     assert result.exit_code != 0
 
@@ -319,6 +309,16 @@ def test_noise_sigma_matches_gaussian_noise():
     flat = np.full((128, 128), 5.0) + rng.normal(0, 0.3, (128, 128))
     assert baselines.noise_sigma(flat) == pytest.approx(0.3, rel=0.1)
 
+
+
+def test_residual_sigma_is_the_normal_scaled_mad_of_the_residual():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    x = np.full((96, 80), 40.0) + rng.normal(0, 3.0, (96, 80))
+    r = x - ndimage.gaussian_filter(x, 2.0)
+    assert baselines.residual_sigma(x) == 1.4826 * np.median(np.abs(r - np.median(r)))  # bit for bit
+    assert baselines.residual_sigma(x) == pytest.approx(3.0, rel=0.15)
 
 def test_malformed_simulate_is_a_usage_error(tmp_path, tiny_weights):
     (tmp_path / "hq").mkdir()

@@ -28,59 +28,19 @@ from amir_cli.imaging.kspace import kspace_downsample
 from amir_cli.inference import DC_ITERATIONS
 from amir_cli.network import AMIR, get_config
 
-from conftest import real_crop
+from conftest import amir, crop_nifti, sha
 
 runner = CliRunner()
 
 
-def amir(*args: str) -> tuple[int, str, str]:
-    """Run `amir` in process through main() (the real error edge): exit code, stdout, stderr."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue(), err.getvalue()
-
-
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-@pytest.fixture(scope="session")
-def tiny_weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_file(AMIR(get_config("amir-tiny")).state_dict(), str(path))
-    return path
-
-
-def _crop_nifti(name: str, sl, dest: Path, dtype=None) -> Path:
-    data, affine, hdr = real_crop(name, sl)
-    if dtype is not None:
-        data = data.astype(dtype)
-        hdr.set_data_dtype(dtype)
-    nib.save(nib.Nifti1Image(data, affine, header=hdr), str(dest))
-    return dest
-
-
 @pytest.fixture()
 def ct_nii(tmp_path) -> Path:
-    return _crop_nifti("ct/cranium_ct.nii.gz", (slice(96, 160), slice(100, 164), slice(50, 53)), tmp_path / "head_ct.nii.gz")
+    return crop_nifti("ct/cranium_ct.nii.gz", (slice(96, 160), slice(100, 164), slice(50, 53)), tmp_path / "head_ct.nii.gz")
 
 
 @pytest.fixture()
 def mr_nii(tmp_path) -> Path:
-    return _crop_nifti("mr/colin27_t1_1mm.nii.gz", (slice(60, 124), slice(80, 128), slice(80, 83)), tmp_path / "brain_t1.nii.gz")
+    return crop_nifti("mr/colin27_t1_1mm.nii.gz", (slice(60, 124), slice(80, 128), slice(80, 83)), tmp_path / "brain_t1.nii.gz")
 
 
 # ---- help, version -----------------------------------------------------------------------------
@@ -94,7 +54,7 @@ def test_help_has_an_example(cmd):
         assert "Example" in res.output and "amir " in res.output
 
 
-def test_help_is_fast_and_imports_no_torch():
+def test_importing_the_cli_imports_no_torch():
     code = "import sys; from amir_cli.cli import app; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -23,7 +23,7 @@ from pydicom import uid
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import dicom, list_cases, read_image, write_image
 from amir_cli.imaging.dicom_series import folder_series
-from test_cli import amir, tiny_weights  # noqa: F401 - the CLI runner and its tiny-weights fixture
+from conftest import amir
 from test_dicom import _dciodvfy_errors, _rotation, make_series
 
 pytest.importorskip("data_store", reason="pydicom-data (the test extra) is not installed")

@@ -3,7 +3,7 @@ before any work, and an input that cannot be read is bad input (one line, exit 1
 
 import pytest
 
-from test_cli import amir
+from conftest import amir
 
 MISSING = "MISSING"  # a path that does not exist: any command that got past its options would exit 1 on it
 

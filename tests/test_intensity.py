@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 
 from amir_cli.errors import BadInputError
-from amir_cli.imaging.intensity import (
-    EVAL_WINDOW,
-    MR_TARGET,
-    NORM_RANGE,
-    TASKS,
-    Window,
-    denormalise,
-    mr_scale_factor,
-    normalise,
-)
+from amir_cli.imaging.intensity import MR_TARGET, denormalise, mr_scale_factor, normalise
+from amir_cli.tasks import EVAL_WINDOW, NORM_RANGE, TASKS, Window
 
 from conftest import real_crop  # noqa: E402
 

@@ -223,6 +223,21 @@ def _empty_folder(tmp_path, ct_nii):
     return bad
 
 
+
+def test_itk_io_leaves_the_warning_setting_and_stderr_as_they_were(tmp_path, capfd):
+    vol = Volume(np.ones((16, 16, 2), np.float32), np.eye(4))
+    before = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(True)
+    try:
+        read_image(write_image(vol, tmp_path / "b.mha"))
+        assert sitk.ProcessObject_GetGlobalWarningDisplay()  # switched off only while we read and write
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(before)
+    import sys
+
+    print("after", file=sys.stderr)
+    assert capfd.readouterr().err.endswith("after\n")  # file descriptor 2 is ours again
+
 def _missing(tmp_path, ct_nii):
     return tmp_path / "nope.nii.gz"
 
@@ -309,8 +324,11 @@ def test_existing_output_replaced_atomically(ct_nii, tmp_path):
     vol = read_image(ct_nii)
     target = tmp_path / "o.nii.gz"
     target.write_bytes(b"old")
-    write_image(vol, target)
+    with open(target, "rb") as reader:  # a reader of the old file keeps reading the old file
+        write_image(vol, target)
+        assert reader.read() == b"old"  # the new file was renamed over the name, not written into the old one
     np.testing.assert_array_equal(read_image(target).array, vol.array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "o.nii.gz"]  # no temp file left
 
 
 def test_with_array_copies_meta(ct_nii):

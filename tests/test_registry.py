@@ -9,7 +9,7 @@ import torch
 
 from amir_cli import weights
 from amir_cli.network import AMIR, get_config
-from test_cli import amir
+from conftest import amir
 
 
 def _tiny_state():

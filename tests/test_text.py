@@ -27,10 +27,10 @@ def _lines(render) -> list[str]:
 
 
 def test_training_bar_fits_80_columns():
-    from amir_cli.training.report import _progress
+    from amir_cli.training.report import training_bar
 
     def render(console):
-        progress = _progress(console)
+        progress = training_bar(console)
         progress.add_task("train", total=200_000, completed=199_999, stats="loss 0.0119 12.56 it/s")
         console.print(progress.make_tasks_table(progress.tasks))
 

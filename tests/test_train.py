@@ -27,7 +27,7 @@ from amir_cli.training import checkpoint as ckpt
 from amir_cli.errors import BadInputError
 from amir_cli.tasks import TASKS
 from amir_cli.training.options import task_cycle
-from amir_cli.training.volumes import split_rows, split_slices, synthetic_volume
+from amir_cli.training.volumes import split_rows, split_slices
 
 ROOT = Path(__file__).resolve().parents[1]
 SEAMS = ROOT / "tests" / "train_seams.py"  # `amir train` with a test seam, in a child process
@@ -224,11 +224,6 @@ def test_paired_layout_loads(tmp_path):
         load_volumes(root, ("mri-sr",))
 
 
-def test_synthetic_volume_helper():
-    v = synthetic_volume("mri-sr", np.random.default_rng(0).uniform(0, 100, (3, 32, 32)))
-    assert v.mr_scale > 0 and v.n_slices == 3
-
-
 # ------------------------------------------------------------------------------------ faults
 def test_resume_after_kill_equals_uninterrupted_run(hq_data, tmp_path):
     common = dict(TINY, data=str(hq_data), iterations=6, checkpoint_every=3, val_every=3, seed=5)
@@ -296,7 +291,7 @@ def test_unwritable_run_folder_is_a_clear_error(hq_data, tmp_path, monkeypatch):
                 raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", full_disk)
+    monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(RunFolderError, match="No space left on device.*previous checkpoint is intact"):
         train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=4, checkpoint_every=1, val_every=100))
     assert ckpt.load_torch(run / ckpt.LAST)["iteration"] == 1
@@ -536,3 +531,18 @@ def test_device_and_init_defaults():
     assert (cuda.config, cuda.patch_size) == ("amir", 128)
     assert started_options(TrainOptions(init="amir-s"), "cpu").lr == FINE_TUNE_LR == 5e-5
     assert started_options(TrainOptions(init="amir-s", lr=1e-3, config="amir"), "cpu").lr == 1e-3
+
+
+def test_plot_curves_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    records = [{"kind": "train", "iteration": i, "l1": 1.0 / i, "load_loss": 0.1} for i in (1, 2)]
+    records += [{"kind": "val", "iteration": 2, "psnr": {"ct-denoise": 30.0}, "input_psnr": {"ct-denoise": 28.0}}]
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg", force=True)  # a backend of the host program's choice
+    try:
+        ckpt.plot_curves(records, tmp_path / "curves.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend, force=True)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -25,8 +25,6 @@ app = typer.Typer(
     epilog="Example: amir restore ct_lowdose.nii.gz (writes ct_lowdose_amir.nii.gz and a JSON report)",
 )
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
-
 
 class Command(TyperCommand):
     """A command whose usage line names its arguments plainly (INPUT, not {INPUT})."""
@@ -92,25 +90,17 @@ def info(message: str, quiet: bool = False) -> None:
 def progress_bar(quiet: bool):
     """A rich progress bar on stderr (disabled by --quiet or when stderr is not a terminal)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .. import tables
 
     console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,  # no bar (nor stray newlines) in logs and pipes
-        transient=True,
-    )
+    # no bar (nor stray newlines) in logs and pipes
+    return tables.progress_bar(console, "{task.description}", disable=quiet or not console.is_terminal)
 
 
 
 
 TASK_CHOICES = ("auto", *TASKS)
-PRECISION_CHOICES = PRECISIONS
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:

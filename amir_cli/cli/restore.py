@@ -8,9 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from .._version import __version__
-from ..errors import AmirError
-from ..tasks import MRI_SR, PET_SYNTHESIS
-from .common import (EXIT_PARTIAL, PRECISION_CHOICES, TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
+from ..device import PRECISIONS
+from ..errors import EXIT_PARTIAL, AmirError
+from ..tasks import MR_FACTORS, MR_SCALES, MRI_SR, PET_SYNTHESIS, TASKS, choices
+from .common import (TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
                      _choice, app, check_device, examples, print_json, progress_bar)
 
 
@@ -29,14 +30,14 @@ from .common import (EXIT_PARTIAL, PRECISION_CHOICES, TASK_CHOICES, Command, Dev
 def restore_cmd(
     input: Annotated[Path, typer.Argument(metavar="INPUT", help="NIfTI/MetaImage/NRRD file, DICOM file, DICOM series folder, or a folder of scans (batch).", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file or folder [default: <input stem>_amir.<same format> beside the input].", show_default=False)] = None,
-    task: Annotated[str, typer.Option("--task", metavar="auto|mri-sr|ct-denoise|pet-synthesis", help="Restoration task; auto decides from the DICOM Modality, header hints, then intensities.")] = "auto",
-    scale: Annotated[int, typer.Option("--scale", metavar="1|2|4", help="mri-sr only: write an s-times finer in-plane grid (k-space zero-padding).")] = 1,
-    kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar="2|4", help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
+    task: Annotated[str, typer.Option("--task", metavar=choices(TASK_CHOICES), help="Restoration task; auto decides from the DICOM Modality, header hints, then intensities.")] = "auto",
+    scale: Annotated[int, typer.Option("--scale", metavar=choices(MR_SCALES), help="mri-sr only: write an s-times finer in-plane grid (k-space zero-padding).")] = 1,
+    kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar=choices(MR_FACTORS), help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale, --kspace-factor or a recognised zero-filled input: keep the k-space band the input measured.")] = True,
     detect_zero_filling: Annotated[bool, typer.Option("--detect-zero-filling/--no-detect-zero-filling", help="mri-sr on the input's grid: recognise a zero-filled image (the central 1/2 or 1/4 of k-space) by its spectrum and keep its band, as --kspace-factor does.")] = True,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", metavar=choices(PRECISIONS), help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call.")] = 4,
     tile: Annotated[Optional[int], typer.Option("--tile", min=1, metavar="N", help="Restore large slices in overlapping N x N tiles (saves memory).", show_default=False)] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average the network over the 8 flips and rotations of each slice (self-ensemble): a little better, 8x the time.")] = False,
@@ -48,11 +49,11 @@ def restore_cmd(
 ) -> None:
     """Restore an image, a DICOM series or a folder of scans with AMIR and write a JSON report."""
     _choice(task, TASK_CHOICES, "--task")
-    _choice(precision, PRECISION_CHOICES, "--precision")
-    if scale not in (1, 2, 4):
-        raise typer.BadParameter(f"{scale} is not one of 1, 2, 4", param_hint="--scale")
-    if kspace_factor is not None and kspace_factor not in (2, 4):
-        raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
+    _choice(precision, PRECISIONS, "--precision")
+    if scale not in MR_SCALES:
+        raise typer.BadParameter(f"{scale} is not one of {choices(MR_SCALES, ', ')}", param_hint="--scale")
+    if kspace_factor is not None and kspace_factor not in MR_FACTORS:
+        raise typer.BadParameter(f"{kspace_factor} is not one of {choices(MR_FACTORS, ', ')}", param_hint="--kspace-factor")
 
     from .. import restore as R
     from .. import placement as P
@@ -161,9 +162,9 @@ def _print_restore_summary(r: dict) -> None:
 )
 def degrade_cmd(
     input: Annotated[Path, typer.Argument(metavar="INPUT", help="High-quality image (NIfTI, MetaImage/NRRD, DICOM file or series folder).", show_default=False)],
-    task: Annotated[str, typer.Option("--task", metavar="mri-sr|ct-denoise|pet-synthesis", help="Which degradation to simulate (docs/protocol.md).", show_default=False)],
+    task: Annotated[str, typer.Option("--task", metavar=choices(TASKS), help="Which degradation to simulate (docs/protocol.md).", show_default=False)],
     dose: Annotated[Optional[float], typer.Option("--dose", help="Dose fraction for ct-denoise / pet-synthesis [default: 0.25].", show_default=False)] = None,
-    factor: Annotated[Optional[int], typer.Option("--factor", metavar="2|4", help="k-space truncation factor for mri-sr [default: 4].", show_default=False)] = None,
+    factor: Annotated[Optional[int], typer.Option("--factor", metavar=choices(MR_FACTORS), help="k-space truncation factor for mri-sr [default: 4].", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the simulated noise (same seed, same image).")] = 0,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output path [default: <input stem>_degraded.<same format>].", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")] = False,
@@ -176,8 +177,8 @@ def degrade_cmd(
         raise typer.BadParameter("mri-sr takes --factor, not --dose", param_hint="--dose")
     if task != MRI_SR and factor is not None:
         raise typer.BadParameter(f"{task} takes --dose, not --factor", param_hint="--factor")
-    if factor is not None and factor not in (2, 4):
-        raise typer.BadParameter(f"{factor} is not one of 2, 4", param_hint="--factor")
+    if factor is not None and factor not in MR_FACTORS:
+        raise typer.BadParameter(f"{factor} is not one of {choices(MR_FACTORS, ', ')}", param_hint="--factor")
     if dose is not None and not 0 < dose <= 1:
         raise typer.BadParameter(f"{dose} is not a fraction in (0, 1]", param_hint="--dose")
 

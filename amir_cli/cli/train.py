@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..device import torchrun
 from ..errors import AmirError
 from ..tasks import TASKS
 from ..training.options import TaskWeighting, TrainOptions, range_text
@@ -140,7 +140,7 @@ def train_cmd(
     except TrainingStopped as stopped:  # last.pt is written: a stop asked for, not an error
         say(f"amir: {stopped}", quiet=False)
         raise typer.Exit(128 + stopped.signum) from None
-    if int(os.environ.get("RANK", "0")) != 0:
+    if torchrun().rank != 0:
         return
     if json_out:
         print_json(summary)

@@ -183,9 +183,21 @@ def _check_nifti_size(p: Path, img, shape3, dtype) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Keep C++ libraries (ITK's MetaIO, GDCM) from printing on our stderr: the error reaches the
-    user as our one line instead."""
+def _quiet_itk():
+    """For the block only: ITK's warnings off, and C++ libraries (ITK's MetaIO, GDCM) kept from
+    printing on our stderr; the error reaches the user as our one line instead."""
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject_GetGlobalWarningDisplay()
+    try:
+        with _stderr_to_devnull():
+            yield
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(shown)
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -252,13 +264,11 @@ def data_files(path: Path) -> list[Path]:
 def _read_itk(p: Path) -> Volume:
     import SimpleITK as sitk
 
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # errors reach the user as our one line, not ITK's
-
     what = str(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
-        with _quiet_stderr():
+        with _quiet_itk():
             reader.ReadImageInformation()
     except Exception as exc:
         raise BadInputError(f"{what}: not a readable MetaImage/NRRD file ({_itk_message(exc, 'its header cannot be parsed')})") from None
@@ -284,7 +294,7 @@ def _read_itk(p: Path) -> Volume:
     if missing:
         raise BadInputError(f"{what}: its data file {missing[0].name} is missing")
     try:
-        with _quiet_stderr():
+        with _quiet_itk():
             img = reader.Execute()
         raw = sitk.GetArrayFromImage(img)  # (z, y, x)
     except Exception as exc:
@@ -444,7 +454,6 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
     the final names, then move the data file and the header (last) into place."""
     import SimpleITK as sitk
 
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)
     data = to_dtype(volume.array, output_dtype(ref))
     img = sitk.GetImageFromArray(np.ascontiguousarray(data.T))  # (I,J,K) -> ITK (z,y,x) buffer
     lps = ras_from_lps(volume.affine)
@@ -456,7 +465,7 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
     try:
         with failures_as_bad_input(f"{public_path(dest)}: cannot write", _itk_message):
             target = tmp_dir / dest.name
-            with _quiet_stderr():
+            with _quiet_itk():
                 sitk.WriteImage(img, str(target), useCompression=image_suffix(dest) != ".mha")
             header_moved = False
             for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dest.name):

@@ -4,7 +4,6 @@ with ``torch.load(weights_only=True)``), JSON, the metrics log and the training-
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import threading
@@ -22,10 +21,6 @@ BEST = "best.pt"
 RUN_JSON = "run.json"
 METRICS = "metrics.jsonl"
 CURVES = "curves.png"
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class RunFolderError(AmirError):
@@ -85,8 +80,7 @@ def atomic_file(path: Path, write) -> None:
     """write(tmp_path) then os.replace: a reader (or a kill -9) sees the old file or the new one."""
     path = Path(path)
     try:
-        # mkstemp makes 0600 files; give them the usual permissions
-        atomic_write(path, write, mode=0o666 & ~_UMASK, fsync=True)
+        atomic_write(path, write, fsync=True)
     except OSError as exc:
         raise RunFolderError(
             f"cannot write {path.name} in run folder {path.parent} ({exc.strerror or exc}); "
@@ -105,15 +99,6 @@ def load_torch(path: Path) -> dict:
         raise RunFolderError(f"no checkpoint {path}") from None
     except Exception as exc:  # truncated/corrupt file
         raise RunFolderError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-
-
-def write_json(path: Path, data: dict) -> None:
-    def w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=json_default)
-            f.write("\n")
-
-    atomic_file(path, w)
 
 
 def read_json(path: Path) -> dict:
@@ -195,15 +180,16 @@ class MetricsLog:
 
 
 def plot_curves(records: list, path: Path) -> None:
-    """Training loss and validation PSNR per task over iterations (PNG, matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    """Training loss and validation PSNR per task over iterations (PNG on matplotlib's Agg canvas;
+    no pyplot, so the process's backend is left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
     if train:
         it = [r["iteration"] for r in train]
         ax1.plot(it, [r["l1"] for r in train], label="L1")
@@ -228,7 +214,4 @@ def plot_curves(records: list, path: Path) -> None:
     def w(tmp):
         fig.savefig(tmp, format="png", dpi=90)
 
-    try:
-        atomic_file(path, w)
-    finally:
-        plt.close(fig)
+    atomic_file(path, w)

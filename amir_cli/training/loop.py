@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from amir_cli._version import __version__
-from amir_cli.device import pick_device
+from amir_cli.device import pick_device, torchrun
 from amir_cli.errors import BadInputError, one_line
+from amir_cli.files import json_writer
 from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
@@ -64,7 +65,7 @@ def _finished_run(run_dir: Path, o: TrainOptions, done: int) -> dict:
     note = f"{run_dir} has already done its {done} iterations: nothing to train (a larger --iterations continues it)"
     summary = {"run_dir": str(run_dir), "iterations": done, "already_finished": True, "note": note,
                "best_mean_gain_db": (best or {}).get("mean_gain_db"), "best": best}
-    if o.export and int(os.environ.get("RANK", "0")) == 0:
+    if o.export and torchrun().rank == 0:
         from .export import export_run, exported_entry
 
         entry = exported_entry(run_dir, o.export)
@@ -90,16 +91,16 @@ def _remove_unstarted(run_dir: Path) -> None:
 
 
 def _init_distributed(device_kind: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    env = torchrun()
+    if env.world_size <= 1:
         return Dist()
     import torch.distributed as dist
 
     if device_kind == "cuda":  # one GPU per process, before NCCL starts
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+    return Dist(dist.get_rank(), env.local_rank, dist.get_world_size())
 
 
 def _default_workers() -> int:
@@ -157,7 +158,7 @@ def _run(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command
         val_set = validation_set(val_volumes or volumes, o.tasks, o.val_slices, o.val_size or None, o.seed, o.levels())
         trainer.open_run(val_set, resumed=state is not None)
         data = {"layout": layout, "volumes": volumes, "validation_volumes": val_volumes}
-        ckpt.write_json(run_dir / ckpt.RUN_JSON, _run_info(trainer, command, data, workers))
+        ckpt.atomic_file(run_dir / ckpt.RUN_JSON, json_writer(_run_info(trainer, command, data, workers), keep_nan=True))
     dist.barrier()
 
     it = trainer.fit(make_loader(sampler, trainer.start, o.iterations, workers), hooks)

@@ -8,6 +8,8 @@ import sys
 import textwrap
 from contextlib import contextmanager
 
+from amir_cli.tables import progress_bar
+
 WIDTH = 80
 LOG_SECONDS = 60.0  # a training record (and its line) at least this often, so a slow run's log moves
 
@@ -40,7 +42,7 @@ class TrainingReport:
         if self.quiet or not self.console.is_terminal:
             yield self
             return
-        self.progress = _progress(self.console)
+        self.progress = training_bar(self.console)
         with self.progress:
             self._bar = self.progress.add_task("train", total=self.total, completed=start, stats="")
             try:
@@ -69,17 +71,7 @@ class TrainingReport:
         self.line(f"validation at {iteration}: {gains} over the input" + (" (best so far)" if best else ""))
 
 
-def _progress(console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+def training_bar(console):
     # "train ━━━━ 200000/200000 loss 0.0119 2.56 it/s 0:02:25 0:10:36": at most 80 columns
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(bar_width=14),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    return progress_bar(console, "[bold]train", bar_width=14, fields=("stats",), transient=False)
+

@@ -6,7 +6,6 @@ the protocol of docs/protocol.md with the best weights kept; atomic checkpoints 
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import signal
 import time
@@ -96,15 +95,6 @@ def cosine_lr(it: int, o: TrainOptions) -> float:
 
 def _iteration_seed(seed: int, rank: int, it: int) -> int:
     return int(np.random.SeedSequence(int(seed), spawn_key=(int(rank), int(it), 7)).generate_state(1, np.uint64)[0] >> 1)
-
-
-def state_hash(state: dict) -> str:
-    """sha256 over a state_dict's names and tensor bytes (to compare weights across processes)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class Trainer:
