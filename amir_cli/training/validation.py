@@ -26,7 +26,6 @@ class ValSlice:
     level: object
     lq_phys: np.ndarray  # physical units
     hq_phys: np.ndarray  # physical units
-    mr_scale: float | None
 
 
 def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptions.val_slices, size: int | None = TrainOptions.val_size, seed: int = 0, levels: Levels | None = None) -> list[ValSlice]:
@@ -66,7 +65,7 @@ def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptio
             if task != MRI_SR:
                 lq, hq = _centre_crop(lq, size), _centre_crop(hq, size)
             lq = np.asarray(lq, np.float32)
-            out.append(ValSlice(task, v.name, z, level, lq, np.asarray(hq, np.float32), v.mr_scale))
+            out.append(ValSlice(task, v.name, z, level, lq, np.asarray(hq, np.float32)))
     return out
 
 
