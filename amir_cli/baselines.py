@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import median_abs_deviation
 
 from amir_cli.imaging import intensity
 from amir_cli.imaging.degrade import FWHM_PER_SIGMA, PET_POSTFILTER_FWHM_MM
@@ -103,7 +104,7 @@ def residual_sigma(image2d, sigma_px: float = 2.0) -> float:
     """Noise standard deviation of a slice from its residual to a Gaussian smoothing (1.4826 MAD)."""
     x = np.asarray(image2d, dtype=np.float64)
     r = x - ndimage.gaussian_filter(x, sigma_px)
-    return float(1.4826 * np.median(np.abs(r - np.median(r))))
+    return float(1.4826 * median_abs_deviation(r, axis=None))
 
 
 def bm3d_ct(hu_slices) -> np.ndarray:

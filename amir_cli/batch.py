@@ -1,28 +1,27 @@
 """`amir restore` on a folder of cases: each case through :func:`amir_cli.restore.restore_case` with
 one loaded model, a failing case recorded and skipped, and the batch summary (shared among torchrun
-ranks when there are several)."""
+ranks when there are several). A folder holding several DICOM series gives a case per series."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable
 
 from ._version import __version__
+from .device import torchrun
 from .errors import BadInputError, DeviceError, WeightsError, one_line
 from .files import write_json
+from .imaging import dicom
 from .imaging.io import list_cases
 from .placement import check_output, default_output, same_or_inside
 from .restore import Progress, RestoreOptions, restore_case
 from .weights import LoadedWeights
 
 
-
 def distributed_share(cases: list) -> tuple[list, int, int]:
     """This process's cases under torchrun (cases[rank::world_size]), its rank and the world size."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
+    rank, _, world = torchrun()
     if world < 1 or not 0 <= rank < world:
         raise BadInputError(f"invalid torchrun environment: RANK={rank} WORLD_SIZE={world}")
     return cases[rank::world], rank, world
@@ -32,6 +31,23 @@ def batch_output_for(case: Path, root: Path, out_root: Path) -> Path:
     """A case's output inside the batch output folder, under its path relative to the input."""
     rel = case.relative_to(root)
     return out_root / rel
+
+
+def batch_jobs(folder: Path, out_root: Path) -> list[tuple[Path, str | None, Path]]:
+    """(case, SeriesInstanceUID or None, output) of every case of ``folder``: a DICOM folder that
+    holds several series gives one job per series, each written to a folder named after it."""
+    jobs = []
+    for case in list_cases(folder):
+        target = batch_output_for(case, folder, out_root)
+        try:
+            series = dicom.folder_series(case) if case.is_dir() else []
+        except BadInputError:
+            series = []  # restore_case reports what is wrong with this folder
+        if len(series) > 1:
+            jobs += [(case, uid, target / label) for uid, label in series]
+        else:
+            jobs.append((case, None, target))
+    return jobs
 
 
 def restore_batch(
@@ -53,35 +69,36 @@ def restore_batch(
         raise BadInputError(f"{out_root}: output folder {out_root.parent} does not exist")
     if out_root.exists() and not out_root.is_dir():
         raise BadInputError(f"{out_root}: exists and is not a folder")
-    cases = list_cases(folder)
-    mine, rank, world = distributed_share(cases)
+    jobs = batch_jobs(folder, out_root)
+    mine, rank, world = distributed_share(jobs)
     name = f"{out_root.name}.json" if world == 1 else f"{out_root.name}.rank{rank}.json"
     check_output(folder, out_root.parent / name, options.overwrite, what="batch report", inputs=(weights.path,))
     out_root.mkdir(exist_ok=True)
     done, failed = [], []
     started = time.perf_counter()
-    for case in mine:
-        target = batch_output_for(case, folder, out_root)
+    for case, series, target in mine:
+        shown = case if series is None else case / target.name  # a series of a folder: by its output name
+        entry = {"input": str(case)} if series is None else {"input": str(case), "series_instance_uid": series}
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             report = restore_case(
-                weights, case, target, options, progress=progress_for(case) if progress_for else None
+                weights, case, target, options, series=series, progress=progress_for(shown) if progress_for else None
             )
-            done.append({"input": str(case), "output": report["output"], "task": report["task"], "seconds": report["seconds"]})
+            done.append({**entry, "output": report["output"], "task": report["task"], "seconds": report["seconds"]})
             if on_case:
-                on_case(case, report, None)
+                on_case(shown, report, None)
         except (BadInputError, WeightsError, DeviceError, OSError, ValueError) as exc:
-            message = one_line(exc)
-            failed.append({"input": str(case), "error": message})
+            message = one_line(exc, limit=None)
+            failed.append({**entry, "error": message})
             if on_case:
-                on_case(case, None, message)
+                on_case(shown, None, message)
     summary = {
         "tool": "amir",
         "version": __version__,
         "input": str(folder),
         "output": str(out_root),
-        "weights": {"name": weights.name, "file": str(weights.path), "sha256": weights.sha256, "registered": weights.registered},
-        "cases_total": len(cases),
+        "weights": weights.record(),
+        "cases_total": len(jobs),
         "rank": rank,
         "world_size": world,
         "restored": done,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import NamedTuple
 
 from .errors import DeviceError, one_line
 
@@ -32,6 +33,18 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, _HEAP_BLOCKS)) and bool(mallopt(m_trim_threshold, _HEAP_KEPT))
 
 
+class Torchrun(NamedTuple):
+    rank: int
+    local_rank: int
+    world_size: int
+
+
+def torchrun() -> Torchrun:
+    """This process's place in a torchrun launch (RANK, LOCAL_RANK, WORLD_SIZE; 0, 0, 1 outside one)."""
+    env = os.environ
+    return Torchrun(int(env.get("RANK") or 0), int(env.get("LOCAL_RANK") or 0), int(env.get("WORLD_SIZE") or 1))
+
+
 def pick_device(spec: str = "auto", *, mps: bool = True, per_process: bool = False):
     """A torch.device for 'auto' (cuda > mps > cpu; cuda:LOCAL_RANK under torchrun), 'cpu',
     'cuda', 'cuda:N' or 'mps'; DeviceError when this machine cannot provide it.
@@ -41,8 +54,8 @@ def pick_device(spec: str = "auto", *, mps: bool = True, per_process: bool = Fal
     """
     import torch
 
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    spread = per_process and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    _, local_rank, world = torchrun()
+    spread = per_process and world > 1
     choices = "auto, cpu, cuda, cuda:N or mps" if mps else "auto, cpu, cuda or cuda:N"
     spec = (spec or "auto").strip().lower()
     if spec == "auto":

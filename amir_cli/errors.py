@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3  # EXIT_PARTIAL: some cases of a folder failed
+
 
 class AmirError(Exception):
     """Any failure that the user can act on; its message is printed as one line."""

@@ -130,8 +130,8 @@ def atomic_write(
     os.close(fd)
     tmp = Path(name)
     try:
-        os.chmod(tmp, file_mode() if mode is None else mode)
         write(tmp)
+        os.chmod(tmp, file_mode() if mode is None else mode)  # after: some writers make the file anew (0600)
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
@@ -254,13 +254,16 @@ def json_default(o):
     return str(o)
 
 
-def write_json(path: str | Path, data, *, overwrite: bool = True) -> Path:
-    """``data`` as strict JSON (:func:`jsonable`), indented, written atomically (exclusively
-    unless ``overwrite``)."""
+def json_writer(data, *, keep_nan: bool = False):
+    """A ``write(tmp_path)`` for :func:`atomic_write` that writes ``data`` as indented JSON: strict
+    (:func:`jsonable`), or with ``keep_nan`` NaN kept as Python writes it (:func:`json_default`)."""
+    if keep_nan:
+        text = json.dumps(data, indent=2, default=json_default)
+    else:
+        text = json.dumps(jsonable(data), indent=2, allow_nan=False)
+    return lambda tmp: Path(tmp).write_text(text + "\n")
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w") as f:
-            json.dump(jsonable(data), f, indent=2, allow_nan=False)
-            f.write("\n")
 
-    return atomic_write(path, write, overwrite=overwrite)
+def write_json(path: str | Path, data, *, overwrite: bool = True, keep_nan: bool = False) -> Path:
+    """``data`` as indented JSON (:func:`json_writer`), written atomically (exclusively unless ``overwrite``)."""
+    return atomic_write(path, json_writer(data, keep_nan=keep_nan), overwrite=overwrite)

@@ -119,6 +119,31 @@ def _fine_ramp(shape, scale: int, device):
     return torch.exp(2j * torch.pi * (scale - 1) / 2 * (fy + fx))
 
 
+def band_mask(shape, factor: int, device=None):
+    """The measured band of a zero-filled image (:func:`amir_cli.imaging.degrade.kspace_mask`) as a
+    torch bool tensor in the unshifted FFT layout."""
+    import torch
+
+    return torch.as_tensor(np.fft.ifftshift(kspace_mask(shape, factor)), device=device)
+
+
+def project_band(y, measured, band, iterations: int = DC_ITERATIONS, eps: float = 1e-30):
+    """Alternating projections (torch, differentiable) of the estimate ``y`` (…, H, W) onto the images
+    whose zero-filled magnitude in ``band`` is ``measured`` (same grid), and onto non-negative images.
+    ``eps``: the smallest magnitude divided by (raise it where gradients flow)."""
+    import torch
+
+    y = y.clamp(min=0)
+    for _ in range(iterations):
+        k = torch.fft.fft2(y)
+        own = torch.fft.ifft2(k * band)  # the estimate's own zero-filled image
+        size = own.abs()
+        phased = torch.where(size > eps, own * (measured / size.clamp(min=eps)), measured.to(own.dtype))
+        k = torch.where(band, torch.fft.fft2(phased), k)  # measured magnitude, own phase
+        y = torch.fft.ifft2(k).real.clamp(min=0)
+    return y
+
+
 def data_consistency(
     estimate: np.ndarray, measured: np.ndarray, factor: int, iterations: int = DC_ITERATIONS, device=None
 ) -> np.ndarray:
@@ -137,25 +162,17 @@ def data_consistency(
         raise ValueError(f"measured image {meas} is neither on the estimate's grid {fine} nor {factor} times coarser")
     y = torch.as_tensor(np.asarray(estimate, dtype=np.float32), device=device).clamp(min=0)
     z = torch.as_tensor(np.asarray(measured, dtype=np.float32), device=device)
-    if coarse:  # the coarse grid's whole k-space is the fine spectrum's centre, shifted to its voxel centres
-        (h, w), (n, m) = fine[-2:], meas[-2:]
-        rows, cols = slice(h // 2 - n // 2, h // 2 - n // 2 + n), slice(w // 2 - m // 2, w // 2 - m // 2 + m)
-        ramp, area = _fine_ramp((h, w), factor, device), factor * factor
-    else:
-        band = torch.as_tensor(np.fft.ifftshift(kspace_mask(fine[-2:], factor)), device=device)  # unshifted FFT layout
+    if not coarse:
+        return project_band(y, z, band_mask(fine[-2:], factor, device), iterations).cpu().numpy()
+    # the coarse grid's whole k-space is the fine spectrum's centre, shifted to its voxel centres
+    (h, w), (n, m) = fine[-2:], meas[-2:]
+    rows, cols = slice(h // 2 - n // 2, h // 2 - n // 2 + n), slice(w // 2 - m // 2, w // 2 - m // 2 + m)
+    ramp, area = _fine_ramp((h, w), factor, device), factor * factor
     for _ in range(iterations):
-        k = torch.fft.fft2(y)
-        if coarse:
-            k = torch.fft.fftshift(k * ramp, dim=(-2, -1))
-            own = torch.fft.ifft2(torch.fft.ifftshift(k[..., rows, cols], dim=(-2, -1))) / area
-        else:
-            own = torch.fft.ifft2(k * band)  # the estimate's own zero-filled image
+        k = torch.fft.fftshift(torch.fft.fft2(y) * ramp, dim=(-2, -1))
+        own = torch.fft.ifft2(torch.fft.ifftshift(k[..., rows, cols], dim=(-2, -1))) / area
         size = own.abs()
         phased = torch.where(size > 0, own * (z / size.clamp(min=1e-30)), z)  # measured magnitude, own phase
-        if coarse:
-            k[..., rows, cols] = torch.fft.fftshift(torch.fft.fft2(phased), dim=(-2, -1)) * area
-            k = torch.fft.ifftshift(k, dim=(-2, -1)) / ramp
-        else:
-            k = torch.where(band, torch.fft.fft2(phased), k)
-        y = torch.fft.ifft2(k).real.clamp(min=0)
+        k[..., rows, cols] = torch.fft.fftshift(torch.fft.fft2(phased), dim=(-2, -1)) * area
+        y = torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)) / ramp).real.clamp(min=0)
     return y.cpu().numpy()

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 from .errors import BadInputError
-from .files import Staging, write_json
+from .files import Staging, public_path, write_json
 from .imaging import dicom
-from .imaging.io import Volume, image_suffix, stem, write_image
+from .imaging.io import Volume, data_files, image_suffix, stem, write_image
 
 
 
@@ -21,8 +21,15 @@ def is_dicom_input(path: Path) -> bool:
 
 
 def is_batch_input(path: Path) -> bool:
-    """A folder that does not itself hold DICOM files is a batch of cases."""
-    return path.is_dir() and not image_suffix(path) and not dicom.folder_dicom_files(path)
+    """A folder that does not itself hold DICOM files, or holds several DICOM series, is a batch of cases."""
+    if not path.is_dir() or image_suffix(path):
+        return False
+    if not dicom.folder_dicom_files(path):
+        return True
+    try:
+        return len(dicom.folder_series(path)) > 1
+    except BadInputError:
+        return False  # reading the folder as one case says what is wrong with it
 
 
 def default_output(input_path: Path, suffix_tag: str = "_amir") -> Path:
@@ -48,28 +55,6 @@ def same_or_inside(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
-
-
-def data_files(path: Path) -> list[Path]:
-    """An image file and the data file its header names (MetaImage ``ElementDataFile``, detached NRRD)."""
-    p = Path(path)
-    files = [p]
-    suffix = image_suffix(p)
-    if suffix not in (".mhd", ".nrrd") or not p.is_file():
-        return files
-    try:
-        with open(p, "rb") as f:
-            head = f.read(1 << 16).decode("latin-1")
-    except OSError:
-        return files
-    for line in head.splitlines():
-        if suffix == ".nrrd" and not line.strip():
-            break  # end of the NRRD header
-        key, sep, value = line.partition("=" if suffix == ".mhd" else ":")
-        key, value = key.strip().lower(), value.strip()
-        if sep and key in ("elementdatafile", "data file", "datafile") and value and value.upper() not in ("LOCAL", "LIST"):
-            files.append(p.parent / value.split()[0])
-    return files
 
 
 def written_files(output: Path) -> list[Path]:
@@ -135,8 +120,9 @@ def publish(image: Volume, output: Path, *, reference: Volume, description: str,
             if report is not None:
                 write_json(staging.path(report), result)
             staging.publish()
-    except FileExistsError as exc:
-        raise BadInputError(f"{exc.filename or output}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
+    except FileExistsError as exc:  # os.link(temp, output) names our temp first: the user's output is the second name
+        where = public_path(exc.filename2 or exc.filename or output)
+        raise BadInputError(f"{where}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
     return output
 
 

@@ -28,10 +28,9 @@ from .imaging.volume import check_memory
 from .placement import (check_input_format, check_output, check_output_format, default_output, publish,
                         report_path_for, same_or_inside, written_files)
 from .taskdetect import detect_task
-from .tasks import MRI_SR, TASK
+from .tasks import EVAL_WINDOW, MR_FACTORS, MR_SCALES, MRI_SR, NORM_RANGE, TASK, one_of
 from .weights import LoadedWeights, load_weights
 
-SCALES = (1, 2, 4)
 DEFAULT_BATCH_SIZE = 4  # slices per network call off the CPU
 CPU_BATCH_SIZE = 1
 MIN_TILE = 32
@@ -77,10 +76,10 @@ def check_scale_task(task: str, scale: int, kspace_factor: int | None) -> None:
 
 def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspace_factor: int | None = None) -> None:
     intensity.check_task(task)
-    if scale not in SCALES:
-        raise BadInputError(f"--scale must be 1, 2 or 4, got {scale}")
-    if kspace_factor is not None and kspace_factor not in SCALES[1:]:
-        raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
+    if scale not in MR_SCALES:
+        raise BadInputError(f"--scale must be {one_of(MR_SCALES)}, got {scale}")
+    if kspace_factor is not None and kspace_factor not in MR_FACTORS:
+        raise BadInputError(f"--kspace-factor must be {one_of(MR_FACTORS)}, got {kspace_factor}")
     check_scale_task(task, scale, kspace_factor)
     if batch_size is not None and batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -136,7 +135,7 @@ class _SliceJob:
             values = inference.data_consistency(values, batch.measured, self.dc_factor, device=on)
         chunk = np.asarray(batch.chunk, dtype=np.float32)
         physical = chunk * (self.mr_scale or 1.0)  # the units normalise() saw
-        low, high = intensity.NORM_RANGE[self.task]
+        low, high = NORM_RANGE[self.task]
         outside = (physical < low) | (physical > high)
         if outside.any():
             values[outside] = chunk[outside]
@@ -158,6 +157,7 @@ def restore_volume(
     tta: bool = False,
     kspace_factor: int | None = None,
     data_consistency: bool = True,
+    detect_zero_filling: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Volume, dict]:
     """Restore ``volume`` (physical units) slice by slice along its acquisition axis.
@@ -174,14 +174,19 @@ def restore_volume(
     :func:`amir_cli.inference.data_consistency`): with ``scale`` > 1 the coarse input is that
     band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
-    in-plane axis (negative values are refused). ``batch_size`` None: :func:`batch_size_for` the
-    device. A worker thread prepares the next batch and finishes the last one while the network
-    runs. Returns the restored Volume and an info dict (timings, shapes, engine, routing
-    instruction summary).
+    in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
+    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`).
+    ``batch_size`` None: :func:`batch_size_for` the device. A worker thread prepares the next batch
+    and finishes the last one while the network runs. Returns the restored Volume and an info dict
+    (timings, shapes, engine, routing instruction summary).
     """
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     batch_size = batch_size_for(device, batch_size)
     check_options(task, scale, batch_size, tile, kspace_factor)
+    factor_from = "scale" if scale > 1 else "option" if kspace_factor else None
+    if task == MRI_SR and factor_from is None and detect_zero_filling and data_consistency:
+        kspace_factor = kspace.zero_filled_factor(volume.array, volume.slice_axis)
+        factor_from = "detected" if kspace_factor else None
     dc_factor = (scale if scale > 1 else kspace_factor) if data_consistency else None
     lowest = float(np.min(volume.array)) if dc_factor else 0.0
     if lowest < 0:  # not a magnitude image
@@ -211,7 +216,8 @@ def restore_volume(
         "engine": engine(model, device, precision),
         "tile": tile, "tile_overlap": tile_overlap if tile else None, "tta": tta, "slice_axis": axis, "slices": n,
         "mr_scale_factor": job.mr_scale,
-        "data_consistency": {"kspace_factor": dc_factor, "grid": "coarse" if scale > 1 else "same", "iterations": DC_ITERATIONS}
+        "data_consistency": {"kspace_factor": dc_factor, "factor_from": factor_from,
+                             "grid": "coarse" if scale > 1 else "same", "iterations": DC_ITERATIONS}
         if dc_factor
         else None,
         "passthrough_voxels": job.passthrough, "seconds": seconds, "model_seconds": model_seconds,
@@ -277,6 +283,7 @@ def restore_array(
     tta: bool = False,
     kspace_factor: int | None = None,
     data_consistency: bool = True,
+    detect_zero_filling: bool = True,
 ) -> np.ndarray:
     """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
 
@@ -292,7 +299,7 @@ def restore_array(
     volume = Volume(array=a, affine=np.diag([*spacing[:3], 1.0]), slice_axis=2 if two_d else slice_axis)
     out, _ = restore_volume(
         model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta,
-        kspace_factor=kspace_factor, data_consistency=data_consistency,
+        kspace_factor=kspace_factor, data_consistency=data_consistency, detect_zero_filling=detect_zero_filling,
     )
     return out.array[:, :, 0] if two_d else out.array
 
@@ -321,6 +328,7 @@ class RestoreOptions:
     tta: bool = False
     kspace_factor: int | None = None
     data_consistency: bool = True
+    detect_zero_filling: bool = True
     overwrite: bool = False
     engine: str = "auto"  # ENGINES (`engine`)
 
@@ -356,7 +364,7 @@ def _choose_task(volume: Volume, given: str, weights: LoadedWeights) -> tuple[st
         try:
             auto_task, auto_reason = detect_task(volume)
             if auto_task != task:
-                warnings.append(f"--task {task} given but {auto_reason} suggests {auto_task}")
+                warnings.append(f"--task {task} was given, though --task auto would choose {auto_task} ({auto_reason})")
         except BadInputError:
             pass
     if weights.tasks and task not in weights.tasks:
@@ -387,8 +395,10 @@ def restore_case(
     reference: Path | None = None,
     report: Path | None = None,
     progress: Progress | None = None,
+    series: str | None = None,
 ) -> dict:
-    """Read, restore, write and report one image; returns the report (also written as JSON)."""
+    """Read, restore, write and report one image (``series``: the SeriesInstanceUID of one series of
+    a DICOM folder that holds several); returns the report (also written as JSON)."""
     input_path = Path(input_path)
     output = Path(output) if output is not None else default_output(input_path)
     report = Path(report) if report is not None else report_path_for(output)
@@ -400,13 +410,12 @@ def restore_case(
     check_input_format(input_path)
     check_output_format(input_path, output)
 
-    volume = read_image(input_path)
+    volume = read_image(input_path, series)
     task, reason, warnings = _choose_task(volume, options.task, weights)
+    warnings = volume.meta.get("notes", []) + warnings  # what reading left out or assumed
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
     check_memory(out_shape, str(input_path), copies=RESTORE_COPIES, doing="restoring")
-    if task == MRI_SR and options.scale == 1 and options.kspace_factor is None:
-        warnings += zero_filled_hint(input_path)
 
     ref_volume = None
     if reference is not None:
@@ -434,8 +443,11 @@ def restore_case(
         tta=options.tta,
         kspace_factor=options.kspace_factor,
         data_consistency=options.data_consistency,
+        detect_zero_filling=options.detect_zero_filling,
         progress=progress,
     )
+    if task == MRI_SR and options.scale == 1 and info["data_consistency"] is None:
+        warnings += zero_filled_hint(input_path)
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
     description = DESCRIPTION.format(version=__version__, task=task, scale=scale_text)
 
@@ -443,11 +455,11 @@ def restore_case(
         "tool": "amir",
         "version": __version__,
         "input": str(input_path),
+        **({"series_instance_uid": series} if series else {}),
         "output": str(output),
         "task": task,
         "task_reason": reason,
-        "weights": {"name": weights.name, "file": str(weights.path), "sha256": weights.sha256,
-                    "registered": weights.registered, "config": weights.config},
+        "weights": {**weights.record(), "config": weights.config},
         "device": info["device"],
         "precision": info["precision"],
         "engine": info["engine"],
@@ -473,7 +485,7 @@ def restore_case(
 
         result["reference"] = str(reference)
         result["metrics"] = {
-            "window": list(intensity.EVAL_WINDOW[task]),
+            "window": list(EVAL_WINDOW[task]),
             "output": _scores(volume_scores(restored.array, ref_volume.array, task, restored.slice_axis)),
         }
         if options.scale == 1:  # the input on the same grid: what restoration gained

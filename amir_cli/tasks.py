@@ -61,6 +61,23 @@ MODALITY_TASK: dict[str, str] = {t.modality: t.name for t in TASK_LIST}
 _WINDOW_ORDER = (CT_DENOISE, PET_SYNTHESIS, MRI_SR)
 NORM_RANGE: dict[str, Window] = {name: TASK[name].norm_range for name in _WINDOW_ORDER}
 EVAL_WINDOW: dict[str, Window] = {name: TASK[name].eval_window for name in _WINDOW_ORDER}
+MR_FACTORS: tuple[int, ...] = (2, 4)
+"""k-space factors of mri-sr: the low-resolution image kept the central 1/f of k-space per in-plane axis."""
+MR_SCALES: tuple[int, ...] = (1, *MR_FACTORS)
+"""Output grids of mri-sr (--scale): the input's, or finer by a k-space factor."""
+
+
+def choices(values, sep: str = "|") -> str:
+    """``values`` as option text: ``choices((2, 4))`` is "2|4", with ``sep=", "`` "2, 4"."""
+    return sep.join(str(v) for v in values)
+
+
+def one_of(values) -> str:
+    """``values`` as prose: "1, 2 or 4"."""
+    *head, last = (str(v) for v in values)
+    return f"{', '.join(head)} or {last}" if head else last
+
+
 DEFAULT_LEVEL: dict[str, float] = {t.name: t.default_level for t in TASK_LIST}
 FOREGROUND: dict[str, float] = {t.name: t.foreground for t in TASK_LIST}
 

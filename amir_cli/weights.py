@@ -119,13 +119,20 @@ def read_state_dict(path: Path) -> dict:
 
 
 def _read_failure(path: Path, exc: Exception) -> str:
-    """Why a weights file did not decode, in words (a text file named .pth, a truncated archive)."""
+    """Why a weights file did not decode, in words (a text file named .pth, a truncated archive, a
+    pickle of objects), never cut mid-sentence."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())  # torch colours its advice
+    if path.suffix == ".safetensors":
+        return f"not a complete safetensors file ({text or type(exc).__name__})"
     with open(path, "rb") as f:
         head = f.read(512)
-    if path.suffix != ".safetensors" and not head.startswith(b"PK") and not head.startswith(b"\x80"):
+    if not head.startswith(b"PK") and not head.startswith(b"\x80"):
         return "not a PyTorch checkpoint (neither a zip archive nor a pickle; a text file or another format?)"
-    text = " ".join(str(exc).split())
-    return text[:200] if text else type(exc).__name__
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        held = f" ({found.group(1)})" if found else ""
+        return f"it holds Python objects{held} besides tensors, which amir never unpickles; save the model's state_dict"
+    return f"a truncated or corrupt PyTorch checkpoint ({text or type(exc).__name__})"
 
 
 def _mismatch(model, state: dict, exc: Exception, shown: int = 3) -> str:
@@ -174,8 +181,10 @@ def infer_config(state: dict):
             in_channels=int(embed.shape[1]),
             out_channels=int(state["output.weight"].shape[0]),
         )
-    except (KeyError, IndexError, ValueError) as exc:
-        raise WeightsError(f"these weights are not an AMIR network (cannot infer the configuration: {exc})") from None
+    except KeyError as exc:
+        raise WeightsError(f"these weights are not an AMIR network: they hold no tensor {exc}") from None
+    except (IndexError, ValueError) as exc:
+        raise WeightsError(f"these weights are not an AMIR network: the configuration cannot be inferred ({exc})") from None
     return config
 
 
@@ -228,14 +237,22 @@ def load_model(source=None, device="cpu"):
     return build_from_state(read_state_dict(path), device)
 
 
+def check_name(name: str) -> None:
+    """A registry name: up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit."""
+    if not _NAME.match(name):
+        raise WeightsError(f"invalid weights name {name!r}: use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+
+
 def save_entry(name: str, state: dict, info: dict) -> Entry:
     """Write `state` as a user registry entry `name` with the manifest record `info`."""
     from safetensors.torch import save_file
 
-    if not _NAME.match(name):
-        raise WeightsError(f"invalid weights name {name!r}: use letters, digits, '.', '_' or '-'")
-    if any(e.name == name for e in entries()):
-        raise WeightsError(f"weights named {name!r} already exist")
+    check_name(name)
+    taken = next((e for e in entries() if e.name == name), None)
+    if taken is not None and taken.shipped:
+        raise WeightsError(f"{name!r} names weights shipped with amir; choose another name")
+    if taken is not None:
+        raise WeightsError(f"weights named {name!r} already exist; choose another name, or remove them first with amir weights remove {name}")
     config = infer_config(state)
     folder = user_dir()
     try:
@@ -245,10 +262,31 @@ def save_entry(name: str, state: dict, info: dict) -> Entry:
         record = {"name": name, "file": file.name, "sha256": sha256_of(file), "config": config.to_dict(), **info}
         manifest = _read_manifest(folder)
         manifest["entries"].append(record)
-        atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+        _write_manifest(folder, manifest)
     except OSError as exc:
         raise WeightsError(f"cannot write weights to {folder}: {exc.strerror or exc}") from None
     return Entry(name, file, record["sha256"], record, False)
+
+
+def remove_entry(name: str) -> Entry:
+    """Delete user entry ``name``: its manifest record, then its file (a failure in between leaves
+    a stray file, never a record without one). Shipped entries are never removed."""
+    entry = find(name)
+    if entry.shipped:
+        raise WeightsError(f"{name!r} names weights shipped with amir, which are never removed; only user entries can be")
+    folder = user_dir()
+    try:
+        manifest = _read_manifest(folder)
+        manifest["entries"] = [rec for rec in manifest["entries"] if rec["name"] != name]
+        _write_manifest(folder, manifest)
+        entry.path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise WeightsError(f"cannot remove weights {name!r} from {folder}: {exc.strerror or exc}") from None
+    return entry
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
 
 
 def import_official(path: Path, name: str) -> Entry:
@@ -270,19 +308,25 @@ class LoadedWeights:
     tasks: list = field(default_factory=list)
     registered: bool = True  # False: a file given by path (its sha256 is recorded, not checked)
 
+    def record(self) -> dict:
+        """Which weights these are, for reports."""
+        return {"name": self.name, "file": str(self.path), "sha256": self.sha256, "registered": self.registered}
+
 
 def load_weights(source: str | None, device) -> LoadedWeights:
     """The eval-mode network for a registry name or a file (sha256 verified for registry entries)."""
     path, entry = resolve(source)
-    state = read_state_dict(path)
-    model = build_from_state(state, device)
-    sha = entry.sha256 if entry is not None else sha256_of(path)
-    return LoadedWeights(
-        model=model,
-        name=entry.name if entry is not None else str(path),
-        path=Path(path),
-        sha256=sha,
-        config=model.config.to_dict(),
-        tasks=list((entry.info.get("tasks") or []) if entry is not None else []),
-        registered=entry is not None,
-    )
+    model = build_from_state(read_state_dict(path), device)
+    tasks = list((entry.info.get("tasks") or []) if entry is not None else [])
+    return LoadedWeights(model=model, config=model.config.to_dict(), tasks=tasks, **_identity(path, entry))
+
+
+def describe(source: str | None) -> dict:
+    """:meth:`LoadedWeights.record` of the weights ``source`` names, without loading them."""
+    return LoadedWeights(model=None, config={}, **_identity(*resolve(source))).record()
+
+
+def _identity(path, entry: Entry | None) -> dict:
+    if entry is None:  # a file given by path
+        return {"name": str(path), "path": Path(path), "sha256": sha256_of(path), "registered": False}
+    return {"name": entry.name, "path": Path(path), "sha256": entry.sha256, "registered": True}

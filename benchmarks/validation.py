@@ -2,8 +2,9 @@
 
 Reads the ``validation/`` volumes of a training data folder (``scripts/build_training_data.py``
 puts the validation subjects of ``benchmarks/splits.py`` there), degrades 16 of their slices per
-task and level (256x256 centre crops, fixed seed) and prints each candidate's PSNR gain over the
-input (docs/protocol.md; the network alone, as `amir train` validates). Never the test split.
+task and level (CT and PET in 256x256 centre crops, MR whole; fixed seed) and prints each candidate's
+PSNR gain over the input (docs/protocol.md), each slice restored as plain `amir restore` restores it
+(as `amir train` validates). Never the test split.
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
 """

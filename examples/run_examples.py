@@ -9,7 +9,8 @@ of a figure across a colour step, so a tracked figure is not redrawn on every ru
 
 Each example goes through the command line exactly as a user would run it (with `--reference`, so
 the JSON report holds the scores); the figure shows the middle slice: input | AMIR | reference |
-error map, all in the task's evaluation window.
+error map, each modality as a reader views it (PET in inverted grey to its SUV maximum, CT in the
+soft-tissue window, MR scaled to the image), with the same zoomed square in every panel.
 """
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ with a line that says so:
 
 OUT_DIR/{CT,MRI}/             the training volumes (CT in HU, MR in scanner units)
 OUT_DIR/{CT,MRI}/validation/  the validation volumes (whole subjects kept out of training)
-OUT_DIR/PET/                  fdg_sim_<seed>: SIMULATED FDG-like activity (SUV) on the ICBM152 maps
-OUT_DIR/PET/validation/       SIMULATED activity on the validation subject's T1 anatomy
+OUT_DIR/PET/                  fdg_sim_<subject>_<seed>: SIMULATED FDG-like activity (SUV) on the ICBM152
+                              maps and on the head and body CT anatomy of the training subjects
+OUT_DIR/PET/validation/       SIMULATED activity on the validation subjects' T1 and CT anatomy
 
 The folder is built beside OUT_DIR and moved into place when complete, so a failed build leaves
 nothing behind.
@@ -50,6 +51,22 @@ def _save_pet(suv, affine, path: Path) -> None:
     nib.save(img, str(path))
 
 
+def _simulate_pet(src, path: Path, data: Path, dest: Path, draws: int) -> None:
+    """SIMULATED FDG-like PET on one subject's anatomy: the ICBM152 tissue maps, a CT (body or head,
+    tissue classes by HU) or a skull-stripped T1; ``draws`` lesion draws, one file each."""
+    from amir_cli.imaging.phantom import load_ct_pet, load_icbm_pet, load_t1_pet
+
+    for seed in (PET_SEEDS if draws > 1 else (VALIDATION_PET_SEED,))[:draws]:
+        rng = np.random.default_rng(seed)
+        if src.file.endswith("_gm.nii.gz"):
+            suv, affine = load_icbm_pet(data, rng)
+        elif src.file.startswith("ct/"):
+            suv, affine = load_ct_pet(path, rng)
+        else:
+            suv, affine = load_t1_pet(path, rng, skull_stripped=True)
+        _save_pet(suv, affine, dest / f"fdg_sim_{src.subject}_{seed}.nii.gz")
+
+
 def _copy_as_nifti(path: Path, dest: Path) -> None:
     """A registry file (DICOM or NIfTI) as ``dest`` (NIfTI, physical units)."""
     from amir_cli.imaging.io import read_image, write_image
@@ -58,7 +75,7 @@ def _copy_as_nifti(path: Path, dest: Path) -> None:
 
 
 def _fill(out: Path, data: Path, pet_volumes: int) -> dict:
-    from amir_cli.imaging.phantom import SIMULATED_NOTE, load_icbm_pet, load_t1_pet
+    from amir_cli.imaging.phantom import SIMULATED_NOTE
 
     made: dict[str, list[str]] = {}
     for split in (TRAIN, VALIDATION):
@@ -79,16 +96,10 @@ def _fill(out: Path, data: Path, pet_volumes: int) -> dict:
                     shutil.copyfile(path, dest / path.name)
             elif src.file.endswith("_wm.nii.gz"):  # read with its grey matter map
                 continue
-            elif split == TRAIN:  # PET on the training template: several lesion draws
-                dest = out / "PET"
-                dest.mkdir(parents=True, exist_ok=True)
-                for seed in PET_SEEDS[:pet_volumes]:
-                    _save_pet(*load_icbm_pet(data, np.random.default_rng(seed)), dest / f"fdg_sim_{seed}.nii.gz")
             else:
                 dest = out / "PET" / sub
                 dest.mkdir(parents=True, exist_ok=True)
-                suv, affine = load_t1_pet(path, np.random.default_rng(VALIDATION_PET_SEED), skull_stripped=True)
-                _save_pet(suv, affine, dest / f"fdg_sim_{src.subject}.nii.gz")
+                _simulate_pet(src, path, data, dest, pet_volumes if split == TRAIN else 1)
             made.setdefault(f"{dest.relative_to(out)}", []).append(src.file)
     (out / "README.txt").write_text(
         "High-quality volumes for `amir train`, made by scripts/build_training_data.py from the train and\n"

@@ -1,7 +1,7 @@
 """Small DICOM series and third-party checks for the restore/CLI tests.
 
 Re-uses the builders of test_dicom.py (pydicom series written from crops of the real sample data in
-../shared/data, with the LPS conversion done by hand, independent of amir_cli).
+tests/fixtures/data, with the LPS conversion done by hand, independent of amir_cli).
 """
 
 from __future__ import annotations

@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 
 import dicom_builders as DB
-from test_cli import _crop_nifti, amir, sha, tiny_weights  # noqa: F401  (fixtures)
+from conftest import amir, crop_nifti, sha
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
 def ct(tmp_path) -> Path:
-    return _crop_nifti("ct/cranium_ct.nii.gz", (slice(96, 160), slice(100, 164), slice(50, 53)), tmp_path / "ct.nii.gz")
+    return crop_nifti("ct/cranium_ct.nii.gz", (slice(96, 160), slice(100, 164), slice(50, 53)), tmp_path / "ct.nii.gz")
 
 
 def one_error_line(err: str) -> str:

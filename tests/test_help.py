@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from amir_cli.cli import app
 
 COMMANDS = [[], ["restore"], ["degrade"], ["train"], ["benchmark"], ["weights"], ["weights", "list"],
-            ["weights", "verify"], ["weights", "path"], ["weights", "import"], ["weights", "add"]]
+            ["weights", "verify"], ["weights", "path"], ["weights", "import"], ["weights", "add"], ["weights", "remove"]]
 
 
 def _help(args):

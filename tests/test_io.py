@@ -1,6 +1,6 @@
 """NIfTI / MetaImage / NRRD in and out, LPS<->RAS, slice axis, bad inputs, atomic writes.
 
-Real data: crops of ../shared/data (cranium CT: Debian invesalius-examples, GPL-2; Colin27 T1:
+Real data: crops in tests/fixtures/data (cranium CT: Debian invesalius-examples, GPL-2; Colin27 T1:
 Debian mricron-data, BSD-3).
 """
 
@@ -17,14 +17,11 @@ import SimpleITK as sitk
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import Volume, list_cases, lps_from_ras, ras_from_lps, read_image, write_image
 
-from conftest import DATA  # noqa: E402
+from conftest import real_crop  # noqa: E402
 
 
 def _save_crop(name: str, sl, dest: Path, *, oblique: bool = False) -> Path:
-    img = nib.load(str(DATA / name))
-    data = np.asarray(img.dataobj[sl])
-    affine = img.affine.copy()
-    affine[:3, 3] = (img.affine @ np.array([s.start or 0 for s in sl] + [1.0]))[:3]
+    data, affine, _ = real_crop(name, sl)
     if oblique:
         a = np.radians(10)
         rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
@@ -134,8 +131,8 @@ def test_2d_and_trailing_unit_dims(tmp_path):
     assert read_image(tmp_path / "2d.nii").array.shape == (20, 30, 1)
     nib.save(nib.Nifti1Image(np.ones((20, 30, 4, 1), np.float32), np.eye(4)), str(tmp_path / "t1.nii"))
     assert read_image(tmp_path / "t1.nii").array.shape == (20, 30, 4)
-    vol = read_image(DATA / "ct/pancreas_ct_slice.nii.gz")
-    assert vol.array.shape == (512, 512, 1) and vol.slice_axis == 2
+    vol = read_image(_save_crop("ct/pancreas_ct_slice.nii.gz", (slice(192, 320), slice(192, 320), slice(0, 1)), tmp_path / "slice.nii.gz"))
+    assert vol.array.shape == (128, 128, 1) and vol.slice_axis == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +223,21 @@ def _empty_folder(tmp_path, ct_nii):
     return bad
 
 
+
+def test_itk_io_leaves_the_warning_setting_and_stderr_as_they_were(tmp_path, capfd):
+    vol = Volume(np.ones((16, 16, 2), np.float32), np.eye(4))
+    before = sitk.ProcessObject_GetGlobalWarningDisplay()
+    sitk.ProcessObject_SetGlobalWarningDisplay(True)
+    try:
+        read_image(write_image(vol, tmp_path / "b.mha"))
+        assert sitk.ProcessObject_GetGlobalWarningDisplay()  # switched off only while we read and write
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(before)
+    import sys
+
+    print("after", file=sys.stderr)
+    assert capfd.readouterr().err.endswith("after\n")  # file descriptor 2 is ours again
+
 def _missing(tmp_path, ct_nii):
     return tmp_path / "nope.nii.gz"
 
@@ -312,8 +324,11 @@ def test_existing_output_replaced_atomically(ct_nii, tmp_path):
     vol = read_image(ct_nii)
     target = tmp_path / "o.nii.gz"
     target.write_bytes(b"old")
-    write_image(vol, target)
+    with open(target, "rb") as reader:  # a reader of the old file keeps reading the old file
+        write_image(vol, target)
+        assert reader.read() == b"old"  # the new file was renamed over the name, not written into the old one
     np.testing.assert_array_equal(read_image(target).array, vol.array)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "o.nii.gz"]  # no temp file left
 
 
 def test_with_array_copies_meta(ct_nii):

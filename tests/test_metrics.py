@@ -7,8 +7,9 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from amir_cli import metrics as M
+from amir_cli.tasks import EVAL_WINDOW
 
-from conftest import DATA  # noqa: E402
+from conftest import DATA, needs_dev_data, real_crop  # noqa: E402
 
 
 def _sk(pred, ref, window):
@@ -21,16 +22,16 @@ def _sk(pred, ref, window):
 
 def _check(pred, ref, task):
     got = M.slice_scores(pred, ref, task)
-    ps, ss, rm = _sk(pred, ref, M.WINDOWS[task])
+    ps, ss, rm = _sk(pred, ref, EVAL_WINDOW[task])
     assert got["psnr"] == pytest.approx(ps, abs=1e-4)
     assert got["ssim"] == pytest.approx(ss, abs=1e-4)
     assert got["rmse"] == pytest.approx(rm, abs=1e-4)
 
 
-@pytest.mark.parametrize("task", list(M.WINDOWS))
+@pytest.mark.parametrize("task", list(EVAL_WINDOW))
 def test_random_slices_match_skimage(task):
     rng = np.random.default_rng(3)
-    lo, hi = M.WINDOWS[task]
+    lo, hi = EVAL_WINDOW[task]
     span = hi - lo
     ref = rng.uniform(lo - 0.2 * span, hi + 0.2 * span, (64, 80))
     pred = ref + rng.normal(0, 0.1 * span, ref.shape)
@@ -38,24 +39,45 @@ def test_random_slices_match_skimage(task):
 
 
 def test_real_ct_slice_matches_skimage():
-    nib = pytest.importorskip("nibabel")
-    path = DATA / "ct" / "cranium_ct.nii.gz"
-    if not path.exists():
-        pytest.skip("shared CT sample not available")
-    ref = np.asarray(nib.load(str(path)).dataobj[:, :, 54], dtype=np.float64)
+    ref = real_crop("ct/cranium_ct.nii.gz", (slice(80, 160), slice(90, 164), slice(54, 55)))[0][:, :, 0].astype(np.float64)
     rng = np.random.default_rng(0)
     pred = ref + rng.normal(0, 30, ref.shape)
     _check(pred, ref, "ct-denoise")
 
 
+@needs_dev_data("mr/abdomen_mr_slice.nii.gz")
 def test_real_mr_slice_matches_skimage():
-    nib = pytest.importorskip("nibabel")
-    path = DATA / "mr" / "abdomen_mr_slice.nii.gz"
-    if not path.exists():
-        pytest.skip("shared MR sample not available")
-    ref = np.asarray(nib.load(str(path)).dataobj, dtype=np.float64)[..., 0] * 3.6
+    import nibabel as nib
+
+    ref = np.asarray(nib.load(str(DATA / "mr/abdomen_mr_slice.nii.gz")).dataobj, dtype=np.float64)[..., 0] * 3.6
     pred = np.roll(ref, 1, axis=0) * 1.05
     _check(pred, ref, "mri-sr")
+
+
+def _protocol_ssim(p, r, L):
+    """docs/protocol.md's SSIM written out: Gaussian (sigma 1.5, 11 x 11) local statistics with
+    population variances, reflected edges, the mean over the pixels at least 5 from the border."""
+    from scipy import ndimage
+
+    def f(a):
+        return ndimage.gaussian_filter(a, sigma=1.5, truncate=3.5, mode="reflect")
+
+    ux, uy = f(p), f(r)
+    vx, vy, vxy = f(p * p) - ux * ux, f(r * r) - uy * uy, f(p * r) - ux * uy
+    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return float(s[5:-5, 5:-5].mean())
+
+
+@pytest.mark.parametrize("task", list(EVAL_WINDOW))
+def test_ssim_is_the_protocol_formula(task):
+    rng = np.random.default_rng(7)
+    lo, hi = EVAL_WINDOW[task]
+    for shape in ((11, 11), (37, 64), (90, 23)):
+        ref = rng.uniform(lo, hi, shape)
+        pred = np.clip(ref + rng.normal(0, 0.05 * (hi - lo), shape), lo, hi)
+        L = float(ref.max() - ref.min())
+        assert M.ssim(pred, ref, (lo, hi)) == pytest.approx(_protocol_ssim(pred, ref, L), abs=1e-12)
 
 
 def test_identical_images():

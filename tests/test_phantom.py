@@ -6,7 +6,7 @@ import pytest
 
 from amir_cli.imaging import phantom as P
 
-from conftest import DATA  # noqa: E402
+from conftest import DATA, needs_dev_data  # noqa: E402
 
 
 def _maps():
@@ -61,7 +61,7 @@ def test_bad_parameters():
     assert "simulated" in P.SIMULATED_NOTE
 
 
-@pytest.mark.skipif(not (DATA / "mr" / P.ICBM_GM).exists(), reason="ICBM152 maps not available")
+@needs_dev_data("mr/" + P.ICBM_GM)
 def test_load_icbm_pet():
     suv, affine = P.load_icbm_pet(DATA, np.random.default_rng(0), fwhm_mm=0, n_lesions=0, scalp_suv=0)
     assert suv.shape == (197, 233, 189) and affine.shape == (4, 4)
@@ -105,3 +105,55 @@ def test_load_t1_pet_averages_fine_voxels_and_keeps_the_world_position(tmp_path)
     s = suv[:, :, 2]
     gm_suv, wm_suv, csf_suv = (np.median(s[coarse == t]) for t in ("gm", "wm", "csf"))
     assert gm_suv > 2 * wm_suv > 0 and csf_suv < wm_suv  # FDG-like: grey matter hottest, CSF coldest
+
+
+def _body_phantom():
+    """An axial body slice stack in HU: air outside, fat ring, soft tissue, two lungs, a spine."""
+    yy, xx = np.mgrid[:96, :128]
+    hu = np.full((96, 128), -1000.0)
+    body = ((yy - 48) / 44) ** 2 + ((xx - 64) / 60) ** 2 <= 1
+    hu[body] = -100.0  # fat
+    hu[((yy - 48) / 38) ** 2 + ((xx - 64) / 52) ** 2 <= 1] = 40.0  # soft tissue
+    for cx in (40, 88):
+        hu[((yy - 44) / 20) ** 2 + ((xx - cx) / 14) ** 2 <= 1] = -800.0  # lungs
+    hu[(yy - 80) ** 2 + (xx - 64) ** 2 <= 36] = 700.0  # spine
+    return np.repeat(hu[:, :, None], 6, axis=2)
+
+
+def test_body_pet_from_ct_follows_the_tissue_classes():
+    from amir_cli.imaging.phantom import BODY_SUV, fdg_activity_from_ct
+
+    hu = _body_phantom()
+    suv = fdg_activity_from_ct(hu, (2.0, 2.0, 3.0), np.random.default_rng(0), n_lesions=0, fwhm_mm=0)
+    assert suv.shape == hu.shape and suv.dtype == np.float32
+    assert np.all(suv[hu == -1000.0] == 0)  # air outside the body
+    lung, fat, soft = suv[hu == -800.0], suv[hu == -100.0], suv[hu == 40.0]
+    assert BODY_SUV["lung"][0] <= lung.mean() <= BODY_SUV["lung"][1]
+    assert BODY_SUV["fat"][0] <= fat.mean() <= BODY_SUV["fat"][1]
+    assert soft.mean() > lung.mean() and soft.mean() > fat.mean()
+    assert soft.std() > 0  # organs differ: a smooth field varies soft tissue uptake
+
+
+def test_body_pet_lesions_are_hot_and_seeded():
+    from amir_cli.imaging.phantom import fdg_activity_from_ct
+
+    hu = _body_phantom()
+    a = fdg_activity_from_ct(hu, (2.0, 2.0, 3.0), np.random.default_rng(5), n_lesions=2, lesion_suv=(12.0, 12.0), fwhm_mm=0)
+    b = fdg_activity_from_ct(hu, (2.0, 2.0, 3.0), np.random.default_rng(5), n_lesions=2, lesion_suv=(12.0, 12.0), fwhm_mm=0)
+    np.testing.assert_array_equal(a, b)
+    assert a.max() == pytest.approx(12.0) and (a == np.float32(12.0)).sum() > 10
+    blurred = fdg_activity_from_ct(hu, (2.0, 2.0, 3.0), np.random.default_rng(5), n_lesions=2, lesion_suv=(12.0, 12.0))
+    assert blurred.max() < 12.0  # the scanner's resolution spreads a small lesion
+
+
+def test_load_ct_pet_averages_to_pet_pixels(tmp_path):
+    import nibabel as nib
+
+    from amir_cli.imaging.phantom import load_ct_pet
+
+    path = tmp_path / "body_ct.nii.gz"
+    nib.save(nib.Nifti1Image(_body_phantom().astype(np.int16), np.diag([0.8, 0.8, 3.0, 1.0])), str(path))
+    suv, affine = load_ct_pet(path, np.random.default_rng(0))
+    assert suv.shape == (48, 64, 6)  # 0.8 mm pixels averaged in 2x2 blocks: 1.6 mm
+    np.testing.assert_allclose(np.diag(affine)[:3], [1.6, 1.6, 3.0])
+    np.testing.assert_allclose(affine[:3, 3], [0.4, 0.4, 0.0])  # the first block's centre

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import DATA
+from conftest import DATA, DEV_DATA_REASON
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -48,6 +48,14 @@ def test_the_test_split_holds_real_scanner_images_of_every_task():
     assert pet and all(s.subject in real_subjects for s in pet)
 
 
+def test_weights_are_chosen_and_trained_on_real_brain_mr_and_pet_on_body_anatomy():
+    brain = lambda s: s.kind == "real" and s.note.startswith("brain")  # noqa: E731
+    assert any(brain(s) for s in splits.sources(VALIDATION, "mri-sr"))
+    assert sum(brain(s) for s in splits.sources(TRAIN, "mri-sr")) >= 4
+    assert any(s.file.startswith("ct/") for s in splits.sources(TRAIN, "pet-synthesis"))
+    assert any(s.file.startswith("ct/") for s in splits.sources(VALIDATION, "pet-synthesis"))
+
+
 def test_templates_are_a_minority_of_the_mr_training_volumes():
     mr = splits.sources(TRAIN, "mri-sr")
     assert sum(s.kind == "template" for s in mr) * 2 < len(mr)
@@ -67,7 +75,7 @@ def test_examples_are_cut_from_their_declared_source(example):
     """The provenance above is a fact: the example's slices are found in its source volume."""
     source = dict(splits.EXAMPLE_SOURCES)[example]
     if not (DATA / source).exists():
-        pytest.skip("development data not present")
+        pytest.skip(DEV_DATA_REASON)
     ex = np.asarray(nib.load(str(ROOT / "examples" / example)).dataobj, np.float32)
     src = np.asarray(nib.load(str(DATA / source)).dataobj, np.float32)
     first = ex[:, :, 0]
@@ -78,7 +86,7 @@ def test_examples_are_cut_from_their_declared_source(example):
 def test_training_data_builds_without_any_test_file(tmp_path):
     """scripts/build_training_data.py given the development data less the test files: it succeeds."""
     if not DATA.is_dir():
-        pytest.skip("development data not present")
+        pytest.skip(DEV_DATA_REASON)
     sys.path.insert(0, str(ROOT / "scripts"))
     import build_training_data
 
@@ -116,3 +124,13 @@ def test_registry_sources_are_built_as_nifti_or_skipped_with_a_line(tmp_path, mo
     made = build_training_data.build(tmp_path / "D2", tmp_path / "no-dev-data", pet_volumes=1)
     assert made == {"CT": [ct.file]}
     assert "skipped x/scan.dcm: no-such-distribution is not installed" in capsys.readouterr().err
+
+
+def test_quality_benchmark_without_the_development_data_says_so_in_one_line(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import quality
+
+    assert quality.main(["--weights", "amir-s", "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"the development data are not in {tmp_path}" in err and "--data" in err
+

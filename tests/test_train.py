@@ -27,7 +27,7 @@ from amir_cli.training import checkpoint as ckpt
 from amir_cli.errors import BadInputError
 from amir_cli.tasks import TASKS
 from amir_cli.training.options import task_cycle
-from amir_cli.training.volumes import split_rows, split_slices, synthetic_volume
+from amir_cli.training.volumes import split_rows, split_slices
 
 ROOT = Path(__file__).resolve().parents[1]
 SEAMS = ROOT / "tests" / "train_seams.py"  # `amir train` with a test seam, in a child process
@@ -201,7 +201,7 @@ def test_validation_split_disjoint_from_training(hq_data):
             assert v.val_rows[0] >= v.train_rows and s.hq_phys.shape[0] == v.val_rows[1] - v.val_rows[0]
     # deterministic
     again = validation_set(vols, TASKS, per_task=3, size=None, seed=0)
-    assert all(np.array_equal(x.lq, y.lq) for x, y in zip(val, again))
+    assert all(np.array_equal(x.lq_phys, y.lq_phys) for x, y in zip(val, again))
 
 
 def test_paired_layout_loads(tmp_path):
@@ -222,11 +222,6 @@ def test_paired_layout_loads(tmp_path):
     assert len(val) == 2 and all(s.level == "paired" and s.volume == "case0" for s in val)
     with pytest.raises(Exception, match="mri-sr"):
         load_volumes(root, ("mri-sr",))
-
-
-def test_synthetic_volume_helper():
-    v = synthetic_volume("mri-sr", np.random.default_rng(0).uniform(0, 100, (3, 32, 32)))
-    assert v.mr_scale > 0 and v.n_slices == 3
 
 
 # ------------------------------------------------------------------------------------ faults
@@ -259,7 +254,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(hq_data, tmp_path, monkey
     calls = {"n": 0}
     real_abs = torch.Tensor.abs
 
-    def poisoned_abs(self):  # the L1 term turns NaN at the third iteration
+    def poisoned_abs(self):  # the L1 term turns NaN at the third iteration (one abs per step: no MR consistency term)
         calls["n"] += 1
         out = real_abs(self)
         return out * float("nan") if calls["n"] == 3 else out
@@ -267,7 +262,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(hq_data, tmp_path, monkey
     monkeypatch.setattr(torch.Tensor, "abs", poisoned_abs)
     run = tmp_path / "nan"
     with pytest.raises(TrainingDivergedError, match="iteration 3.*last good checkpoint"):
-        train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=10, checkpoint_every=1, val_every=100))
+        train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=10, checkpoint_every=1, val_every=100,
+                           mr_consistency_loss=False))
     state = ckpt.load_torch(run / ckpt.LAST)
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -295,7 +291,7 @@ def test_unwritable_run_folder_is_a_clear_error(hq_data, tmp_path, monkeypatch):
                 raise OSError(28, "No space left on device")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(ckpt.os, "replace", full_disk)
+    monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(RunFolderError, match="No space left on device.*previous checkpoint is intact"):
         train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=4, checkpoint_every=1, val_every=100))
     assert ckpt.load_torch(run / ckpt.LAST)["iteration"] == 1
@@ -376,10 +372,10 @@ def test_cli_train_errors_exit_1(tmp_path):
 @pytest.mark.parametrize("weighting", ["uniform", "relative", "psnr"])
 def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq_data, tmp_path, weighting):
     """A new network starts as the identity, so each sample's relative L1 is exactly 1 and its
-    PSNR deficit to its input exactly 0 dB."""
+    PSNR deficit to its input exactly 0 dB (without the MR consistency term, which changes the output)."""
     run = tmp_path / weighting
     train(TrainOptions(**{**TINY, "log_every": 1}, data=str(hq_data), out=str(run), iterations=1, val_every=100,
-                       task_weighting=weighting))
+                       task_weighting=weighting, mr_consistency_loss=False))
     rec = next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train")
     main = rec["loss"] - 0.001 * rec["load_loss"]
     assert rec["l1"] > 0
@@ -426,3 +422,127 @@ def test_resume_takes_the_options_given_again_even_at_their_default(tmp_path, mo
     assert seen["changed"] == {"val_every", "iterations", "quiet"}
     bad = CliRunner().invoke(app, ["train", str(tmp_path), "--task-weighting", "loudest"])
     assert bad.exit_code == 2 and "uniform" in bad.output
+
+
+# ------------------------------------------------------------------------------------ keeping the work
+def test_checkpoint_schedule_by_iterations_time_and_signal():
+    now = [0.0]
+    schedule = ckpt.CheckpointSchedule(every=100, minutes=5, total=1000, clock=lambda: now[0])
+    assert not schedule.due(1) and schedule.due(100) and schedule.due(1000)
+    now[0] = 299.0
+    assert not schedule.due(7)
+    now[0] = 300.0
+    assert schedule.due(7)
+    schedule.saved()
+    assert not schedule.due(8)
+    assert not ckpt.CheckpointSchedule(every=100, minutes=0, total=1000, clock=lambda: 1e9).due(7)  # 0: never by time
+    before = signal.getsignal(signal.SIGTERM)
+    with schedule:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert schedule.stop == signal.SIGTERM and schedule.due(9)
+        assert signal.getsignal(signal.SIGTERM) == before  # a second signal acts as before
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _crash_at(target):
+    def after_step(it):
+        if it == target:
+            raise RuntimeError("crash")
+    return after_step
+
+
+def test_checkpoint_by_wall_time_resumes_exactly(hq_data, tmp_path):
+    """With checkpoints by time alone, a run that dies keeps its last step and resumes exactly."""
+    from amir_cli.training import Hooks
+
+    common = dict(TINY, data=str(hq_data), iterations=5, checkpoint_every=1000, val_every=1000, seed=2)
+    train(TrainOptions(**common, out=str(tmp_path / "straight")))
+    run = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="crash"):
+        train(TrainOptions(**common, checkpoint_minutes=1e-9, out=str(run)), hooks=Hooks(after_step=_crash_at(3)))
+    assert ckpt.load_torch(run / ckpt.LAST)["iteration"] == 3
+    train(TrainOptions(quiet=True), resume=run)
+    a, b = _last_model(tmp_path / "straight"), _last_model(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_saves_last_and_stops_then_resumes_exactly(hq_data, tmp_path):
+    from amir_cli.training import Hooks
+    from amir_cli.training.checkpoint import TrainingStopped
+
+    common = dict(TINY, data=str(hq_data), iterations=4, checkpoint_every=1000, checkpoint_minutes=0, val_every=1000, seed=3)
+    train(TrainOptions(**common, out=str(tmp_path / "straight")))
+    run = tmp_path / "stopped"
+    term = Hooks(after_step=lambda it: it == 1 and os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingStopped, match=f"SIGTERM at iteration 2.*--resume {run}") as stopped:
+        train(TrainOptions(**common, out=str(run)), hooks=term)
+    assert stopped.value.signum == signal.SIGTERM and ckpt.load_torch(run / ckpt.LAST)["iteration"] == 2
+    train(TrainOptions(quiet=True), resume=run)
+    a, b = _last_model(tmp_path / "straight"), _last_model(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_stopped_run_exits_128_plus_the_signal_with_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import amir_cli.training as T
+    from amir_cli.cli import app
+    from amir_cli.training.checkpoint import TrainingStopped
+
+    def stopped(*args, **kwargs):
+        raise TrainingStopped(signal.SIGINT, 370, tmp_path / "r1")
+
+    monkeypatch.setattr(T, "train", stopped)
+    result = CliRunner().invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "r1")])
+    assert result.exit_code == 130
+    said = " ".join(result.stderr.split())
+    assert said.startswith("amir: training stopped by SIGINT at iteration 370; last.pt holds it: continue with amir train --resume")
+    assert str(tmp_path / "r1") in result.stderr.splitlines()[-1]  # a path is never broken
+
+
+def test_first_command_again_over_a_run_without_checkpoint_refuses_and_keeps_its_log(hq_data, tmp_path):
+    run = tmp_path / "r1"
+    run.mkdir()
+    (run / ckpt.METRICS).write_text('{"kind": "train", "iteration": 50, "loss": 0.1}\n')
+    (run / ckpt.RUN_JSON).write_text("{}")
+    with pytest.raises(RunFolderError, match="before its first checkpoint.*choose another --out"):
+        train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=1))
+    assert (run / ckpt.METRICS).read_text() == '{"kind": "train", "iteration": 50, "loss": 0.1}\n'
+
+
+def test_a_slow_run_logs_at_least_every_minute_and_says_it_started(hq_data, tmp_path, monkeypatch, capsys):
+    from amir_cli.training import trainer
+
+    monkeypatch.setattr(trainer, "LOG_SECONDS", 0.0)  # every step is "a minute later"
+    run = tmp_path / "slow"
+    train(TrainOptions(**{**TINY, "quiet": False, "log_every": 1000}, data=str(hq_data), out=str(run), iterations=3, val_every=1000))
+    its = [r["iteration"] for r in map(json.loads, (run / ckpt.METRICS).read_text().splitlines()) if r["kind"] == "train"]
+    assert its == [1, 2, 3]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("amir train: amir-tiny on cpu, iterations 0 to 3") and "iteration 1/3: loss" in "\n".join(err)
+    assert all(len(line) <= 80 for line in err if str(tmp_path) not in line)  # a path is never broken
+
+
+def test_device_and_init_defaults():
+    from amir_cli.training.options import FINE_TUNE_LR, PAPER_LR, started_options
+
+    cpu, cuda = started_options(TrainOptions(), "cpu"), started_options(TrainOptions(), "cuda")
+    assert (cpu.config, cpu.patch_size, cpu.lr) == ("amir-s", 64, PAPER_LR) and PAPER_LR == 2e-4
+    assert (cuda.config, cuda.patch_size) == ("amir", 128)
+    assert started_options(TrainOptions(init="amir-s"), "cpu").lr == FINE_TUNE_LR == 5e-5
+    assert started_options(TrainOptions(init="amir-s", lr=1e-3, config="amir"), "cpu").lr == 1e-3
+
+
+def test_plot_curves_leaves_the_matplotlib_backend_alone(tmp_path):
+    import matplotlib
+
+    records = [{"kind": "train", "iteration": i, "l1": 1.0 / i, "load_loss": 0.1} for i in (1, 2)]
+    records += [{"kind": "val", "iteration": 2, "psnr": {"ct-denoise": 30.0}, "input_psnr": {"ct-denoise": 28.0}}]
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg", force=True)  # a backend of the host program's choice
+    try:
+        ckpt.plot_curves(records, tmp_path / "curves.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend, force=True)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

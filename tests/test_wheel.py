@@ -1,5 +1,5 @@
-"""The built wheel carries the shipped weights: installed into a fresh environment, `amir restore`
-works from any folder with the default weights, and nothing shipped names a path of this machine."""
+"""The built wheel carries the shipped weights and the licence, and keeps the installed torch: installed
+into a fresh environment, `amir restore` works from any folder with the default weights, and nothing shipped names a path of this machine."""
 
 import json
 import os
@@ -53,6 +53,22 @@ def test_wheel_holds_the_weights_and_no_absolute_paths(built_wheel):
             assert f"amir_cli/shipped_weights/{entry['file']}" in names
         text = z.read("amir_cli/shipped_weights/manifest.json").decode()
         assert "/work/" not in text and "/home/" not in text and "/root/" not in text
+
+
+def test_wheel_carries_the_licence(built_wheel):
+    with zipfile.ZipFile(built_wheel) as z:
+        (licence,) = [n for n in z.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+        assert z.read(licence).decode() == (REPO / "LICENSE").read_text()
+        (metadata,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        assert "License-Expression: MIT" in z.read(metadata).decode().splitlines()
+
+
+def test_installing_the_wheel_keeps_the_installed_torch(built_wheel):
+    """pip, from nothing but what is installed here, would install amir alone: torch stays as it is."""
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--dry-run", "--quiet", "--report", "-", str(built_wheel)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert [item["metadata"]["name"] for item in json.loads(done.stdout)["install"]] == ["amir"]
 
 
 def test_installed_wheel_restores_the_example_from_another_folder(built_wheel, tmp_path):

@@ -5,6 +5,7 @@ final weights' hash to ARG/rank<R>.txt. Runs under ``torch.distributed.run`` too
 """
 
 import functools
+import hashlib
 import os
 import signal
 import sys
@@ -12,12 +13,21 @@ from pathlib import Path
 
 import amir_cli.training as T
 from amir_cli.cli import main
-from amir_cli.training import Hooks, state_hash
+from amir_cli.training import Hooks
 
 
 def _kill_after(target: int, it: int) -> None:
     if it == target:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def state_hash(state: dict) -> str:
+    """sha256 over a state_dict's names and tensor bytes (to compare weights across processes)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _write_hash(folder: str, model, rank: int) -> None:

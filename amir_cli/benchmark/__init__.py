@@ -22,9 +22,11 @@ Every case is read, its slices put first ``(S, H, W)``, optionally reduced to ``
 spaced slices among those whose windowed reference is not constant (slices that §4 cannot score),
 then scored by :func:`metrics.volume_scores` in physical units for: ``input`` (the low-quality
 image; for MR on a coarser grid its k-space zero-filled upsampling), the task's classical
-baseline (:mod:`amir_cli.baselines`) and ``amir``.  Same-grid MR cases whose level names their
-k-space factor (``LQ_x2``, ``--simulate mri-sr:2``: :func:`kspace_factor_of`) are restored with
-that factor's data consistency, as `amir restore --kspace-factor` does.  Case scores are slice means, table scores case
+baseline (:mod:`amir_cli.baselines`) and ``amir``, run as plain `amir restore` runs (a zero-filled
+MR input recognised by its spectrum; ``--kspace-factor`` forces a factor on an unlabelled ``LQ``
+folder).  Same-grid MR cases whose level names their k-space factor (``LQ_x2``, ``--simulate
+mri-sr:2``: :func:`kspace_factor_of`) give that factor to the ``pocs`` baseline and add ``amir-net``,
+the network without data consistency.  Case scores are slice means, table scores case
 means.  Time per slice is wall time of the method over the case's scored slices (model loading
 excluded).  MR intensity scaling (``mr_scale_factor``) is computed by `restore_volume` from the
 slices it is given, i.e. from the scored slices.  A case that fails (unreadable file, LQ/HQ shape mismatch, ...) is recorded and skipped;
@@ -33,7 +35,6 @@ the others complete and the command exits 3.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import zlib
@@ -43,18 +44,18 @@ from pathlib import Path
 import numpy as np
 
 from amir_cli import baselines
-from amir_cli.errors import AmirError, BadInputError, one_line
-from amir_cli.files import json_default
-from amir_cli.imaging import degrade, intensity
+from amir_cli.errors import EXIT_OK, EXIT_PARTIAL, AmirError, BadInputError, one_line
+from amir_cli.files import write_json
+from amir_cli.imaging import degrade
 from amir_cli.imaging.io import read_image
 from amir_cli.metrics import volume_scores
-from amir_cli.tasks import MRI_SR
+from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, MRI_SR, one_of
 
-from .cases import CaseSpec, Simulation, find_cases, parse_simulate, place_volumes, plan_cases
+from .cases import CaseSpec, Simulation, parse_simulate, place_volumes, plan_cases
 from .report import CSV_COLUMNS, PROTOCOL, _summary, _write_csv, level_sort_key, markdown_summary, rich_table
 
 __all__ = [
-    "BenchmarkResult", "CaseSpec", "Simulation", "CSV_COLUMNS", "PROTOCOL", "case_seed", "find_cases", "kspace_factor_of",
+    "BenchmarkResult", "CaseSpec", "Simulation", "CSV_COLUMNS", "PROTOCOL", "case_seed", "kspace_factor_of",
     "level_sort_key", "markdown_summary", "parse_simulate", "place_volumes", "plan_cases", "rich_table", "run_benchmark",
     "select_slices", "zero_filled",
 ]
@@ -70,15 +71,11 @@ class BenchmarkResult:
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.failures else 0
+        return EXIT_PARTIAL if self.failures else EXIT_OK
 
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _slices_first(vol) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(vol.array, vol.slice_axis, 0), dtype=np.float32)
-
-
 def _inplane_spacing(vol) -> tuple[float, float]:
     sp = [s for a, s in enumerate(vol.spacing_mm) if a != vol.slice_axis]
     return float(sp[0]), float(sp[1])
@@ -89,7 +86,7 @@ def select_slices(ref: np.ndarray, task: str, max_slices: int | None) -> np.ndar
     n = ref.shape[0]
     if not max_slices:
         return np.arange(n)
-    lo, hi = intensity.EVAL_WINDOW[task]
+    lo, hi = EVAL_WINDOW[task]
     clipped = np.clip(ref, lo, hi)
     scorable = np.flatnonzero(clipped.reshape(n, -1).max(1) > clipped.reshape(n, -1).min(1))
     pool = scorable if scorable.size else np.arange(n)
@@ -110,7 +107,7 @@ def _scale_between(lq_shape, hq_shape) -> int:
         return 1
     if lq_shape[0] != hq_shape[0]:
         return 0
-    for s in (2, 4):
+    for s in MR_FACTORS:
         if lq_shape[1] * s == hq_shape[1] and lq_shape[2] * s == hq_shape[2]:
             return s
     return 0
@@ -122,7 +119,7 @@ def _run_amir(model, lq_vol, task: str, *, scale: int, tta: bool = False, **opti
     from amir_cli.restore import restore_volume
 
     vol, _ = restore_volume(model, lq_vol, task, scale=scale, tta=tta, **options)
-    return _slices_first(vol)
+    return vol.slices_first()
 
 
 def kspace_factor_of(spec: CaseSpec, scale: int, unlabelled: int | None = None) -> int | None:
@@ -153,7 +150,7 @@ def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
     if spec.simulation is None and spec.lq_path is None:
         raise BadInputError(f"no LQ image named {spec.name} in LQ{'_' + spec.level if spec.level else ''} (HQ: {spec.hq_path})")
     hq_vol = read_image(spec.hq_path)
-    hq_all = _slices_first(hq_vol)
+    hq_all = hq_vol.slices_first()
     idx = select_slices(hq_all, spec.task, max_slices)
     hq = hq_all[idx]
     if spec.simulation is not None:
@@ -166,7 +163,7 @@ def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
         scale = 1
     else:
         lq_vol_full = read_image(spec.lq_path)
-        lq_all = _slices_first(lq_vol_full)
+        lq_all = lq_vol_full.slices_first()
         scale = _scale_between(lq_all.shape, hq_all.shape)
         if scale == 0 or (scale > 1 and spec.task != MRI_SR):
             raise BadInputError(f"LQ shape {tuple(lq_vol_full.shape)} does not match HQ shape {tuple(hq_vol.shape)}")
@@ -174,16 +171,6 @@ def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
     # a Volume holding just the scored slices, in the file's axis order, for restore_volume
     lq_vol = lq_vol_full.with_array(np.moveaxis(lq, 0, lq_vol_full.slice_axis))
     return hq_vol, hq, lq_vol, lq, scale, idx
-
-
-def _weights_info(weights) -> dict:
-    from amir_cli import weights as registry
-
-    path, entry = registry.resolve(weights)
-    if entry is not None:
-        return {"name": entry.name, "sha256": entry.sha256, "file": str(path)}
-    return {"name": Path(path).name, "sha256": registry.sha256_of(Path(path)), "file": str(path)}
-
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -225,15 +212,15 @@ def run_benchmark(
         raise BadInputError(f"--max-slices must be at least 1, got {max_slices}")
     if batch_size is not None and batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
-    if kspace_factor not in (None, 2, 4):
-        raise BadInputError(f"--kspace-factor must be 2 or 4, got {kspace_factor}")
+    if kspace_factor not in (None, *MR_FACTORS):
+        raise BadInputError(f"--kspace-factor must be {one_of(MR_FACTORS)}, got {kspace_factor}")
     cases, skipped = plan_cases(data, simulate)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: exists and is not a folder")
     t_start = time.perf_counter()
     from amir_cli.device import pick_device, precision_context
-    from amir_cli.weights import load_weights
+    from amir_cli.weights import describe, load_weights
 
     from amir_cli.restore import batch_size_for
 
@@ -245,9 +232,9 @@ def run_benchmark(
             progress(0, len(cases), "loading the model")
         loaded = load_weights(weights, dev)
         model = loaded.model
-        winfo = {"name": Path(loaded.name).name, "sha256": loaded.sha256, "file": str(loaded.path)}
+        winfo = loaded.record()
     else:
-        winfo = _weights_info(weights)
+        winfo = describe(weights)
     out.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
@@ -283,7 +270,7 @@ def run_benchmark(
                        notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths], skipped=skipped,
                        seconds=time.perf_counter() - t_start)
     _write_csv(out / "cases.csv", rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=json_default) + "\n")
+    write_json(out / "summary.json", summary, keep_nan=True)
     (out / "summary.md").write_text(markdown_summary(summary))
     return BenchmarkResult(rows, summary, failures, out, fig_paths)
 
@@ -298,7 +285,10 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
     task = spec.task
     n = len(idx)
     factor = kspace_factor_of(spec, scale, kspace_factor) if data_consistency else None  # same grid; a coarser one: --scale's
-    options = dict(device=device, precision=precision, batch_size=batch_size, kspace_factor=factor, data_consistency=data_consistency)
+    # amir runs as plain `amir restore` does: the zero filling recognised, unless --kspace-factor forces a factor
+    forced = kspace_factor if task == MRI_SR and scale == 1 and not spec.level else None
+    options = dict(device=device, precision=precision, batch_size=batch_size, kspace_factor=forced,
+                   data_consistency=data_consistency, detect_zero_filling=True)
     methods: list[tuple[str, np.ndarray, float | None]] = []
     if scale > 1:
         t = time.perf_counter()
@@ -313,9 +303,9 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
     t = time.perf_counter()
     restored = _run_amir(model, lq_vol, task, scale=scale, **options)
     methods.append(("amir", restored, (time.perf_counter() - t) / n))
-    if factor:  # the network alone: what plain `amir restore` (no --kspace-factor) gives
+    if factor:  # the network alone, without data consistency
         t = time.perf_counter()
-        alone = _run_amir(model, lq_vol, task, scale=scale, **{**options, "kspace_factor": None})
+        alone = _run_amir(model, lq_vol, task, scale=scale, **{**options, "data_consistency": False})
         methods.append(("amir-net", alone, (time.perf_counter() - t) / n))
     if tta:
         t = time.perf_counter()
@@ -335,7 +325,7 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
             "seconds_per_slice": sps,
         })
     # the figure slice: the scored slice with the most reference signal in the window
-    lo, hi = intensity.EVAL_WINDOW[task]
+    lo, hi = EVAL_WINDOW[task]
     signal = np.clip(hq, lo, hi).reshape(n, -1).std(1)
     j = int(np.argmax(signal))
     from amir_cli.metrics import slice_scores

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem
-from amir_cli.tasks import DEFAULT_LEVEL, FOLDER_TASK, MRI_SR, TASK_FOLDER, TASKS
+from amir_cli.tasks import DEFAULT_LEVEL, FOLDER_TASK, MR_FACTORS, MRI_SR, TASK_FOLDER, TASKS, one_of
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def parse_simulate(text: str) -> Simulation:
     try:
         if task == MRI_SR:
             value = int(level.lstrip("xX"))
-            if value not in (2, 4):
+            if value not in MR_FACTORS:
                 raise ValueError
             return Simulation(task, value, f"x{value}")
         frac = Fraction(level)
@@ -56,7 +56,7 @@ def parse_simulate(text: str) -> Simulation:
         if not 0 < value <= 1:
             raise ValueError
     except (ValueError, ZeroDivisionError):
-        what = "a factor 2 or 4" if task == MRI_SR else "a dose fraction in (0, 1], e.g. 0.25 or 1/12"
+        what = f"a factor {one_of(MR_FACTORS)}" if task == MRI_SR else "a dose fraction in (0, 1], e.g. 0.25 or 1/12"
         raise BadInputError(f"--simulate {text!r}: level must be {what}") from None
     label = level if "/" in level else f"{value:g}"
     return Simulation(task, value, label)
@@ -68,11 +68,6 @@ def _task_folders(root: Path) -> list[tuple[str, Path]]:
 
 def _case_name(path: Path) -> str:
     return stem(path) if image_suffix(path) else path.name
-
-
-def find_cases(data, simulate=()) -> list[CaseSpec]:
-    """The cases of a benchmark folder (see the module docstring)."""
-    return plan_cases(data, simulate)[0]
 
 
 def place_volumes(paths) -> list[tuple[Path, str, str]]:

@@ -11,6 +11,7 @@ import numpy as np
 
 from amir_cli import baselines
 from amir_cli._version import __version__
+from amir_cli.tables import fitted_table
 from amir_cli.tasks import MRI_SR, PET_SYNTHESIS, TASK, TASKS
 
 from .cases import Simulation, parse_simulate
@@ -97,13 +98,13 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
     if any(c.task == MRI_SR for c in cases):
         all_notes.append(
-            "MR: AMIR's output keeps the k-space band that the input measured where it is known: on the input's grid "
-            "for a level xS or --kspace-factor S (`amir restore --kspace-factor S`), on a coarser LQ grid always "
-            "(`amir restore --scale`)" if data_consistency else
+            "MR: AMIR runs as plain `amir restore` does: on the input's grid it keeps the k-space band of an input "
+            "it recognises as zero-filled (or of --kspace-factor S on an unlabelled LQ folder), on a coarser LQ grid "
+            "always (`amir restore --scale`)" if data_consistency else
             "MR: the network alone (`--no-data-consistency`), without the data consistency of `amir restore`"
         )
     if any(r["method"] == "amir-net" for r in rows):
-        all_notes.append("`amir-net`: the network alone, as plain `amir restore` without `--kspace-factor` gives it")
+        all_notes.append("`amir-net`: the network alone, without data consistency (`amir restore --no-data-consistency`)")
     if any(r["method"] == "amir-tta" for r in rows):
         all_notes.append("`amir-tta`: the same network averaged over the 8 flips and 90-degree rotations of each slice (`--tta`)")
     return {
@@ -197,21 +198,18 @@ def _case_table(summary: dict) -> list[str]:
     return lines
 
 
-def rich_table(summary: dict):
-    """The results as a rich Table for the terminal."""
-    from rich import box
-    from rich.table import Table
-
-    # no vertical rules: the whole table fits 80 columns without cutting task or method names
-    table = Table(title="amir benchmark (scores of docs/protocol.md; case means)", box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)
-    for col in ("task", "level", "method", "cases", "PSNR", "SSIM", "RMSE", "ΔPSNR", "s/slice"):
-        text = col in ("task", "level", "method")
-        table.add_column(col, justify="left" if text else "right", no_wrap=True)
-    for r in summary["results"]:
-        table.add_row(
-            r["task"], r["level"] or "-", r["method"], str(r["n_cases"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4),
-            _fmt(r["rmse"]), "" if r["psnr_gain_over_input"] is None else f"{r['psnr_gain_over_input']:+.2f}",
-            "" if r["seconds_per_slice"] is None else f"{r['seconds_per_slice']:.3f}",
-        )
+def rich_table(summary: dict, width: int = 80):
+    """The results as a rich Table for a terminal ``width`` columns wide (the less telling columns
+    are left out of a narrower one, and the caption says which; summary.md has them all)."""
+    columns = ("task", "level", "method", "cases", "PSNR", "SSIM", "RMSE", "ΔPSNR", "s/slice")
+    rows = [
+        (r["task"], r["level"] or "-", r["method"], str(r["n_cases"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4), _fmt(r["rmse"]),
+         "" if r["psnr_gain_over_input"] is None else f"{r['psnr_gain_over_input']:+.2f}",
+         "" if r["seconds_per_slice"] is None else f"{r['seconds_per_slice']:.3f}")
+        for r in summary["results"]
+    ]
+    table, left_out = fitted_table(columns, rows, width=width, drop=("cases", "s/slice", "RMSE", "SSIM"),
+                                   right=columns[3:], title="amir benchmark (scores of docs/protocol.md; case means)")
+    if left_out:
+        table.caption = f"left out at this width (see summary.md): {', '.join(left_out)}"
     return table

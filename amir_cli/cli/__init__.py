@@ -14,9 +14,9 @@ import sys
 
 import typer
 
-from ..errors import AmirError, one_line
+from ..errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, AmirError, one_line
 from . import restore, train, benchmark, weights  # noqa: F401, I001  (each registers its commands on `app`, in the order of --help)
-from .common import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, app, info, print_json, progress_bar
+from .common import app, info, print_json, progress_bar
 
 __all__ = ["app", "main", "info", "print_json", "progress_bar", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PARTIAL"]
 

@@ -7,8 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import AmirError
-from .common import EXIT_PARTIAL, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt, app, examples, info, print_json, progress_bar
+from ..device import PRECISIONS
+from ..errors import EXIT_PARTIAL, AmirError
+from ..tasks import MR_FACTORS, choices
+from .common import (Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt, _choice, app, check_device,
+                     examples, info, print_json, progress_bar)
 
 
 @app.command(
@@ -33,13 +36,13 @@ def benchmark(
     ] = None,
     with_baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score classical baselines (CT NLM, PET Gaussian, MR POCS or bicubic).")] = True,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network.")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", metavar=choices(PRECISIONS), help="Arithmetic of the network.")] = "fp32",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call [default: 1 on the CPU, 4 on a GPU].", show_default=False)] = None,
     max_slices: Annotated[Optional[int], typer.Option("--max-slices", min=1, metavar="N", help="Score N evenly spaced slices per case (shorter runs).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, metavar="N", help="Seed of the simulated degradations.")] = 0,
     tta: Annotated[bool, typer.Option("--tta", help="Also score AMIR's x8 flip/rotation self-ensemble (method amir-tta).")] = False,
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="Same-grid MR levels named xS (LQ_x2, --simulate mri-sr:2): restore with --kspace-factor S and score the pocs baseline.")] = True,
-    kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar="2|4", help="The k-space factor of the zero-filled MR images in the paired LQ folder (it has no level name).", show_default=False)] = None,
+    kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar=choices(MR_FACTORS), help="The k-space factor of the zero-filled MR images in the paired LQ folder (it has no level name).", show_default=False)] = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -47,8 +50,10 @@ def benchmark(
     from .. import benchmark as bench
     from ..device import keep_freed_memory
 
-    if kspace_factor is not None and kspace_factor not in (2, 4):
-        raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
+    _choice(precision, PRECISIONS, "--precision")
+    check_device(device)
+    if kspace_factor is not None and kspace_factor not in MR_FACTORS:
+        raise typer.BadParameter(f"{kspace_factor} is not one of {choices(MR_FACTORS, ', ')}", param_hint="--kspace-factor")
     try:
         simulations = [bench.parse_simulate(text) for text in simulate or ()]
     except AmirError as exc:  # a malformed option value is a usage error (exit 2)
@@ -74,7 +79,8 @@ def benchmark(
     elif not quiet:
         from rich.console import Console
 
-        Console().print(bench.rich_table(result.summary))
+        console = Console()
+        console.print(bench.rich_table(result.summary, width=console.width))
         info(f"wrote {out}/cases.csv, summary.json, summary.md and {len(result.figures)} figure(s)")
     if result.exit_code:
         raise typer.Exit(EXIT_PARTIAL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Annotated, Optional
 
@@ -10,7 +11,7 @@ import typer
 from typer.core import TyperCommand
 
 from .._version import __version__
-from ..device import ENGINES, PRECISIONS
+from ..device import PRECISIONS
 from ..tasks import TASKS
 
 app = typer.Typer(
@@ -23,8 +24,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help: reads at 80 columns, square brackets kept
     epilog="Example: amir restore ct_lowdose.nii.gz (writes ct_lowdose_amir.nii.gz and a JSON report)",
 )
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
 
 class Command(TyperCommand):
@@ -91,30 +90,38 @@ def info(message: str, quiet: bool = False) -> None:
 def progress_bar(quiet: bool):
     """A rich progress bar on stderr (disabled by --quiet or when stderr is not a terminal)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .. import tables
 
     console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet or not console.is_terminal,  # no bar (nor stray newlines) in logs and pipes
-        transient=True,
-    )
+    # no bar (nor stray newlines) in logs and pipes
+    return tables.progress_bar(console, "{task.description}", disable=quiet or not console.is_terminal)
 
 
 
 
 TASK_CHOICES = ("auto", *TASKS)
-PRECISION_CHOICES = PRECISIONS
-ENGINE_CHOICES = ENGINES
 
 
 def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     if value not in choices:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}", param_hint=option)
     return value
+
+
+def check_device(device: str) -> None:
+    """A --device of restore and benchmark (whether this machine has it is checked later)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", (device or "auto").strip().lower()):
+        raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N, mps", param_hint="--device")
+
+
+def check_weights_name(name: str) -> None:
+    """A registry name given to be written (import, add, train --export): a usage error when invalid."""
+    from ..errors import WeightsError
+    from ..weights import check_name
+
+    try:
+        check_name(name)
+    except WeightsError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--name") from None
 

@@ -8,10 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from .._version import __version__
-from ..errors import AmirError
-from ..tasks import MRI_SR, PET_SYNTHESIS
-from .common import (ENGINE_CHOICES, EXIT_PARTIAL, PRECISION_CHOICES, TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
-                     _choice, app, examples, print_json, progress_bar)
+from ..device import ENGINES, PRECISIONS
+from ..errors import EXIT_PARTIAL, AmirError
+from ..tasks import MR_FACTORS, MR_SCALES, MRI_SR, PET_SYNTHESIS, TASKS, choices
+from .common import (TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
+                     _choice, app, check_device, examples, print_json, progress_bar)
 
 
 @app.command(
@@ -29,15 +30,16 @@ from .common import (ENGINE_CHOICES, EXIT_PARTIAL, PRECISION_CHOICES, TASK_CHOIC
 def restore_cmd(
     input: Annotated[Path, typer.Argument(metavar="INPUT", help="NIfTI/MetaImage/NRRD file, DICOM file, DICOM series folder, or a folder of scans (batch).", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output file or folder [default: <input stem>_amir.<same format> beside the input].", show_default=False)] = None,
-    task: Annotated[str, typer.Option("--task", metavar="auto|mri-sr|ct-denoise|pet-synthesis", help="Restoration task; auto decides from the DICOM Modality, header hints, then intensities.")] = "auto",
-    scale: Annotated[int, typer.Option("--scale", metavar="1|2|4", help="mri-sr only: write an s-times finer in-plane grid (k-space zero-padding).")] = 1,
-    kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar="2|4", help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
-    data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale or --kspace-factor: keep the k-space band the input measured.")] = True,
+    task: Annotated[str, typer.Option("--task", metavar=choices(TASK_CHOICES), help="Restoration task; auto decides from the DICOM Modality, header hints, then intensities.")] = "auto",
+    scale: Annotated[int, typer.Option("--scale", metavar=choices(MR_SCALES), help="mri-sr only: write an s-times finer in-plane grid (k-space zero-padding).")] = 1,
+    kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar=choices(MR_FACTORS), help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
+    data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale, --kspace-factor or a recognised zero-filled input: keep the k-space band the input measured.")] = True,
+    detect_zero_filling: Annotated[bool, typer.Option("--detect-zero-filling/--no-detect-zero-filling", help="mri-sr on the input's grid: recognise a zero-filled image (the central 1/2 or 1/4 of k-space) by its spectrum and keep its band, as --kspace-factor does.")] = True,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", metavar="fp32|bf16|fp16", help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
+    precision: Annotated[str, typer.Option("--precision", metavar=choices(PRECISIONS), help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call [default: 1 on the CPU, 4 on a GPU].", show_default=False)] = None,
-    engine: Annotated[str, typer.Option("--engine", metavar="auto|fused|plain", help="fused: the CPU runs fp32 with oneDNN's fused operators (a convolution with the GELU, product or sum after it): faster with one thread, more memory; plain: PyTorch's operators only; auto: fused with one thread. The report names the one used.")] = "auto",
+    engine: Annotated[str, typer.Option("--engine", metavar=choices(ENGINES), help="fused: the CPU runs fp32 with oneDNN's fused operators (a convolution with the GELU, product or sum after it): faster with one thread, more memory; plain: PyTorch's operators only; auto: fused with one thread. The report names the one used.")] = "auto",
     tile: Annotated[Optional[int], typer.Option("--tile", min=1, metavar="N", help="Restore large slices in overlapping N x N tiles (saves memory).", show_default=False)] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average the network over the 8 flips and rotations of each slice (self-ensemble): a little better, 8x the time.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", metavar="HQ", help="High-quality image on the output grid: adds PSNR/SSIM/RMSE to the report.", show_default=False)] = None,
@@ -48,12 +50,12 @@ def restore_cmd(
 ) -> None:
     """Restore an image, a DICOM series or a folder of scans with AMIR and write a JSON report."""
     _choice(task, TASK_CHOICES, "--task")
-    _choice(precision, PRECISION_CHOICES, "--precision")
-    _choice(engine, ENGINE_CHOICES, "--engine")
-    if scale not in (1, 2, 4):
-        raise typer.BadParameter(f"{scale} is not one of 1, 2, 4", param_hint="--scale")
-    if kspace_factor is not None and kspace_factor not in (2, 4):
-        raise typer.BadParameter(f"{kspace_factor} is not one of 2, 4", param_hint="--kspace-factor")
+    _choice(precision, PRECISIONS, "--precision")
+    _choice(engine, ENGINES, "--engine")
+    if scale not in MR_SCALES:
+        raise typer.BadParameter(f"{scale} is not one of {choices(MR_SCALES, ', ')}", param_hint="--scale")
+    if kspace_factor is not None and kspace_factor not in MR_FACTORS:
+        raise typer.BadParameter(f"{kspace_factor} is not one of {choices(MR_FACTORS, ', ')}", param_hint="--kspace-factor")
 
     from .. import restore as R
     from .. import placement as P
@@ -72,7 +74,7 @@ def restore_cmd(
     keep_freed_memory()
     precision_context(dev, precision)  # fail early on an impossible precision
     options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
-                               data_consistency=data_consistency, overwrite=overwrite, engine=engine)
+                               data_consistency=data_consistency, detect_zero_filling=detect_zero_filling, overwrite=overwrite, engine=engine)
     if not batch:
         out = output if output is not None else P.default_output(input)
         rep = report if report is not None else P.report_path_for(out)
@@ -95,10 +97,12 @@ def restore_cmd(
         return
 
     def on_case(case, result, error):
-        if error is not None:
-            typer.echo(f"amir: error: {case}: {error}", err=True)
+        if error is not None:  # the error names the case (or a file in it) unless it is about something else
+            typer.echo(f"amir: error: {error if str(case) in error else f'{case}: {error}'}", err=True)
         elif not quiet and not json_out:
             typer.echo(f"{case} -> {result['output']} ({result['task']}, {result['seconds']:.1f} s)")
+            for w in result.get("warnings", []):
+                typer.echo(f"  warning: {w}", err=True)
 
     with progress_bar(quiet or json_out) as bar:
         def progress_for(case):
@@ -116,8 +120,6 @@ def restore_cmd(
 
 def _restore_usage(R, task, scale, kspace_factor, tile, device, reference) -> None:
     """The option checks of `amir restore` that need no image: usage errors (exit 2), before the model loads."""
-    import re
-
     from ..placement import is_batch_input
 
     try:
@@ -126,9 +128,10 @@ def _restore_usage(R, task, scale, kspace_factor, tile, device, reference) -> No
         raise typer.BadParameter(str(exc), param_hint="--scale/--kspace-factor/--task") from None
     if tile is not None and tile < R.MIN_TILE:
         raise typer.BadParameter(f"{tile} is below the smallest tile, {R.MIN_TILE} pixels", param_hint="--tile")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", (device or "auto").strip().lower()):
-        raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N, mps", param_hint="--device")
-    if reference is not None and (not reference.exists() or is_batch_input(reference)):
+    check_device(device)
+    if reference is not None and not reference.exists():  # bad input, not a usage error: exit 1
+        raise AmirError(f"{reference}: no such file or folder (--reference)")
+    if reference is not None and is_batch_input(reference):
         raise typer.BadParameter(f"{reference}: not an image file or a DICOM series folder", param_hint="--reference")
 
 
@@ -163,10 +166,10 @@ def _print_restore_summary(r: dict) -> None:
 )
 def degrade_cmd(
     input: Annotated[Path, typer.Argument(metavar="INPUT", help="High-quality image (NIfTI, MetaImage/NRRD, DICOM file or series folder).", show_default=False)],
-    task: Annotated[str, typer.Option("--task", metavar="mri-sr|ct-denoise|pet-synthesis", help="Which degradation to simulate (docs/protocol.md).", show_default=False)],
+    task: Annotated[str, typer.Option("--task", metavar=choices(TASKS), help="Which degradation to simulate (docs/protocol.md).", show_default=False)],
     dose: Annotated[Optional[float], typer.Option("--dose", help="Dose fraction for ct-denoise / pet-synthesis [default: 0.25].", show_default=False)] = None,
-    factor: Annotated[Optional[int], typer.Option("--factor", metavar="2|4", help="k-space truncation factor for mri-sr [default: 4].", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated noise (same seed, same image).")] = 0,
+    factor: Annotated[Optional[int], typer.Option("--factor", metavar=choices(MR_FACTORS), help="k-space truncation factor for mri-sr [default: 4].", show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the simulated noise (same seed, same image).")] = 0,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output path [default: <input stem>_degraded.<same format>].", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")] = False,
     quiet: QuietOpt = False,
@@ -178,8 +181,8 @@ def degrade_cmd(
         raise typer.BadParameter("mri-sr takes --factor, not --dose", param_hint="--dose")
     if task != MRI_SR and factor is not None:
         raise typer.BadParameter(f"{task} takes --dose, not --factor", param_hint="--factor")
-    if factor is not None and factor not in (2, 4):
-        raise typer.BadParameter(f"{factor} is not one of 2, 4", param_hint="--factor")
+    if factor is not None and factor not in MR_FACTORS:
+        raise typer.BadParameter(f"{factor} is not one of {choices(MR_FACTORS, ', ')}", param_hint="--factor")
     if dose is not None and not 0 < dose <= 1:
         raise typer.BadParameter(f"{dose} is not a fraction in (0, 1]", param_hint="--dose")
 

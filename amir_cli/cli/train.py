@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..device import torchrun
+from ..errors import AmirError
 from ..tasks import TASKS
 from ..training.options import TaskWeighting, TrainOptions, range_text
 from .common import Command, JsonOpt, QuietOpt, app, examples, info, print_json
@@ -55,25 +56,26 @@ def _given(ctx: typer.Context, name: str) -> bool:
         "amir train DATA --config amir-s --iterations 2000 --out runs/r1",
         "amir train --resume runs/r1          # after a crash or kill -9",
         "amir train DATA --config amir-s --init amir-s --tasks ct-denoise \\",
-        "    --iterations 500 --lr 5e-5 --export my-ct",
+        "    --iterations 500 --export my-ct   # fine-tuning: lr 5e-5",
         "torchrun --nproc_per_node=4 -m amir_cli train DATA --out runs/ddp",
         note="DATA: high-quality volumes in DATA/{MRI,CT,PET}/ degraded on the fly (random levels, --ct-dose "
         "etc.; scripts/build_training_data.py makes one), or the paper's paired layout "
         "DATA/{MRI,CT,PET}/{train,validation}/{LQ,HQ}/<case>.nii.gz. The run folder gets last.pt "
-        "(resumable), best.pt, metrics.jsonl, curves.png and run.json. --resume of a finished run does nothing.",
+        "(resumable; every --checkpoint-every iterations, every --checkpoint-minutes, and on SIGINT or SIGTERM, "
+        "which stop the run), best.pt, metrics.jsonl, curves.png and run.json. --resume of a finished run does nothing.",
     ),
 )
 def train_cmd(
     ctx: typer.Context,
     data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Training data folder (not needed with --resume).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/amir-DATE-TIME).", show_default=False)] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue a run from its last checkpoint (options from its run.json; --iterations, --workers, --device, --val-every, --checkpoint-every, --export may be given again).", show_default=False)] = None,
-    config: Annotated[str, typer.Option("--config", metavar="amir|amir-s|amir-tiny", help="Network configuration.")] = _TRAIN.config,
+    resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue a run from its last checkpoint (options from its run.json; --iterations, --workers, --threads, --device, --val-every, --checkpoint-every, --checkpoint-minutes, --log-every, --export may be given again).", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option("--config", metavar="amir|amir-s|amir-tiny", help="Network configuration [default: amir (the paper's) on CUDA, amir-s on CPU].", show_default=False)] = None,
     tasks: Annotated[str, typer.Option("--tasks", help="'all' (all-in-one, tasks sampled evenly) or a comma-separated subset.")] = "all",
     iterations: Annotated[int, typer.Option("--iterations", help="Training iterations (total, counting those before a --resume).")] = _TRAIN.iterations,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per iteration per process.")] = _TRAIN.batch_size,
     patch_size: Annotated[Optional[int], typer.Option("--patch-size", help="Patch size in pixels (multiple of 8) [default: 128 (the paper's) on CUDA, 64 on CPU].", show_default=False)] = None,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine-annealed to --eta-min).")] = _TRAIN.lr,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Adam learning rate (cosine-annealed to --eta-min) [default: 2e-4 (the paper's); 5e-5 with --init].", show_default=False)] = None,
     eta_min: Annotated[float, typer.Option("--eta-min", help="Final learning rate of the cosine schedule.")] = _TRAIN.eta_min,
     warmup: Annotated[int, typer.Option("--warmup", help="Linear warm-up iterations.")] = _TRAIN.warmup,
     ema: Annotated[float, typer.Option("--ema", help="Exponential moving average of the weights (e.g. 0.999; 0: off). Validation and export use it.")] = _TRAIN.ema,
@@ -83,6 +85,7 @@ def train_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and of every batch.")] = _TRAIN.seed,
     val_every: Annotated[int, typer.Option("--val-every", help="Validate (docs/protocol.md) every N iterations; the best is kept as best.pt.")] = _TRAIN.val_every,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Write last.pt every N iterations.")] = _TRAIN.checkpoint_every,
+    checkpoint_minutes: Annotated[float, typer.Option("--checkpoint-minutes", help="Also write last.pt after this many minutes since the last one (0: off); SIGINT and SIGTERM write it too.")] = _TRAIN.checkpoint_minutes,
     log_every: Annotated[int, typer.Option("--log-every", help="Append training loss to metrics.jsonl every N iterations.")] = _TRAIN.log_every,
     val_slices: Annotated[int, typer.Option("--val-slices", help="Held-out validation slices per task.")] = _TRAIN.val_slices,
     val_size: Annotated[int, typer.Option("--val-size", help="Centre crop of validation slices (0: whole slices).")] = _TRAIN.val_size,
@@ -90,6 +93,7 @@ def train_cmd(
     threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads of the training process.", show_default=False)] = None,
     crops_per_slice: Annotated[int, typer.Option("--crops-per-slice", help="Patches cut from one degraded slice (1: a fresh slice for every patch, the slowest data).")] = _TRAIN.crops_per_slice,
     mr_scale_jitter: Annotated[float, typer.Option("--mr-scale-jitter", help="Multiply the MR scale factor by exp(U(-j, j)).")] = _TRAIN.mr_scale_jitter,
+    mr_consistency_loss: Annotated[bool, typer.Option("--mr-consistency-loss/--no-mr-consistency-loss", help="MR: score the output also after the k-space data consistency that amir restore applies, so the network learns the band the input did not measure.")] = _TRAIN.mr_consistency_loss,
     mr_noise: Annotated[float, typer.Option("--mr-noise", help="Add a Rician noise floor to MR references, sigma ~ U(0, N) x the MR target level (scanner noise the templates lack).")] = _TRAIN.mr_noise,
     zoom_jitter: Annotated[float, typer.Option("--zoom-jitter", help="Resample training slices in-plane by a random factor in [1/Z, Z] before degrading them (robustness to pixel size; 1: off).")] = _TRAIN.zoom_jitter,
     zoom_tasks: Annotated[str, typer.Option("--zoom-tasks", help="'all' or the comma-separated tasks whose slices --zoom-jitter resamples (e.g. ct-denoise,pet-synthesis: MR super-resolution learns from k-space content that resampling alters).")] = "all",
@@ -107,26 +111,38 @@ def train_cmd(
     """Train or fine-tune AMIR (all-in-one or single-task); resumable, runs under torchrun (DDP)."""
     from ..device import keep_freed_memory
     from ..training import train
+    from ..training.checkpoint import TrainingStopped
+    from ..training.report import say
     from ..training.options import RESUMABLE, parse_range
 
     try:
         factors = tuple(int(f) for f in mr_factors.split(",") if f.strip())
     except ValueError:
         raise typer.BadParameter(f"{mr_factors!r} is not a comma-separated list of integers", param_hint="--mr-factors") from None
-    options = TrainOptions(
-        data=str(data) if data else None, out=str(out) if out else None, config=config, tasks=_tasks_option(tasks),
-        iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr, eta_min=eta_min, warmup=warmup,
-        ema=ema, task_weighting=task_weighting.value, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
-        checkpoint_every=checkpoint_every, log_every=log_every, val_slices=val_slices, val_size=val_size,
-        workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter, task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, zoom_jitter=zoom_jitter,
-        zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"),
-        ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=factors,
-        pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
-    )
+    try:  # every option value is checked here, before any work: a bad one is a usage error (exit 2)
+        options = TrainOptions(
+            data=str(data) if data else None, out=str(out) if out else None, config=config, tasks=_tasks_option(tasks),
+            iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr, eta_min=eta_min, warmup=warmup,
+            ema=ema, task_weighting=task_weighting.value, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
+            checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, log_every=log_every, val_slices=val_slices,
+            val_size=val_size, workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter,
+            task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, mr_consistency_loss=mr_consistency_loss,
+            zoom_jitter=zoom_jitter,
+            zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"),
+            ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=factors,
+            pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
+        )
+        options.check()
+    except AmirError as exc:
+        raise typer.BadParameter(str(exc)) from None
     changed = {"quiet" if name == "json_out" else name for name in (*RESUMABLE, "json_out") if _given(ctx, name)}  # --json: --quiet
     keep_freed_memory()
-    summary = train(options, resume=resume, command=["amir", *sys.argv[1:]], changed=changed)
-    if int(os.environ.get("RANK", "0")) != 0:
+    try:
+        summary = train(options, resume=resume, command=["amir", *sys.argv[1:]], changed=changed)
+    except TrainingStopped as stopped:  # last.pt is written: a stop asked for, not an error
+        say(f"amir: {stopped}", quiet=False)
+        raise typer.Exit(128 + stopped.signum) from None
+    if torchrun().rank != 0:
         return
     if json_out:
         print_json(summary)

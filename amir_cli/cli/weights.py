@@ -1,4 +1,4 @@
-"""`amir weights`: list, verify, path, import and add."""
+"""`amir weights`: list, verify, path, import, add and remove."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import AmirError, one_line
-from .common import Command, JsonOpt, QuietOpt, app, examples, print_json
+from ..tasks import TASKS
+from .common import Command, JsonOpt, QuietOpt, app, check_weights_name, examples, print_json
 
 
 weights_app = typer.Typer(
     rich_markup_mode=None,
-    help="The weights registry: list, verify, locate and import weights.",
+    help="The weights registry: list, verify, import and remove weights.",
     no_args_is_help=True,
-    epilog=examples("amir weights list", "amir weights import AMIR_official.pth --name amir-paper"),
+    epilog=examples("amir weights list", "amir weights import AMIR_official.pth --name amir-paper", "amir weights remove amir-paper"),
 )
 app.add_typer(weights_app, name="weights")
 
@@ -49,14 +50,21 @@ def weights_list(quiet: QuietOpt = False, json_out: JsonOpt = False) -> None:
         typer.echo(f"no weights installed (user folder {W.user_dir()}); import some with `amir weights import`")
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table("name", "source", "tasks", "sha256", "file")
+    from ..tables import fitted_table
+
+    table_rows = []
     for r in rows:
-        name = r["name"] + (" (default)" if r["default"] else "")
-        tasks = ", ".join(r["tasks"] or []) if isinstance(r["tasks"], list) else str(r["tasks"] or "")
-        table.add_row(name, "shipped" if r["shipped"] else "user", tasks, r["sha256"][:12], r["path"])
-    Console().print(table)
+        tasks = r["tasks"] if isinstance(r["tasks"], list) else [str(r["tasks"] or "")]
+        table_rows.append((r["name"] + (" (default)" if r["default"] else ""), "shipped" if r["shipped"] else "user",
+                           "all" if set(tasks) == set(TASKS) else ",".join(tasks), r["sha256"][:12], Path(r["path"]).name))
+    console = Console()
+    table, _ = fitted_table(("name", "source", "tasks", "sha256", "file"), table_rows, width=console.width, drop=("sha256", "file", "tasks"))
+    console.print(table)
+    for label, shipped in (("shipped", True), ("user", False)):  # whole paths, on lines of their own
+        folders = sorted({str(Path(r["path"]).parent) for r in rows if r["shipped"] == shipped})
+        for folder in folders:
+            typer.echo(f"{label} files in {folder}")
 
 
 @weights_app.command(cls=Command, name="verify", short_help="Check every weights file against its sha256.", epilog=examples("amir weights verify", "amir weights verify my-ct-model"))
@@ -114,6 +122,7 @@ def weights_import(
     """Check that a published checkpoint loads into AMIR and add it to the user registry."""
     from .. import weights as W
 
+    check_weights_name(name)
     if not path.is_file():
         raise AmirError(f"{path}: no such file")
     entry = W.import_official(path, name)
@@ -135,9 +144,25 @@ def weights_add(
     """Add a training run's best weights (EMA if used) to the user registry, with its recipe and scores."""
     from ..training import export_run
 
+    check_weights_name(name)
     entry = export_run(run_dir, name, which="last" if last else "best")
     if json_out:
         print_json({"name": entry.name, "path": str(entry.path), "sha256": entry.sha256})
     elif not quiet:
         typer.echo(f"added {run_dir} as {entry.name} -> {entry.path} (sha256 {entry.sha256[:12]})")
 
+
+@weights_app.command(cls=Command, name="remove", short_help="Remove a user entry from the registry.", epilog=examples("amir weights remove my-amir-s"))
+def weights_remove(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A user entry (shipped weights are never removed).", show_default=False)],
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove a user entry (trained or imported) and its file from the registry."""
+    from .. import weights as W
+
+    entry = W.remove_entry(name)
+    if json_out:
+        print_json({"name": entry.name, "path": str(entry.path), "sha256": entry.sha256, "removed": True})
+    elif not quiet:
+        typer.echo(f"removed {entry.name} ({entry.path})")

@@ -1,6 +1,8 @@
-"""Reading DICOM: finding and grouping series, geometric sorting, rescale, PET SUV.
+"""Reading DICOM: one series (single-frame files, or the frames of one multi-frame file) as a
+volume: geometric sorting, rescale, PET SUV.
 
-Writing a derived series is :mod:`amir_cli.imaging.dicom_write`.
+Grouping a folder into series is :mod:`amir_cli.imaging.dicom_series`, the frames of multi-frame
+files :mod:`amir_cli.imaging.dicom_frames`; writing a derived series :mod:`amir_cli.imaging.dicom_write`.
 
 Pixel (row r, column c) of a slice sits at IPP + c * dc * X + r * dr * Y (X, Y: the two cosines
 of ImageOrientationPatient; PixelSpacing = [dr, dc]). The volume is indexed (column, row, slice),
@@ -10,92 +12,28 @@ affine is ``ras_from_lps`` of it (the one LPS<->RAS function, in io.py).
 
 from __future__ import annotations
 
-import datetime as dt
-import os
 from pathlib import Path
 
 import numpy as np
 
 from amir_cli.errors import BadInputError, one_line
+from amir_cli.imaging.dicom_frames import frame_headers, is_multiframe
+from amir_cli.imaging.dicom_objects import not_an_image
+from amir_cli.imaging.dicom_series import (DICOM_SUFFIXES, describe_series, folder_dicom_files, folder_series,  # noqa: F401
+                                           is_dicom_file, read_header, scan_folder)
+from amir_cli.imaging.dicom_suv import suv_factors
+from amir_cli.imaging.dicom_tags import _floats, _pydicom, _require
 from amir_cli.imaging.volume import Volume, check_dimensions, check_pixels, integer_dtype_for, ras_from_lps
 
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-_DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _MODALITIES = ("CT", "MR", "PT")
 _UNITS = {"CT": "HU", "PT": "SUV"}
 
 
-def _pydicom():
-    import pydicom
-
-    return pydicom
-
-
-# --------------------------------------------------------------------------------------------
-# finding and grouping files
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """True for a DICOM Part-10 file (128-byte preamble followed by 'DICM')."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def folder_dicom_files(folder: str | Path) -> list[Path]:
-    """The DICOM files directly inside ``folder`` (by magic bytes or a .dcm/.dicom/.ima name)."""
-    files = []
-    for f in sorted(Path(folder).iterdir()):
-        if f.name.startswith(".") or f.name.upper() == "DICOMDIR" or not f.is_file():
-            continue
-        if f.suffix.lower() in DICOM_SUFFIXES or is_dicom_file(f):
-            files.append(f)
-    return files
-
-
-def _read_header(path: Path):
-    """Header only (no pixel data); BadInputError for anything that is not DICOM."""
-    pydicom = _pydicom()
-    if not os.access(path, os.R_OK):
-        raise BadInputError(f"{path}: file is not readable (permission denied)")
-    try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception as exc:
-        raise BadInputError(f"{path}: not a readable DICOM file ({one_line(exc)})") from None
-
-
-def group_series(folder: str | Path) -> dict[str, list[tuple[Path, object]]]:
-    """Image files of ``folder`` grouped by SeriesInstanceUID; BadInputError unless exactly one."""
-    folder = Path(folder)
-    if not any(True for f in folder.iterdir() if not f.name.startswith(".")):
-        raise BadInputError(f"{folder}: folder is empty")
-    files = folder_dicom_files(folder)
-    if not files:
-        raise BadInputError(
-            f"{folder}: no DICOM files in this folder (a folder of image files or series folders is a batch)"
-        )
-    series: dict[str, list[tuple[Path, object]]] = {}
-    for f in files:
-        ds = _read_header(f)
-        if str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
-            continue
-        if "Rows" not in ds or "Columns" not in ds:
-            continue  # not an image (structured report, presentation state, ...)
-        uid = str(ds.get("SeriesInstanceUID", "") or "")
-        if not uid:
-            raise BadInputError(f"{f}: missing required tag SeriesInstanceUID (0020,000E)")
-        series.setdefault(uid, []).append((f, ds))
-    if not series:
-        raise BadInputError(f"{folder}: no DICOM images in this folder")
+def group_series(folder: str | Path) -> dict[str, list]:
+    """The image series of ``folder`` (see :func:`scan_folder`); BadInputError unless exactly one."""
+    series, _notes = scan_folder(folder)
     if len(series) > 1:
-        parts = [
-            f"{uid} (series number {items[0][1].get('SeriesNumber', '?')}, {items[0][1].get('Modality', '?')}, {len(items)} files)"
-            for uid, items in sorted(series.items(), key=lambda kv: -len(kv[1]))
-        ]
-        raise BadInputError(f"{folder}: holds {len(series)} DICOM series, give one series folder: " + "; ".join(parts))
+        raise BadInputError(f"{folder}: holds {len(series)} DICOM series, give one series folder: {describe_series(series)}")
     return series
 
 
@@ -103,38 +41,38 @@ def group_series(folder: str | Path) -> dict[str, list[tuple[Path, object]]]:
 # reading
 
 
-def read_series_folder(folder: str | Path) -> Volume:
+def read_series_folder(folder: str | Path, series_uid: str | None = None) -> Volume:
+    """One series of a folder: the only one, or the one whose SeriesInstanceUID is ``series_uid``."""
     folder = Path(folder)
-    (items,) = group_series(folder).values()
-    return _build_volume(items, str(folder))
+    series, notes = scan_folder(folder)
+    if series_uid is None and len(series) > 1:
+        raise BadInputError(f"{folder}: holds {len(series)} DICOM series, give one series folder: {describe_series(series)}")
+    if series_uid is not None and series_uid not in series:
+        raise BadInputError(f"{folder}: holds no image series {series_uid}")
+    items = series[series_uid] if series_uid is not None else next(iter(series.values()))
+    return _build_volume(items, str(folder), notes)
 
 
 def read_dicom_file(path: str | Path) -> Volume:
     path = Path(path)
-    ds = _read_header(path)
-    if "Rows" not in ds or "Columns" not in ds:
-        raise BadInputError(f"{path}: DICOM file holds no image (missing Rows/Columns)")
-    return _build_volume([(path, ds)], str(path))
+    ds = read_header(path)
+    kind = not_an_image(ds)
+    if kind:
+        raise BadInputError(f"{path}: {kind}")
+    return _build_volume([(path, ds)], str(path), [])
 
 
-def _require(ds, keyword: str, what: str):
-    pydicom = _pydicom()
-    value = ds.get(keyword)
-    if value is None or value == "" or (hasattr(value, "__len__") and len(value) == 0):
-        tag = pydicom.datadict.tag_for_keyword(keyword)
-        tag_text = f" ({tag >> 16:04X},{tag & 0xFFFF:04X})" if tag is not None else ""
-        raise BadInputError(f"{what}: missing required DICOM tag {keyword}{tag_text}")
-    return value
-
-
-def _floats(value, n: int, keyword: str, what: str) -> np.ndarray:
-    try:
-        arr = np.array([float(v) for v in value], dtype=np.float64)
-    except Exception:
-        raise BadInputError(f"{what}: DICOM tag {keyword} is not numeric") from None
-    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
-        raise BadInputError(f"{what}: DICOM tag {keyword} must hold {n} numbers")
-    return arr
+def _slices(items: list, what: str) -> tuple[list, list[str], object]:
+    """[(path, header, frame)] of the series: a file per slice (frame None), or the frames of one
+    multi-frame file; notes; the multi-frame header (None for single-frame files)."""
+    multi = [ds for _p, ds in items if is_multiframe(ds)]
+    if not multi:
+        return [(p, ds, None) for p, ds in items], [], None
+    if len(items) > 1:
+        raise BadInputError(f"{what}: a series of {len(items)} files of which {len(multi)} hold several frames; give one multi-frame file")
+    (path, ds), = items
+    headers, notes = frame_headers(ds, str(path))
+    return [(path, h, k) for k, h in enumerate(headers)], notes, ds
 
 
 def _geometry(ds, what: str, required: bool):
@@ -160,37 +98,40 @@ def _geometry(ds, what: str, required: bool):
     return x / nx, y / ny, float(ps[0]), float(ps[1]), ipp
 
 
-def _check_headers(items: list[tuple[Path, object]], what: str) -> tuple[int, int]:
-    """(rows, columns) shared by every slice; single-frame greyscale images only."""
-    for _path, ds in items:
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise BadInputError(f"{what}: multi-frame DICOM images are not supported")
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-            raise BadInputError(f"{what}: colour DICOM images are not supported (SamplesPerPixel > 1)")
+def _check_headers(items: list, what: str) -> tuple[int, int]:
+    """(rows, columns) shared by every slice; greyscale images only."""
+    for path, ds, _frame in items:
+        photometric = str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").upper()
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or not photometric.startswith("MONOCHROME"):
+            raise BadInputError(f"{what}: colour DICOM images are not supported (PhotometricInterpretation {photometric})")
         for key in ("Rows", "Columns", "BitsAllocated"):
-            _require(ds, key, str(_path))
+            _require(ds, key, str(path))
     ds0 = items[0][1]
     rows, cols = int(ds0.Rows), int(ds0.Columns)
-    if any(int(ds.Rows) != rows or int(ds.Columns) != cols for _p, ds in items):
+    if any(int(ds.Rows) != rows or int(ds.Columns) != cols for _p, ds, _f in items):
         raise BadInputError(f"{what}: slices of the series have different sizes")
     return rows, cols
 
 
-def _sorted_slices(items: list[tuple[Path, object]], what: str):
+def _where(path: Path, frame: int | None) -> str:
+    return str(path) if frame is None else f"{path} (frame {frame + 1})"
+
+
+def _sorted_slices(items: list, what: str):
     """(items, geometries, slice normal): the slices sorted by position along their common normal."""
     n = len(items)
-    geo = [_geometry(ds, str(p), required=n > 1) for p, ds in items]
+    geo = [_geometry(ds, _where(p, f), required=n > 1) for p, ds, f in items]
     x, y, dr, dc, _ = geo[0]
-    for p_ds, g in zip(items, geo, strict=True):
+    for item, g in zip(items, geo, strict=True):
         if not (
             np.allclose(g[0], x, atol=1e-4)
             and np.allclose(g[1], y, atol=1e-4)
             and abs(g[2] - dr) < 1e-4
             and abs(g[3] - dc) < 1e-4
         ):
-            raise BadInputError(f"{what}: slices differ in orientation or pixel spacing ({p_ds[0].name})")
+            raise BadInputError(f"{what}: slices differ in orientation or pixel spacing ({_where(Path(item[0].name), item[2])})")
     normal = np.cross(x, y)
-    # sort by position along the slice normal, not by file name or instance number
+    # sort by position along the slice normal, not by file name, instance or frame number
     order = sorted(range(n), key=lambda i: float(np.dot(geo[i][4], normal)))
     return [items[i] for i in order], [geo[i] for i in order], normal
 
@@ -209,41 +150,62 @@ def _slice_step(geo: list, normal: np.ndarray, ds0, what: str) -> np.ndarray:
         )
     step_mean = (positions[-1] - positions[0]) / (n - 1)
     if np.max(np.abs(gaps - step_mean)) > max(0.05, 0.02 * step_mean):
-        raise BadInputError(
-            f"{what}: slices are not evenly spaced (gaps {gaps.min():.3g} to {gaps.max():.3g} mm): missing slices?"
-        )
+        raise BadInputError(f"{what}: {_uneven(gaps, positions)}")
     return (geo[-1][4] - geo[0][4]) / (n - 1)
 
 
-def _read_pixels(items: list[tuple[Path, object]], rows: int, cols: int):
-    """(array (column, row, slice) with the rescale applied, per-slice (slope, intercept), stored dtype)."""
-    pydicom = _pydicom()
-    array = np.empty((cols, rows, len(items)), dtype=np.float32)
-    rescale = []
-    source_dtype = None
-    for k, (path, _hdr) in enumerate(items):
+def _uneven(gaps: np.ndarray, positions: np.ndarray) -> str:
+    """Uneven slice spacing in words: where slices are missing when every gap is a multiple of the
+    common step, else the range of the gaps."""
+    step = float(np.median(gaps))
+    ratio = gaps / step
+    missing = np.rint(ratio).astype(int) - 1
+    refused = "restore a complete series with even spacing"
+    if np.all(np.abs(ratio - np.rint(ratio)) < 0.05) and missing.min() >= 0 and missing.sum() > 0:
+        at = ", ".join(f"after slice {i + 1} at {positions[i]:.4g} mm" for i in np.nonzero(missing)[0][:3])
+        return (f"slices are not evenly spaced: {missing.sum()} missing where the step is {step:.4g} mm "
+                f"({at}); {refused}")
+    return f"slices are not evenly spaced (gaps {gaps.min():.3g} to {gaps.max():.3g} mm); {refused}"
+
+
+def decode_frames(path: Path, cache: dict | None = None) -> np.ndarray:
+    """The stored pixel values of a file, all frames (frame, row, column), decoded once per ``cache``."""
+    cache = {} if cache is None else cache
+    if path not in cache:
         try:
-            full = pydicom.dcmread(str(path))
-            pixels = full.pixel_array
+            pixels = _pydicom().dcmread(str(path)).pixel_array
         except Exception as exc:
             raise BadInputError(f"{path}: cannot decode DICOM pixel data ({one_line(exc)})") from None
-        if pixels.shape != (rows, cols):
-            raise BadInputError(f"{path}: pixel data shape {pixels.shape} does not match Rows x Columns")
-        source_dtype = source_dtype or pixels.dtype
-        slope = float(full.get("RescaleSlope", 1) or 1)
-        intercept = float(full.get("RescaleIntercept", 0) or 0)
+        cache.clear()  # one file at a time: the series' files in order, or one multi-frame file
+        cache[path] = pixels if pixels.ndim == 3 else pixels[None]
+    return cache[path]
+
+
+def _read_pixels(items: list, rows: int, cols: int):
+    """(array (column, row, slice) with the rescale applied, per-slice (slope, intercept), stored dtype)."""
+    array = np.empty((cols, rows, len(items)), dtype=np.float32)
+    rescale = []
+    cache: dict = {}
+    frames = None
+    for k, (path, header, frame) in enumerate(items):
+        frames = decode_frames(path, cache)
+        if frames.shape[1:] != (rows, cols) or (frame or 0) >= frames.shape[0]:
+            raise BadInputError(f"{path}: pixel data shape {frames.shape} does not match Rows x Columns (x frames)")
+        slope = float(header.get("RescaleSlope", 1) or 1)
+        intercept = float(header.get("RescaleIntercept", 0) or 0)
         rescale.append((slope, intercept))
-        array[:, :, k] = (pixels.astype(np.float64) * slope + intercept).T
-    return array, rescale, source_dtype
+        array[:, :, k] = (frames[frame or 0].astype(np.float64) * slope + intercept).T
+    return array, rescale, frames.dtype
 
 
-def _series_meta(items: list[tuple[Path, object]], what: str, rescale: list, affine: np.ndarray) -> dict:
-    """What a derived series needs of its source (headers, files, rescale, grid) and its descriptions."""
+def _series_meta(items: list, what: str, rescale: list, affine: np.ndarray) -> dict:
+    """What a derived series needs of its source (headers, files, frames, rescale, grid) and its descriptions."""
     ds0 = items[0][1]
     return {
         "source_path": str(Path(what).resolve()),
-        "dicom_datasets": [ds for _p, ds in items],
-        "dicom_files": [str(p) for p, _ds in items],
+        "dicom_datasets": [ds for _p, ds, _f in items],
+        "dicom_files": [str(p) for p, _ds, _f in items],
+        "dicom_frames": [f for _p, _ds, f in items],
         "dicom_rescale": rescale,
         "dicom_modality": str(ds0.get("Modality", "") or "").upper(),
         "dicom_shape": (int(ds0.Columns), int(ds0.Rows), len(items)),
@@ -257,7 +219,9 @@ def _series_meta(items: list[tuple[Path, object]], what: str, rescale: list, aff
     }
 
 
-def _build_volume(items: list[tuple[Path, object]], what: str) -> Volume:
+def _build_volume(items: list, what: str, notes: list[str]) -> Volume:
+    syntaxes = {str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "") for _p, ds in items}
+    items, frame_notes, multiframe = _slices(items, what)
     n = len(items)
     ds0 = items[0][1]
     rows, cols = _check_headers(items, what)
@@ -282,6 +246,10 @@ def _build_volume(items: list[tuple[Path, object]], what: str) -> Volume:
     check_pixels(array, what)
 
     meta = _series_meta(items, what, rescale, affine)
+    meta["notes"] = list(notes) + frame_notes
+    meta["dicom_transfer_syntax"] = syntaxes.pop() if len(syntaxes) == 1 else ""
+    if multiframe is not None:
+        meta["dicom_multiframe"] = multiframe
     unit = _UNITS.get(modality or "", "arbitrary")
     integer_valued = all(s == 1.0 and float(b).is_integer() for s, b in rescale)
     if modality == "PT":
@@ -304,124 +272,3 @@ def _build_volume(items: list[tuple[Path, object]], what: str) -> Volume:
         slice_axis=2,
         meta=meta,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# PET: Bq/ml <-> SUV (body weight)
-
-
-def _parse_da(value) -> dt.date | None:
-    text = str(value or "").strip().replace(".", "").replace("-", "")
-    if len(text) < 8:
-        return None
-    try:
-        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
-    except ValueError:
-        return None
-
-
-def _parse_tm(value) -> dt.timedelta | None:
-    text = str(value or "").strip().replace(":", "")
-    if not text:
-        return None
-    try:
-        whole, _, frac = text.partition(".")
-        h = int(whole[0:2])
-        m = int(whole[2:4]) if len(whole) >= 4 else 0
-        s = int(whole[4:6]) if len(whole) >= 6 else 0
-        f = float("0." + frac) if frac else 0.0
-    except ValueError:
-        return None
-    return dt.timedelta(hours=h, minutes=m, seconds=s + f)
-
-
-def _parse_dt(value) -> dt.datetime | None:
-    text = str(value or "").strip()
-    for sign in "+-":
-        if sign in text[8:]:
-            text = text[: 8 + text[8:].index(sign)]  # drop the UTC offset: both times share it
-    day = _parse_da(text[:8])
-    if day is None:
-        return None
-    tm = _parse_tm(text[8:]) if len(text) > 8 else dt.timedelta(0)
-    return dt.datetime.combine(day, dt.time()) + (tm or dt.timedelta(0))
-
-
-def _when(date_value, time_value) -> dt.datetime | None:
-    day, tm = _parse_da(date_value), _parse_tm(time_value)
-    if tm is None:
-        return None
-    return dt.datetime.combine(day or dt.date(2000, 1, 1), dt.time()) + tm
-
-
-def suv_factors(datasets: list, what: str = "PET series") -> np.ndarray:
-    """Per-slice factor SUV = Bq/ml * factor (body weight), factor = weight_g / decayed dose.
-
-    DecayCorrection START: images are decay-corrected to the series start (SeriesDate/Time, else the
-    earliest acquisition), so the dose is decayed from injection to then; ADMIN: corrected to the
-    injection, no decay; NONE: each slice is decayed to its own AcquisitionTime. Units GML are
-    already SUV (factor 1).
-    """
-    ds0 = datasets[0]
-    units = str(_require(ds0, "Units", what)).strip().upper()
-    n = len(datasets)
-    if units == "GML":
-        return np.ones(n)
-    if units != "BQML":
-        raise BadInputError(f"{what}: PET Units {units!r} cannot be converted to SUV (need BQML or GML)")
-    weight_kg = float(_require(ds0, "PatientWeight", what))
-    if not weight_kg > 0:
-        raise BadInputError(f"{what}: PatientWeight (0010,1030) must be positive")
-    seq = _require(ds0, "RadiopharmaceuticalInformationSequence", what)
-    info = seq[0]
-    dose = float(_require(info, "RadionuclideTotalDose", what))
-    half_life = float(_require(info, "RadionuclideHalfLife", what))
-    if not (dose > 0 and half_life > 0):
-        raise BadInputError(f"{what}: RadionuclideTotalDose and RadionuclideHalfLife must be positive")
-    correction = str(_require(ds0, "DecayCorrection", what)).strip().upper()
-    weight_g = weight_kg * 1000.0
-    if correction == "ADMIN":
-        return np.full(n, weight_g / dose)
-    if correction not in ("START", "NONE"):
-        raise BadInputError(f"{what}: unknown DecayCorrection {correction!r} (expected START, ADMIN or NONE)")
-
-    date_known = True
-    injection = _parse_dt(info.get("RadiopharmaceuticalStartDateTime"))
-    if injection is None:
-        start_time = _require(info, "RadiopharmaceuticalStartTime", what)
-        date = ds0.get("SeriesDate") or ds0.get("AcquisitionDate") or ds0.get("StudyDate")
-        date_known = bool(date)
-        injection = _when(date, start_time)
-        if injection is None:
-            raise BadInputError(f"{what}: RadiopharmaceuticalStartTime is not a valid time")
-
-    def acquisition(ds) -> dt.datetime | None:
-        return _parse_dt(ds.get("AcquisitionDateTime")) or _when(
-            ds.get("AcquisitionDate") or ds.get("SeriesDate"), ds.get("AcquisitionTime")
-        )
-
-    if correction == "START":
-        ref = _when(ds0.get("SeriesDate") or ds0.get("AcquisitionDate"), ds0.get("SeriesTime"))
-        if ref is None:
-            times = [t for t in (acquisition(ds) for ds in datasets) if t is not None]
-            if not times:
-                raise BadInputError(f"{what}: missing required DICOM tag SeriesTime (0008,0031)")
-            ref = min(times)
-        refs = [ref] * n
-    else:  # NONE
-        refs = []
-        for ds in datasets:
-            t = acquisition(ds)
-            if t is None:
-                raise BadInputError(f"{what}: missing required DICOM tag AcquisitionTime (0008,0032)")
-            refs.append(t)
-
-    factors = np.empty(n)
-    for k, ref in enumerate(refs):
-        seconds = (ref - injection).total_seconds()
-        if seconds < 0 and not date_known:
-            seconds += 86400.0  # injection before midnight, scan after
-        if seconds < 0:
-            raise BadInputError(f"{what}: injection time is after the scan time; cannot compute SUV")
-        factors[k] = weight_g / (dose * 2.0 ** (-seconds / half_life))
-    return factors

@@ -1,8 +1,10 @@
 """Writing DICOM: a derived series (or one file) from a restored volume and the series it was read from.
 
 New SeriesInstanceUID and SOPInstanceUIDs, DERIVED image type, a reference to each source image,
-the source's own pixel encoding where the values fit it (else int16/uint16 with a rescale), and the
-grid of the output where it differs from the source's (:mod:`amir_cli.imaging.dicom` reads).
+the source's own pixel encoding where the values fit it (else int16/uint16 with a rescale), the
+source's transfer syntax where it is lossless and an encoder is installed (else uncompressed), and
+the grid of the output where it differs from the source's (:mod:`amir_cli.imaging.dicom` reads).
+A multi-frame source gives one multi-frame object (:mod:`amir_cli.imaging.dicom_write_frames`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import copy
 import datetime as dt
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,91 +99,156 @@ def _same_geometry(volume: Volume, ref: Volume) -> bool:
     return tuple(volume.array.shape) == tuple(shape) and np.allclose(volume.affine, affine, atol=1e-6)
 
 
-def _derived_datasets(volume: Volume, ref: Volume, description: str) -> list:
-    pydicom = _pydicom()
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+@dataclass
+class Derivation:
+    """What every object of one derived series shares: its UIDs, dates, grid and encoding."""
 
+    series_uid: str
+    series_number: int
+    date: str
+    time: str
+    description: str
+    same_geometry: bool
+    lps: np.ndarray  # voxel -> LPS affine of the output grid
+    transfer_syntax: str
+
+    @property
+    def pixel_spacing(self) -> list[str]:
+        return [_ds(np.linalg.norm(self.lps[:3, 1])), _ds(np.linalg.norm(self.lps[:3, 0]))]
+
+    @property
+    def orientation(self) -> list[str]:
+        cosines = self.lps[:3, :2] / np.linalg.norm(self.lps[:3, :2], axis=0)
+        return [_ds(v) for v in np.concatenate([cosines[:, 0], cosines[:, 1]])]
+
+    def position(self, k: int) -> list[str]:
+        return [_ds(v) for v in (self.lps @ [0.0, 0.0, float(k), 1.0])[:3]]
+
+
+def _derivation(volume: Volume, ref: Volume, description: str) -> Derivation:
+    from pydicom.uid import generate_uid
+
+    now = dt.datetime.now()
+    return Derivation(
+        series_uid=generate_uid(),
+        series_number=int(ref.meta["dicom_datasets"][0].get("SeriesNumber", 0) or 0) + 1000,
+        date=now.strftime("%Y%m%d"),
+        time=now.strftime("%H%M%S"),
+        description=(description or "Restored with amir (AMIR all-in-one medical image restoration)")[:1024],
+        same_geometry=_same_geometry(volume, ref),
+        lps=ras_from_lps(volume.affine),
+        transfer_syntax=output_syntax(ref.meta.get("dicom_transfer_syntax", "")),
+    )
+
+
+def output_syntax(source: str) -> str:
+    """The source's transfer syntax where it is lossless and pydicom has an encoder for it, else
+    Explicit VR Little Endian: a lossy input is never re-encoded lossily."""
+    from pydicom import uid
+    from pydicom.pixels import get_encoder
+
+    if source in (uid.RLELossless, uid.JPEGLSLossless, uid.JPEG2000Lossless) and get_encoder(source).is_available:
+        return source
+    return uid.ExplicitVRLittleEndian
+
+
+def _derived_datasets(volume: Volume, ref: Volume, description: str) -> list:
     datasets = ref.meta["dicom_datasets"]
     n = len(datasets)
     if volume.array.ndim != 3 or volume.array.shape[2] != n:
         raise BadInputError(
             f"cannot write a DICOM series of {volume.array.shape[2]} slices from a reference of {n} slices"
         )
-    cols, rows = volume.array.shape[0], volume.array.shape[1]
-    check_dimensions((cols, rows, n), 2, "output")
+    check_dimensions(volume.array.shape, 2, "output")
     values = np.transpose(np.asarray(volume.array, dtype=np.float64), (2, 1, 0))  # (slice, row, col)
     modality = ref.meta.get("dicom_modality") or ref.modality
     if modality == "PT" and "suv_factors" in ref.meta:
         values = values / np.asarray(ref.meta["suv_factors"], dtype=np.float64)[:, None, None]
     encoded = _encode(values, datasets, modality)
+    derivation = _derivation(volume, ref, description)
+    if "dicom_multiframe" in ref.meta:
+        from amir_cli.imaging.dicom_write_frames import derived_multiframe
 
-    same_geometry = _same_geometry(volume, ref)
-    lps = ras_from_lps(volume.affine)
-    dc, dr = float(np.linalg.norm(lps[:3, 0])), float(np.linalg.norm(lps[:3, 1]))
-    iop = [_ds(v) for v in np.concatenate([lps[:3, 0] / dc, lps[:3, 1] / dr])]
+        return [derived_multiframe(ref.meta["dicom_multiframe"], ref.meta["dicom_frames"], datasets, encoded, derivation)]
+    return [_derived_slice(src, k, enc, derivation) for k, (src, enc) in enumerate(zip(datasets, encoded, strict=True))]
 
-    series_uid = generate_uid()
-    now = dt.datetime.now()
-    date_text, time_text = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    series_number = int(datasets[0].get("SeriesNumber", 0) or 0) + 1000
-    derivation = (description or "Restored with amir (AMIR all-in-one medical image restoration)")[:1024]
-    out = []
-    for k, (src, (stored, slope, intercept, bits_alloc, bits_stored, signed)) in enumerate(
-        zip(datasets, encoded, strict=True)
-    ):
-        ds = copy.deepcopy(src)
-        for tag in _DROP_TAGS:
-            if tag in ds:
-                del ds[tag]
-        sop_uid = generate_uid()
-        image_type = [str(v) for v in (ds.get("ImageType") or [])]
-        # Image Type value 2: SECONDARY, except IODs that enumerate PRIMARY only (PET, NM)
-        second = "PRIMARY" if str(src.get("SOPClassUID", "")) in _PRIMARY_ONLY_CLASSES else "SECONDARY"
-        ds.ImageType = ["DERIVED", second] + image_type[2:]
-        ds.DerivationDescription = derivation
-        if "SourceImageSequence" in ds:
-            del ds.SourceImageSequence
-        _drop_empty_references(ds)
-        if _valid_uid(src.get("SOPClassUID")) and _valid_uid(src.get("SOPInstanceUID")):
-            item = Dataset()
-            item.ReferencedSOPClassUID = src.SOPClassUID
-            item.ReferencedSOPInstanceUID = src.SOPInstanceUID
-            ds.SourceImageSequence = [item]
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = sop_uid
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = (str(src.get("SeriesDescription", "") or "").strip() + " AMIR").strip()[:64]
-        ds.InstanceCreationDate, ds.InstanceCreationTime = date_text, time_text
-        ds.ContentDate, ds.ContentTime = date_text, time_text
-        if not same_geometry:
-            ds.Rows, ds.Columns = rows, cols
-            if "PixelSpacing" in src or "ImageOrientationPatient" in src:
-                ds.PixelSpacing = [_ds(dr), _ds(dc)]
-                ds.ImageOrientationPatient = iop
-                ds.ImagePositionPatient = [_ds(v) for v in (lps @ [0.0, 0.0, float(k), 1.0])[:3]]
-        # add rescale tags only where needed (MR images, for instance, usually have none)
-        if slope is not None and not (slope == "1" and intercept == "0" and "RescaleSlope" not in src):
-            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-        dtype = np.dtype(("<i" if signed else "<u") + str(bits_alloc // 8))
-        lo, hi = _stored_range(bits_stored, signed)
-        pixels = np.clip(stored, lo, hi).astype(dtype)
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_alloc, bits_stored, bits_stored - 1
-        ds.PixelRepresentation = 1 if signed else 0
-        ds.SamplesPerPixel = 1
-        ds.PixelData = pixels.tobytes()
-        ds["PixelData"].VR = "OW" if bits_alloc > 8 else "OB"
 
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.file_meta = meta
-        if int(pydicom.__version__.split(".")[0]) < 3:
-            ds.is_little_endian, ds.is_implicit_VR = True, False
-        out.append(ds)
-    return out
+def _derived_slice(src, k: int, encoded: tuple, d: Derivation):
+    """Slice ``k`` of a derived series of single-frame images, from its source image ``src``."""
+    from pydicom.dataset import Dataset
+
+    stored, slope, intercept, bits_alloc, bits_stored, signed = encoded
+    # Image Type value 2: SECONDARY, except IODs that enumerate PRIMARY only (PET, NM)
+    ds = derive_header(src, d, "PRIMARY" if str(src.get("SOPClassUID", "")) in _PRIMARY_ONLY_CLASSES else "SECONDARY")
+    ds.DerivationDescription = d.description
+    if _valid_uid(src.get("SOPClassUID")) and _valid_uid(src.get("SOPInstanceUID")):
+        item = Dataset()
+        item.ReferencedSOPClassUID = src.SOPClassUID
+        item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+        ds.SourceImageSequence = [item]
+    if not d.same_geometry:
+        ds.Rows, ds.Columns = stored.shape
+        if "PixelSpacing" in src or "ImageOrientationPatient" in src:
+            ds.PixelSpacing = d.pixel_spacing
+            ds.ImageOrientationPatient = d.orientation
+            ds.ImagePositionPatient = d.position(k)
+    # add rescale tags only where needed (MR images, for instance, usually have none)
+    if slope is not None and not (slope == "1" and intercept == "0" and "RescaleSlope" not in src):
+        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    set_pixels(ds, [stored], bits_alloc, bits_stored, signed, d.transfer_syntax)
+    return ds
+
+
+def derive_header(src, d: Derivation, second_type: str):
+    """A copy of the source header with new UIDs, series, dates and a DERIVED Image Type, without
+    the attributes that described the source's pixel values or its own references."""
+    from pydicom.uid import generate_uid
+
+    ds = copy.deepcopy(src)
+    for tag in _DROP_TAGS + ("SourceImageSequence", "DerivationImageSequence"):
+        if tag in ds:
+            del ds[tag]
+    _drop_empty_references(ds)
+    image_type = [str(v) for v in (ds.get("ImageType") or [])]
+    ds.ImageType = ["DERIVED", second_type] + image_type[2:]
+    ds.SeriesInstanceUID = d.series_uid
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesNumber = d.series_number
+    ds.SeriesDescription = (str(src.get("SeriesDescription", "") or "").strip() + " AMIR").strip()[:64]
+    ds.InstanceCreationDate, ds.InstanceCreationTime = d.date, d.time
+    ds.ContentDate, ds.ContentTime = d.date, d.time
+    return ds
+
+
+def set_pixels(ds, frames: list, bits_alloc: int, bits_stored: int, signed: bool, transfer_syntax: str) -> None:
+    """Store integer frames (row, column) in ``ds`` with its file meta, compressed losslessly in
+    ``transfer_syntax`` where that is not Explicit VR Little Endian."""
+    pydicom = _pydicom()
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+
+    dtype = np.dtype(("<i" if signed else "<u") + str(bits_alloc // 8))
+    lo, hi = _stored_range(bits_stored, signed)
+    pixels = np.stack([np.clip(f, lo, hi).astype(dtype) for f in frames])
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits_alloc, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    ds.SamplesPerPixel = 1
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    if int(pydicom.__version__.split(".")[0]) < 3:
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+    if transfer_syntax != ExplicitVRLittleEndian:
+        try:
+            ds.compress(transfer_syntax, pixels if len(frames) > 1 else pixels[0])
+            return
+        except Exception:  # noqa: BLE001 - an encoder that cannot take these pixels: store them uncompressed
+            pass
+    ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OW" if bits_alloc > 8 else "OB"
 
 
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
@@ -232,9 +300,10 @@ def write_dicom_series(volume: Volume, ref: Volume, dest: str | Path, descriptio
 
 
 def write_dicom_file(volume: Volume, ref: Volume, dest: str | Path, description: str = "") -> Path:
-    """Write a one-slice derived image as a single DICOM file (atomic)."""
+    """Write a one-slice derived image, or the derived object of a multi-frame image, as a single
+    DICOM file (atomic)."""
     dest = Path(dest)
-    if volume.array.shape[2] != 1:
+    if volume.array.shape[2] != 1 and "dicom_multiframe" not in ref.meta:
         raise BadInputError(
             f"{dest}: a .dcm file holds one slice; give a folder path for a {volume.array.shape[2]}-slice series"
         )

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from amir_cli.errors import BadInputError
-from amir_cli.tasks import EVAL_WINDOW, MRI_SR, NORM_RANGE, TASKS, Window
+from amir_cli.tasks import EVAL_WINDOW, MRI_SR, NORM_RANGE, TASKS  # noqa: F401 (EVAL_WINDOW: benchmarks/network_speed.py still imports it from here)
 
-__all__ = ["EVAL_WINDOW", "NORM_RANGE", "TASKS", "Window", "check_task", "denormalise", "mr_scale_factor", "normalise"]
+__all__ = ["check_task", "denormalise", "mr_scale_factor", "normalise"]
 
 
 # MR scaling: the 99.5th percentile of the foreground maps to this value of the 12-bit range,

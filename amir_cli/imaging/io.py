@@ -60,8 +60,9 @@ def stem(path: str | Path) -> str:
 # reading
 
 
-def read_image(path: str | Path) -> Volume:
-    """Read NIfTI, MetaImage/NRRD, one DICOM file or a folder holding one DICOM series."""
+def read_image(path: str | Path, series_uid: str | None = None) -> Volume:
+    """Read NIfTI, MetaImage/NRRD, one DICOM file, or a folder holding one DICOM series (or the
+    series ``series_uid`` of a folder holding several)."""
     from amir_cli.imaging import dicom
 
     p = Path(path)
@@ -70,7 +71,7 @@ def read_image(path: str | Path) -> Volume:
     if p.is_dir():
         if image_suffix(p) or p.suffix.lower() in dicom.DICOM_SUFFIXES:
             raise BadInputError(f"{p}: is a folder, not an image file")
-        return dicom.read_series_folder(p)
+        return dicom.read_series_folder(p, series_uid)
     if not os.access(p, os.R_OK):
         raise BadInputError(f"{p}: file is not readable (permission denied)")
     suffix = image_suffix(p)
@@ -105,7 +106,7 @@ def _read_nifti(p: Path) -> Volume:
     try:
         img = nib.load(str(p))
     except Exception as exc:
-        raise BadInputError(f"{what}: not a readable NIfTI file ({one_line(exc)})") from None
+        raise BadInputError(f"{what}: not a readable NIfTI file ({_nifti_reason(exc, p)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise BadInputError(f"{what}: not a NIfTI image")
     hdr = img.header
@@ -124,7 +125,7 @@ def _read_nifti(p: Path) -> Volume:
     try:
         data = img.get_fdata(dtype=np.float32)
     except Exception as exc:
-        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({one_line(exc)})") from None
+        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({_nifti_reason(exc, p)})") from None
     data = np.asarray(data, dtype=np.float32).reshape(shape3)
     check_pixels(data, what)
 
@@ -157,6 +158,16 @@ def _read_nifti(p: Path) -> Volume:
     )
 
 
+def _nifti_reason(exc: BaseException, p: Path) -> str:
+    """nibabel's reason in words, without the file's name (the message names it once)."""
+    text = one_line(exc, limit=None)
+    if "Cannot work out file type" in text:
+        return "no NIfTI header"
+    for name in (str(p), p.name):
+        text = text.replace(f'"{name}"', "").replace(f"'{name}'", "").replace(name, "")
+    return " ".join(text.split()).strip(" :") or type(exc).__name__
+
+
 def _check_nifti_size(p: Path, img, shape3, dtype) -> None:
     """An uncompressed file must hold the voxels its header declares (checked before reading them;
     a compressed file is read no further than the header's size)."""
@@ -172,9 +183,21 @@ def _check_nifti_size(p: Path, img, shape3, dtype) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Keep C++ libraries (ITK's MetaIO, GDCM) from printing on our stderr: the error reaches the
-    user as our one line instead."""
+def _quiet_itk():
+    """For the block only: ITK's warnings off, and C++ libraries (ITK's MetaIO, GDCM) kept from
+    printing on our stderr; the error reaches the user as our one line instead."""
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject_GetGlobalWarningDisplay()
+    try:
+        with _stderr_to_devnull():
+            yield
+    finally:
+        sitk.ProcessObject_SetGlobalWarningDisplay(shown)
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull():
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -190,12 +213,16 @@ def _quiet_stderr():
         os.close(saved)
 
 
-def _itk_message(exc: BaseException) -> str:
-    """SimpleITK's error without its source file, line and object address."""
-    text = " ".join(str(exc).split())
-    if "ITK ERROR:" in text:
-        text = text.split("ITK ERROR:", 1)[1]
-    return re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text).strip()[:300]
+def _itk_message(exc: BaseException, fallback: str = "SimpleITK gives no reason") -> str:
+    """SimpleITK's reason in words: NRRD's innermost one, else ITK's text without its source file,
+    line and object address; ``fallback`` where ITK only says that it could not read the file (MetaIO
+    prints its reason elsewhere) or says nothing."""
+    nrrd = re.findall(r"\[nrrd\] (?:\w+: )?(.+)", str(exc))
+    if nrrd:
+        return nrrd[-1].strip()
+    text = re.split(r"(?i)\bitk(?:::| )error:", " ".join(str(exc).split()))[-1]
+    text = re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text).strip()
+    return fallback if not text or text.startswith(("File cannot be read", "Exception thrown")) else text
 
 
 def _itk_affine(spacing, origin, direction, dim: int) -> np.ndarray:
@@ -212,19 +239,39 @@ def _itk_affine(spacing, origin, direction, dim: int) -> np.ndarray:
     return ras_from_lps(lps)
 
 
+def data_files(path: Path) -> list[Path]:
+    """An image file and the data file its header names (MetaImage ``ElementDataFile``, detached NRRD)."""
+    p = Path(path)
+    files = [p]
+    suffix = image_suffix(p)
+    if suffix not in (".mhd", ".nrrd") or not p.is_file():
+        return files
+    try:
+        with open(p, "rb") as f:
+            head = f.read(1 << 16).decode("latin-1")
+    except OSError:
+        return files
+    for line in head.splitlines():
+        if suffix == ".nrrd" and not line.strip():
+            break  # end of the NRRD header
+        key, sep, value = line.partition("=" if suffix == ".mhd" else ":")
+        key, value = key.strip().lower(), value.strip()
+        if sep and key in ("elementdatafile", "data file", "datafile") and value and value.upper() not in ("LOCAL", "LIST"):
+            files.append(p.parent / value.split()[0])
+    return files
+
+
 def _read_itk(p: Path) -> Volume:
     import SimpleITK as sitk
-
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)  # errors reach the user as our one line, not ITK's
 
     what = str(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
-        with _quiet_stderr():
+        with _quiet_itk():
             reader.ReadImageInformation()
     except Exception as exc:
-        raise BadInputError(f"{what}: not a readable MetaImage/NRRD file ({_itk_message(exc)})") from None
+        raise BadInputError(f"{what}: not a readable MetaImage/NRRD file ({_itk_message(exc, 'its header cannot be parsed')})") from None
     dim = reader.GetDimension()
     size = tuple(int(s) for s in reader.GetSize())
     if reader.GetNumberOfComponents() != 1:
@@ -243,12 +290,15 @@ def _read_itk(p: Path) -> Volume:
     slice_axis = choose_slice_axis(shape3, spacing)
     check_dimensions(shape3, slice_axis, what)
     check_memory(shape3, what)
+    missing = [f for f in data_files(p)[1:] if not f.is_file()]
+    if missing:
+        raise BadInputError(f"{what}: its data file {missing[0].name} is missing")
     try:
-        with _quiet_stderr():
+        with _quiet_itk():
             img = reader.Execute()
         raw = sitk.GetArrayFromImage(img)  # (z, y, x)
     except Exception as exc:
-        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({_itk_message(exc)})") from None
+        raise BadInputError(f"{what}: cannot read pixel data, file truncated or corrupt ({_itk_message(exc, 'no reason given')})") from None
     dtype = raw.dtype
     if dtype.kind not in "iuf":
         raise BadInputError(f"{what}: unsupported voxel type {dtype}")
@@ -284,15 +334,15 @@ def _read_itk(p: Path) -> Volume:
 
 
 def list_cases(folder: str | Path) -> list[Path]:
-    """Cases in an input folder: ``[folder]`` if it directly holds one DICOM series, else its image
-    files (.nii, .nii.gz, .mha, .mhd, .nrrd) and the DICOM series folders below it, sorted."""
+    """Cases in an input folder: ``[folder]`` if it directly holds DICOM files, else its image files
+    (.nii, .nii.gz, .mha, .mhd, .nrrd) and the DICOM folders below it, sorted (a DICOM folder may
+    hold several series: :func:`amir_cli.imaging.dicom.folder_series`)."""
     from amir_cli.imaging import dicom
 
     root = Path(folder)
     if not root.is_dir():
         raise BadInputError(f"{root}: not a folder")
     if dicom.folder_dicom_files(root):
-        dicom.group_series(root)  # raises for several series, listing them
         return [root]
     cases: list[Path] = []
     for entry in sorted(root.iterdir()):
@@ -404,7 +454,6 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
     the final names, then move the data file and the header (last) into place."""
     import SimpleITK as sitk
 
-    sitk.ProcessObject_SetGlobalWarningDisplay(False)
     data = to_dtype(volume.array, output_dtype(ref))
     img = sitk.GetImageFromArray(np.ascontiguousarray(data.T))  # (I,J,K) -> ITK (z,y,x) buffer
     lps = ras_from_lps(volume.affine)
@@ -416,7 +465,7 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
     try:
         with failures_as_bad_input(f"{public_path(dest)}: cannot write", _itk_message):
             target = tmp_dir / dest.name
-            with _quiet_stderr():
+            with _quiet_itk():
                 sitk.WriteImage(img, str(target), useCompression=image_suffix(dest) != ".mha")
             header_moved = False
             for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dest.name):

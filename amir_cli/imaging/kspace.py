@@ -61,3 +61,46 @@ def kspace_downsample(image2d: np.ndarray, scale: int) -> np.ndarray:
     k = np.fft.fftshift(np.fft.fft2(a) * np.exp(2j * np.pi * (scale - 1) / 2 * (fy + fx)))
     band = k[h // 2 - n // 2 : h // 2 - n // 2 + n, w // 2 - m // 2 : w // 2 - m // 2 + m]
     return (np.abs(np.fft.ifft2(np.fft.ifftshift(band))) / (scale * scale)).astype(np.float32)
+
+
+# A zero-filled image's power spectrum falls off a cliff at the band edge: the mean power just
+# outside is below this fraction of the mean power just inside (about 0.4 to 0.7 on scanner images
+# that are not zero-filled, below 0.25 on zero-filled ones with noise and integer rounding).
+CLIFF_RATIO = 0.3
+DETECT_SLICES = 16  # slices of a volume whose spectra are averaged
+MIN_DETECT_SIDE = 64  # on smaller slices the band edge is too few samples wide to tell
+
+
+def band_edge_ratio(power: np.ndarray, factor: int) -> float:
+    """Mean power just outside over just inside the central ``n // factor`` samples (the band of
+    :func:`amir_cli.imaging.degrade.kspace_mask`) of a centred 1-D power profile of length n."""
+    n = len(power)
+    m = max(1, n // factor)
+    lo = n // 2 - m // 2
+    hi, w = lo + m, max(2, m // 8)
+    inside = np.r_[power[lo : lo + w], power[hi - w : hi]].mean()
+    outside = np.r_[power[max(0, lo - w) : lo], power[hi : hi + w]].mean()
+    return float(outside / inside) if inside > 0 else float("inf")
+
+
+def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -> int | None:
+    """The factor f of a magnitude MR volume reconstructed from the central 1/f of k-space along each
+    in-plane axis (a scanner's zero-filling interpolation), or None when it is not zero-filled.
+
+    The power spectra of up to ``DETECT_SLICES`` slices are averaged into one profile per in-plane
+    axis; f is the coarsest factor at whose band edge both profiles drop below ``CLIFF_RATIO``."""
+    a = np.moveaxis(np.asarray(array, dtype=np.float32), slice_axis, 0)
+    if a.size == 0 or float(a.min()) < 0 or min(a.shape[1:]) < MIN_DETECT_SIDE:
+        return None
+    picks = np.unique(np.linspace(0, a.shape[0] - 1, min(DETECT_SLICES, a.shape[0])).round().astype(int))
+    slices = a[picks].astype(np.float64)
+    slices = slices[slices.max(axis=(1, 2)) > 0]
+    if not len(slices):
+        return None
+    slices -= slices.mean(axis=(1, 2), keepdims=True)
+    power = (np.abs(np.fft.fftshift(np.fft.fft2(slices), axes=(1, 2))) ** 2).mean(axis=0)
+    rows, cols = power.mean(axis=1), power.mean(axis=0)
+    for f in factors:
+        if max(band_edge_ratio(rows, f), band_edge_ratio(cols, f)) < CLIFF_RATIO:
+            return int(f)
+    return None

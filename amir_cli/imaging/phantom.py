@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from amir_cli.imaging.degrade import FWHM_PER_SIGMA
 
-SIMULATED_NOTE = "PET figures come from simulated FDG-like activity built from MR anatomy (tissue maps), not from PET scans"
+SIMULATED_NOTE = "PET figures come from simulated FDG-like activity built from MR and CT anatomy (tissue maps, HU classes), not from PET scans"
 
 ICBM_GM = "icbm152_2009a_gm.nii.gz"
 ICBM_WM = "icbm152_2009a_wm.nii.gz"
@@ -169,6 +169,19 @@ def tissue_from_t1(t1, spacing_mm, *, slice_axis: int = 2, strip_mm: float = 12.
     return np.moveaxis(gm, 0, slice_axis), np.moveaxis(wm, 0, slice_axis)
 
 
+def average_blocks(array, affine, zooms, blocks):
+    """(array, affine, zooms) with voxels averaged in blocks of ``blocks`` voxels per axis; each block's
+    centre keeps its world position. Trailing voxels that fill no whole block are dropped."""
+    if max(blocks) == 1:
+        return array, affine, list(zooms)
+    array = array[tuple(slice(0, n - n % b) for n, b in zip(array.shape, blocks))]
+    array = array.reshape([x for n, b in zip(array.shape, blocks) for x in (n // b, b)]).mean(axis=(1, 3, 5))
+    affine = affine.copy()
+    affine[:3, :3] = affine[:3, :3] * np.asarray(blocks)
+    affine[:3, 3] += affine[:3, :3] @ ((np.asarray(blocks) - 1) / (2 * np.asarray(blocks)))
+    return array, affine, [z * b for z, b in zip(zooms, blocks)]
+
+
 def load_t1_pet(path, rng, *, skull_stripped: bool = False, min_voxel_mm: float = 1.0, **kw):
     """Simulated FDG PET (SUV, float32) on the anatomy of a T1-weighted image file, and its affine.
 
@@ -181,13 +194,71 @@ def load_t1_pet(path, rng, *, skull_stripped: bool = False, min_voxel_mm: float 
     t1 = np.asarray(img.dataobj, np.float32)
     affine = img.affine.copy()
     zooms = [float(z) for z in img.header.get_zooms()[:3]]
-    blocks = [max(1, int(min_voxel_mm // z)) for z in zooms]
-    if max(blocks) > 1:
-        t1 = t1[tuple(slice(0, n - n % b) for n, b in zip(t1.shape, blocks))]
-        t1 = t1.reshape([x for n, b in zip(t1.shape, blocks) for x in (n // b, b)]).mean(axis=(1, 3, 5))
-        affine[:3, :3] = affine[:3, :3] * np.asarray(blocks)
-        affine[:3, 3] += affine[:3, :3] @ ((np.asarray(blocks) - 1) / (2 * np.asarray(blocks)))
-        zooms = [z * b for z, b in zip(zooms, blocks)]
+    t1, affine, zooms = average_blocks(t1, affine, zooms, [max(1, int(min_voxel_mm // z)) for z in zooms])
     slice_axis = int(np.argmax(zooms))
     gm, wm = tissue_from_t1(t1, zooms, slice_axis=slice_axis, strip_mm=0.0 if skull_stripped else 12.0)
     return fdg_activity_from_tissue(gm, wm, zooms, rng, **kw), affine
+
+
+# Body PET on CT anatomy: FDG-like uptake (SUV) per tissue class of the Hounsfield scale.
+BODY_SUV = {"lung": (0.3, 0.7), "fat": (0.2, 0.5), "soft": (0.8, 2.4), "bone": (0.4, 0.9), "brain": (5.0, 9.0)}
+
+
+def fdg_activity_from_ct(hu, spacing_mm, rng, *, slice_axis: int = 2, n_lesions: int = 4,
+                         lesion_suv: tuple[float, float] = (3.0, 15.0), lesion_radius_mm: tuple[float, float] = (3.0, 12.0),
+                         fwhm_mm: float = 4.5):
+    """FDG-like activity (SUV, float32, the shape of ``hu``) on the anatomy of a CT volume in HU.
+
+    Tissue classes by HU inside the body (the largest connected region above -500 HU per slice,
+    holes filled): lung (below -400), fat (-200 to -30), soft tissue (-30 to 200), bone (above 200);
+    soft tissue enclosed by bone in a slice (a skull) is brain. Each class takes an SUV drawn from
+    :data:`BODY_SUV`; soft tissue varies smoothly (organs differ: liver, muscle, blood pool) by a
+    low-pass random field. ``n_lesions`` hot spheres sit in soft tissue or lung; then a Gaussian
+    blur of ``fwhm_mm``.
+    """
+    a = np.moveaxis(np.asarray(hu, np.float64), slice_axis, 0)
+    sp = np.asarray([s for i, s in enumerate(spacing_mm) if i != slice_axis], np.float64)
+    body = np.zeros(a.shape, bool)
+    brain = np.zeros(a.shape, bool)
+    for k in range(a.shape[0]):
+        labels, n = ndimage.label(a[k] > -500)
+        if n:
+            largest = labels == 1 + int(np.argmax(ndimage.sum(np.ones_like(labels), labels, range(1, n + 1))))
+            body[k] = ndimage.binary_fill_holes(largest)
+        bone = ndimage.binary_closing(a[k] > 200, iterations=2)
+        inside = ndimage.binary_fill_holes(bone) & ~bone
+        brain[k] = inside & (a[k] > -30) & (a[k] < 200) if inside.sum() * np.prod(sp) > 2000 else False
+    classes = {"lung": body & (a < -400), "fat": body & (a >= -200) & (a < -30),
+               "soft": body & (a >= -30) & (a <= 200) & ~brain, "bone": body & (a > 200), "brain": brain}
+    act = np.zeros(a.shape, np.float64)
+    for name, mask in classes.items():
+        act[mask] = rng.uniform(*BODY_SUV[name])
+    field = ndimage.gaussian_filter(rng.standard_normal(a.shape), sigma=[3.0, *(40.0 / sp)])
+    field = np.exp(0.5 * field / max(float(field.std()), 1e-12))  # organs: factor 0.6-1.6 around the draw
+    act = np.where(classes["soft"], act * field, act)
+    spacing = np.asarray([spacing_mm[slice_axis], *sp])
+    candidates = np.argwhere(classes["soft"] | classes["lung"])
+    grids = np.ogrid[tuple(slice(0, n) for n in a.shape)]
+    for _ in range(int(n_lesions) if candidates.size else 0):
+        centre = candidates[rng.integers(len(candidates))]
+        radius = float(rng.uniform(*lesion_radius_mm))
+        d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, centre, spacing))
+        act = np.where(d2 <= radius**2, float(rng.uniform(*lesion_suv)), act)
+    if fwhm_mm > 0:
+        act = ndimage.gaussian_filter(act, sigma=float(fwhm_mm) / FWHM_PER_SIGMA / spacing, mode="constant")
+    return np.moveaxis(np.clip(act, 0.0, None), 0, slice_axis).astype(np.float32)
+
+
+def load_ct_pet(path, rng, *, min_voxel_mm: float = 2.0, **kw):
+    """Simulated FDG PET (SUV, float32) on the anatomy of a CT image file (HU), and its affine.
+
+    In-plane voxels finer than ``min_voxel_mm`` are averaged in blocks first (PET pixels are 2 to 4 mm);
+    extra keywords go to :func:`fdg_activity_from_ct`."""
+    from amir_cli.imaging.io import read_image
+
+    vol = read_image(path)
+    hu, affine, zooms = vol.array, vol.affine.copy(), list(vol.spacing_mm)
+    axis = vol.slice_axis
+    blocks = [1 if i == axis else max(1, int(min_voxel_mm // z)) for i, z in enumerate(zooms)]
+    hu, affine, zooms = average_blocks(hu, affine, zooms, blocks)
+    return fdg_activity_from_ct(hu, zooms, rng, slice_axis=axis, **kw), affine

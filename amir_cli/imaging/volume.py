@@ -55,6 +55,10 @@ class Volume:
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
 
+    def slices_first(self) -> np.ndarray:
+        """The pixels as a contiguous float32 (slices, rows, columns) stack."""
+        return np.ascontiguousarray(np.moveaxis(self.array, self.slice_axis, 0), dtype=np.float32)
+
     def with_array(self, array: np.ndarray, affine: np.ndarray | None = None) -> "Volume":
         """A copy with new pixels (physical units) and optionally a new affine (e.g. after --scale)."""
         return dataclasses.replace(

@@ -25,7 +25,6 @@ _EXPORTS = {
     "SamplerOptions": "sampling",
     "Hooks": "trainer",
     "TrainingDivergedError": "trainer",
-    "state_hash": "trainer",
     "evaluate": "validation",
     "validation_set": "validation",
     "TrainingDataError": "volumes",

@@ -4,8 +4,10 @@ with ``torch.load(weights_only=True)``), JSON, the metrics log and the training-
 from __future__ import annotations
 
 import json
-import os
 import random
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +23,64 @@ METRICS = "metrics.jsonl"
 CURVES = "curves.png"
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 class RunFolderError(AmirError):
     """The run folder cannot be written (permissions, disk full) or read back."""
+
+
+class TrainingStopped(AmirError):
+    """SIGINT or SIGTERM stopped the run after its last.pt was written; ``signum`` says which."""
+
+    def __init__(self, signum: int, iteration: int, run_dir: Path):
+        self.signum = int(signum)
+        super().__init__(f"training stopped by {signal.Signals(signum).name} at iteration {iteration}; "
+                         f"last.pt holds it: continue with amir train --resume {run_dir}")
+
+
+class CheckpointSchedule:
+    """When last.pt is due: every ``every`` iterations, every ``minutes`` of wall time (0: never by
+    time), at the last iteration, and at once when SIGINT or SIGTERM asks the run to stop.
+
+    Used as a context manager around the training loop: the signals only set :attr:`stop` (the step
+    under way finishes, is saved, and the run ends); a second signal acts as it did before."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, every: int, minutes: float, total: int, clock=time.monotonic):
+        self.every, self.seconds, self.total, self.clock = int(every), float(minutes) * 60.0, int(total), clock
+        self.saved_at = clock()
+        self.stop: int | None = None  # the signal that asked the run to stop
+        self._previous: dict = {}
+
+    def __enter__(self) -> "CheckpointSchedule":
+        if threading.current_thread() is threading.main_thread():  # Python's signals reach the main thread only
+            self._previous = {s: signal.signal(s, self._ask_stop) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _ask_stop(self, signum, _frame) -> None:
+        self.stop = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def due(self, iteration: int) -> bool:
+        by_time = self.seconds > 0 and self.clock() - self.saved_at >= self.seconds
+        return iteration % self.every == 0 or iteration == self.total or by_time or self.stop is not None
+
+    def saved(self) -> None:
+        self.saved_at = self.clock()
 
 
 def atomic_file(path: Path, write) -> None:
     """write(tmp_path) then os.replace: a reader (or a kill -9) sees the old file or the new one."""
     path = Path(path)
     try:
-        # mkstemp makes 0600 files; give them the usual permissions
-        atomic_write(path, write, mode=0o666 & ~_UMASK, fsync=True)
+        atomic_write(path, write, fsync=True)
     except OSError as exc:
         raise RunFolderError(
             f"cannot write {path.name} in run folder {path.parent} ({exc.strerror or exc}); "
@@ -55,20 +101,16 @@ def load_torch(path: Path) -> dict:
         raise RunFolderError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
-def write_json(path: Path, data: dict) -> None:
-    def w(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=json_default)
-            f.write("\n")
-
-    atomic_file(path, w)
-
-
 def read_json(path: Path) -> dict:
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise RunFolderError(f"cannot read {path}: {exc}") from None
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunFolderError(f"{path.parent}: not an amir train run folder (it has no {path.name})") from None
+    except OSError as exc:
+        raise RunFolderError(f"cannot read {path} ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise RunFolderError(f"{path} is not valid JSON ({exc})") from None
 
 
 # ------------------------------------------------------------------------------ RNG states
@@ -138,15 +180,16 @@ class MetricsLog:
 
 
 def plot_curves(records: list, path: Path) -> None:
-    """Training loss and validation PSNR per task over iterations (PNG, matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    """Training loss and validation PSNR per task over iterations (PNG on matplotlib's Agg canvas;
+    no pyplot, so the process's backend is left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
     if train:
         it = [r["iteration"] for r in train]
         ax1.plot(it, [r["l1"] for r in train], label="L1")
@@ -171,7 +214,4 @@ def plot_curves(records: list, path: Path) -> None:
     def w(tmp):
         fig.savefig(tmp, format="png", dpi=90)
 
-    try:
-        atomic_file(path, w)
-    finally:
-        plt.close(fig)
+    atomic_file(path, w)

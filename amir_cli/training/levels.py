@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amir_cli.tasks import CT_DENOISE, MRI_SR, PET_SYNTHESIS
+from amir_cli.tasks import CT_DENOISE, MR_FACTORS, MRI_SR, PET_SYNTHESIS
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class Levels:
 
     ct_dose: tuple[float, float] = (0.05, 0.5)  # dose fraction, log-uniform
     ct_i0: tuple[float, float] = (1e5, 1e6)  # photons per 1 mm bin per view, log-uniform
-    mr_factors: tuple[int, ...] = (2, 4)  # k-space truncation factor, uniform choice
+    mr_factors: tuple[int, ...] = MR_FACTORS  # k-space truncation factor, uniform choice
     pet_dose: tuple[float, float] = (1 / 20, 1 / 2)  # dose fraction, log-uniform
     pet_counts: tuple[float, float] = (1e6, 1e7)  # full-dose true coincidences per slice, log-uniform
     pet_recon_mm: tuple[float, float] = (2.0, 4.0)  # reconstruction pixel, uniform

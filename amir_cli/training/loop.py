@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 
 from amir_cli._version import __version__
-from amir_cli.device import pick_device
+from amir_cli.device import pick_device, torchrun
 from amir_cli.errors import BadInputError, one_line
+from amir_cli.files import json_writer
 from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
-from .options import CPU_PATCH_SIZE, PAPER_PATCH_SIZE, TrainOptions, resumed_options
+from .options import TrainOptions, resumed_options, started_options
+from .report import say
 from .sampling import PatchSampler, SamplerOptions, make_loader
 from .trainer import Dist, Hooks, Trainer
 from .validation import validation_set
@@ -63,7 +65,7 @@ def _finished_run(run_dir: Path, o: TrainOptions, done: int) -> dict:
     note = f"{run_dir} has already done its {done} iterations: nothing to train (a larger --iterations continues it)"
     summary = {"run_dir": str(run_dir), "iterations": done, "already_finished": True, "note": note,
                "best_mean_gain_db": (best or {}).get("mean_gain_db"), "best": best}
-    if o.export and int(os.environ.get("RANK", "0")) == 0:
+    if o.export and torchrun().rank == 0:
         from .export import export_run, exported_entry
 
         entry = exported_entry(run_dir, o.export)
@@ -89,16 +91,16 @@ def _remove_unstarted(run_dir: Path) -> None:
 
 
 def _init_distributed(device_kind: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    env = torchrun()
+    if env.world_size <= 1:
         return Dist()
     import torch.distributed as dist
 
     if device_kind == "cuda":  # one GPU per process, before NCCL starts
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    return Dist(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+    return Dist(dist.get_rank(), env.local_rank, dist.get_world_size())
 
 
 def _default_workers() -> int:
@@ -127,10 +129,12 @@ def _prepare_run(options: TrainOptions, resume, changed):
     run_dir = Path(options.out or f"runs/amir-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / ckpt.LAST).exists():
         raise ckpt.RunFolderError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    begun = [name for name in (ckpt.RUN_JSON, ckpt.METRICS, ckpt.BEST) if (run_dir / name).exists()]
+    if begun:  # killed before its first last.pt: nothing to resume, and its log is not ours to empty
+        raise ckpt.RunFolderError(f"{run_dir} holds a run stopped before its first checkpoint ({begun[0]}, no last.pt); "
+                                  "remove that folder or choose another --out")
     o = dataclasses.replace(options, out=str(run_dir), tasks=tuple(t for t in TASKS if t in options.tasks) or tuple(options.tasks))
-    if o.patch_size is None:  # recorded in run.json, so a resumed run keeps it on any device
-        o.patch_size = PAPER_PATCH_SIZE if _pick(o.device).type == "cuda" else CPU_PATCH_SIZE
-    return run_dir, o, None
+    return run_dir, started_options(o, _pick(o.device).type), None
 
 
 def _run(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command, hooks: Hooks) -> dict:
@@ -143,6 +147,9 @@ def _run(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ckpt.RunFolderError(f"cannot create run folder {run_dir} ({exc.strerror or exc})") from None
+    start = int(state["iteration"]) if state is not None else 0
+    say(f"amir train: {o.config} on {device}, iterations {start} to {o.iterations}, into {run_dir}; "
+        "reading the data and making the validation set", o.quiet or not dist.main)
 
     volumes, val_volumes, layout = load_volumes(o.data, o.tasks)
     sampler = PatchSampler(volumes, o.tasks, SamplerOptions.of(o), seed=o.seed, rank=dist.rank)
@@ -151,7 +158,7 @@ def _run(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command
         val_set = validation_set(val_volumes or volumes, o.tasks, o.val_slices, o.val_size or None, o.seed, o.levels())
         trainer.open_run(val_set, resumed=state is not None)
         data = {"layout": layout, "volumes": volumes, "validation_volumes": val_volumes}
-        ckpt.write_json(run_dir / ckpt.RUN_JSON, _run_info(trainer, command, data, workers))
+        ckpt.atomic_file(run_dir / ckpt.RUN_JSON, json_writer(_run_info(trainer, command, data, workers), keep_nan=True))
     dist.barrier()
 
     it = trainer.fit(make_loader(sampler, trainer.start, o.iterations, workers), hooks)
@@ -198,7 +205,7 @@ def _run_info(trainer: Trainer, command, data: dict, workers: int) -> dict:
             "validation_volumes": [v.describe() for v in val_volumes] if val_volumes else None,
         },
         "validation": {
-            "slices": [{"task": s.task, "volume": s.volume, "slice": s.index, "level": s.level, "shape": list(s.lq.shape)} for s in trainer.val_set],
+            "slices": [{"task": s.task, "volume": s.volume, "slice": s.index, "level": s.level, "shape": list(s.lq_phys.shape)} for s in trainer.val_set],
             "input_scores": trainer.val_in,
             "best_by": "mean over tasks of the PSNR gain over the low-quality input (docs/protocol.md), "
             "equivalent to the mean PSNR on this fixed set",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
@@ -27,9 +28,13 @@ class TaskWeighting(str, Enum):
     PSNR = "psnr"  # each sample's PSNR deficit to its input
 
 
+# Defaults that depend on the device or on --init, fixed when a run starts (see started_options)
+PAPER_PATCH_SIZE, CPU_PATCH_SIZE = 128, 64  # --patch-size on CUDA and elsewhere
+PAPER_CONFIG, CPU_CONFIG = "amir", "amir-s"  # --config on CUDA and elsewhere
+PAPER_LR, FINE_TUNE_LR = 2e-4, 5e-5  # --lr of a new network and of one started from --init
 # Options that may change when a run is resumed (everything else is fixed by run.json).
-PAPER_PATCH_SIZE, CPU_PATCH_SIZE = 128, 64  # default --patch-size on CUDA and elsewhere
-RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "log_every", "quiet", "export")
+RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "checkpoint_minutes", "log_every",
+             "quiet", "export")
 
 
 @dataclass
@@ -38,12 +43,12 @@ class TrainOptions:
 
     data: str | None = None
     out: str | None = None
-    config: str = "amir"
+    config: str | None = None  # None: PAPER_CONFIG on CUDA, CPU_CONFIG elsewhere
     tasks: tuple[str, ...] = TASKS
     iterations: int = 200_000
     batch_size: int = 8  # per process; under torchrun the global batch is K x this
     patch_size: int | None = None  # None: PAPER_PATCH_SIZE on CUDA, CPU_PATCH_SIZE elsewhere (resolved when a run starts)
-    lr: float = 2e-4
+    lr: float | None = None  # None: PAPER_LR, or FINE_TUNE_LR with init
     betas: tuple[float, float] = (0.9, 0.999)
     eta_min: float = 1e-6
     warmup: int = 0
@@ -55,6 +60,7 @@ class TrainOptions:
     seed: int = 0
     val_every: int = 5000
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 5.0  # last.pt also after this much wall time (0: only by iterations)
     log_every: int = 50
     val_slices: int = 8  # per task
     val_size: int = 256  # centre crop of the validation slices (0: whole slice)
@@ -64,6 +70,7 @@ class TrainOptions:
     mr_scale_jitter: float = 0.0
     task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
+    mr_consistency_loss: bool = True  # MR loss also on the output made consistent with the measured band
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
     ct_dose: tuple[float, float] = Levels.ct_dose
@@ -92,21 +99,40 @@ class TrainOptions:
             raise BadInputError(f"unknown task(s) {', '.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
         from amir_cli.network import CONFIGS
 
-        if self.config not in CONFIGS:
+        if self.config is not None and self.config not in CONFIGS:
             raise BadInputError(f"unknown --config {self.config!r}; known: {', '.join(CONFIGS)}")
-        for name in ("iterations", "batch_size", "val_every", "checkpoint_every", "log_every", "val_slices"):
-            if int(getattr(self, name)) < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise BadInputError(f"--lr must be positive, got {self.lr}")
+        self._check_numbers()
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device).strip().lower()):
+            raise BadInputError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not 0 <= self.ema < 1:
             raise BadInputError(f"--ema must be in [0, 1), got {self.ema}")
         try:
             TaskWeighting(self.task_weighting)
         except ValueError:
             raise BadInputError(f"--task-weighting must be one of {', '.join(w.value for w in TaskWeighting)}") from None
+        if self.export is not None:
+            from amir_cli.weights import check_name
+
+            check_name(self.export)
         self._check_levels()
         self._check_augmentation()
+
+    def _check_numbers(self) -> None:
+        least = {name: 1 for name in ("iterations", "batch_size", "val_every", "checkpoint_every", "log_every", "val_slices",
+                                      "crops_per_slice", "threads")}
+        least.update(dict.fromkeys(("seed", "warmup", "val_size", "workers"), 0))
+        for name, low in least.items():
+            value = getattr(self, name)
+            if value is not None and int(value) < low:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if self.patch_size is not None and (self.patch_size < 16 or self.patch_size % 8):
+            raise BadInputError(f"--patch-size must be a multiple of 8 and at least 16, got {self.patch_size}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise BadInputError(f"--lr must be positive, got {self.lr}")
+        for name in ("eta_min", "clip_grad", "mr_scale_jitter", "checkpoint_minutes"):
+            value = float(getattr(self, name))
+            if not (value >= 0 and math.isfinite(value)):
+                raise BadInputError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
 
     def _check_levels(self) -> None:
         for name, (lo, hi) in (("ct-dose", self.ct_dose), ("pet-dose", self.pet_dose)):
@@ -129,6 +155,18 @@ class TrainOptions:
             raise BadInputError(f"--zoom-jitter must be in [1, 4], got {self.zoom_jitter}")
         if self.zoom_tasks is not None and (not self.zoom_tasks or set(self.zoom_tasks) - set(self.tasks)):
             raise BadInputError(f"--zoom-tasks must name trained tasks, got {','.join(self.zoom_tasks) or '(none)'}")
+
+
+def started_options(o: TrainOptions, device_type: str) -> TrainOptions:
+    """The options a new run records in run.json, its defaults that depend on the device (network
+    configuration, patch size) and on ``init`` (learning rate) made explicit, so a resumed run keeps them."""
+    cuda = device_type == "cuda"
+    return dataclasses.replace(
+        o,
+        config=o.config or (PAPER_CONFIG if cuda else CPU_CONFIG),
+        patch_size=o.patch_size or (PAPER_PATCH_SIZE if cuda else CPU_PATCH_SIZE),
+        lr=o.lr if o.lr is not None else (FINE_TUNE_LR if o.init else PAPER_LR),
+    )
 
 
 def resumed_options(recorded: dict, given: TrainOptions, changed: Collection[str] | None = None) -> TrainOptions:

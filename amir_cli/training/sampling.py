@@ -10,6 +10,7 @@ needs the projection of the full slice), so one degraded slice gives ``crops_per
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ from .volumes import TrainingDataError, TrainVolume
 
 MIN_FOREGROUND = 0.2  # fraction of foreground pixels a training patch should have (best of tries)
 PATCH_TRIES = 6
+MAX_ZOOMED_SIDE = 512  # the longest side the MR pixel-size augmentation makes
 
 
 @dataclass(kw_only=True)
@@ -93,39 +95,44 @@ class PatchSampler:
     def batch(self, iteration: int) -> dict:
         """{'lq': (B,1,P,P) float32, 'hq': same, 'task': (B,) int64 index into TASKS}."""
         B, P, K = self.opt.batch_size, self.opt.patch_size, self.opt.crops_per_slice
-        lq, hq, tid = [], [], []
+        lq, hq, tid, factors = [], [], [], []
         for g in range(self.groups()):
             rng = batch_rng(self.seed, self.rank, iteration, g)
             task = self.task_of(iteration, g)
             n = min(K, B - g * K)
-            pairs = self._patches(task, rng, n, P)
+            pairs, factor = self._patches(task, rng, n, P)
             for a, b in pairs:
                 lq.append(a)
                 hq.append(b)
                 tid.append(TASKS.index(task))
+                factors.append(factor)
         return {
             "lq": np.stack(lq)[:, None].astype(np.float32),
             "hq": np.stack(hq)[:, None].astype(np.float32),
             "task": np.asarray(tid, np.int64),
+            "kspace_factor": np.asarray(factors, np.int64),  # MR truncated on the fly: its factor; else 0
         }
 
     def _patches(self, task, rng, n, P):
+        """(n patch pairs of one slice, the MR k-space factor of its degradation or 0)."""
         vols, weights = self.by_task[task]
         vol = vols[rng.choice(len(vols), p=weights)]
         z = int(vol.train_slices[rng.integers(len(vol.train_slices))])
-        hq_slice, rows = vol.hq[z], vol.train_rows
+        hq_slice, rows, factor = vol.hq[z], vol.train_rows, 0
         if vol.lq is not None:
             lq_slice = vol.lq[z]
         else:  # degraded on the fly, after the augmentations of the reference
             pixel_mm = vol.pixel_mm
             if self.opt.zoom_jitter > 1 and (self.opt.zoom_tasks is None or task in self.opt.zoom_tasks):
-                hq_slice, f = _zoom(hq_slice, self.opt.zoom_jitter, rng)
+                zoom = _fourier_zoom if task == MRI_SR else _zoom
+                hq_slice, f = zoom(hq_slice, self.opt.zoom_jitter, rng)
                 pixel_mm, rows = pixel_mm / f, round(rows * f)
             if task == MRI_SR and self.opt.mr_noise > 0:
                 hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
             level, kw = self.opt.levels.draw(task, rng)
             noise_rng = np.random.default_rng(rng.integers(2**63))
             lq_slice = degrade.degrade_slice(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm, **kw)
+            factor = int(level) if task == MRI_SR else 0
         jitter = 1.0
         if task == MRI_SR and self.opt.mr_scale_jitter > 0:
             jitter = float(math.exp(rng.uniform(-self.opt.mr_scale_jitter, self.opt.mr_scale_jitter)))
@@ -138,7 +145,7 @@ class PatchSampler:
             if self.opt.flips:
                 a, b = _augment(a, b, rng)
             out.append((a, b))
-        return out
+        return out, factor
 
 
 def _zoom(image: np.ndarray, max_factor: float, rng) -> tuple[np.ndarray, float]:
@@ -156,6 +163,25 @@ def _zoom(image: np.ndarray, max_factor: float, rng) -> tuple[np.ndarray, float]
         return image, 1.0
     f = side / n
     return ndimage.zoom(image, f, order=3, mode="nearest").astype(np.float32), f
+
+
+def _fourier_zoom(image: np.ndarray, max_factor: float, rng) -> tuple[np.ndarray, float]:
+    """(image, f): an MR slice on an f-times finer grid, f log-uniform in [1/max_factor, max_factor],
+    by cropping (f < 1: a coarser acquisition) or zero-padding (f > 1: a scanner's zero-filling
+    interpolation) its centred k-space, then the magnitude. Unlike a spatial resampling this keeps
+    what MR pixels hold: the finer grid has an empty outer k-space, as on a scanner."""
+    f = math.exp(rng.uniform(-math.log(max_factor), math.log(max_factor)))
+    f = min(f, max(1.0, MAX_ZOOMED_SIDE / max(image.shape)))  # a finer grid than 512 pixels costs time, teaches nothing new
+    shape = tuple(max(16, 2 * round(n * f / 2)) for n in image.shape)
+    if shape == image.shape:
+        return image, 1.0
+    k = np.fft.fftshift(np.fft.fft2(image))
+    out = np.zeros(shape, np.complex128)
+    src = tuple(slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + min(n, m)) for n, m in zip(image.shape, shape))
+    dst = tuple(slice(max(0, (m - n) // 2), max(0, (m - n) // 2) + min(n, m)) for n, m in zip(image.shape, shape))
+    out[dst] = k[src]
+    area = shape[0] * shape[1] / (image.shape[0] * image.shape[1])  # keeps intensities
+    return (np.abs(np.fft.ifft2(np.fft.ifftshift(out))) * area).astype(np.float32), shape[0] / image.shape[0]
 
 
 def _rician(image: np.ndarray, sigma_max: float, rng) -> np.ndarray:
@@ -243,4 +269,6 @@ def make_loader(sampler: PatchSampler, start: int, stop: int, workers: int):
 
 def _worker_init(_):
     torch.set_num_threads(1)  # numpy/scipy do the work here; keep the cores for the other workers
+    for s in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole group: the main process stops the run
+        signal.signal(s, signal.SIG_IGN)
 

@@ -1,12 +1,13 @@
 """One process's training: the model, its optimiser and EMA; a step (L1, or the PSNR deficit to
-the input, + 0.001 x load loss, under a cosine schedule and the task weighting); validation by
+the input, + 0.001 x load loss, under a cosine schedule and the task weighting; MR scored half on
+the network's output and half on it made consistent with the measured k-space band); validation by
 the protocol of docs/protocol.md with the best weights kept; atomic checkpoints that resume exactly."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,16 @@ import torch
 from torch import nn
 
 from amir_cli.errors import AmirError, BadInputError
+from amir_cli.inference import band_mask, project_band
 from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
 from .options import TaskWeighting, TrainOptions
+from .report import LOG_SECONDS, TrainingReport
 from .validation import evaluate, input_scores
 
 PSNR_FLOOR = 1e-8  # added to both MSEs of psnr_deficit: a perfect patch is not worth infinite decibels
+TRAIN_DC_ITERATIONS = 5  # data-consistency projections in the MR loss (restore runs more; the first do most)
 
 
 class TrainingDivergedError(AmirError):
@@ -67,6 +71,19 @@ def psnr_deficit(pred, hq, lq):
     return (10.0 / math.log(10.0)) * (torch.log(mse + PSNR_FLOOR) - torch.log(input_mse + PSNR_FLOOR))
 
 
+def _consistent(pred, lq, factors):
+    """``pred`` with each MR sample made consistent with the band its zero-filled input ``lq`` measured
+    (``factors``: its truncation factor, 0 for other samples), as `amir restore` does; differentiable."""
+    out = pred
+    for f in factors.unique().tolist():
+        if f > 0:
+            idx = (factors == f).nonzero()[:, 0]
+            band = band_mask(pred.shape[-2:], f, pred.device)
+            dc = project_band(pred[idx], lq[idx].float(), band, TRAIN_DC_ITERATIONS, eps=1e-4)
+            out = out.index_put((idx,), dc)
+    return out
+
+
 def cosine_lr(it: int, o: TrainOptions) -> float:
     """Learning rate of iteration ``it`` (0-based): linear warm-up, then cosine to eta_min."""
     if o.warmup and it < o.warmup:
@@ -78,15 +95,6 @@ def cosine_lr(it: int, o: TrainOptions) -> float:
 
 def _iteration_seed(seed: int, rank: int, it: int) -> int:
     return int(np.random.SeedSequence(int(seed), spawn_key=(int(rank), int(it), 7)).generate_state(1, np.uint64)[0] >> 1)
-
-
-def state_hash(state: dict) -> str:
-    """sha256 over a state_dict's names and tensor bytes (to compare weights across processes)."""
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 class Trainer:
@@ -113,7 +121,7 @@ class Trainer:
             self.net = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
         self.val_set, self.val_in, self.log = [], {}, None
         self.window = _Window()
-        self.stats, self.last_val = "", None
+        self.report = TrainingReport(o.quiet or not dist.main, o.iterations)
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -146,23 +154,34 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self, loader, hooks: Hooks) -> int:
         """Train over ``loader``'s batches (iterations start..); returns the iterations done."""
-        progress = _progress(self.o.quiet or not self.dist.main)
         self.model.train()
         it = self.start
-        with progress:
-            bar = progress.add_task("train", total=self.o.iterations, completed=it, stats="")
+        schedule = ckpt.CheckpointSchedule(self.o.checkpoint_every, self.o.checkpoint_minutes, self.o.iterations)
+        with self.report.running(it), schedule:
             for batch in loader:
                 lr, check = self.step(it, batch)
                 it += 1
                 self._log_train(it, lr, check)
-                if it % self.o.checkpoint_every == 0 or it == self.o.iterations:
+                save, stop = self._agree(schedule.due(it), schedule.stop is not None)
+                if save:
                     self.save_last(it)  # before validation: a failure there loses nothing
+                    schedule.saved()
+                if stop:
+                    raise ckpt.TrainingStopped(schedule.stop or signal.SIGTERM, it, self.run_dir)
                 if it % self.o.val_every == 0 or it == self.o.iterations:
                     self.validate(it)
-                progress.update(bar, completed=it, stats=self.stats)
+                self.report.update(it, self.window.live())
                 if hooks.after_step is not None:
                     hooks.after_step(it)
         return it
+
+    def _agree(self, *flags: bool) -> tuple[bool, ...]:
+        """The flags, true on every process when true on any (a checkpoint or a stop is taken by all)."""
+        if self.dist.world == 1:
+            return flags
+        votes = torch.tensor([float(f) for f in flags], device=self.device)
+        torch.distributed.all_reduce(votes, op=torch.distributed.ReduceOp.MAX)
+        return tuple(bool(v) for v in votes.tolist())
 
     def step(self, it: int, batch: dict) -> tuple[float, torch.Tensor]:
         """One optimiser step on iteration ``it``'s batch: (learning rate, [loss, L1, load loss] mean over processes)."""
@@ -176,6 +195,9 @@ class Trainer:
         tid = batch["task"].to(self.device)
         pred, load_loss = self._forward(lq)
         per_sample = (pred.float() - hq).abs().mean(dim=(1, 2, 3))
+        if self.o.mr_consistency_loss and "kspace_factor" in batch:
+            consistent = _consistent(pred.float(), lq, batch["kspace_factor"].to(self.device))
+            per_sample = 0.5 * (per_sample + (consistent - hq).abs().mean(dim=(1, 2, 3)))
         l1 = per_sample.mean()
         loss = self._main_loss(per_sample, l1, pred, lq, hq, tid) + o.load_loss_weight * load_loss.float()
         check = torch.stack([loss.detach(), l1.detach(), load_loss.detach().float()])
@@ -236,14 +258,15 @@ class Trainer:
 
     def _log_train(self, it: int, lr: float, check: torch.Tensor) -> None:
         self.window.add(*(float(x) for x in check.cpu()))
-        self.stats = self.window.live() + (f" | val {self.last_val}" if self.last_val else "")  # the bar, every step
-        if not self.dist.main or not (it % self.o.log_every == 0 or it == self.o.iterations):
+        due = it % self.o.log_every == 0 or it == self.o.iterations or self.window.seconds() >= LOG_SECONDS
+        if not self.dist.main or not due:
             return
         means, rate = self.window.flush()
         rec = {"kind": "train", "iteration": it, **means, "lr": lr, "it_per_s": rate}
         if self.log_vars is not None:
             rec["task_log_var"] = {t: float(self.log_vars[TASKS.index(t)].detach()) for t in self.o.tasks}
         self.log.append(rec)
+        self.report.record(rec)
 
     # ------------------------------------------------------------------ validation and checkpoints
     def validate(self, it: int) -> None:
@@ -271,8 +294,7 @@ class Trainer:
                 ckpt.save_torch(best, self.run_dir / ckpt.BEST)
             self.log.append(rec)
             ckpt.plot_curves(self.log.records, self.run_dir / ckpt.CURVES)
-            self.last_val = " ".join(f"{t.split('-')[0]} {g:+.2f}dB" for t, g in gain.items())
-            self.stats = self.stats.split(" | val")[0] + f" | val {self.last_val}"
+            self.report.validation(it, gain, is_best)
         self.dist.barrier()
 
     def save_last(self, it: int) -> None:
@@ -301,6 +323,9 @@ class _Window:
 
     def add(self, loss: float, l1: float, load: float) -> None:
         self.loss, self.l1, self.load, self.n = self.loss + loss, self.l1 + l1, self.load + load, self.n + 1
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t
 
     def live(self) -> str:
         """The mean loss and speed of the window so far, for the progress bar."""
@@ -345,20 +370,3 @@ def _init_weights(source: str):
 
     path, entry = weights.resolve(source)
     return weights.read_state_dict(path), {"source": str(source), "sha256": entry.sha256 if entry else weights.sha256_of(path)}
-
-
-def _progress(quiet: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
-        transient=False,
-    )

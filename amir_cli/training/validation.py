@@ -1,5 +1,6 @@
 """Validation: a fixed, seeded set of degraded slices per task from the held-out parts of the
-volumes, and the docs/protocol.md scores of a network (and of the inputs) on it."""
+volumes, and the docs/protocol.md scores of a network (and of the inputs) on it, each slice
+restored exactly as `amir restore` restores a one-slice image."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from amir_cli.imaging import degrade, intensity
+from amir_cli.imaging import degrade
 from amir_cli.metrics import slice_scores
-from amir_cli.tasks import FOREGROUND, TASKS
+from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
 
 from .levels import Levels
 from .options import TrainOptions
@@ -23,16 +24,16 @@ class ValSlice:
     volume: str
     index: int
     level: object
-    lq: np.ndarray  # normalised [0, 1]
+    lq_phys: np.ndarray  # physical units
     hq_phys: np.ndarray  # physical units
-    mr_scale: float | None
 
 
 def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptions.val_slices, size: int | None = TrainOptions.val_size, seed: int = 0, levels: Levels | None = None) -> list[ValSlice]:
     """A fixed, seeded set of held-out slices per task, degraded at the validation levels.
 
     Slices are spread round-robin over the task's volumes, skipping near-empty ones; each is
-    degraded whole, then cropped to ``size`` x ``size`` around its centre (``None``: whole slice).
+    degraded whole, then cropped to ``size`` x ``size`` around its centre (``None``: whole slice;
+    MR slices stay whole: a crop of a zero-filled image is no longer one).
     """
     levels = levels or Levels()
     out = []
@@ -61,8 +62,10 @@ def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptio
                 level, kw = levels.validation(task, n_have)
                 lq = degrade.degrade_slice(hq, task, level, degrade.slice_rng(int(seed), 1_000_000 * t_i + n_have), pixel_mm=v.pixel_mm, **kw)
             lq, hq = lq[a:b], hq[a:b]
-            lq, hq = _centre_crop(lq, size), _centre_crop(hq, size)
-            out.append(ValSlice(task, v.name, z, level, v.normalise(lq), np.asarray(hq, np.float32), v.mr_scale))
+            if task != MRI_SR:
+                lq, hq = _centre_crop(lq, size), _centre_crop(hq, size)
+            lq = np.asarray(lq, np.float32)
+            out.append(ValSlice(task, v.name, z, level, lq, np.asarray(hq, np.float32)))
     return out
 
 
@@ -80,22 +83,21 @@ def _centre_crop(a: np.ndarray, size: int | None) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model, val_set, device, batch: int = 4) -> dict:
-    """Scores (docs/protocol.md) of the network on the validation slices: per-task PSNR/SSIM/RMSE means."""
+def evaluate(model, val_set, device) -> dict:
+    """Scores (docs/protocol.md) of the network on the validation slices: per-task PSNR/SSIM/RMSE means.
+
+    Each slice goes through :func:`amir_cli.restore.restore_volume` as a one-slice image, with the
+    defaults of `amir restore` (border padding, routing instruction, recognised zero filling and its
+    data consistency), in fp32 whatever the training precision."""
+    from amir_cli.imaging.volume import Volume
+    from amir_cli.restore import restore_volume
+
     was_training = model.training
     model.eval()
     per = {}
-    groups = {}
     for s in val_set:
-        groups.setdefault((s.task, s.lq.shape), []).append(s)
-    for (task, _), items in groups.items():
-        for i in range(0, len(items), batch):
-            chunk = items[i : i + batch]
-            x = torch.from_numpy(np.stack([s.lq for s in chunk])[:, None]).to(device)
-            y = model(x)  # fp32 even under --amp: scores must not depend on the training precision
-            y = y.float().clamp(0, 1).cpu().numpy()[:, 0]
-            for s, pred in zip(chunk, y):
-                per.setdefault(task, []).append(slice_scores(intensity.denormalise(pred, task, s.mr_scale), s.hq_phys, task))
+        restored, _ = restore_volume(model, Volume(s.lq_phys, np.eye(4)), s.task, device=device, detect_zero_filling=True)
+        per.setdefault(s.task, []).append(slice_scores(restored.array[:, :, 0], s.hq_phys, s.task))
     model.train(was_training)
     return _means(per)
 
@@ -104,7 +106,7 @@ def input_scores(val_set) -> dict:
     """Scores (docs/protocol.md) of the low-quality inputs of the validation slices (what a network must beat)."""
     per = {}
     for s in val_set:
-        per.setdefault(s.task, []).append(slice_scores(intensity.denormalise(s.lq, s.task, s.mr_scale), s.hq_phys, s.task))
+        per.setdefault(s.task, []).append(slice_scores(s.lq_phys, s.hq_phys, s.task))
     return _means(per)
 
 

@@ -100,10 +100,6 @@ def split_rows(h: int, fraction: float = 0.2) -> tuple[int, tuple[int, int]]:
     return h - n_val, (h - n_val, h)
 
 
-def _slices_first(vol) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(vol.array, vol.slice_axis, 0), dtype=np.float32)
-
-
 def _pixel_mm(vol) -> float:
     sp = [s for a, s in enumerate(vol.spacing_mm) if a != vol.slice_axis]
     return float(np.mean(sp)) if min(sp) > 0 else 1.0
@@ -197,8 +193,8 @@ def _paired_volumes(split: Path, task: str, holdout: bool | None) -> list[TrainV
 
 
 def _make_volume(vol, lq_vol, task: str, path: Path, holdout: bool | None) -> TrainVolume:
-    hq = _slices_first(vol)
-    lq = None if lq_vol is None else _slices_first(lq_vol)
+    hq = vol.slices_first()
+    lq = None if lq_vol is None else lq_vol.slices_first()
     mr_scale = None
     if task == MRI_SR:  # scaled robustly per volume, from the input the network sees (as at inference)
         mr_scale = intensity.mr_scale_factor(lq if lq is not None else hq)
@@ -221,12 +217,4 @@ def _held_out(s: int, h: int):
     train, val = split_slices(s)
     return train, val, h, (0, h)
 
-
-def synthetic_volume(task: str, hq: np.ndarray, name: str = "synthetic", pixel_mm: float = 1.0, lq=None) -> TrainVolume:
-    """A TrainVolume from an in-memory (S, H, W) array (tests, notebooks)."""
-    hq = np.asarray(hq, np.float32)
-    s, h, _ = hq.shape
-    mr_scale = intensity.mr_scale_factor(hq) if task == MRI_SR else None
-    train, val, rows, vrows = _held_out(s, h)
-    return TrainVolume(name, task, hq, None if lq is None else np.asarray(lq, np.float32), pixel_mm, mr_scale, train, val, rows, vrows)
 

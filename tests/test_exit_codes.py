@@ -1,0 +1,44 @@
+"""Exit codes that agree across commands: every invalid option value is a usage error (exit 2)
+before any work, and an input that cannot be read is bad input (one line, exit 1)."""
+
+import pytest
+
+from conftest import amir
+
+MISSING = "MISSING"  # a path that does not exist: any command that got past its options would exit 1 on it
+
+INVALID = [
+    ["train", MISSING, "--config", "huge"],
+    ["train", MISSING, "--batch-size", "0"],
+    ["train", MISSING, "--lr", "nan"],
+    ["train", MISSING, "--seed", "-1"],
+    ["train", MISSING, "--patch-size", "30"],
+    ["train", MISSING, "--checkpoint-minutes", "-1"],
+    ["train", MISSING, "--ct-dose", "much"],
+    ["train", MISSING, "--device", "tpu"],
+    ["train", MISSING, "--export", "no spaces"],
+    ["train", "--resume", MISSING, "--iterations", "0"],
+    ["degrade", MISSING, "--task", "huge"],
+    ["degrade", MISSING, "--task", "ct-denoise", "--seed", "-1"],
+    ["degrade", MISSING, "--task", "ct-denoise", "--dose", "nan"],
+    ["restore", MISSING, "--batch-size", "0"],
+    ["restore", MISSING, "--precision", "fp64"],
+    ["benchmark", MISSING, "--precision", "fp64"],
+    ["benchmark", MISSING, "--device", "gpu"],
+    ["benchmark", MISSING, "--seed", "-1"],
+    ["weights", "import", MISSING, "--name", "no spaces"],
+    ["weights", "add", MISSING, "--name", "no spaces"],
+]
+
+
+@pytest.mark.parametrize("args", INVALID, ids=lambda a: " ".join(a))
+def test_invalid_option_values_exit_2_before_any_work(args, tmp_path):
+    code, out, err = amir(*(str(tmp_path / "missing") if a == MISSING else a for a in args))
+    assert code == 2 and "Usage: amir" in err and "Traceback" not in err, (code, err)
+
+
+def test_a_reference_that_cannot_be_read_is_bad_input(tmp_path):
+    image = tmp_path / "ct.nii.gz"
+    image.write_bytes(b"")
+    code, _, err = amir("restore", image, "--reference", tmp_path / "hq.nii.gz")
+    assert code == 1 and err == f"amir: error: {tmp_path / 'hq.nii.gz'}: no such file or folder (--reference)\n"

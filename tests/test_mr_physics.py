@@ -1,0 +1,60 @@
+"""The MR physics of training: pixel sizes made in k-space, and the loss scored after the data
+consistency that `amir restore` applies."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from amir_cli.imaging.degrade import kspace_mask, mri_truncate
+from amir_cli.training.sampling import _fourier_zoom
+from amir_cli.training.trainer import _consistent
+
+
+def _phantom(n=96):
+    yy, xx = np.mgrid[:n, :n]
+    img = 100.0 * (((yy - n / 2) / (0.4 * n)) ** 2 + ((xx - n / 2) / (0.35 * n)) ** 2 <= 1)
+    img += 50.0 * (((yy - n / 2) / 10) ** 2 + ((xx - n / 3) / 6) ** 2 <= 1)
+    return img.astype(np.float32)
+
+
+class FixedRng:
+    """A generator whose uniform draw is fixed: the zoom factor is exp(u)."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def uniform(self, lo, hi):
+        return self.u
+
+
+def test_a_finer_grid_has_an_empty_outer_kspace_and_keeps_intensities():
+    img = _phantom()
+    fine, f = _fourier_zoom(img, 2.0, FixedRng(np.log(2.0)))
+    assert fine.shape == (192, 192) and f == 2.0
+    k = np.abs(np.fft.fftshift(np.fft.fft2(fine)))
+    outer = ~kspace_mask(fine.shape, 2)
+    assert (k[outer] ** 2).sum() < 5e-3 * (k**2).sum()  # a scanner's zero-filling interpolation (the magnitude leaks a little)
+    assert abs(np.median(fine[80:112, 120:150]) - 100.0) < 2.0  # tissue keeps its value (the magnitude rings at edges)
+
+
+def test_a_coarser_grid_keeps_the_central_band():
+    img = _phantom()
+    coarse, f = _fourier_zoom(img, 2.0, FixedRng(-np.log(2.0)))
+    assert coarse.shape == (48, 48) and f == 0.5
+    assert abs(np.median(coarse[20:28, 30:37]) - 100.0) < 3.0
+
+
+def test_the_loss_output_keeps_the_measured_band_and_other_tasks_are_untouched():
+    hq = torch.from_numpy(_phantom(64))[None, None]
+    lq = torch.from_numpy(mri_truncate(_phantom(64), 4))[None, None]
+    pred = torch.rand(2, 1, 64, 64, requires_grad=True)
+    out = _consistent(pred, torch.cat([lq, lq]), torch.tensor([4, 0]))
+    assert torch.equal(out[1], pred[1])  # factor 0: not MR, left alone
+    band = torch.from_numpy(np.fft.ifftshift(kspace_mask((64, 64), 4)))
+    own = torch.fft.ifft2(torch.fft.fft2(out[0, 0].detach()) * band).abs()
+    before = torch.fft.ifft2(torch.fft.fft2(pred[0, 0].detach()) * band).abs()
+    # the output's own zero-filled image moved most of the way to the measured one
+    assert (own - lq[0, 0]).abs().mean() < 0.2 * (before - lq[0, 0]).abs().mean()
+    (out - torch.cat([hq, hq])).abs().mean().backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0

@@ -1,0 +1,44 @@
+"""The user registry: entries are removed by name (never the shipped ones) and written with the
+permissions of the umask, like every other file amir writes."""
+
+import os
+import stat
+
+import pytest
+import torch
+
+from amir_cli import weights
+from amir_cli.network import AMIR, get_config
+from conftest import amir
+
+
+def _tiny_state():
+    torch.manual_seed(0)
+    return AMIR(get_config("amir-tiny")).state_dict()
+
+
+def test_weights_remove_deletes_a_user_entry_and_never_a_shipped_one(amir_home):
+    entry = weights.save_entry("my-amir", _tiny_state(), {"tasks": ["ct-denoise"]})
+    code, _, err = amir("weights", "import", entry.path, "--name", "my-amir")
+    assert code == 1 and "amir weights remove my-amir" in err
+    code, out, err = amir("weights", "remove", "my-amir")
+    assert code == 0 and out == f"removed my-amir ({entry.path})\n", err
+    assert not entry.path.exists() and "my-amir" not in [e.name for e in weights.entries()]
+    weights.save_entry("my-amir", _tiny_state(), {})  # the name is free again
+    shipped = weights.default_name()
+    code, _, err = amir("weights", "remove", shipped)
+    assert code == 1 and err.count("\n") == 1 and "shipped with amir, which are never removed" in err
+    assert weights.find(shipped).path.is_file()
+    code, _, err = amir("weights", "remove", "no-such-entry")
+    assert code == 1 and "no weights named 'no-such-entry'" in err
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_registry_files_follow_the_umask(amir_home, mask):
+    old = os.umask(mask)
+    try:
+        entry = weights.save_entry("m", _tiny_state(), {})
+    finally:
+        os.umask(old)
+    for path in (entry.path, entry.path.parent / weights.MANIFEST):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path

@@ -1,0 +1,100 @@
+"""A zero-filled MR image recognised by its spectrum, and the data consistency it then gets in
+`amir restore` (the shipped MR example: a real T1 brain, Colin27, cut from a validation subject)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from amir_cli.imaging.degrade import mri_truncate
+from amir_cli.imaging.io import Volume
+from amir_cli.imaging.kspace import zero_filled_factor
+from amir_cli.restore import restore_volume
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mr_brain_reference.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def brain():
+    return np.asarray(nib.load(str(EXAMPLE)).dataobj, np.float32)
+
+
+def _zero_filled(volume, factor, kind, rng):
+    """Each slice truncated to the central 1/factor of k-space (noise measured with it: in k-space,
+    so band-limited too), as float32 or int16."""
+    out = []
+    for s in np.moveaxis(volume, 2, 0):
+        noisy = np.hypot(s + rng.normal(0, 2.0, s.shape), rng.normal(0, 2.0, s.shape)) if kind != "clean" else s
+        out.append(mri_truncate(noisy, factor) if factor > 1 else noisy)
+    out = np.stack(out, axis=2)
+    return np.round(out).astype(np.int16) if kind == "int16" else out.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["clean", "noisy", "int16"])
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_the_factor_of_a_zero_filled_image_is_found_and_a_full_image_is_left_alone(brain, factor, kind):
+    image = _zero_filled(brain, factor, kind, np.random.default_rng(factor))
+    assert zero_filled_factor(image, slice_axis=2) == (factor if factor > 1 else None)
+
+
+def test_white_noise_after_zero_filling_hides_the_cliff_and_nothing_is_claimed(brain):
+    image = _zero_filled(brain, 2, "clean", np.random.default_rng(0))
+    image = np.abs(image + np.random.default_rng(1).normal(0, 0.1 * image.max(), image.shape)).astype(np.float32)
+    assert zero_filled_factor(image) is None
+
+
+def test_images_that_are_not_magnitudes_or_too_small_are_never_zero_filled(brain):
+    image = _zero_filled(brain, 2, "clean", np.random.default_rng(0))
+    assert zero_filled_factor(image - 10.0) is None  # negative values: not a magnitude image
+    assert zero_filled_factor(image[:24, :24]) is None
+    assert zero_filled_factor(np.zeros((64, 64, 2), np.float32)) is None
+
+
+class Identity(torch.nn.Module):
+    def forward(self, x, instruction=None):
+        return x.clone()
+
+    def instruction(self, x):
+        return x.mean(dim=(1, 2, 3))[:, None].repeat(1, 256)
+
+
+def _restore(array, **kw):
+    vol = Volume(array=array, affine=np.eye(4))
+    return restore_volume(Identity(), vol, "mri-sr", **kw)
+
+
+def test_restore_applies_the_detected_factor_and_says_so(brain):
+    zf = _zero_filled(brain[:, :, :2], 4, "int16", np.random.default_rng(3)).astype(np.float32)
+    _, info = _restore(zf, detect_zero_filling=True)
+    assert info["data_consistency"]["kspace_factor"] == 4 and info["data_consistency"]["factor_from"] == "detected"
+    _, off = _restore(zf, detect_zero_filling=False)
+    assert off["data_consistency"] is None
+    _, forced = _restore(zf, detect_zero_filling=True, kspace_factor=2)
+    assert forced["data_consistency"]["kspace_factor"] == 2 and forced["data_consistency"]["factor_from"] == "option"
+
+
+def test_an_image_that_is_not_zero_filled_is_restored_as_before(brain):
+    full = brain[:, :, :2].copy()
+    with_detection, info = _restore(full, detect_zero_filling=True)
+    without, _ = _restore(full, detect_zero_filling=False)
+    assert info["data_consistency"] is None
+    np.testing.assert_array_equal(with_detection.array, without.array)
+
+
+def test_cli_report_names_the_detected_factor(tmp_path, brain, amir_home):
+    from typer.testing import CliRunner
+
+    from amir_cli.cli import app
+
+    src = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(_zero_filled(brain[:, :, :2], 2, "int16", np.random.default_rng(4)), np.eye(4)), str(src))
+    out = tmp_path / "t1_amir.nii.gz"
+    res = CliRunner().invoke(app, ["restore", str(src), "--task", "mri-sr", "-o", str(out), "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(Path(str(out) + ".json").read_text())
+    assert report["data_consistency"]["kspace_factor"] == 2 and report["data_consistency"]["factor_from"] == "detected"
