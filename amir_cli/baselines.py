@@ -149,9 +149,9 @@ def bicubic_upsample(slices, scale: int) -> np.ndarray:
 
 
 def pocs_mr(zero_filled_slices, kspace_factor: int) -> np.ndarray:
-    """Projection onto convex sets from a zero-filled MR stack (:func:`amir_cli.inference.data_consistency`
+    """Projection onto convex sets from a zero-filled MR stack (:func:`amir_cli.imaging.kspace.data_consistency`
     started from the input itself)."""
-    from amir_cli.inference import data_consistency
+    from amir_cli.imaging.kspace import data_consistency
 
     stack = np.asarray(zero_filled_slices, dtype=np.float32)
     return data_consistency(stack, stack, kspace_factor)

@@ -1,5 +1,6 @@
 """Pure torch on arrays: the AMIR network over batches of normalised slices, with edge padding,
-overlapping tiles, test-time augmentation (self-ensemble) and k-space data consistency for MR.
+overlapping tiles and test-time augmentation (self-ensemble); MR data consistency is in
+:mod:`amir_cli.imaging.kspace`.
 
 No files and no physical units here: the caller normalises and denormalises (``amir_cli.restore``).
 """
@@ -12,9 +13,6 @@ DEFAULT_TILE_OVERLAP = 0.25  # fraction of the tile size shared by neighbouring 
 # Edge pixels replicated around each slice before the network, a multiple of its 8-pixel grid:
 # anatomy cut by the field of view otherwise comes out worse at the border.
 BORDER = 8
-# Iterations of the data-consistency projections: more gain a little more, at the network's cost
-# on a CPU already.
-DC_ITERATIONS = 50
 
 
 def predict(model, x, *, tile: int | None = None, tile_overlap: float = DEFAULT_TILE_OVERLAP, tta: bool = False):
@@ -103,76 +101,3 @@ def self_ensemble(network, x, identity=None):
                 y = torch.rot90(y.flip(-1) if flip else y, -k, (-2, -1))
             total = y if total is None else total + y
     return total / 8
-
-
-# ---------------------------------------------------------------------------------------------
-# k-space data consistency (MR)
-
-
-def _fine_ramp(shape, scale: int, device):
-    """Phase ramp that moves a fine grid by (scale - 1) / 2 voxels: onto the coarse voxel centres
-    of :func:`amir_cli.imaging.kspace.kspace_upsample` (``restore.scaled_affine``)."""
-    import torch
-
-    fy = torch.fft.fftfreq(shape[0], device=device)[:, None]
-    fx = torch.fft.fftfreq(shape[1], device=device)[None, :]
-    return torch.exp(2j * torch.pi * (scale - 1) / 2 * (fy + fx))
-
-
-def band_mask(shape, factor: int, device=None):
-    """The measured band of a zero-filled image (:func:`amir_cli.imaging.degrade.kspace_mask`) as a
-    torch bool tensor in the unshifted FFT layout."""
-    import torch
-
-    return torch.as_tensor(np.fft.ifftshift(kspace_mask(shape, factor)), device=device)
-
-
-def project_band(y, measured, band, iterations: int = DC_ITERATIONS, eps: float = 1e-30):
-    """Alternating projections (torch, differentiable) of the estimate ``y`` (…, H, W) onto the images
-    whose zero-filled magnitude in ``band`` is ``measured`` (same grid), and onto non-negative images.
-    ``eps``: the smallest magnitude divided by (raise it where gradients flow)."""
-    import torch
-
-    y = y.clamp(min=0)
-    for _ in range(iterations):
-        k = torch.fft.fft2(y)
-        own = torch.fft.ifft2(k * band)  # the estimate's own zero-filled image
-        size = own.abs()
-        phased = torch.where(size > eps, own * (measured / size.clamp(min=eps)), measured.to(own.dtype))
-        k = torch.where(band, torch.fft.fft2(phased), k)  # measured magnitude, own phase
-        y = torch.fft.ifft2(k).real.clamp(min=0)
-    return y
-
-
-def data_consistency(
-    estimate: np.ndarray, measured: np.ndarray, factor: int, iterations: int = DC_ITERATIONS, device=None
-) -> np.ndarray:
-    """``estimate`` (…, H, W) made consistent with the magnitude MR image ``measured``, which holds
-    the central ``H // factor`` x ``W // factor`` of k-space: either on the estimate's grid (a
-    zero-filled image, the band of :func:`amir_cli.imaging.degrade.kspace_mask`) or on the coarse
-    grid (…, H / factor, W / factor) that :func:`amir_cli.imaging.kspace.kspace_upsample` takes to the estimate's. Runs on
-    the torch ``device`` (default CPU); returns float32 numpy, never negative."""
-    import torch
-
-    from amir_cli.imaging.degrade import kspace_mask  # here: degrade imports scipy, which restoring CT or PET never needs
-
-    fine, meas = np.shape(estimate), np.shape(measured)
-    coarse = meas != fine
-    if coarse and (meas[:-2] != fine[:-2] or [n * factor for n in meas[-2:]] != list(fine[-2:])):
-        raise ValueError(f"measured image {meas} is neither on the estimate's grid {fine} nor {factor} times coarser")
-    y = torch.as_tensor(np.asarray(estimate, dtype=np.float32), device=device).clamp(min=0)
-    z = torch.as_tensor(np.asarray(measured, dtype=np.float32), device=device)
-    if not coarse:
-        return project_band(y, z, band_mask(fine[-2:], factor, device), iterations).cpu().numpy()
-    # the coarse grid's whole k-space is the fine spectrum's centre, shifted to its voxel centres
-    (h, w), (n, m) = fine[-2:], meas[-2:]
-    rows, cols = slice(h // 2 - n // 2, h // 2 - n // 2 + n), slice(w // 2 - m // 2, w // 2 - m // 2 + m)
-    ramp, area = _fine_ramp((h, w), factor, device), factor * factor
-    for _ in range(iterations):
-        k = torch.fft.fftshift(torch.fft.fft2(y) * ramp, dim=(-2, -1))
-        own = torch.fft.ifft2(torch.fft.ifftshift(k[..., rows, cols], dim=(-2, -1))) / area
-        size = own.abs()
-        phased = torch.where(size > 0, own * (z / size.clamp(min=1e-30)), z)  # measured magnitude, own phase
-        k[..., rows, cols] = torch.fft.fftshift(torch.fft.fft2(phased), dim=(-2, -1)) * area
-        y = torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)) / ramp).real.clamp(min=0)
-    return y.cpu().numpy()

@@ -21,8 +21,7 @@ from ._version import __version__
 from .device import ENGINES, pick_device, precision_context
 from .errors import BadInputError
 from .imaging import intensity, kspace
-from . import inference
-from .inference import DC_ITERATIONS, DEFAULT_TILE_OVERLAP, predict
+from .inference import DEFAULT_TILE_OVERLAP, predict
 from .imaging.io import Volume, read_image, stem
 from .imaging.volume import check_memory
 from .placement import (check_input_format, check_output, check_output_format, default_output, publish,
@@ -132,7 +131,7 @@ class _SliceJob:
         values = intensity.denormalise(y, self.task, self.mr_scale)
         if self.dc_factor:  # complex FFTs on CUDA or the CPU
             on = self.device if self.device.type == "cuda" else None
-            values = inference.data_consistency(values, batch.measured, self.dc_factor, device=on)
+            values = kspace.data_consistency(values, batch.measured, self.dc_factor, device=on)
         chunk = np.asarray(batch.chunk, dtype=np.float32)
         physical = chunk * (self.mr_scale or 1.0)  # the units normalise() saw
         low, high = NORM_RANGE[self.task]
@@ -171,7 +170,7 @@ def restore_volume(
     network over the 8 flips and rotations of each slice (:func:`amir_cli.inference.self_ensemble`, 8x the time;
     the routing summary is the untransformed slices'). MR whose k-space band is known is then made
     consistent with the frequencies the input measured (``data_consistency``,
-    :func:`amir_cli.inference.data_consistency`): with ``scale`` > 1 the coarse input is that
+    :func:`amir_cli.imaging.kspace.data_consistency`): with ``scale`` > 1 the coarse input is that
     band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
     in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
@@ -217,7 +216,7 @@ def restore_volume(
         "tile": tile, "tile_overlap": tile_overlap if tile else None, "tta": tta, "slice_axis": axis, "slices": n,
         "mr_scale_factor": job.mr_scale,
         "data_consistency": {"kspace_factor": dc_factor, "factor_from": factor_from,
-                             "grid": "coarse" if scale > 1 else "same", "iterations": DC_ITERATIONS}
+                             "grid": "coarse" if scale > 1 else "same", "iterations": kspace.DC_ITERATIONS}
         if dc_factor
         else None,
         "passthrough_voxels": job.passthrough, "seconds": seconds, "model_seconds": model_seconds,

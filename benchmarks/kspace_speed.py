@@ -2,7 +2,7 @@
 
 Times, in one run, for each slice size: the amir-s network on a batch of zero-filled MR slices
 (random amir-s weights: the cost does not depend on their values) and
-``inference.data_consistency`` on the same batch (``DC_ITERATIONS`` iterations); medians of
+``kspace.data_consistency`` on the same batch (``DC_ITERATIONS`` iterations); medians of
 ``--repeats`` runs, seconds per slice.
 
     python benchmarks/kspace_speed.py [--device cpu] [--batch-size 4] [--repeats 5]
@@ -18,7 +18,7 @@ from network_speed import median_seconds
 
 from amir_cli.device import pick_device
 from amir_cli.imaging.degrade import mri_truncate
-from amir_cli.inference import DC_ITERATIONS, data_consistency
+from amir_cli.imaging.kspace import DC_ITERATIONS, data_consistency
 from amir_cli.network import AMIR, get_config
 
 

@@ -60,7 +60,7 @@ def as_float(vol):
 
 def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict) -> int:
     """Write ``hq_vol`` and its degraded versions at ``levels`` (label -> level); returns slices written."""
-    from amir_cli.benchmark import case_seed
+    from amir_cli.scoring import case_seed
     from amir_cli.imaging import degrade
     from amir_cli.imaging.io import write_image
 
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tta", action="store_true", help="also score the x8 self-ensemble (amir-tta)")
     args = ap.parse_args(argv)
 
-    from amir_cli.benchmark import run_benchmark
+    from amir_cli.scoring import run_benchmark
     from amir_cli.imaging.phantom import SIMULATED_NOTE
 
     missing = [s.file for s in sources(TEST) if not (args.data / s.file).exists()]

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from amir_cli import baselines
-from amir_cli.benchmark import CaseSpec, kspace_factor_of, parse_simulate, plan_cases, run_benchmark, select_slices
+from amir_cli.scoring import CaseSpec, kspace_factor_of, parse_simulate, plan_cases, run_benchmark, select_slices
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade
 from amir_cli.metrics import volume_scores

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 import dicom_builders as DB
 from amir_cli.cli import app, main
 from amir_cli.imaging.kspace import kspace_downsample
-from amir_cli.inference import DC_ITERATIONS
+from amir_cli.imaging.kspace import DC_ITERATIONS
 from amir_cli.network import AMIR, get_config
 
 from conftest import amir, crop_nifti, sha

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from amir_cli.imaging.degrade import kspace_mask, mri_truncate, mri_truncate_complex
-from amir_cli.imaging.kspace import kspace_downsample, kspace_upsample
-from amir_cli.inference import data_consistency
+from amir_cli.imaging.degrade import mri_truncate, mri_truncate_complex
+from amir_cli.imaging.kspace import data_consistency, kspace_downsample, kspace_mask, kspace_upsample
 
 
 def _head(n=64, seed=0):

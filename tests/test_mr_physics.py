@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from amir_cli.imaging.degrade import kspace_mask, mri_truncate
+from amir_cli.imaging.degrade import mri_truncate
+from amir_cli.imaging.kspace import kspace_mask
 from amir_cli.training.sampling import _fourier_zoom
 from amir_cli.training.trainer import _consistent
 

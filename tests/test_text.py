@@ -39,7 +39,7 @@ def test_training_bar_fits_80_columns():
 
 
 def test_benchmark_table_fits_80_columns_and_drops_whole_columns_when_narrower():
-    from amir_cli.benchmark import rich_table
+    from amir_cli.scoring import rich_table
 
     summary = json.loads((REPO / "benchmarks/results/amir-s/summary.json").read_text())
     wide = _lines(lambda c: c.print(rich_table(summary, width=80)))

@@ -47,7 +47,7 @@ def benchmark(
     json_out: JsonOpt = False,
 ) -> None:
     """Score the input, classical baselines and AMIR by the paper's protocol (PSNR, SSIM, RMSE)."""
-    from .. import benchmark as bench
+    from .. import scoring as bench
     from ..device import keep_freed_memory
 
     _choice(precision, PRECISIONS, "--precision")

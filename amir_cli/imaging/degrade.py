@@ -34,11 +34,11 @@ texture at the edge of the field of view, not against noise level.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from amir_cli.imaging.kspace import check_factor, kspace_mask
 from amir_cli.imaging.projector import check_2d, fbp, pad_square, project, view_count
 from amir_cli.tasks import CT_DENOISE, DEFAULT_LEVEL, MRI_SR, PET_SYNTHESIS, TASKS
 
@@ -63,14 +63,6 @@ PET_POSTFILTER_FWHM_MM = 5.0
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
 # --------------------------------------------------------------------------------------- helpers
-def _check_factor(factor) -> int:
-    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer, float, np.floating)):
-        raise ValueError(f"mri-sr factor must be an integer >= 1, got {factor!r}")
-    if float(factor) != int(factor) or int(factor) < 1:
-        raise ValueError(f"mri-sr factor must be an integer >= 1, got {factor!r}")
-    return int(factor)
-
-
 def _check_dose(dose_fraction) -> float:
     try:
         d = float(dose_fraction)
@@ -100,29 +92,10 @@ def _check_rng(rng) -> np.random.Generator:
 
 
 # ------------------------------------------------------------------------------------------- MRI
-def kspace_mask(shape: Sequence[int], factor: int) -> np.ndarray:
-    """Boolean mask, in *centred* (fftshift-ed) k-space, of the frequencies that ``mri_truncate`` keeps.
-
-    Along an axis of length ``n`` the central ``max(1, n // factor)`` samples around DC are kept.
-    """
-    factor = _check_factor(factor)
-    if len(shape) != 2:
-        raise ValueError(f"shape must be 2-D, got {tuple(shape)}")
-    masks = []
-    for n in shape:
-        n = int(n)
-        m = max(1, n // factor)
-        start = n // 2 - m // 2
-        ax = np.zeros(n, dtype=bool)
-        ax[start : start + m] = True
-        masks.append(ax)
-    return masks[0][:, None] & masks[1][None, :]
-
-
 def mri_truncate_complex(image2d, factor: int) -> np.ndarray:
     """Complex image of :func:`mri_truncate` before the magnitude step (complex128)."""
     img = check_2d(image2d)
-    factor = _check_factor(factor)
+    factor = check_factor(factor)
     if factor == 1:
         return img.astype(np.complex128)
     k = np.fft.fftshift(np.fft.fft2(img))
@@ -136,7 +109,7 @@ def mri_truncate(image2d, factor: int) -> np.ndarray:
     2-D FFT (centred), zero every frequency outside the central ``n // factor`` samples of each axis,
     inverse FFT, magnitude.  ``factor`` 1 returns the input unchanged (as float32).
     """
-    factor = _check_factor(factor)
+    factor = check_factor(factor)
     img = check_2d(image2d)
     if factor == 1:
         return img.astype(np.float32)
@@ -295,7 +268,7 @@ def degrade_volume(array, task: str, level=None, *, slice_axis: int = 2, spacing
     if level is None:
         level = DEFAULT_LEVEL[task]
     if task == MRI_SR:
-        _check_factor(level)
+        check_factor(level)
     else:
         _check_dose(level)
     arr = np.asarray(array)

@@ -1,13 +1,14 @@
 """k-space operations for MR super-resolution on a zero-filled grid.
 
 - :func:`kspace_upsample`: the `--scale` zero-padding of a coarse slice's k-space onto a finer grid;
-- :func:`kspace_downsample`: the coarse image a scanner reconstructs from the central band.
-
-The data consistency that uses them (:func:`amir_cli.inference.data_consistency`, torch) lives on
-the inference side; the note below explains it.
+- :func:`kspace_downsample`: the coarse image a scanner reconstructs from the central band;
+- :func:`kspace_mask`: the central band that a zero-filled image measured;
+- :func:`zero_filled_factor`: that band recognised in an image's spectrum;
+- :func:`data_consistency` (torch, :func:`project_band` differentiable for training): an estimate
+  made consistent with the measured band, as the note below explains.
 
 A zero-filled input ``z = |IFFT(M FFT(x))|`` fixes the central band ``M`` of the true image's
-k-space up to the phase that the magnitude step dropped. :func:`amir_cli.inference.data_consistency` alternates two
+k-space up to the phase that the magnitude step dropped. :func:`data_consistency` alternates two
 projections, starting from the network's estimate ``y``: (1) give ``y``'s own zero-filled image its
 measured magnitude ``z`` (keeping ``y``'s phase) and put that band back into ``y``'s k-space, which
 leaves every frequency outside the band as the network made it; (2) clip the image at zero (MR
@@ -20,9 +21,9 @@ the coarse input as if it were a zero-filled image instead scores lower on brain
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
-
-
 
 
 def kspace_upsample(image2d: np.ndarray, scale: int) -> np.ndarray:
@@ -73,7 +74,7 @@ MIN_DETECT_SIDE = 64  # on smaller slices the band edge is too few samples wide 
 
 def band_edge_ratio(power: np.ndarray, factor: int) -> float:
     """Mean power just outside over just inside the central ``n // factor`` samples (the band of
-    :func:`amir_cli.imaging.degrade.kspace_mask`) of a centred 1-D power profile of length n."""
+    :func:`kspace_mask`) of a centred 1-D power profile of length n."""
     n = len(power)
     m = max(1, n // factor)
     lo = n // 2 - m // 2
@@ -104,3 +105,105 @@ def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -
         if max(band_edge_ratio(rows, f), band_edge_ratio(cols, f)) < CLIFF_RATIO:
             return int(f)
     return None
+
+
+# ------------------------------------------------------------------- the measured band
+def check_factor(factor) -> int:
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer, float, np.floating)):
+        raise ValueError(f"mri-sr factor must be an integer >= 1, got {factor!r}")
+    if float(factor) != int(factor) or int(factor) < 1:
+        raise ValueError(f"mri-sr factor must be an integer >= 1, got {factor!r}")
+    return int(factor)
+
+
+def kspace_mask(shape: Sequence[int], factor: int) -> np.ndarray:
+    """Boolean mask, in *centred* (fftshift-ed) k-space, of the frequencies that ``mri_truncate`` keeps.
+
+    Along an axis of length ``n`` the central ``max(1, n // factor)`` samples around DC are kept.
+    """
+    factor = check_factor(factor)
+    if len(shape) != 2:
+        raise ValueError(f"shape must be 2-D, got {tuple(shape)}")
+    masks = []
+    for n in shape:
+        n = int(n)
+        m = max(1, n // factor)
+        start = n // 2 - m // 2
+        ax = np.zeros(n, dtype=bool)
+        ax[start : start + m] = True
+        masks.append(ax)
+    return masks[0][:, None] & masks[1][None, :]
+
+
+# ------------------------------------------------------------ data consistency (torch)
+# Iterations of the data-consistency projections: more gain a little more, at the network's cost
+# on a CPU already.
+DC_ITERATIONS = 50
+
+
+def _fine_ramp(shape, scale: int, device):
+    """Phase ramp that moves a fine grid by (scale - 1) / 2 voxels: onto the coarse voxel centres
+    of :func:`kspace_upsample` (``restore.scaled_affine``)."""
+    import torch
+
+    fy = torch.fft.fftfreq(shape[0], device=device)[:, None]
+    fx = torch.fft.fftfreq(shape[1], device=device)[None, :]
+    return torch.exp(2j * torch.pi * (scale - 1) / 2 * (fy + fx))
+
+
+def band_mask(shape, factor: int, device=None):
+    """The measured band of a zero-filled image (:func:`kspace_mask`) as a
+    torch bool tensor in the unshifted FFT layout."""
+    import torch
+
+    return torch.as_tensor(np.fft.ifftshift(kspace_mask(shape, factor)), device=device)
+
+
+def project_band(y, measured, band, iterations: int = DC_ITERATIONS, eps: float = 1e-30):
+    """Alternating projections (torch, differentiable) of the estimate ``y`` (…, H, W) onto the images
+    whose zero-filled magnitude in ``band`` is ``measured`` (same grid), and onto non-negative images.
+    ``eps``: the smallest magnitude divided by (raise it where gradients flow)."""
+    import torch
+
+    y = y.clamp(min=0)
+    for _ in range(iterations):
+        k = torch.fft.fft2(y)
+        own = torch.fft.ifft2(k * band)  # the estimate's own zero-filled image
+        size = own.abs()
+        phased = torch.where(size > eps, own * (measured / size.clamp(min=eps)), measured.to(own.dtype))
+        k = torch.where(band, torch.fft.fft2(phased), k)  # measured magnitude, own phase
+        y = torch.fft.ifft2(k).real.clamp(min=0)
+    return y
+
+
+def data_consistency(
+    estimate: np.ndarray, measured: np.ndarray, factor: int, iterations: int = DC_ITERATIONS, device=None
+) -> np.ndarray:
+    """``estimate`` (…, H, W) made consistent with the magnitude MR image ``measured``, which holds
+    the central ``H // factor`` x ``W // factor`` of k-space: either on the estimate's grid (a
+    zero-filled image, the band of :func:`kspace_mask`) or on the coarse
+    grid (…, H / factor, W / factor) that :func:`kspace_upsample` takes to the estimate's. Runs on
+    the torch ``device`` (default CPU); returns float32 numpy, never negative."""
+    import torch
+
+
+    fine, meas = np.shape(estimate), np.shape(measured)
+    coarse = meas != fine
+    if coarse and (meas[:-2] != fine[:-2] or [n * factor for n in meas[-2:]] != list(fine[-2:])):
+        raise ValueError(f"measured image {meas} is neither on the estimate's grid {fine} nor {factor} times coarser")
+    y = torch.as_tensor(np.asarray(estimate, dtype=np.float32), device=device).clamp(min=0)
+    z = torch.as_tensor(np.asarray(measured, dtype=np.float32), device=device)
+    if not coarse:
+        return project_band(y, z, band_mask(fine[-2:], factor, device), iterations).cpu().numpy()
+    # the coarse grid's whole k-space is the fine spectrum's centre, shifted to its voxel centres
+    (h, w), (n, m) = fine[-2:], meas[-2:]
+    rows, cols = slice(h // 2 - n // 2, h // 2 - n // 2 + n), slice(w // 2 - m // 2, w // 2 - m // 2 + m)
+    ramp, area = _fine_ramp((h, w), factor, device), factor * factor
+    for _ in range(iterations):
+        k = torch.fft.fftshift(torch.fft.fft2(y) * ramp, dim=(-2, -1))
+        own = torch.fft.ifft2(torch.fft.ifftshift(k[..., rows, cols], dim=(-2, -1))) / area
+        size = own.abs()
+        phased = torch.where(size > 0, own * (z / size.clamp(min=1e-30)), z)  # measured magnitude, own phase
+        k[..., rows, cols] = torch.fft.fftshift(torch.fft.fft2(phased), dim=(-2, -1)) * area
+        y = torch.fft.ifft2(torch.fft.ifftshift(k, dim=(-2, -1)) / ramp).real.clamp(min=0)
+    return y.cpu().numpy()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from amir_cli.errors import AmirError, BadInputError
-from amir_cli.inference import band_mask, project_band
+from amir_cli.imaging.kspace import band_mask, project_band
 from amir_cli.tasks import TASKS
 
 from . import checkpoint as ckpt
