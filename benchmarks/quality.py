@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tta", action="store_true", help="also score the x8 self-ensemble (amir-tta)")
     args = ap.parse_args(argv)
 
-    from amir_cli.scoring import run_benchmark
+    from amir_cli.scoring import BenchmarkRequest, run_benchmark
     from amir_cli.imaging.phantom import SIMULATED_NOTE
 
     missing = [s.file for s in sources(TEST) if not (args.data / s.file).exists()]
@@ -131,16 +131,17 @@ def main(argv=None) -> int:
         def progress(done, total, label):
             print(f"[{done}/{total}] {label}", file=sys.stderr)
 
-        result = run_benchmark(
+        request = BenchmarkRequest(
             cases, out, weights=args.weights, device=args.device, batch_size=args.batch_size,
-            max_slices=args.max_slices or None, tta=args.tta, progress=progress,
+            max_slices=args.max_slices or None, tta=args.tta,
             data_label="the frozen test split: subjects that no training, validation, tuning or example reads",
-            notes=[
+            notes=(
                 "test split: " + "; ".join(f"{case_name(s)} ({s.task}, {s.kind}: {s.note})" for s in sources(TEST)),
                 f"{SIMULATED_NOTE}: the test PET is FDG-like activity on the T1 brain and chest CT patients' anatomy (seed {PET_SEED})",
                 "MR volumes scaled into the 12-bit range by their robust scale factor (P99.5 of the foreground -> 3000)",
-            ],
+            ),
         )
+        result = run_benchmark(request, progress=progress)
     print((out / "summary.md").read_text())
     print(f"total {time.perf_counter() - t0:.0f} s; results in {out}", file=sys.stderr)
     return result.exit_code

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from amir_cli import baselines
-from amir_cli.scoring import CaseSpec, kspace_factor_of, parse_simulate, plan_cases, run_benchmark, select_slices
+from amir_cli.scoring import BenchmarkRequest, CaseSpec, kspace_factor_of, parse_simulate, plan_cases, run_benchmark, select_slices
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade
 from amir_cli.metrics import volume_scores
@@ -139,18 +139,18 @@ def test_simulate_flat_folder_and_max_slices(tmp_path, tiny_weights):
 def test_simulation_is_seeded_and_independent_of_max_slices(tmp_path, tiny_weights):
     data = tmp_path / "hq"
     _save(_phantom("pet-synthesis", slices=2), data / "PET" / "p.nii.gz")
-    full = run_benchmark(data, tmp_path / "o1", weights=tiny_weights, simulate=["pet-synthesis"], with_baselines=False, figures=False)
-    again = run_benchmark(data, tmp_path / "o2", weights=tiny_weights, simulate=["pet-synthesis"], with_baselines=False, figures=False)
+    full = run_benchmark(BenchmarkRequest(data, tmp_path / "o1", weights=tiny_weights, simulate=["pet-synthesis"], with_baselines=False, figures=False))
+    again = run_benchmark(BenchmarkRequest(data, tmp_path / "o2", weights=tiny_weights, simulate=["pet-synthesis"], with_baselines=False, figures=False))
     assert full.rows[0]["psnr"] == again.rows[0]["psnr"]
-    other = run_benchmark(data, tmp_path / "o3", weights=tiny_weights, simulate=["pet-synthesis"], with_baselines=False,
-                          figures=False, seed=5)
+    other = run_benchmark(BenchmarkRequest(data, tmp_path / "o3", weights=tiny_weights, simulate=["pet-synthesis"], with_baselines=False,
+                                           figures=False, seed=5))
     assert other.rows[0]["psnr"] != full.rows[0]["psnr"]
 
 
 def test_tta_adds_the_self_ensemble_row(tmp_path, tiny_weights):
     data = tmp_path / "hq"
     _save(_phantom("mri-sr", slices=2), data / "MRI" / "m.nii.gz")
-    result = run_benchmark(data, tmp_path / "o", weights=tiny_weights, simulate=["mri-sr:2"], with_baselines=False, tta=True)
+    result = run_benchmark(BenchmarkRequest(data, tmp_path / "o", weights=tiny_weights, simulate=["mri-sr:2"], with_baselines=False, tta=True))
     by = {r["method"]: r for r in result.rows}
     assert set(by) == {"input", "amir", "amir-net", "amir-tta"} and by["amir-tta"]["psnr"] != by["amir"]["psnr"]
     assert [r["method"] for r in result.summary["results"]] == ["input", "amir", "amir-net", "amir-tta"]
@@ -184,7 +184,7 @@ def test_coarser_lq_grid_gets_zero_filled_input_and_bicubic(tmp_path, tiny_weigh
     mr = _phantom("mri-sr", n=48)
     _save(mr, data / "MRI/test/HQ/m.nii.gz")
     _save(mr[::2, ::2], data / "MRI/test/LQ/m.nii.gz", spacing=(2.0, 2.0, 2.0))
-    res = run_benchmark(data, tmp_path / "out", weights=tiny_weights, figures=False)
+    res = run_benchmark(BenchmarkRequest(data, tmp_path / "out", weights=tiny_weights, figures=False))
     assert res.exit_code == 0, res.failures
     assert [r["method"] for r in res.rows] == ["input", "bicubic", "amir"]
     assert all(r["n_slices"] == 2 for r in res.rows)
@@ -213,8 +213,8 @@ def test_kspace_factor_for_the_unlabelled_lq_folder(tmp_path, tiny_weights):
     mr = _phantom("mri-sr", slices=2)
     _save(mr, data / "MRI/test/HQ/brain.nii.gz")
     _save(degrade.degrade_volume(mr, "mri-sr", 2), data / "MRI/test/LQ/brain.nii.gz")
-    plain = run_benchmark(data, tmp_path / "o1", weights=tiny_weights, figures=False)
-    dc = run_benchmark(data, tmp_path / "o2", weights=tiny_weights, figures=False, kspace_factor=2)
+    plain = run_benchmark(BenchmarkRequest(data, tmp_path / "o1", weights=tiny_weights, figures=False))
+    dc = run_benchmark(BenchmarkRequest(data, tmp_path / "o2", weights=tiny_weights, figures=False, kspace_factor=2))
     assert {r["method"] for r in plain.rows} == {"input", "amir"}
     assert {r["method"] for r in dc.rows} == {"input", "pocs", "amir", "amir-net"}
     amir = {res.summary["kspace_factor"]: next(r["psnr"] for r in res.rows if r["method"] == "amir") for res in (plain, dc)}

@@ -58,6 +58,11 @@ def benchmark(
         simulations = [bench.parse_simulate(text) for text in simulate or ()]
     except AmirError as exc:  # a malformed option value is a usage error (exit 2)
         raise typer.BadParameter(str(exc), param_hint="--simulate") from None
+    request = bench.BenchmarkRequest(
+        data, out, weights=weights, simulate=tuple(simulations), with_baselines=with_baselines, device=device,
+        precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, tta=tta,
+        data_consistency=data_consistency, kspace_factor=kspace_factor,
+    )
     with progress_bar(quiet or json_out) as bar:
         job = bar.add_task("reading the cases", total=None)
 
@@ -65,11 +70,7 @@ def benchmark(
             bar.update(job, completed=done, total=total, description=label)
 
         keep_freed_memory()
-        result = bench.run_benchmark(
-            data, out, weights=weights, simulate=simulations, with_baselines=with_baselines, device=device,
-            precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, tta=tta,
-            data_consistency=data_consistency, kspace_factor=kspace_factor, progress=advance,
-        )
+        result = bench.run_benchmark(request, progress=advance)
     for v in result.summary.get("skipped", []):
         info(f"skipped {v['volume']}: {v['task']} ({v['reason']}), which no --simulate names", quiet or json_out)
     for f in result.failures:

@@ -49,13 +49,14 @@ from amir_cli.files import write_json
 from amir_cli.imaging import degrade
 from amir_cli.imaging.io import read_image
 from amir_cli.metrics import volume_scores
-from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, MRI_SR, one_of
+from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, MRI_SR
 
 from .cases import CaseSpec, Simulation, parse_simulate, place_volumes, plan_cases
+from .request import BenchmarkRequest
 from .report import CSV_COLUMNS, PROTOCOL, _summary, _write_csv, level_sort_key, markdown_summary, rich_table
 
 __all__ = [
-    "BenchmarkResult", "CaseSpec", "Simulation", "CSV_COLUMNS", "PROTOCOL", "case_seed", "kspace_factor_of",
+    "BenchmarkRequest", "BenchmarkResult", "CaseSpec", "Simulation", "CSV_COLUMNS", "PROTOCOL", "case_seed", "kspace_factor_of",
     "level_sort_key", "markdown_summary", "parse_simulate", "place_volumes", "plan_cases", "rich_table", "run_benchmark",
     "select_slices", "zero_filled",
 ]
@@ -174,32 +175,12 @@ def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
 
 
 # ---------------------------------------------------------------------------------------- run
-def run_benchmark(
-    data,
-    out_dir,
-    *,
-    weights=None,
-    simulate=(),
-    with_baselines: bool = True,
-    device: str = "auto",
-    precision: str = "fp32",
-    batch_size: int | None = None,
-    max_slices: int | None = None,
-    seed: int = 0,
-    tta: bool = False,
-    data_consistency: bool = True,
-    kspace_factor: int | None = None,
-    notes=(),
-    model=None,
-    figures: bool = True,
-    progress=None,
-    data_label: str | None = None,
-) -> BenchmarkResult:
-    """Score every case of ``data`` and write ``cases.csv``, ``summary.json``, ``summary.md`` and
-    ``figures/*.png`` into ``out_dir``.
+def run_benchmark(request: BenchmarkRequest, *, model=None, progress=None) -> BenchmarkResult:
+    """Score every case of ``request.data`` and write ``cases.csv``, ``summary.json``, ``summary.md``
+    and ``figures/*.png`` into ``request.out_dir``.
 
     ``progress(done, total, case_label)`` is called after each case.  ``model``: an already loaded
-    network (then ``weights`` only names it in the summary).  ``tta`` adds the method ``amir-tta``:
+    network (then ``request.weights`` only names it in the summary).  ``tta`` adds the method ``amir-tta``:
     AMIR averaged over the 8 flips and rotations of each slice.  ``data_consistency``: same-grid MR
     cases whose level names their k-space factor (:func:`kspace_factor_of`) get the ``pocs`` baseline
     and AMIR with `amir restore --kspace-factor`, coarser MR grids AMIR with the data consistency of
@@ -208,33 +189,21 @@ def run_benchmark(
     in the summaries (e.g. for data built in a temporary folder).  Raises :class:`AmirError` when nothing
     can be run (no cases, weights unusable); per-case failures are returned in ``failures``.
     """
-    if max_slices is not None and int(max_slices) < 1:
-        raise BadInputError(f"--max-slices must be at least 1, got {max_slices}")
-    if batch_size is not None and batch_size < 1:
-        raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
-    if kspace_factor not in (None, *MR_FACTORS):
-        raise BadInputError(f"--kspace-factor must be {one_of(MR_FACTORS)}, got {kspace_factor}")
-    cases, skipped = plan_cases(data, simulate)
-    out = Path(out_dir)
+    request.check()
+    cases, skipped = plan_cases(request.data, request.simulate)
+    out = Path(request.out_dir)
     if out.exists() and not out.is_dir():
         raise BadInputError(f"{out}: exists and is not a folder")
     t_start = time.perf_counter()
     from amir_cli.device import pick_device, precision_context
-    from amir_cli.weights import describe, load_weights
-
     from amir_cli.restore import batch_size_for
 
-    dev = pick_device(device)
-    precision_context(dev, precision)  # an unsupported precision fails here, before any case
-    batch_size = batch_size_for(dev, batch_size)
-    if model is None:
-        if progress is not None:
-            progress(0, len(cases), "loading the model")
-        loaded = load_weights(weights, dev)
-        model = loaded.model
-        winfo = loaded.record()
-    else:
-        winfo = describe(weights)
+    dev = pick_device(request.device)
+    precision_context(dev, request.precision)  # an unsupported precision fails here, before any case
+    batch_size = batch_size_for(dev, request.batch_size)
+    if model is None and progress is not None:
+        progress(0, len(cases), "loading the model")
+    model, winfo = _model_for(request, dev, model)
     out.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
@@ -243,9 +212,7 @@ def run_benchmark(
     for k, spec in enumerate(cases):
         label = f"{spec.task} {spec.level or '-'} {spec.name}"
         try:
-            case_rows, show = _score_case(spec, model, seed=seed, max_slices=max_slices, with_baselines=with_baselines,
-                                          device=dev, precision=precision, batch_size=batch_size, tta=tta,
-                                          kspace_factor=kspace_factor, data_consistency=data_consistency)
+            case_rows, show = _score_case(spec, model, request, dev, batch_size)
             rows += case_rows
             showcase.setdefault((spec.task, spec.level), []).append(show)
         except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
@@ -253,21 +220,9 @@ def run_benchmark(
         if progress is not None:
             progress(k + 1, len(cases), label)
 
-    fig_paths: list[Path] = []
-    if figures and showcase:
-        from amir_cli.figures import comparison_figure
-
-        (out / "figures").mkdir(exist_ok=True)
-        for (task, level), shows in sorted(showcase.items(), key=lambda kv: (kv[0][0], level_sort_key(*kv[0]))):
-            pick = _representative(shows)
-            path = out / "figures" / f"{task}_{_slug(level or 'paired')}.png"
-            comparison_figure(pick, path)
-            fig_paths.append(path)
-
-    summary = _summary(rows, failures, cases, data=data_label or data, simulate=simulate, weights=winfo, device=str(dev), precision=precision,
-                       batch_size=batch_size, max_slices=max_slices, seed=seed, with_baselines=with_baselines,
-                       data_consistency=data_consistency, kspace_factor=kspace_factor,
-                       notes=list(notes), figures=[str(p.relative_to(out)) for p in fig_paths], skipped=skipped,
+    fig_paths = _write_figures(showcase, out) if request.figures else []
+    summary = _summary(rows, failures, cases, request, weights=winfo, device=str(dev), batch_size=batch_size,
+                       figures=[str(p.relative_to(out)) for p in fig_paths], skipped=skipped,
                        seconds=time.perf_counter() - t_start)
     _write_csv(out / "cases.csv", rows)
     write_json(out / "summary.json", summary, keep_nan=True)
@@ -275,20 +230,45 @@ def run_benchmark(
     return BenchmarkResult(rows, summary, failures, out, fig_paths)
 
 
+def _model_for(request: BenchmarkRequest, dev, model) -> tuple[object, dict]:
+    """(the network, its record for the summary): ``model`` if given, else the request's weights loaded."""
+    from amir_cli.weights import describe, load_weights
+
+    if model is not None:
+        return model, describe(request.weights)
+    loaded = load_weights(request.weights, dev)
+    return loaded.model, loaded.record()
+
+
+def _write_figures(showcase: dict[tuple[str, str], list[dict]], out: Path) -> list[Path]:
+    """One comparison figure per task and level (its median case), into ``out/figures``."""
+    if not showcase:
+        return []
+    from amir_cli.figures import comparison_figure
+
+    (out / "figures").mkdir(exist_ok=True)
+    paths = []
+    for (task, level), shows in sorted(showcase.items(), key=lambda kv: (kv[0][0], level_sort_key(*kv[0]))):
+        path = out / "figures" / f"{task}_{_slug(level or 'paired')}.png"
+        comparison_figure(_representative(shows), path)
+        paths.append(path)
+    return paths
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-") or "level"
 
 
-def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, device, precision, batch_size, tta=False,
-                kspace_factor=None, data_consistency=True):
-    hq_vol, hq, lq_vol, lq, scale, idx = _load_pair(spec, seed, max_slices)
+def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_size: int):
+    hq_vol, hq, lq_vol, lq, scale, idx = _load_pair(spec, request.seed, request.max_slices)
     task = spec.task
     n = len(idx)
-    factor = kspace_factor_of(spec, scale, kspace_factor) if data_consistency else None  # same grid; a coarser one: --scale's
+    dc = request.data_consistency
+    factor = kspace_factor_of(spec, scale, request.kspace_factor) if dc else None  # same grid; a coarser one: --scale's
     # amir runs as plain `amir restore` does: the zero filling recognised, unless --kspace-factor forces a factor
-    forced = kspace_factor if task == MRI_SR and scale == 1 and not spec.level else None
-    options = dict(device=device, precision=precision, batch_size=batch_size, kspace_factor=forced,
-                   data_consistency=data_consistency, detect_zero_filling=True)
+    forced = request.kspace_factor if task == MRI_SR and scale == 1 and not spec.level else None
+    options = dict(device=device, precision=request.precision, batch_size=batch_size, kspace_factor=forced,
+                   data_consistency=dc, detect_zero_filling=True)
     methods: list[tuple[str, np.ndarray, float | None]] = []
     if scale > 1:
         t = time.perf_counter()
@@ -296,7 +276,7 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
         methods.append(("input", zf, (time.perf_counter() - t) / n))
     else:
         methods.append(("input", lq, None))
-    if with_baselines:
+    if request.with_baselines:
         for name, run in baselines.baseline_methods(task, lq, hq, _inplane_spacing(lq_vol), scale, factor):
             t = time.perf_counter()
             methods.append((name, run(), (time.perf_counter() - t) / n))
@@ -307,7 +287,7 @@ def _score_case(spec: CaseSpec, model, *, seed, max_slices, with_baselines, devi
         t = time.perf_counter()
         alone = _run_amir(model, lq_vol, task, scale=scale, **{**options, "data_consistency": False})
         methods.append(("amir-net", alone, (time.perf_counter() - t) / n))
-    if tta:
+    if request.tta:
         t = time.perf_counter()
         ensembled = _run_amir(model, lq_vol, task, scale=scale, tta=True, **options)
         methods.append(("amir-tta", ensembled, (time.perf_counter() - t) / n))

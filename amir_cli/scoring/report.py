@@ -15,6 +15,7 @@ from amir_cli.tables import fitted_table
 from amir_cli.tasks import MRI_SR, PET_SYNTHESIS, TASK, TASKS
 
 from .cases import Simulation, parse_simulate
+from .request import BenchmarkRequest
 
 CSV_COLUMNS = ("case", "task", "level", "method", "psnr", "ssim", "rmse", "n_slices", "seconds_per_slice")
 PROTOCOL = (
@@ -63,8 +64,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
             })
 
 
-def _summary(rows, failures, cases, *, data, simulate, weights, device, precision, batch_size, max_slices, seed,
-             with_baselines, data_consistency, kspace_factor, notes, figures, seconds, skipped=()) -> dict:
+def _summary(rows, failures, cases, request: BenchmarkRequest, *, weights, device, batch_size, figures, seconds,
+             skipped=()) -> dict:
+    """summary.json: the request, what ran (``weights``, ``device``, ``batch_size``) and the scores."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["task"], r["level"], r["method"]), []).append(r)
@@ -88,40 +90,22 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
             "seconds_per_slice": float(np.mean(sps)) if sps else None,
         })
     tasks = sorted({c.task for c in cases}, key=TASKS.index)
-    all_notes = list(notes)
-    sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
-    if sims:
-        all_notes.append(f"low-quality inputs simulated by the degradations of docs/protocol.md (seed {seed}, one stream per case and slice)")
-    if any(s.task == PET_SYNTHESIS for s in sims):
-        all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
-    if max_slices:
-        all_notes.append(MAX_SLICES_NOTE.format(n=max_slices))
-    if any(c.task == MRI_SR for c in cases):
-        all_notes.append(
-            "MR: AMIR runs as plain `amir restore` does: on the input's grid it keeps the k-space band of an input "
-            "it recognises as zero-filled (or of --kspace-factor S on an unlabelled LQ folder), on a coarser LQ grid "
-            "always (`amir restore --scale`)" if data_consistency else
-            "MR: the network alone (`--no-data-consistency`), without the data consistency of `amir restore`"
-        )
-    if any(r["method"] == "amir-net" for r in rows):
-        all_notes.append("`amir-net`: the network alone, without data consistency (`amir restore --no-data-consistency`)")
-    if any(r["method"] == "amir-tta" for r in rows):
-        all_notes.append("`amir-tta`: the same network averaged over the 8 flips and 90-degree rotations of each slice (`--tta`)")
+    sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in request.simulate]
     return {
         "tool": f"amir {__version__}",
-        "data": str(data),
+        "data": str(request.data_label or request.data),
         "mode": "simulated" if sims else "paired",
         "simulate": [{"task": s.task, "level": s.level, "label": s.label} for s in sims],
         "weights": weights,
         "device": device,
-        "precision": precision,
+        "precision": request.precision,
         "batch_size": batch_size,
-        "max_slices": max_slices,
-        "seed": seed,
-        "data_consistency": data_consistency,
-        "kspace_factor": kspace_factor,
+        "max_slices": request.max_slices,
+        "seed": request.seed,
+        "data_consistency": request.data_consistency,
+        "kspace_factor": request.kspace_factor,
         "protocol": PROTOCOL,
-        "baselines": {t: baselines.DESCRIPTIONS[t] for t in tasks} if with_baselines else {},
+        "baselines": {t: baselines.DESCRIPTIONS[t] for t in tasks} if request.with_baselines else {},
         "n_cases": len(cases),
         "n_failed": len(failures),
         "failed": failures,
@@ -129,9 +113,32 @@ def _summary(rows, failures, cases, *, data, simulate, weights, device, precisio
         "results": results,
         "cases": [{k: _nan_to_none(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
         "figures": figures,
-        "notes": all_notes,
+        "notes": _notes(rows, cases, request, sims),
         "seconds": round(seconds, 2),
     }
+
+
+def _notes(rows, cases, request: BenchmarkRequest, sims: list[Simulation]) -> list[str]:
+    """The request's notes and what the reader of the tables must know about how they were made."""
+    all_notes = list(request.notes)
+    if sims:
+        all_notes.append(f"low-quality inputs simulated by the degradations of docs/protocol.md (seed {request.seed}, one stream per case and slice)")
+    if any(s.task == PET_SYNTHESIS for s in sims):
+        all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
+    if request.max_slices:
+        all_notes.append(MAX_SLICES_NOTE.format(n=request.max_slices))
+    if any(c.task == MRI_SR for c in cases):
+        all_notes.append(
+            "MR: AMIR runs as plain `amir restore` does: on the input's grid it keeps the k-space band of an input "
+            "it recognises as zero-filled (or of --kspace-factor S on an unlabelled LQ folder), on a coarser LQ grid "
+            "always (`amir restore --scale`)" if request.data_consistency else
+            "MR: the network alone (`--no-data-consistency`), without the data consistency of `amir restore`"
+        )
+    if any(r["method"] == "amir-net" for r in rows):
+        all_notes.append("`amir-net`: the network alone, without data consistency (`amir restore --no-data-consistency`)")
+    if any(r["method"] == "amir-tta" for r in rows):
+        all_notes.append("`amir-tta`: the same network averaged over the 8 flips and 90-degree rotations of each slice (`--tta`)")
+    return all_notes
 
 
 def markdown_summary(summary: dict) -> str:

@@ -1,0 +1,39 @@
+"""What an `amir benchmark` run is asked to do: one object, built once by the command (or a script)
+and passed down whole to the run, the case scoring and the summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from amir_cli.errors import BadInputError
+from amir_cli.tasks import MR_FACTORS, one_of
+
+
+@dataclass(frozen=True)
+class BenchmarkRequest:
+    data: Path  # the benchmark folder (docs/protocol.md)
+    out_dir: Path  # cases.csv, summary.json, summary.md, figures/
+    weights: str | None = None  # registry name or file; with an already loaded model, only its name
+    simulate: tuple = ()  # Simulation or TASK[:LEVEL] texts
+    with_baselines: bool = True
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int | None = None  # None: batch_size_for the device
+    max_slices: int | None = None  # None: every slice
+    seed: int = 0  # of the simulated degradations
+    tta: bool = False  # also the method amir-tta
+    data_consistency: bool = True
+    kspace_factor: int | None = None  # of the same-grid MR cases in the paired LQ folder (no level)
+    notes: tuple = ()  # more lines for the summaries
+    figures: bool = True
+    data_label: str | None = None  # shown for the data path in the summaries
+
+    def check(self) -> None:
+        """The option values that need no data; :class:`BadInputError` (a usage error to the command)."""
+        if self.max_slices is not None and int(self.max_slices) < 1:
+            raise BadInputError(f"--max-slices must be at least 1, got {self.max_slices}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise BadInputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.kspace_factor not in (None, *MR_FACTORS):
+            raise BadInputError(f"--kspace-factor must be {one_of(MR_FACTORS)}, got {self.kspace_factor}")
