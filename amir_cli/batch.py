@@ -15,7 +15,7 @@ from .files import write_json
 from .imaging import dicom
 from .imaging.io import list_cases
 from .placement import check_output, default_output, same_or_inside
-from .restore import Progress, RestoreOptions, restore_case
+from .restore import Progress, RestoreOptions, case_files, restore_case
 from .weights import LoadedWeights
 
 
@@ -81,9 +81,8 @@ def restore_batch(
         entry = {"input": str(case)} if series is None else {"input": str(case), "series_instance_uid": series}
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            report = restore_case(
-                weights, case, target, options, series=series, progress=progress_for(shown) if progress_for else None
-            )
+            files = case_files(case, target, overwrite=options.overwrite, series=series, weights_file=weights.path)
+            report = restore_case(weights, files, options, progress=progress_for(shown) if progress_for else None)
             done.append({**entry, "output": report["output"], "task": report["task"], "seconds": report["seconds"]})
             if on_case:
                 on_case(shown, report, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import NamedTuple
 
 from .errors import DeviceError, one_line
@@ -45,6 +46,16 @@ def torchrun() -> Torchrun:
     return Torchrun(int(env.get("RANK") or 0), int(env.get("LOCAL_RANK") or 0), int(env.get("WORLD_SIZE") or 1))
 
 
+def check_device_spec(spec: str | None, *, mps: bool = True) -> str:
+    """``spec`` lower-cased if it names a device the way --device does (auto, cpu, cuda, cuda:N, and
+    mps unless ``mps=False``); DeviceError otherwise. Whether this machine has it is :func:`pick_device`'s."""
+    choices = "auto, cpu, cuda, cuda:N or mps" if mps else "auto, cpu, cuda or cuda:N"
+    text = (spec or "auto").strip().lower()
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?" + ("|mps" if mps else ""), text):
+        raise DeviceError(f"invalid device {text!r}: use {choices}")
+    return text
+
+
 def pick_device(spec: str = "auto", *, mps: bool = True, per_process: bool = False):
     """A torch.device for 'auto' (cuda > mps > cpu; cuda:LOCAL_RANK under torchrun), 'cpu',
     'cuda', 'cuda:N' or 'mps'; DeviceError when this machine cannot provide it.
@@ -56,8 +67,7 @@ def pick_device(spec: str = "auto", *, mps: bool = True, per_process: bool = Fal
 
     _, local_rank, world = torchrun()
     spread = per_process and world > 1
-    choices = "auto, cpu, cuda, cuda:N or mps" if mps else "auto, cpu, cuda or cuda:N"
-    spec = (spec or "auto").strip().lower()
+    spec = check_device_spec(spec, mps=mps)
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank % torch.cuda.device_count())
@@ -66,21 +76,16 @@ def pick_device(spec: str = "auto", *, mps: bool = True, per_process: bool = Fal
         return torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
-    if spec == "mps" and mps:
+    if spec == "mps":
         if not _mps_available():
             raise DeviceError("device mps is not available on this machine (Apple GPU with an MPS-enabled torch needed)")
         return torch.device("mps")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        index_text = spec[5:] if spec.startswith("cuda:") else ""
-        if index_text and not index_text.isdigit():
-            raise DeviceError(f"invalid device {spec!r}: use {choices}")
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec} requested but CUDA is not available (torch {torch.__version__}, no GPU found)")
-        index = local_rank if spread else (int(index_text) if index_text else 0)
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"device {spec} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
-        return torch.device("cuda", index)
-    raise DeviceError(f"invalid device {spec!r}: use {choices}")
+    if not torch.cuda.is_available():  # cuda or cuda:N
+        raise DeviceError(f"device {spec} requested but CUDA is not available (torch {torch.__version__}, no GPU found)")
+    index = local_rank if spread else int(spec[5:] or 0)
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"device {spec} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return torch.device("cuda", index)
 
 
 def _mps_available() -> bool:

@@ -3,8 +3,9 @@
 The library face of `amir restore` (no Typer here):
 - ``restore_volume``: one ``Volume`` in physical units to its restored ``Volume`` and an info dict
   (the network itself runs in :mod:`amir_cli.inference`, on the device of :mod:`amir_cli.device`);
-- ``restore_case``: one file in, the restored file and its JSON report out (where they may go and
-  how they are placed: :mod:`amir_cli.placement`); a folder of cases: :mod:`amir_cli.batch`.
+- ``case_files``: where one case's files go, checked before any work; ``restore_case``: that file
+  in, the restored file and its JSON report out (how they are placed: :mod:`amir_cli.placement`);
+  a folder of cases: :mod:`amir_cli.batch`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable
 import numpy as np
 
 from ._version import __version__
-from .device import ENGINES, pick_device, precision_context
+from .device import ENGINES, check_device_spec, pick_device, precision_context
 from .errors import BadInputError
 from .imaging import intensity, kspace
 from .inference import DEFAULT_TILE_OVERLAP, predict
@@ -73,8 +74,12 @@ def check_scale_task(task: str, scale: int, kspace_factor: int | None) -> None:
             raise BadInputError("--kspace-factor is for inputs on their own grid; with --scale the coarse input is the measured band")
 
 
-def check_options(task: str, scale: int, batch_size: int, tile: int | None, kspace_factor: int | None = None) -> None:
-    intensity.check_task(task)
+def check_options(task: str, scale: int, batch_size: int | None, tile: int | None, kspace_factor: int | None = None,
+                  *, decided: bool = True) -> None:
+    """The restore options that need no image; ``decided=False`` lets ``task`` be 'auto' (decided from
+    the image later, and checked again then)."""
+    if decided or task != "auto":
+        intensity.check_task(task)
     if scale not in MR_SCALES:
         raise BadInputError(f"--scale must be {one_of(MR_SCALES)}, got {scale}")
     if kspace_factor is not None and kspace_factor not in MR_FACTORS:
@@ -182,16 +187,7 @@ def restore_volume(
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     batch_size = batch_size_for(device, batch_size)
     check_options(task, scale, batch_size, tile, kspace_factor)
-    factor_from = "scale" if scale > 1 else "option" if kspace_factor else None
-    if task == MRI_SR and factor_from is None and detect_zero_filling and data_consistency:
-        kspace_factor = kspace.zero_filled_factor(volume.array, volume.slice_axis)
-        factor_from = "detected" if kspace_factor else None
-    dc_factor = (scale if scale > 1 else kspace_factor) if data_consistency else None
-    lowest = float(np.min(volume.array)) if dc_factor else 0.0
-    if lowest < 0:  # not a magnitude image
-        if kspace_factor:
-            raise BadInputError(f"--kspace-factor needs a magnitude image, and this one has values down to {lowest:g}")
-        dc_factor = None  # a coarse input with negative values: the network alone
+    dc_factor, factor_from = _measured_band(volume, task, scale, kspace_factor, data_consistency, detect_zero_filling)
     autocast = precision_context(device, precision)
     started = time.perf_counter()
     axis = volume.slice_axis
@@ -224,6 +220,23 @@ def restore_volume(
         "routing": routing_summary(instruction_sum / max(n, 1)),
     }
     return result, info
+
+
+def _measured_band(volume: Volume, task: str, scale: int, kspace_factor: int | None, data_consistency: bool,
+                   detect_zero_filling: bool) -> tuple[int | None, str | None]:
+    """(the k-space factor whose band the output keeps, or None; where it comes from: "scale",
+    "option" or "detected"), as :func:`restore_volume` describes."""
+    factor_from = "scale" if scale > 1 else "option" if kspace_factor else None
+    if task == MRI_SR and factor_from is None and detect_zero_filling and data_consistency:
+        kspace_factor = kspace.zero_filled_factor(volume.array, volume.slice_axis)
+        factor_from = "detected" if kspace_factor else None
+    dc_factor = (scale if scale > 1 else kspace_factor) if data_consistency else None
+    lowest = float(np.min(volume.array)) if dc_factor else 0.0
+    if lowest < 0:  # not a magnitude image
+        if kspace_factor:
+            raise BadInputError(f"--kspace-factor needs a magnitude image, and this one has values down to {lowest:g}")
+        dc_factor = None  # a coarse input with negative values: the network alone
+    return dc_factor, factor_from
 
 
 def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progress | None) -> tuple[float, np.ndarray]:
@@ -331,6 +344,43 @@ class RestoreOptions:
     overwrite: bool = False
     engine: str = "auto"  # ENGINES (`engine`)
 
+    def check(self) -> None:
+        """The option values that need no image (the task may still be 'auto'; a device named by its
+        text, not whether this machine has it): BadInputError or DeviceError, which `amir restore`
+        shows as usage errors before any work."""
+        check_options(self.task, self.scale, self.batch_size, self.tile, self.kspace_factor, decided=False)
+        if isinstance(self.device, str):
+            check_device_spec(self.device)
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """One case's files, checked by :func:`case_files` before any work."""
+
+    input: Path
+    output: Path
+    report: Path
+    reference: Path | None = None
+    series: str | None = None  # the SeriesInstanceUID of one series of a DICOM folder that holds several
+
+
+def case_files(input_path: Path, output: Path | None = None, *, overwrite: bool = False, reference: Path | None = None,
+               report: Path | None = None, series: str | None = None, weights_file: Path | None = None) -> CaseFiles:
+    """Where one case's image and report go (defaults beside the input), refused where they would
+    overwrite an input (the image, ``reference``, ``weights_file``) or an existing file without
+    ``overwrite``, or where a format cannot be read or written."""
+    input_path = Path(input_path)
+    check_input_format(input_path)
+    output = Path(output) if output is not None else default_output(input_path)
+    report = Path(report) if report is not None else report_path_for(output)
+    inputs = (reference, weights_file)
+    check_output(input_path, output, overwrite, inputs=inputs)
+    check_output(input_path, report, overwrite, what="report", inputs=inputs)
+    if any(same_or_inside(report, o) or same_or_inside(o, report) for o in written_files(output)):
+        raise BadInputError(f"{report}: the report path must differ from the output")
+    check_output_format(input_path, output)
+    return CaseFiles(input_path, output, report, None if reference is None else Path(reference), series)
+
 
 def value_unit(volume: Volume, task: str) -> str:
     """The unit of the values: the file's where it names one, else the task's (a CT NIfTI holds HU)."""
@@ -385,114 +435,93 @@ def zero_filled_hint(path: Path) -> list[str]:
             f"--kspace-factor {factor} keeps the frequencies it measured"]
 
 
-def restore_case(
-    weights: LoadedWeights,
-    input_path: Path,
-    output: Path | None,
-    options: RestoreOptions,
-    *,
-    reference: Path | None = None,
-    report: Path | None = None,
-    progress: Progress | None = None,
-    series: str | None = None,
-) -> dict:
-    """Read, restore, write and report one image (``series``: the SeriesInstanceUID of one series of
-    a DICOM folder that holds several); returns the report (also written as JSON)."""
-    input_path = Path(input_path)
-    output = Path(output) if output is not None else default_output(input_path)
-    report = Path(report) if report is not None else report_path_for(output)
-    inputs = (reference, weights.path)
-    check_output(input_path, output, options.overwrite, inputs=inputs)
-    check_output(input_path, report, options.overwrite, what="report", inputs=inputs)
-    if any(same_or_inside(report, o) or same_or_inside(o, report) for o in written_files(output)):
-        raise BadInputError(f"{report}: the report path must differ from the output")
-    check_input_format(input_path)
-    check_output_format(input_path, output)
-
-    volume = read_image(input_path, series)
+def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptions, *, progress: Progress | None = None) -> dict:
+    """Read, restore, write and report one image (its files checked by :func:`case_files`); returns
+    the report (also written as JSON)."""
+    volume = read_image(files.input, files.series)
     task, reason, warnings = _choose_task(volume, options.task, weights)
     warnings = volume.meta.get("notes", []) + warnings  # what reading left out or assumed
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
-    check_memory(out_shape, str(input_path), copies=RESTORE_COPIES, doing="restoring")
-
-    ref_volume = None
-    if reference is not None:
-        ref_volume = read_image(reference)
-        expected = tuple(n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape))
-        if ref_volume.shape != expected:
-            raise BadInputError(
-                f"{reference}: reference shape {'x'.join(map(str, ref_volume.shape))} differs from the output shape "
-                f"{'x'.join(map(str, expected))}"
-            )
+    check_memory(out_shape, str(files.input), copies=RESTORE_COPIES, doing="restoring")
+    ref_volume = None if files.reference is None else _read_reference(files.reference, tuple(out_shape))
 
     if options.engine not in ENGINES:
         raise BadInputError(f"--engine must be one of {', '.join(ENGINES)}, got {options.engine!r}")
     weights.model.set_computation(engine=options.engine)
     restored, info = restore_volume(
-        weights.model,
-        volume,
-        task,
-        scale=options.scale,
-        device=options.device,
-        precision=options.precision,
-        batch_size=options.batch_size,
-        tile=options.tile,
-        tile_overlap=options.tile_overlap,
-        tta=options.tta,
-        kspace_factor=options.kspace_factor,
-        data_consistency=options.data_consistency,
-        detect_zero_filling=options.detect_zero_filling,
-        progress=progress,
+        weights.model, volume, task, scale=options.scale, device=options.device, precision=options.precision,
+        batch_size=options.batch_size, tile=options.tile, tile_overlap=options.tile_overlap, tta=options.tta,
+        kspace_factor=options.kspace_factor, data_consistency=options.data_consistency,
+        detect_zero_filling=options.detect_zero_filling, progress=progress,
     )
     if task == MRI_SR and options.scale == 1 and info["data_consistency"] is None:
-        warnings += zero_filled_hint(input_path)
+        warnings += zero_filled_hint(files.input)
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
     description = DESCRIPTION.format(version=__version__, task=task, scale=scale_text)
 
-    result = {
+    result = _case_report(files, task, reason, weights, volume, restored, info, warnings)
+    if ref_volume is not None:
+        result["reference"] = str(files.reference)
+        result["metrics"] = _reference_metrics(volume, restored, ref_volume, task, options.scale)
+    result["report"] = str(files.report)
+    publish(restored, files.output, reference=volume, description=description, overwrite=options.overwrite,
+            report=files.report, result=result)
+    return result
+
+
+def _read_reference(reference: Path, expected: tuple[int, ...]) -> Volume:
+    """The --reference image, which must lie on the output grid (``expected``: its shape)."""
+    ref_volume = read_image(reference)
+    if ref_volume.shape != expected:
+        raise BadInputError(
+            f"{reference}: reference shape {'x'.join(map(str, ref_volume.shape))} differs from the output shape "
+            f"{'x'.join(map(str, expected))}"
+        )
+    return ref_volume
+
+
+_RUN_FIELDS = ("device", "precision", "engine", "batch_size", "tile", "tta", "scale")  # of restore_volume's info
+_RESULT_FIELDS = ("mr_scale_factor", "data_consistency", "passthrough_voxels", "routing")
+
+
+def _case_report(files: CaseFiles, task: str, reason: str, weights: LoadedWeights, volume: Volume, restored: Volume,
+                 info: dict, warnings: list[str]) -> dict:
+    """The JSON report of one restored case (docs/reports.md), without the reference's metrics."""
+    unit = value_unit(volume, task)
+    return {
         "tool": "amir",
         "version": __version__,
-        "input": str(input_path),
-        **({"series_instance_uid": series} if series else {}),
-        "output": str(output),
+        "input": str(files.input),
+        **({"series_instance_uid": files.series} if files.series else {}),
+        "output": str(files.output),
         "task": task,
         "task_reason": reason,
         "weights": {**weights.record(), "config": weights.config},
-        "device": info["device"],
-        "precision": info["precision"],
-        "engine": info["engine"],
-        "batch_size": info["batch_size"],
-        "tile": info["tile"],
-        "tta": info["tta"],
-        "scale": info["scale"],
-        "unit": value_unit(volume, task),
-        "input_geometry": _geometry(volume, value_unit(volume, task)),
-        "output_geometry": _geometry(restored, value_unit(volume, task)),
+        **{k: info[k] for k in _RUN_FIELDS},
+        "unit": unit,
+        "input_geometry": _geometry(volume, unit),
+        "output_geometry": _geometry(restored, unit),
         "slices": info["slices"],
         "seconds": round(info["seconds"], 4),
         "model_seconds": round(info["model_seconds"], 4),
         "slices_per_second": round(info["slices_per_second"], 4) if info["slices_per_second"] else None,
-        "mr_scale_factor": info["mr_scale_factor"],
-        "data_consistency": info["data_consistency"],
-        "passthrough_voxels": info["passthrough_voxels"],
-        "routing": info["routing"],
+        **{k: info[k] for k in _RESULT_FIELDS},
         "warnings": warnings,
     }
-    if ref_volume is not None:
-        from .metrics import volume_scores
 
-        result["reference"] = str(reference)
-        result["metrics"] = {
-            "window": list(EVAL_WINDOW[task]),
-            "output": _scores(volume_scores(restored.array, ref_volume.array, task, restored.slice_axis)),
-        }
-        if options.scale == 1:  # the input on the same grid: what restoration gained
-            result["metrics"]["input"] = _scores(volume_scores(volume.array, ref_volume.array, task, volume.slice_axis))
-    result["report"] = str(report)
-    publish(restored, output, reference=volume, description=description, overwrite=options.overwrite,
-            report=report, result=result)
-    return result
+
+def _reference_metrics(volume: Volume, restored: Volume, ref_volume: Volume, task: str, scale: int) -> dict:
+    """Scores of the output against the reference, and of the input too where it lies on the same grid."""
+    from .metrics import volume_scores
+
+    metrics = {
+        "window": list(EVAL_WINDOW[task]),
+        "output": _scores(volume_scores(restored.array, ref_volume.array, task, restored.slice_axis)),
+    }
+    if scale == 1:  # the input on the same grid: what restoration gained
+        metrics["input"] = _scores(volume_scores(volume.array, ref_volume.array, task, volume.slice_axis))
+    return metrics
 
 
 def _scores(s: dict) -> dict:

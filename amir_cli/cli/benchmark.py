@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 
 from ..device import PRECISIONS
-from ..errors import EXIT_PARTIAL, AmirError
+from ..errors import EXIT_PARTIAL
 from ..tasks import MR_FACTORS, choices
-from .common import (Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt, _choice, app, check_device,
-                     examples, info, print_json, progress_bar)
+from .common import (Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt, _choice, app, examples, info, print_json,
+                     progress_bar, usage_errors)
 
 
 @app.command(
@@ -51,18 +51,15 @@ def benchmark(
     from ..device import keep_freed_memory
 
     _choice(precision, PRECISIONS, "--precision")
-    check_device(device)
-    if kspace_factor is not None and kspace_factor not in MR_FACTORS:
-        raise typer.BadParameter(f"{kspace_factor} is not one of {choices(MR_FACTORS, ', ')}", param_hint="--kspace-factor")
-    try:
-        simulations = [bench.parse_simulate(text) for text in simulate or ()]
-    except AmirError as exc:  # a malformed option value is a usage error (exit 2)
-        raise typer.BadParameter(str(exc), param_hint="--simulate") from None
+    with usage_errors("--simulate"):
+        simulations = tuple(bench.parse_simulate(text) for text in simulate or ())
     request = bench.BenchmarkRequest(
-        data, out, weights=weights, simulate=tuple(simulations), with_baselines=with_baselines, device=device,
+        data, out, weights=weights, simulate=simulations, with_baselines=with_baselines, device=device,
         precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, tta=tta,
         data_consistency=data_consistency, kspace_factor=kspace_factor,
     )
+    with usage_errors():
+        request.check()
     with progress_bar(quiet or json_out) as bar:
         job = bar.add_task("reading the cases", total=None)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
+from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
@@ -12,6 +12,7 @@ from typer.core import TyperCommand
 
 from .._version import __version__
 from ..device import PRECISIONS
+from ..errors import AmirError
 from ..tasks import TASKS
 
 app = typer.Typer(
@@ -109,19 +110,20 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     return value
 
 
-def check_device(device: str) -> None:
-    """A --device of restore and benchmark (whether this machine has it is checked later)."""
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", (device or "auto").strip().lower()):
-        raise typer.BadParameter(f"{device!r} is not one of auto, cpu, cuda, cuda:N, mps", param_hint="--device")
+@contextmanager
+def usage_errors(param_hint: str | None = None):
+    """Run the library's checks of option values: the error they raise is a usage error (exit 2)
+    with the library's text, before any work."""
+    try:
+        yield
+    except AmirError as exc:
+        raise typer.BadParameter(str(exc), param_hint=param_hint) from None
 
 
 def check_weights_name(name: str) -> None:
     """A registry name given to be written (import, add, train --export): a usage error when invalid."""
-    from ..errors import WeightsError
     from ..weights import check_name
 
-    try:
+    with usage_errors("--name"):
         check_name(name)
-    except WeightsError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--name") from None
 

@@ -12,7 +12,7 @@ from ..device import ENGINES, PRECISIONS
 from ..errors import EXIT_PARTIAL, AmirError
 from ..tasks import MR_FACTORS, MR_SCALES, MRI_SR, PET_SYNTHESIS, TASKS, choices
 from .common import (TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
-                     _choice, app, check_device, examples, print_json, progress_bar)
+                     _choice, app, examples, print_json, progress_bar, usage_errors)
 
 
 @app.command(
@@ -52,49 +52,65 @@ def restore_cmd(
     _choice(task, TASK_CHOICES, "--task")
     _choice(precision, PRECISIONS, "--precision")
     _choice(engine, ENGINES, "--engine")
-    if scale not in MR_SCALES:
-        raise typer.BadParameter(f"{scale} is not one of {choices(MR_SCALES, ', ')}", param_hint="--scale")
-    if kspace_factor is not None and kspace_factor not in MR_FACTORS:
-        raise typer.BadParameter(f"{kspace_factor} is not one of {choices(MR_FACTORS, ', ')}", param_hint="--kspace-factor")
-
     from .. import restore as R
-    from .. import placement as P
-    from ..batch import restore_batch
-    from ..device import keep_freed_memory, pick_device, precision_context
-    from ..weights import is_path, load_weights
+    from ..placement import is_batch_input
+    from ..weights import is_path
 
-    _restore_usage(R, task, scale, kspace_factor, tile, device, reference)
+    options = R.RestoreOptions(task=task, scale=scale, device=device, precision=precision, batch_size=batch_size, tile=tile,
+                               tta=tta, kspace_factor=kspace_factor, data_consistency=data_consistency,
+                               detect_zero_filling=detect_zero_filling, overwrite=overwrite, engine=engine)
+    with usage_errors():
+        options.check()
+    _check_reference(reference)
     if not input.exists():
         raise AmirError(f"{input}: no such file or folder")
-    batch = P.is_batch_input(input)
+    batch = is_batch_input(input)
     if batch and (reference is not None or report is not None):
         raise typer.BadParameter("--reference and --report apply to one image, not to a folder of scans")
-    P.check_input_format(input)
-    dev = pick_device(device)
-    keep_freed_memory()
-    precision_context(dev, precision)  # fail early on an impossible precision
-    options = R.RestoreOptions(task=task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta, kspace_factor=kspace_factor,
-                               data_consistency=data_consistency, detect_zero_filling=detect_zero_filling, overwrite=overwrite, engine=engine)
-    if not batch:
-        out = output if output is not None else P.default_output(input)
-        rep = report if report is not None else P.report_path_for(out)
-        inputs = (reference, weights if weights is not None and is_path(weights) else None)
-        P.check_output(input, out, overwrite, inputs=inputs)  # before the (slow) model load
-        P.check_output(input, rep, overwrite, what="report", inputs=inputs)
-    loaded = load_weights(weights, dev)
-
-    if not batch:
-        with progress_bar(quiet or json_out) as bar:
-            job = bar.add_task(f"restoring {input.name}", total=None)
-            result = R.restore_case(
-                loaded, input, output, options, reference=reference, report=report,
-                progress=lambda done, total: bar.update(job, completed=done, total=total),
-            )
-        if json_out:
-            print_json(result)
-        elif not quiet:
-            _print_restore_summary(result)
+    files = None if batch else R.case_files(  # before the (slow) model load
+        input, output, overwrite=overwrite, reference=reference, report=report,
+        weights_file=weights if weights is not None and is_path(weights) else None,
+    )
+    loaded, options = _load(weights, options)
+    if batch:
+        _restore_folder(loaded, input, output, options, quiet, json_out)
         return
+    with progress_bar(quiet or json_out) as bar:
+        job = bar.add_task(f"restoring {input.name}", total=None)
+        result = R.restore_case(loaded, files, options, progress=lambda done, total: bar.update(job, completed=done, total=total))
+    if json_out:
+        print_json(result)
+    elif not quiet:
+        _print_restore_summary(result)
+
+
+def _check_reference(reference: Path | None) -> None:
+    """--reference must be an image: a missing one is bad input (exit 1), a folder of scans a usage error."""
+    from ..placement import is_batch_input
+
+    if reference is not None and not reference.exists():
+        raise AmirError(f"{reference}: no such file or folder (--reference)")
+    if reference is not None and is_batch_input(reference):
+        raise typer.BadParameter(f"{reference}: not an image file or a DICOM series folder", param_hint="--reference")
+
+
+def _load(weights: str | None, options):
+    """(the loaded weights, ``options`` on the device they run on): the device and precision this
+    machine must provide are checked first."""
+    from dataclasses import replace
+
+    from ..device import keep_freed_memory, pick_device, precision_context
+    from ..weights import load_weights
+
+    dev = pick_device(options.device)
+    keep_freed_memory()
+    precision_context(dev, options.precision)  # fail early on an impossible precision
+    return load_weights(weights, dev), replace(options, device=dev)
+
+
+def _restore_folder(loaded, folder: Path, output: Path | None, options, quiet: bool, json_out: bool) -> None:
+    """`amir restore` of a folder of scans: a line per case, the batch summary, exit 3 if a case failed."""
+    from ..batch import restore_batch
 
     def on_case(case, result, error):
         if error is not None:  # the error names the case (or a file in it) unless it is about something else
@@ -109,30 +125,13 @@ def restore_cmd(
             job = bar.add_task(f"restoring {case.name}", total=None)
             return lambda done, total: bar.update(job, completed=done, total=total)
 
-        summary = restore_batch(loaded, input, output, options, on_case=on_case, progress_for=progress_for)
+        summary = restore_batch(loaded, folder, output, options, on_case=on_case, progress_for=progress_for)
     if json_out:
         print_json(summary)
     elif not quiet:
         typer.echo(f"{len(summary['restored'])} restored, {len(summary['failed'])} failed; report {summary['report']}")
     if summary["failed"]:
         raise typer.Exit(EXIT_PARTIAL)
-
-
-def _restore_usage(R, task, scale, kspace_factor, tile, device, reference) -> None:
-    """The option checks of `amir restore` that need no image: usage errors (exit 2), before the model loads."""
-    from ..placement import is_batch_input
-
-    try:
-        R.check_scale_task(task, scale, kspace_factor)
-    except AmirError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--scale/--kspace-factor/--task") from None
-    if tile is not None and tile < R.MIN_TILE:
-        raise typer.BadParameter(f"{tile} is below the smallest tile, {R.MIN_TILE} pixels", param_hint="--tile")
-    check_device(device)
-    if reference is not None and not reference.exists():  # bad input, not a usage error: exit 1
-        raise AmirError(f"{reference}: no such file or folder (--reference)")
-    if reference is not None and is_batch_input(reference):
-        raise typer.BadParameter(f"{reference}: not an image file or a DICOM series folder", param_hint="--reference")
 
 
 def _print_restore_summary(r: dict) -> None:

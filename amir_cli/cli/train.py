@@ -9,10 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..device import torchrun
-from ..errors import AmirError
 from ..tasks import TASKS
 from ..training.options import TaskWeighting, TrainOptions, range_text
-from .common import Command, JsonOpt, QuietOpt, app, examples, info, print_json
+from .common import Command, JsonOpt, QuietOpt, app, examples, info, print_json, usage_errors
 
 
 def _tasks_option(text: str, hint: str = "--tasks") -> tuple[str, ...]:
@@ -37,6 +36,13 @@ def _task_mix_option(text: str | None) -> dict | None:
         except ValueError:
             raise typer.BadParameter(f"{part!r}: expected TASK=N with an integer N", param_hint="--task-mix") from None
     return mix
+
+
+def _factors_option(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(f) for f in text.split(",") if f.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint="--mr-factors") from None
 
 
 _TRAIN = TrainOptions()  # the defaults of `amir train`'s options
@@ -115,11 +121,7 @@ def train_cmd(
     from ..training.report import say
     from ..training.options import RESUMABLE, parse_range
 
-    try:
-        factors = tuple(int(f) for f in mr_factors.split(",") if f.strip())
-    except ValueError:
-        raise typer.BadParameter(f"{mr_factors!r} is not a comma-separated list of integers", param_hint="--mr-factors") from None
-    try:  # every option value is checked here, before any work: a bad one is a usage error (exit 2)
+    with usage_errors():  # every option value is checked here, before any work: a bad one is a usage error (exit 2)
         options = TrainOptions(
             data=str(data) if data else None, out=str(out) if out else None, config=config, tasks=_tasks_option(tasks),
             iterations=iterations, batch_size=batch_size, patch_size=patch_size, lr=lr, eta_min=eta_min, warmup=warmup,
@@ -129,12 +131,10 @@ def train_cmd(
             task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, mr_consistency_loss=mr_consistency_loss,
             zoom_jitter=zoom_jitter,
             zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"),
-            ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=factors,
+            ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=_factors_option(mr_factors),
             pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
         )
         options.check()
-    except AmirError as exc:
-        raise typer.BadParameter(str(exc)) from None
     changed = {"quiet" if name == "json_out" else name for name in (*RESUMABLE, "json_out") if _given(ctx, name)}  # --json: --quiet
     keep_freed_memory()
     try:
@@ -142,8 +142,11 @@ def train_cmd(
     except TrainingStopped as stopped:  # last.pt is written: a stop asked for, not an error
         say(f"amir: {stopped}", quiet=False)
         raise typer.Exit(128 + stopped.signum) from None
-    if torchrun().rank != 0:
-        return
+    if torchrun().rank == 0:
+        _print_train_summary(summary, quiet, json_out)
+
+
+def _print_train_summary(summary: dict, quiet: bool, json_out: bool) -> None:
     if json_out:
         print_json(summary)
     elif summary.get("already_finished"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from amir_cli.device import check_device_spec
 from amir_cli.errors import BadInputError
 from amir_cli.tasks import MR_FACTORS, one_of
 
@@ -30,10 +31,12 @@ class BenchmarkRequest:
     data_label: str | None = None  # shown for the data path in the summaries
 
     def check(self) -> None:
-        """The option values that need no data; :class:`BadInputError` (a usage error to the command)."""
+        """The option values that need no data (a device by its name, not whether this machine has it):
+        BadInputError or DeviceError, which the command shows as usage errors."""
         if self.max_slices is not None and int(self.max_slices) < 1:
             raise BadInputError(f"--max-slices must be at least 1, got {self.max_slices}")
         if self.batch_size is not None and self.batch_size < 1:
             raise BadInputError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.kspace_factor not in (None, *MR_FACTORS):
             raise BadInputError(f"--kspace-factor must be {one_of(MR_FACTORS)}, got {self.kspace_factor}")
+        check_device_spec(self.device)

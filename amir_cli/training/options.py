@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
 
+from amir_cli.device import check_device_spec
 from amir_cli.errors import BadInputError
 from amir_cli.tasks import TASKS
 
@@ -102,8 +102,7 @@ class TrainOptions:
         if self.config is not None and self.config not in CONFIGS:
             raise BadInputError(f"unknown --config {self.config!r}; known: {', '.join(CONFIGS)}")
         self._check_numbers()
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device).strip().lower()):
-            raise BadInputError(f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        check_device_spec(str(self.device), mps=False)
         if not 0 <= self.ema < 1:
             raise BadInputError(f"--ema must be in [0, 1), got {self.ema}")
         try:
