@@ -15,6 +15,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,9 +52,24 @@ def _stored_range(bits_stored: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits_stored - 1
 
 
-def _encode(values: np.ndarray, datasets: list, modality: str | None):
+class Encoded(NamedTuple):
+    """One slice's stored integers and how they read back."""
+
+    stored: np.ndarray
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    slope: str | None = None  # a new RescaleSlope (DS text; its intercept is 0); None: the source's rescale holds
+
+    @property
+    def unit_slope(self) -> bool:
+        """A new rescale that changes nothing: written only where the source had one."""
+        return self.slope == "1"
+
+
+def _encode(values: np.ndarray, datasets: list, modality: str | None) -> list[Encoded]:
     """Stored integers and the rescale of each slice: the input's own encoding when every value fits
-    it (lossless round trip), else int16/uint16 with a RescaleSlope/Intercept chosen to fit."""
+    it (lossless round trip), else int16/uint16 with a RescaleSlope chosen to fit."""
     n = values.shape[0]
     orig = []
     fits = True
@@ -67,7 +83,7 @@ def _encode(values: np.ndarray, datasets: list, modality: str | None):
         if stored.size and (stored.min() < lo or stored.max() > hi):
             fits = False
             break
-        orig.append((stored, None, None, int(ds.BitsAllocated), bits, signed))
+        orig.append(Encoded(stored, int(ds.BitsAllocated), bits, signed))
     if fits:
         return orig
 
@@ -78,7 +94,7 @@ def _encode(values: np.ndarray, datasets: list, modality: str | None):
         signed = not (lo >= 0 and hi > 32767 and hi <= 65535)
         r = _stored_range(16, signed)
         if lo >= r[0] and hi <= r[1]:
-            return [(v[k], "1", "0", 16, 16, signed) for k in range(n)]
+            return [Encoded(v[k], 16, 16, signed, slope="1") for k in range(n)]
     groups = [[k] for k in range(n)] if modality == "PT" else [list(range(n))]
     result: list = [None] * n
     for g in groups:
@@ -87,7 +103,7 @@ def _encode(values: np.ndarray, datasets: list, modality: str | None):
         slope = float(slope_text)
         for k in g:
             stored = np.clip(np.rint(values[k] / slope), -32768, 32767)
-            result[k] = (stored, slope_text, "0", 16, 16, True)
+            result[k] = Encoded(stored, 16, 16, True, slope=slope_text)
     return result
 
 
@@ -173,11 +189,10 @@ def _derived_datasets(volume: Volume, ref: Volume, description: str) -> list:
     return [_derived_slice(src, k, enc, derivation) for k, (src, enc) in enumerate(zip(datasets, encoded, strict=True))]
 
 
-def _derived_slice(src, k: int, encoded: tuple, d: Derivation):
+def _derived_slice(src, k: int, encoded: Encoded, d: Derivation):
     """Slice ``k`` of a derived series of single-frame images, from its source image ``src``."""
     from pydicom.dataset import Dataset
 
-    stored, slope, intercept, bits_alloc, bits_stored, signed = encoded
     # Image Type value 2: SECONDARY, except IODs that enumerate PRIMARY only (PET, NM)
     ds = derive_header(src, d, "PRIMARY" if str(src.get("SOPClassUID", "")) in _PRIMARY_ONLY_CLASSES else "SECONDARY")
     ds.DerivationDescription = d.description
@@ -187,15 +202,15 @@ def _derived_slice(src, k: int, encoded: tuple, d: Derivation):
         item.ReferencedSOPInstanceUID = src.SOPInstanceUID
         ds.SourceImageSequence = [item]
     if not d.same_geometry:
-        ds.Rows, ds.Columns = stored.shape
+        ds.Rows, ds.Columns = encoded.stored.shape
         if "PixelSpacing" in src or "ImageOrientationPatient" in src:
             ds.PixelSpacing = d.pixel_spacing
             ds.ImageOrientationPatient = d.orientation
             ds.ImagePositionPatient = d.position(k)
     # add rescale tags only where needed (MR images, for instance, usually have none)
-    if slope is not None and not (slope == "1" and intercept == "0" and "RescaleSlope" not in src):
-        ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    set_pixels(ds, [stored], bits_alloc, bits_stored, signed, d.transfer_syntax)
+    if encoded.slope is not None and not (encoded.unit_slope and "RescaleSlope" not in src):
+        ds.RescaleSlope, ds.RescaleIntercept = encoded.slope, "0"
+    set_pixels(ds, [encoded.stored], encoded.bits_allocated, encoded.bits_stored, encoded.signed, d.transfer_syntax)
     return ds
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 
-from amir_cli.imaging.dicom_write import Derivation, derive_header, set_pixels
+from amir_cli.imaging.dicom_write import Derivation, Encoded, derive_header, set_pixels
 
 _SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 _DERIVATION_CODE = ("110001", "DCM", "Image Processing")
@@ -43,7 +43,7 @@ def _item(group, keyword: str):
     return group[keyword].value[0]
 
 
-def derived_multiframe(src, frames: list, headers: list, encoded: list, d: Derivation):
+def derived_multiframe(src, frames: list, headers: list, encoded: list[Encoded], d: Derivation):
     """The derived multi-frame object: ``frames`` are the source frame (0-based) of each output
     slice, ``headers`` their flattened headers and ``encoded`` their stored values (dicom_write)."""
     from pydicom.dataset import Dataset
@@ -71,12 +71,12 @@ def derived_multiframe(src, frames: list, headers: list, encoded: list, d: Deriv
         if "DerivationImageSequence" in group:
             del group.DerivationImageSequence
     if not d.same_geometry:
-        _write_grid(ds, shared, per_frame, headers, encoded[0][0].shape, d)
+        _write_grid(ds, shared, per_frame, headers, encoded[0].stored.shape, d)
     _write_rescale(shared, per_frame, encoded, src)
     if source_groups is not None or any(len(group) for group in per_frame):
         ds.PerFrameFunctionalGroupsSequence = per_frame
-    _stored, _slope, _intercept, bits_alloc, bits_stored, signed = encoded[0]
-    set_pixels(ds, [e[0] for e in encoded], bits_alloc, bits_stored, signed, d.transfer_syntax)
+    first = encoded[0]
+    set_pixels(ds, [e.stored for e in encoded], first.bits_allocated, first.bits_stored, first.signed, d.transfer_syntax)
     return ds
 
 
@@ -135,18 +135,18 @@ def _write_grid(ds, shared, per_frame: list, headers: list, shape: tuple, d: Der
         _item(group, "PlanePositionSequence").ImagePositionPatient = d.position(k)
 
 
-def _write_rescale(shared, per_frame: list, encoded: list, src) -> None:
+def _write_rescale(shared, per_frame: list, encoded: list[Encoded], src) -> None:
     """The rescale chosen by the encoder: per frame where it differs between frames, else shared."""
-    slopes = [(e[1], e[2]) for e in encoded]
-    if slopes[0][0] is None or (slopes[0] == ("1", "0") and "RescaleSlope" not in _flat_rescale(shared, per_frame)):
+    if encoded[0].slope is None or (encoded[0].unit_slope and "RescaleSlope" not in _flat_rescale(shared, per_frame)):
         return
+    slopes = [e.slope for e in encoded]
     groups = per_frame if len(set(slopes)) > 1 else [shared]
     for group in [shared] + per_frame:
         if "PixelValueTransformationSequence" in group and group not in groups:
             del group.PixelValueTransformationSequence
-    for group, (slope, intercept) in zip(groups, slopes, strict=False):
+    for group, slope in zip(groups, slopes, strict=False):
         item = _item(group, "PixelValueTransformationSequence")
-        item.RescaleSlope, item.RescaleIntercept = slope, intercept
+        item.RescaleSlope, item.RescaleIntercept = slope, "0"
         if "RescaleType" not in item:
             item.RescaleType = "HU" if str(src.get("Modality", "")).upper() == "CT" else "US"
 
