@@ -7,10 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .._version import __version__
 from ..device import ENGINES, PRECISIONS
 from ..errors import EXIT_PARTIAL, AmirError
-from ..tasks import MR_FACTORS, MR_SCALES, MRI_SR, PET_SYNTHESIS, TASKS, choices
+from ..tasks import MR_FACTORS, MR_SCALES, TASKS, choices
 from .common import (TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
                      _choice, app, examples, print_json, progress_bar, usage_errors)
 
@@ -176,46 +175,17 @@ def degrade_cmd(
 ) -> None:
     """Simulate a low-quality input (low dose, low count, truncated k-space) from a high-quality image."""
     _choice(task, TASK_CHOICES[1:], "--task")
-    if task == MRI_SR and dose is not None:
-        raise typer.BadParameter("mri-sr takes --factor, not --dose", param_hint="--dose")
-    if task != MRI_SR and factor is not None:
-        raise typer.BadParameter(f"{task} takes --dose, not --factor", param_hint="--factor")
-    if factor is not None and factor not in MR_FACTORS:
-        raise typer.BadParameter(f"{factor} is not one of {choices(MR_FACTORS, ', ')}", param_hint="--factor")
-    if dose is not None and not 0 < dose <= 1:
-        raise typer.BadParameter(f"{dose} is not a fraction in (0, 1]", param_hint="--dose")
+    from ..simulation import check_level, degrade_case
 
-    from .. import placement as P
-    from ..imaging import degrade as D
-    from ..imaging.io import read_image
-
-    if not input.exists():
-        raise AmirError(f"{input}: no such file or folder")
-    level = factor if task == MRI_SR else dose
-    level = D.DEFAULT_LEVEL[task] if level is None else level
-    out = output if output is not None else P.default_output(input, "_degraded")
-    P.check_input_format(input)
-    P.check_output(input, out, overwrite)
-    volume = read_image(input)
+    with usage_errors():
+        level = check_level(task, dose, factor)
     with progress_bar(quiet or json_out) as bar:
-        job = bar.add_task(f"degrading {input.name}", total=volume.shape[volume.slice_axis])
-        degraded = D.degrade_volume(volume.array, task, level, slice_axis=volume.slice_axis, spacing_mm=volume.spacing_mm,
-                                    seed=seed, progress=lambda: bar.update(job, advance=1))
-    what = "factor" if task == MRI_SR else "dose fraction"
-    simulated = task == PET_SYNTHESIS or volume.modality == "PT"
-    description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
-    written = P.publish(volume.with_array(degraded), out, reference=volume, description=description, overwrite=overwrite)
-    summary = {
-        "tool": "amir", "version": __version__, "command": "degrade", "input": str(input), "output": str(written),
-        "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),
-        "spacing_mm": list(volume.spacing_mm), "simulated": True,
-    }
-    if simulated:
-        summary["note"] = "simulated low-count PET (Poisson thinning of projected activity); not a real low-dose acquisition"
+        job = bar.add_task(f"degrading {input.name}", total=None)
+        summary = degrade_case(input, task, level, seed=seed, output=output, overwrite=overwrite,
+                               progress=lambda done, total: bar.update(job, completed=done, total=total))
     if json_out:
         print_json(summary)
     elif not quiet:
-        typer.echo(f"{input} -> {written} ({task}, {what} {level}, seed {seed})")
-        if simulated:
+        typer.echo(f"{input} -> {summary['output']} ({task}, {summary['level_name']} {level}, seed {seed})")
+        if "note" in summary:
             typer.echo(f"  note: {summary['note']}")
-

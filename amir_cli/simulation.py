@@ -1,0 +1,72 @@
+"""`amir degrade`'s job: a high-quality image in, its simulated low-quality version and a summary out
+(the degradations themselves: :mod:`amir_cli.imaging.degrade`; docs/protocol.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ._version import __version__
+from .errors import AmirError, BadInputError
+from .imaging import degrade
+from .imaging.io import read_image
+from .placement import check_input_format, check_output, default_output, publish
+from .tasks import DEFAULT_LEVEL, MR_FACTORS, MRI_SR, PET_SYNTHESIS, one_of
+
+PET_NOTE = "simulated low-count PET (Poisson thinning of projected activity); not a real low-dose acquisition"
+
+
+def level_name(task: str) -> str:
+    """What a task's level is: the k-space factor of mri-sr, else the dose fraction."""
+    return "factor" if task == MRI_SR else "dose fraction"
+
+
+def check_level(task: str, dose: float | None = None, factor: int | None = None) -> float | int:
+    """The level of ``task`` from `amir degrade`'s --dose or --factor (None: the task's default);
+    BadInputError for the option the task does not take or a value out of range."""
+    if task == MRI_SR and dose is not None:
+        raise BadInputError("mri-sr takes --factor, not --dose")
+    if task != MRI_SR and factor is not None:
+        raise BadInputError(f"{task} takes --dose, not --factor")
+    if factor is not None and factor not in MR_FACTORS:
+        raise BadInputError(f"--factor must be {one_of(MR_FACTORS)}, got {factor}")
+    if dose is not None and not 0 < dose <= 1:
+        raise BadInputError(f"--dose must be a fraction in (0, 1], got {dose}")
+    level = factor if task == MRI_SR else dose
+    return DEFAULT_LEVEL[task] if level is None else level
+
+
+def degrade_case(input_path: Path, task: str, level, *, seed: int = 0, output: Path | None = None,
+                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Read ``input_path``, degrade every slice (:func:`amir_cli.imaging.degrade.degrade_volume`)
+    and publish the result at ``output`` (default ``<stem>_degraded`` beside the input), marked as
+    simulated; ``progress(slices done, slices in total)`` after each slice. Returns the summary
+    (`amir degrade --json`)."""
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise AmirError(f"{input_path}: no such file or folder")
+    out = Path(output) if output is not None else default_output(input_path, "_degraded")
+    check_input_format(input_path)
+    check_output(input_path, out, overwrite)
+    volume = read_image(input_path)
+    total, done = volume.shape[volume.slice_axis], 0
+
+    def step():
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    degraded = degrade.degrade_volume(volume.array, task, level, slice_axis=volume.slice_axis,
+                                      spacing_mm=volume.spacing_mm, seed=seed, progress=step)
+    what = level_name(task)
+    description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
+    written = publish(volume.with_array(degraded), out, reference=volume, description=description, overwrite=overwrite)
+    summary = {
+        "tool": "amir", "version": __version__, "command": "degrade", "input": str(input_path), "output": str(written),
+        "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),
+        "spacing_mm": list(volume.spacing_mm), "simulated": True,
+    }
+    if task == PET_SYNTHESIS or volume.modality == "PT":
+        summary["note"] = PET_NOTE
+    return summary
