@@ -80,4 +80,9 @@ def one_of(values) -> str:
 
 DEFAULT_LEVEL: dict[str, float] = {t.name: t.default_level for t in TASK_LIST}
 FOREGROUND: dict[str, float] = {t.name: t.foreground for t in TASK_LIST}
-
+SCORED_LEVELS: dict[str, dict[str, float]] = {
+    CT_DENOISE: {"dose1-2": 0.5, "dose1-4": 0.25, "dose1-20": 0.05},
+    MRI_SR: {"x2": 2, "x4": 4},
+    PET_SYNTHESIS: {"dose1-2": 0.5, "dose1-4": 0.25, "dose1-12": 1 / 12, "dose1-20": 0.05},
+}
+"""The degradation levels that choose and report weights (validation and the test split), by label."""

@@ -38,16 +38,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from amir_cli.tasks import SCORED_LEVELS  # noqa: E402
 from benchmarks.splits import TEST, sources  # noqa: E402
 
 DEV_DATA = Path(os.environ.get("AMIR_DATA", ROOT.parent / "shared" / "data"))
 PET_SEED = 7919  # the PET ground truth's lesions; distinct from any training seed
 DEGRADE_SEED = 20240  # degradation noise of the test inputs
-LEVELS = {
-    "ct-denoise": {"dose1-2": 0.5, "dose1-4": 0.25, "dose1-20": 0.05},
-    "mri-sr": {"x2": 2, "x4": 4},
-    "pet-synthesis": {"dose1-2": 0.5, "dose1-4": 0.25, "dose1-12": 1 / 12, "dose1-20": 0.05},
-}
 FOLDER = {"ct-denoise": "CT", "mri-sr": "MRI", "pet-synthesis": "PET"}
 
 
@@ -96,7 +92,7 @@ def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_S
             vol = as_float(read_image(path))
             if src.task == "mri-sr":
                 vol = vol.with_array(vol.array * intensity.mr_scale_factor(vol.array))
-        add_case(root, src.task, case_name(src), vol, seed, LEVELS[src.task])
+        add_case(root, src.task, case_name(src), vol, seed, SCORED_LEVELS[src.task])
     return root
 
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-LEVELS = {"ct-denoise": (0.5, 0.25, 0.05), "mri-sr": (2, 4), "pet-synthesis": (0.5, 0.25, 1 / 12, 0.05)}
+from amir_cli.tasks import SCORED_LEVELS
+
+LEVELS = {task: tuple(levels.values()) for task, levels in SCORED_LEVELS.items()}
 
 
 def validation_sets(data) -> dict:
