@@ -4,11 +4,7 @@ import torch
 from amir_cli.network import AMIR, CONFIGS, AmirConfig, get_config
 from amir_cli.weights import build_from_state, infer_config, read_state_dict
 
-from conftest import FIXTURE
-
-
-def official_state(tensors):
-    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+from conftest import FIXTURE, official_state
 
 
 COMPUTATIONS = [
