@@ -3,6 +3,7 @@ and the two ways our records become JSON."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -174,7 +175,7 @@ class Staging:
             for src, dest in entries:
                 _chmod_tree(src)
                 if self.overwrite and os.path.lexists(dest):
-                    aside.append((_set_aside(dest), dest))
+                    aside.append((_set_aside(dest, keep=src.is_file() and _is_file(dest)), dest))
                 place(src, dest, overwrite=self.overwrite)
                 self.placed.append(dest)
         except BaseException:
@@ -182,6 +183,7 @@ class Staging:
                 remove_path(dest)
             for old, dest in reversed(aside):  # the replaced outputs come back
                 os.replace(old, dest)
+                remove_path(old)  # left when kept at dest too: a rename onto its own link does nothing
             self.placed = []
             raise
         for old, _ in aside:
@@ -209,12 +211,22 @@ def _chmod_tree(path: Path) -> None:
         os.chmod(path, file_mode())
 
 
-def _set_aside(dest: Path) -> Path:
-    """Move ``dest`` (a file or folder) to a new temp name beside it; returns that name."""
+def _set_aside(dest: Path, keep: bool = False) -> Path:
+    """Move ``dest`` (a file or folder) to a new temp name beside it; returns that name. ``keep``: a
+    file stays at ``dest`` too (a second hard link) so that readers find it until its replacement is
+    renamed over it, where the file system has hard links."""
     backup = Path(tempfile.mkdtemp(prefix=temp_prefix(dest), suffix="-old", dir=dest.parent))
     backup.rmdir()
+    if keep:
+        with contextlib.suppress(OSError):
+            os.link(dest, backup)
+            return backup
     os.replace(dest, backup)
     return backup
+
+
+def _is_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
 
 
 def replace_dir(tmp_dir: Path, dest: Path) -> None:

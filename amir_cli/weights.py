@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import WeightsError
+from .errors import WeightsError, one_line
 from .files import atomic_write
 from .tasks import TASKS
 
@@ -158,7 +158,9 @@ def _strip_prefixes(state: dict) -> dict:
 
 
 def infer_config(state: dict):
-    """The AmirConfig whose parameters have exactly these names and shapes."""
+    """The AmirConfig whose parameters have exactly these names and shapes: the configuration of a bare
+    weights file given by path, which records none (a registry entry's manifest records it). The
+    experts mixed per pixel (``top_k``) hold no parameter, so it is the published default."""
     from .network import AmirConfig
 
     def count(prefix):
@@ -170,6 +172,7 @@ def infer_config(state: dict):
         levels = ["encoder_level1", "encoder_level2", "encoder_level3", "latent"]
         heads = tuple(int(state[f"{lv}.0.attn.temperature"].shape[0]) for lv in levels)
         hidden = state["encoder_level1.0.ffn.project_in.weight"].shape[0] // 2
+        atoms = state["dict_generator.dictionary"]
         config = AmirConfig(
             dim=int(dim),
             num_blocks=tuple(count(lv) for lv in levels),
@@ -180,6 +183,9 @@ def infer_config(state: dict):
             layernorm_type="WithBias" if "encoder_level1.0.norm1.body.bias" in state else "BiasFree",
             in_channels=int(embed.shape[1]),
             out_channels=int(state["output.weight"].shape[0]),
+            atom_num=int(atoms.shape[0]),
+            atom_dim=int(atoms.shape[1]),
+            num_experts=int(state["spatial_routing_encoder_level1.moe.w_gate"].shape[1]),
         )
     except KeyError as exc:
         raise WeightsError(f"these weights are not an AMIR network: they hold no tensor {exc}") from None
@@ -196,16 +202,29 @@ def _expansion(dim: int, hidden: int) -> float:
     return (hidden + 0.5) / dim
 
 
-def build_from_state(state: dict, device="cpu"):
-    """An eval-mode AMIR with `state` loaded strictly."""
+def build_from_state(state: dict, device="cpu", entry: Entry | None = None):
+    """An eval-mode AMIR with `state` loaded strictly: of the configuration ``entry``'s manifest
+    records, checked against the tensors, or inferred from the tensors without an entry."""
     from .network import AMIR
 
-    model = AMIR(infer_config(state))
+    model = AMIR(infer_config(state) if entry is None else recorded_config(entry))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise WeightsError(f"weights do not fit the inferred AMIR configuration: {_mismatch(model, state, exc)}") from None
+        fit = "the inferred AMIR configuration" if entry is None else "the configuration their manifest records (file or manifest altered?)"
+        named = "weights" if entry is None else f"weights {entry.name!r}"
+        raise WeightsError(f"{named} do not fit {fit}: {_mismatch(model, state, exc)}") from None
     return model.to(device).eval()
+
+
+def recorded_config(entry: Entry):
+    """The AmirConfig that a registry entry's manifest records."""
+    from .network import AmirConfig
+
+    try:
+        return AmirConfig.from_dict(entry.info["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"the manifest of weights {entry.name!r} records no valid configuration ({one_line(exc)})") from None
 
 
 WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt")
@@ -233,8 +252,8 @@ def resolve(source: str | os.PathLike | None) -> tuple[Path, Entry | None]:
 
 def load_model(source=None, device="cpu"):
     """The eval-mode AMIR for a registry name, a `.safetensors` file or a published `.pth`."""
-    path, _ = resolve(source)
-    return build_from_state(read_state_dict(path), device)
+    path, entry = resolve(source)
+    return build_from_state(read_state_dict(path), device, entry)
 
 
 def check_name(name: str) -> None:
@@ -243,8 +262,9 @@ def check_name(name: str) -> None:
         raise WeightsError(f"invalid weights name {name!r}: use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 
 
-def save_entry(name: str, state: dict, info: dict) -> Entry:
-    """Write `state` as a user registry entry `name` with the manifest record `info`."""
+def save_entry(name: str, state: dict, info: dict, config=None) -> Entry:
+    """Write `state` as a user registry entry `name` with the manifest record `info` and the network's
+    AmirConfig `config` (inferred from the tensors when not given)."""
     from safetensors.torch import save_file
 
     check_name(name)
@@ -253,7 +273,7 @@ def save_entry(name: str, state: dict, info: dict) -> Entry:
         raise WeightsError(f"{name!r} names weights shipped with amir; choose another name")
     if taken is not None:
         raise WeightsError(f"weights named {name!r} already exist; choose another name, or remove them first with amir weights remove {name}")
-    config = infer_config(state)
+    config = infer_config(state) if config is None else config
     folder = user_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -316,7 +336,7 @@ class LoadedWeights:
 def load_weights(source: str | None, device) -> LoadedWeights:
     """The eval-mode network for a registry name or a file (sha256 verified for registry entries)."""
     path, entry = resolve(source)
-    model = build_from_state(read_state_dict(path), device)
+    model = build_from_state(read_state_dict(path), device, entry)
     tasks = list((entry.info.get("tasks") or []) if entry is not None else [])
     return LoadedWeights(model=model, config=model.config.to_dict(), tasks=tasks, **_identity(path, entry))
 

@@ -138,8 +138,8 @@ def cpu_peak_memory(config: str, size: int) -> dict:
 
 def fidelity(model, device, size, precision="bf16", low_model=None) -> dict:
     """PSNR (dB) of a low precision's output against fp32, per task, in each task's evaluation window."""
-    from amir_cli.imaging.intensity import EVAL_WINDOW, NORM_RANGE
     from amir_cli.metrics import psnr
+    from amir_cli.tasks import EVAL_WINDOW, NORM_RANGE
 
     torch.manual_seed(0)
     smooth = torch.nn.functional.avg_pool2d(torch.rand(1, 1, size + 8, size + 8), 9, 1)

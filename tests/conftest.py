@@ -6,6 +6,7 @@ import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE = FIXTURES / "official_amir_tiny.safetensors"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"  # the shipped examples (examples/README.md)
 # The full development data (not in the repository; CI has it): tests that need more than the crops
 # in tests/fixtures/data skip without it, with DEV_DATA_REASON.
 SHARED = Path(os.environ.get("AMIR_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -49,6 +50,11 @@ def official_fixture():
     from safetensors.torch import load_file
 
     return load_file(str(FIXTURE))
+
+
+def official_state(tensors: dict) -> dict:
+    """The network's tensors of the published fixture (stored under ``model.`` beside its input and output)."""
+    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
 @pytest.fixture()

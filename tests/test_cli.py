@@ -331,6 +331,24 @@ def _tampered_weights(tmp, ct_nii):
     return [ct_nii, "--weights", "tampered"]
 
 
+def _registered(name: str, config: dict | None) -> list:
+    """A user entry `name` holding amir-tiny tensors (sha256 right) whose manifest records `config`."""
+    home = Path(os.environ["AMIR_HOME"]) / "weights"
+    home.mkdir(parents=True)
+    save_file(AMIR(get_config("amir-tiny")).state_dict(), str(home / "t.safetensors"))
+    entry = {"name": name, "file": "t.safetensors", "sha256": sha(home / "t.safetensors"), "tasks": ["ct-denoise"]}
+    (home / "manifest.json").write_text(json.dumps({"entries": [entry | ({"config": config} if config else {})]}))
+    return ["--weights", name]
+
+
+def _manifest_config_mismatch(tmp, ct_nii):
+    return [ct_nii, *_registered("relabelled", get_config("amir-s").to_dict())]
+
+
+def _manifest_without_config(tmp, ct_nii):
+    return [ct_nii, *_registered("unconfigured", None)]
+
+
 def _ambiguous_task(tmp, ct_nii):
     p = tmp / "scan_0001.nii.gz"
     nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(0, 1, (32, 32, 2)).astype(np.float32), np.eye(4)), str(p))
@@ -359,6 +377,8 @@ def _fp16_on_cpu(tmp, ct_nii):
         (_kspace_factor_for_signed_values, "magnitude image"),
         (_unknown_weights, "no-such-weights"),
         (_tampered_weights, "sha256"),
+        (_manifest_config_mismatch, "'relabelled' do not fit the configuration their manifest records"),
+        (_manifest_without_config, "'unconfigured' records no valid configuration"),
         (_ambiguous_task, "--task"),
         (_fp16_on_cpu, "fp16"),
     ],

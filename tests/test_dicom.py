@@ -8,132 +8,28 @@ PET activity is simulated from the MR anatomy.
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from amir_cli.errors import BadInputError
-from amir_cli.imaging import dicom, dicom_write, list_cases, read_image, write_image
+from amir_cli.imaging import dicom_write, list_cases, read_image, write_image
 from amir_cli.imaging.dicom import suv_factors
 
-from conftest import real_crop  # noqa: E402
+from dicom_builders import WEIGHT_KG, crop, dciodvfy_file_errors, dcm2niix, make_series, rotation
 
-CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
-MR_CLASS = "1.2.840.10008.5.1.4.1.1.4"
-PT_CLASS = "1.2.840.10008.5.1.4.1.1.128"
-WEIGHT_KG, DOSE_BQ, HALF_LIFE_S = 72.0, 3.7e8, 6586.2
-
-
-def _crop(name: str, sl) -> tuple[np.ndarray, np.ndarray]:
-    data, affine, _ = real_crop(name, sl)
-    return data, affine
-
-
-def _rotation(deg_x: float, deg_z: float) -> np.ndarray:
-    ax, az = np.radians(deg_x), np.radians(deg_z)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ rx
-
-
-def make_series(
-    folder: Path,
-    stored: np.ndarray,
-    affine_ras: np.ndarray,
-    modality: str,
-    *,
-    slope=None,
-    intercept=None,
-    extra=None,
-    seed=0,
-) -> Path:
-    """Write ``stored`` (I, J, K integers) as a DICOM series whose geometry is ``affine_ras``.
-
-    The LPS conversion is done here by hand (independent of amir_cli), file names are shuffled.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine_ras
-    dc, dr = np.linalg.norm(lps[:3, 0]), np.linalg.norm(lps[:3, 1])
-    iop = np.concatenate([lps[:3, 0] / dc, lps[:3, 1] / dr])
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    sop_class = {"CT": CT_CLASS, "MR": MR_CLASS, "PT": PT_CLASS}[modality]
-    n = stored.shape[2]
-    names = [f"slice_{i:03d}.dcm" for i in range(n)]
-    random.Random(seed).shuffle(names)
-    for k in range(n):
-        ds = Dataset()
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = generate_uid()
-        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = "20240102"
-        ds.StudyTime, ds.SeriesTime, ds.AcquisitionTime, ds.ContentTime = "093000", "100000", "100000", "100000"
-        ds.AccessionNumber = "A123"
-        ds.Modality = modality
-        ds.Manufacturer = "amir tests"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "Test study"
-        ds.SeriesDescription = f"Test {modality}"
-        ds.PatientName = "Test^Patient"
-        ds.PatientID = "P001"
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "O"
-        ds.PatientWeight = str(WEIGHT_KG)
-        ds.SliceThickness = str(round(float(np.linalg.norm(lps[:3, 2])), 4))
-        ds.StudyInstanceUID = study
-        ds.SeriesInstanceUID = series
-        ds.StudyID = "1"
-        ds.SeriesNumber = 3
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.PatientOrientation = ""
-        ds.ImagePositionPatient = [f"{v:.6f}" for v in (lps @ [0, 0, k, 1])[:3]]
-        ds.ImageOrientationPatient = [f"{v:.8f}" for v in iop]
-        ds.FrameOfReferenceUID = frame
-        ds.PositionReferenceIndicator = ""
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = stored.shape[1], stored.shape[0]
-        ds.PixelSpacing = [f"{dr:.6f}", f"{dc:.6f}"]
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        signed = stored.dtype.kind == "i"
-        ds.PixelRepresentation = 1 if signed else 0
-        if modality == "CT":
-            ds.KVP = "120"
-        if modality == "MR":
-            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "GR", "SP", ""
-            ds.MRAcquisitionType = "3D"
-            ds.RepetitionTime, ds.EchoTime, ds.EchoTrainLength = "9.7", "4", "1"
-        if slope is not None:
-            s = slope[k] if np.ndim(slope) else slope
-            ds.RescaleSlope = str(s)
-            ds.RescaleIntercept = str(intercept if intercept is not None else 0)
-            if modality == "CT":
-                ds.RescaleType = "HU"
-        for key, value in (extra or {}).items():
-            setattr(ds, key, value)
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2" if signed else "<u2").tobytes()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        dicom_write._save(ds, folder / names[k])
-    return folder
+DOSE_BQ, HALF_LIFE_S = 3.7e8, 6586.2
 
 
 @pytest.fixture(scope="module")
 def ct_series(tmp_path_factory):
-    hu, affine = _crop("ct/cranium_ct.nii.gz", (slice(96, 160), slice(100, 164), slice(50, 58)))
+    hu, affine = crop("ct/cranium_ct.nii.gz", (slice(96, 160), slice(100, 164), slice(50, 58)))
     stored = (hu.astype(np.int32) + 1024).astype(np.uint16)  # uint16 with intercept -1024
     folder = make_series(tmp_path_factory.mktemp("ct") / "series", stored, affine, "CT", slope=1, intercept=-1024)
     return folder, hu.astype(np.float32), affine
@@ -141,9 +37,9 @@ def ct_series(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mr_series(tmp_path_factory):
-    t1, affine = _crop("mr/colin27_t1_1mm.nii.gz", (slice(60, 124), slice(80, 144), slice(80, 86)))
+    t1, affine = crop("mr/colin27_t1_1mm.nii.gz", (slice(60, 124), slice(80, 144), slice(80, 86)))
     oblique = affine.copy()
-    oblique[:3, :3] = _rotation(12.0, -7.0) @ affine[:3, :3]  # an oblique acquisition
+    oblique[:3, :3] = rotation(12.0, -7.0) @ affine[:3, :3]  # an oblique acquisition
     folder = make_series(tmp_path_factory.mktemp("mr") / "series", (t1.astype(np.uint16) * 8), oblique, "MR", seed=1)
     return folder, t1.astype(np.float32) * 8, oblique
 
@@ -171,7 +67,7 @@ def _pet_extra(decay="START"):
 
 @pytest.fixture(scope="module")
 def pet_series(tmp_path_factory):
-    t1, affine = _crop("mr/colin27_t1_1mm.nii.gz", (slice(60, 124), slice(80, 144), slice(80, 86)))
+    t1, affine = crop("mr/colin27_t1_1mm.nii.gz", (slice(60, 124), slice(80, 144), slice(80, 86)))
     rng = np.random.default_rng(0)
     suv = np.clip(t1.astype(np.float64) / 25.0 + rng.normal(0, 0.05, t1.shape), 0, None)
     suv[30:33, 30:33, 2:4] = 14.0  # a hot lesion
@@ -388,12 +284,6 @@ def test_single_file_output_and_overwrite_rules(ct_series, tmp_path):
 # external validators
 
 
-def _dciodvfy_errors(path: Path) -> set[str]:
-    res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    lines = (res.stdout + res.stderr).splitlines()
-    return {" ".join(line.split()) for line in lines if line.startswith("Error")}
-
-
 @pytest.mark.parametrize("which", ["ct_series", "mr_series", "pet_series"])
 def test_dciodvfy_no_new_errors(which, request, tmp_path):
     if shutil.which("dciodvfy") is None:
@@ -401,23 +291,10 @@ def test_dciodvfy_no_new_errors(which, request, tmp_path):
     folder = request.getfixturevalue(which)[0]
     vol = read_image(folder)
     out = write_image(vol.with_array(vol.array * 0.9), tmp_path / "out", description="restored")
-    before = set().union(*(_dciodvfy_errors(p) for p in folder.iterdir()))
-    after = set().union(*(_dciodvfy_errors(p) for p in out.iterdir()))
+    before = set().union(*(dciodvfy_file_errors(p) for p in folder.iterdir()))
+    after = set().union(*(dciodvfy_file_errors(p) for p in out.iterdir()))
     assert after <= before, sorted(after - before)
     assert not [e for e in after if "UID" in e], sorted(after)  # no empty or invalid UID, even copied ones
-
-
-def _dcm2niix(folder: Path, out: Path) -> nib.Nifti1Image:
-    out.mkdir()
-    subprocess.run(
-        ["dcm2niix", "-z", "n", "-b", "n", "-f", "vol", "-o", str(out), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    (nii,) = sorted(out.glob("*.nii"))
-    return nib.load(str(nii))
 
 
 @pytest.mark.parametrize("which", ["ct_series", "mr_series", "pet_series"])
@@ -427,8 +304,8 @@ def test_dcm2niix_agrees(which, request, tmp_path):
     folder = request.getfixturevalue(which)[0]
     vol = read_image(folder)
     out = write_image(vol.with_array(vol.array * 0.5), tmp_path / "out")
-    a = _dcm2niix(folder, tmp_path / "nii_in")
-    b = _dcm2niix(out, tmp_path / "nii_out")
+    a = dcm2niix(folder, tmp_path / "nii_in")
+    b = dcm2niix(out, tmp_path / "nii_out")
     assert a.shape == b.shape
     np.testing.assert_allclose(a.affine, b.affine, atol=1e-3)
     # independent geometry check: dcm2niix's image and ours agree voxel by voxel in world space
@@ -449,7 +326,7 @@ def test_list_cases(ct_series, mr_series, tmp_path):
     batch.mkdir()
     shutil.copytree(ct_series[0], batch / "patient1" / "ct")
     shutil.copytree(mr_series[0], batch / "mr")
-    one_slice = _crop("ct/pancreas_ct_slice.nii.gz", (slice(192, 320), slice(192, 320), slice(0, 1)))
+    one_slice = crop("ct/pancreas_ct_slice.nii.gz", (slice(192, 320), slice(192, 320), slice(0, 1)))
     nib.save(nib.Nifti1Image(*one_slice), str(batch / "a.nii.gz"))
     (batch / "notes.txt").write_text("not an image")
     assert list_cases(batch) == [batch / "a.nii.gz", batch / "mr", batch / "patient1" / "ct"]
@@ -585,7 +462,7 @@ def test_real_pydicom_ct_slice_round_trip(tmp_path):
     out = write_image(vol.with_array(vol.array - 3), tmp_path / "ct_amir.dcm")
     np.testing.assert_array_equal(read_image(out).array, vol.array - 3)
     if shutil.which("dciodvfy"):
-        assert _dciodvfy_errors(out) <= _dciodvfy_errors(src)
+        assert dciodvfy_file_errors(out) <= dciodvfy_file_errors(src)
 
 
 def test_dicom_to_nifti_keeps_integer_hu_and_geometry(ct_series, tmp_path):

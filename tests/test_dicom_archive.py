@@ -24,7 +24,7 @@ from amir_cli.errors import BadInputError
 from amir_cli.imaging import dicom, list_cases, read_image, write_image
 from amir_cli.imaging.dicom_series import folder_series
 from conftest import amir
-from test_dicom import _dciodvfy_errors, _rotation, make_series
+from dicom_builders import dciodvfy_file_errors, make_series, rotation
 
 pytest.importorskip("data_store", reason="pydicom-data (the test extra) is not installed")
 from pydicom.data import get_testdata_file  # noqa: E402
@@ -59,7 +59,7 @@ def canonical(array: np.ndarray, affine: np.ndarray):
 def dciodvfy_new_errors(source: Path, derived: Path) -> set[str]:
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
-    return _dciodvfy_errors(derived) - _dciodvfy_errors(source)
+    return dciodvfy_file_errors(derived) - dciodvfy_file_errors(source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_jpeg_ls_decodes_to_the_uncompressed_original():
     np.testing.assert_allclose(vol.affine, original.affine)
 
 
-def test_jpeg_lossless_agrees_with_dcm2niix(tmp_path):
+def test_jpeg_lossless_agrees_withdcm2niix(tmp_path):
     name = "JPGLosslessP14SV1_1s_1f_8b.dcm"
     vol = read_image(registry_file(name))
     theirs = dcm2niix(registry_file(name), tmp_path)
@@ -101,7 +101,7 @@ EMRI = ["emri_small.dcm", "emri_small_RLE.dcm", "emri_small_jpeg_ls_lossless.dcm
 
 
 @pytest.mark.parametrize("name", EMRI)
-def test_enhanced_mr_without_geometry_reads_like_dcm2niix(name, tmp_path):
+def test_enhanced_mr_without_geometry_reads_likedcm2niix(name, tmp_path):
     vol = read_image(registry_file(name))
     frames = pydicom.dcmread(registry_file("emri_small.dcm")).pixel_array
     np.testing.assert_array_equal(vol.array, np.transpose(frames, (2, 1, 0)))
@@ -131,7 +131,7 @@ def _enhanced_oblique(path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 
     ds = pydicom.dcmread(registry_file("emri_small.dcm"))
     frames = ds.pixel_array
-    x, y = _rotation(15.0, 10.0)[:, 0], _rotation(15.0, 10.0)[:, 1]
+    x, y = rotation(15.0, 10.0)[:, 0], rotation(15.0, 10.0)[:, 1]
     normal = np.cross(x, y)
     origin = np.array([-20.0, 30.0, 5.0])
     order = [3, 0, 7, 1, 9, 5, 2, 8, 4, 6]  # frame k lies at slice order[k]
@@ -281,7 +281,7 @@ def _emri_series(folder: Path, affine=None, extra=None, frames=slice(None)) -> P
     stored = np.transpose(pydicom.dcmread(registry_file("emri_small.dcm")).pixel_array[frames], (2, 1, 0))
     if affine is None:
         affine = np.diag([1.0, 1.0, 1.2, 1.0])
-        affine[:3, :3] = _rotation(8.0, 0.0) @ affine[:3, :3]
+        affine[:3, :3] = rotation(8.0, 0.0) @ affine[:3, :3]
     return make_series(folder, stored, affine, "MR", extra=extra)
 
 

@@ -1,6 +1,9 @@
 """Every command's --help reads well at 80 columns: nothing cut, no markup eaten, defaults shown, no
 reference to a file that users do not have."""
 
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -37,3 +40,13 @@ def test_defaults_and_brackets_are_shown():
     train = _help(["train"])
     assert "[default: 4]" in train.split("--crops-per-slice")[1][:200]
     assert "64 on CPU" in train
+
+
+def test_train_help_lists_the_configurations_that_exist():
+    """The --config choices are read from CONFIGS (a configuration added there shows in the help), and
+    reading them imports no torch."""
+    code = ("import sys; from amir_cli.network.config import CONFIGS, AmirConfig; CONFIGS['amir-xl'] = AmirConfig(dim=64); "
+            "from typer.testing import CliRunner; from amir_cli.cli import app; assert 'torch' not in sys.modules; "
+            "print(CliRunner().invoke(app, ['train', '--help']).output)")
+    text = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60).stdout
+    assert "--config amir|amir-s|amir-tiny|amir-xl\n" in text, text

@@ -7,6 +7,7 @@ Debian mricron-data, BSD-3).
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -320,15 +321,43 @@ def test_write_errors_leave_nothing(ct_nii, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
 
 
-def test_existing_output_replaced_atomically(ct_nii, tmp_path):
+def _after_each_rename(monkeypatch, target: Path) -> list:
+    """The bytes at ``target`` (None: no file) after every rename, link and unlink from now on."""
+    seen = []
+    for name in ("replace", "rename", "link", "unlink"):
+        def op(*args, _real=getattr(os, name), **kwargs):
+            _real(*args, **kwargs)
+            seen.append(target.read_bytes() if target.exists() else None)
+        monkeypatch.setattr(os, name, op)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["o.nii.gz", "o.mha"])
+def test_existing_output_is_replaced_atomically(ct_nii, tmp_path, monkeypatch, name):
+    """While an output is replaced, readers find the old file or the complete new one at every
+    step, never no file or part of one; a write failing midway leaves the old file as it was."""
     vol = read_image(ct_nii)
-    target = tmp_path / "o.nii.gz"
-    target.write_bytes(b"old")
-    with open(target, "rb") as reader:  # a reader of the old file keeps reading the old file
+    target = tmp_path / name
+    write_image(vol.with_array(vol.array + 1), target)
+    old = target.read_bytes()
+    with open(target, "rb") as reader:
+        seen = _after_each_rename(monkeypatch, target)
         write_image(vol, target)
-        assert reader.read() == b"old"  # the new file was renamed over the name, not written into the old one
+        monkeypatch.undo()
+        assert reader.read() == old  # the new file was renamed over the name, not written into the old one
+    new = target.read_bytes()
+    assert new != old and seen and all(state in (old, new) for state in seen), [len(s or b"") for s in seen]
     np.testing.assert_array_equal(read_image(target).array, vol.array)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "o.nii.gz"]  # no temp file left
+
+    def half_then_fail(img, path, *args, **kwargs):
+        Path(path).write_bytes(new[: len(new) // 2])
+        raise OSError("disk full")
+
+    before = sorted(tmp_path.iterdir())
+    monkeypatch.setattr(*((nib, "save") if name.endswith(".nii.gz") else (sitk, "WriteImage")), half_then_fail)
+    with pytest.raises(BadInputError, match="disk full"):
+        write_image(vol.with_array(vol.array + 2), target)
+    assert target.read_bytes() == new and sorted(tmp_path.iterdir()) == before  # no temp file left
 
 
 def test_with_array_copies_meta(ct_nii):

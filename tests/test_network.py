@@ -4,11 +4,7 @@ import torch
 from amir_cli.network import AMIR, CONFIGS, AmirConfig, get_config
 from amir_cli.weights import build_from_state, infer_config, read_state_dict
 
-from conftest import FIXTURE
-
-
-def official_state(tensors):
-    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+from conftest import FIXTURE, official_state
 
 
 COMPUTATIONS = [
@@ -62,6 +58,7 @@ def test_summed_gates_without_log_combine_would_miss(official_fixture):
         AmirConfig(dim=6, num_blocks=(2, 1, 3, 1), num_refinement_blocks=2, heads=(2, 3, 4, 6)),
         AmirConfig(dim=8, num_blocks=(1, 2, 1, 2), num_refinement_blocks=0, ffn_expansion_factor=2.0,
                    bias=True, layernorm_type="BiasFree"),
+        AmirConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, atom_num=16, atom_dim=64, num_experts=3),
         CONFIGS["amir-s"],
     ],
 )

@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from amir_cli.network import AMIR, AmirConfig, get_config
 from amir_cli.network import onednn, restormer, routing
 
-from test_network import official_state
+from conftest import official_state
 
 RANDOM_CONFIGS = [
     AmirConfig(dim=6, num_blocks=(2, 1, 1, 1), num_refinement_blocks=1, heads=(2, 3, 4, 6)),

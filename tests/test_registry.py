@@ -1,6 +1,7 @@
 """The user registry: entries are removed by name (never the shipped ones) and written with the
 permissions of the umask, like every other file amir writes."""
 
+import dataclasses
 import os
 import stat
 
@@ -42,3 +43,12 @@ def test_registry_files_follow_the_umask(amir_home, mask):
         os.umask(old)
     for path in (entry.path, entry.path.parent / weights.MANIFEST):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, path
+
+
+def test_the_loader_builds_the_configuration_the_manifest_records(amir_home):
+    """The experts mixed per pixel hold no tensor: only the manifest knows them, and loading builds them."""
+    config = dataclasses.replace(get_config("amir-tiny"), top_k=1)
+    weights.save_entry("one-expert", _tiny_state(), {}, config)
+    loaded = weights.load_weights("one-expert", "cpu")
+    assert loaded.model.config == config and loaded.config["top_k"] == 1
+    assert loaded.model.spatial_routing_encoder_level3.moe.k == 1

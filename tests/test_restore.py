@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from amir_cli.errors import BadInputError, DeviceError
-from amir_cli.imaging.io import Volume
+from amir_cli.imaging.io import Volume, read_image
 from amir_cli.imaging.kspace import kspace_upsample
 from amir_cli.network import AMIR, get_config
 from amir_cli.device import pick_device, precision_context
@@ -20,6 +20,8 @@ from amir_cli.inference import BORDER, self_ensemble, tiled_predict
 from amir_cli.batch import distributed_share
 from amir_cli.restore import restore_volume, routing_summary, scaled_affine
 from amir_cli.taskdetect import detect_task
+from amir_cli.weights import load_weights
+from conftest import EXAMPLES
 
 
 class Identity(torch.nn.Module):
@@ -142,13 +144,23 @@ def test_tiled_predict_is_exact_for_pointwise_predictors():
     assert calls == [(70, 45)]  # fits in one tile
 
 
-def test_tiled_restore_close_to_whole_slice(tiny):
-    rng = np.random.default_rng(1)
-    vol = _volume(rng.uniform(-200, 200, (48, 48, 1)))
-    whole, _ = restore_volume(tiny, vol, "ct-denoise")
-    tiled, info = restore_volume(tiny, vol, "ct-denoise", tile=32)
-    assert info["tile"] == 32
-    assert np.abs(whole.array - tiled.array).mean() < 50  # tiles see less context; same image
+def test_tiled_restore_differs_from_the_whole_slice_far_less_than_the_noise():
+    """Tiles see less context (borders; each tile's channel attention sees only its pixels), so the
+    tiled image is not the whole one; but on real quarter-dose CT with the shipped weights it
+    differs by under a tenth of the noise sigma that the network removes (measured: 0.05 sigma), and
+    lies as close to the full-dose reference (within a fiftieth of sigma)."""
+    crop = (slice(64, 160), slice(64, 160), slice(0, 1))
+    lq = read_image(EXAMPLES / "ct_head_quarter_dose.nii.gz")
+    lq = lq.with_array(lq.array[crop])
+    ref = read_image(EXAMPLES / "ct_head_reference.nii.gz").array[crop]
+    sigma = np.std(lq.array - ref)  # the quarter-dose noise, about 20 HU
+    model = load_weights(None, "cpu").model
+    whole, _ = restore_volume(model, lq, "ct-denoise")
+    tiled, info = restore_volume(model, lq, "ct-denoise", tile=64)  # 2 x 2 tiles of 64, 16 overlapping
+    assert info["tile"] == 64 and 15 < sigma < 30
+    assert np.abs(whole.array - tiled.array).mean() < 0.1 * sigma
+    error = [np.abs(out.array - ref).mean() for out in (whole, tiled)]
+    assert abs(error[1] - error[0]) < 0.02 * sigma and max(error) < 0.5 * sigma, (error, sigma)
 
 
 def test_routing_instruction_computed_once_per_batch_and_shared_by_tiles():

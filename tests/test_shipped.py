@@ -1,10 +1,8 @@
 """The shipped default weights on the examples and a validation subject: better than the input, also at the image edge."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-from conftest import DATA, needs_dev_data
+from conftest import DATA, EXAMPLES, needs_dev_data
 
 from amir_cli.imaging import intensity
 from amir_cli.imaging.degrade import mri_truncate
@@ -15,7 +13,6 @@ from amir_cli.restore import restore_volume
 from amir_cli.weights import load_weights
 from amir_cli.training.volumes import split_rows
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # (task, low-quality file, reference file, k-space factor ("auto": recognised, as plain restore), least gain in dB)
 CASES = [
     ("ct-denoise", "ct_head_quarter_dose.nii.gz", "ct_head_reference.nii.gz", None, 4.0),

@@ -226,22 +226,23 @@ def test_paired_layout_loads(tmp_path):
 
 # ------------------------------------------------------------------------------------ faults
 def test_resume_after_kill_equals_uninterrupted_run(hq_data, tmp_path):
-    common = dict(TINY, data=str(hq_data), iterations=6, checkpoint_every=3, val_every=3, seed=5)
+    common = dict(TINY, data=str(hq_data), iterations=6, checkpoint_every=3, val_every=3, seed=5, ema=0.5)
     train(TrainOptions(**common, out=str(tmp_path / "straight")))
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(SEAMS), "kill", "4", "--", "train", str(hq_data), "--out", str(killed), "--config", "amir-tiny",
            "--iterations", "6", "--checkpoint-every", "3", "--val-every", "3", "--batch-size", "2", "--patch-size", "32",
-           "--workers", "0", "--threads", "1", "--val-slices", "2", "--val-size", "0", "--log-every", "1", "--seed", "5", "--quiet"]
+           "--workers", "0", "--threads", "1", "--val-slices", "2", "--val-size", "0", "--log-every", "1", "--seed", "5", "--ema", "0.5", "--quiet"]
     # SIGKILL right after iteration 4 (checkpoint at 3)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert ckpt.load_torch(killed / ckpt.LAST)["iteration"] == 3
 
     train(TrainOptions(quiet=True), resume=killed)
-    a, b = _last_model(tmp_path / "straight"), _last_model(killed)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    for which in ("model", "ema"):  # the moving average resumes with its warm-up where it was
+        a, b = (ckpt.load_torch(run / ckpt.LAST)[which] for run in (tmp_path / "straight", killed))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"resumed {which} weights differ from the uninterrupted run"
     # the log holds every iteration exactly once, and the curves were drawn
     its = [r["iteration"] for r in map(json.loads, (killed / ckpt.METRICS).read_text().splitlines()) if r["kind"] == "train"]
     assert its == [1, 2, 3, 4, 5, 6]
@@ -546,3 +547,26 @@ def test_plot_curves_leaves_the_matplotlib_backend_alone(tmp_path):
     finally:
         matplotlib.use(backend, force=True)
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weight_average_gives_the_numbers_of_the_hand_written_ema():
+    """torch's AveragedModel with the warm-up decay min(ema, (1 + it) / (10 + it)) equals the EMA
+    amir computed by hand before (lerp per parameter, buffers copied) over 300 steps, warm-up and after."""
+    import copy
+
+    from amir_cli.network import AMIR, get_config
+    from amir_cli.training.trainer import weight_average
+
+    torch.manual_seed(0)
+    model = AMIR(get_config("amir-tiny"))
+    by_hand, average = copy.deepcopy(model), weight_average(model, 0.95)  # the warm-up ends at step 161
+    for it in range(300):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p), alpha=1e-2)
+            decay = min(0.95, (1.0 + it) / (10.0 + it))
+            for pe, pm in zip(by_hand.parameters(), model.parameters()):
+                pe.lerp_(pm, 1.0 - decay)
+        average.update_parameters(model)
+    a, b = by_hand.state_dict(), average.module.state_dict()
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-7

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..device import torchrun
-from ..tasks import TASKS
+from ..network.config import CONFIGS
+from ..tasks import TASKS, choices
 from ..training.options import TaskWeighting, TrainOptions, range_text
 from .common import Command, JsonOpt, QuietOpt, app, examples, info, print_json, usage_errors
 
@@ -76,7 +77,7 @@ def train_cmd(
     data: Annotated[Optional[Path], typer.Argument(metavar="DATA", help="Training data folder (not needed with --resume).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: runs/amir-DATE-TIME).", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue a run from its last checkpoint (options from its run.json; --iterations, --workers, --threads, --device, --val-every, --checkpoint-every, --checkpoint-minutes, --log-every, --export may be given again).", show_default=False)] = None,
-    config: Annotated[Optional[str], typer.Option("--config", metavar="amir|amir-s|amir-tiny", help="Network configuration [default: amir (the paper's) on CUDA, amir-s on CPU].", show_default=False)] = None,
+    config: Annotated[Optional[str], typer.Option("--config", metavar=choices(CONFIGS), help="Network configuration [default: amir (the paper's) on CUDA, amir-s on CPU].", show_default=False)] = None,
     tasks: Annotated[str, typer.Option("--tasks", help="'all' (all-in-one, tasks sampled evenly) or a comma-separated subset.")] = "all",
     iterations: Annotated[int, typer.Option("--iterations", help="Training iterations (total, counting those before a --resume).")] = _TRAIN.iterations,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Patches per iteration per process.")] = _TRAIN.batch_size,

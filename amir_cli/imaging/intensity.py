@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from amir_cli.errors import BadInputError
-from amir_cli.tasks import EVAL_WINDOW, MRI_SR, NORM_RANGE, TASKS  # noqa: F401 (EVAL_WINDOW: benchmarks/network_speed.py still imports it from here)
+from amir_cli.tasks import MRI_SR, NORM_RANGE, TASKS
 
 __all__ = ["check_task", "denormalise", "mr_scale_factor", "normalise"]
 

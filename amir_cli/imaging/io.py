@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from amir_cli.errors import BadInputError, failures_as_bad_input, one_line
-from amir_cli.files import atomic_write, public_path, temp_dir
+from amir_cli.files import Staging, public_path
 from amir_cli.imaging.volume import (
     Volume,
     check_affine,
@@ -400,9 +399,10 @@ def write_image(volume: Volume, path: str | Path, *, reference: Volume | None = 
     _check_destination(p, volume, reference)
     suffix = image_suffix(p)
     if suffix in NIFTI_SUFFIXES:
-        return _atomic_file(p, lambda tmp: _write_nifti(volume, ref, tmp, description))
+        return _staged(p, lambda target: _write_nifti(volume, ref, target, description))
     if suffix in ITK_SUFFIXES:
-        return _write_itk_atomic(volume, ref, p)
+        img = _itk_image(volume, ref)
+        return _staged(p, lambda target: _write_itk(img, target), _itk_message)
     if ref.source_format == "dicom" and "dicom_datasets" in ref.meta:
         if p.suffix.lower() in dicom.DICOM_SUFFIXES:
             return dicom_write.write_dicom_file(volume, ref, p, description)
@@ -413,10 +413,14 @@ def write_image(volume: Volume, path: str | Path, *, reference: Volume | None = 
     )
 
 
-def _atomic_file(dest: Path, write) -> Path:
-    """Run ``write(tmp_path)`` on a temp file beside ``dest`` then rename it into place."""
-    with failures_as_bad_input(f"{public_path(dest)}: cannot write"):
-        return atomic_write(dest, write, suffix=".tmp" + image_suffix(dest))
+def _staged(dest: Path, write, describe=None) -> Path:
+    """Run ``write(path)`` on ``dest``'s path in a :class:`Staging`, then put what it wrote in place
+    (an .mhd's data file before its header), replacing an existing file: readers see the old file
+    or the new one, never part of one; a failure leaves nothing."""
+    with failures_as_bad_input(f"{public_path(dest)}: cannot write", describe), Staging(overwrite=True) as staging:
+        write(staging.path(dest))
+        staging.publish()
+    return dest
 
 
 def _write_nifti(volume: Volume, ref: Volume, tmp: Path, description: str) -> None:
@@ -449,9 +453,8 @@ def _write_nifti(volume: Volume, ref: Volume, tmp: Path, description: str) -> No
     nib.save(img, str(tmp))
 
 
-def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
-    """.mha/.nrrd are one file; .mhd has a data file beside it: write both into a temp folder with
-    the final names, then move the data file and the header (last) into place."""
+def _itk_image(volume: Volume, ref: Volume):
+    """``volume`` as a SimpleITK image (LPS geometry) of the reference's data type family."""
     import SimpleITK as sitk
 
     data = to_dtype(volume.array, output_dtype(ref))
@@ -461,18 +464,14 @@ def _write_itk_atomic(volume: Volume, ref: Volume, dest: Path) -> Path:
     img.SetSpacing([float(s) for s in spacing])
     img.SetOrigin([float(o) for o in lps[:3, 3]])
     img.SetDirection([float(d) for d in (lps[:3, :3] / spacing[None, :]).ravel()])
-    tmp_dir = temp_dir(dest)
-    try:
-        with failures_as_bad_input(f"{public_path(dest)}: cannot write", _itk_message):
-            target = tmp_dir / dest.name
-            with _quiet_itk():
-                sitk.WriteImage(img, str(target), useCompression=image_suffix(dest) != ".mha")
-            header_moved = False
-            for f in sorted(tmp_dir.iterdir(), key=lambda f: f.name == dest.name):
-                os.replace(f, dest.parent / f.name)
-                header_moved = header_moved or f.name == dest.name
-            if not header_moved:
-                raise OSError("SimpleITK wrote no file")
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return dest
+    return img
+
+
+def _write_itk(img, target: Path) -> None:
+    """.mha/.nrrd are one file; .mhd writes its data file beside the header."""
+    import SimpleITK as sitk
+
+    with _quiet_itk():
+        sitk.WriteImage(img, str(target), useCompression=image_suffix(target) != ".mha")
+    if not target.is_file():
+        raise OSError("SimpleITK wrote no file")

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-ATOM_NUM = 32   # learned atoms in the routing dictionary
-ATOM_DIM = 256  # length of the routing instruction vector
-NUM_EXPERTS = 4
-TOP_K = 2
-
 
 @dataclass(frozen=True)
 class AmirConfig:
+    """One network's hyperparameters. A manifest recorded before the routing fields existed reads
+    with their defaults, which every network had then."""
+
     dim: int = 42
     num_blocks: tuple[int, int, int, int] = (5, 7, 7, 9)
     num_refinement_blocks: int = 4
@@ -20,6 +18,10 @@ class AmirConfig:
     layernorm_type: str = "WithBias"  # or "BiasFree"
     in_channels: int = 1
     out_channels: int = 1
+    atom_num: int = 32  # learned atoms in the routing dictionary
+    atom_dim: int = 256  # length of the routing instruction vector
+    num_experts: int = 4  # experts of each spatial routing
+    top_k: int = 2  # experts mixed at each pixel
 
     def __post_init__(self):
         if self.dim < 1 or len(self.num_blocks) != 4 or len(self.heads) != 4:
@@ -29,6 +31,8 @@ class AmirConfig:
                 raise ValueError(f"level {level + 1} width is not divisible by {h} heads")
         if self.layernorm_type not in ("WithBias", "BiasFree"):
             raise ValueError(f"layernorm_type must be WithBias or BiasFree, not {self.layernorm_type!r}")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"top_k must be in 1..{self.num_experts} (num_experts), got {self.top_k}")
 
     def to_dict(self) -> dict:
         return asdict(self)

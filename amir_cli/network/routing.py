@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ATOM_DIM, ATOM_NUM, NUM_EXPERTS, TOP_K
+from .config import AmirConfig
 from .restormer import Computation
 
 _EPS = float(torch.finfo(torch.float64).eps)  # floor before the log, as in the published combine
@@ -18,7 +18,7 @@ EXPERT_PATHS = ("auto", "dense", "sparse")
 class RoutingInstructionNetwork(nn.Module):
     """Maps an image to one instruction vector: a softmax mixture of learned dictionary atoms."""
 
-    def __init__(self, in_channels: int, atom_num: int = ATOM_NUM, atom_dim: int = ATOM_DIM, hidden: int = 64):
+    def __init__(self, in_channels: int, atom_num: int = AmirConfig.atom_num, atom_dim: int = AmirConfig.atom_dim, hidden: int = 64):
         super().__init__()
         act = lambda: nn.LeakyReLU(0.1, inplace=True)  # noqa: E731
         self.CondNet = nn.Sequential(
@@ -67,10 +67,8 @@ class NoisyTopKExperts(Computation, nn.Module):
 
     experts_path = "auto"  # one of EXPERT_PATHS, set by AMIR.set_computation
 
-    def __init__(self, dim: int, expansion: float, num_experts: int = NUM_EXPERTS, k: int = TOP_K):
+    def __init__(self, dim: int, expansion: float, num_experts: int = AmirConfig.num_experts, k: int = AmirConfig.top_k):
         super().__init__()
-        if not 1 <= k <= num_experts:
-            raise ValueError(f"top-k must be in 1..{num_experts}, got {k}")
         self.k = k
         self.num_experts = num_experts
         self.experts = nn.ModuleList([Expert(dim, int(dim * expansion)) for _ in range(num_experts)])
@@ -219,10 +217,10 @@ class NoisyTopKExperts(Computation, nn.Module):
 class SpatialRouting(nn.Module):
     """Residual per-pixel expert routing steered by the instruction."""
 
-    def __init__(self, dim: int, expansion: float, atom_dim: int = ATOM_DIM):
+    def __init__(self, dim: int, c: AmirConfig):
         super().__init__()
-        self.fc = nn.Linear(atom_dim, dim)
-        self.moe = NoisyTopKExperts(dim, expansion)
+        self.fc = nn.Linear(c.atom_dim, dim)
+        self.moe = NoisyTopKExperts(dim, c.ffn_expansion_factor, c.num_experts, c.top_k)
 
     def forward(self, x: torch.Tensor, instruction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         y, loss = self.moe(x, self.fc(instruction))
@@ -232,7 +230,7 @@ class SpatialRouting(nn.Module):
 class ChannelRouting(nn.Module):
     """x + sigmoid(fc(instruction)) * (gamma * x + beta): instruction-gated channel modulation."""
 
-    def __init__(self, dim: int, atom_dim: int = ATOM_DIM):
+    def __init__(self, dim: int, atom_dim: int = AmirConfig.atom_dim):
         super().__init__()
         self.fc = nn.Linear(atom_dim, dim)
         self.beta = nn.Parameter(torch.zeros(1, dim, 1, 1))

@@ -18,6 +18,7 @@ def export_run(run_dir, name: str, which: str = "best"):
     the exact command, seed, iterations, parameter count and validation scores.
     """
     from amir_cli import weights
+    from amir_cli.network import AmirConfig
 
     run_dir = Path(run_dir)
     info = ckpt.read_json(run_dir / ckpt.RUN_JSON)
@@ -53,7 +54,8 @@ def export_run(run_dir, name: str, which: str = "best"):
         "validation": {k: v for k, v in (info.get("validation") or {}).items() if k != "slices"},
         "tool": info.get("tool"),
     }
-    return weights.save_entry(name, state, record)
+    config = AmirConfig.from_dict(info["config"]) if info.get("config") else None  # the trained one, top_k included
+    return weights.save_entry(name, state, record, config)
 
 
 def _validation_at(run_dir: Path, iteration: int, info: dict) -> dict | None:

@@ -14,6 +14,7 @@ from enum import Enum
 
 from amir_cli.device import check_device_spec
 from amir_cli.errors import BadInputError
+from amir_cli.network.config import CONFIGS
 from amir_cli.tasks import TASKS
 
 from .levels import Levels
@@ -97,8 +98,6 @@ class TrainOptions:
         bad = [t for t in self.tasks if t not in TASKS]
         if bad or not self.tasks:
             raise BadInputError(f"unknown task(s) {', '.join(bad) or '(none)'}: choose from {', '.join(TASKS)}")
-        from amir_cli.network import CONFIGS
-
         if self.config is not None and self.config not in CONFIGS:
             raise BadInputError(f"unknown --config {self.config!r}; known: {', '.join(CONFIGS)}")
         self._check_numbers()

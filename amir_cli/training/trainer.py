@@ -5,7 +5,6 @@ the protocol of docs/protocol.md with the best weights kept; atomic checkpoints 
 
 from __future__ import annotations
 
-import copy
 import math
 import signal
 import time
@@ -16,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from amir_cli.errors import AmirError, BadInputError
 from amir_cli.imaging.kspace import band_mask, project_band
@@ -85,12 +85,28 @@ def _consistent(pred, lq, factors):
 
 
 def cosine_lr(it: int, o: TrainOptions) -> float:
-    """Learning rate of iteration ``it`` (0-based): linear warm-up, then cosine to eta_min."""
+    """Learning rate of iteration ``it`` (0-based): linear warm-up, then cosine to eta_min. A function
+    of the options, not torch's SequentialLR: a scheduler's saved state would keep the old length
+    when --resume is given another --iterations."""
     if o.warmup and it < o.warmup:
         return o.lr * (it + 1) / o.warmup
     span = max(1, o.iterations - o.warmup)
     t = min(1.0, (it - o.warmup) / span)
     return o.eta_min + (o.lr - o.eta_min) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def weight_average(model: nn.Module, ema: float) -> AveragedModel:
+    """The exponential moving average of ``model``'s weights with a warm-up: its n-th update (the copy
+    of the initial weights being the first) keeps min(ema, n / (n + 9)) of the average, so that the
+    early average is not stuck at the initial weights. Buffers follow the model."""
+
+    def update(averaged: list, current: list, n: torch.Tensor) -> None:
+        k = int(n)  # read on the host: the step waits for its loss check anyway
+        torch._foreach_lerp_(averaged, current, 1.0 - min(ema, k / (k + 9.0)))
+
+    average = AveragedModel(model, multi_avg_fn=update).eval().requires_grad_(False)
+    average.update_parameters(model)  # n = 0: a copy
+    return average
 
 
 def _iteration_seed(seed: int, rank: int, it: int) -> int:
@@ -109,7 +125,7 @@ class Trainer:
         self.log_vars = nn.Parameter(torch.zeros(len(TASKS), device=device)) if uncertainty else None
         params = list(self.model.parameters()) + ([self.log_vars] if self.log_vars is not None else [])
         self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas))
-        self.ema_model = copy.deepcopy(self.model).eval().requires_grad_(False) if o.ema > 0 else None
+        self.ema_model = weight_average(self.model, o.ema) if o.ema > 0 else None
         self.start, self.best, self.best_scores = 0, -math.inf, None
         if state is not None:
             self._restore(state)
@@ -127,7 +143,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema_model is not None and state.get("ema") is not None:
-            self.ema_model.load_state_dict(state["ema"])
+            self.ema_model.module.load_state_dict(state["ema"])
+            self.ema_model.n_averaged.fill_(int(state["iteration"]) + 1)  # the initial copy and one update a step
         if self.log_vars is not None and state.get("log_vars") is not None:
             with torch.no_grad():
                 self.log_vars.copy_(state["log_vars"])
@@ -137,7 +154,7 @@ class Trainer:
     @property
     def scored_model(self) -> nn.Module:
         """The weights that are validated and kept: the EMA's when there is one."""
-        return self.ema_model if self.ema_model is not None else self.model
+        return self.ema_model.module if self.ema_model is not None else self.model
 
     def open_run(self, val_set: list, resumed: bool) -> None:
         """Rank 0: the validation set and its input scores, the metrics log, the best score so far."""
@@ -217,7 +234,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), o.clip_grad)
         self.optimizer.step()
         if self.ema_model is not None:
-            self._update_ema(it)
+            self.ema_model.update_parameters(self.model)
         return lr, check
 
     def _forward(self, lq):
@@ -247,14 +264,6 @@ class Trainer:
         if weighting == TaskWeighting.PSNR:
             return psnr_deficit(pred.float(), hq, lq.float()).mean()
         return l1
-
-    def _update_ema(self, it: int) -> None:
-        decay = min(self.o.ema, (1.0 + it) / (10.0 + it))  # warm-up: early EMA is not stuck at the init
-        with torch.no_grad():
-            for pe, pm in zip(self.ema_model.parameters(), self.model.parameters()):
-                pe.lerp_(pm, 1.0 - decay)
-            for be, bm in zip(self.ema_model.buffers(), self.model.buffers()):
-                be.copy_(bm)
 
     def _log_train(self, it: int, lr: float, check: torch.Tensor) -> None:
         self.window.add(*(float(x) for x in check.cpu()))
@@ -303,7 +312,7 @@ class Trainer:
             state = {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema_model.state_dict() if self.ema_model is not None else None,
+                "ema": self.scored_model.state_dict() if self.ema_model is not None else None,
                 "log_vars": self.log_vars.detach().cpu() if self.log_vars is not None else None,
                 "rng": ckpt.rng_state(),
                 "iteration": it,  # iterations done = the data sampler's next position
