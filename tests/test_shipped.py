@@ -16,9 +16,9 @@ from amir_cli.training.volumes import split_rows
 # (task, low-quality file, reference file, k-space factor ("auto": recognised, as plain restore), least gain in dB)
 CASES = [
     ("ct-denoise", "ct_head_quarter_dose.nii.gz", "ct_head_reference.nii.gz", None, 4.0),
-    ("mri-sr", "mr_brain_x4.nii.gz", "mr_brain_reference.nii.gz", None, 0.2),
-    ("mri-sr", "mr_brain_x4.nii.gz", "mr_brain_reference.nii.gz", "auto", 0.5),
-    ("mri-sr", "mr_brain_x4.nii.gz", "mr_brain_reference.nii.gz", 4, 0.5),
+    ("mri-sr", "mr_brain_x4.nii.gz", "mr_brain_reference.nii.gz", None, 0.3),
+    ("mri-sr", "mr_brain_x4.nii.gz", "mr_brain_reference.nii.gz", "auto", 0.6),
+    ("mri-sr", "mr_brain_x4.nii.gz", "mr_brain_reference.nii.gz", 4, 0.6),
     ("pet-synthesis", "pet_brain_quarter_dose.nii.gz", "pet_brain_reference.nii.gz", None, 2.0),
 ]
 
@@ -52,5 +52,5 @@ def test_anatomy_cut_by_the_image_edge_is_not_made_worse(model):
     assert ref[-1].mean() > 0.05 * ref.max()  # anatomy, not background, at the edge
     out, _ = restore_volume(model, vol.with_array(lq[:, :, None]), "mri-sr")
     gain = slice_scores(out.array[:, :, 0], ref, "mri-sr")["psnr"] - slice_scores(lq, ref, "mri-sr")["psnr"]
-    # stage 15's network alone leaves these cropped rows 0.04 dB below their input (weights/README.md)
+    # stage 16's network alone leaves these cropped rows 0.035 dB below their input (weights/README.md)
     assert gain > -0.05
