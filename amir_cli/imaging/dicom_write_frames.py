@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 
-from amir_cli.imaging.dicom_write import Derivation, Encoded, derive_header, set_pixels
+from amir_cli.imaging.dicom_derive import Derivation, Encoded, derive_header, set_pixels
 
 _SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 _DERIVATION_CODE = ("110001", "DCM", "Image Processing")
