@@ -27,6 +27,7 @@ from amir_cli.training import checkpoint as ckpt
 from amir_cli.errors import BadInputError
 from amir_cli.tasks import TASKS
 from amir_cli.training.options import task_cycle
+from amir_cli.training.trainer import adam
 from amir_cli.training.volumes import split_rows, split_slices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -570,3 +571,25 @@ def test_weight_average_gives_the_numbers_of_the_hand_written_ema():
         average.update_parameters(model)
     a, b = by_hand.state_dict(), average.module.state_dict()
     assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-7
+
+
+def test_the_fused_adam_of_training_follows_the_per_tensor_adam():
+    """amir train's optimiser (one fused kernel) takes the steps torch's per-tensor Adam takes."""
+    from amir_cli.network import AMIR, get_config
+
+    torch.manual_seed(0)
+    fused, loop = AMIR(get_config("amir-tiny")).train(), AMIR(get_config("amir-tiny")).train()
+    loop.load_state_dict(fused.state_dict())
+    optimisers = [adam(fused.parameters(), 1e-3), torch.optim.Adam(loop.parameters(), lr=1e-3)]
+    assert optimisers[0].defaults["fused"]
+    for step in range(30):
+        x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(step))
+        for model, opt in zip((fused, loop), optimisers):
+            torch.manual_seed(step)  # the same routing noise for both
+            pred, load = model(x)
+            opt.zero_grad(set_to_none=True)
+            (pred.abs().mean() + 0.001 * load).backward()
+            opt.step()
+    worst = max((a - b).abs().max().item() for a, b in zip(fused.parameters(), loop.parameters()))
+    assert worst < 1e-5
+

@@ -95,6 +95,14 @@ def cosine_lr(it: int, o: TrainOptions) -> float:
     return o.eta_min + (o.lr - o.eta_min) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def adam(params, lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:
+    """The training optimiser: Adam updating all the parameters in one fused kernel on the CPU and
+    CUDA (the same algorithm as the per-tensor loop; a fifth of its time for amir-s on a CPU)."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), fused=fused or None)
+
+
 def weight_average(model: nn.Module, ema: float) -> AveragedModel:
     """The exponential moving average of ``model``'s weights with a warm-up: its n-th update (the copy
     of the initial weights being the first) keeps min(ema, n / (n + 9)) of the average, so that the
@@ -124,7 +132,7 @@ class Trainer:
         uncertainty = o.task_weighting == TaskWeighting.UNCERTAINTY
         self.log_vars = nn.Parameter(torch.zeros(len(TASKS), device=device)) if uncertainty else None
         params = list(self.model.parameters()) + ([self.log_vars] if self.log_vars is not None else [])
-        self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas))
+        self.optimizer = adam(params, o.lr, o.betas)
         self.ema_model = weight_average(self.model, o.ema) if o.ema > 0 else None
         self.start, self.best, self.best_scores = 0, -math.inf, None
         if state is not None:
