@@ -110,7 +110,9 @@ def read_state_dict(path: Path) -> dict:
             tensors = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoding failure is a bad weights file
         raise WeightsError(f"cannot read weights {path.name}: {_read_failure(path, exc)}") from None
-    for key in ("state_dict", "params_ema", "params", "model"):  # common training-checkpoint wrappers
+    # common training-checkpoint wrappers; an averaged copy first: `amir train` validates and
+    # exports its EMA ("ema" beside "model" in last.pt), so scoring a run's last.pt scores that
+    for key in ("state_dict", "params_ema", "ema", "params", "model"):
         if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
             tensors = tensors[key]
     if not isinstance(tensors, dict) or not tensors:

@@ -74,6 +74,19 @@ def test_configuration_is_inferred_from_tensors(tmp_path, config):
         assert torch.equal(build_from_state(state)(x), model(x))
 
 
+def test_a_training_checkpoint_is_read_as_its_weight_average(tmp_path):
+    """last.pt holds the trained weights and their EMA: scoring it scores the EMA that training
+    validated and `amir weights add --last` exports."""
+    torch.manual_seed(0)
+    raw, ema = AMIR(get_config("amir-tiny")).state_dict(), AMIR(get_config("amir-tiny")).state_dict()
+    path = tmp_path / "last.pt"
+    torch.save({"model": raw, "ema": ema, "iteration": 5}, path)
+    state = read_state_dict(path)
+    assert all(torch.equal(state[k], ema[k]) for k in ema) and not all(torch.equal(state[k], raw[k]) for k in raw)
+    torch.save({"model": raw, "ema": None, "iteration": 5}, path)  # trained without --ema
+    assert all(torch.equal(read_state_dict(path)[k], raw[k]) for k in raw)
+
+
 def test_paper_configuration_size():
     assert sum(p.numel() for p in AMIR(get_config("amir")).parameters()) == pytest.approx(23.54e6, rel=1e-3)
 
