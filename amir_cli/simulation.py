@@ -11,14 +11,9 @@ from .errors import AmirError, BadInputError
 from .imaging import degrade
 from .imaging.io import read_image
 from .placement import check_input_format, check_output, default_output, publish
-from .tasks import DEFAULT_LEVEL, MR_FACTORS, MRI_SR, PET_SYNTHESIS, one_of
+from .tasks import DEFAULT_LEVEL, MR_FACTORS, MRI_SR, PET_SYNTHESIS, TASK, one_of
 
 PET_NOTE = "simulated low-count PET (Poisson thinning of projected activity); not a real low-dose acquisition"
-
-
-def level_name(task: str) -> str:
-    """What a task's level is: the k-space factor of mri-sr, else the dose fraction."""
-    return "factor" if task == MRI_SR else "dose fraction"
 
 
 def check_level(task: str, dose: float | None = None, factor: int | None = None) -> float | int:
@@ -59,7 +54,7 @@ def degrade_case(input_path: Path, task: str, level, *, seed: int = 0, output: P
 
     degraded = degrade.degrade_volume(volume.array, task, level, slice_axis=volume.slice_axis,
                                       spacing_mm=volume.spacing_mm, seed=seed, progress=step)
-    what = level_name(task)
+    what = TASK[task].level_name
     description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
     written = publish(volume.with_array(degraded), out, reference=volume, description=description, overwrite=overwrite)
     summary = {

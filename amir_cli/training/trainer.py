@@ -106,7 +106,8 @@ def adam(params, lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:
 def weight_average(model: nn.Module, ema: float) -> AveragedModel:
     """The exponential moving average of ``model``'s weights with a warm-up: its n-th update (the copy
     of the initial weights being the first) keeps min(ema, n / (n + 9)) of the average, so that the
-    early average is not stuck at the initial weights. Buffers follow the model."""
+    early average is not stuck at the initial weights. The buffers (the routing noise's constant mean
+    and std) are copied once, with the initial weights."""
 
     def update(averaged: list, current: list, n: torch.Tensor) -> None:
         k = int(n)  # read on the host: the step waits for its loss check anyway
