@@ -28,7 +28,7 @@ from .imaging.volume import check_memory
 from .placement import (check_input_format, check_output, check_output_format, default_output, publish,
                         report_path_for, same_or_inside, written_files)
 from .taskdetect import detect_task
-from .tasks import EVAL_WINDOW, MR_FACTORS, MR_SCALES, MRI_SR, NORM_RANGE, TASK, one_of
+from .tasks import EVAL_WINDOW, MR_FACTORS, MR_SCALES, MRI_SR, NORM_RANGE, TASK, check_choice
 from .weights import LoadedWeights, load_weights
 
 DEFAULT_BATCH_SIZE = 4  # slices per network call off the CPU
@@ -80,10 +80,8 @@ def check_options(task: str, scale: int, batch_size: int | None, tile: int | Non
     the image later, and checked again then)."""
     if decided or task != "auto":
         intensity.check_task(task)
-    if scale not in MR_SCALES:
-        raise BadInputError(f"--scale must be {one_of(MR_SCALES)}, got {scale}")
-    if kspace_factor is not None and kspace_factor not in MR_FACTORS:
-        raise BadInputError(f"--kspace-factor must be {one_of(MR_FACTORS)}, got {kspace_factor}")
+    check_choice("--scale", scale, MR_SCALES)
+    check_choice("--kspace-factor", kspace_factor, MR_FACTORS)
     check_scale_task(task, scale, kspace_factor)
     if batch_size is not None and batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")

@@ -11,7 +11,7 @@ from .errors import AmirError, BadInputError
 from .imaging import degrade
 from .imaging.io import read_image
 from .placement import check_input_format, check_output, default_output, publish
-from .tasks import DEFAULT_LEVEL, MR_FACTORS, MRI_SR, PET_SYNTHESIS, TASK, one_of
+from .tasks import DEFAULT_LEVEL, MR_FACTORS, MRI_SR, PET_SYNTHESIS, TASK, check_choice
 
 PET_NOTE = "simulated low-count PET (Poisson thinning of projected activity); not a real low-dose acquisition"
 
@@ -23,8 +23,7 @@ def check_level(task: str, dose: float | None = None, factor: int | None = None)
         raise BadInputError("mri-sr takes --factor, not --dose")
     if task != MRI_SR and factor is not None:
         raise BadInputError(f"{task} takes --dose, not --factor")
-    if factor is not None and factor not in MR_FACTORS:
-        raise BadInputError(f"--factor must be {one_of(MR_FACTORS)}, got {factor}")
+    check_choice("--factor", factor, MR_FACTORS)
     if dose is not None and not 0 < dose <= 1:
         raise BadInputError(f"--dose must be a fraction in (0, 1], got {dose}")
     level = factor if task == MRI_SR else dose

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from .errors import BadInputError
+
 MRI_SR = "mri-sr"
 CT_DENOISE = "ct-denoise"
 PET_SYNTHESIS = "pet-synthesis"
@@ -76,6 +78,12 @@ def one_of(values) -> str:
     """``values`` as prose: "1, 2 or 4"."""
     *head, last = (str(v) for v in values)
     return f"{', '.join(head)} or {last}" if head else last
+
+
+def check_choice(option: str, value, allowed) -> None:
+    """BadInputError naming ``option`` unless ``value`` is None (not given) or one of ``allowed``."""
+    if value is not None and value not in allowed:
+        raise BadInputError(f"{option} must be {one_of(allowed)}, got {value}")
 
 
 DEFAULT_LEVEL: dict[str, float] = {t.name: t.default_level for t in TASK_LIST}

@@ -490,6 +490,8 @@ def test_degrade_pet_notes_simulation_and_option_checks(tmp_path):
     assert "simulated" in out
     assert amir("degrade", p, "--task", "pet-synthesis", "--factor", "2")[0] == 2
     assert amir("degrade", p, "--task", "mri-sr", "--dose", "0.5")[0] == 2
+    code, _, err = amir("degrade", p, "--task", "mri-sr", "--factor", "3")
+    assert code == 2 and "--factor must be 2 or 4, got 3" in err
 
 
 # ---- weights ---------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging.intensity import MR_TARGET, denormalise, mr_scale_factor, normalise
-from amir_cli.tasks import EVAL_WINDOW, NORM_RANGE, TASKS, Window
+from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, NORM_RANGE, TASKS, Window, check_choice
 
 from conftest import real_crop  # noqa: E402
 
@@ -90,3 +90,10 @@ def test_unknown_task_and_bad_scale():
     np.testing.assert_array_equal(
         normalise(np.array([0.0]), "ct-denoise", mr_scale=3.0), normalise(np.array([0.0]), "ct-denoise")
     )
+
+
+def test_check_choice_names_the_option_and_passes_none():
+    check_choice("--kspace-factor", None, MR_FACTORS)
+    check_choice("--kspace-factor", 4, MR_FACTORS)
+    with pytest.raises(BadInputError, match=r"^--kspace-factor must be 2 or 4, got 3$"):
+        check_choice("--kspace-factor", 3, MR_FACTORS)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from amir_cli.device import check_device_spec
 from amir_cli.errors import BadInputError
-from amir_cli.tasks import MR_FACTORS, one_of
+from amir_cli.tasks import MR_FACTORS, check_choice
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,5 @@ class BenchmarkRequest:
             raise BadInputError(f"--max-slices must be at least 1, got {self.max_slices}")
         if self.batch_size is not None and self.batch_size < 1:
             raise BadInputError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.kspace_factor not in (None, *MR_FACTORS):
-            raise BadInputError(f"--kspace-factor must be {one_of(MR_FACTORS)}, got {self.kspace_factor}")
+        check_choice("--kspace-factor", self.kspace_factor, MR_FACTORS)
         check_device_spec(self.device)
