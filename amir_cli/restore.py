@@ -75,13 +75,14 @@ def check_scale_task(task: str, scale: int, kspace_factor: int | None) -> None:
 
 
 def check_options(task: str, scale: int, batch_size: int | None, tile: int | None, kspace_factor: int | None = None,
-                  *, decided: bool = True) -> None:
+                  *, engine: str = "auto", decided: bool = True) -> None:
     """The restore options that need no image; ``decided=False`` lets ``task`` be 'auto' (decided from
     the image later, and checked again then)."""
     if decided or task != "auto":
         intensity.check_task(task)
     check_choice("--scale", scale, MR_SCALES)
     check_choice("--kspace-factor", kspace_factor, MR_FACTORS)
+    check_choice("--engine", engine, ENGINES)
     check_scale_task(task, scale, kspace_factor)
     if batch_size is not None and batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -346,7 +347,8 @@ class RestoreOptions:
         """The option values that need no image (the task may still be 'auto'; a device named by its
         text, not whether this machine has it): BadInputError or DeviceError, which `amir restore`
         shows as usage errors before any work."""
-        check_options(self.task, self.scale, self.batch_size, self.tile, self.kspace_factor, decided=False)
+        check_options(self.task, self.scale, self.batch_size, self.tile, self.kspace_factor, engine=self.engine,
+                      decided=False)
         if isinstance(self.device, str):
             check_device_spec(self.device)
 
@@ -439,13 +441,11 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     volume = read_image(files.input, files.series)
     task, reason, warnings = _choose_task(volume, options.task, weights)
     warnings = volume.meta.get("notes", []) + warnings  # what reading left out or assumed
-    check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor)
+    check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor, engine=options.engine)
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
     check_memory(out_shape, str(files.input), copies=RESTORE_COPIES, doing="restoring")
     ref_volume = None if files.reference is None else _read_reference(files.reference, tuple(out_shape))
 
-    if options.engine not in ENGINES:
-        raise BadInputError(f"--engine must be one of {', '.join(ENGINES)}, got {options.engine!r}")
     weights.model.set_computation(engine=options.engine)
     restored, info = restore_volume(
         weights.model, volume, task, scale=options.scale, device=options.device, precision=options.precision,

@@ -60,12 +60,12 @@ def onnxruntime_forward(dense: AMIR, example: torch.Tensor, threads: int):
         def forward(self, x):
             return first(self.net(x))
 
-    path = Path(tempfile.mkdtemp()) / "amir.onnx"
-    with torch.no_grad():
-        torch.onnx.export(Restored(dense), (example,), path, dynamo=True, input_names=["x"], output_names=["y"])
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    with tempfile.TemporaryDirectory() as folder, torch.no_grad():  # the session holds the model once loaded
+        path = Path(folder) / "amir.onnx"
+        torch.onnx.export(Restored(dense), (example,), path, dynamo=True, input_names=["x"], output_names=["y"])
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda x: torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
 
 

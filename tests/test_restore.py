@@ -273,6 +273,14 @@ def test_bad_scale(task, scale):
         restore_volume(Identity(), vol, task, scale=scale)
 
 
+def test_an_unknown_engine_is_refused_with_the_other_options():
+    from amir_cli.restore import RestoreOptions
+
+    with pytest.raises(BadInputError, match=r"^--engine must be auto, fused or plain, got turbo$"):
+        RestoreOptions(engine="turbo").check()
+    RestoreOptions(engine="fused").check()
+
+
 def test_batch_size_does_not_change_the_result(tiny):
     rng = np.random.default_rng(3)
     vol = _volume(rng.uniform(-1000, 1000, (24, 24, 3)))
