@@ -253,3 +253,16 @@ def test_fused_operators_run_in_cpu_inference_only():
             torch.set_num_threads(threads)
     model.set_computation(engine="fused").train()
     assert not fused_ops(lambda: model(x)[0].sum().backward())
+
+
+def test_gelu_of_a_channels_last_map_keeps_values_layout_and_gradient():
+    """The GDFN gate's GELU runs on the NHWC view of a channels-last map."""
+    x = torch.randn(2, 5, 7, 9).contiguous(memory_format=torch.channels_last).requires_grad_()
+    plain = x.detach().contiguous().requires_grad_()
+    y, ref = restormer.gelu(x), torch.nn.functional.gelu(plain)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == ref.shape
+    assert (y - ref).abs().max() < 1e-6
+    g = torch.randn_like(ref)
+    y.backward(g)
+    ref.backward(g)
+    assert (x.grad - plain.grad).abs().max() < 1e-6

@@ -95,6 +95,14 @@ class ChannelLayerNorm(Computation, nn.Module):
         return t.transpose(1, 2).reshape(B, C, H, W)
 
 
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU of a map; a channels-last map is passed as its NHWC view, a plain contiguous array,
+    for which PyTorch's CPU kernel (forward and backward) is vectorised and about a third faster."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return F.gelu(x)
+
+
 def _nhwc_rows(x: torch.Tensor) -> torch.Tensor:
     """The (B * H * W, C) rows of a channels-last (B, C, H, W) map: a view."""
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
@@ -182,7 +190,7 @@ class GatedDconvFeedForward(Computation, nn.Module):
 
         if fuse:
             return branch(slice(hidden + lo, hidden + hi), mul=branch(slice(lo, hi), gelu=True))
-        gate = F.gelu(branch(slice(lo, hi)))
+        gate = gelu(branch(slice(lo, hi)))
         value = branch(slice(hidden + lo, hidden + hi))
         return gate * value if torch.is_grad_enabled() else gate.mul_(value)
 
