@@ -155,7 +155,7 @@ def main() -> None:
         jobs.append("forward:onnxruntime")
     if not a.no_train:
         jobs += ["train:eager", "train:compile"]
-    rows = [r for r in map(lambda job: run_child(a, job), jobs) if r]
+    rows = [row for row in (run_child(a, job) for job in jobs) if row]
     eager = {r["what"]: r["s_per_call"] for r in rows if r["engine"] == "eager"}
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     print(f"CPU, {a.threads} threads, fp32, torch {torch.__version__}; medians of {a.repeats}, a fresh process each")
