@@ -4,10 +4,13 @@ consistency that `amir restore` applies."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from amir_cli.errors import BadInputError
 from amir_cli.imaging.degrade import mri_truncate
 from amir_cli.imaging.kspace import kspace_mask
+from amir_cli.training.options import TrainOptions
 from amir_cli.training.sampling import _fourier_zoom
 from amir_cli.training.trainer import _consistent
 
@@ -44,6 +47,16 @@ def test_a_coarser_grid_keeps_the_central_band():
     coarse, f = _fourier_zoom(img, 2.0, FixedRng(-np.log(2.0)))
     assert coarse.shape == (48, 48) and f == 0.5
     assert abs(np.median(coarse[20:28, 30:37]) - 100.0) < 3.0
+
+
+def test_a_finest_grid_bounds_the_drawn_factor():
+    img = _phantom()
+    rng = np.random.default_rng(0)
+    fs = [_fourier_zoom(img, 2.0, rng, finest=1.0)[1] for _ in range(40)]
+    assert all(0.5 <= f <= 1.0 for f in fs) and min(fs) < 0.7  # coarser grids only, spread over the range
+    for bad in (0.9, 2.5):  # below 1, or beyond --zoom-jitter
+        with pytest.raises(BadInputError, match="--mr-zoom-max"):
+            TrainOptions(data="x", zoom_jitter=2.0, mr_zoom_max=bad).check()
 
 
 def test_the_loss_output_keeps_the_measured_band_and_other_tasks_are_untouched():

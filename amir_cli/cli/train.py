@@ -104,6 +104,7 @@ def train_cmd(
     mr_noise: Annotated[float, typer.Option("--mr-noise", help="Add a Rician noise floor to MR references, sigma ~ U(0, N) x the MR target level (scanner noise the templates lack).")] = _TRAIN.mr_noise,
     zoom_jitter: Annotated[float, typer.Option("--zoom-jitter", help="Resample training slices in-plane by a random factor in [1/Z, Z] before degrading them (robustness to pixel size; 1: off).")] = _TRAIN.zoom_jitter,
     zoom_tasks: Annotated[str, typer.Option("--zoom-tasks", help="'all' or the comma-separated tasks whose slices --zoom-jitter resamples (e.g. ct-denoise,pet-synthesis: MR super-resolution learns from k-space content that resampling alters).")] = "all",
+    mr_zoom_max: Annotated[Optional[float], typer.Option("--mr-zoom-max", help="MR slices: the largest --zoom-jitter factor, in [1, Z] (default Z). Below Z, more MR references are cropped in k-space: full to its edge, as a native acquisition is.", show_default=False)] = None,
     task_mix: Annotated[Optional[str], typer.Option("--task-mix", metavar="TASK=N,...", help="Integer shares of the training slices per task, e.g. ct-denoise=3,mri-sr=2,pet-synthesis=1 (default: even).", show_default=False)] = None,
     ct_dose: Annotated[str, typer.Option("--ct-dose", metavar="LOW:HIGH", help="CT dose fraction range (log-uniform).")] = range_text(_TRAIN.ct_dose),
     ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = range_text(_TRAIN.ct_i0),
@@ -131,7 +132,7 @@ def train_cmd(
             val_size=val_size, workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter,
             task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, mr_consistency_loss=mr_consistency_loss,
             zoom_jitter=zoom_jitter,
-            zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"),
+            zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"), mr_zoom_max=mr_zoom_max,
             ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=_factors_option(mr_factors),
             pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
         )

@@ -74,6 +74,7 @@ class TrainOptions:
     mr_consistency_loss: bool = True  # MR loss also on the output made consistent with the measured band
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
+    mr_zoom_max: float | None = None  # MR: the finest grid of that augmentation, f in [1/z, this] (None: z)
     ct_dose: tuple[float, float] = Levels.ct_dose
     ct_i0: tuple[float, float] = Levels.ct_i0
     mr_factors: tuple[int, ...] = Levels.mr_factors
@@ -151,6 +152,8 @@ class TrainOptions:
             raise BadInputError(f"--mr-noise must be in [0, 1), got {self.mr_noise}")
         if not 1 <= self.zoom_jitter <= 4:
             raise BadInputError(f"--zoom-jitter must be in [1, 4], got {self.zoom_jitter}")
+        if self.mr_zoom_max is not None and not 1 <= self.mr_zoom_max <= self.zoom_jitter:
+            raise BadInputError(f"--mr-zoom-max must be in [1, --zoom-jitter = {self.zoom_jitter:g}], got {self.mr_zoom_max:g}")
         if self.zoom_tasks is not None and (not self.zoom_tasks or set(self.zoom_tasks) - set(self.tasks)):
             raise BadInputError(f"--zoom-tasks must name trained tasks, got {','.join(self.zoom_tasks) or '(none)'}")
 

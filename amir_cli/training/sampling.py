@@ -45,13 +45,14 @@ class SamplerOptions:
     mr_noise: float = TrainOptions.mr_noise  # MR noise floor added to the reference: sigma ~ U(0, mr_noise) x MR_TARGET
     zoom_jitter: float = TrainOptions.zoom_jitter  # slices resampled in-plane by a factor in [1/z, z] before degradation
     zoom_tasks: tuple[str, ...] | None = None  # the tasks whose slices zoom_jitter resamples (None: all)
+    mr_zoom_max: float | None = None  # MR slices: f in [1/zoom_jitter, mr_zoom_max] (None: zoom_jitter)
 
     @classmethod
     def of(cls, o: TrainOptions) -> "SamplerOptions":
         """The sampling part of a run's options."""
         return cls(batch_size=o.batch_size, patch_size=o.patch_size, crops_per_slice=o.crops_per_slice, flips=True,
                    mr_scale_jitter=o.mr_scale_jitter, levels=o.levels(), task_mix=o.task_mix, mr_noise=o.mr_noise,
-                   zoom_jitter=o.zoom_jitter, zoom_tasks=o.zoom_tasks)
+                   zoom_jitter=o.zoom_jitter, zoom_tasks=o.zoom_tasks, mr_zoom_max=o.mr_zoom_max)
 
 
 def batch_rng(seed: int, rank: int, iteration: int, group: int = 0) -> np.random.Generator:
@@ -124,8 +125,10 @@ class PatchSampler:
         else:  # degraded on the fly, after the augmentations of the reference
             pixel_mm = vol.pixel_mm
             if self.opt.zoom_jitter > 1 and (self.opt.zoom_tasks is None or task in self.opt.zoom_tasks):
-                zoom = _fourier_zoom if task == MRI_SR else _zoom
-                hq_slice, f = zoom(hq_slice, self.opt.zoom_jitter, rng)
+                if task == MRI_SR:
+                    hq_slice, f = _fourier_zoom(hq_slice, self.opt.zoom_jitter, rng, self.opt.mr_zoom_max)
+                else:
+                    hq_slice, f = _zoom(hq_slice, self.opt.zoom_jitter, rng)
                 pixel_mm, rows = pixel_mm / f, round(rows * f)
             if task == MRI_SR and self.opt.mr_noise > 0:
                 hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
@@ -165,12 +168,15 @@ def _zoom(image: np.ndarray, max_factor: float, rng) -> tuple[np.ndarray, float]
     return ndimage.zoom(image, f, order=3, mode="nearest").astype(np.float32), f
 
 
-def _fourier_zoom(image: np.ndarray, max_factor: float, rng) -> tuple[np.ndarray, float]:
-    """(image, f): an MR slice on an f-times finer grid, f log-uniform in [1/max_factor, max_factor],
-    by cropping (f < 1: a coarser acquisition) or zero-padding (f > 1: a scanner's zero-filling
-    interpolation) its centred k-space, then the magnitude. Unlike a spatial resampling this keeps
-    what MR pixels hold: the finer grid has an empty outer k-space, as on a scanner."""
-    f = math.exp(rng.uniform(-math.log(max_factor), math.log(max_factor)))
+def _fourier_zoom(image: np.ndarray, max_factor: float, rng, finest: float | None = None) -> tuple[np.ndarray, float]:
+    """(image, f): an MR slice on an f-times finer grid, f log-uniform in [1/max_factor, finest]
+    (None: max_factor), by cropping (f < 1: a coarser acquisition) or zero-padding (f > 1: a
+    scanner's zero-filling interpolation) its centred k-space, then the magnitude. Unlike a spatial
+    resampling this keeps what MR pixels hold: the finer grid has an empty outer k-space, as on a
+    scanner. A cropped band is full to its edge, as a native acquisition is, where the resampled
+    1 mm brains of the training data are smooth: a ``finest`` below ``max_factor`` leans the
+    training towards such sharp references."""
+    f = math.exp(rng.uniform(-math.log(max_factor), math.log(finest or max_factor)))
     f = min(f, max(1.0, MAX_ZOOMED_SIDE / max(image.shape)))  # a finer grid than 512 pixels costs time, teaches nothing new
     shape = tuple(max(16, 2 * round(n * f / 2)) for n in image.shape)
     if shape == image.shape:
