@@ -72,3 +72,27 @@ def test_the_loss_output_keeps_the_measured_band_and_other_tasks_are_untouched()
     assert (own - lq[0, 0]).abs().mean() < 0.2 * (before - lq[0, 0]).abs().mean()
     (out - torch.cat([hq, hq])).abs().mean().backward()
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+
+
+def test_native_validation_references_are_full_to_their_kspace_edge():
+    """benchmarks/validation.py also scores MR on sharp references, the k-space band of each smooth
+    validation reference on a coarser grid, truncated as before."""
+    import sys
+    from pathlib import Path
+
+    from scipy import ndimage
+
+    from amir_cli.training.validation import ValSlice
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.validation import native_slices
+
+    def outer_share(a):  # the power outside the central half band
+        k = np.abs(np.fft.fft2(a - a.mean())) ** 2
+        return k[~np.fft.ifftshift(kspace_mask(a.shape, 2))].sum() / k.sum()
+
+    smooth = ndimage.gaussian_filter(_phantom(97), 2.0).astype(np.float32)  # an odd side is cropped to even
+    (native,) = native_slices([ValSlice("mri-sr", "v", 0, 4, mri_truncate(smooth, 4), smooth)], 4)
+    assert native.hq_phys.shape == (48, 48)
+    assert outer_share(native.hq_phys) > 4 * outer_share(smooth)
+    np.testing.assert_array_equal(native.lq_phys, mri_truncate(native.hq_phys, 4))
