@@ -123,6 +123,24 @@ def test_task_mix_sets_the_share_of_each_task(hq_data):
         TrainOptions(data=str(hq_data), task_mix={"pet-synthesis": 1}, tasks=("ct-denoise",)).check()
 
 
+def test_task_patch_size_sets_each_tasks_patches(hq_data):
+    vols, _, _ = load_volumes(hq_data)
+    sizes = {"ct-denoise": 48, "pet-synthesis": 48}
+    sampler = PatchSampler(vols, TASKS, SamplerOptions(batch_size=2, crops_per_slice=2, patch_size=16, task_patch_size=sizes), seed=0)
+    seen = {}
+    for it in range(6):
+        b = sampler.batch(it)
+        seen[TASKS[int(b["task"][0])]] = b["lq"].shape
+        assert b["hq"].shape == b["lq"].shape and len(set(b["task"].tolist())) == 1
+    assert seen == {"mri-sr": (2, 1, 16, 16), "ct-denoise": (2, 1, 48, 48), "pet-synthesis": (2, 1, 48, 48)}
+    with pytest.raises(BadInputError, match="one slice per batch"):
+        TrainOptions(data=str(hq_data), batch_size=4, crops_per_slice=2, task_patch_size=sizes).check()
+    with pytest.raises(BadInputError, match="not trained"):
+        TrainOptions(data=str(hq_data), tasks=("mri-sr",), crops_per_slice=8, task_patch_size=sizes).check()
+    with pytest.raises(BadInputError, match="multiple of 8"):
+        TrainOptions(data=str(hq_data), crops_per_slice=8, task_patch_size={"ct-denoise": 60}).check()
+
+
 def test_mr_noise_puts_a_rician_floor_in_reference_and_input(hq_data):
     vols, _, _ = load_volumes(hq_data, ("mri-sr",))
     background = lambda b: b["hq"][b["hq"] < 0.005]  # noqa: E731  (the phantom's zero background)

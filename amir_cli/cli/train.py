@@ -26,17 +26,18 @@ def _tasks_option(text: str, hint: str = "--tasks") -> tuple[str, ...]:
     return tasks
 
 
-def _task_mix_option(text: str | None) -> dict | None:
+def _per_task_option(text: str | None, hint: str) -> dict | None:
+    """'ct-denoise=3,mri-sr=2' -> {'ct-denoise': 3, 'mri-sr': 2} (the task names are checked with the run's tasks)."""
     if text is None:
         return None
-    mix = {}
+    values = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        task, _, share = part.partition("=")
+        task, _, value = part.partition("=")
         try:
-            mix[task.strip()] = int(share)
+            values[task.strip()] = int(value)
         except ValueError:
-            raise typer.BadParameter(f"{part!r}: expected TASK=N with an integer N", param_hint="--task-mix") from None
-    return mix
+            raise typer.BadParameter(f"{part!r}: expected TASK=N with an integer N", param_hint=hint) from None
+    return values
 
 
 def _factors_option(text: str) -> tuple[int, ...]:
@@ -106,6 +107,7 @@ def train_cmd(
     zoom_tasks: Annotated[str, typer.Option("--zoom-tasks", help="'all' or the comma-separated tasks whose slices --zoom-jitter resamples (e.g. ct-denoise,pet-synthesis: MR super-resolution learns from k-space content that resampling alters).")] = "all",
     mr_zoom_max: Annotated[Optional[float], typer.Option("--mr-zoom-max", help="MR slices: the largest --zoom-jitter factor, in [1, Z] (default Z). Below Z, more MR references are cropped in k-space: full to its edge, as a native acquisition is.", show_default=False)] = None,
     task_mix: Annotated[Optional[str], typer.Option("--task-mix", metavar="TASK=N,...", help="Integer shares of the training slices per task, e.g. ct-denoise=3,mri-sr=2,pet-synthesis=1 (default: even).", show_default=False)] = None,
+    task_patch_size: Annotated[Optional[str], typer.Option("--task-patch-size", metavar="TASK=P,...", help="The patch size of these tasks, e.g. ct-denoise=128,pet-synthesis=128 (the others: --patch-size). Sizes that differ need one slice per batch (--crops-per-slice at least --batch-size).", show_default=False)] = None,
     ct_dose: Annotated[str, typer.Option("--ct-dose", metavar="LOW:HIGH", help="CT dose fraction range (log-uniform).")] = range_text(_TRAIN.ct_dose),
     ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = range_text(_TRAIN.ct_i0),
     mr_factors: Annotated[str, typer.Option("--mr-factors", help="MR k-space factors, comma-separated.")] = ",".join(map(str, _TRAIN.mr_factors)),
@@ -130,7 +132,8 @@ def train_cmd(
             ema=ema, task_weighting=task_weighting.value, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, log_every=log_every, val_slices=val_slices,
             val_size=val_size, workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter,
-            task_mix=_task_mix_option(task_mix), mr_noise=mr_noise, mr_consistency_loss=mr_consistency_loss,
+            task_mix=_per_task_option(task_mix, "--task-mix"),
+            task_patch_size=_per_task_option(task_patch_size, "--task-patch-size"), mr_noise=mr_noise, mr_consistency_loss=mr_consistency_loss,
             zoom_jitter=zoom_jitter,
             zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"), mr_zoom_max=mr_zoom_max,
             ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=_factors_option(mr_factors),

@@ -70,6 +70,7 @@ class TrainOptions:
     crops_per_slice: int = 4  # one degraded slice gives 4 patches: the degradation costs more than a CPU step
     mr_scale_jitter: float = 0.0
     task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
+    task_patch_size: dict | None = None  # task -> its patch size (the others: patch_size)
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
     mr_consistency_loss: bool = True  # MR loss also on the output made consistent with the measured band
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
@@ -124,8 +125,9 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and int(value) < low:
                 raise BadInputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
-        if self.patch_size is not None and (self.patch_size < 16 or self.patch_size % 8):
-            raise BadInputError(f"--patch-size must be a multiple of 8 and at least 16, got {self.patch_size}")
+        for name, size in (("--patch-size", self.patch_size), *(("--task-patch-size", p) for p in (self.task_patch_size or {}).values())):
+            if size is not None and (size < 16 or size % 8):
+                raise BadInputError(f"{name} must be a multiple of 8 and at least 16, got {size}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise BadInputError(f"--lr must be positive, got {self.lr}")
         for name in ("eta_min", "clip_grad", "mr_scale_jitter", "checkpoint_minutes"):
@@ -148,6 +150,12 @@ class TrainOptions:
             if unknown:
                 raise BadInputError(f"--task-mix names tasks that are not trained: {', '.join(sorted(unknown))}")
             task_cycle(self.tasks, self.task_mix)  # raises on negative or all-zero shares
+        if self.task_patch_size:
+            unknown = set(self.task_patch_size) - set(self.tasks)
+            if unknown:
+                raise BadInputError(f"--task-patch-size names tasks that are not trained: {', '.join(sorted(unknown))}")
+            if self.crops_per_slice < self.batch_size:  # a batch of several slices stacks patches of one size
+                raise BadInputError("--task-patch-size needs one slice per batch: --crops-per-slice at least --batch-size")
         if not 0 <= self.mr_noise < 1:
             raise BadInputError(f"--mr-noise must be in [0, 1), got {self.mr_noise}")
         if not 1 <= self.zoom_jitter <= 4:

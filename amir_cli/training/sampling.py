@@ -42,6 +42,7 @@ class SamplerOptions:
     mr_scale_jitter: float = TrainOptions.mr_scale_jitter  # MR scale factor multiplied by exp(U(-j, j))
     levels: Levels = field(default_factory=Levels)
     task_mix: dict | None = None  # task -> relative share of the slices (None: even)
+    task_patch_size: dict | None = None  # task -> its patch size (None or a task not in it: patch_size)
     mr_noise: float = TrainOptions.mr_noise  # MR noise floor added to the reference: sigma ~ U(0, mr_noise) x MR_TARGET
     zoom_jitter: float = TrainOptions.zoom_jitter  # slices resampled in-plane by a factor in [1/z, z] before degradation
     zoom_tasks: tuple[str, ...] | None = None  # the tasks whose slices zoom_jitter resamples (None: all)
@@ -51,7 +52,8 @@ class SamplerOptions:
     def of(cls, o: TrainOptions) -> "SamplerOptions":
         """The sampling part of a run's options."""
         return cls(batch_size=o.batch_size, patch_size=o.patch_size, crops_per_slice=o.crops_per_slice, flips=True,
-                   mr_scale_jitter=o.mr_scale_jitter, levels=o.levels(), task_mix=o.task_mix, mr_noise=o.mr_noise,
+                   mr_scale_jitter=o.mr_scale_jitter, levels=o.levels(), task_mix=o.task_mix,
+                   task_patch_size=o.task_patch_size, mr_noise=o.mr_noise,
                    zoom_jitter=o.zoom_jitter, zoom_tasks=o.zoom_tasks, mr_zoom_max=o.mr_zoom_max)
 
 
@@ -81,10 +83,13 @@ class PatchSampler:
             if not vols:
                 raise TrainingDataError(f"no training slices for task {t}")
             self.by_task[t] = (vols, np.full(len(vols), 1.0 / len(vols)))
-        if options.patch_size < 16 or options.patch_size % 8:
-            raise BadInputError(f"--patch-size must be a multiple of 8 and at least 16, got {options.patch_size}")
+        if any(p < 16 or p % 8 for p in map(self.patch_size, self.tasks)):
+            raise BadInputError(f"patch sizes must be multiples of 8 and at least 16, got {[self.patch_size(t) for t in self.tasks]}")
         if options.batch_size < 1 or options.crops_per_slice < 1:
             raise BadInputError("--batch-size and --crops-per-slice must be at least 1")
+
+    def patch_size(self, task: str) -> int:
+        return int((self.opt.task_patch_size or {}).get(task, self.opt.patch_size))
 
     def groups(self) -> int:
         return math.ceil(self.opt.batch_size / self.opt.crops_per_slice)
@@ -95,13 +100,13 @@ class PatchSampler:
 
     def batch(self, iteration: int) -> dict:
         """{'lq': (B,1,P,P) float32, 'hq': same, 'task': (B,) int64 index into TASKS}."""
-        B, P, K = self.opt.batch_size, self.opt.patch_size, self.opt.crops_per_slice
+        B, K = self.opt.batch_size, self.opt.crops_per_slice
         lq, hq, tid, factors = [], [], [], []
         for g in range(self.groups()):
             rng = batch_rng(self.seed, self.rank, iteration, g)
             task = self.task_of(iteration, g)
             n = min(K, B - g * K)
-            pairs, factor = self._patches(task, rng, n, P)
+            pairs, factor = self._patches(task, rng, n, self.patch_size(task))
             for a, b in pairs:
                 lq.append(a)
                 hq.append(b)
