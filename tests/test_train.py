@@ -389,13 +389,14 @@ def test_cli_train_errors_exit_1(tmp_path):
     assert callable(main)
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "relative", "psnr"])
-def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq_data, tmp_path, weighting):
-    """A new network starts as the identity, so each sample's relative L1 is exactly 1 and its
-    PSNR deficit to its input exactly 0 dB (without the MR consistency term, which changes the output)."""
+@pytest.mark.parametrize("weighting, mr_loss", [("uniform", "l1"), ("relative", "l1"), ("relative", "rmse"), ("psnr", "l1")])
+def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq_data, tmp_path, weighting, mr_loss):
+    """A new network starts as the identity, so each sample's relative L1 (or MR's relative RMSE) is
+    exactly 1 and its PSNR deficit to its input exactly 0 dB (without the MR consistency term, which
+    changes the output)."""
     run = tmp_path / weighting
     train(TrainOptions(**{**TINY, "log_every": 1}, data=str(hq_data), out=str(run), iterations=1, val_every=100,
-                       task_weighting=weighting, mr_consistency_loss=False))
+                       task_weighting=weighting, mr_consistency_loss=False, mr_loss=mr_loss))
     rec = next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train")
     main = rec["loss"] - 0.001 * rec["load_loss"]
     assert rec["l1"] > 0
@@ -403,6 +404,17 @@ def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq
         assert main == pytest.approx(0.0, abs=1e-4)
     else:
         assert main == pytest.approx(1.0 if weighting == "relative" else rec["l1"], rel=1e-4)
+
+
+def test_sample_errors_are_rmse_in_the_rows_asked_and_l1_elsewhere():
+    from amir_cli.training.trainer import sample_errors
+
+    hq = torch.zeros(2, 1, 2, 2)
+    pred = torch.tensor([3.0, -4.0, 0.0, 0.0]).view(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    assert sample_errors(pred, hq).tolist() == [1.75, 1.75]
+    assert sample_errors(pred, hq, torch.tensor([True, False])).tolist() == pytest.approx([2.5, 1.75])
+    with pytest.raises(BadInputError, match="mr-loss"):
+        TrainOptions(mr_loss="l2").check()
 
 
 def test_psnr_deficit_is_the_psnr_gain_with_its_sign_flipped():

@@ -33,6 +33,7 @@ class TaskWeighting(str, Enum):
 PAPER_PATCH_SIZE, CPU_PATCH_SIZE = 128, 64  # --patch-size on CUDA and elsewhere
 PAPER_CONFIG, CPU_CONFIG = "amir", "amir-s"  # --config on CUDA and elsewhere
 PAPER_LR, FINE_TUNE_LR = 2e-4, 5e-5  # --lr of a new network and of one started from --init
+MR_LOSSES = ("l1", "rmse")  # --mr-loss
 # Options that may change when a run is resumed (everything else is fixed by run.json).
 RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "checkpoint_minutes", "log_every",
              "quiet", "export")
@@ -73,6 +74,7 @@ class TrainOptions:
     task_patch_size: dict | None = None  # task -> its patch size (the others: patch_size)
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
     mr_consistency_loss: bool = True  # MR loss also on the output made consistent with the measured band
+    mr_loss: str = "l1"  # the MR samples' error: "l1" or "rmse" (PSNR's; relative to the input's under --task-weighting relative)
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
     mr_zoom_max: float | None = None  # MR: the finest grid of that augmentation, f in [1/z, this] (None: z)
@@ -156,6 +158,8 @@ class TrainOptions:
                 raise BadInputError(f"--task-patch-size names tasks that are not trained: {', '.join(sorted(unknown))}")
             if self.crops_per_slice < self.batch_size:  # a batch of several slices stacks patches of one size
                 raise BadInputError("--task-patch-size needs one slice per batch: --crops-per-slice at least --batch-size")
+        if self.mr_loss not in MR_LOSSES:
+            raise BadInputError(f"--mr-loss must be one of {', '.join(MR_LOSSES)}, got {self.mr_loss!r}")
         if not 0 <= self.mr_noise < 1:
             raise BadInputError(f"--mr-noise must be in [0, 1), got {self.mr_noise}")
         if not 1 <= self.zoom_jitter <= 4:

@@ -1,5 +1,5 @@
-"""One process's training: the model, its optimiser and EMA; a step (L1, or the PSNR deficit to
-the input, + 0.001 x load loss, under a cosine schedule and the task weighting; MR scored half on
+"""One process's training: the model, its optimiser and EMA; a step (L1, the RMSE for MR with
+--mr-loss rmse, or the PSNR deficit to the input, + 0.001 x load loss, under a cosine schedule and the task weighting; MR scored half on
 the network's output and half on it made consistent with the measured k-space band); validation by
 the protocol of docs/protocol.md with the best weights kept; atomic checkpoints that resume exactly."""
 
@@ -19,7 +19,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from amir_cli.errors import AmirError, BadInputError
 from amir_cli.imaging.kspace import band_mask, project_band
-from amir_cli.tasks import TASKS
+from amir_cli.tasks import MRI_SR, TASKS
 
 from . import checkpoint as ckpt
 from .options import TaskWeighting, TrainOptions
@@ -69,6 +69,17 @@ def psnr_deficit(pred, hq, lq):
     mse = (pred - hq).pow(2).mean(dim=(1, 2, 3))
     input_mse = (lq - hq).pow(2).mean(dim=(1, 2, 3))
     return (10.0 / math.log(10.0)) * (torch.log(mse + PSNR_FLOOR) - torch.log(input_mse + PSNR_FLOOR))
+
+
+def sample_errors(pred, hq, rmse_rows=None):
+    """Per sample, the mean absolute error, or the root mean square error in the samples where
+    ``rmse_rows`` (a boolean per sample) is true: PSNR's error, whose minimiser is the conditional
+    mean where L1's is the median."""
+    diff = pred - hq
+    l1 = diff.abs().mean(dim=(1, 2, 3))
+    if rmse_rows is None:
+        return l1
+    return torch.where(rmse_rows, diff.square().mean(dim=(1, 2, 3)).add(1e-12).sqrt(), l1)
 
 
 def _consistent(pred, lq, factors):
@@ -220,12 +231,13 @@ class Trainer:
         hq = batch["hq"].to(self.device, non_blocking=True)
         tid = batch["task"].to(self.device)
         pred, load_loss = self._forward(lq)
-        per_sample = (pred.float() - hq).abs().mean(dim=(1, 2, 3))
+        rmse_rows = tid == TASKS.index(MRI_SR) if o.mr_loss == "rmse" else None
+        per_sample = sample_errors(pred.float(), hq, rmse_rows)
         if self.o.mr_consistency_loss and "kspace_factor" in batch:
             consistent = _consistent(pred.float(), lq, batch["kspace_factor"].to(self.device))
-            per_sample = 0.5 * (per_sample + (consistent - hq).abs().mean(dim=(1, 2, 3)))
+            per_sample = 0.5 * (per_sample + sample_errors(consistent, hq, rmse_rows))
         l1 = per_sample.mean()
-        loss = self._main_loss(per_sample, l1, pred, lq, hq, tid) + o.load_loss_weight * load_loss.float()
+        loss = self._main_loss(per_sample, l1, pred, lq, hq, tid, rmse_rows) + o.load_loss_weight * load_loss.float()
         check = torch.stack([loss.detach(), l1.detach(), load_loss.detach().float()])
         if self.dist.world > 1:
             torch.distributed.all_reduce(check)
@@ -258,7 +270,7 @@ class Trainer:
             nan = torch.full((), float("nan"), device=self.device)
             return nan, nan
 
-    def _main_loss(self, per_sample, l1, pred, lq, hq, tid):
+    def _main_loss(self, per_sample, l1, pred, lq, hq, tid, rmse_rows):
         weighting = self.o.task_weighting
         if self.log_vars is not None:
             lv = self.log_vars
@@ -268,8 +280,8 @@ class Trainer:
             return (torch.exp(-lv[mask]) * task_l1[mask] + lv[mask]).sum()
         if weighting == TaskWeighting.RELATIVE:
             # each sample's error relative to its input's: every task and level weighs the same
-            input_l1 = (lq.float() - hq).abs().mean(dim=(1, 2, 3)).clamp(min=1e-4)
-            return (per_sample / input_l1).mean()
+            input_error = sample_errors(lq.float(), hq, rmse_rows).clamp(min=1e-4)
+            return (per_sample / input_error).mean()
         if weighting == TaskWeighting.PSNR:
             return psnr_deficit(pred.float(), hq, lq.float()).mean()
         return l1
