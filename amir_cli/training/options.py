@@ -127,7 +127,8 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and int(value) < low:
                 raise BadInputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
-        for name, size in (("--patch-size", self.patch_size), *(("--task-patch-size", p) for p in (self.task_patch_size or {}).values())):
+        task_sizes = (("--task-patch-size", p) for p in (self.task_patch_size or {}).values())
+        for name, size in (("--patch-size", self.patch_size), *task_sizes):
             if size is not None and (size < 16 or size % 8):
                 raise BadInputError(f"{name} must be a multiple of 8 and at least 16, got {size}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):

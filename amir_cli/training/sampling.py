@@ -83,8 +83,9 @@ class PatchSampler:
             if not vols:
                 raise TrainingDataError(f"no training slices for task {t}")
             self.by_task[t] = (vols, np.full(len(vols), 1.0 / len(vols)))
-        if any(p < 16 or p % 8 for p in map(self.patch_size, self.tasks)):
-            raise BadInputError(f"patch sizes must be multiples of 8 and at least 16, got {[self.patch_size(t) for t in self.tasks]}")
+        sizes = [self.patch_size(t) for t in self.tasks]
+        if any(p < 16 or p % 8 for p in sizes):
+            raise BadInputError(f"patch sizes must be multiples of 8 and at least 16, got {sizes}")
         if options.batch_size < 1 or options.crops_per_slice < 1:
             raise BadInputError("--batch-size and --crops-per-slice must be at least 1")
 

@@ -1,7 +1,8 @@
 """One process's training: the model, its optimiser and EMA; a step (L1, the RMSE for MR with
---mr-loss rmse, or the PSNR deficit to the input, + 0.001 x load loss, under a cosine schedule and the task weighting; MR scored half on
-the network's output and half on it made consistent with the measured k-space band); validation by
-the protocol of docs/protocol.md with the best weights kept; atomic checkpoints that resume exactly."""
+--mr-loss rmse, or the PSNR deficit to the input, + 0.001 x load loss, under a cosine schedule and
+the task weighting; MR scored half on the network's output and half on it made consistent with the
+measured k-space band); validation by the protocol of docs/protocol.md with the best weights kept;
+atomic checkpoints that resume exactly."""
 
 from __future__ import annotations
 
