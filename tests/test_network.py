@@ -138,3 +138,10 @@ def test_fast_and_reference_paths_agree_in_training(computation):
 def test_unknown_configuration_name():
     with pytest.raises(ValueError, match="unknown configuration"):
         get_config("nope")
+
+
+def test_configuration_bounds_the_experts():
+    with pytest.raises(ValueError, match="at most 256 experts"):
+        AmirConfig(num_experts=257)
+    with pytest.raises(ValueError, match="top_k"):
+        AmirConfig(num_experts=2, top_k=3)

@@ -33,6 +33,8 @@ class AmirConfig:
             raise ValueError(f"layernorm_type must be WithBias or BiasFree, not {self.layernorm_type!r}")
         if not 1 <= self.top_k <= self.num_experts:
             raise ValueError(f"top_k must be in 1..{self.num_experts} (num_experts), got {self.top_k}")
+        if self.num_experts > 256:
+            raise ValueError(f"at most 256 experts (the routing sorts their indices as bytes), got {self.num_experts}")
 
     def to_dict(self) -> dict:
         return asdict(self)

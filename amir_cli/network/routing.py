@@ -86,8 +86,8 @@ class NoisyTopKExperts(Computation, nn.Module):
         if not torch.is_grad_enabled() and not self.training:
             clean = self._logits(self.w_gate, tokens, cue)
             step = max(1, (_DENSE_CHUNK // self.num_experts if dense else _SPARSE_CHUNK) // self.experts[0].fc1.out_features)
-            chunks = zip(tokens.split(step), clean.split(step))
-            y = torch.cat([self._mix(t, *self._top_k(logits), dense) for t, logits in chunks])
+            parts = [self._mix(t, *self._top_k(logits), dense) for t, logits in zip(tokens.split(step), clean.split(step))]
+            y = parts[0] if len(parts) == 1 else torch.cat(parts)
             loss = x.new_zeros(())
         else:
             (top, idx), load = self._gates(tokens, cue)
@@ -170,7 +170,7 @@ class NoisyTopKExperts(Computation, nn.Module):
         size follows the routing fragment the heap: the process grows slice after slice)."""
         N, k = idx.shape
         ranked = idx.t().flatten()  # rank-major: slot r * N + pixel
-        order = ranked.argsort(stable=True)
+        order = ranked.to(torch.uint8).argsort(stable=True)  # as bytes (at most 256 experts): several times faster on the CPU
         runs = torch.bincount(ranked, minlength=self.num_experts).tolist()
         x = tokens.index_select(0, order % N)
         if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):  # out= has neither
