@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
+import time
 from typing import NamedTuple
 
 from .errors import DeviceError, one_line
@@ -32,6 +34,37 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
     return bool(mallopt(m_mmap_threshold, _HEAP_BLOCKS)) and bool(mallopt(m_trim_threshold, _HEAP_KEPT))
+
+
+def wait_passively_if_busy(samples: int = 3) -> bool:
+    """Have the OpenMP threads of torch's CPU operators sleep while they wait (OMP_WAIT_POLICY=PASSIVE)
+    when other programs are running on this machine. By default an idle thread spins for a while at
+    each barrier: on an idle machine that is a little faster, but beside busy programs the spinning
+    threads take the cores from them and from each other, and every parallel region waits for a time
+    slice. Busy means another task in the kernel's count of runnable ones (Linux) at each of
+    ``samples`` looks. OpenMP reads the policy when torch is first imported, so this runs before;
+    a policy the user set is kept. Process-wide, so for the commands, not the library. True when it
+    set the policy."""
+    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return False
+    try:
+        others = []
+        for i in range(samples):
+            if i:
+                time.sleep(0.01)
+            others.append(_runnable_tasks() - 1)  # this process is one
+    except (OSError, ValueError, IndexError):
+        return False
+    if min(others) < 1:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
+def _runnable_tasks() -> int:
+    """The kernel's count of runnable tasks now (the fourth field of /proc/loadavg: runnable/all)."""
+    with open("/proc/loadavg") as f:
+        return int(f.read().split()[3].split("/")[0])
 
 
 class Torchrun(NamedTuple):

@@ -406,6 +406,39 @@ def test_restore_array_2d_and_3d(tiny):
     assert restore_array(three, "ct-denoise", model=tiny, device="cpu", slice_axis=0).shape == three.shape
 
 
+@pytest.mark.parametrize("runnable, preset, expected", [
+    ("3", None, "True PASSIVE"),  # another program runs: threads sleep while they wait
+    ("1", None, "False None"),  # only this process: they spin, the default
+    ("3", "ACTIVE", "False ACTIVE"),  # the user's policy is kept
+    ("OSError", None, "False None"),  # no /proc/loadavg (not Linux): the default
+])
+def test_openmp_threads_wait_passively_only_beside_other_programs(runnable, preset, expected):
+    """In a fresh process (OpenMP reads the policy when torch is imported), with the kernel's count of
+    runnable tasks replaced."""
+    count = "raise OSError('no /proc')" if runnable == "OSError" else f"return {runnable}"
+    code = (
+        "import os, sys, amir_cli.device as d\n"
+        f"def runnable():\n    {count}\n"
+        "d._runnable_tasks = runnable\n"
+        "print(d.wait_passively_if_busy(), os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"PYTHONPATH": str(Path(__file__).resolve().parents[1]), **({"OMP_WAIT_POLICY": preset} if preset else {})})
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split() == [*expected.split(), "False"]
+
+
+def test_openmp_wait_policy_is_left_alone_once_torch_is_loaded(monkeypatch):
+    """Too late to matter, so not set (a library user's process keeps its environment)."""
+    import torch  # noqa: F401
+
+    from amir_cli import device
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(device, "_runnable_tasks", lambda: 5)
+    assert not device.wait_passively_if_busy() and "OMP_WAIT_POLICY" not in os.environ
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_feature_maps_are_reused_without_fresh_page_faults():
     """Blocks of a few MB whose size changes from one to the next (as the experts' buffers do

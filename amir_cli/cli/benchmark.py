@@ -47,8 +47,10 @@ def benchmark(
     json_out: JsonOpt = False,
 ) -> None:
     """Score the input, classical baselines and AMIR by the paper's protocol (PSNR, SSIM, RMSE)."""
+    from ..device import keep_freed_memory, wait_passively_if_busy
+
+    wait_passively_if_busy()  # before torch is imported
     from .. import scoring as bench
-    from ..device import keep_freed_memory
 
     _choice(precision, PRECISIONS, "--precision")
     with usage_errors("--simulate"):

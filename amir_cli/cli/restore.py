@@ -48,6 +48,9 @@ def restore_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Restore an image, a DICOM series or a folder of scans with AMIR and write a JSON report."""
+    from ..device import wait_passively_if_busy
+
+    wait_passively_if_busy()  # before torch is imported
     _choice(task, TASK_CHOICES, "--task")
     _choice(precision, PRECISIONS, "--precision")
     _choice(engine, ENGINES, "--engine")

@@ -120,7 +120,9 @@ def train_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Train or fine-tune AMIR (all-in-one or single-task); resumable, runs under torchrun (DDP)."""
-    from ..device import keep_freed_memory
+    from ..device import keep_freed_memory, wait_passively_if_busy
+
+    wait_passively_if_busy()  # before torch is imported
     from ..training import train
     from ..training.checkpoint import TrainingStopped
     from ..training.report import say
