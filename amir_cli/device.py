@@ -48,14 +48,12 @@ def wait_passively_if_busy(samples: int = 3) -> bool:
     if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
         return False
     try:
-        others = []
         for i in range(samples):
             if i:
                 time.sleep(0.01)
-            others.append(_runnable_tasks() - 1)  # this process is one
+            if _runnable_tasks() <= 1:  # this process alone
+                return False
     except (OSError, ValueError, IndexError):
-        return False
-    if min(others) < 1:
         return False
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     return True

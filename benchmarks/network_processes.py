@@ -60,6 +60,8 @@ def one_process(config: str, size: int, slices: int, side: str, threads: int, en
     code = CHILD.format(bench=str(Path(__file__).resolve().parent), config=config, size=size, slices=slices,
                         warmup=warmup, side=side, threads=threads, engine=engine)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    if side == "ours-spin":  # OpenMP's default, whatever this shell set
+        env.pop("OMP_WAIT_POLICY", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         sys.exit(f"{side} {config}: {out.stderr.strip()}")
