@@ -113,7 +113,7 @@ def train_cmd(
     ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = range_text(_TRAIN.ct_i0),
     mr_factors: Annotated[str, typer.Option("--mr-factors", help="MR k-space factors, comma-separated.")] = ",".join(map(str, _TRAIN.mr_factors)),
     pet_dose: Annotated[str, typer.Option("--pet-dose", metavar="LOW:HIGH", help="PET dose fraction range (log-uniform).")] = range_text(_TRAIN.pet_dose),
-    init: Annotated[Optional[str], typer.Option("--init", metavar="NAME|PATH", help="Start from these weights (fine-tuning).", show_default=False)] = None,
+    init: Annotated[Optional[str], typer.Option("--init", metavar="NAME|PATH", help="Start from these weights (fine-tuning); weights of a shallower configuration with the same widths start a deeper --config that computes what they did.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train.")] = _TRAIN.device,
     export: Annotated[Optional[str], typer.Option("--export", metavar="NAME", help="At the end, add the best weights to the registry as NAME.", show_default=False)] = None,
     quiet: QuietOpt = False,

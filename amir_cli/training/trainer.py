@@ -384,14 +384,24 @@ def _build_model(o: TrainOptions, device: torch.device, fresh: bool):
         init_state, init_info = _init_weights(o.init)
         from amir_cli.weights import infer_config
 
-        if infer_config(init_state) != config:
-            raise BadInputError(f"--init weights are a different configuration than --config {o.config}")
+        from amir_cli.network.growth import grows_into
+
+        init_config = infer_config(init_state)
+        if init_config != config and not grows_into(init_config, config):
+            raise BadInputError(f"--init weights are a different configuration than --config {o.config} "
+                                "(a deeper one with the same widths may start from them)")
+        if init_config != config:
+            init_info["grown_from"] = list(init_config.num_blocks) + [init_config.num_refinement_blocks]
     model = AMIR(config)
     # A zero output convolution makes a fresh network the identity (it adds a residual to its input),
     # so training starts from "no worse than the input" and learns corrections from there.
     nn.init.zeros_(model.output.weight)
     model = model.to(device)
-    if init_state is not None:
+    if init_state is not None and "grown_from" in init_info:
+        from amir_cli.network.growth import load_grown
+
+        load_grown(model, init_state)
+    elif init_state is not None:
         model.load_state_dict(init_state, strict=True)
     return config, model, init_info
 
