@@ -382,12 +382,11 @@ def _build_model(o: TrainOptions, device: torch.device, fresh: bool):
     init_state = init_info = None
     if o.init and fresh:
         init_state, init_info = _init_weights(o.init)
+        from amir_cli.network.growth import grows_into
         from amir_cli.weights import infer_config
 
-        from amir_cli.network.growth import grows_into
-
         init_config = infer_config(init_state)
-        if init_config != config and not grows_into(init_config, config):
+        if not grows_into(init_config, config):
             raise BadInputError(f"--init weights are a different configuration than --config {o.config} "
                                 "(a deeper one with the same widths may start from them)")
         if init_config != config:
@@ -397,12 +396,10 @@ def _build_model(o: TrainOptions, device: torch.device, fresh: bool):
     # so training starts from "no worse than the input" and learns corrections from there.
     nn.init.zeros_(model.output.weight)
     model = model.to(device)
-    if init_state is not None and "grown_from" in init_info:
+    if init_state is not None:
         from amir_cli.network.growth import load_grown
 
-        load_grown(model, init_state)
-    elif init_state is not None:
-        model.load_state_dict(init_state, strict=True)
+        load_grown(model, init_state)  # of the same configuration: every tensor, as a strict load
     return config, model, init_info
 
 
