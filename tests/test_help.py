@@ -49,4 +49,4 @@ def test_train_help_lists_the_configurations_that_exist():
             "from typer.testing import CliRunner; from amir_cli.cli import app; assert 'torch' not in sys.modules; "
             "print(CliRunner().invoke(app, ['train', '--help']).output)")
     text = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60).stdout
-    assert "--config amir|amir-s|amir-m|amir-tiny|amir-xl\n" in text, text
+    assert "--config amir|amir-s|amir-m|amir-w|amir-tiny|amir-xl\n" in text, text

@@ -55,6 +55,9 @@ CONFIGS: dict[str, AmirConfig] = {
     # amir-s with more blocks below full resolution and a second refinement block; it starts from
     # amir-s's weights (`amir train --config amir-m --init amir-s`, see growth.py).
     "amir-m": AmirConfig(dim=8, num_blocks=(1, 3, 4, 6), num_refinement_blocks=2),
+    # amir-s at width 12 (1.15 M parameters); it starts from amir-s's weights (`amir train --config
+    # amir-w --init amir-s`, see widening.py).
+    "amir-w": AmirConfig(dim=12, num_blocks=(1, 2, 3, 4), num_refinement_blocks=1),
     # Test-sized model.
     "amir-tiny": AmirConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1),
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,7 @@ from .report import LOG_SECONDS, TrainingReport
 from .validation import evaluate, input_scores
 
 PSNR_FLOOR = 1e-8  # added to both MSEs of psnr_deficit: a perfect patch is not worth infinite decibels
+WIDEN_JITTER = 0.01  # noise on weights copied by widening, as a fraction of each tensor's spread
 TRAIN_DC_ITERATIONS = 5  # data-consistency projections in the MR loss (restore runs more; the first do most)
 
 
@@ -383,13 +384,21 @@ def _build_model(o: TrainOptions, device: torch.device, fresh: bool):
     if o.init and fresh:
         init_state, init_info = _init_weights(o.init)
         from amir_cli.network.growth import grows_into
+        from amir_cli.network.widening import widen_state, widens_into
         from amir_cli.weights import infer_config
 
         init_config = infer_config(init_state)
+        if widens_into(init_config, config):
+            init_info["widened_from"] = init_config.dim
+            wider = replace(init_config, dim=config.dim)
+            # the jitter lets the copied channels part; seeded by the run's seed
+            init_state = widen_state(init_state, init_config, wider, jitter=WIDEN_JITTER,
+                                     generator=torch.Generator().manual_seed(o.seed))
+            init_config = wider
         if not grows_into(init_config, config):
             raise BadInputError(f"--init weights are a different configuration than --config {o.config} "
-                                "(a deeper one with the same widths may start from them)")
-        if init_config != config:
+                                "(a deeper or wider one may start from them)")
+        if init_config.num_blocks != config.num_blocks or init_config.num_refinement_blocks != config.num_refinement_blocks:
             init_info["grown_from"] = list(init_config.num_blocks) + [init_config.num_refinement_blocks]
     model = AMIR(config)
     # A zero output convolution makes a fresh network the identity (it adds a residual to its input),
