@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from amir_cli.errors import BadInputError
 from amir_cli.network import AMIR, get_config
 from amir_cli.network.widening import widen_state, widens_into
 from test_growth import TINY, _trained_looking
@@ -51,6 +52,8 @@ def test_widening_changes_the_width_alone():
     assert not widens_into(TINY, replace(TINY, dim=16, num_experts=6))
     with pytest.raises(ValueError, match="only the width"):
         widen_state(AMIR(TINY).state_dict(), TINY, replace(TINY, dim=16, heads=(1, 1, 1, 1)))
+    with pytest.raises(ValueError, match="through the downsampling"):  # level 2: heads of 21 channels from 8
+        widen_state(AMIR(TINY).state_dict(), TINY, replace(TINY, dim=21))
 
 
 def test_train_starts_a_wider_and_deeper_configuration_from_narrower_weights(tmp_path):
@@ -69,3 +72,6 @@ def test_train_starts_a_wider_and_deeper_configuration_from_narrower_weights(tmp
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["model"]
     assert state["patch_embed.proj.weight"].shape[0] == 12
     assert state["encoder_level2.1.ffn.project_out.weight"].abs().max() < 1e-6  # an added block, still the identity
+    with pytest.raises(BadInputError, match="cannot be widened to --config amir"):  # width 42: heads of 42 from 8
+        train(TrainOptions(**dict(options, config="amir"), out=str(tmp_path / "run2"), init=str(tmp_path / "small.safetensors")))
+    assert not (tmp_path / "run2" / "last.pt").exists()

@@ -392,8 +392,11 @@ def _build_model(o: TrainOptions, device: torch.device, fresh: bool):
             init_info["widened_from"] = init_config.dim
             wider = replace(init_config, dim=config.dim)
             # the jitter lets the copied channels part; seeded by the run's seed
-            init_state = widen_state(init_state, init_config, wider, jitter=WIDEN_JITTER,
-                                     generator=torch.Generator().manual_seed(o.seed))
+            try:
+                init_state = widen_state(init_state, init_config, wider, jitter=WIDEN_JITTER,
+                                         generator=torch.Generator().manual_seed(o.seed))
+            except ValueError as exc:
+                raise BadInputError(f"--init weights cannot be widened to --config {o.config}: {exc}") from None
             init_config = wider
         if not grows_into(init_config, config):
             raise BadInputError(f"--init weights are a different configuration than --config {o.config} "
