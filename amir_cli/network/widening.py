@@ -43,6 +43,8 @@ def _before_shuffle(shuffled: torch.Tensor) -> torch.Tensor:
 
 
 class _Widener:
+    """Builds the wider state from the narrower one, tensor by tensor."""
+
     def __init__(self, state: dict, jitter: float, generator: torch.Generator | None):
         self.old, self.new, self.jitter, self.generator = state, {}, jitter, generator
 
