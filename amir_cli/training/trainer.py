@@ -401,7 +401,7 @@ def _build_model(o: TrainOptions, device: torch.device, fresh: bool):
         if not grows_into(init_config, config):
             raise BadInputError(f"--init weights are a different configuration than --config {o.config} "
                                 "(a deeper or wider one may start from them)")
-        if init_config.num_blocks != config.num_blocks or init_config.num_refinement_blocks != config.num_refinement_blocks:
+        if init_config != config:  # the same width now, so more blocks
             init_info["grown_from"] = list(init_config.num_blocks) + [init_config.num_refinement_blocks]
     model = AMIR(config)
     # A zero output convolution makes a fresh network the identity (it adds a residual to its input),
