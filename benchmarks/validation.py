@@ -12,6 +12,7 @@ resampled to 1 mm and smooth, and a network that gains on those gains about half
 scans. The mean per task averages its rows.
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
+    python benchmarks/validation.py DATA amir-s runs/mr_only/last.pt --tasks mri-sr
 """
 
 from __future__ import annotations
@@ -26,21 +27,21 @@ LEVELS = {task: tuple(levels.values()) for task, levels in SCORED_LEVELS.items()
 NATIVE_CROP = 2  # native MR references: the central 1/2 of each validation reference's k-space
 
 
-def validation_sets(data) -> dict:
-    """(task, level) -> validation slices of the validation subjects."""
+def validation_sets(data, tasks=tuple(LEVELS)) -> dict:
+    """(task, level) -> validation slices of the validation subjects, for ``tasks``."""
     from amir_cli.training.levels import Levels
     from amir_cli.training.validation import validation_set
     from amir_cli.training.volumes import load_volumes
 
-    _, val_volumes, _ = load_volumes(data)
+    _, val_volumes, _ = load_volumes(data, tasks)
     if not val_volumes:
         raise SystemExit(f"{data}: no validation/ volumes (build the folder with scripts/build_training_data.py)")
     sets = {}
-    for task, levels in LEVELS.items():
-        for level in levels:
+    for task in tasks:
+        for level in LEVELS[task]:
             lv = Levels(mr_factors=(level,)) if task == "mri-sr" else Levels(val_ct_dose=level, val_pet_dose=level)
             sets[(task, level)] = validation_set(val_volumes, (task,), 16, 256, 0, lv)
-    for level in LEVELS[MRI_SR]:
+    for level in LEVELS[MRI_SR] if MRI_SR in tasks else ():
         sets[(MRI_SR, f"{level:g} native")] = native_slices(sets[(MRI_SR, level)], level)
     return sets
 
@@ -64,7 +65,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", help="training data folder with validation/ volumes")
     ap.add_argument("weights", nargs="+", help="registry names, .safetensors files or run checkpoints (best.pt, last.pt)")
+    ap.add_argument("--tasks", default=",".join(LEVELS), help="comma-separated tasks to score (default: all three)")
     args = ap.parse_args(argv)
+    tasks = tuple(t for t in LEVELS if t in args.tasks.split(","))
+    if not tasks or set(args.tasks.split(",")) - set(LEVELS):
+        ap.error(f"--tasks takes some of {', '.join(LEVELS)}")
 
     import numpy as np
     import torch
@@ -72,7 +77,7 @@ def main(argv=None) -> int:
     from amir_cli.training.validation import evaluate, input_scores
     from amir_cli.weights import load_weights
 
-    sets = validation_sets(args.data)
+    sets = validation_sets(args.data, tasks)
     inputs = {k: input_scores(v) for k, v in sets.items()}
     print("| task | level | input PSNR | " + " | ".join(args.weights) + " |")
     print("|---|---|---:|" + "---:|" * len(args.weights))
@@ -85,7 +90,7 @@ def main(argv=None) -> int:
         cells = " | ".join(f"{gains[(w, (task, level))]:+.2f}" for w in args.weights)
         print(f"| {task} | {level if isinstance(level, str) else f'{level:g}'} | {inputs[(task, level)][task]['psnr']:.2f} | {cells} |")
     for w in args.weights:
-        per_task = {t: float(np.mean([g for (name, (task, _)), g in gains.items() if name == w and task == t])) for t in LEVELS}
+        per_task = {t: float(np.mean([g for (name, (task, _)), g in gains.items() if name == w and task == t])) for t in tasks}
         print(f"{w}: mean gain per task " + ", ".join(f"{t} {g:+.2f}" for t, g in per_task.items())
               + f"; mean {np.mean(list(per_task.values())):+.2f} dB")
     return 0

@@ -96,3 +96,28 @@ def test_native_validation_references_are_full_to_their_kspace_edge():
     assert native.hq_phys.shape == (48, 48)
     assert outer_share(native.hq_phys) > 4 * outer_share(smooth)
     np.testing.assert_array_equal(native.lq_phys, mri_truncate(native.hq_phys, 4))
+
+
+def test_validation_scores_only_the_tasks_asked(tmp_path):
+    """benchmarks/validation.py --tasks mri-sr builds and scores MR alone (a single-task trial);
+    a task it does not know is a usage error."""
+    import sys
+    from pathlib import Path
+
+    import nibabel as nib
+    import pytest
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.validation import main, validation_sets
+
+    for kind, scale in (("MRI", 3000.0), ("CT", 1000.0)):
+        for split in ("", "validation"):
+            vol = np.stack([_phantom(64) * scale] * 3, -1).astype(np.float32)
+            (tmp_path / kind / split).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / kind / split / f"{kind.lower()}.nii.gz"))
+    sets = validation_sets(tmp_path, ("mri-sr",))
+    assert sorted(map(str, sets)) == sorted(map(str, [("mri-sr", 2), ("mri-sr", 4), ("mri-sr", "2 native"), ("mri-sr", "4 native")]))
+    assert all(s.task == "mri-sr" for v in sets.values() for s in v)
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "amir-s", "--tasks", "mri-sr,ct"])
+    assert e.value.code == 2
