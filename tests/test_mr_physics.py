@@ -74,6 +74,21 @@ def test_the_loss_output_keeps_the_measured_band_and_other_tasks_are_untouched()
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
 
 
+def test_consistency_keeps_the_true_image_of_a_whole_slice_not_of_a_patch():
+    """On a whole zero-filled slice the true image is already consistent and stays; a patch of the
+    slice is not itself zero-filled, so the per-patch loss term is an approximation (its help says so)."""
+    hq = _phantom(96)
+    lq = mri_truncate(hq, 4).astype(np.float32)
+
+    def moved(h, l):  # MSE of the consistent true image over the input's MSE
+        H, L = torch.from_numpy(h)[None, None], torch.from_numpy(l)[None, None]
+        out = _consistent(H, L, torch.tensor([4]))
+        return float(((out - H) ** 2).mean() / ((L - H) ** 2).mean())
+
+    assert moved(hq, lq) < 1e-3
+    assert moved(hq[16:80, 24:88].copy(), lq[16:80, 24:88].copy()) > 0.02
+
+
 def test_native_validation_references_are_full_to_their_kspace_edge():
     """benchmarks/validation.py also scores MR on sharp references, the k-space band of each smooth
     validation reference on a coarser grid, truncated as before."""

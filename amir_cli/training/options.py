@@ -73,7 +73,7 @@ class TrainOptions:
     task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
     task_patch_size: dict | None = None  # task -> its patch size (the others: patch_size)
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
-    mr_consistency_loss: bool = True  # MR loss also on the output made consistent with the measured band
+    mr_consistency_loss: bool = True  # MR loss also on the output made consistent with the measured band (per patch: approximate)
     mr_loss: str = "l1"  # the MR samples' error: "l1" or "rmse" (PSNR's; relative to the input's under --task-weighting relative)
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
