@@ -67,9 +67,10 @@ def main(argv=None) -> int:
     ap.add_argument("weights", nargs="+", help="registry names, .safetensors files or run checkpoints (best.pt, last.pt)")
     ap.add_argument("--tasks", default=",".join(LEVELS), help="comma-separated tasks to score (default: all three)")
     args = ap.parse_args(argv)
-    tasks = tuple(t for t in LEVELS if t in args.tasks.split(","))
-    if not tasks or set(args.tasks.split(",")) - set(LEVELS):
+    asked = set(args.tasks.split(","))
+    if asked - set(LEVELS):
         ap.error(f"--tasks takes some of {', '.join(LEVELS)}")
+    tasks = tuple(t for t in LEVELS if t in asked)
 
     import numpy as np
     import torch

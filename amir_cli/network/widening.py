@@ -89,7 +89,8 @@ class _Widener:
 def widen_state(state: dict, small: AmirConfig, large: AmirConfig, *, jitter: float = 0.0,
                 generator: torch.Generator | None = None) -> dict:
     """A state of ``large`` (``small`` with a larger ``dim``, or ``small`` itself) made from
-    ``small``'s ``state``: the same function when large.dim is twice small.dim, close to it otherwise. ``jitter`` adds noise of that fraction of each widened tensor's spread to it."""
+    ``small``'s ``state``: the same function when large.dim is twice small.dim, close to it otherwise.
+    ``jitter`` adds noise of that fraction of each widened tensor's spread to it."""
     same_depth = (large.num_blocks, large.num_refinement_blocks) == (small.num_blocks, small.num_refinement_blocks)
     if large != small and not (same_depth and widens_into(small, large)):
         raise ValueError("only the width may differ between the two configurations")
