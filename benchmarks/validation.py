@@ -78,7 +78,13 @@ def main(argv=None) -> int:
     from amir_cli.training.validation import evaluate, input_scores
     from amir_cli.weights import load_weights
 
-    sets = validation_sets(args.data, tasks)
+    from amir_cli.errors import AmirError
+
+    try:
+        sets = validation_sets(args.data, tasks)
+    except AmirError as exc:  # a missing or unreadable data folder: one line, no traceback
+        print(f"validation.py: {exc}", file=sys.stderr)
+        return 1
     inputs = {k: input_scores(v) for k, v in sets.items()}
     print("| task | level | input PSNR | " + " | ".join(args.weights) + " |")
     print("|---|---|---:|" + "---:|" * len(args.weights))
