@@ -123,6 +123,27 @@ def test_task_mix_sets_the_share_of_each_task(hq_data):
         TrainOptions(data=str(hq_data), task_mix={"pet-synthesis": 1}, tasks=("ct-denoise",)).check()
 
 
+def test_volume_weight_draws_matching_volumes_more_often(hq_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from amir_cli.cli import app
+    from amir_cli.training.volumes import TrainingDataError
+
+    vols, _, _ = load_volumes(hq_data)
+    even = PatchSampler(vols, TASKS, SamplerOptions(batch_size=4, patch_size=16), seed=0)
+    weighted = PatchSampler(vols, TASKS, SamplerOptions(batch_size=4, patch_size=16, volume_weights={"ct_s*": 3, "mri_vol": 5}), seed=0)
+    chances = lambda s, t: dict(zip((v.name for v in s.by_task[t][0]), s.by_task[t][1].tolist()))  # noqa: E731
+    assert chances(even, "ct-denoise") == {"ct_single": 0.5, "ct_vol": 0.5}
+    assert chances(weighted, "ct-denoise") == {"ct_single": 0.75, "ct_vol": 0.25}
+    assert chances(weighted, "mri-sr") == {"mri_vol": 1.0}  # a task's only volume is drawn always
+    with pytest.raises(TrainingDataError, match="matches no training volume"):
+        PatchSampler(vols, TASKS, SamplerOptions(batch_size=4, patch_size=16, volume_weights={"ct_sngle": 3}), seed=0)
+    with pytest.raises(BadInputError, match="must be positive"):
+        TrainOptions(data=str(hq_data), volume_weights={"ct_*": 0.0}).check()
+    bad = CliRunner().invoke(app, ["train", str(hq_data), "--volume-weight", "ct_*=many", "--out", str(tmp_path / "r")])
+    assert bad.exit_code == 2 and "PATTERN=W" in bad.output and not (tmp_path / "r").exists()
+
+
 def test_task_patch_size_sets_each_tasks_patches(hq_data):
     vols, _, _ = load_volumes(hq_data)
     sizes = {"ct-denoise": 48, "pet-synthesis": 48}

@@ -40,6 +40,22 @@ def _per_task_option(text: str | None, hint: str) -> dict | None:
     return values
 
 
+def _weights_option(text: str | None) -> dict | None:
+    """'niivue_head*=4,brats_*=0.5' -> {'niivue_head*': 4.0, 'brats_*': 0.5}."""
+    if text is None:
+        return None
+    weights = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        pattern, _, value = part.rpartition("=")
+        try:
+            weights[pattern.strip()] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"{part!r}: expected PATTERN=W with a number W", param_hint="--volume-weight") from None
+        if not pattern.strip():
+            raise typer.BadParameter(f"{part!r}: expected PATTERN=W with a volume-name pattern", param_hint="--volume-weight")
+    return weights
+
+
 def _factors_option(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(f) for f in text.split(",") if f.strip())
@@ -108,6 +124,7 @@ def train_cmd(
     zoom_tasks: Annotated[str, typer.Option("--zoom-tasks", help="'all' or the comma-separated tasks whose slices --zoom-jitter resamples (e.g. ct-denoise,pet-synthesis: MR super-resolution learns from k-space content that resampling alters).")] = "all",
     mr_zoom_max: Annotated[Optional[float], typer.Option("--mr-zoom-max", help="MR slices: the largest --zoom-jitter factor, in [1, Z] (default Z). Below Z, more MR references are cropped in k-space: full to its edge, as a native acquisition is.", show_default=False)] = None,
     task_mix: Annotated[Optional[str], typer.Option("--task-mix", metavar="TASK=N,...", help="Integer shares of the training slices per task, e.g. ct-denoise=3,mri-sr=2,pet-synthesis=1 (default: even).", show_default=False)] = None,
+    volume_weight: Annotated[Optional[str], typer.Option("--volume-weight", metavar="PATTERN=W,...", help="Draw the training volumes whose names (file names without extension) match a pattern W times as often as the others of their task, e.g. 'niivue_head*=4' (shell-style patterns; the first match counts).", show_default=False)] = None,
     task_patch_size: Annotated[Optional[str], typer.Option("--task-patch-size", metavar="TASK=P,...", help="The patch size of these tasks, e.g. ct-denoise=128,pet-synthesis=128 (the others: --patch-size). Sizes that differ need one slice per batch (--crops-per-slice at least --batch-size).", show_default=False)] = None,
     ct_dose: Annotated[str, typer.Option("--ct-dose", metavar="LOW:HIGH", help="CT dose fraction range (log-uniform).")] = range_text(_TRAIN.ct_dose),
     ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = range_text(_TRAIN.ct_i0),
@@ -136,7 +153,8 @@ def train_cmd(
             checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, log_every=log_every, val_slices=val_slices,
             val_size=val_size, workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter,
             task_mix=_per_task_option(task_mix, "--task-mix"),
-            task_patch_size=_per_task_option(task_patch_size, "--task-patch-size"), mr_noise=mr_noise,
+            task_patch_size=_per_task_option(task_patch_size, "--task-patch-size"), volume_weights=_weights_option(volume_weight),
+            mr_noise=mr_noise,
             mr_consistency_loss=mr_consistency_loss, mr_loss=mr_loss,
             zoom_jitter=zoom_jitter,
             zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"), mr_zoom_max=mr_zoom_max,

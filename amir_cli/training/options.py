@@ -72,6 +72,7 @@ class TrainOptions:
     mr_scale_jitter: float = 0.0
     task_mix: dict | None = None  # task -> integer share of the training slices (None: even)
     task_patch_size: dict | None = None  # task -> its patch size (the others: patch_size)
+    volume_weights: dict | None = None  # volume-name pattern (fnmatch) -> relative chance of drawing it within its task
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
     mr_consistency_loss: bool = True  # MR loss also on the output made consistent with the measured band (per patch: approximate)
     mr_loss: str = "l1"  # the MR samples' error: "l1" or "rmse" (PSNR's; relative to the input's under --task-weighting relative)
@@ -159,6 +160,9 @@ class TrainOptions:
                 raise BadInputError(f"--task-patch-size names tasks that are not trained: {', '.join(sorted(unknown))}")
             if self.crops_per_slice < self.batch_size:  # a batch of several slices stacks patches of one size
                 raise BadInputError("--task-patch-size needs one slice per batch: --crops-per-slice at least --batch-size")
+        for pattern, weight in (self.volume_weights or {}).items():
+            if not (weight > 0 and math.isfinite(weight)):
+                raise BadInputError(f"--volume-weight {pattern}: the weight must be positive, got {weight:g}")
         if self.mr_loss not in MR_LOSSES:
             raise BadInputError(f"--mr-loss must be one of {', '.join(MR_LOSSES)}, got {self.mr_loss!r}")
         if not 0 <= self.mr_noise < 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import signal
+from fnmatch import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,7 @@ class SamplerOptions:
     levels: Levels = field(default_factory=Levels)
     task_mix: dict | None = None  # task -> relative share of the slices (None: even)
     task_patch_size: dict | None = None  # task -> its patch size (None or a task not in it: patch_size)
+    volume_weights: dict | None = None  # volume-name pattern (fnmatch) -> relative draw weight (others: 1)
     mr_noise: float = TrainOptions.mr_noise  # MR noise floor added to the reference: sigma ~ U(0, mr_noise) x MR_TARGET
     zoom_jitter: float = TrainOptions.zoom_jitter  # slices resampled in-plane by a factor in [1/z, z] before degradation
     zoom_tasks: tuple[str, ...] | None = None  # the tasks whose slices zoom_jitter resamples (None: all)
@@ -53,8 +55,15 @@ class SamplerOptions:
         """The sampling part of a run's options."""
         return cls(batch_size=o.batch_size, patch_size=o.patch_size, crops_per_slice=o.crops_per_slice, flips=True,
                    mr_scale_jitter=o.mr_scale_jitter, levels=o.levels(), task_mix=o.task_mix,
-                   task_patch_size=o.task_patch_size, mr_noise=o.mr_noise,
+                   task_patch_size=o.task_patch_size, volume_weights=o.volume_weights, mr_noise=o.mr_noise,
                    zoom_jitter=o.zoom_jitter, zoom_tasks=o.zoom_tasks, mr_zoom_max=o.mr_zoom_max)
+
+
+def draw_weights(volumes: list[TrainVolume], patterns: dict | None) -> np.ndarray:
+    """Each volume's chance of being drawn among ``volumes``: even, times the weight of the first
+    pattern of ``patterns`` that its name matches (fnmatch)."""
+    w = np.array([next((x for p, x in (patterns or {}).items() if fnmatch(v.name, p)), 1.0) for v in volumes])
+    return w / w.sum()
 
 
 def batch_rng(seed: int, rank: int, iteration: int, group: int = 0) -> np.random.Generator:
@@ -68,8 +77,9 @@ class PatchSampler:
     Patch groups cycle through the tasks, continuing from batch to batch: evenly by default, so every
     task gets the same number of slices (to within one) over any stretch of iterations, or in the
     integer shares of ``options.task_mix`` (:func:`task_cycle`).
-    Within a task, every volume is drawn with the same probability, then one of its slices: a
-    single-slice scanner image weighs as much as a template volume of 200 slices.
+    Within a task, every volume is drawn with the same probability (times its ``volume_weights``
+    entry), then one of its slices: a single-slice scanner image weighs as much as a template
+    volume of 200 slices.
     """
 
     def __init__(self, volumes: list[TrainVolume], tasks, options: SamplerOptions, seed: int = 0, rank: int = 0):
@@ -82,7 +92,11 @@ class PatchSampler:
             vols = [v for v in volumes if v.task == t and len(v.train_slices) and v.train_rows > 0]
             if not vols:
                 raise TrainingDataError(f"no training slices for task {t}")
-            self.by_task[t] = (vols, np.full(len(vols), 1.0 / len(vols)))
+            self.by_task[t] = (vols, draw_weights(vols, options.volume_weights))
+        unmatched = [p for p in options.volume_weights or {} if not any(fnmatch(v.name, p) for v in volumes)]
+        if unmatched:
+            raise TrainingDataError(f"--volume-weight {unmatched[0]!r} matches no training volume "
+                                    f"(names: {', '.join(sorted(v.name for v in volumes))})")
         sizes = [self.patch_size(t) for t in self.tasks]
         if any(p < 16 or p % 8 for p in sizes):
             raise BadInputError(f"patch sizes must be multiples of 8 and at least 16, got {sizes}")
