@@ -141,7 +141,7 @@ def test_volume_weight_draws_matching_volumes_more_often(hq_data, tmp_path):
     with pytest.raises(BadInputError, match="must be positive"):
         TrainOptions(data=str(hq_data), volume_weights={"ct_*": 0.0}).check()
     bad = CliRunner().invoke(app, ["train", str(hq_data), "--volume-weight", "ct_*=many", "--out", str(tmp_path / "r")])
-    assert bad.exit_code == 2 and "PATTERN=W" in bad.output and not (tmp_path / "r").exists()
+    assert bad.exit_code == 2 and "KEY=N" in bad.output and not (tmp_path / "r").exists()
 
 
 def test_task_patch_size_sets_each_tasks_patches(hq_data):

@@ -26,34 +26,22 @@ def _tasks_option(text: str, hint: str = "--tasks") -> tuple[str, ...]:
     return tasks
 
 
-def _per_task_option(text: str | None, hint: str) -> dict | None:
-    """'ct-denoise=3,mri-sr=2' -> {'ct-denoise': 3, 'mri-sr': 2} (the task names are checked with the run's tasks)."""
+def _keyed_option(text: str | None, hint: str, kind=int) -> dict | None:
+    """'ct-denoise=3,mri-sr=2' -> {'ct-denoise': 3, 'mri-sr': 2}; ``kind`` converts the values (task
+    names and patterns are checked against the run's tasks and volumes later)."""
     if text is None:
         return None
     values = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
-        task, _, value = part.partition("=")
+        key, _, value = part.rpartition("=")
         try:
-            values[task.strip()] = int(value)
+            if not key.strip():
+                raise ValueError(part)
+            values[key.strip()] = kind(value)
         except ValueError:
-            raise typer.BadParameter(f"{part!r}: expected TASK=N with an integer N", param_hint=hint) from None
+            what = "an integer N" if kind is int else "a number N"
+            raise typer.BadParameter(f"{part!r}: expected KEY=N with {what}", param_hint=hint) from None
     return values
-
-
-def _weights_option(text: str | None) -> dict | None:
-    """'niivue_head*=4,brats_*=0.5' -> {'niivue_head*': 4.0, 'brats_*': 0.5}."""
-    if text is None:
-        return None
-    weights = {}
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        pattern, _, value = part.rpartition("=")
-        try:
-            weights[pattern.strip()] = float(value)
-        except ValueError:
-            raise typer.BadParameter(f"{part!r}: expected PATTERN=W with a number W", param_hint="--volume-weight") from None
-        if not pattern.strip():
-            raise typer.BadParameter(f"{part!r}: expected PATTERN=W with a volume-name pattern", param_hint="--volume-weight")
-    return weights
 
 
 def _factors_option(text: str) -> tuple[int, ...]:
@@ -152,8 +140,8 @@ def train_cmd(
             ema=ema, task_weighting=task_weighting.value, amp=amp, clip_grad=clip_grad, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, checkpoint_minutes=checkpoint_minutes, log_every=log_every, val_slices=val_slices,
             val_size=val_size, workers=workers, threads=threads, crops_per_slice=crops_per_slice, mr_scale_jitter=mr_scale_jitter,
-            task_mix=_per_task_option(task_mix, "--task-mix"),
-            task_patch_size=_per_task_option(task_patch_size, "--task-patch-size"), volume_weights=_weights_option(volume_weight),
+            task_mix=_keyed_option(task_mix, "--task-mix"),
+            task_patch_size=_keyed_option(task_patch_size, "--task-patch-size"), volume_weights=_keyed_option(volume_weight, "--volume-weight", float),
             mr_noise=mr_noise,
             mr_consistency_loss=mr_consistency_loss, mr_loss=mr_loss,
             zoom_jitter=zoom_jitter,
