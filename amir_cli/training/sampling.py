@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import signal
-from fnmatch import fnmatch
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 
 import numpy as np
 import torch
