@@ -12,7 +12,7 @@ from typing import NamedTuple
 from .errors import DeviceError, one_line
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-ENGINES = ("auto", "fused", "plain")  # oneDNN's fused operators (CPU fp32; auto: with one thread), or PyTorch's only
+ENGINES = ("auto", "native", "fused", "plain")  # amir's kernels or oneDNN's fused operators (CPU fp32), or PyTorch's only
 _HEAP_BLOCKS = 256 << 20  # glibc serves blocks below this from its heap: a slice's feature maps
 _HEAP_KEPT = 1 << 30  # and keeps up to this much freed heap for the next slice instead of returning it
 

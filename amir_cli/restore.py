@@ -268,14 +268,17 @@ def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progre
 
 
 def engine(model, device, precision: str = "fp32") -> str:
-    """How the network computes: "fused" (oneDNN's fused operators: CPU fp32, with one torch thread
-    or --engine fused), or "plain" (PyTorch's operators)."""
+    """How the network computes on ``device``: "native" (amir's compiled kernels), "fused" (oneDNN's
+    fused operators), both ("native+fused": auto with one torch thread), or "plain" (PyTorch's
+    operators alone). Both serve CPU fp32 inference; auto takes the kernels wherever they build."""
     import torch
 
-    from .network import onednn
+    from .network import native, onednn
 
     choice = "plain" if getattr(model, "reference", False) else getattr(model, "engine", "plain")
-    return "fused" if onednn.fuses(choice, torch.device(device), precision) else "plain"
+    device = torch.device(device)
+    used = [name for name, runs in (("native", native.runs), ("fused", onednn.fuses)) if runs(choice, device, precision)]
+    return "+".join(used) or "plain"
 
 
 def restore_array(
@@ -446,6 +449,11 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     check_memory(out_shape, str(files.input), copies=RESTORE_COPIES, doing="restoring")
     ref_volume = None if files.reference is None else _read_reference(files.reference, tuple(out_shape))
 
+    if options.engine == "native":
+        from .network import native
+
+        if not native.available():
+            raise BadInputError(f"--engine native is not available here: {native.reason()}")
     weights.model.set_computation(engine=options.engine)
     restored, info = restore_volume(
         weights.model, volume, task, scale=options.scale, device=options.device, precision=options.precision,

@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from amir_cli.device import ENGINES
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +95,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--slices", type=int, default=None, help="timed slices per process (default 10 for amir-s, 2 for amir)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--engine", default="auto", choices=["auto", "fused", "plain"], help="ours: amir restore --engine")
+    ap.add_argument("--engine", default="auto", choices=ENGINES, help="ours: amir restore --engine")
     ap.add_argument("--load", type=int, default=0, metavar="N", help="other programs keeping the CPU busy meanwhile")
     ap.add_argument("--quick", action="store_true", help="amir-tiny at 64x64, 2 rounds: checks the script")
     ap.add_argument("--out", default=str(RESULTS / "network_processes.jsonl"), help="JSON lines appended here ('' for none)")

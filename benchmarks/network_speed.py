@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from amir_cli.device import ENGINES
 from amir_cli.network import AMIR, get_config
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-cast": torch.bfloat16}
@@ -231,7 +232,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5, help="timed turns (medians)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--batch", type=int, default=None, help="batch for slices/s (default 16 x 256^2 / size^2 on CUDA, 1 on CPU)")
-    ap.add_argument("--engine", default="auto", choices=["auto", "fused", "plain"], help="as amir restore --engine")
+    ap.add_argument("--engine", default="auto", choices=ENGINES, help="as amir restore --engine")
     ap.add_argument("--heap", default="kept", choices=["kept", "default"],
                     help="kept: glibc keeps freed memory, as amir restore has it (both computations alike)")
     ap.add_argument("--experts", default="auto", choices=["auto", "dense", "sparse"])

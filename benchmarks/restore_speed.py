@@ -31,6 +31,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from amir_cli.device import ENGINES
+
 DATA = Path(os.environ.get("AMIR_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "data"
 if not (DATA / "ct").is_dir():
     DATA = Path("/work/shared/data")
@@ -105,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu, cuda, auto ...")
     ap.add_argument("--batch-size", type=int, default=None, help="default: amir restore's (1 on the CPU)")
-    ap.add_argument("--engines", nargs="+", default=["auto"], choices=["auto", "fused", "plain"])
+    ap.add_argument("--engines", nargs="+", default=["auto"], choices=ENGINES)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each case; the median total is kept")
     ap.add_argument("--precisions", "--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--slices", type=int, default=100)

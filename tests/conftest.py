@@ -21,6 +21,24 @@ CROPS = {
 }
 
 
+def pytest_configure(config):
+    """The native kernels build once per test session, in a folder of the session's own."""
+    import tempfile
+
+    os.environ.setdefault("AMIR_CACHE", tempfile.mkdtemp(prefix="amir-test-cache-"))
+
+
+def auto_engine() -> str:
+    """What the default engine runs on the CPU in fp32 here (`amir_cli.restore.engine`)."""
+    import torch
+
+    from amir_cli.network import native, onednn
+
+    used = [name for name, on in (("native", native.available()),
+                                  ("fused", torch.get_num_threads() == 1 and onednn.available())) if on]
+    return "+".join(used) or "plain"
+
+
 def needs_dev_data(*files: str):
     """Skip unless the full development data (these files of it, or the folder) are present."""
     present = all((DATA / f).exists() for f in files) if files else DATA.is_dir()

@@ -26,9 +26,9 @@ import dicom_builders as DB
 from amir_cli.cli import app, main
 from amir_cli.imaging.kspace import kspace_downsample
 from amir_cli.imaging.kspace import DC_ITERATIONS
-from amir_cli.network import AMIR, get_config
+from amir_cli.network import AMIR, get_config, native
 
-from conftest import amir, crop_nifti, sha
+from conftest import amir, auto_engine, crop_nifti, sha
 
 runner = CliRunner()
 
@@ -99,19 +99,19 @@ def test_restore_nifti_keeps_geometry_and_dtype(ct_nii, tiny_weights):
 
 
 def test_engine_is_reported_and_plain_gives_the_same_image(ct_nii, tiny_weights, tmp_path):
-    """--engine fused runs oneDNN's fused operators, plain PyTorch's alone: the same HU; the default
-    (auto) fuses when torch runs one thread."""
+    """--engine fused runs oneDNN's fused operators, native amir's kernels (where they build), plain
+    PyTorch's alone: the same HU; the default (auto) reports what it ran."""
     images = {}
-    for engine in ("fused", "plain", None):
+    for engine in ("fused", "plain", *(["native"] if native.available() else []), None):
         out = tmp_path / f"{engine}.nii.gz"
         code, _, err = amir("restore", ct_nii, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--quiet",
                             *(["--engine", engine] if engine else []))
         assert code == 0, err
         report = json.loads(Path(f"{out}.json").read_text())
-        expected = engine or ("fused" if torch.get_num_threads() == 1 else "plain")
+        expected = engine or auto_engine()
         assert report["engine"] == expected and report["batch_size"] == 1  # one slice per call on the CPU
         images[engine] = np.asarray(nib.load(str(out)).dataobj, dtype=np.float32)
-    assert np.abs(images["fused"] - images["plain"]).max() <= 1  # integer HU, rounded
+    assert all(np.abs(image - images["plain"]).max() <= 1 for image in images.values())  # integer HU, rounded
     code, _, err = amir("restore", ct_nii, "-o", tmp_path / "x.nii.gz", "--weights", tiny_weights, "--engine", "fast")
     assert code == 2 and "--engine" in err
 

@@ -21,7 +21,7 @@ from amir_cli.batch import distributed_share
 from amir_cli.restore import restore_volume, routing_summary, scaled_affine
 from amir_cli.taskdetect import detect_task
 from amir_cli.weights import load_weights
-from conftest import EXAMPLES
+from conftest import EXAMPLES, auto_engine
 
 
 class Identity(torch.nn.Module):
@@ -276,7 +276,7 @@ def test_bad_scale(task, scale):
 def test_an_unknown_engine_is_refused_with_the_other_options():
     from amir_cli.restore import RestoreOptions
 
-    with pytest.raises(BadInputError, match=r"^--engine must be auto, fused or plain, got turbo$"):
+    with pytest.raises(BadInputError, match=r"^--engine must be auto, native, fused or plain, got turbo$"):
         RestoreOptions(engine="turbo").check()
     RestoreOptions(engine="fused").check()
 
@@ -319,7 +319,7 @@ def test_batch_size_default_is_one_slice_on_the_cpu(tiny):
     from amir_cli.restore import batch_size_for
 
     _, info = restore_volume(tiny, _volume(np.zeros((16, 16, 3))), "ct-denoise")
-    assert info["batch_size"] == 1 and info["engine"] == ("fused" if torch.get_num_threads() == 1 else "plain")
+    assert info["batch_size"] == 1 and info["engine"] == auto_engine()
     assert batch_size_for(torch.device("cuda"), None) == 4 and batch_size_for(torch.device("cpu"), 2) == 2
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import auto_engine
+
 REPO = Path(__file__).resolve().parents[1]
 IGNORE = shutil.ignore_patterns(".git", "runs", "DATA", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
                                 ".devdata", ".venv", "restored", "amir_benchmark")
@@ -48,6 +50,7 @@ def test_wheel_holds_the_weights_and_no_absolute_paths(built_wheel):
     with zipfile.ZipFile(built_wheel) as z:
         names = set(z.namelist())
         assert "amir_cli/shipped_weights/manifest.json" in names
+        assert "amir_cli/network/native.c" in names  # the CPU kernels' source, built at first use
         manifest = json.loads(z.read("amir_cli/shipped_weights/manifest.json"))
         for entry in manifest["entries"]:
             assert f"amir_cli/shipped_weights/{entry['file']}" in names
@@ -90,4 +93,5 @@ def test_installed_wheel_restores_the_example_from_another_folder(built_wheel, t
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["weights"]["name"] == "amir-s"
+    assert report["engine"] == auto_engine()  # the installed package builds its kernels as the checkout does
     assert (work / "ct_head_quarter_dose_amir.nii.gz").is_file()

@@ -67,9 +67,11 @@ class AMIR(Computation, nn.Module):
         `torch.compile` and CUDA graphs need), "sparse" runs each expert on its own pixels only,
         "auto" is dense off the CPU and sparse on it. norm: "channels" normalises over C in the
         convolutions' layout, "permuted" runs F.layer_norm on the NHWC view, "auto" is channels off
-        the CPU and permuted on it. engine: "fused" runs CPU fp32 inference with oneDNN's fused
-        operators (a convolution with the GELU, product or residual sum after it, `onednn`),
-        "plain" with PyTorch's alone, "auto" fuses when torch runs one thread.
+        the CPU and permuted on it. engine: "native" runs CPU fp32 inference with amir's own
+        compiled kernels (LayerNorm and the spatial routing's experts, `native`), "fused" with
+        oneDNN's fused operators (a convolution with the GELU, product or residual sum after it,
+        `onednn`), "plain" with PyTorch's alone, "auto" takes the kernels where they build and
+        fuses too when torch runs one thread.
         """
         if experts not in EXPERT_PATHS or norm not in NORM_PATHS or engine not in ENGINE_PATHS:
             raise ValueError(f"experts must be one of {EXPERT_PATHS}, norm one of {NORM_PATHS}, engine one of {ENGINE_PATHS}")

@@ -15,7 +15,7 @@ import functools
 import torch
 
 
-ENGINE_PATHS = ("auto", "fused", "plain")
+ENGINE_PATHS = ("auto", "native", "fused", "plain")  # "native": amir's own kernels (`native`)
 
 
 @functools.cache

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import onednn
+from . import native, onednn
 
 _FFN_CHUNK = 1 << 23  # hidden activations (channels x pixels) held at once by inference
 NORM_PATHS = ("auto", "channels", "permuted")
@@ -23,7 +23,7 @@ class Computation:
     and benchmarks compare the fast path against it."""
 
     reference = False
-    engine = "auto"  # oneDNN's fused operators or plain ones (`onednn.applies`), set by AMIR.set_computation
+    engine = "auto"  # amir's kernels (`native.applies`), oneDNN's fused operators (`onednn.applies`), or neither
 
 
 def channels_last(x: torch.Tensor, reference: bool = False) -> torch.Tensor:
@@ -69,6 +69,8 @@ class ChannelLayerNorm(Computation, nn.Module):
         w, b = self.body.weight, self.body.bias
         if self.reference:
             return self._reference(x, w, b)
+        if native.applies(self.engine, x) and x.is_contiguous(memory_format=torch.channels_last):
+            return _from_rows(native.layer_norm(_nhwc_rows(x), w, b, 1e-5), x)
         if self.with_bias and not self.channels_first(x.device):
             y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, eps=1e-5)
             return y.permute(0, 3, 1, 2)

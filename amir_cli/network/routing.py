@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import AmirConfig
+from . import native
 from .restormer import Computation
 
 _EPS = float(torch.finfo(torch.float64).eps)  # floor before the log, as in the published combine
@@ -83,7 +84,9 @@ class NoisyTopKExperts(Computation, nn.Module):
         B, C, H, W = x.shape
         tokens = x.permute(0, 2, 3, 1).reshape(-1, C)
         dense = self.dense(x.device)
-        if not torch.is_grad_enabled() and not self.training:
+        if not dense and not self.reference and not self.training and native.applies(self.engine, x):
+            y, loss = self._native(tokens.contiguous(), cue, H * W), x.new_zeros(())
+        elif not torch.is_grad_enabled() and not self.training:
             clean = self._logits(self.w_gate, tokens, cue)
             step = max(1, (_DENSE_CHUNK // self.num_experts if dense else _SPARSE_CHUNK) // self.experts[0].fc1.out_features)
             parts = [self._mix(t, *self._top_k(logits), dense) for t, logits in zip(tokens.split(step), clean.split(step))]
@@ -94,6 +97,13 @@ class NoisyTopKExperts(Computation, nn.Module):
             gates = self._spread(top, idx)
             y, loss = self._mix(tokens, top, idx, dense), _cv_squared(gates.sum(0)) + _cv_squared(load)
         return y.reshape(B, H, W, C).permute(0, 3, 1, 2), loss
+
+    def _native(self, tokens: torch.Tensor, cue: torch.Tensor, per_image: int) -> torch.Tensor:
+        """The sparse mixture in one pass of amir's own kernels (`native`): the same combine."""
+        C = tokens.shape[1]
+        stack = lambda layer, name: torch.stack([getattr(getattr(e, layer), name) for e in self.experts])  # noqa: E731
+        return native.experts(tokens, per_image, self.w_gate[:C], cue @ self.w_gate[C:], stack("fc1", "weight"),
+                              stack("fc1", "bias"), stack("fc2", "weight"), stack("fc2", "bias"), self.k)
 
     def _mix(self, tokens: torch.Tensor, top: torch.Tensor, idx: torch.Tensor, dense: bool) -> torch.Tensor:
         """The experts' combined output for gates ``top`` of experts ``idx`` (N, k)."""

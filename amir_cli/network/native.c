@@ -1,0 +1,210 @@
+/* Fused CPU kernels for amir's inference: each reads its input once and writes its output once,
+ * where PyTorch's operators would pass over memory several times. Maps are channels-last (NHWC)
+ * float32; the loops over channels vectorise, the loops over rows run on OpenMP threads (the
+ * runtime PyTorch loaded, so its thread count applies). */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* exp(x) without libm calls, so that loops vectorise: 2^n * e^r, |r| <= ln2 / 2, with a degree-6
+ * polynomial for e^r (relative error about 2e-7); x is clamped to [-87, 88]. */
+static inline float exp_clamped(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float n = floorf(x * 1.44269504f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+/* GELU with the error function (Abramowitz and Stegun 7.1.26, absolute error below 1.5e-7). */
+static inline float gelu(float x) {
+    float z = fabsf(x) * 0.70710678f;
+    float t = 1.0f / (1.0f + 0.3275911f * z);
+    float poly = t * (0.254829592f + t * (-0.284496736f + t * (1.421413741f + t * (-1.453152027f + t * 1.061405429f))));
+    float erf_abs = 1.0f - poly * exp_clamped(-z * z);
+    float erf = x < 0.0f ? -erf_abs : erf_abs;
+    return 0.5f * x * (1.0f + erf);
+}
+
+/* LayerNorm over the last axis of `rows` rows of `channels` values: y = (x - mean) / sqrt(var + eps)
+ * * weight + bias. Without a bias (NULL) the mean is not removed, only divided by the deviation. */
+void amir_layer_norm(const float *x, const float *weight, const float *bias, float *y, int64_t rows,
+                     int64_t channels, float eps) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *in = x + r * channels;
+        float *out = y + r * channels;
+        float sum = 0.0f, dev = 0.0f;
+        #pragma omp simd reduction(+:sum)
+        for (int64_t c = 0; c < channels; c++) sum += in[c];
+        float mean = sum / (float)channels;
+        #pragma omp simd reduction(+:dev)
+        for (int64_t c = 0; c < channels; c++) dev += (in[c] - mean) * (in[c] - mean);
+        float rstd = 1.0f / sqrtf(dev / (float)channels + eps);
+        if (bias) {
+            #pragma omp simd
+            for (int64_t c = 0; c < channels; c++) out[c] = (in[c] - mean) * rstd * weight[c] + bias[c];
+        } else {
+            #pragma omp simd
+            for (int64_t c = 0; c < channels; c++) out[c] = in[c] * rstd * weight[c];
+        }
+    }
+}
+
+/* log(x) for x > 0 without libm calls: x = m * 2^e with m in [sqrt(1/2), sqrt(2)), then a degree-9
+ * polynomial in m - 1 (relative error about 1e-7). */
+static inline float log_positive(float x) {
+    union { float f; int32_t i; } bits = {.f = x};
+    int32_t e = ((bits.i >> 23) & 0xff) - 126;
+    bits.i = (bits.i & 0x007fffff) | 0x3f000000;  /* mantissa in [0.5, 1) */
+    float m = bits.f;
+    int small = m < 0.70710678f;
+    e -= small;
+    m = small ? m + m - 1.0f : m - 1.0f;
+    float z = m * m;
+    float p = 7.0376836292e-2f;
+    p = p * m - 1.1514610310e-1f;
+    p = p * m + 1.1676998740e-1f;
+    p = p * m - 1.2420140846e-1f;
+    p = p * m + 1.4249322787e-1f;
+    p = p * m - 1.6668057665e-1f;
+    p = p * m + 2.0000714765e-1f;
+    p = p * m - 2.4999993993e-1f;
+    p = p * m + 3.3333331174e-1f;
+    p = p * m * z;
+    float fe = (float)e;
+    p += fe * -2.12194440e-4f;
+    p -= 0.5f * z;
+    return m + p + fe * 0.693359375f;
+}
+
+#define LANES 32  /* pixels computed side by side (four vector registers of floats on AVX2) */
+
+/* A linear layer on LANES pixels side by side: out[o][l] = bias[o] + sum_i w[o][i] * in[i][l]. */
+static void layer_lanes(const float *w, const float *bias, const float *in, int64_t n_in, int64_t n_out, float *out) {
+    for (int64_t o = 0; o < n_out; o++) {
+        float *dst = out + o * LANES;
+        #pragma omp simd
+        for (int l = 0; l < LANES; l++) dst[l] = bias[o];
+        for (int64_t i = 0; i < n_in; i++) {
+            const float weight = w[o * n_in + i], *src = in + i * LANES;
+            #pragma omp simd
+            for (int l = 0; l < LANES; l++) dst[l] += weight * src[l];
+        }
+    }
+}
+
+/* Spatial routing's mixture of experts on `n` pixels of `channels` features (rows of `tokens`):
+ * each pixel's gate logits are tokens @ gate_w (channels x experts) + cue_logits of its image
+ * (`per_image` pixels each), its `k` largest choose the experts, their softmax the gates, and the
+ * output is log(sum of gate * exp(expert(pixel))) (a zero sum floored at `floor`). Expert e is
+ * w2[e] @ GELU(w1[e] @ x + b1[e]) + b2[e], with w1 (experts, hidden, channels) and w2 (experts,
+ * channels, hidden). `chosen`, `order` and `gates` (n * k each) are work space; `out` (n * channels)
+ * holds the sum before its log. */
+void amir_experts(const float *tokens, const float *gate_w, const float *cue_logits, const float *w1,
+                  const float *b1, const float *w2, const float *b2, float *out, int32_t *chosen, int32_t *order,
+                  float *gates, int64_t n, int64_t per_image, int64_t channels, int64_t hidden, int64_t experts,
+                  int64_t k, float floor) {
+    int64_t start[experts + 1];
+    memset(start, 0, sizeof(start));
+    /* gating: the k largest logits of each pixel (the first of equal ones), softmax over them */
+    #pragma omp parallel
+    {
+        float logits[experts * LANES];
+        #pragma omp for schedule(static)
+        for (int64_t block = 0; block < n; block += LANES) {
+            int64_t lanes = n - block < LANES ? n - block : LANES;
+            for (int64_t e = 0; e < experts; e++)
+                for (int64_t l = 0; l < LANES; l++)
+                    logits[e * LANES + l] = l < lanes ? cue_logits[((block + l) / per_image) * experts + e] : 0.0f;
+            for (int64_t l = 0; l < lanes; l++) {
+                const float *x = tokens + (block + l) * channels;
+                for (int64_t c = 0; c < channels; c++)
+                    for (int64_t e = 0; e < experts; e++) logits[e * LANES + l] += x[c] * gate_w[c * experts + e];
+            }
+            float top[LANES], largest[LANES], total[LANES];
+            int32_t best[LANES];
+            for (int64_t r = 0; r < k; r++) {
+                #pragma omp simd
+                for (int l = 0; l < LANES; l++) { top[l] = -INFINITY; best[l] = 0; }
+                for (int64_t e = 0; e < experts; e++) {
+                    #pragma omp simd
+                    for (int l = 0; l < LANES; l++) {
+                        int better = logits[e * LANES + l] > top[l];
+                        top[l] = better ? logits[e * LANES + l] : top[l];
+                        best[l] = better ? (int32_t)e : best[l];
+                    }
+                }
+                for (int64_t e = 0; e < experts; e++) {  /* a chosen expert leaves the race */
+                    #pragma omp simd
+                    for (int l = 0; l < LANES; l++) logits[e * LANES + l] = best[l] == e ? -INFINITY : logits[e * LANES + l];
+                }
+                #pragma omp simd
+                for (int l = 0; l < LANES; l++) {
+                    if (r == 0) { largest[l] = top[l]; total[l] = 0.0f; }
+                    top[l] = exp_clamped(top[l] - largest[l]);
+                    total[l] += top[l];
+                }
+                for (int64_t l = 0; l < lanes; l++) {
+                    chosen[(block + l) * k + r] = best[l];
+                    gates[(block + l) * k + r] = top[l];
+                }
+            }
+            for (int64_t l = 0; l < lanes; l++)
+                for (int64_t r = 0; r < k; r++) gates[(block + l) * k + r] /= total[l];
+        }
+    }
+    /* the (pixel, rank) pairs grouped by expert */
+    for (int64_t i = 0; i < n * k; i++) start[chosen[i] + 1]++;
+    for (int64_t e = 0; e < experts; e++) start[e + 1] += start[e];
+    {
+        int64_t fill[experts];
+        memcpy(fill, start, sizeof(fill));
+        for (int64_t i = 0; i < n * k; i++) order[fill[chosen[i]]++] = (int32_t)i;
+    }
+    float *mixed = out;
+    memset(mixed, 0, sizeof(float) * n * channels);
+    /* each expert on its pixels, LANES at a time; a pixel meets each expert at most once, so the
+     * adds into `mixed` within one expert never collide */
+    for (int64_t e = 0; e < experts; e++) {
+        const float *w1e = w1 + e * hidden * channels, *b1e = b1 + e * hidden;
+        const float *w2e = w2 + e * channels * hidden, *b2e = b2 + e * channels;
+        int64_t count = start[e + 1] - start[e];
+        #pragma omp parallel
+        {
+            float xt[channels * LANES], ht[hidden * LANES], ot[channels * LANES];
+            #pragma omp for schedule(static)
+            for (int64_t block = 0; block < count; block += LANES) {
+                int64_t pixel[LANES];
+                float gate[LANES];
+                for (int l = 0; l < LANES; l++) {
+                    int64_t slot = order[start[e] + (block + l < count ? block + l : block)];
+                    pixel[l] = slot / k;
+                    gate[l] = block + l < count ? gates[slot] : 0.0f;
+                }
+                for (int64_t c = 0; c < channels; c++)
+                    for (int l = 0; l < LANES; l++) xt[c * LANES + l] = tokens[pixel[l] * channels + c];
+                layer_lanes(w1e, b1e, xt, channels, hidden, ht);
+                #pragma omp simd
+                for (int64_t i = 0; i < hidden * LANES; i++) ht[i] = gelu(ht[i]);
+                layer_lanes(w2e, b2e, ht, hidden, channels, ot);
+                for (int64_t c = 0; c < channels; c++) {
+                    float *o = ot + c * LANES;
+                    #pragma omp simd
+                    for (int l = 0; l < LANES; l++) o[l] = gate[l] * exp_clamped(o[l]);
+                    for (int l = 0; l < LANES; l++)
+                        if (block + l < count) mixed[pixel[l] * channels + c] += o[l];
+                }
+            }
+        }
+    }
+    #pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n * channels; i++) out[i] = log_positive(mixed[i] == 0.0f ? floor : mixed[i]);
+}
