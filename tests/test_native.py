@@ -40,7 +40,7 @@ def test_native_engine_equals_the_published_computation(config, size):
 @needs_native
 def test_native_kernels_run_in_cpu_inference_only(monkeypatch):
     calls = []
-    for name in ("layer_norm", "experts"):
+    for name in ("layer_norm", "gelu_mul_", "experts"):
         real = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     model = random_model(RANDOM_CONFIGS[0]).set_computation(engine="native")
@@ -52,7 +52,17 @@ def test_native_kernels_run_in_cpu_inference_only(monkeypatch):
     assert calls == []
     with torch.no_grad():
         model.set_computation(engine="auto")(x)
-    assert set(calls) == {"layer_norm", "experts"}
+    assert set(calls) == {"layer_norm", "gelu_mul_", "experts"}
+
+
+@needs_native
+def test_gelu_gate_kernel_matches_the_exact_gelu():
+    """The kernel's GELU (a rational erf) against float64's exact one, from far negative to far positive."""
+    x = torch.linspace(-12, 12, 240001)
+    value = torch.rand_like(x) + 0.5
+    out = native.gelu_mul_(x.clone(), value)
+    exact = torch.nn.functional.gelu(x.double()) * value.double()
+    assert (out.double() - exact).abs().max() < 3e-6
 
 
 @needs_native

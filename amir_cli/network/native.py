@@ -1,6 +1,7 @@
 """amir's own fused CPU kernels (`native.c`) for fp32 inference: LayerNorm over a few channels
-per pixel, and spatial routing's whole mixture of experts (gating, each expert on its own pixels,
-the log-space combine) in one call where PyTorch's operators take some twenty passes over memory.
+per pixel, the feed-forward's GELU gate, and spatial routing's whole mixture of experts (gating,
+each expert on its own pixels, the log-space combine) in one call where PyTorch's operators take
+some twenty passes over memory. Their GELU uses a rational approximation of erf without exp.
 
 The C source ships with the package and is compiled on first use with the system's C compiler
 (`$CC`, else `cc`) into the user cache folder (`$AMIR_CACHE`, else the platform's), once per
@@ -83,8 +84,9 @@ def library() -> ctypes.CDLL | None:
         return None
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.amir_layer_norm.argtypes = [p, p, p, p, i, i, ctypes.c_float]
+    lib.amir_gelu_mul.argtypes = [p, p, p, i]
     lib.amir_experts.argtypes = [p] * 11 + [i] * 6 + [ctypes.c_float]
-    for name in ("amir_layer_norm", "amir_experts"):
+    for name in ("amir_layer_norm", "amir_gelu_mul", "amir_experts"):
         getattr(lib, name).restype = None
     return lib
 
@@ -121,6 +123,12 @@ def layer_norm(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     weight, bias = weight.contiguous(), None if bias is None else bias.contiguous()
     library().amir_layer_norm(_ptr(rows), _ptr(weight), _ptr(bias), _ptr(out), rows.shape[0], rows.shape[1], eps)
     return out
+
+
+def gelu_mul_(gate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """gate = GELU(gate) * value, in place, for two maps of one shape and memory layout, each dense."""
+    library().amir_gelu_mul(_ptr(gate), _ptr(value), _ptr(gate), gate.numel())
+    return gate
 
 
 def experts(tokens: torch.Tensor, per_image: int, gate_w: torch.Tensor, cue_logits: torch.Tensor, w1: torch.Tensor,

@@ -105,6 +105,11 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x)
 
 
+def _dense(x: torch.Tensor) -> bool:
+    """Whether a map's elements fill its memory without gaps, in NCHW or NHWC order."""
+    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+
 def _nhwc_rows(x: torch.Tensor) -> torch.Tensor:
     """The (B * H * W, C) rows of a channels-last (B, C, H, W) map: a view."""
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
@@ -192,8 +197,10 @@ class GatedDconvFeedForward(Computation, nn.Module):
 
         if fuse:
             return branch(slice(hidden + lo, hidden + hi), mul=branch(slice(lo, hi), gelu=True))
-        gate = gelu(branch(slice(lo, hi)))
-        value = branch(slice(hidden + lo, hidden + hi))
+        gate, value = branch(slice(lo, hi)), branch(slice(hidden + lo, hidden + hi))
+        if native.applies(self.engine, x) and gate.stride() == value.stride() and _dense(gate):
+            return native.gelu_mul_(gate, value)
+        gate = gelu(gate)
         return gate * value if torch.is_grad_enabled() else gate.mul_(value)
 
 
