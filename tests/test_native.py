@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from amir_cli.network import AmirConfig, native
+from amir_cli.network import AmirConfig, native, restormer
 from amir_cli.network.routing import NoisyTopKExperts
 
 from conftest import amir, crop_nifti
@@ -27,20 +27,26 @@ ROUTING_CONFIGS = [  # top-1, top-3 of 5 experts, and every expert at once
 @pytest.mark.parametrize("config", RANDOM_CONFIGS + ROUTING_CONFIGS,
                          ids=lambda c: f"dim{c.dim}-{c.layernorm_type}-bias{c.bias}-top{c.top_k}of{c.num_experts}")
 @pytest.mark.parametrize("size", [(40, 48), (37, 53)], ids=["40x48", "37x53"])
-def test_native_engine_equals_the_published_computation(config, size):
-    """Two images of a batch (each with its own routing cue), a size that the U-Net pads."""
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole-maps", "chunked"])
+def test_native_engine_equals_the_published_computation(config, size, chunked, monkeypatch):
+    """Two images of a batch (each with its own routing cue), a size that the U-Net pads, maps
+    whole or in groups (large images: q and k apart, the hidden channels in groups); twice the
+    same to the bit."""
+    if chunked:
+        monkeypatch.setattr(restormer, "_FFN_CHUNK", 1000)
     model = random_model(config).eval()
     x = torch.rand(2, 1, *size)
     with torch.no_grad():
         ref = model.set_computation(reference=True)(x)
         out = model.set_computation(engine="native")(x)
+        assert torch.equal(model(x), out)
     assert (out - ref).abs().max() < 1e-5
 
 
 @needs_native
 def test_native_kernels_run_in_cpu_inference_only(monkeypatch):
     calls = []
-    for name in ("layer_norm", "gelu_mul_", "experts"):
+    for name in ("layer_norm", "gelu_mul_", "gram", "experts"):
         real = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     model = random_model(RANDOM_CONFIGS[0]).set_computation(engine="native")
@@ -52,7 +58,7 @@ def test_native_kernels_run_in_cpu_inference_only(monkeypatch):
     assert calls == []
     with torch.no_grad():
         model.set_computation(engine="auto")(x)
-    assert set(calls) == {"layer_norm", "gelu_mul_", "experts"}
+    assert set(calls) == {"layer_norm", "gelu_mul_", "gram", "experts"}
 
 
 @needs_native

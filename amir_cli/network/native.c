@@ -3,6 +3,7 @@
  * float32; the inner loops vectorise (over channels, or over pixels side by side), the outer ones
  * run on OpenMP threads (the runtime PyTorch loaded, so its thread count applies). */
 #include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -74,6 +75,47 @@ void amir_layer_norm(const float *x, const float *weight, const float *bias, flo
 void amir_gelu_mul(const float *gate, const float *value, float *out, int64_t n) {
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; i++) out[i] = gelu(gate[i]) * value[i];
+}
+
+/* The attention's Gram matrix and norms of `batch` images of `n` pixels: gram[b] = q[b]^T k[b]
+ * (channels x channels) and squares[b] = the sums of squares of q's channels, then k's. Pixel p's
+ * q and k start at q + b * image_q + p * row_q (k alike). Each of `threads` threads sums its share
+ * of the pixels into its own part of `partial` (threads * (channels^2 + 2 * channels) floats); the
+ * parts are added in thread order, so that a run repeats itself exactly. */
+void amir_gram(const float *q, const float *k, int64_t row_q, int64_t row_k, int64_t image_q, int64_t image_k,
+               int64_t batch, int64_t n, int64_t channels, int64_t threads, float *partial, float *gram,
+               float *squares) {
+    const int64_t size = channels * channels + 2 * channels;
+    for (int64_t b = 0; b < batch; b++) {
+        memset(partial, 0, sizeof(float) * threads * size);
+        #pragma omp parallel num_threads((int)threads)
+        {
+            float *sum = partial + omp_get_thread_num() * size, *sq = sum + channels * channels;
+            #pragma omp for schedule(static)
+            for (int64_t p = 0; p < n; p++) {
+                const float *qp = q + b * image_q + p * row_q, *kp = k + b * image_k + p * row_k;
+                for (int64_t i = 0; i < channels; i++) {
+                    const float qi = qp[i];
+                    float *row = sum + i * channels;
+                    #pragma omp simd
+                    for (int64_t j = 0; j < channels; j++) row[j] += qi * kp[j];
+                }
+                #pragma omp simd
+                for (int64_t i = 0; i < channels; i++) {
+                    sq[i] += qp[i] * qp[i];
+                    sq[channels + i] += kp[i] * kp[i];
+                }
+            }
+        }
+        float *out = gram + b * channels * channels, *out_sq = squares + b * 2 * channels;
+        memcpy(out, partial, sizeof(float) * channels * channels);
+        memcpy(out_sq, partial + channels * channels, sizeof(float) * 2 * channels);
+        for (int t = 1; t < threads; t++) {
+            const float *part = partial + t * size;
+            for (int64_t i = 0; i < channels * channels; i++) out[i] += part[i];
+            for (int64_t i = 0; i < 2 * channels; i++) out_sq[i] += part[channels * channels + i];
+        }
+    }
 }
 
 /* log(x) for x > 0 without libm calls: x = m * 2^e with m in [sqrt(1/2), sqrt(2)), then a degree-9

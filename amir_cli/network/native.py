@@ -1,7 +1,8 @@
 """amir's own fused CPU kernels (`native.c`) for fp32 inference: LayerNorm over a few channels
-per pixel, the feed-forward's GELU gate, and spatial routing's whole mixture of experts (gating,
-each expert on its own pixels, the log-space combine) in one call where PyTorch's operators take
-some twenty passes over memory. Their GELU uses a rational approximation of erf without exp.
+per pixel, the feed-forward's GELU gate, the attention's Gram matrix with the norms of q and k,
+and spatial routing's whole mixture of experts (gating, each expert on its own pixels, the
+log-space combine) in one call where PyTorch's operators take some twenty passes over memory.
+Their GELU uses a rational approximation of erf without exp.
 
 The C source ships with the package and is compiled on first use with the system's C compiler
 (`$CC`, else `cc`) into the user cache folder (`$AMIR_CACHE`, else the platform's), once per
@@ -85,8 +86,9 @@ def library() -> ctypes.CDLL | None:
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.amir_layer_norm.argtypes = [p, p, p, p, i, i, ctypes.c_float]
     lib.amir_gelu_mul.argtypes = [p, p, p, i]
+    lib.amir_gram.argtypes = [p, p, i, i, i, i, i, i, i, i, p, p, p]
     lib.amir_experts.argtypes = [p] * 11 + [i] * 6 + [ctypes.c_float]
-    for name in ("amir_layer_norm", "amir_gelu_mul", "amir_experts"):
+    for name in ("amir_layer_norm", "amir_gelu_mul", "amir_gram", "amir_experts"):
         getattr(lib, name).restype = None
     return lib
 
@@ -129,6 +131,19 @@ def gelu_mul_(gate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """gate = GELU(gate) * value, in place, for two maps of one shape and memory layout, each dense."""
     library().amir_gelu_mul(_ptr(gate), _ptr(value), _ptr(gate), gate.numel())
     return gate
+
+
+def gram(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q^T k, (B, C, C); the sums of squares of q's channels, then k's, (B, 2C)) for (B, N, C) maps
+    whose channels are contiguous within a pixel (strided views of one q/k/v map will do)."""
+    B, N, C = q.shape
+    assert q.stride(2) == 1 and k.stride(2) == 1, "gram needs each pixel's channels side by side"
+    out, squares = q.new_empty(B, C, C), q.new_empty(B, 2 * C)
+    threads = torch.get_num_threads()
+    partial = q.new_empty(threads, C * C + 2 * C)
+    library().amir_gram(_ptr(q), _ptr(k), q.stride(1), k.stride(1), q.stride(0), k.stride(0), B, N, C, threads,
+                        _ptr(partial), _ptr(out), _ptr(squares))
+    return out, squares
 
 
 def experts(tokens: torch.Tensor, per_image: int, gate_w: torch.Tensor, cue_logits: torch.Tensor, w1: torch.Tensor,

@@ -230,14 +230,19 @@ class TransposedAttention(Computation, nn.Module):
         heads, c = self.num_heads, C // self.num_heads
         if torch.is_grad_enabled() or 3 * x.numel() <= _FFN_CHUNK:
             qkv = self._project(x, slice(0, 3 * C))
-            (q, k, v), squares = qkv.split(C, dim=-1), qkv[..., : 2 * C].square().sum(1)
+            (q, k, v), qk = qkv.split(C, dim=-1), qkv[..., : 2 * C]
         else:  # a large inference map: q and k, then v once they are freed
-            (q, k), v = (self._project(x, slice(i * C, (i + 1) * C)) for i in range(2)), None
-            squares = torch.cat([q.square().sum(1), k.square().sum(1)], 1)
+            (q, k), v, qk = (self._project(x, slice(i * C, (i + 1) * C)) for i in range(2)), None, None
+        whole = heads == 1 or C <= _FULL_GRAM_WIDTH  # one C x C product, its diagonal blocks kept
+        if whole and native.applies(self.engine, x):  # the product and the norms in one pass
+            full, squares = native.gram(q, k)
+        else:
+            full = (q.transpose(1, 2) @ k) if whole else None
+            squares = qk.square().sum(1) if qk is not None else torch.cat([q.square().sum(1), k.square().sum(1)], 1)
         norm_q, norm_k = squares.sqrt().clamp_min(1e-12).split(C, dim=1)  # F.normalize's floor
         scale = norm_q.reshape(B, heads, c, 1) * norm_k.reshape(B, heads, 1, c)
-        if heads == 1 or C <= _FULL_GRAM_WIDTH:  # one C x C product, its diagonal blocks kept
-            gram = (q.transpose(1, 2) @ k).view(B, heads, c, heads, c).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+        if whole:
+            gram = full.view(B, heads, c, heads, c).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
         else:
             gram = torch.stack([q[b].view(-1, heads, c).permute(1, 2, 0) @ k[b].view(-1, heads, c).transpose(0, 1)
                                 for b in range(B)])  # (B, heads, c, c)
