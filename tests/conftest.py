@@ -28,6 +28,19 @@ def pytest_configure(config):
     os.environ.setdefault("AMIR_CACHE", tempfile.mkdtemp(prefix="amir-test-cache-"))
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """A test that changes torch's thread count (`amir train --threads` run in process) gives it
+    back: the default engine depends on it (`auto_engine`)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    yield
+    if before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 def auto_engine() -> str:
     """What the default engine runs on the CPU in fp32 here (`amir_cli.restore.engine`)."""
     import torch
