@@ -4,8 +4,8 @@
 # network's time per 256x256 slice (fp32, batch 1, medians of 7: both in one process with the same
 # heap, then each as its own program in fresh processes); a training step of amir-s (batch 4,
 # patch 64, forward + backward + Adam, medians of 20); `amir restore` of a 100-slice 256x256 CT with
-# the fused and the plain engine (process time against the network's own, peak memory) and of a
-# 12-slice 1024x1024 CT (peak memory). About 15 minutes on 2 idle cores. JSON lines and the printed
+# the default and the plain engine (process time against the network's own, peak memory) and of a
+# 12-slice 1024x1024 CT (peak memory, also with the fused engine). About 15 minutes on 2 idle cores. JSON lines and the printed
 # tables go to DIR (default benchmarks/results); THREADS (default 2) torch threads.
 #
 #     bash benchmarks/cpu_table.sh [DIR]
@@ -22,6 +22,6 @@ python benchmarks/network_processes.py --threads "$threads" --out "$dir/network_
     | tee "$dir/network_processes_cpu.txt"
 python benchmarks/train_speed.py --configs amir-s --patches 64 --batch 4 --steps 20 --reference --threads "$threads" \
     --devices cpu --out "$dir/train_speed.jsonl" | tee "$dir/train_speed_cpu.txt"
-python benchmarks/restore_speed.py --engines plain fused --out "$dir/restore_speed.jsonl" | tee "$dir/restore_speed_cpu.txt"
-python benchmarks/restore_speed.py --size 1024 --slices 12 --repeats 1 --engines plain fused --out "$dir/restore_speed.jsonl" \
+python benchmarks/restore_speed.py --engines plain auto --out "$dir/restore_speed.jsonl" | tee "$dir/restore_speed_cpu.txt"
+python benchmarks/restore_speed.py --size 1024 --slices 12 --repeats 1 --engines plain auto fused --out "$dir/restore_speed.jsonl" \
     | tee "$dir/restore_memory_cpu.txt"

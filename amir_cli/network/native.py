@@ -116,6 +116,7 @@ def applies(engine: str, x: torch.Tensor) -> bool:
 
 
 def _ptr(t: torch.Tensor | None):
+    """The address of a tensor's data: the caller keeps the tensor referenced until the kernel returns."""
     return None if t is None else t.data_ptr()
 
 
