@@ -72,9 +72,12 @@ def test_gelu_gate_kernel_matches_the_exact_gelu():
 
 
 @needs_native
-def test_experts_kernel_routes_each_pixel_to_its_top_k():
+@pytest.mark.parametrize("pixels", [None, 37], ids=["one-call", "calls-of-37-pixels"])
+def test_experts_kernel_routes_each_pixel_to_its_top_k(pixels, monkeypatch):
     """The kernel alone against the module's own sparse inference: every pixel, also where the
-    image's cue changes the choice."""
+    image's cue changes the choice; a large map in several calls, each with its pixels' images."""
+    if pixels:
+        monkeypatch.setattr(native, "_PIXELS", pixels)
     torch.manual_seed(1)
     moe = NoisyTopKExperts(6, 2.0, num_experts=4, k=2).eval()
     with torch.no_grad():

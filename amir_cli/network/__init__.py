@@ -1,5 +1,6 @@
-"""The AMIR network in torch, with CPU kernels of its own (`native`): no image I/O here. The configurations import without torch (the
-command line's help lists their names); the network itself loads torch when first named."""
+"""The AMIR network in torch, with CPU kernels of its own (`native`): no image I/O here. The
+configurations import without torch (the command line's help lists their names); the network
+itself loads torch when first named."""
 from .config import CONFIGS, AmirConfig, get_config
 
 __all__ = ["AMIR", "AmirConfig", "CONFIGS", "get_config"]

@@ -1,5 +1,5 @@
-/* Fused CPU kernels for amir's inference: each reads its input once and writes its output once,
- * where PyTorch's operators would pass over memory several times. Maps are channels-last (NHWC)
+/* Fused CPU kernels for amir's inference: each does in one or two passes over memory what
+ * PyTorch's operators do in several. Maps are channels-last (NHWC)
  * float32; the inner loops vectorise (over channels, or over pixels side by side), the outer ones
  * run on OpenMP threads (the runtime PyTorch loaded, so its thread count applies). */
 #include <math.h>
@@ -163,15 +163,15 @@ static void layer_lanes(const float *w, const float *bias, const float *in, int6
 
 /* Spatial routing's mixture of experts on `n` pixels of `channels` features (rows of `tokens`):
  * each pixel's gate logits are tokens @ gate_w (channels x experts) + cue_logits of its image
- * (`per_image` pixels each), its `k` largest choose the experts, their softmax the gates, and the
+ * (`per_image` pixels each; the first pixel here is pixel `first` of the batch), its `k` largest choose the experts, their softmax the gates, and the
  * output is log(sum of gate * exp(expert(pixel))) (a zero sum floored at `floor`). Expert e is
  * w2[e] @ GELU(w1[e] @ x + b1[e]) + b2[e], with w1 (experts, hidden, channels) and w2 (experts,
  * channels, hidden). `chosen`, `order` and `gates` (n * k each) are work space; `out` (n * channels)
  * holds the sum before its log. */
 void amir_experts(const float *tokens, const float *gate_w, const float *cue_logits, const float *w1,
                   const float *b1, const float *w2, const float *b2, float *out, int32_t *chosen, int32_t *order,
-                  float *gates, int64_t n, int64_t per_image, int64_t channels, int64_t hidden, int64_t experts,
-                  int64_t k, float floor) {
+                  float *gates, int64_t n, int64_t first, int64_t per_image, int64_t channels, int64_t hidden,
+                  int64_t experts, int64_t k, float floor) {
     int64_t start[experts + 1];
     memset(start, 0, sizeof(start));
     /* gating: the k largest logits of each pixel (the first of equal ones), softmax over them */
@@ -183,7 +183,7 @@ void amir_experts(const float *tokens, const float *gate_w, const float *cue_log
             int64_t lanes = n - block < LANES ? n - block : LANES;
             for (int64_t e = 0; e < experts; e++)
                 for (int64_t l = 0; l < LANES; l++)
-                    logits[e * LANES + l] = l < lanes ? cue_logits[((block + l) / per_image) * experts + e] : 0.0f;
+                    logits[e * LANES + l] = l < lanes ? cue_logits[((first + block + l) / per_image) * experts + e] : 0.0f;
             for (int64_t l = 0; l < lanes; l++) {
                 const float *x = tokens + (block + l) * channels;
                 for (int64_t c = 0; c < channels; c++)

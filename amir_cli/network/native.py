@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("native.c")
-_FLOOR = float(torch.finfo(torch.float64).eps)  # the experts' floor before the log, as in routing.py
+_PIXELS = 1 << 20  # pixels per call of the experts' kernel: bounds its work space (12 bytes a pixel and rank)
 _failure: list[str] = []  # why the library could not be built or loaded
 
 
@@ -87,7 +87,7 @@ def library() -> ctypes.CDLL | None:
     lib.amir_layer_norm.argtypes = [p, p, p, p, i, i, ctypes.c_float]
     lib.amir_gelu_mul.argtypes = [p, p, p, i]
     lib.amir_gram.argtypes = [p, p, i, i, i, i, i, i, i, i, p, p, p]
-    lib.amir_experts.argtypes = [p] * 11 + [i] * 6 + [ctypes.c_float]
+    lib.amir_experts.argtypes = [p] * 11 + [i] * 7 + [ctypes.c_float]
     for name in ("amir_layer_norm", "amir_gelu_mul", "amir_gram", "amir_experts"):
         getattr(lib, name).restype = None
     return lib
@@ -148,16 +148,20 @@ def gram(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def experts(tokens: torch.Tensor, per_image: int, gate_w: torch.Tensor, cue_logits: torch.Tensor, w1: torch.Tensor,
-            b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, k: int) -> torch.Tensor:
+            b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, k: int, floor: float) -> torch.Tensor:
     """Spatial routing's log-space mixture of the top-``k`` experts for contiguous (N, C) ``tokens``,
     ``per_image`` rows per image: gate weights (C, E), the images' cue logits (B, E), the experts'
-    stacked layers w1 (E, hidden, C), b1 (E, hidden), w2 (E, C, hidden), b2 (E, C)."""
+    stacked layers w1 (E, hidden, C), b1 (E, hidden), w2 (E, C, hidden), b2 (E, C); a zero sum is
+    floored at ``floor`` before the log."""
     N, C = tokens.shape
     E, hidden = w1.shape[:2]
     out = torch.empty_like(tokens)
-    chosen, order = (torch.empty(N * k, dtype=torch.int32) for _ in range(2))
-    gates = torch.empty(N * k)
+    step = min(N, _PIXELS)
+    chosen, order = (torch.empty(step * k, dtype=torch.int32) for _ in range(2))
+    gates = torch.empty(step * k)
     args = [t.contiguous() for t in (gate_w, cue_logits, w1, b1, w2, b2)]
-    library().amir_experts(_ptr(tokens), *map(_ptr, args), _ptr(out), _ptr(chosen), _ptr(order), _ptr(gates), N,
-                           per_image, C, hidden, E, k, _FLOOR)
+    for first in range(0, N, step):
+        n = min(step, N - first)
+        library().amir_experts(_ptr(tokens[first:]), *map(_ptr, args), _ptr(out[first:]), _ptr(chosen), _ptr(order),
+                               _ptr(gates), n, first, per_image, C, hidden, E, k, floor)
     return out

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import AmirConfig
 from . import native
+from .config import AmirConfig
 from .restormer import Computation
 
 _EPS = float(torch.finfo(torch.float64).eps)  # floor before the log, as in the published combine
@@ -103,7 +103,7 @@ class NoisyTopKExperts(Computation, nn.Module):
         C = tokens.shape[1]
         stack = lambda layer, name: torch.stack([getattr(getattr(e, layer), name) for e in self.experts])  # noqa: E731
         return native.experts(tokens, per_image, self.w_gate[:C], cue @ self.w_gate[C:], stack("fc1", "weight"),
-                              stack("fc1", "bias"), stack("fc2", "weight"), stack("fc2", "bias"), self.k)
+                              stack("fc1", "bias"), stack("fc2", "weight"), stack("fc2", "bias"), self.k, _EPS)
 
     def _mix(self, tokens: torch.Tensor, top: torch.Tensor, idx: torch.Tensor, dense: bool) -> torch.Tensor:
         """The experts' combined output for gates ``top`` of experts ``idx`` (N, k)."""
