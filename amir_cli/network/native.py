@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("native.c")
+# The Gram kernel beats the library's matrix product only on narrow maps larger than the caches
+# (benchmarks/results/native_kernels_cpu.txt): at most this many channels, at least this many pixels.
+GRAM_CHANNELS, GRAM_PIXELS = 16, 1 << 15
 _PIXELS = 1 << 20  # pixels per call of the experts' kernel: bounds its work space (12 bytes a pixel and rank)
 _failure: list[str] = []  # why the library could not be built or loaded
 
@@ -115,6 +118,13 @@ def applies(engine: str, x: torch.Tensor) -> bool:
             and runs(engine, x.device))
 
 
+def _run(kernel: str, *args) -> None:
+    """Call a kernel under a profiler label of its own (`amir::<kernel>`), so that operator profiles
+    count its time (ctypes calls are no PyTorch operators)."""
+    with torch.profiler.record_function(f"amir::{kernel}"):
+        getattr(library(), kernel)(*args)
+
+
 def _ptr(t: torch.Tensor | None):
     """The address of a tensor's data: the caller keeps the tensor referenced until the kernel returns."""
     return None if t is None else t.data_ptr()
@@ -124,13 +134,13 @@ def layer_norm(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     """LayerNorm of contiguous (N, C) rows; without a bias the mean is kept (the bias-free variant)."""
     out = torch.empty_like(rows)
     weight, bias = weight.contiguous(), None if bias is None else bias.contiguous()
-    library().amir_layer_norm(_ptr(rows), _ptr(weight), _ptr(bias), _ptr(out), rows.shape[0], rows.shape[1], eps)
+    _run("amir_layer_norm", _ptr(rows), _ptr(weight), _ptr(bias), _ptr(out), rows.shape[0], rows.shape[1], eps)
     return out
 
 
 def gelu_mul_(gate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """gate = GELU(gate) * value, in place, for two maps of one shape and memory layout, each dense."""
-    library().amir_gelu_mul(_ptr(gate), _ptr(value), _ptr(gate), gate.numel())
+    _run("amir_gelu_mul", _ptr(gate), _ptr(value), _ptr(gate), gate.numel())
     return gate
 
 
@@ -142,8 +152,8 @@ def gram(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out, squares = q.new_empty(B, C, C), q.new_empty(B, 2 * C)
     threads = torch.get_num_threads()
     partial = q.new_empty(threads, C * C + 2 * C)
-    library().amir_gram(_ptr(q), _ptr(k), q.stride(1), k.stride(1), q.stride(0), k.stride(0), B, N, C, threads,
-                        _ptr(partial), _ptr(out), _ptr(squares))
+    _run("amir_gram", _ptr(q), _ptr(k), q.stride(1), k.stride(1), q.stride(0), k.stride(0), B, N, C, threads,
+         _ptr(partial), _ptr(out), _ptr(squares))
     return out, squares
 
 
@@ -162,6 +172,6 @@ def experts(tokens: torch.Tensor, per_image: int, gate_w: torch.Tensor, cue_logi
     args = [t.contiguous() for t in (gate_w, cue_logits, w1, b1, w2, b2)]
     for first in range(0, N, step):
         n = min(step, N - first)
-        library().amir_experts(_ptr(tokens[first:]), *map(_ptr, args), _ptr(out[first:]), _ptr(chosen), _ptr(order),
-                               _ptr(gates), n, first, per_image, C, hidden, E, k, floor)
+        _run("amir_experts", _ptr(tokens[first:]), *map(_ptr, args), _ptr(out[first:]), _ptr(chosen), _ptr(order),
+             _ptr(gates), n, first, per_image, C, hidden, E, k, floor)
     return out

@@ -234,7 +234,7 @@ class TransposedAttention(Computation, nn.Module):
         else:  # a large inference map: q and k, then v once they are freed
             (q, k), v, qk = (self._project(x, slice(i * C, (i + 1) * C)) for i in range(2)), None, None
         whole = heads == 1 or C <= _FULL_GRAM_WIDTH  # one C x C product, its diagonal blocks kept
-        if whole and native.applies(self.engine, x):  # the product and the norms in one pass
+        if whole and C <= native.GRAM_CHANNELS and H * W >= native.GRAM_PIXELS and native.applies(self.engine, x):
             full, squares = native.gram(q, k)
         else:
             full = (q.transpose(1, 2) @ k) if whole else None

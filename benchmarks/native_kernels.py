@@ -1,0 +1,95 @@
+"""amir's native CPU kernels (`amir_cli.network.native`) against the PyTorch operators they replace,
+one map shape at a time: LayerNorm, the GELU gate, the attention's Gram matrix with the norms of q
+and k, and spatial routing's mixture of experts (the shipped amir-s weights where the registry has
+them). The shapes are those of a 256x256 slice's levels in amir-s, and for the Gram matrix also
+larger maps (which decide where `native.GRAM_CHANNELS` and `GRAM_PIXELS` let the kernel serve).
+Medians of --repeats calls, the two alternating; the table also goes to
+benchmarks/results/native_kernels_cpu.txt (--out).
+
+    python benchmarks/native_kernels.py            # about a minute on 2 cores
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from amir_cli.network import native
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from network_speed import build_model  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def paired(a, b, repeats: int) -> tuple[float, float]:
+    """Median milliseconds of a() and b(), called in turns after a warm-up each."""
+    a(), b()
+    times = ([], [])
+    for _ in range(repeats):
+        for f, t in zip((a, b), times):
+            start = time.perf_counter()
+            f()
+            t.append(time.perf_counter() - start)
+    return tuple(1e3 * statistics.median(t) for t in times)
+
+
+def cases():
+    """(kernel, shape, PyTorch's way, the kernel's way) for each row."""
+    for pixels, channels in [(65536, 8), (65536, 16), (16384, 16), (4096, 32), (1024, 64)]:
+        rows, w, b = torch.randn(pixels, channels), torch.rand(channels) + 0.5, torch.randn(channels)
+        yield ("layer_norm", f"{pixels} x {channels}", lambda r=rows, w=w, b=b: F.layer_norm(r, r.shape[1:], w, b, 1e-5),
+               lambda r=rows, w=w, b=b: native.layer_norm(r, w, b, 1e-5))
+    for pixels, hidden in [(65536, 21), (65536, 42), (16384, 42), (4096, 85), (1024, 170)]:
+        gate, value = torch.randn(pixels, hidden), torch.randn(pixels, hidden)
+        yield ("gelu_mul_", f"{pixels} x {hidden}", lambda g=gate, v=value: F.gelu(g) * v,
+               lambda g=gate, v=value: native.gelu_mul_(g.clone(), v))
+    for pixels, channels in [(65536, 8), (65536, 16), (16384, 16), (4096, 32), (1024, 64), (32768, 16),
+                             (262144, 8), (262144, 16), (65536, 32), (16384, 64)]:
+        qkv = torch.randn(1, pixels, 3 * channels)
+        q, k = qkv[..., :channels], qkv[..., channels : 2 * channels]
+        yield ("gram", f"{pixels} x {channels}", lambda qkv=qkv, q=q, k=k, c=channels: (q.transpose(1, 2) @ k, qkv[..., : 2 * c].square().sum(1)),
+               lambda q=q, k=k: native.gram(q, k))
+    model, _ = build_model("amir-s", torch.device("cpu"))
+    instruction = model.instruction(torch.rand(1, 1, 256, 256))
+    for level, size in [(1, 256), (2, 128), (3, 64)]:
+        routing = getattr(model, f"spatial_routing_encoder_level{level}")
+        x = torch.randn(1, routing.moe.experts[0].fc1.in_features, size, size).contiguous(memory_format=torch.channels_last)
+        cue = routing.fc(instruction)
+
+        def run(engine, moe=routing.moe, x=x, cue=cue):
+            moe.engine = engine
+            return moe(x, cue)
+
+        yield ("experts", f"{size * size} x {x.shape[1]}", lambda run=run: run("plain"), lambda run=run: run("native"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--out", default=str(RESULTS / "native_kernels_cpu.txt"), help="table written here ('' for none)")
+    args = ap.parse_args()
+    if not native.available():
+        sys.exit(f"no native kernels here: {native.reason()}")
+    torch.set_num_threads(args.threads)
+    lines = [f"CPU, {args.threads} threads, torch {torch.__version__}, fp32; medians of {args.repeats}",
+             "", "| kernel | pixels x channels | PyTorch ms | native ms | speed-up |", "|---|---|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    with torch.inference_mode():
+        for kernel, shape, plain, ours in cases():
+            a, b = paired(plain, ours, args.repeats)
+            lines.append(f"| {kernel} | {shape} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
+            print(lines[-1], flush=True)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print(f"\ntable written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
