@@ -11,9 +11,7 @@ benchmarks/results/native_kernels_cpu.txt (--out).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,21 +20,9 @@ import torch.nn.functional as F
 from amir_cli.network import native
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network_speed import build_model  # noqa: E402
+from network_speed import build_model, paired_median_seconds  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def paired(a, b, repeats: int) -> tuple[float, float]:
-    """Median milliseconds of a() and b(), called in turns after a warm-up each."""
-    a(), b()
-    times = ([], [])
-    for _ in range(repeats):
-        for f, t in zip((a, b), times):
-            start = time.perf_counter()
-            f()
-            t.append(time.perf_counter() - start)
-    return tuple(1e3 * statistics.median(t) for t in times)
 
 
 def cases():
@@ -83,7 +69,8 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     with torch.inference_mode():
         for kernel, shape, plain, ours in cases():
-            a, b = paired(plain, ours, args.repeats)
+            times = paired_median_seconds({"plain": plain, "native": ours}, args.repeats)
+            a, b = 1e3 * times["plain"], 1e3 * times["native"]
             lines.append(f"| {kernel} | {shape} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
             print(lines[-1], flush=True)
     if args.out:
