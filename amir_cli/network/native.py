@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from . import onednn
+
 SOURCE = Path(__file__).with_name("native.c")
 # The Gram kernel beats the library's matrix product only on narrow maps larger than the caches
 # (benchmarks/results/native_kernels_cpu.txt): at most this many channels, at least this many pixels.
@@ -112,10 +114,8 @@ def runs(engine: str, device: torch.device, precision: str = "fp32") -> bool:
 
 
 def applies(engine: str, x: torch.Tensor) -> bool:
-    """Whether ``x`` goes through the kernels: `runs` for its device and dtype, without autograd
-    or autocast."""
-    return (x.dtype == torch.float32 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and runs(engine, x.device))
+    """Whether ``x`` goes through the kernels: `runs` for its device, in inference in fp32."""
+    return onednn.inference_in_fp32(x) and runs(engine, x.device)
 
 
 def _run(kernel: str, *args) -> None:

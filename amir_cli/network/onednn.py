@@ -36,11 +36,15 @@ def fuses(engine: str, device: torch.device, precision: str = "fp32") -> bool:
     return wanted and device.type == "cpu" and precision == "fp32" and available()
 
 
+def inference_in_fp32(x: torch.Tensor) -> bool:
+    """Whether ``x`` is fp32 outside autograd and autocast: what the kernels without gradients
+    (these and amir's own, `native`) take."""
+    return x.dtype == torch.float32 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+
+
 def applies(engine: str, x: torch.Tensor) -> bool:
-    """Whether ``x`` goes through the fused operators: ``fuses`` for its device and dtype, without
-    autograd or autocast."""
-    return (x.dtype == torch.float32 and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and fuses(engine, x.device))
+    """Whether ``x`` goes through the fused operators: ``fuses`` for its device, in inference in fp32."""
+    return inference_in_fp32(x) and fuses(engine, x.device)
 
 
 def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, gelu: bool = False,
