@@ -1,5 +1,6 @@
 """amir's native CPU kernels (`amir_cli.network.native`) against the PyTorch operators they replace,
-one map shape at a time: LayerNorm, the GELU gate, the attention's Gram matrix with the norms of q
+one map shape at a time: LayerNorm, the block's feed-forward half (LayerNorm, feed-forward and
+residual, against PyTorch's fast path of them), the attention's Gram matrix with the norms of q
 and k, and spatial routing's mixture of experts (the shipped amir-s weights where the registry has
 them). The shapes are those of a 256x256 slice's levels in amir-s, and for the Gram matrix also
 larger maps (which decide where `native.GRAM_CHANNELS` and `GRAM_PIXELS` let the kernel serve).
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from amir_cli.network import native
+from amir_cli.network import native, restormer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from network_speed import build_model, paired_median_seconds  # noqa: E402
@@ -31,10 +32,13 @@ def cases():
         rows, w, b = torch.randn(pixels, channels), torch.rand(channels) + 0.5, torch.randn(channels)
         yield ("layer_norm", f"{pixels} x {channels}", lambda r=rows, w=w, b=b: F.layer_norm(r, r.shape[1:], w, b, 1e-5),
                lambda r=rows, w=w, b=b: native.layer_norm(r, w, b, 1e-5))
-    for pixels, hidden in [(65536, 21), (65536, 42), (16384, 42), (4096, 85), (1024, 170)]:
-        gate, value = torch.randn(pixels, hidden), torch.randn(pixels, hidden)
-        yield ("gelu_mul_", f"{pixels} x {hidden}", lambda g=gate, v=value: F.gelu(g) * v,
-               lambda g=gate, v=value: native.gelu_mul_(g.clone(), v))
+    for size, channels in [(256, 8), (256, 16), (128, 16), (64, 32), (32, 64)]:
+        block = restormer.TransformerBlock(channels, 1, 2.66, False, "WithBias").eval()
+        for m in (block.norm2, block.ffn):
+            m.engine = "plain"
+        x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
+        yield ("ffn_block", f"{size * size} x {channels}", lambda b=block, x=x: b.ffn(b.norm2(x), residual=x),
+               lambda b=block, x=x: native.ffn_block(x, b.norm2, b.ffn))
     for pixels, channels in [(65536, 8), (65536, 16), (16384, 16), (4096, 32), (1024, 64), (32768, 16),
                              (262144, 8), (262144, 16), (65536, 32), (16384, 64)]:
         qkv = torch.randn(1, pixels, 3 * channels)

@@ -48,7 +48,7 @@ def test_native_engine_equals_the_published_computation(config, size, chunked, m
 def test_native_kernels_run_in_cpu_inference_only(monkeypatch):
     monkeypatch.setattr(native, "GRAM_PIXELS", 0)
     calls = []
-    for name in ("layer_norm", "gelu_mul_", "gram", "experts"):
+    for name in ("layer_norm", "ffn_block", "gram", "experts"):
         real = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     model = random_model(RANDOM_CONFIGS[0]).set_computation(engine="native")
@@ -60,17 +60,59 @@ def test_native_kernels_run_in_cpu_inference_only(monkeypatch):
     assert calls == []
     with torch.no_grad():
         model.set_computation(engine="native")(x)  # (auto with one torch thread gates with oneDNN's fused GELU)
-    assert set(calls) == {"layer_norm", "gelu_mul_", "gram", "experts"}
+    assert set(calls) == {"layer_norm", "ffn_block", "gram", "experts"}
 
 
 @needs_native
-def test_gelu_gate_kernel_matches_the_exact_gelu():
-    """The kernel's GELU (a rational erf) against float64's exact one, from far negative to far positive."""
-    x = torch.linspace(-12, 12, 240001)
-    value = torch.rand_like(x) + 0.5
-    out = native.gelu_mul_(x.clone(), value)
-    exact = torch.nn.functional.gelu(x.double()) * value.double()
-    assert (out.double() - exact).abs().max() < 3e-6
+def test_feed_forward_kernel_gelu_matches_the_exact_gelu():
+    """The kernel's GELU (a rational erf) against float64's exact one, from far negative to far
+    positive: a block whose gates are its expansion's biases (one per channel, exact), values 1,
+    and the identity after the gate, on a zero pixel (its LayerNorm is 0)."""
+    gates = torch.linspace(-12, 12, 24000).view(-1, 1000)
+    block = restormer.TransformerBlock(1000, 1, 1.0, True, "WithBias").eval()
+    ffn = block.ffn
+    with torch.no_grad():
+        for p in ffn.parameters():
+            p.zero_()
+        ffn.dwconv.weight[:, 0, 1, 1] = 1
+        ffn.project_out.weight[:, :, 0, 0] = torch.eye(1000)
+        ffn.project_in.bias[1000:] = 1
+        x = torch.zeros(1, 1000, 1, 1).contiguous(memory_format=torch.channels_last)
+        out = []
+        for row in gates:
+            ffn.project_in.bias[:1000] = row
+            out.append(native.ffn_block(x, block.norm2, ffn).flatten())
+    exact = torch.nn.functional.gelu(gates.double())
+    assert (torch.stack(out).double() - exact).abs().max() < 3e-6
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dim, bias, norm, shape", [
+    (8, False, "WithBias", (1, 64, 64)), (8, True, "BiasFree", (2, 17, 35)), (16, False, "WithBias", (3, 33, 8)),
+    (42, True, "WithBias", (1, 20, 49)), (8, False, "WithBias", (2, 1, 1)), (5, True, "WithBias", (4, 2, 16))],
+    ids=lambda v: str(v))
+def test_feed_forward_kernel_equals_the_block_computed_by_operators(threads, dim, bias, norm, shape):
+    """x + FFN(LayerNorm(x)) in one pass against the operators: every width and padding of the
+    rows, images split into bands across threads or one image per thread, one row, one pixel."""
+    torch.manual_seed(dim)
+    block = restormer.TransformerBlock(dim, 1, 2.66, bias, norm).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.3)
+    B, H, W = shape
+    x = torch.randn(B, dim, H, W).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            out = native.ffn_block(x, block.norm2, block.ffn)
+            for m in (block.norm2, block.ffn):
+                m.engine = "plain"
+            ref = block.ffn(block.norm2(x), residual=x)
+    finally:
+        torch.set_num_threads(before)
+    assert (out - ref).abs().max() < 1e-5 * max(1.0, ref.abs().max().item())
 
 
 @needs_native

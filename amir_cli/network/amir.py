@@ -68,7 +68,7 @@ class AMIR(Computation, nn.Module):
         "auto" is dense off the CPU and sparse on it. norm: "channels" normalises over C in the
         convolutions' layout, "permuted" runs F.layer_norm on the NHWC view, "auto" is channels off
         the CPU and permuted on it. engine: "native" runs CPU fp32 inference with amir's own
-        compiled kernels (`native`: LayerNorm, the GELU gate, the Gram matrix, the experts), "fused" with
+        compiled kernels (`native`: LayerNorm, the whole feed-forward, the Gram matrix, the experts), "fused" with
         oneDNN's fused operators (a convolution with the GELU, product or residual sum after it,
         `onednn`), "plain" with PyTorch's alone, "auto" takes the kernels where they build and
         fuses too when torch runs one thread.

@@ -71,12 +71,6 @@ void amir_layer_norm(const float *x, const float *weight, const float *bias, flo
     }
 }
 
-/* The feed-forward's gate: out = GELU(gate) * value over n values (out may be gate). */
-void amir_gelu_mul(const float *gate, const float *value, float *out, int64_t n) {
-    #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) out[i] = gelu(gate[i]) * value[i];
-}
-
 /* The attention's Gram matrix and norms of `batch` images of `n` pixels: gram[b] = q[b]^T k[b]
  * (channels x channels) and squares[b] = the sums of squares of q's channels, then k's. Pixel p's
  * q and k start at q + b * image_q + p * row_q (k alike). Each of `threads` threads sums its share
@@ -267,4 +261,149 @@ void amir_experts(const float *tokens, const float *gate_w, const float *cue_log
     }
     #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n * channels; i++) out[i] = log_positive(mixed[i] == 0.0f ? floor : mixed[i]);
+}
+
+/* The second half of a transformer block in one pass: out = x + FFN(LayerNorm(x)), the feed-forward
+ * being a 1x1 expansion to 2 * hidden channels (gates, then values), a depthwise 3x3 convolution
+ * (zero padding), GELU(gate) * value, and a 1x1 projection back to `channels`. Rows of a band are
+ * expanded once into a ring of three planar rows (channel, then pixel) held by the thread, so the
+ * hidden map never exists: each thread's `work` holds 3 * 2 * hidden * stride floats. A bias may be
+ * NULL; without ln_b the LayerNorm is the bias-free variant (`amir_layer_norm`). */
+typedef float v8 __attribute__((vector_size(32)));
+#define FL 16  /* pixels computed side by side: two vectors */
+
+static inline v8 load8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
+static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+
+/* rows `n_out` of w (n_out x n_in) times the FL-pixel planar block `in` (n_in x FL), plus bias, into
+ * `out` (n_out rows `out_stride` apart), four rows at a time in registers */
+static void product_lanes(const float *w, const float *bias, const float *in, int64_t n_in, int64_t n_out,
+                          float *out, int64_t out_stride) {
+    int64_t o = 0;
+    for (; o + 4 <= n_out; o += 4) {
+        v8 a[4][2];
+        for (int q = 0; q < 4; q++) a[q][0] = a[q][1] = (v8){} + (bias ? bias[o + q] : 0.0f);
+        for (int64_t i = 0; i < n_in; i++) {
+            const v8 u = load8(in + i * FL), v = load8(in + i * FL + 8);
+            for (int q = 0; q < 4; q++) {
+                const float weight = w[(o + q) * n_in + i];
+                a[q][0] += weight * u;
+                a[q][1] += weight * v;
+            }
+        }
+        for (int q = 0; q < 4; q++) {
+            store8(out + (o + q) * out_stride, a[q][0]);
+            store8(out + (o + q) * out_stride + 8, a[q][1]);
+        }
+    }
+    for (; o < n_out; o++) {
+        v8 a0 = (v8){} + (bias ? bias[o] : 0.0f), a1 = a0;
+        for (int64_t i = 0; i < n_in; i++) {
+            const float weight = w[o * n_in + i];
+            a0 += weight * load8(in + i * FL);
+            a1 += weight * load8(in + i * FL + 8);
+        }
+        store8(out + o * out_stride, a0);
+        store8(out + o * out_stride + 8, a1);
+    }
+}
+
+/* LayerNorm of `lanes` pixels (NHWC, `channels` each) into the planar block `xt`, computed across
+ * the pixels side by side; lanes past them are 0 */
+static void norm_lanes(const float *x, const float *ln_w, const float *ln_b, float eps, int64_t channels,
+                       int64_t lanes, float *xt) {
+    for (int64_t c = 0; c < channels; c++)
+        for (int64_t l = 0; l < FL; l++) xt[c * FL + l] = l < lanes ? x[l * channels + c] : 0.0f;
+    for (int half = 0; half < 2; half++) {
+        float *col = xt + 8 * half;
+        v8 sum = {}, dev = {};
+        for (int64_t c = 0; c < channels; c++) sum += load8(col + c * FL);
+        const v8 mean = sum / (float)channels;
+        for (int64_t c = 0; c < channels; c++) {
+            const v8 d = load8(col + c * FL) - mean;
+            dev += d * d;
+        }
+        v8 rstd;
+        for (int l = 0; l < 8; l++) rstd[l] = 1.0f / sqrtf(dev[l] / (float)channels + eps);
+        for (int64_t c = 0; c < channels; c++) {
+            const v8 v = load8(col + c * FL);
+            store8(col + c * FL, ln_b ? (v - mean) * rstd * ln_w[c] + ln_b[c] : v * rstd * ln_w[c]);
+        }
+    }
+}
+
+void amir_ffn_block(const float *x, const float *ln_w, const float *ln_b, float eps, const float *w_in,
+                    const float *b_in, const float *w_dw, const float *b_dw, const float *w_out, const float *b_out,
+                    float *out, float *work, int64_t batch, int64_t height, int64_t width, int64_t channels,
+                    int64_t hidden, int64_t threads) {
+    const int64_t wide = 2 * hidden, padded = (width + FL - 1) / FL * FL;
+    const int64_t stride = padded + 2;  /* a planar row: zero, the row's pixels, zeros */
+    int64_t bands = threads, a = batch, b = threads;  /* bands per image: batch * bands a multiple of threads */
+    while (b) { int64_t t = a % b; a = b; b = t; }
+    bands /= a;
+    bands = bands > height ? height : bands;
+    const int64_t band = (height + bands - 1) / bands, units = batch * bands;
+    #pragma omp parallel num_threads((int)threads)
+    {
+        float *ring = work + omp_get_thread_num() * 3 * wide * stride;
+        float xt[channels * FL], gated[hidden * FL], projected[channels * FL], gate[FL], value[FL];
+        #pragma omp for schedule(static)
+        for (int64_t unit = 0; unit < units; unit++) {
+            const int64_t image = unit / bands, y0 = unit % bands * band;
+            const int64_t y1 = y0 + band < height ? y0 + band : height;
+            const float *img = x + image * height * width * channels;
+            float *dst = out + image * height * width * channels;
+            for (int64_t y = y0 - 1; y <= y1; y++) {
+                /* expand row y into its ring slot */
+                float *slot = ring + (y + 3) % 3 * wide * stride;
+                if (y < 0 || y >= height) {
+                    memset(slot, 0, sizeof(float) * wide * stride);
+                } else {
+                    for (int64_t x0 = 0; x0 < width; x0 += FL) {
+                        const int64_t lanes = width - x0 < FL ? width - x0 : FL;
+                        norm_lanes(img + (y * width + x0) * channels, ln_w, ln_b, eps, channels, lanes, xt);
+                        product_lanes(w_in, b_in, xt, channels, wide, slot + 1 + x0, stride);
+                    }
+                    for (int64_t j = 0; j < wide; j++) {
+                        float *row = slot + j * stride;
+                        row[0] = 0.0f;
+                        for (int64_t i = 1 + width; i < stride; i++) row[i] = 0.0f;
+                    }
+                }
+                if (y - 1 < y0) continue;
+                /* output row r = y - 1 from the slots of rows r - 1, r, r + 1 */
+                const int64_t r = y - 1;
+                const float *rows[3] = {ring + (r + 2) % 3 * wide * stride, ring + r % 3 * wide * stride,
+                                        ring + (r + 1) % 3 * wide * stride};
+                for (int64_t x0 = 0; x0 < width; x0 += FL) {
+                    const int64_t lanes = width - x0 < FL ? width - x0 : FL;
+                    for (int64_t j = 0; j < hidden; j++) {
+                        for (int half = 0; half < 2; half++) {
+                            const int64_t ch = j + half * hidden;
+                            const float *k = w_dw + ch * 9;
+                            v8 a0 = (v8){} + (b_dw ? b_dw[ch] : 0.0f), a1 = a0;
+                            for (int dy = 0; dy < 3; dy++) {
+                                const float *p = rows[dy] + ch * stride + x0;
+                                for (int dx = 0; dx < 3; dx++) {
+                                    a0 += k[dy * 3 + dx] * load8(p + dx);
+                                    a1 += k[dy * 3 + dx] * load8(p + dx + 8);
+                                }
+                            }
+                            float *to = half ? value : gate;
+                            store8(to, a0);
+                            store8(to + 8, a1);
+                        }
+                        #pragma omp simd
+                        for (int l = 0; l < FL; l++) gated[j * FL + l] = gelu(gate[l]) * value[l];
+                    }
+                    product_lanes(w_out, b_out, gated, hidden, channels, projected, FL);
+                    const float *res = img + (r * width + x0) * channels;
+                    float *o = dst + (r * width + x0) * channels;
+                    for (int64_t l = 0; l < lanes; l++)
+                        for (int64_t c = 0; c < channels; c++)
+                            o[l * channels + c] = res[l * channels + c] + projected[c * FL + l];
+                }
+            }
+        }
+    }
 }

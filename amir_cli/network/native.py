@@ -1,5 +1,6 @@
 """amir's own fused CPU kernels (`native.c`) for fp32 inference: LayerNorm over a few channels
-per pixel, the feed-forward's GELU gate, the attention's Gram matrix with the norms of q and k,
+per pixel; a transformer block's second half (LayerNorm, the gated feed-forward, the residual) in
+one pass that never holds the hidden map; the attention's Gram matrix with the norms of q and k;
 and spatial routing's whole mixture of experts (gating, each expert on its own pixels, the
 log-space combine) in one call where PyTorch's operators take some twenty passes over memory.
 Their GELU uses a rational approximation of erf without exp.
@@ -90,10 +91,10 @@ def library() -> ctypes.CDLL | None:
         return None
     p, i = ctypes.c_void_p, ctypes.c_int64
     lib.amir_layer_norm.argtypes = [p, p, p, p, i, i, ctypes.c_float]
-    lib.amir_gelu_mul.argtypes = [p, p, p, i]
     lib.amir_gram.argtypes = [p, p, i, i, i, i, i, i, i, i, p, p, p]
     lib.amir_experts.argtypes = [p] * 11 + [i] * 7 + [ctypes.c_float]
-    for name in ("amir_layer_norm", "amir_gelu_mul", "amir_gram", "amir_experts"):
+    lib.amir_ffn_block.argtypes = [p, p, p, ctypes.c_float] + [p] * 8 + [i] * 6
+    for name in ("amir_layer_norm", "amir_ffn_block", "amir_gram", "amir_experts"):
         getattr(lib, name).restype = None
     return lib
 
@@ -138,12 +139,6 @@ def layer_norm(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out
 
 
-def gelu_mul_(gate: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """gate = GELU(gate) * value, in place, for two maps of one shape and memory layout, each dense."""
-    _run("amir_gelu_mul", _ptr(gate), _ptr(value), _ptr(gate), gate.numel())
-    return gate
-
-
 def gram(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(q^T k, (B, C, C); the sums of squares of q's channels, then k's, (B, 2C)) for (B, N, C) maps
     whose channels are contiguous within a pixel (strided views of one q/k/v map will do)."""
@@ -174,4 +169,22 @@ def experts(tokens: torch.Tensor, per_image: int, gate_w: torch.Tensor, cue_logi
         n = min(step, N - first)
         _run("amir_experts", _ptr(tokens[first:]), *map(_ptr, args), _ptr(out[first:]), _ptr(chosen), _ptr(order),
              _ptr(gates), n, first, per_image, C, hidden, E, k, floor)
+    return out
+
+
+def ffn_block(x: torch.Tensor, norm, ffn) -> torch.Tensor:
+    """x + ffn(norm(x)) for a channels-last (B, C, H, W) map, in one pass that never holds the
+    hidden map: ``norm`` a ChannelLayerNorm, ``ffn`` a GatedDconvFeedForward (modules, for their weights)."""
+    B, C, H, W = x.shape
+    hidden = ffn.project_out.in_channels
+    threads = torch.get_num_threads()
+    stride = -(-W // 16) * 16 + 2  # a row of the kernel's ring: its pixels in whole vectors, and a zero each side
+    work = x.new_empty(threads * 3 * 2 * hidden * stride)
+    out = torch.empty_like(x)
+    weights = [None if t is None else t.detach().contiguous() for t in (
+        norm.body.weight, norm.body.bias, ffn.project_in.weight, ffn.project_in.bias, ffn.dwconv.weight,
+        ffn.dwconv.bias, ffn.project_out.weight, ffn.project_out.bias)]
+    ln_w, ln_b, w_in, b_in, w_dw, b_dw, w_out, b_out = weights
+    _run("amir_ffn_block", _ptr(x), _ptr(ln_w), _ptr(ln_b), 1e-5, _ptr(w_in), _ptr(b_in), _ptr(w_dw), _ptr(b_dw),
+         _ptr(w_out), _ptr(b_out), _ptr(out), _ptr(work), B, H, W, C, hidden, threads)
     return out

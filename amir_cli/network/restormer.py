@@ -105,11 +105,6 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x)
 
 
-def _dense(x: torch.Tensor) -> bool:
-    """Whether a map's elements fill its memory without gaps, in NCHW or NHWC order."""
-    return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-
-
 def _nhwc_rows(x: torch.Tensor) -> torch.Tensor:
     """The (B * H * W, C) rows of a channels-last (B, C, H, W) map: a view."""
     return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
@@ -198,8 +193,6 @@ class GatedDconvFeedForward(Computation, nn.Module):
         if fuse:
             return branch(slice(hidden + lo, hidden + hi), mul=branch(slice(lo, hi), gelu=True))
         gate, value = branch(slice(lo, hi)), branch(slice(hidden + lo, hidden + hi))
-        if native.applies(self.engine, x) and gate.stride() == value.stride() and _dense(gate):
-            return native.gelu_mul_(gate, value)
         gate = gelu(gate)
         return gate * value if torch.is_grad_enabled() else gate.mul_(value)
 
@@ -288,6 +281,8 @@ class TransformerBlock(Computation, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = channels_last(x, self.reference)
         x = self.attn(self.norm1(x), residual=x)
+        if native.applies(self.engine, x) and x.is_contiguous(memory_format=torch.channels_last):
+            return native.ffn_block(x, self.norm2, self.ffn)
         return self.ffn(self.norm2(x), residual=x)
 
 
