@@ -269,8 +269,8 @@ def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progre
 
 def engine(model, device, precision: str = "fp32") -> str:
     """How the network computes on ``device``: "native" (amir's compiled kernels), "fused" (oneDNN's
-    fused operators), both ("native+fused": auto with one torch thread), or "plain" (PyTorch's
-    operators alone). Both serve CPU fp32 inference; auto takes the kernels wherever they build."""
+    fused operators), or "plain" (PyTorch's operators alone). Both serve CPU fp32 inference; auto
+    takes the kernels wherever they build, else fuses with one torch thread."""
     import torch
 
     from .network import native, onednn

@@ -1,10 +1,8 @@
 """amir's native CPU kernels (`amir_cli.network.native`) against the PyTorch operators they replace,
-one map shape at a time: LayerNorm, the block's feed-forward half (LayerNorm, feed-forward and
-residual, against PyTorch's fast path of them), the attention's Gram matrix with the norms of q
-and k, and spatial routing's mixture of experts (the shipped amir-s weights where the registry has
-them). The shapes are those of a 256x256 slice's levels in amir-s, and for the Gram matrix also
-larger maps (which decide where `native.GRAM_CHANNELS` and `GRAM_PIXELS` let the kernel serve).
-Medians of --repeats calls, the two alternating; the table also goes to
+one map shape at a time: each half of a transformer block (LayerNorm, attention or feed-forward,
+residual; against PyTorch's fast path of them) and spatial routing's mixture of experts (the
+shipped amir-s weights where the registry has them). The shapes are those of a 256x256 slice's
+levels in amir-s. Medians of --repeats calls, the two alternating; the table also goes to
 benchmarks/results/native_kernels_cpu.txt (--out).
 
     python benchmarks/native_kernels.py            # about a minute on 2 cores
@@ -16,7 +14,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from amir_cli.network import native, restormer
 
@@ -28,23 +25,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def cases():
     """(kernel, shape, PyTorch's way, the kernel's way) for each row."""
-    for pixels, channels in [(65536, 8), (65536, 16), (16384, 16), (4096, 32), (1024, 64)]:
-        rows, w, b = torch.randn(pixels, channels), torch.rand(channels) + 0.5, torch.randn(channels)
-        yield ("layer_norm", f"{pixels} x {channels}", lambda r=rows, w=w, b=b: F.layer_norm(r, r.shape[1:], w, b, 1e-5),
-               lambda r=rows, w=w, b=b: native.layer_norm(r, w, b, 1e-5))
-    for size, channels in [(256, 8), (256, 16), (128, 16), (64, 32), (32, 64)]:
-        block = restormer.TransformerBlock(channels, 1, 2.66, False, "WithBias").eval()
-        for m in (block.norm2, block.ffn):
-            m.engine = "plain"
+    for size, channels, heads in [(256, 8, 1), (256, 16, 1), (128, 16, 2), (64, 32, 4), (32, 64, 8)]:
+        block = restormer.TransformerBlock(channels, heads, 2.66, False, "WithBias").eval()
+        for m in block.modules():
+            if isinstance(m, restormer.Computation):
+                m.engine = "plain"
         x = torch.randn(1, channels, size, size).contiguous(memory_format=torch.channels_last)
-        yield ("ffn_block", f"{size * size} x {channels}", lambda b=block, x=x: b.ffn(b.norm2(x), residual=x),
+        shape = f"{size * size} x {channels}"
+        yield ("attention_block", shape, lambda b=block, x=x: b.attn(b.norm1(x), residual=x),
+               lambda b=block, x=x: native.attention_block(x, b.norm1, b.attn))
+        yield ("ffn_block", shape, lambda b=block, x=x: b.ffn(b.norm2(x), residual=x),
                lambda b=block, x=x: native.ffn_block(x, b.norm2, b.ffn))
-    for pixels, channels in [(65536, 8), (65536, 16), (16384, 16), (4096, 32), (1024, 64), (32768, 16),
-                             (262144, 8), (262144, 16), (65536, 32), (16384, 64)]:
-        qkv = torch.randn(1, pixels, 3 * channels)
-        q, k = qkv[..., :channels], qkv[..., channels : 2 * channels]
-        yield ("gram", f"{pixels} x {channels}", lambda qkv=qkv, q=q, k=k, c=channels: (q.transpose(1, 2) @ k, qkv[..., : 2 * c].square().sum(1)),
-               lambda q=q, k=k: native.gram(q, k))
     model, _ = build_model("amir-s", torch.device("cpu"))
     instruction = model.instruction(torch.rand(1, 1, 256, 256))
     for level, size in [(1, 256), (2, 128), (3, 64)]:

@@ -27,14 +27,9 @@ ROUTING_CONFIGS = [  # top-1, top-3 of 5 experts, and every expert at once
 @pytest.mark.parametrize("config", RANDOM_CONFIGS + ROUTING_CONFIGS,
                          ids=lambda c: f"dim{c.dim}-{c.layernorm_type}-bias{c.bias}-top{c.top_k}of{c.num_experts}")
 @pytest.mark.parametrize("size", [(40, 48), (37, 53)], ids=["40x48", "37x53"])
-@pytest.mark.parametrize("chunked", [False, True], ids=["whole-maps", "chunked"])
-def test_native_engine_equals_the_published_computation(config, size, chunked, monkeypatch):
-    """Two images of a batch (each with its own routing cue), a size that the U-Net pads, maps
-    whole or in groups (large images: q and k apart, the hidden channels in groups); twice the
-    same to the bit."""
-    if chunked:
-        monkeypatch.setattr(restormer, "_FFN_CHUNK", 1000)
-    monkeypatch.setattr(native, "GRAM_PIXELS", 0)  # the Gram kernel at every size that it serves
+def test_native_engine_equals_the_published_computation(config, size):
+    """Two images of a batch (each with its own routing cue), a size that the U-Net pads; twice
+    the same to the bit."""
     model = random_model(config).eval()
     x = torch.rand(2, 1, *size)
     with torch.no_grad():
@@ -46,9 +41,8 @@ def test_native_engine_equals_the_published_computation(config, size, chunked, m
 
 @needs_native
 def test_native_kernels_run_in_cpu_inference_only(monkeypatch):
-    monkeypatch.setattr(native, "GRAM_PIXELS", 0)
     calls = []
-    for name in ("layer_norm", "ffn_block", "gram", "experts"):
+    for name in ("attention_block", "ffn_block", "experts"):
         real = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
     model = random_model(RANDOM_CONFIGS[0]).set_computation(engine="native")
@@ -57,10 +51,11 @@ def test_native_kernels_run_in_cpu_inference_only(monkeypatch):
     model(x)[0].sum().backward()
     with torch.no_grad():
         model.eval().set_computation(engine="plain")(x)
+        model.set_computation(reference=True)(x)
     assert calls == []
     with torch.no_grad():
-        model.set_computation(engine="native")(x)  # (auto with one torch thread gates with oneDNN's fused GELU)
-    assert set(calls) == {"layer_norm", "ffn_block", "gram", "experts"}
+        model.set_computation(engine="native")(x)
+    assert set(calls) == {"attention_block", "ffn_block", "experts"}
 
 
 @needs_native
@@ -88,28 +83,29 @@ def test_feed_forward_kernel_gelu_matches_the_exact_gelu():
 
 @needs_native
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("dim, bias, norm, shape", [
-    (8, False, "WithBias", (1, 64, 64)), (8, True, "BiasFree", (2, 17, 35)), (16, False, "WithBias", (3, 33, 8)),
-    (42, True, "WithBias", (1, 20, 49)), (8, False, "WithBias", (2, 1, 1)), (5, True, "WithBias", (4, 2, 16))],
-    ids=lambda v: str(v))
-def test_feed_forward_kernel_equals_the_block_computed_by_operators(threads, dim, bias, norm, shape):
-    """x + FFN(LayerNorm(x)) in one pass against the operators: every width and padding of the
-    rows, images split into bands across threads or one image per thread, one row, one pixel."""
+@pytest.mark.parametrize("dim, heads, bias, norm, shape", [
+    (8, 1, False, "WithBias", (1, 64, 64)), (8, 2, True, "BiasFree", (2, 17, 35)), (16, 4, False, "WithBias", (3, 33, 8)),
+    (42, 3, True, "WithBias", (1, 20, 49)), (8, 1, False, "WithBias", (2, 1, 1)), (5, 1, True, "WithBias", (4, 2, 16)),
+    (72, 8, False, "WithBias", (1, 9, 16))], ids=lambda v: str(v))
+def test_block_kernels_equal_the_block_computed_by_operators(threads, dim, heads, bias, norm, shape):
+    """Both halves of a transformer block, each streaming rows, against the operators: channels
+    in whole vectors and not, every padding of the rows, images split into bands across threads or
+    one image per thread, one row, one pixel, heads of one to nine channels."""
     torch.manual_seed(dim)
-    block = restormer.TransformerBlock(dim, 1, 2.66, bias, norm).eval()
+    block = restormer.TransformerBlock(dim, heads, 2.66, bias, norm).eval()
     with torch.no_grad():
         for p in block.parameters():
             p.normal_(0, 0.3)
-    B, H, W = shape
-    x = torch.randn(B, dim, H, W).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(*shape[:1], dim, *shape[1:]).contiguous(memory_format=torch.channels_last)
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
         with torch.no_grad():
-            out = native.ffn_block(x, block.norm2, block.ffn)
-            for m in (block.norm2, block.ffn):
-                m.engine = "plain"
-            ref = block.ffn(block.norm2(x), residual=x)
+            out = block(x)
+            for m in block.modules():
+                if isinstance(m, restormer.Computation):
+                    m.engine = "plain"
+            ref = block(x)
     finally:
         torch.set_num_threads(before)
     assert (out - ref).abs().max() < 1e-5 * max(1.0, ref.abs().max().item())

@@ -6,6 +6,9 @@
 #include <omp.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 /* exp(x) without libm calls, so that loops vectorise: 2^n * e^r, |r| <= ln2 / 2, with a degree-6
  * polynomial for e^r (relative error about 2e-7); x is clamped to [-87, 88]. */
@@ -44,72 +47,6 @@ static inline float gelu(float x) {
     q = q * t + 5.202158799e-01f;
     q = q * t + 1.0f;
     return 0.5f * x * (1.0f + z * p / q);
-}
-
-/* LayerNorm over the last axis of `rows` rows of `channels` values: y = (x - mean) / sqrt(var + eps)
- * * weight + bias. Without a bias (NULL) the mean is not removed, only divided by the deviation. */
-void amir_layer_norm(const float *x, const float *weight, const float *bias, float *y, int64_t rows,
-                     int64_t channels, float eps) {
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *in = x + r * channels;
-        float *out = y + r * channels;
-        float sum = 0.0f, dev = 0.0f;
-        #pragma omp simd reduction(+:sum)
-        for (int64_t c = 0; c < channels; c++) sum += in[c];
-        float mean = sum / (float)channels;
-        #pragma omp simd reduction(+:dev)
-        for (int64_t c = 0; c < channels; c++) dev += (in[c] - mean) * (in[c] - mean);
-        float rstd = 1.0f / sqrtf(dev / (float)channels + eps);
-        if (bias) {
-            #pragma omp simd
-            for (int64_t c = 0; c < channels; c++) out[c] = (in[c] - mean) * rstd * weight[c] + bias[c];
-        } else {
-            #pragma omp simd
-            for (int64_t c = 0; c < channels; c++) out[c] = in[c] * rstd * weight[c];
-        }
-    }
-}
-
-/* The attention's Gram matrix and norms of `batch` images of `n` pixels: gram[b] = q[b]^T k[b]
- * (channels x channels) and squares[b] = the sums of squares of q's channels, then k's. Pixel p's
- * q and k start at q + b * image_q + p * row_q (k alike). Each of `threads` threads sums its share
- * of the pixels into its own part of `partial` (threads * (channels^2 + 2 * channels) floats); the
- * parts are added in thread order, so that a run repeats itself exactly. */
-void amir_gram(const float *q, const float *k, int64_t row_q, int64_t row_k, int64_t image_q, int64_t image_k,
-               int64_t batch, int64_t n, int64_t channels, int64_t threads, float *partial, float *gram,
-               float *squares) {
-    const int64_t size = channels * channels + 2 * channels;
-    for (int64_t b = 0; b < batch; b++) {
-        memset(partial, 0, sizeof(float) * threads * size);
-        #pragma omp parallel num_threads((int)threads)
-        {
-            float *sum = partial + omp_get_thread_num() * size, *sq = sum + channels * channels;
-            #pragma omp for schedule(static)
-            for (int64_t p = 0; p < n; p++) {
-                const float *qp = q + b * image_q + p * row_q, *kp = k + b * image_k + p * row_k;
-                for (int64_t i = 0; i < channels; i++) {
-                    const float qi = qp[i];
-                    float *row = sum + i * channels;
-                    #pragma omp simd
-                    for (int64_t j = 0; j < channels; j++) row[j] += qi * kp[j];
-                }
-                #pragma omp simd
-                for (int64_t i = 0; i < channels; i++) {
-                    sq[i] += qp[i] * qp[i];
-                    sq[channels + i] += kp[i] * kp[i];
-                }
-            }
-        }
-        float *out = gram + b * channels * channels, *out_sq = squares + b * 2 * channels;
-        memcpy(out, partial, sizeof(float) * channels * channels);
-        memcpy(out_sq, partial + channels * channels, sizeof(float) * 2 * channels);
-        for (int t = 1; t < threads; t++) {
-            const float *part = partial + t * size;
-            for (int64_t i = 0; i < channels * channels; i++) out[i] += part[i];
-            for (int64_t i = 0; i < 2 * channels; i++) out_sq[i] += part[channels * channels + i];
-        }
-    }
 }
 
 /* log(x) for x > 0 without libm calls: x = m * 2^e with m in [sqrt(1/2), sqrt(2)), then a degree-9
@@ -263,17 +200,74 @@ void amir_experts(const float *tokens, const float *gate_w, const float *cue_log
     for (int64_t i = 0; i < n * channels; i++) out[i] = log_positive(mixed[i] == 0.0f ? floor : mixed[i]);
 }
 
-/* The second half of a transformer block in one pass: out = x + FFN(LayerNorm(x)), the feed-forward
- * being a 1x1 expansion to 2 * hidden channels (gates, then values), a depthwise 3x3 convolution
- * (zero padding), GELU(gate) * value, and a 1x1 projection back to `channels`. Rows of a band are
- * expanded once into a ring of three planar rows (channel, then pixel) held by the thread, so the
- * hidden map never exists: each thread's `work` holds 3 * 2 * hidden * stride floats. A bias may be
- * NULL; without ln_b the LayerNorm is the bias-free variant (`amir_layer_norm`). */
+/* A transformer block's halves stream rows: LayerNorm of x's pixels, a 1x1 expansion to `wide`
+ * channels and a depthwise 3x3 convolution (zero padding), then a back end per block of pixels.
+ * Each band of rows is expanded once, row by row, into a ring of three planar rows (channel, then
+ * pixel) held by its thread, so the expanded map never exists: `work` holds threads * 3 * wide *
+ * stride floats (`stride`: a row's pixels in whole blocks, and a zero each side). A bias may be
+ * NULL; without ln_b the LayerNorm is the bias-free variant (the deviation divides, the mean stays). */
 typedef float v8 __attribute__((vector_size(32)));
 #define FL 16  /* pixels computed side by side: two vectors */
 
 static inline v8 load8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+
+/* Eight vectors transposed in place: r[i][j] <- r[j][i] */
+static inline void transpose8(v8 r[8]) {
+#ifdef __AVX__
+    __m256 t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps((__m256)r[i], (__m256)r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps((__m256)r[i], (__m256)r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = (v8)_mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        r[i + 4] = (v8)_mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+#else
+    for (int i = 0; i < 8; i++)
+        for (int j = i + 1; j < 8; j++) {
+            const float t = r[i][j];
+            r[i][j] = r[j][i];
+            r[j][i] = t;
+        }
+#endif
+}
+
+/* `lanes` pixels of `channels` each (NHWC) into the planar block xt (channels x FL); lanes past them are 0 */
+static void to_planar(const float *x, int64_t channels, int64_t lanes, float *xt) {
+    int64_t c0 = 0;
+    for (; c0 + 8 <= channels; c0 += 8)
+        for (int64_t l0 = 0; l0 < FL; l0 += 8) {
+            v8 r[8];
+            for (int64_t p = 0; p < 8; p++) r[p] = l0 + p < lanes ? load8(x + (l0 + p) * channels + c0) : (v8){};
+            transpose8(r);
+            for (int i = 0; i < 8; i++) store8(xt + (c0 + i) * FL + l0, r[i]);
+        }
+    for (int64_t c = c0; c < channels; c++)
+        for (int64_t l = 0; l < FL; l++) xt[c * FL + l] = l < lanes ? x[l * channels + c] : 0.0f;
+}
+
+/* out = res + the planar block (channels x FL) for `lanes` pixels of `channels` each (NHWC) */
+static void from_planar_add(const float *planar, const float *res, int64_t channels, int64_t lanes, float *out) {
+    int64_t c0 = 0;
+    for (; c0 + 8 <= channels; c0 += 8)
+        for (int64_t l0 = 0; l0 < lanes; l0 += 8) {
+            v8 r[8];
+            for (int i = 0; i < 8; i++) r[i] = load8(planar + (c0 + i) * FL + l0);
+            transpose8(r);
+            for (int64_t p = 0; p < 8 && l0 + p < lanes; p++)
+                store8(out + (l0 + p) * channels + c0, r[p] + load8(res + (l0 + p) * channels + c0));
+        }
+    for (int64_t l = 0; l < lanes; l++)
+        for (int64_t c = c0; c < channels; c++) out[l * channels + c] = res[l * channels + c] + planar[c * FL + l];
+}
 
 /* rows `n_out` of w (n_out x n_in) times the FL-pixel planar block `in` (n_in x FL), plus bias, into
  * `out` (n_out rows `out_stride` apart), four rows at a time in registers */
@@ -312,8 +306,7 @@ static void product_lanes(const float *w, const float *bias, const float *in, in
  * the pixels side by side; lanes past them are 0 */
 static void norm_lanes(const float *x, const float *ln_w, const float *ln_b, float eps, int64_t channels,
                        int64_t lanes, float *xt) {
-    for (int64_t c = 0; c < channels; c++)
-        for (int64_t l = 0; l < FL; l++) xt[c * FL + l] = l < lanes ? x[l * channels + c] : 0.0f;
+    to_planar(x, channels, lanes, xt);
     for (int half = 0; half < 2; half++) {
         float *col = xt + 8 * half;
         v8 sum = {}, dev = {};
@@ -332,27 +325,39 @@ static void norm_lanes(const float *x, const float *ln_w, const float *ln_b, flo
     }
 }
 
-void amir_ffn_block(const float *x, const float *ln_w, const float *ln_b, float eps, const float *w_in,
-                    const float *b_in, const float *w_dw, const float *b_dw, const float *w_out, const float *b_out,
-                    float *out, float *work, int64_t batch, int64_t height, int64_t width, int64_t channels,
-                    int64_t hidden, int64_t threads) {
-    const int64_t wide = 2 * hidden, padded = (width + FL - 1) / FL * FL;
-    const int64_t stride = padded + 2;  /* a planar row: zero, the row's pixels, zeros */
-    int64_t bands = threads, a = batch, b = threads;  /* bands per image: batch * bands a multiple of threads */
+typedef struct {
+    const float *x, *ln_w, *ln_b, *w_in, *b_in, *w_dw, *b_dw;
+    float eps;
+    int64_t batch, height, width, channels, wide, threads;
+} stream_t;
+
+/* The back end: given the depthwise outputs `d` (wide x FL, planar) of pixels x0.. (`lanes` of
+ * them) of row r of an image, computed by band `unit` */
+typedef void (*back_t)(const void *ctx, const stream_t *s, int64_t unit, int64_t image, int64_t r, int64_t x0,
+                       int64_t lanes, float *d);
+
+/* Bands per image: as many as threads, fewer where images alone share out evenly (batch * bands a
+ * multiple of threads), at most one per row */
+static int64_t bands_per_image(const stream_t *s) {
+    int64_t a = s->batch, b = s->threads;
     while (b) { int64_t t = a % b; a = b; b = t; }
-    bands /= a;
-    bands = bands > height ? height : bands;
-    const int64_t band = (height + bands - 1) / bands, units = batch * bands;
-    #pragma omp parallel num_threads((int)threads)
+    const int64_t bands = s->threads / a;
+    return bands > s->height ? s->height : bands;
+}
+
+static void stream(const stream_t *s, float *work, back_t back, const void *ctx) {
+    const int64_t C = s->channels, wide = s->wide, width = s->width, height = s->height;
+    const int64_t stride = (width + FL - 1) / FL * FL + 2, bands = bands_per_image(s);
+    const int64_t band = (height + bands - 1) / bands, units = s->batch * bands;
+    #pragma omp parallel num_threads((int)s->threads)
     {
         float *ring = work + omp_get_thread_num() * 3 * wide * stride;
-        float xt[channels * FL], gated[hidden * FL], projected[channels * FL], gate[FL], value[FL];
+        float xt[C * FL], d[wide * FL];
         #pragma omp for schedule(static)
         for (int64_t unit = 0; unit < units; unit++) {
             const int64_t image = unit / bands, y0 = unit % bands * band;
             const int64_t y1 = y0 + band < height ? y0 + band : height;
-            const float *img = x + image * height * width * channels;
-            float *dst = out + image * height * width * channels;
+            const float *img = s->x + image * height * width * C;
             for (int64_t y = y0 - 1; y <= y1; y++) {
                 /* expand row y into its ring slot */
                 float *slot = ring + (y + 3) % 3 * wide * stride;
@@ -361,8 +366,8 @@ void amir_ffn_block(const float *x, const float *ln_w, const float *ln_b, float 
                 } else {
                     for (int64_t x0 = 0; x0 < width; x0 += FL) {
                         const int64_t lanes = width - x0 < FL ? width - x0 : FL;
-                        norm_lanes(img + (y * width + x0) * channels, ln_w, ln_b, eps, channels, lanes, xt);
-                        product_lanes(w_in, b_in, xt, channels, wide, slot + 1 + x0, stride);
+                        norm_lanes(img + (y * width + x0) * C, s->ln_w, s->ln_b, s->eps, C, lanes, xt);
+                        product_lanes(s->w_in, s->b_in, xt, C, wide, slot + 1 + x0, stride);
                     }
                     for (int64_t j = 0; j < wide; j++) {
                         float *row = slot + j * stride;
@@ -371,39 +376,123 @@ void amir_ffn_block(const float *x, const float *ln_w, const float *ln_b, float 
                     }
                 }
                 if (y - 1 < y0) continue;
-                /* output row r = y - 1 from the slots of rows r - 1, r, r + 1 */
+                /* row r = y - 1 from the slots of rows r - 1, r, r + 1 */
                 const int64_t r = y - 1;
                 const float *rows[3] = {ring + (r + 2) % 3 * wide * stride, ring + r % 3 * wide * stride,
                                         ring + (r + 1) % 3 * wide * stride};
                 for (int64_t x0 = 0; x0 < width; x0 += FL) {
-                    const int64_t lanes = width - x0 < FL ? width - x0 : FL;
-                    for (int64_t j = 0; j < hidden; j++) {
-                        for (int half = 0; half < 2; half++) {
-                            const int64_t ch = j + half * hidden;
-                            const float *k = w_dw + ch * 9;
-                            v8 a0 = (v8){} + (b_dw ? b_dw[ch] : 0.0f), a1 = a0;
-                            for (int dy = 0; dy < 3; dy++) {
-                                const float *p = rows[dy] + ch * stride + x0;
-                                for (int dx = 0; dx < 3; dx++) {
-                                    a0 += k[dy * 3 + dx] * load8(p + dx);
-                                    a1 += k[dy * 3 + dx] * load8(p + dx + 8);
-                                }
+                    for (int64_t ch = 0; ch < wide; ch++) {
+                        const float *k = s->w_dw + ch * 9;
+                        v8 a0 = (v8){} + (s->b_dw ? s->b_dw[ch] : 0.0f), a1 = a0;
+                        for (int dy = 0; dy < 3; dy++) {
+                            const float *p = rows[dy] + ch * stride + x0;
+                            for (int dx = 0; dx < 3; dx++) {
+                                a0 += k[dy * 3 + dx] * load8(p + dx);
+                                a1 += k[dy * 3 + dx] * load8(p + dx + 8);
                             }
-                            float *to = half ? value : gate;
-                            store8(to, a0);
-                            store8(to + 8, a1);
                         }
-                        #pragma omp simd
-                        for (int l = 0; l < FL; l++) gated[j * FL + l] = gelu(gate[l]) * value[l];
+                        store8(d + ch * FL, a0);
+                        store8(d + ch * FL + 8, a1);
                     }
-                    product_lanes(w_out, b_out, gated, hidden, channels, projected, FL);
-                    const float *res = img + (r * width + x0) * channels;
-                    float *o = dst + (r * width + x0) * channels;
-                    for (int64_t l = 0; l < lanes; l++)
-                        for (int64_t c = 0; c < channels; c++)
-                            o[l * channels + c] = res[l * channels + c] + projected[c * FL + l];
+                    back(ctx, s, unit, image, r, x0, width - x0 < FL ? width - x0 : FL, d);
                 }
             }
         }
     }
+}
+
+typedef struct {
+    const float *w_out, *b_out;
+    int64_t w_image, gated;
+    float *out;
+} project_t;
+
+/* out = x + b_out + w_out @ h for the block's pixels, h being the depthwise outputs, or with
+ * `gated` GELU(first half) * second half of them; w_out (channels x h's channels) moves on by
+ * w_image floats from one image to the next */
+static void back_project(const void *ctx, const stream_t *s, int64_t unit, int64_t image, int64_t r, int64_t x0,
+                         int64_t lanes, float *d) {
+    (void)unit;
+    const project_t *p = ctx;
+    const int64_t C = s->channels, hidden = p->gated ? s->wide / 2 : s->wide;
+    float projected[C * FL];
+    if (p->gated)
+        for (int64_t j = 0; j < hidden; j++) {
+            float *gate = d + j * FL;
+            const float *value = d + (hidden + j) * FL;
+            #pragma omp simd
+            for (int l = 0; l < FL; l++) gate[l] = gelu(gate[l]) * value[l];
+        }
+    product_lanes(p->w_out + image * p->w_image, p->b_out, d, hidden, C, projected, FL);
+    const int64_t at = ((image * s->height + r) * s->width + x0) * C;
+    const float *res = s->x + at;
+    float *o = p->out + at;
+    from_planar_add(projected, res, C, lanes, o);
+}
+
+/* A block half with a projection after the depthwise convolution: the feed-forward (`gated`, wide
+ * = 2 * hidden) or the attention's output, v's channels times each image's matrix (w_image =
+ * channels^2). */
+void amir_block_half(const float *x, const float *ln_w, const float *ln_b, float eps, const float *w_in,
+                     const float *b_in, const float *w_dw, const float *b_dw, const float *w_out, int64_t w_image,
+                     const float *b_out, int64_t gated, float *out, float *work, int64_t batch, int64_t height,
+                     int64_t width, int64_t channels, int64_t wide, int64_t threads) {
+    const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, channels, wide, threads};
+    const project_t p = {w_out, b_out, w_image, gated, out};
+    stream(&s, work, back_project, &p);
+}
+
+typedef struct {
+    int64_t heads;
+    float *partial;
+} gram_t;
+
+/* Adds the block's q^T k per head and the squares of q's and k's channels (q the first half of
+ * the depthwise outputs, k the second) to the band's partial sums, eight lanes each */
+static void back_gram(const void *ctx, const stream_t *s, int64_t unit, int64_t image, int64_t r, int64_t x0,
+                      int64_t lanes, float *d) {
+    (void)image, (void)r, (void)x0;
+    const gram_t *g = ctx;
+    const int64_t C = s->channels, c = C / g->heads;
+    float *acc = g->partial + unit * (g->heads * c * c + 2 * C) * 8, *sq = acc + g->heads * c * c * 8;
+    if (lanes < FL)  /* the depthwise outputs past the row's end are not pixels */
+        for (int64_t ch = 0; ch < 2 * C; ch++)
+            for (int64_t l = lanes; l < FL; l++) d[ch * FL + l] = 0.0f;
+    for (int64_t h = 0; h < g->heads; h++)
+        for (int64_t i = 0; i < c; i++) {
+            const v8 q0 = load8(d + (h * c + i) * FL), q1 = load8(d + (h * c + i) * FL + 8);
+            float *row = acc + ((h * c + i) * c) * 8;
+            for (int64_t j = 0; j < c; j++) {
+                const float *k = d + (C + h * c + j) * FL;
+                store8(row + j * 8, load8(row + j * 8) + q0 * load8(k) + q1 * load8(k + 8));
+            }
+        }
+    for (int64_t ch = 0; ch < 2 * C; ch++) {
+        const v8 a = load8(d + ch * FL), b = load8(d + ch * FL + 8);
+        store8(sq + ch * 8, load8(sq + ch * 8) + a * a + b * b);
+    }
+}
+
+/* The attention's Gram matrices per head, gram (batch, heads, c, c), and the sums of squares of q's
+ * channels then k's, squares (batch, 2 * channels), of q and k = depthwise(w_in @ LayerNorm(x)),
+ * w_in (2 * channels x channels). `partial` (zeros) holds the sums of each band, batch * bands *
+ * (heads * c^2 + 2 * channels) * 8 floats; they are added in band order, so that a run repeats itself. */
+void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, float eps, const float *w_in,
+                         const float *b_in, const float *w_dw, const float *b_dw, int64_t heads, float *partial,
+                         float *work, float *gram, float *squares, int64_t batch, int64_t height, int64_t width,
+                         int64_t channels, int64_t threads) {
+    const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, channels, 2 * channels,
+                        threads};
+    const gram_t g = {heads, partial};
+    stream(&s, work, back_gram, &g);
+    const int64_t c = channels / heads, n_gram = heads * c * c, size = (n_gram + 2 * channels) * 8;
+    const int64_t bands = bands_per_image(&s);
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t i = 0; i < n_gram + 2 * channels; i++) {
+            float sum = 0.0f;
+            for (int64_t u = b * bands; u < (b + 1) * bands; u++)
+                for (int l = 0; l < 8; l++) sum += partial[u * size + i * 8 + l];
+            if (i < n_gram) gram[b * n_gram + i] = sum;
+            else squares[b * 2 * channels + i - n_gram] = sum;
+        }
 }

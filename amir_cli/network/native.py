@@ -1,9 +1,12 @@
-"""amir's own fused CPU kernels (`native.c`) for fp32 inference: LayerNorm over a few channels
-per pixel; a transformer block's second half (LayerNorm, the gated feed-forward, the residual) in
-one pass that never holds the hidden map; the attention's Gram matrix with the norms of q and k;
-and spatial routing's whole mixture of experts (gating, each expert on its own pixels, the
-log-space combine) in one call where PyTorch's operators take some twenty passes over memory.
-Their GELU uses a rational approximation of erf without exp.
+"""amir's own fused CPU kernels (`native.c`) for fp32 inference. Each half of a transformer block
+streams rows: its LayerNorm, 1x1 expansion and depthwise convolution are computed row by row into
+a small ring per thread, so that neither the normalised map nor the expanded one is ever held.
+The feed-forward half ends in the GELU gate, the projection and the residual; the attention half
+takes two passes, one for the Gram matrices of q and k per head with their norms, one for v times
+each image's matrix (the softmax and the output projection folded together) plus the residual.
+Spatial routing's whole mixture of experts (gating, each expert on its own pixels, the log-space
+combine) is one call where PyTorch's operators take some twenty passes over memory. The GELU uses
+a rational approximation of erf without exp.
 
 The C source ships with the package and is compiled on first use with the system's C compiler
 (`$CC`, else `cc`) into the user cache folder (`$AMIR_CACHE`, else the platform's), once per
@@ -16,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -27,9 +31,6 @@ import torch
 from . import onednn
 
 SOURCE = Path(__file__).with_name("native.c")
-# The Gram kernel beats the library's matrix product only on narrow maps larger than the caches
-# (benchmarks/results/native_kernels_cpu.txt): at most this many channels, at least this many pixels.
-GRAM_CHANNELS, GRAM_PIXELS = 16, 1 << 15
 _PIXELS = 1 << 20  # pixels per call of the experts' kernel: bounds its work space (12 bytes a pixel and rank)
 _failure: list[str] = []  # why the library could not be built or loaded
 
@@ -90,11 +91,11 @@ def library() -> ctypes.CDLL | None:
         _failure.append(f"the native kernels could not be built with {cc!r}: {e}")
         return None
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.amir_layer_norm.argtypes = [p, p, p, p, i, i, ctypes.c_float]
-    lib.amir_gram.argtypes = [p, p, i, i, i, i, i, i, i, i, p, p, p]
     lib.amir_experts.argtypes = [p] * 11 + [i] * 7 + [ctypes.c_float]
-    lib.amir_ffn_block.argtypes = [p, p, p, ctypes.c_float] + [p] * 8 + [i] * 6
-    for name in ("amir_layer_norm", "amir_ffn_block", "amir_gram", "amir_experts"):
+    f = ctypes.c_float
+    lib.amir_block_half.argtypes = [p, p, p, f] + [p] * 5 + [i, p, i, p, p] + [i] * 6
+    lib.amir_attention_gram.argtypes = [p, p, p, f] + [p] * 4 + [i] + [p] * 4 + [i] * 5
+    for name in ("amir_block_half", "amir_attention_gram", "amir_experts"):
         getattr(lib, name).restype = None
     return lib
 
@@ -131,27 +132,6 @@ def _ptr(t: torch.Tensor | None):
     return None if t is None else t.data_ptr()
 
 
-def layer_norm(rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """LayerNorm of contiguous (N, C) rows; without a bias the mean is kept (the bias-free variant)."""
-    out = torch.empty_like(rows)
-    weight, bias = weight.contiguous(), None if bias is None else bias.contiguous()
-    _run("amir_layer_norm", _ptr(rows), _ptr(weight), _ptr(bias), _ptr(out), rows.shape[0], rows.shape[1], eps)
-    return out
-
-
-def gram(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q^T k, (B, C, C); the sums of squares of q's channels, then k's, (B, 2C)) for (B, N, C) maps
-    whose channels are contiguous within a pixel (strided views of one q/k/v map will do)."""
-    B, N, C = q.shape
-    assert q.stride(2) == 1 and k.stride(2) == 1, "gram needs each pixel's channels side by side"
-    out, squares = q.new_empty(B, C, C), q.new_empty(B, 2 * C)
-    threads = torch.get_num_threads()
-    partial = q.new_empty(threads, C * C + 2 * C)
-    _run("amir_gram", _ptr(q), _ptr(k), q.stride(1), k.stride(1), q.stride(0), k.stride(0), B, N, C, threads,
-         _ptr(partial), _ptr(out), _ptr(squares))
-    return out, squares
-
-
 def experts(tokens: torch.Tensor, per_image: int, gate_w: torch.Tensor, cue_logits: torch.Tensor, w1: torch.Tensor,
             b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, k: int, floor: float) -> torch.Tensor:
     """Spatial routing's log-space mixture of the top-``k`` experts for contiguous (N, C) ``tokens``,
@@ -172,19 +152,56 @@ def experts(tokens: torch.Tensor, per_image: int, gate_w: torch.Tensor, cue_logi
     return out
 
 
-def ffn_block(x: torch.Tensor, norm, ffn) -> torch.Tensor:
-    """x + ffn(norm(x)) for a channels-last (B, C, H, W) map, in one pass that never holds the
-    hidden map: ``norm`` a ChannelLayerNorm, ``ffn`` a GatedDconvFeedForward (modules, for their weights)."""
+def _front(x: torch.Tensor, norm, conv_in, conv_dw, rows: slice) -> list:
+    """A block half's LayerNorm weight and bias, then the 1x1 and depthwise convolutions' weights and
+    biases of channels ``rows``: contiguous, NULL where absent (the caller keeps them referenced)."""
+    tensors = (norm.body.weight, norm.body.bias, conv_in.weight[rows], None if conv_in.bias is None else conv_in.bias[rows],
+               conv_dw.weight[rows], None if conv_dw.bias is None else conv_dw.bias[rows])
+    return [None if t is None else t.detach().contiguous() for t in tensors]
+
+
+def _work(x: torch.Tensor, wide: int) -> torch.Tensor:
+    """Each thread's ring of three planar rows of ``wide`` channels (a row: its pixels in whole
+    blocks of 16, and a zero each side)."""
+    return x.new_empty(torch.get_num_threads() * 3 * wide * (-(-x.shape[3] // 16) * 16 + 2))
+
+
+def _half(x: torch.Tensor, front: list, wide: int, w_out: torch.Tensor, b_out: torch.Tensor | None,
+          gated: bool) -> torch.Tensor:
     B, C, H, W = x.shape
-    hidden = ffn.project_out.in_channels
-    threads = torch.get_num_threads()
-    stride = -(-W // 16) * 16 + 2  # a row of the kernel's ring: its pixels in whole vectors, and a zero each side
-    work = x.new_empty(threads * 3 * 2 * hidden * stride)
-    out = torch.empty_like(x)
-    weights = [None if t is None else t.detach().contiguous() for t in (
-        norm.body.weight, norm.body.bias, ffn.project_in.weight, ffn.project_in.bias, ffn.dwconv.weight,
-        ffn.dwconv.bias, ffn.project_out.weight, ffn.project_out.bias)]
-    ln_w, ln_b, w_in, b_in, w_dw, b_dw, w_out, b_out = weights
-    _run("amir_ffn_block", _ptr(x), _ptr(ln_w), _ptr(ln_b), 1e-5, _ptr(w_in), _ptr(b_in), _ptr(w_dw), _ptr(b_dw),
-         _ptr(w_out), _ptr(b_out), _ptr(out), _ptr(work), B, H, W, C, hidden, threads)
+    w_out, b_out = w_out.detach().contiguous(), None if b_out is None else b_out.detach().contiguous()
+    out, work = torch.empty_like(x), _work(x, wide)
+    ln_w, ln_b, w_in, b_in, w_dw, b_dw = front
+    _run("amir_block_half", _ptr(x), _ptr(ln_w), _ptr(ln_b), 1e-5, _ptr(w_in), _ptr(b_in), _ptr(w_dw), _ptr(b_dw),
+         _ptr(w_out), C * C if w_out.dim() == 3 else 0, _ptr(b_out), int(gated), _ptr(out), _ptr(work), B, H, W, C,
+         wide, torch.get_num_threads())
     return out
+
+
+def ffn_block(x: torch.Tensor, norm, ffn) -> torch.Tensor:
+    """x + ffn(norm(x)) for a channels-last (B, C, H, W) map: ``norm`` a ChannelLayerNorm, ``ffn`` a
+    GatedDconvFeedForward (modules, for their weights)."""
+    hidden = ffn.project_out.in_channels
+    front = _front(x, norm, ffn.project_in, ffn.dwconv, slice(None))
+    return _half(x, front, 2 * hidden, ffn.project_out.weight.view(x.shape[1], hidden), ffn.project_out.bias,
+                 gated=True)
+
+
+def attention_block(x: torch.Tensor, norm, attention) -> torch.Tensor:
+    """x + attention(norm(x)) for a channels-last (B, C, H, W) map: ``norm`` a ChannelLayerNorm,
+    ``attention`` a TransposedAttention, whose `mixing` turns the Gram matrices into each image's
+    matrix for v."""
+    B, C, H, W = x.shape
+    heads, threads = attention.num_heads, torch.get_num_threads()
+    c = C // heads
+    front = _front(x, norm, attention.qkv, attention.qkv_dwconv, slice(0, 2 * C))
+    gram, squares = x.new_empty(B, heads, c, c), x.new_empty(B, 2 * C)
+    bands = min(threads // math.gcd(B, threads), H)  # as the kernel splits the images
+    partial = x.new_zeros(B * bands * (heads * c * c + 2 * C) * 8)
+    work = _work(x, 2 * C)
+    _run("amir_attention_gram", _ptr(x), *map(_ptr, front[:2]), 1e-5, *map(_ptr, front[2:]), heads, _ptr(partial),
+         _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, threads)
+    del work, partial
+    mix = attention.mixing(gram, squares)
+    front = _front(x, norm, attention.qkv, attention.qkv_dwconv, slice(2 * C, 3 * C))
+    return _half(x, front, C, mix, attention.project_out.bias, gated=False)

@@ -6,7 +6,7 @@ no compilation and no start-up cost. They have no gradients and run fp32 only, s
 inference on the CPU; everything else takes the plain operators. Measured on 2 cores (256x256
 slices of amir-s), they make the network about a tenth faster when torch runs one thread, and no
 faster with two, where they cost a quarter more working memory: the "auto" engine fuses with one
-thread only.
+thread only, and only where amir's own kernels (`native`) do not build.
 """
 from __future__ import annotations
 
@@ -30,9 +30,12 @@ def available() -> bool:
 
 
 def fuses(engine: str, device: torch.device, precision: str = "fp32") -> bool:
-    """Whether ``engine`` ("auto": with one torch thread) runs the fused operators on ``device``
-    in ``precision`` (they serve fp32 on the CPU, where this torch has them)."""
-    wanted = engine == "fused" or (engine == "auto" and torch.get_num_threads() == 1)
+    """Whether ``engine`` ("auto": with one torch thread, where amir's own kernels, which compute
+    the blocks whole, do not build) runs the fused operators on ``device`` in ``precision`` (they
+    serve fp32 on the CPU, where this torch has them)."""
+    from . import native
+
+    wanted = engine == "fused" or (engine == "auto" and torch.get_num_threads() == 1 and not native.available())
     return wanted and device.type == "cpu" and precision == "fp32" and available()
 
 

@@ -69,8 +69,6 @@ class ChannelLayerNorm(Computation, nn.Module):
         w, b = self.body.weight, self.body.bias
         if self.reference:
             return self._reference(x, w, b)
-        if native.applies(self.engine, x) and x.is_contiguous(memory_format=torch.channels_last):
-            return _from_rows(native.layer_norm(_nhwc_rows(x), w, b, 1e-5), x)
         if self.with_bias and not self.channels_first(x.device):
             y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, eps=1e-5)
             return y.permute(0, 3, 1, 2)
@@ -226,31 +224,34 @@ class TransposedAttention(Computation, nn.Module):
             (q, k, v), qk = qkv.split(C, dim=-1), qkv[..., : 2 * C]
         else:  # a large inference map: q and k, then v once they are freed
             (q, k), v, qk = (self._project(x, slice(i * C, (i + 1) * C)) for i in range(2)), None, None
-        whole = heads == 1 or C <= _FULL_GRAM_WIDTH  # one C x C product, its diagonal blocks kept
-        if whole and C <= native.GRAM_CHANNELS and H * W >= native.GRAM_PIXELS and native.applies(self.engine, x):
-            full, squares = native.gram(q, k)
-        else:
-            full = (q.transpose(1, 2) @ k) if whole else None
-            squares = qk.square().sum(1) if qk is not None else torch.cat([q.square().sum(1), k.square().sum(1)], 1)
-        norm_q, norm_k = squares.sqrt().clamp_min(1e-12).split(C, dim=1)  # F.normalize's floor
-        scale = norm_q.reshape(B, heads, c, 1) * norm_k.reshape(B, heads, 1, c)
-        if whole:
-            gram = full.view(B, heads, c, heads, c).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
+        if heads == 1 or C <= _FULL_GRAM_WIDTH:  # one C x C product, its diagonal blocks kept
+            gram = (q.transpose(1, 2) @ k).view(B, heads, c, heads, c).diagonal(dim1=1, dim2=3).permute(0, 3, 1, 2)
         else:
             gram = torch.stack([q[b].view(-1, heads, c).permute(1, 2, 0) @ k[b].view(-1, heads, c).transpose(0, 1)
                                 for b in range(B)])  # (B, heads, c, c)
-        attn = (gram / scale * self.temperature).softmax(dim=-1)
+        squares = qk.square().sum(1) if qk is not None else torch.cat([q.square().sum(1), k.square().sum(1)], 1)
         del q, k
+        mix = self.mixing(gram, squares)
         if v is None:
             v = self._project(x, slice(2 * C, 3 * C))
-        w_out = _weight(self.project_out.weight).view(C, heads, c).transpose(0, 1)  # (heads, C, c)
-        mix = (w_out @ attn).permute(0, 2, 1, 3).reshape(B, C, C)  # W_out @ blockdiag(A), per image
         base = _base(residual, self.project_out)
         if base is None:
             out = v @ mix.transpose(1, 2)
         else:
             out = torch.baddbmm(base.view(B, H * W, C) if base.dim() > 1 else base, v, mix.transpose(1, 2))
         return _from_rows(out.view(-1, C), x)
+
+    def mixing(self, gram: torch.Tensor, squares: torch.Tensor) -> torch.Tensor:
+        """Each image's matrix for v, W_out @ blockdiag(softmax per head), (B, C, C), from the Gram
+        matrices of q and k per head (B, heads, c, c) and the sums of squares of q's channels, then
+        k's (B, 2C)."""
+        B, heads, c, _ = gram.shape
+        C = heads * c
+        norm_q, norm_k = squares.sqrt().clamp_min(1e-12).split(C, dim=1)  # F.normalize's floor
+        scale = norm_q.reshape(B, heads, c, 1) * norm_k.reshape(B, heads, 1, c)
+        attn = (gram / scale * self.temperature).softmax(dim=-1)
+        w_out = _weight(self.project_out.weight).view(C, heads, c).transpose(0, 1)  # (heads, C, c)
+        return (w_out @ attn).permute(0, 2, 1, 3).reshape(B, C, C)
 
     def _project(self, x: torch.Tensor, rows: slice) -> torch.Tensor:
         """Channels ``rows`` of the 1x1 + depthwise projection, as (B, H * W, channels) rows."""
@@ -280,9 +281,9 @@ class TransformerBlock(Computation, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = channels_last(x, self.reference)
+        if not self.reference and native.applies(self.engine, x):  # each half in amir's kernels, streaming rows
+            return native.ffn_block(native.attention_block(x, self.norm1, self.attn), self.norm2, self.ffn)
         x = self.attn(self.norm1(x), residual=x)
-        if native.applies(self.engine, x) and x.is_contiguous(memory_format=torch.channels_last):
-            return native.ffn_block(x, self.norm2, self.ffn)
         return self.ffn(self.norm2(x), residual=x)
 
 
