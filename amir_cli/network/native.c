@@ -76,136 +76,6 @@ static inline float log_positive(float x) {
     return m + p + fe * 0.693359375f;
 }
 
-#define LANES 32  /* pixels computed side by side (four vector registers of floats on AVX2) */
-
-/* A linear layer on LANES pixels side by side: out[o][l] = bias[o] + sum_i w[o][i] * in[i][l]. */
-static void layer_lanes(const float *w, const float *bias, const float *in, int64_t n_in, int64_t n_out, float *out) {
-    for (int64_t o = 0; o < n_out; o++) {
-        float *dst = out + o * LANES;
-        #pragma omp simd
-        for (int l = 0; l < LANES; l++) dst[l] = bias[o];
-        for (int64_t i = 0; i < n_in; i++) {
-            const float weight = w[o * n_in + i], *src = in + i * LANES;
-            #pragma omp simd
-            for (int l = 0; l < LANES; l++) dst[l] += weight * src[l];
-        }
-    }
-}
-
-/* Spatial routing's mixture of experts on `n` pixels of `channels` features (rows of `tokens`):
- * each pixel's gate logits are tokens @ gate_w (channels x experts) + cue_logits of its image
- * (`per_image` pixels each; the first pixel here is pixel `first` of the batch), its `k` largest choose the experts, their softmax the gates, and the
- * output is log(sum of gate * exp(expert(pixel))) (a zero sum floored at `floor`). Expert e is
- * w2[e] @ GELU(w1[e] @ x + b1[e]) + b2[e], with w1 (experts, hidden, channels) and w2 (experts,
- * channels, hidden). `chosen`, `order` and `gates` (n * k each) are work space; `out` (n * channels)
- * holds the sum before its log. */
-void amir_experts(const float *tokens, const float *gate_w, const float *cue_logits, const float *w1,
-                  const float *b1, const float *w2, const float *b2, float *out, int32_t *chosen, int32_t *order,
-                  float *gates, int64_t n, int64_t first, int64_t per_image, int64_t channels, int64_t hidden,
-                  int64_t experts, int64_t k, float floor) {
-    int64_t start[experts + 1];
-    memset(start, 0, sizeof(start));
-    /* gating: the k largest logits of each pixel (the first of equal ones), softmax over them */
-    #pragma omp parallel
-    {
-        float logits[experts * LANES];
-        #pragma omp for schedule(static)
-        for (int64_t block = 0; block < n; block += LANES) {
-            int64_t lanes = n - block < LANES ? n - block : LANES;
-            for (int64_t e = 0; e < experts; e++)
-                for (int64_t l = 0; l < LANES; l++)
-                    logits[e * LANES + l] = l < lanes ? cue_logits[((first + block + l) / per_image) * experts + e] : 0.0f;
-            for (int64_t l = 0; l < lanes; l++) {
-                const float *x = tokens + (block + l) * channels;
-                for (int64_t c = 0; c < channels; c++)
-                    for (int64_t e = 0; e < experts; e++) logits[e * LANES + l] += x[c] * gate_w[c * experts + e];
-            }
-            float top[LANES], largest[LANES], total[LANES];
-            int32_t best[LANES];
-            for (int64_t r = 0; r < k; r++) {
-                #pragma omp simd
-                for (int l = 0; l < LANES; l++) { top[l] = -INFINITY; best[l] = 0; }
-                for (int64_t e = 0; e < experts; e++) {
-                    #pragma omp simd
-                    for (int l = 0; l < LANES; l++) {
-                        int better = logits[e * LANES + l] > top[l];
-                        top[l] = better ? logits[e * LANES + l] : top[l];
-                        best[l] = better ? (int32_t)e : best[l];
-                    }
-                }
-                for (int64_t e = 0; e < experts; e++) {  /* a chosen expert leaves the race */
-                    #pragma omp simd
-                    for (int l = 0; l < LANES; l++) logits[e * LANES + l] = best[l] == e ? -INFINITY : logits[e * LANES + l];
-                }
-                #pragma omp simd
-                for (int l = 0; l < LANES; l++) {
-                    if (r == 0) { largest[l] = top[l]; total[l] = 0.0f; }
-                    top[l] = exp_clamped(top[l] - largest[l]);
-                    total[l] += top[l];
-                }
-                for (int64_t l = 0; l < lanes; l++) {
-                    chosen[(block + l) * k + r] = best[l];
-                    gates[(block + l) * k + r] = top[l];
-                }
-            }
-            for (int64_t l = 0; l < lanes; l++)
-                for (int64_t r = 0; r < k; r++) gates[(block + l) * k + r] /= total[l];
-        }
-    }
-    /* the (pixel, rank) pairs grouped by expert */
-    for (int64_t i = 0; i < n * k; i++) start[chosen[i] + 1]++;
-    for (int64_t e = 0; e < experts; e++) start[e + 1] += start[e];
-    {
-        int64_t fill[experts];
-        memcpy(fill, start, sizeof(fill));
-        for (int64_t i = 0; i < n * k; i++) order[fill[chosen[i]]++] = (int32_t)i;
-    }
-    float *mixed = out;
-    memset(mixed, 0, sizeof(float) * n * channels);
-    /* each expert on its pixels, LANES at a time; a pixel meets each expert at most once, so the
-     * adds into `mixed` within one expert never collide */
-    for (int64_t e = 0; e < experts; e++) {
-        const float *w1e = w1 + e * hidden * channels, *b1e = b1 + e * hidden;
-        const float *w2e = w2 + e * channels * hidden, *b2e = b2 + e * channels;
-        int64_t count = start[e + 1] - start[e];
-        #pragma omp parallel
-        {
-            float xt[channels * LANES], ht[hidden * LANES], ot[channels * LANES];
-            #pragma omp for schedule(static)
-            for (int64_t block = 0; block < count; block += LANES) {
-                int64_t pixel[LANES];
-                float gate[LANES];
-                for (int l = 0; l < LANES; l++) {
-                    int64_t slot = order[start[e] + (block + l < count ? block + l : block)];
-                    pixel[l] = slot / k;
-                    gate[l] = block + l < count ? gates[slot] : 0.0f;
-                }
-                for (int64_t c = 0; c < channels; c++)
-                    for (int l = 0; l < LANES; l++) xt[c * LANES + l] = tokens[pixel[l] * channels + c];
-                layer_lanes(w1e, b1e, xt, channels, hidden, ht);
-                #pragma omp simd
-                for (int64_t i = 0; i < hidden * LANES; i++) ht[i] = gelu(ht[i]);
-                layer_lanes(w2e, b2e, ht, hidden, channels, ot);
-                for (int64_t c = 0; c < channels; c++) {
-                    float *o = ot + c * LANES;
-                    #pragma omp simd
-                    for (int l = 0; l < LANES; l++) o[l] = gate[l] * exp_clamped(o[l]);
-                    for (int l = 0; l < LANES; l++)
-                        if (block + l < count) mixed[pixel[l] * channels + c] += o[l];
-                }
-            }
-        }
-    }
-    #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n * channels; i++) out[i] = log_positive(mixed[i] == 0.0f ? floor : mixed[i]);
-}
-
-/* A transformer block's halves stream rows: LayerNorm of x's pixels, a 1x1 expansion to `wide`
- * channels and a depthwise 3x3 convolution (zero padding), then a back end per block of pixels.
- * Each band of rows is expanded once, row by row, into a ring of three planar rows (channel, then
- * pixel) held by its thread, so the expanded map never exists: `work` holds threads * 3 * wide *
- * stride floats (`stride`: a row's pixels in whole blocks, and a zero each side). A bias may be
- * NULL; without ln_b the LayerNorm is the bias-free variant (the deviation divides, the mean stays). */
 typedef float v8 __attribute__((vector_size(32)));
 #define FL 16  /* pixels computed side by side: two vectors */
 
@@ -240,33 +110,34 @@ static inline void transpose8(v8 r[8]) {
 #endif
 }
 
-/* `lanes` pixels of `channels` each (NHWC) into the planar block xt (channels x FL); lanes past them are 0 */
-static void to_planar(const float *x, int64_t channels, int64_t lanes, float *xt) {
+/* The pixels row[0..lanes) (`channels` each) into the planar block xt (channels x FL); lanes past them are 0 */
+static void rows_to_planar(const float *const row[FL], int64_t channels, int64_t lanes, float *xt) {
     int64_t c0 = 0;
     for (; c0 + 8 <= channels; c0 += 8)
         for (int64_t l0 = 0; l0 < FL; l0 += 8) {
             v8 r[8];
-            for (int64_t p = 0; p < 8; p++) r[p] = l0 + p < lanes ? load8(x + (l0 + p) * channels + c0) : (v8){};
+            for (int64_t p = 0; p < 8; p++) r[p] = l0 + p < lanes ? load8(row[l0 + p] + c0) : (v8){};
             transpose8(r);
             for (int i = 0; i < 8; i++) store8(xt + (c0 + i) * FL + l0, r[i]);
         }
     for (int64_t c = c0; c < channels; c++)
-        for (int64_t l = 0; l < FL; l++) xt[c * FL + l] = l < lanes ? x[l * channels + c] : 0.0f;
+        for (int64_t l = 0; l < FL; l++) xt[c * FL + l] = l < lanes ? row[l][c] : 0.0f;
 }
 
-/* out = res + the planar block (channels x FL) for `lanes` pixels of `channels` each (NHWC) */
-static void from_planar_add(const float *planar, const float *res, int64_t channels, int64_t lanes, float *out) {
+/* row[l] = add[l] + lane l of the planar block (channels x FL), for the pixels l < lanes (`channels`
+ * each; add[l] may be row[l]) */
+static void planar_to_rows(const float *planar, int64_t channels, int64_t lanes, const float *const add[FL],
+                           float *const row[FL]) {
     int64_t c0 = 0;
     for (; c0 + 8 <= channels; c0 += 8)
         for (int64_t l0 = 0; l0 < lanes; l0 += 8) {
             v8 r[8];
             for (int i = 0; i < 8; i++) r[i] = load8(planar + (c0 + i) * FL + l0);
             transpose8(r);
-            for (int64_t p = 0; p < 8 && l0 + p < lanes; p++)
-                store8(out + (l0 + p) * channels + c0, r[p] + load8(res + (l0 + p) * channels + c0));
+            for (int64_t p = 0; p < 8 && l0 + p < lanes; p++) store8(row[l0 + p] + c0, r[p] + load8(add[l0 + p] + c0));
         }
     for (int64_t l = 0; l < lanes; l++)
-        for (int64_t c = c0; c < channels; c++) out[l * channels + c] = res[l * channels + c] + planar[c * FL + l];
+        for (int64_t c = c0; c < channels; c++) row[l][c] = add[l][c] + planar[c * FL + l];
 }
 
 /* rows `n_out` of w (n_out x n_in) times the FL-pixel planar block `in` (n_in x FL), plus bias, into
@@ -302,11 +173,133 @@ static void product_lanes(const float *w, const float *bias, const float *in, in
     }
 }
 
+/* Spatial routing's mixture of experts on `n` pixels of `channels` features (rows of `tokens`):
+ * each pixel's gate logits are tokens @ gate_w (channels x experts) + cue_logits of its image
+ * (`per_image` pixels each; the first pixel here is pixel `first` of the batch), its `k` largest choose the experts, their softmax the gates, and the
+ * output is log(sum of gate * exp(expert(pixel))) (a zero sum floored at `floor`). Expert e is
+ * w2[e] @ GELU(w1[e] @ x + b1[e]) + b2[e], with w1 (experts, hidden, channels) and w2 (experts,
+ * channels, hidden). `chosen`, `order` and `gates` (n * k each) are work space; `out` (n * channels)
+ * holds the sum before its log. */
+void amir_experts(const float *tokens, const float *gate_w, const float *cue_logits, const float *w1,
+                  const float *b1, const float *w2, const float *b2, float *out, int32_t *chosen, int32_t *order,
+                  float *gates, int64_t n, int64_t first, int64_t per_image, int64_t channels, int64_t hidden,
+                  int64_t experts, int64_t k, float floor) {
+    int64_t start[experts + 1];
+    memset(start, 0, sizeof(start));
+    /* gating: the k largest logits of each pixel (the first of equal ones), softmax over them */
+    #pragma omp parallel
+    {
+        float logits[experts * FL], xt[channels * FL];
+        const float *row[FL];
+        #pragma omp for schedule(static)
+        for (int64_t block = 0; block < n; block += FL) {
+            int64_t lanes = n - block < FL ? n - block : FL;
+            for (int64_t l = 0; l < lanes; l++) row[l] = tokens + (block + l) * channels;
+            rows_to_planar(row, channels, lanes, xt);
+            for (int64_t e = 0; e < experts; e++) {
+                float *logit = logits + e * FL;
+                for (int64_t l = 0; l < FL; l++)
+                    logit[l] = l < lanes ? cue_logits[((first + block + l) / per_image) * experts + e] : 0.0f;
+                for (int64_t c = 0; c < channels; c++) {
+                    const float weight = gate_w[c * experts + e];
+                    #pragma omp simd
+                    for (int l = 0; l < FL; l++) logit[l] += xt[c * FL + l] * weight;
+                }
+            }
+            float top[FL], largest[FL], total[FL];
+            int32_t best[FL];
+            for (int64_t r = 0; r < k; r++) {
+                #pragma omp simd
+                for (int l = 0; l < FL; l++) { top[l] = -INFINITY; best[l] = 0; }
+                for (int64_t e = 0; e < experts; e++) {
+                    #pragma omp simd
+                    for (int l = 0; l < FL; l++) {
+                        int better = logits[e * FL + l] > top[l];
+                        top[l] = better ? logits[e * FL + l] : top[l];
+                        best[l] = better ? (int32_t)e : best[l];
+                    }
+                }
+                for (int64_t e = 0; e < experts; e++) {  /* a chosen expert leaves the race */
+                    #pragma omp simd
+                    for (int l = 0; l < FL; l++) logits[e * FL + l] = best[l] == e ? -INFINITY : logits[e * FL + l];
+                }
+                #pragma omp simd
+                for (int l = 0; l < FL; l++) {
+                    if (r == 0) { largest[l] = top[l]; total[l] = 0.0f; }
+                    top[l] = exp_clamped(top[l] - largest[l]);
+                    total[l] += top[l];
+                }
+                for (int64_t l = 0; l < lanes; l++) {
+                    chosen[(block + l) * k + r] = best[l];
+                    gates[(block + l) * k + r] = top[l];
+                }
+            }
+            for (int64_t l = 0; l < lanes; l++)
+                for (int64_t r = 0; r < k; r++) gates[(block + l) * k + r] /= total[l];
+        }
+    }
+    /* the (pixel, rank) pairs grouped by expert */
+    for (int64_t i = 0; i < n * k; i++) start[chosen[i] + 1]++;
+    for (int64_t e = 0; e < experts; e++) start[e + 1] += start[e];
+    {
+        int64_t fill[experts];
+        memcpy(fill, start, sizeof(fill));
+        for (int64_t i = 0; i < n * k; i++) order[fill[chosen[i]]++] = (int32_t)i;
+    }
+    float *mixed = out;
+    memset(mixed, 0, sizeof(float) * n * channels);
+    /* each expert on its pixels, FL at a time; a pixel meets each expert at most once, so the
+     * adds into `mixed` within one expert never collide */
+    for (int64_t e = 0; e < experts; e++) {
+        const float *w1e = w1 + e * hidden * channels, *b1e = b1 + e * hidden;
+        const float *w2e = w2 + e * channels * hidden, *b2e = b2 + e * channels;
+        int64_t count = start[e + 1] - start[e];
+        #pragma omp parallel
+        {
+            float xt[channels * FL], ht[hidden * FL], ot[channels * FL];
+            const float *in[FL];
+            float *sum[FL];
+            #pragma omp for schedule(static)
+            for (int64_t block = 0; block < count; block += FL) {
+                const int64_t lanes = count - block < FL ? count - block : FL;
+                float gate[FL];
+                for (int l = 0; l < FL; l++) {
+                    int64_t slot = order[start[e] + (l < lanes ? block + l : block)];
+                    in[l] = tokens + slot / k * channels;
+                    sum[l] = mixed + slot / k * channels;
+                    gate[l] = l < lanes ? gates[slot] : 0.0f;
+                }
+                rows_to_planar(in, channels, lanes, xt);
+                product_lanes(w1e, b1e, xt, channels, hidden, ht, FL);
+                #pragma omp simd
+                for (int64_t i = 0; i < hidden * FL; i++) ht[i] = gelu(ht[i]);
+                product_lanes(w2e, b2e, ht, hidden, channels, ot, FL);
+                for (int64_t c = 0; c < channels; c++) {
+                    float *o = ot + c * FL;
+                    #pragma omp simd
+                    for (int l = 0; l < FL; l++) o[l] = gate[l] * exp_clamped(o[l]);
+                }
+                planar_to_rows(ot, channels, lanes, (const float *const *)sum, sum);
+            }
+        }
+    }
+    #pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n * channels; i++) out[i] = log_positive(mixed[i] == 0.0f ? floor : mixed[i]);
+}
+
+/* A transformer block's halves stream rows: LayerNorm of x's pixels, a 1x1 expansion to `wide`
+ * channels and a depthwise 3x3 convolution (zero padding), then a back end per block of pixels.
+ * Each band of rows is expanded once, row by row, into a ring of three planar rows (channel, then
+ * pixel) held by its thread, so the expanded map never exists: `work` holds threads * 3 * wide *
+ * stride floats (`stride`: a row's pixels in whole blocks, and a zero each side). A bias may be
+ * NULL; without ln_b the LayerNorm is the bias-free variant (the deviation divides, the mean stays). */
 /* LayerNorm of `lanes` pixels (NHWC, `channels` each) into the planar block `xt`, computed across
  * the pixels side by side; lanes past them are 0 */
 static void norm_lanes(const float *x, const float *ln_w, const float *ln_b, float eps, int64_t channels,
                        int64_t lanes, float *xt) {
-    to_planar(x, channels, lanes, xt);
+    const float *row[FL];
+    for (int64_t l = 0; l < lanes; l++) row[l] = x + l * channels;
+    rows_to_planar(row, channels, lanes, xt);
     for (int half = 0; half < 2; half++) {
         float *col = xt + 8 * half;
         v8 sum = {}, dev = {};
@@ -427,7 +420,13 @@ static void back_project(const void *ctx, const stream_t *s, int64_t unit, int64
     const int64_t at = ((image * s->height + r) * s->width + x0) * C;
     const float *res = s->x + at;
     float *o = p->out + at;
-    from_planar_add(projected, res, C, lanes, o);
+    const float *add[FL];
+    float *row[FL];
+    for (int64_t l = 0; l < lanes; l++) {
+        add[l] = res + l * C;
+        row[l] = o + l * C;
+    }
+    planar_to_rows(projected, C, lanes, add, row);
 }
 
 /* A block half with a projection after the depthwise convolution: the feed-forward (`gated`, wide
