@@ -290,8 +290,9 @@ void amir_experts(const float *tokens, const float *gate_w, const float *cue_log
 /* A transformer block's halves stream rows: LayerNorm of x's pixels, a 1x1 expansion to `wide`
  * channels and a depthwise 3x3 convolution (zero padding), then a back end per block of pixels.
  * Each band of rows is expanded once, row by row, into a ring of three planar rows (channel, then
- * pixel) held by its thread, so the expanded map never exists: `work` holds threads * 3 * wide *
- * stride floats (`stride`: a row's pixels in whole blocks, and a zero each side). A bias may be
+ * pixel) held by its thread, so the expanded map never exists: `work` holds threads * wide *
+ * (3 * stride + FL) floats, each thread's ring and its block's depthwise outputs (`stride`: a
+ * row's pixels in whole blocks, and a zero each side). A bias may be
  * NULL; without ln_b the LayerNorm is the bias-free variant (the deviation divides, the mean stays). */
 /* LayerNorm of `lanes` pixels (NHWC, `channels` each) into the planar block `xt`, computed across
  * the pixels side by side; lanes past them are 0 */
@@ -344,8 +345,8 @@ static void stream(const stream_t *s, float *work, back_t back, const void *ctx)
     const int64_t band = (height + bands - 1) / bands, units = s->batch * bands;
     #pragma omp parallel num_threads((int)s->threads)
     {
-        float *ring = work + omp_get_thread_num() * 3 * wide * stride;
-        float xt[C * FL], d[wide * FL];
+        float *ring = work + omp_get_thread_num() * wide * (3 * stride + FL), *d = ring + 3 * wide * stride;
+        float xt[C * FL];
         #pragma omp for schedule(static)
         for (int64_t unit = 0; unit < units; unit++) {
             const int64_t image = unit / bands, y0 = unit % bands * band;

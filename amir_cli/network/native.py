@@ -162,8 +162,8 @@ def _front(x: torch.Tensor, norm, conv_in, conv_dw, rows: slice) -> list:
 
 def _work(x: torch.Tensor, wide: int) -> torch.Tensor:
     """Each thread's ring of three planar rows of ``wide`` channels (a row: its pixels in whole
-    blocks of 16, and a zero each side)."""
-    return x.new_empty(torch.get_num_threads() * 3 * wide * (-(-x.shape[3] // 16) * 16 + 2))
+    blocks of 16, and a zero each side), then a block of 16 pixels' depthwise outputs."""
+    return x.new_empty(torch.get_num_threads() * wide * (3 * (-(-x.shape[3] // 16) * 16 + 2) + 16))
 
 
 def _half(x: torch.Tensor, front: list, wide: int, w_out: torch.Tensor, b_out: torch.Tensor | None,
