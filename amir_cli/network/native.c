@@ -292,8 +292,9 @@ void amir_experts(const float *tokens, const float *gate_w, const float *cue_log
  * Each band of rows is expanded once, row by row, into a ring of three planar rows (channel, then
  * pixel) held by its thread, so the expanded map never exists: `work` holds threads * wide *
  * (3 * stride + FL) floats, each thread's ring and its block's depthwise outputs (`stride`: a
- * row's pixels in whole blocks, and a zero each side). A bias may be
- * NULL; without ln_b the LayerNorm is the bias-free variant (the deviation divides, the mean stays). */
+ * row's pixels in whole blocks, and a zero each side). A bias may be NULL; without ln_b the
+ * LayerNorm is the bias-free variant (the deviation divides, the mean stays). */
+
 /* LayerNorm of `lanes` pixels (NHWC, `channels` each) into the planar block `xt`, computed across
  * the pixels side by side; lanes past them are 0 */
 static void norm_lanes(const float *x, const float *ln_w, const float *ln_b, float eps, int64_t channels,
