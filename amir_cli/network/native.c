@@ -76,6 +76,7 @@ static inline float log_positive(float x) {
     return m + p + fe * 0.693359375f;
 }
 
+/* Eight floats side by side: a GCC/Clang vector type (one AVX register, two SSE or NEON ones) */
 typedef float v8 __attribute__((vector_size(32)));
 #define FL 16  /* pixels computed side by side: two vectors */
 

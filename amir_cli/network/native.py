@@ -152,7 +152,7 @@ def experts(tokens: torch.Tensor, per_image: int, gate_w: torch.Tensor, cue_logi
     return out
 
 
-def _front(x: torch.Tensor, norm, conv_in, conv_dw, rows: slice) -> list:
+def _front(norm, conv_in, conv_dw, rows: slice) -> list:
     """A block half's LayerNorm weight and bias, then the 1x1 and depthwise convolutions' weights and
     biases of channels ``rows``: contiguous, NULL where absent (the caller keeps them referenced)."""
     tensors = (norm.body.weight, norm.body.bias, conv_in.weight[rows], None if conv_in.bias is None else conv_in.bias[rows],
@@ -168,6 +168,8 @@ def _work(x: torch.Tensor, wide: int) -> torch.Tensor:
 
 def _half(x: torch.Tensor, front: list, wide: int, w_out: torch.Tensor, b_out: torch.Tensor | None,
           gated: bool) -> torch.Tensor:
+    """x + b_out + w_out @ (the depthwise outputs, or with ``gated`` their GELU gate) per pixel;
+    w_out (C, n) for every image, or (B, C, C) one per image."""
     B, C, H, W = x.shape
     w_out, b_out = w_out.detach().contiguous(), None if b_out is None else b_out.detach().contiguous()
     out, work = torch.empty_like(x), _work(x, wide)
@@ -182,7 +184,7 @@ def ffn_block(x: torch.Tensor, norm, ffn) -> torch.Tensor:
     """x + ffn(norm(x)) for a channels-last (B, C, H, W) map: ``norm`` a ChannelLayerNorm, ``ffn`` a
     GatedDconvFeedForward (modules, for their weights)."""
     hidden = ffn.project_out.in_channels
-    front = _front(x, norm, ffn.project_in, ffn.dwconv, slice(None))
+    front = _front(norm, ffn.project_in, ffn.dwconv, slice(None))
     return _half(x, front, 2 * hidden, ffn.project_out.weight.view(x.shape[1], hidden), ffn.project_out.bias,
                  gated=True)
 
@@ -194,7 +196,7 @@ def attention_block(x: torch.Tensor, norm, attention) -> torch.Tensor:
     B, C, H, W = x.shape
     heads, threads = attention.num_heads, torch.get_num_threads()
     c = C // heads
-    front = _front(x, norm, attention.qkv, attention.qkv_dwconv, slice(0, 2 * C))
+    front = _front(norm, attention.qkv, attention.qkv_dwconv, slice(0, 2 * C))
     gram, squares = x.new_empty(B, heads, c, c), x.new_empty(B, 2 * C)
     bands = min(threads // math.gcd(B, threads), H)  # as the kernel splits the images
     partial = x.new_zeros(B * bands * (heads * c * c + 2 * C) * 8)
@@ -203,5 +205,5 @@ def attention_block(x: torch.Tensor, norm, attention) -> torch.Tensor:
          _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, threads)
     del work, partial
     mix = attention.mixing(gram, squares)
-    front = _front(x, norm, attention.qkv, attention.qkv_dwconv, slice(2 * C, 3 * C))
+    front = _front(norm, attention.qkv, attention.qkv_dwconv, slice(2 * C, 3 * C))
     return _half(x, front, C, mix, attention.project_out.bias, gated=False)
