@@ -160,6 +160,18 @@ def test_a_damaged_cached_library_is_built_again(tmp_path):
     assert built.read_bytes()[:4] == b"\x7fELF" or sys.platform != "linux"
 
 
+@needs_native
+def test_the_library_is_built_from_the_source_read_with_the_module(tmp_path, monkeypatch):
+    """A source file replaced under a running program (an upgrade) does not reach its library."""
+    monkeypatch.setenv("AMIR_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_SOURCE", native._SOURCE + "\nint amir_probe(void) { return 7; }\n")
+    native.library.cache_clear()
+    try:
+        assert native.library().amir_probe() == 7
+    finally:
+        native.library.cache_clear()
+
+
 def test_without_a_compiler_the_network_computes_with_torch_alone(tmp_path, monkeypatch, tiny_weights):
     ct_crop_nii = crop_nifti("ct/cranium_ct.nii.gz", (slice(96, 160), slice(100, 164), slice(50, 52)), tmp_path / "ct.nii.gz")
     monkeypatch.setenv("AMIR_CACHE", str(tmp_path / "cache"))

@@ -30,7 +30,9 @@ import torch
 
 from . import onednn
 
-SOURCE = Path(__file__).with_name("native.c")
+# The kernels' C source, read with this module, so that a library built later always has the
+# functions this module calls (a package upgraded under a running program leaves both as they were).
+_SOURCE = Path(__file__).with_name("native.c").read_text()
 _PIXELS = 1 << 20  # pixels per call of the experts' kernel: bounds its work space (12 bytes a pixel and rank)
 _failure: list[str] = []  # why the library could not be built or loaded
 
@@ -62,8 +64,8 @@ def _build(cc: str, flags: list[str], target: Path) -> None:
     fd, partial = tempfile.mkstemp(prefix=target.stem, suffix=".partial", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *flags, "-o", partial, str(SOURCE), "-lm"], capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run([cc, *flags, "-o", partial, "-x", "c", "-", "-lm"], input=_SOURCE,
+                              capture_output=True, text=True, timeout=300)
         if done.returncode:
             lines = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines() or [""]
             raise RuntimeError(f"{cc} failed: {lines[0].strip()}")
@@ -78,7 +80,7 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, built on first use; None (and `reason()`) where they cannot be had."""
     cc, flags = os.environ.get("CC", "cc"), _flags()
     try:
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), _compiler_identity(cc), *flags]).encode()).hexdigest()
+        key = hashlib.sha256("\0".join([_SOURCE, _compiler_identity(cc), *flags]).encode()).hexdigest()
         target = cache_folder() / f"amir_kernels_{key[:16]}.so"
         if not target.exists():
             _build(cc, flags, target)
