@@ -40,22 +40,62 @@ def test_native_engine_equals_the_published_computation(config, size):
 
 
 @needs_native
-def test_native_kernels_run_in_cpu_inference_only(monkeypatch):
+def test_native_kernels_run_in_fp32_on_the_cpu_training_only_the_feed_forward(monkeypatch):
+    """Inference takes every kernel; training the feed-forward's, on maps of at least
+    native.TRAIN_SIDE a side (here level 1 of 24x24, not level 2); other engines and the published
+    computation none."""
     calls = []
-    for name in ("attention_block", "ffn_block", "experts"):
+    for name in ("attention_block", "ffn_block", "experts", "ffn_block_trained"):
         real = getattr(native, name)
-        monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append((_name, a[0].shape[-1])) or _real(*a, **k))
     model = random_model(RANDOM_CONFIGS[0]).set_computation(engine="native")
     x = torch.rand(1, 1, 24, 24)
     model.train()
     model(x)[0].sum().backward()
+    assert calls and set(calls) == {("ffn_block_trained", 24)}
+    calls.clear()
+    model.set_computation(engine="plain")(x)[0].sum().backward()
     with torch.no_grad():
-        model.eval().set_computation(engine="plain")(x)
+        model.eval()(x)
         model.set_computation(reference=True)(x)
     assert calls == []
     with torch.no_grad():
         model.set_computation(engine="native")(x)
-    assert set(calls) == {"attention_block", "ffn_block", "experts"}
+    assert {name for name, _ in calls} == {"attention_block", "ffn_block", "experts"}
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dim, bias, norm, shape", [
+    (8, False, "WithBias", (1, 16, 16)), (8, True, "BiasFree", (2, 7, 19)), (16, True, "WithBias", (3, 9, 8)),
+    (5, False, "WithBias", (1, 1, 1)), (12, True, "BiasFree", (1, 20, 33))], ids=lambda v: str(v))
+def test_feed_forward_kernel_gradients_equal_autograd_of_the_operators(threads, dim, bias, norm, shape):
+    """The output and every gradient (x, LayerNorm, expansion, depthwise, projection, biases) of the
+    trained feed-forward half against autograd through the operators."""
+    torch.manual_seed(dim)
+    block = restormer.TransformerBlock(dim, 1, 2.66, bias, norm)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.3)
+    params = list(block.norm2.parameters()) + list(block.ffn.parameters())
+    x0 = torch.randn(shape[0], dim, *shape[1:]).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(x0.shape)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        torch.set_num_threads(threads)
+        for trained in (native.ffn_block_trained, lambda x, n, f: f(n(x), residual=x)):
+            block.zero_grad()
+            for m in (block.norm2, block.ffn):
+                m.engine = "plain"
+            x = x0.clone().requires_grad_()
+            out = trained(x, block.norm2, block.ffn)
+            (out * weight).sum().backward()
+            results.append([out.detach(), x.grad] + [p.grad.clone() for p in params])
+    finally:
+        torch.set_num_threads(before)
+    for ours, ref in zip(*results):
+        assert (ours - ref).abs().max() < 1e-5 * max(1.0, ref.abs().max().item())
 
 
 @needs_native

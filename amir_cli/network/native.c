@@ -27,11 +27,10 @@ static inline float exp_clamped(float x) {
     return p * scale.f;
 }
 
-/* GELU with the error function: erf(z) = z * P(z^2) / Q(z^2) on [-4, 4] and +-1 beyond, a rational
- * minimax fit made for amir (absolute error 7e-8 in exact arithmetic, 4e-7 in float32). No exp,
- * one division: about twice as fast as the usual exp-based forms. */
-static inline float gelu(float x) {
-    float z = x * 0.70710678f;
+/* The error function as z * P(z^2) / Q(z^2) on [-4, 4] and +-1 beyond, a rational minimax fit made
+ * for amir (absolute error 7e-8 in exact arithmetic, 4e-7 in float32). No exp, one division: GELU
+ * with it is about twice as fast as the usual exp-based forms. */
+static inline float erf_rational(float z) {
     z = z < -4.0f ? -4.0f : (z > 4.0f ? 4.0f : z);
     float t = z * z;
     float p = 1.919267481e-08f;
@@ -46,8 +45,10 @@ static inline float gelu(float x) {
     q = q * t + 1.195193826e-01f;
     q = q * t + 5.202158799e-01f;
     q = q * t + 1.0f;
-    return 0.5f * x * (1.0f + z * p / q);
+    return z * p / q;
 }
+
+static inline float gelu(float x) { return 0.5f * x * (1.0f + erf_rational(x * 0.70710678f)); }
 
 /* log(x) for x > 0 without libm calls: x = m * 2^e with m in [sqrt(1/2), sqrt(2)), then a degree-9
  * polynomial in m - 1 (relative error about 1e-7). */
@@ -341,6 +342,45 @@ static int64_t bands_per_image(const stream_t *s) {
     return bands > s->height ? s->height : bands;
 }
 
+/* Row y of the expansion P = w_in @ LayerNorm(x) + b_in of an image into a planar ring slot
+ * (wide rows of `stride` floats, the row's pixels from index 1); zeros outside the image and
+ * around its pixels, the depthwise convolution's padding */
+static void expand_row(const stream_t *s, const float *img, int64_t y, int64_t stride, float *slot, float *xt) {
+    const int64_t C = s->channels, wide = s->wide, width = s->width;
+    if (y < 0 || y >= s->height) {
+        memset(slot, 0, sizeof(float) * wide * stride);
+        return;
+    }
+    for (int64_t x0 = 0; x0 < width; x0 += FL) {
+        const int64_t lanes = width - x0 < FL ? width - x0 : FL;
+        norm_lanes(img + (y * width + x0) * C, s->ln_w, s->ln_b, s->eps, C, lanes, xt);
+        product_lanes(s->w_in, s->b_in, xt, C, wide, slot + 1 + x0, stride);
+    }
+    for (int64_t j = 0; j < wide; j++) {
+        float *row = slot + j * stride;
+        row[0] = 0.0f;
+        for (int64_t i = 1 + width; i < stride; i++) row[i] = 0.0f;
+    }
+}
+
+/* The depthwise convolution (plus b_dw) at pixels x0.. of a row, from the ring slots of the rows
+ * above, at and below it, into the planar block d (wide x FL) */
+static void depthwise(const stream_t *s, const float *const rows[3], int64_t stride, int64_t x0, float *d) {
+    for (int64_t ch = 0; ch < s->wide; ch++) {
+        const float *k = s->w_dw + ch * 9;
+        v8 a0 = (v8){} + (s->b_dw ? s->b_dw[ch] : 0.0f), a1 = a0;
+        for (int dy = 0; dy < 3; dy++) {
+            const float *p = rows[dy] + ch * stride + x0;
+            for (int dx = 0; dx < 3; dx++) {
+                a0 += k[dy * 3 + dx] * load8(p + dx);
+                a1 += k[dy * 3 + dx] * load8(p + dx + 8);
+            }
+        }
+        store8(d + ch * FL, a0);
+        store8(d + ch * FL + 8, a1);
+    }
+}
+
 static void stream(const stream_t *s, float *work, back_t back, const void *ctx) {
     const int64_t C = s->channels, wide = s->wide, width = s->width, height = s->height;
     const int64_t stride = (width + FL - 1) / FL * FL + 2, bands = bands_per_image(s);
@@ -355,41 +395,14 @@ static void stream(const stream_t *s, float *work, back_t back, const void *ctx)
             const int64_t y1 = y0 + band < height ? y0 + band : height;
             const float *img = s->x + image * height * width * C;
             for (int64_t y = y0 - 1; y <= y1; y++) {
-                /* expand row y into its ring slot */
-                float *slot = ring + (y + 3) % 3 * wide * stride;
-                if (y < 0 || y >= height) {
-                    memset(slot, 0, sizeof(float) * wide * stride);
-                } else {
-                    for (int64_t x0 = 0; x0 < width; x0 += FL) {
-                        const int64_t lanes = width - x0 < FL ? width - x0 : FL;
-                        norm_lanes(img + (y * width + x0) * C, s->ln_w, s->ln_b, s->eps, C, lanes, xt);
-                        product_lanes(s->w_in, s->b_in, xt, C, wide, slot + 1 + x0, stride);
-                    }
-                    for (int64_t j = 0; j < wide; j++) {
-                        float *row = slot + j * stride;
-                        row[0] = 0.0f;
-                        for (int64_t i = 1 + width; i < stride; i++) row[i] = 0.0f;
-                    }
-                }
+                expand_row(s, img, y, stride, ring + (y + 3) % 3 * wide * stride, xt);
                 if (y - 1 < y0) continue;
                 /* row r = y - 1 from the slots of rows r - 1, r, r + 1 */
                 const int64_t r = y - 1;
                 const float *rows[3] = {ring + (r + 2) % 3 * wide * stride, ring + r % 3 * wide * stride,
                                         ring + (r + 1) % 3 * wide * stride};
                 for (int64_t x0 = 0; x0 < width; x0 += FL) {
-                    for (int64_t ch = 0; ch < wide; ch++) {
-                        const float *k = s->w_dw + ch * 9;
-                        v8 a0 = (v8){} + (s->b_dw ? s->b_dw[ch] : 0.0f), a1 = a0;
-                        for (int dy = 0; dy < 3; dy++) {
-                            const float *p = rows[dy] + ch * stride + x0;
-                            for (int dx = 0; dx < 3; dx++) {
-                                a0 += k[dy * 3 + dx] * load8(p + dx);
-                                a1 += k[dy * 3 + dx] * load8(p + dx + 8);
-                            }
-                        }
-                        store8(d + ch * FL, a0);
-                        store8(d + ch * FL + 8, a1);
-                    }
+                    depthwise(s, rows, stride, x0, d);
                     back(ctx, s, unit, image, r, x0, width - x0 < FL ? width - x0 : FL, d);
                 }
             }
@@ -497,4 +510,184 @@ void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, f
             if (i < n_gram) gram[b * n_gram + i] = sum;
             else squares[b * 2 * channels + i - n_gram] = sum;
         }
+}
+
+/* GELU's derivative, with the same error function */
+static inline float gelu_grad(float x) {
+    return 0.5f * (1.0f + erf_rational(x * 0.70710678f)) + 0.39894228f * x * exp_clamped(-0.5f * x * x);
+}
+
+/* LayerNorm of `lanes` pixels as `norm_lanes` (the output into n), also keeping what its gradient
+ * needs: the normalised values before weight and bias (nh: x * rstd, less the mean with a bias),
+ * the centred ones (cen: (x - mean) * rstd) and rstd per lane */
+static void norm_lanes_kept(const float *x, const float *ln_w, const float *ln_b, float eps, int64_t channels,
+                            int64_t lanes, float *n, float *nh, float *cen, float *rstd) {
+    const float *row[FL];
+    for (int64_t l = 0; l < lanes; l++) row[l] = x + l * channels;
+    rows_to_planar(row, channels, lanes, nh);
+    for (int half = 0; half < 2; half++) {
+        const int64_t h = 8 * half;
+        v8 sum = {}, dev = {};
+        for (int64_t c = 0; c < channels; c++) sum += load8(nh + c * FL + h);
+        const v8 mean = sum / (float)channels;
+        for (int64_t c = 0; c < channels; c++) {
+            const v8 d = load8(nh + c * FL + h) - mean;
+            dev += d * d;
+        }
+        v8 r;
+        for (int l = 0; l < 8; l++) r[l] = 1.0f / sqrtf(dev[l] / (float)channels + eps);
+        store8(rstd + h, r);
+        for (int64_t c = 0; c < channels; c++) {
+            const v8 v = load8(nh + c * FL + h), centred = (v - mean) * r, plain = ln_b ? centred : v * r;
+            store8(cen + c * FL + h, centred);
+            store8(nh + c * FL + h, plain);
+            store8(n + c * FL + h, ln_b ? plain * ln_w[c] + ln_b[c] : plain * ln_w[c]);
+        }
+    }
+}
+
+/* acc[i] (8 lanes) += the sum over the block's pixels of a[i] * b (planar rows of FL) */
+static inline void add_products(float *acc, const float *a, const float *b) {
+    store8(acc, load8(acc) + load8(a) * load8(b) + load8(a + 8) * load8(b + 8));
+}
+
+/* The feed-forward half's gradients (the gated `amir_block_half`): from x and dout = dL/d(out),
+ * dx = dL/dx and, summed over all pixels into `grads`, those of w_in (wide x C), b_in, w_dw
+ * (wide x 9), b_dw, w_out (C x hidden), b_out, ln_w and ln_b, in that order. Each band of rows
+ * recomputes the expansion P row by row into a ring of three and the depthwise convolution's
+ * gradient dD one row behind into another ring of three: the gradient of P at a row is the
+ * transposed depthwise convolution of three dD rows. Rows outside the image and pixels past a
+ * row's end are zero in both rings. w_in_t and w_out_t are w_in and w_out transposed. Each band
+ * adds its weights' gradients into its part of `partial` (units * n_grads * 8 floats, zeros), and
+ * the parts are added in band order; `work` holds threads * 2 * wide * (3 * stride + FL) floats. */
+void amir_ffn_backward(const float *x, const float *dout, const float *ln_w, const float *ln_b, float eps,
+                       const float *w_in, const float *w_in_t, const float *b_in, const float *w_dw, const float *b_dw,
+                       const float *w_out_t, float *dx, float *grads, float *partial, float *work, int64_t batch,
+                       int64_t height, int64_t width, int64_t channels, int64_t hidden, int64_t threads) {
+    const int64_t C = channels, wide = 2 * hidden, stride = (width + FL - 1) / FL * FL + 2;
+    const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, C, wide, threads};
+    const int64_t bands = bands_per_image(&s), band = (height + bands - 1) / bands, units = batch * bands;
+    const int64_t o_bin = wide * C, o_wdw = o_bin + wide, o_bdw = o_wdw + wide * 9, o_wout = o_bdw + wide;
+    const int64_t o_bout = o_wout + C * hidden, o_lnw = o_bout + C, o_lnb = o_lnw + C, n_grads = o_lnb + C;
+    #pragma omp parallel num_threads((int)threads)
+    {
+        float *ring = work + omp_get_thread_num() * 2 * wide * (3 * stride + FL), *dring = ring + 3 * wide * stride;
+        float *d = dring + 3 * wide * stride, *g = d + wide * FL;  /* a block's D (then dD, dP) and gated values */
+        float xt[C * FL], dt[C * FL], nh[C * FL], cen[C * FL], dn[C * FL], rstd[FL], dg[hidden * FL];
+        #pragma omp for schedule(static)
+        for (int64_t unit = 0; unit < units; unit++) {
+            const int64_t image = unit / bands, y0 = unit % bands * band;
+            const int64_t y1 = y0 + band < height ? y0 + band : height, at = image * height * width * C;
+            const float *img = x + at, *dimg = dout + at;
+            float *acc = partial + unit * n_grads * 8;
+            for (int64_t t = y0 - 2; t <= y1 + 1; t++) {
+                expand_row(&s, img, t, stride, ring + (t + 3) % 3 * wide * stride, xt);
+                /* dD of row r = t - 1, from P of rows r - 1, r, r + 1 */
+                const int64_t r = t - 1;
+                if (r >= y0 - 1 && r <= y1) {
+                    float *dslot = dring + (r + 3) % 3 * wide * stride;
+                    memset(dslot, 0, sizeof(float) * wide * stride);
+                    const float *rows[3] = {ring + (r + 2) % 3 * wide * stride, ring + (r + 3) % 3 * wide * stride,
+                                            ring + (r + 4) % 3 * wide * stride};
+                    const int owned = r >= y0 && r < y1;
+                    for (int64_t x0 = 0; r >= 0 && r < height && x0 < width; x0 += FL) {
+                        const int64_t lanes = width - x0 < FL ? width - x0 : FL;
+                        const float *row[FL];
+                        for (int64_t l = 0; l < lanes; l++) row[l] = dimg + (r * width + x0 + l) * C;
+                        rows_to_planar(row, C, lanes, dt);  /* zero past the row's end, and so is all below */
+                        depthwise(&s, rows, stride, x0, d);
+                        product_lanes(w_out_t, NULL, dt, C, hidden, dg, FL);
+                        for (int64_t j = 0; j < hidden; j++) {
+                            float *gate = d + j * FL, *value = d + (hidden + j) * FL, *gj = g + j * FL;
+                            const float *dgj = dg + j * FL;
+                            #pragma omp simd
+                            for (int l = 0; l < FL; l++) {
+                                const float act = gelu(gate[l]);
+                                gj[l] = act * value[l];
+                                gate[l] = dgj[l] * value[l] * gelu_grad(gate[l]);
+                                value[l] = dgj[l] * act;
+                            }
+                        }
+                        for (int64_t ch = 0; ch < wide; ch++)
+                            for (int64_t l = 0; l < FL; l++) dslot[ch * stride + 1 + x0 + l] = l < lanes ? d[ch * FL + l] : 0.0f;
+                        if (!owned) continue;
+                        for (int64_t c = 0; c < C; c++) {
+                            for (int64_t j = 0; j < hidden; j++) add_products(acc + (o_wout + c * hidden + j) * 8, dt + c * FL, g + j * FL);
+                            store8(acc + (o_bout + c) * 8, load8(acc + (o_bout + c) * 8) + load8(dt + c * FL) + load8(dt + c * FL + 8));
+                        }
+                        for (int64_t ch = 0; ch < wide; ch++) {
+                            const float *dd = dslot + ch * stride + 1 + x0;  /* zero past the row's end */
+                            for (int a = 0; a < 3; a++)
+                                for (int b = 0; b < 3; b++) add_products(acc + (o_wdw + ch * 9 + a * 3 + b) * 8, dd, rows[a] + ch * stride + x0 + b);
+                            store8(acc + (o_bdw + ch) * 8, load8(acc + (o_bdw + ch) * 8) + load8(dd) + load8(dd + 8));
+                        }
+                    }
+                }
+                /* row u = t - 2: dP from dD of rows u + 1, u, u - 1, then w_in's and the LayerNorm's gradients */
+                const int64_t u = t - 2;
+                if (u < y0 || u >= y1) continue;
+                const float *drows[3] = {dring + (u + 4) % 3 * wide * stride, dring + (u + 3) % 3 * wide * stride,
+                                         dring + (u + 2) % 3 * wide * stride};
+                for (int64_t x0 = 0; x0 < width; x0 += FL) {
+                    const int64_t lanes = width - x0 < FL ? width - x0 : FL;
+                    for (int64_t ch = 0; ch < wide; ch++) {  /* dP[x] = sum w[a][b] dD[u + 1 - a][x + 1 - b] */
+                        const float *k = w_dw + ch * 9;
+                        v8 a0 = {}, a1 = {};
+                        for (int a = 0; a < 3; a++) {
+                            const float *p = drows[a] + ch * stride + x0;
+                            for (int b = 0; b < 3; b++) {
+                                a0 += k[a * 3 + b] * load8(p + 2 - b);
+                                a1 += k[a * 3 + b] * load8(p + 2 - b + 8);
+                            }
+                        }
+                        for (int l = 0; l < 8; l++) {
+                            a0[l] = l < lanes ? a0[l] : 0.0f;
+                            a1[l] = l + 8 < lanes ? a1[l] : 0.0f;
+                        }
+                        store8(d + ch * FL, a0);
+                        store8(d + ch * FL + 8, a1);
+                    }
+                    norm_lanes_kept(img + (u * width + x0) * C, ln_w, ln_b, eps, C, lanes, xt, nh, cen, rstd);
+                    for (int64_t ch = 0; ch < wide; ch++) {
+                        for (int64_t c = 0; c < C; c++) add_products(acc + (ch * C + c) * 8, d + ch * FL, xt + c * FL);
+                        store8(acc + (o_bin + ch) * 8, load8(acc + (o_bin + ch) * 8) + load8(d + ch * FL) + load8(d + ch * FL + 8));
+                    }
+                    product_lanes(w_in_t, NULL, d, wide, C, dn, FL);
+                    for (int64_t c = 0; c < C; c++) {
+                        add_products(acc + (o_lnw + c) * 8, dn + c * FL, nh + c * FL);
+                        store8(acc + (o_lnb + c) * 8, load8(acc + (o_lnb + c) * 8) + load8(dn + c * FL) + load8(dn + c * FL + 8));
+                    }
+                    /* LayerNorm's input gradient, with gn = dn * ln_w: rstd * (gn - mean(gn) - cen * mean(gn * cen)),
+                     * or without a bias rstd * (gn - cen * mean(gn * nh)) */
+                    for (int half = 0; half < 2; half++) {
+                        const int64_t h = 8 * half;
+                        v8 sum = {}, dot = {};
+                        for (int64_t c = 0; c < C; c++) {
+                            const v8 gn = load8(dn + c * FL + h) * ln_w[c];
+                            sum += gn;
+                            dot += gn * load8((ln_b ? cen : nh) + c * FL + h);
+                        }
+                        const v8 mean = ln_b ? sum / (float)C : (v8){}, mdot = dot / (float)C, r = load8(rstd + h);
+                        for (int64_t c = 0; c < C; c++) {
+                            const v8 gn = load8(dn + c * FL + h) * ln_w[c];
+                            store8(dn + c * FL + h, r * (gn - mean - load8(cen + c * FL + h) * mdot));
+                        }
+                    }
+                    const float *add[FL];
+                    float *out[FL];
+                    for (int64_t l = 0; l < lanes; l++) {
+                        add[l] = dimg + (u * width + x0 + l) * C;
+                        out[l] = dx + at + (u * width + x0 + l) * C;
+                    }
+                    planar_to_rows(dn, C, lanes, add, out);
+                }
+            }
+        }
+    }
+    for (int64_t i = 0; i < n_grads; i++) {
+        float sum = 0.0f;
+        for (int64_t unit = 0; unit < units; unit++)
+            for (int l = 0; l < 8; l++) sum += partial[(unit * n_grads + i) * 8 + l];
+        grads[i] = sum;
+    }
 }

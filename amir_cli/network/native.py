@@ -34,6 +34,9 @@ from . import onednn
 # functions this module calls (a package upgraded under a running program leaves both as they were).
 _SOURCE = Path(__file__).with_name("native.c").read_text()
 _PIXELS = 1 << 20  # pixels per call of the experts' kernel: bounds its work space (12 bytes a pixel and rank)
+# Smaller maps train faster with PyTorch's operators: each band computes two rows beyond its own
+# at either end, and a row fills 16 lanes at a time (benchmarks/results/native_kernels_cpu.txt).
+TRAIN_SIDE = 16
 _failure: list[str] = []  # why the library could not be built or loaded
 
 
@@ -97,7 +100,8 @@ def library() -> ctypes.CDLL | None:
     f = ctypes.c_float
     lib.amir_block_half.argtypes = [p, p, p, f] + [p] * 5 + [i, p, i, p, p] + [i] * 6
     lib.amir_attention_gram.argtypes = [p, p, p, f] + [p] * 4 + [i] + [p] * 4 + [i] * 5
-    for name in ("amir_block_half", "amir_attention_gram", "amir_experts"):
+    lib.amir_ffn_backward.argtypes = [p, p, p, p, f] + [p] * 10 + [i] * 6
+    for name in ("amir_block_half", "amir_attention_gram", "amir_experts", "amir_ffn_backward"):
         getattr(lib, name).restype = None
     return lib
 
@@ -120,6 +124,14 @@ def runs(engine: str, device: torch.device, precision: str = "fp32") -> bool:
 def applies(engine: str, x: torch.Tensor) -> bool:
     """Whether ``x`` goes through the kernels: `runs` for its device, in inference in fp32."""
     return onednn.inference_in_fp32(x) and runs(engine, x.device)
+
+
+def trains(engine: str, x: torch.Tensor) -> bool:
+    """Whether ``x`` goes through the kernels that have gradients (the feed-forward half's): `runs`
+    for its device, in fp32 with autograd on and autocast off, on maps of at least TRAIN_SIDE
+    pixels a side."""
+    return (x.dtype == torch.float32 and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and min(x.shape[-2:]) >= TRAIN_SIDE and runs(engine, x.device))
 
 
 def _run(kernel: str, *args) -> None:
@@ -209,3 +221,45 @@ def attention_block(x: torch.Tensor, norm, attention) -> torch.Tensor:
     mix = attention.mixing(gram, squares)
     front = _front(norm, attention.qkv, attention.qkv_dwconv, slice(2 * C, 3 * C))
     return _half(x, front, C, mix, attention.project_out.bias, gated=False)
+
+
+class _FeedForwardHalf(torch.autograd.Function):
+    """x + ffn(norm(x)) with its gradients in amir's kernels: the forward pass keeps only x, and the
+    backward pass computes the expansion again as it streams rows."""
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, w_out, b_out):
+        C, hidden = x.shape[1], w_out.shape[1]
+        front = [None if t is None else t.detach().contiguous() for t in (ln_w, ln_b, w_in, b_in, w_dw, b_dw)]
+        ctx.save_for_backward(x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, w_out, b_out)
+        return _half(x, front, 2 * hidden, w_out.detach().view(C, hidden), b_out, gated=True)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, w_out, b_out = ctx.saved_tensors
+        B, C, H, W = x.shape
+        hidden, threads = w_out.shape[1], torch.get_num_threads()
+        wide = 2 * hidden
+        dout = dout.contiguous(memory_format=torch.channels_last)
+        into = w_in.detach().reshape(wide, C).contiguous()
+        kept = [None if t is None else t.detach().contiguous() for t in (ln_w, ln_b, b_in, w_dw, b_dw)]
+        sizes = [wide * C, wide, wide * 9, wide, C * hidden, C, C, C]
+        bands = min(threads // math.gcd(B, threads), H)  # as the kernel splits the images
+        partial = x.new_zeros(B * bands * sum(sizes) * 8)
+        work = x.new_empty(threads * 2 * wide * (3 * (-(-W // 16) * 16 + 2) + 16))
+        dx, grads = torch.empty_like(x), x.new_empty(sum(sizes))
+        into_t, out_t = into.t().contiguous(), w_out.detach().reshape(C, hidden).t().contiguous()
+        _run("amir_ffn_backward", _ptr(x), _ptr(dout), _ptr(kept[0]), _ptr(kept[1]), 1e-5, _ptr(into), _ptr(into_t),
+             _ptr(kept[2]), _ptr(kept[3]), _ptr(kept[4]), _ptr(out_t), _ptr(dx), _ptr(grads), _ptr(partial), _ptr(work),
+             B, H, W, C, hidden, threads)
+        parts = grads.split(sizes)
+        shaped = [None if t is None else g.view_as(t) for t, g in zip((w_in, b_in, w_dw, b_dw, w_out, b_out, ln_w, ln_b), parts)]
+        g_w_in, g_b_in, g_w_dw, g_b_dw, g_w_out, g_b_out, g_ln_w, g_ln_b = shaped
+        return dx, g_ln_w, g_ln_b, g_w_in, g_b_in, g_w_dw, g_b_dw, g_w_out, g_b_out
+
+
+def ffn_block_trained(x: torch.Tensor, norm, ffn) -> torch.Tensor:
+    """`ffn_block` with gradients, for training (weights and x alike)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    return _FeedForwardHalf.apply(x, norm.body.weight, norm.body.bias, ffn.project_in.weight, ffn.project_in.bias,
+                                  ffn.dwconv.weight, ffn.dwconv.bias, ffn.project_out.weight, ffn.project_out.bias)

@@ -284,6 +284,8 @@ class TransformerBlock(Computation, nn.Module):
         if not self.reference and native.applies(self.engine, x):  # each half in amir's kernels, streaming rows
             return native.ffn_block(native.attention_block(x, self.norm1, self.attn), self.norm2, self.ffn)
         x = self.attn(self.norm1(x), residual=x)
+        if not self.reference and native.trains(self.engine, x):
+            return native.ffn_block_trained(x, self.norm2, self.ffn)
         return self.ffn(self.norm2(x), residual=x)
 
 
