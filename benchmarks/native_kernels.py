@@ -1,7 +1,7 @@
 """amir's native CPU kernels (`amir_cli.network.native`) against the PyTorch operators they replace,
 one map shape at a time: each half of a transformer block (LayerNorm, attention or feed-forward,
-residual; against PyTorch's fast path of them), the feed-forward half's forward and backward
-pass in training (batch 4 of 64x64 patches, against autograd through the operators) and spatial
+residual; against PyTorch's fast path of them), each half's forward and backward pass in training
+(batch 4 of 64x64 patches, against autograd through the operators) and spatial
 routing's mixture of experts (the shipped amir-s weights where the registry has them). The
 inference shapes are those of a 256x256 slice's levels in amir-s. Medians of --repeats calls, the two alternating; the table also goes to
 benchmarks/results/native_kernels_cpu.txt (--out).
@@ -37,20 +37,22 @@ def cases():
                lambda b=block, x=x: native.attention_block(x, b.norm1, b.attn))
         yield ("ffn_block", shape, lambda b=block, x=x: b.ffn(b.norm2(x), residual=x),
                lambda b=block, x=x: native.ffn_block(x, b.norm2, b.ffn))
-    for size, channels in [(64, 8), (64, 16), (32, 16), (16, 32), (8, 64)]:  # training: batch 4, patch 64
-        block = restormer.TransformerBlock(channels, 1, 2.66, False, "WithBias")
+    for size, channels, heads in [(64, 8, 1), (64, 16, 1), (32, 16, 2), (16, 32, 4), (8, 64, 8)]:  # training: batch 4, patch 64
+        block = restormer.TransformerBlock(channels, heads, 2.66, False, "WithBias")
         for m in block.modules():
             if isinstance(m, restormer.Computation):
                 m.engine = "plain"
         x = torch.randn(4, channels, size, size).contiguous(memory_format=torch.channels_last)
 
-        def step(half, b=block, x=x):
+        def step(half, norm, body, x=x):
             with torch.enable_grad():
                 y = x.clone().requires_grad_()
-                half(y, b.norm2, b.ffn).sum().backward()
+                half(y, norm, body).sum().backward()
 
-        yield ("ffn_block_trained", f"4 x {size * size} x {channels}", lambda s=step: s(lambda y, n, f: f(n(y), residual=y)),
-               lambda s=step: s(native.ffn_block_trained))
+        operators = lambda y, n, b: b(n(y), residual=y)  # noqa: E731
+        shape = f"4 x {size * size} x {channels}"
+        for name, norm, body in (("attention_block_trained", block.norm1, block.attn), ("ffn_block_trained", block.norm2, block.ffn)):
+            yield (name, shape, lambda n=norm, b=body: step(operators, n, b), lambda k=getattr(native, name), n=norm, b=body: step(k, n, b))
     model, _ = build_model("amir-s", torch.device("cpu"))
     instruction = model.instruction(torch.rand(1, 1, 256, 256))
     for level, size in [(1, 256), (2, 128), (3, 64)]:

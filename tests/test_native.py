@@ -40,19 +40,19 @@ def test_native_engine_equals_the_published_computation(config, size):
 
 
 @needs_native
-def test_native_kernels_run_in_fp32_on_the_cpu_training_only_the_feed_forward(monkeypatch):
-    """Inference takes every kernel; training the feed-forward's, on maps of at least
-    native.TRAIN_SIDE a side (here level 1 of 24x24, not level 2); other engines and the published
-    computation none."""
+def test_native_kernels_run_in_fp32_on_the_cpu_and_train_where_faster(monkeypatch):
+    """Inference takes every kernel; training the halves' kernels with gradients on maps of at
+    least native.TRAIN_SIDE a side (here the feed-forward's at levels 1 and 2 of 32x32, the
+    attention's at level 1); other engines and the published computation none."""
     calls = []
-    for name in ("attention_block", "ffn_block", "experts", "ffn_block_trained"):
+    for name in ("attention_block", "ffn_block", "experts", "attention_block_trained", "ffn_block_trained"):
         real = getattr(native, name)
         monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append((_name, a[0].shape[-1])) or _real(*a, **k))
     model = random_model(RANDOM_CONFIGS[0]).set_computation(engine="native")
-    x = torch.rand(1, 1, 24, 24)
+    x = torch.rand(1, 1, 32, 32)
     model.train()
     model(x)[0].sum().backward()
-    assert calls and set(calls) == {("ffn_block_trained", 24)}
+    assert set(calls) == {("attention_block_trained", 32), ("ffn_block_trained", 32), ("ffn_block_trained", 16)}
     calls.clear()
     model.set_computation(engine="plain")(x)[0].sum().backward()
     with torch.no_grad():
@@ -66,89 +66,41 @@ def test_native_kernels_run_in_fp32_on_the_cpu_training_only_the_feed_forward(mo
 
 @needs_native
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("dim, bias, norm, shape", [
-    (8, False, "WithBias", (1, 16, 16)), (8, True, "BiasFree", (2, 7, 19)), (16, True, "WithBias", (3, 9, 8)),
-    (5, False, "WithBias", (1, 1, 1)), (12, True, "BiasFree", (1, 20, 33))], ids=lambda v: str(v))
-def test_feed_forward_kernel_gradients_equal_autograd_of_the_operators(threads, dim, bias, norm, shape):
-    """The output and every gradient (x, LayerNorm, expansion, depthwise, projection, biases) of the
-    trained feed-forward half against autograd through the operators."""
+@pytest.mark.parametrize("half", ["attention", "ffn"])
+@pytest.mark.parametrize("dim, heads, bias, norm, shape", [
+    (8, 1, False, "WithBias", (1, 16, 16)), (8, 2, True, "BiasFree", (2, 7, 19)), (16, 4, True, "WithBias", (3, 9, 8)),
+    (5, 1, False, "WithBias", (1, 1, 1)), (12, 3, True, "BiasFree", (1, 20, 33))], ids=lambda v: str(v))
+def test_block_kernel_gradients_equal_autograd_of_the_operators(threads, half, dim, heads, bias, norm, shape):
+    """The output and every gradient (x, LayerNorm, the 1x1 and depthwise convolutions, the
+    projection, the biases, the attention's temperature) of a block half trained in the kernels,
+    against autograd through the operators."""
     torch.manual_seed(dim)
-    block = restormer.TransformerBlock(dim, 1, 2.66, bias, norm)
+    block = restormer.TransformerBlock(dim, heads, 2.66, bias, norm)
     with torch.no_grad():
         for p in block.parameters():
             p.normal_(0, 0.3)
-    params = list(block.norm2.parameters()) + list(block.ffn.parameters())
+    for m in block.modules():
+        if isinstance(m, restormer.Computation):
+            m.engine = "plain"
+    norm_, body = (block.norm1, block.attn) if half == "attention" else (block.norm2, block.ffn)
+    trained = native.attention_block_trained if half == "attention" else native.ffn_block_trained
+    params = list(norm_.parameters()) + list(body.parameters())
     x0 = torch.randn(shape[0], dim, *shape[1:]).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(x0.shape)
     before = torch.get_num_threads()
     results = []
     try:
         torch.set_num_threads(threads)
-        for trained in (native.ffn_block_trained, lambda x, n, f: f(n(x), residual=x)):
+        for run in (trained, lambda x, n, b: b(n(x), residual=x)):
             block.zero_grad()
-            for m in (block.norm2, block.ffn):
-                m.engine = "plain"
             x = x0.clone().requires_grad_()
-            out = trained(x, block.norm2, block.ffn)
+            out = run(x, norm_, body)
             (out * weight).sum().backward()
             results.append([out.detach(), x.grad] + [p.grad.clone() for p in params])
     finally:
         torch.set_num_threads(before)
     for ours, ref in zip(*results):
-        assert (ours - ref).abs().max() < 1e-5 * max(1.0, ref.abs().max().item())
-
-
-@needs_native
-def test_feed_forward_kernel_gelu_matches_the_exact_gelu():
-    """The kernel's GELU (a rational erf) against float64's exact one, from far negative to far
-    positive: a block whose gates are its expansion's biases (one per channel, exact), values 1,
-    and the identity after the gate, on a zero pixel (its LayerNorm is 0)."""
-    gates = torch.linspace(-12, 12, 24000).view(-1, 1000)
-    block = restormer.TransformerBlock(1000, 1, 1.0, True, "WithBias").eval()
-    ffn = block.ffn
-    with torch.no_grad():
-        for p in ffn.parameters():
-            p.zero_()
-        ffn.dwconv.weight[:, 0, 1, 1] = 1
-        ffn.project_out.weight[:, :, 0, 0] = torch.eye(1000)
-        ffn.project_in.bias[1000:] = 1
-        x = torch.zeros(1, 1000, 1, 1).contiguous(memory_format=torch.channels_last)
-        out = []
-        for row in gates:
-            ffn.project_in.bias[:1000] = row
-            out.append(native.ffn_block(x, block.norm2, ffn).flatten())
-    exact = torch.nn.functional.gelu(gates.double())
-    assert (torch.stack(out).double() - exact).abs().max() < 3e-6
-
-
-@needs_native
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("dim, heads, bias, norm, shape", [
-    (8, 1, False, "WithBias", (1, 64, 64)), (8, 2, True, "BiasFree", (2, 17, 35)), (16, 4, False, "WithBias", (3, 33, 8)),
-    (42, 3, True, "WithBias", (1, 20, 49)), (8, 1, False, "WithBias", (2, 1, 1)), (5, 1, True, "WithBias", (4, 2, 16)),
-    (72, 8, False, "WithBias", (1, 9, 16))], ids=lambda v: str(v))
-def test_block_kernels_equal_the_block_computed_by_operators(threads, dim, heads, bias, norm, shape):
-    """Both halves of a transformer block, each streaming rows, against the operators: channels
-    in whole vectors and not, every padding of the rows, images split into bands across threads or
-    one image per thread, one row, one pixel, heads of one to nine channels."""
-    torch.manual_seed(dim)
-    block = restormer.TransformerBlock(dim, heads, 2.66, bias, norm).eval()
-    with torch.no_grad():
-        for p in block.parameters():
-            p.normal_(0, 0.3)
-    x = torch.randn(*shape[:1], dim, *shape[1:]).contiguous(memory_format=torch.channels_last)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        with torch.no_grad():
-            out = block(x)
-            for m in block.modules():
-                if isinstance(m, restormer.Computation):
-                    m.engine = "plain"
-            ref = block(x)
-    finally:
-        torch.set_num_threads(before)
-    assert (out - ref).abs().max() < 1e-5 * max(1.0, ref.abs().max().item())
+        assert (ours - ref).abs().max() < 2e-5 * max(1.0, ref.abs().max().item())
 
 
 @needs_native

@@ -127,7 +127,7 @@ static void rows_to_planar(const float *const row[FL], int64_t channels, int64_t
 }
 
 /* row[l] = add[l] + lane l of the planar block (channels x FL), for the pixels l < lanes (`channels`
- * each; add[l] may be row[l]) */
+ * each; add[l] may be row[l], or NULL for none) */
 static void planar_to_rows(const float *planar, int64_t channels, int64_t lanes, const float *const add[FL],
                            float *const row[FL]) {
     int64_t c0 = 0;
@@ -136,10 +136,11 @@ static void planar_to_rows(const float *planar, int64_t channels, int64_t lanes,
             v8 r[8];
             for (int i = 0; i < 8; i++) r[i] = load8(planar + (c0 + i) * FL + l0);
             transpose8(r);
-            for (int64_t p = 0; p < 8 && l0 + p < lanes; p++) store8(row[l0 + p] + c0, r[p] + load8(add[l0 + p] + c0));
+            for (int64_t p = 0; p < 8 && l0 + p < lanes; p++)
+                store8(row[l0 + p] + c0, add[l0 + p] ? r[p] + load8(add[l0 + p] + c0) : r[p]);
         }
     for (int64_t l = 0; l < lanes; l++)
-        for (int64_t c = c0; c < channels; c++) row[l][c] = add[l][c] + planar[c * FL + l];
+        for (int64_t c = c0; c < channels; c++) row[l][c] = (add[l] ? add[l][c] : 0.0f) + planar[c * FL + l];
 }
 
 /* rows `n_out` of w (n_out x n_in) times the FL-pixel planar block `in` (n_in x FL), plus bias, into
@@ -551,34 +552,43 @@ static inline void add_products(float *acc, const float *a, const float *b) {
     store8(acc, load8(acc) + load8(a) * load8(b) + load8(a + 8) * load8(b + 8));
 }
 
-/* The feed-forward half's gradients (the gated `amir_block_half`): from x and dout = dL/d(out),
- * dx = dL/dx and, summed over all pixels into `grads`, those of w_in (wide x C), b_in, w_dw
- * (wide x 9), b_dw, w_out (C x hidden), b_out, ln_w and ln_b, in that order. Each band of rows
- * recomputes the expansion P row by row into a ring of three and the depthwise convolution's
- * gradient dD one row behind into another ring of three: the gradient of P at a row is the
- * transposed depthwise convolution of three dD rows. Rows outside the image and pixels past a
- * row's end are zero in both rings. w_in_t and w_out_t are w_in and w_out transposed. Each band
- * adds its weights' gradients into its part of `partial` (units * n_grads * 8 floats, zeros), and
- * the parts are added in band order; `work` holds threads * 2 * wide * (3 * stride + FL) floats. */
-void amir_ffn_backward(const float *x, const float *dout, const float *ln_w, const float *ln_b, float eps,
-                       const float *w_in, const float *w_in_t, const float *b_in, const float *w_dw, const float *b_dw,
-                       const float *w_out_t, float *dx, float *grads, float *partial, float *work, int64_t batch,
-                       int64_t height, int64_t width, int64_t channels, int64_t hidden, int64_t threads) {
-    const int64_t C = channels, wide = 2 * hidden, stride = (width + FL - 1) / FL * FL + 2;
+/* What a block half's backward pass starts from, per pixel: the gradient of its depthwise outputs D */
+enum { GATED = 0, LINEAR = 1, QUADRATIC = 2 };
+
+/* A block half's gradients. The half is the gated `amir_block_half` (GATED: out = x + b_out + w_out
+ * @ (GELU(D1) * D2), the feed-forward), its linear one (LINEAR: out = x + b_out + w_out[image] @ D,
+ * the attention's output), or the attention's Gram pass (QUADRATIC: no output but what the
+ * sums of D's products feed, so that dD = m[image] @ D and dout is not read). From x and dout =
+ * dL/d(out): dx = dL/dx and, summed over all pixels into `grads`, those of w_in (wide x C), b_in,
+ * w_dw (wide x 9), b_dw, ln_w, ln_b, b_out, then w_out per image (batch x C x hidden), in that
+ * order. `m` holds w_out transposed (hidden x C; LINEAR: per image, m_image floats apart) or, for
+ * QUADRATIC, the wide x wide matrices. Each band of rows recomputes the expansion P row by row
+ * into a ring of three and the gradient dD one row behind into another ring of three: the
+ * gradient of P at a row is the transposed depthwise convolution of three dD rows. Rows outside
+ * the image and pixels past a row's end are zero in both rings. Each band adds its gradients into
+ * its part of `partial` (units * n_grads * 8 floats, zeros), and the parts are added in band order;
+ * `work` holds threads * wide * (6 * stride + 3 * FL) floats. w_in_t is w_in transposed. */
+void amir_half_backward(const float *x, const float *dout, const float *ln_w, const float *ln_b, float eps,
+                        const float *w_in, const float *w_in_t, const float *b_in, const float *w_dw, const float *b_dw,
+                        const float *m, int64_t m_image, int64_t kind, float *dx, float *grads, float *partial,
+                        float *work, int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t wide,
+                        int64_t threads) {
+    const int64_t C = channels, hidden = kind == GATED ? wide / 2 : wide, stride = (width + FL - 1) / FL * FL + 2;
     const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, C, wide, threads};
     const int64_t bands = bands_per_image(&s), band = (height + bands - 1) / bands, units = batch * bands;
-    const int64_t o_bin = wide * C, o_wdw = o_bin + wide, o_bdw = o_wdw + wide * 9, o_wout = o_bdw + wide;
-    const int64_t o_bout = o_wout + C * hidden, o_lnw = o_bout + C, o_lnb = o_lnw + C, n_grads = o_lnb + C;
+    const int64_t o_bin = wide * C, o_wdw = o_bin + wide, o_bdw = o_wdw + wide * 9, o_lnw = o_bdw + wide;
+    const int64_t o_lnb = o_lnw + C, o_bout = o_lnb + C, o_wout = o_bout + C;
+    const int64_t n_grads = o_wout + (kind == QUADRATIC ? 0 : C * hidden);
     #pragma omp parallel num_threads((int)threads)
     {
-        float *ring = work + omp_get_thread_num() * 2 * wide * (3 * stride + FL), *dring = ring + 3 * wide * stride;
-        float *d = dring + 3 * wide * stride, *g = d + wide * FL;  /* a block's D (then dD, dP) and gated values */
-        float xt[C * FL], dt[C * FL], nh[C * FL], cen[C * FL], dn[C * FL], rstd[FL], dg[hidden * FL];
+        float *ring = work + omp_get_thread_num() * wide * (6 * stride + 3 * FL), *dring = ring + 3 * wide * stride;
+        float *d = dring + 3 * wide * stride, *e = d + wide * FL, *g = e + wide * FL;  /* a block's D, dD (then dP), gated D */
+        float xt[C * FL], dt[C * FL], nh[C * FL], cen[C * FL], dn[C * FL], rstd[FL];
         #pragma omp for schedule(static)
         for (int64_t unit = 0; unit < units; unit++) {
             const int64_t image = unit / bands, y0 = unit % bands * band;
             const int64_t y1 = y0 + band < height ? y0 + band : height, at = image * height * width * C;
-            const float *img = x + at, *dimg = dout + at;
+            const float *img = x + at, *dimg = kind == QUADRATIC ? NULL : dout + at, *mi = m + image * m_image;
             float *acc = partial + unit * n_grads * 8;
             for (int64_t t = y0 - 2; t <= y1 + 1; t++) {
                 expand_row(&s, img, t, stride, ring + (t + 3) % 3 * wide * stride, xt);
@@ -592,29 +602,36 @@ void amir_ffn_backward(const float *x, const float *dout, const float *ln_w, con
                     const int owned = r >= y0 && r < y1;
                     for (int64_t x0 = 0; r >= 0 && r < height && x0 < width; x0 += FL) {
                         const int64_t lanes = width - x0 < FL ? width - x0 : FL;
-                        const float *row[FL];
-                        for (int64_t l = 0; l < lanes; l++) row[l] = dimg + (r * width + x0 + l) * C;
-                        rows_to_planar(row, C, lanes, dt);  /* zero past the row's end, and so is all below */
                         depthwise(&s, rows, stride, x0, d);
-                        product_lanes(w_out_t, NULL, dt, C, hidden, dg, FL);
-                        for (int64_t j = 0; j < hidden; j++) {
-                            float *gate = d + j * FL, *value = d + (hidden + j) * FL, *gj = g + j * FL;
-                            const float *dgj = dg + j * FL;
-                            #pragma omp simd
-                            for (int l = 0; l < FL; l++) {
-                                const float act = gelu(gate[l]);
-                                gj[l] = act * value[l];
-                                gate[l] = dgj[l] * value[l] * gelu_grad(gate[l]);
-                                value[l] = dgj[l] * act;
+                        if (kind == QUADRATIC) {
+                            product_lanes(mi, NULL, d, wide, wide, e, FL);
+                        } else {
+                            const float *row[FL];
+                            for (int64_t l = 0; l < lanes; l++) row[l] = dimg + (r * width + x0 + l) * C;
+                            rows_to_planar(row, C, lanes, dt);
+                            product_lanes(mi, NULL, dt, C, hidden, e, FL);  /* the gradient of what w_out takes */
+                        }
+                        if (kind == GATED)
+                            for (int64_t j = 0; j < hidden; j++) {
+                                const float *gate = d + j * FL, *value = d + (hidden + j) * FL;
+                                float *dgate = e + j * FL, *dvalue = e + (hidden + j) * FL, *gj = g + j * FL;
+                                #pragma omp simd
+                                for (int l = 0; l < FL; l++) {
+                                    const float act = gelu(gate[l]), dgj = dgate[l];
+                                    gj[l] = act * value[l];
+                                    dgate[l] = dgj * value[l] * gelu_grad(gate[l]);
+                                    dvalue[l] = dgj * act;
+                                }
                             }
-                        }
                         for (int64_t ch = 0; ch < wide; ch++)
-                            for (int64_t l = 0; l < FL; l++) dslot[ch * stride + 1 + x0 + l] = l < lanes ? d[ch * FL + l] : 0.0f;
+                            for (int64_t l = 0; l < FL; l++) dslot[ch * stride + 1 + x0 + l] = l < lanes ? e[ch * FL + l] : 0.0f;
                         if (!owned) continue;
-                        for (int64_t c = 0; c < C; c++) {
-                            for (int64_t j = 0; j < hidden; j++) add_products(acc + (o_wout + c * hidden + j) * 8, dt + c * FL, g + j * FL);
-                            store8(acc + (o_bout + c) * 8, load8(acc + (o_bout + c) * 8) + load8(dt + c * FL) + load8(dt + c * FL + 8));
-                        }
+                        if (kind != QUADRATIC)  /* dout is zero past the row's end */
+                            for (int64_t c = 0; c < C; c++) {
+                                const float *taken = kind == GATED ? g : d;
+                                for (int64_t j = 0; j < hidden; j++) add_products(acc + (o_wout + c * hidden + j) * 8, dt + c * FL, taken + j * FL);
+                                store8(acc + (o_bout + c) * 8, load8(acc + (o_bout + c) * 8) + load8(dt + c * FL) + load8(dt + c * FL + 8));
+                            }
                         for (int64_t ch = 0; ch < wide; ch++) {
                             const float *dd = dslot + ch * stride + 1 + x0;  /* zero past the row's end */
                             for (int a = 0; a < 3; a++)
@@ -644,15 +661,15 @@ void amir_ffn_backward(const float *x, const float *dout, const float *ln_w, con
                             a0[l] = l < lanes ? a0[l] : 0.0f;
                             a1[l] = l + 8 < lanes ? a1[l] : 0.0f;
                         }
-                        store8(d + ch * FL, a0);
-                        store8(d + ch * FL + 8, a1);
+                        store8(e + ch * FL, a0);
+                        store8(e + ch * FL + 8, a1);
                     }
                     norm_lanes_kept(img + (u * width + x0) * C, ln_w, ln_b, eps, C, lanes, xt, nh, cen, rstd);
                     for (int64_t ch = 0; ch < wide; ch++) {
-                        for (int64_t c = 0; c < C; c++) add_products(acc + (ch * C + c) * 8, d + ch * FL, xt + c * FL);
-                        store8(acc + (o_bin + ch) * 8, load8(acc + (o_bin + ch) * 8) + load8(d + ch * FL) + load8(d + ch * FL + 8));
+                        for (int64_t c = 0; c < C; c++) add_products(acc + (ch * C + c) * 8, e + ch * FL, xt + c * FL);
+                        store8(acc + (o_bin + ch) * 8, load8(acc + (o_bin + ch) * 8) + load8(e + ch * FL) + load8(e + ch * FL + 8));
                     }
-                    product_lanes(w_in_t, NULL, d, wide, C, dn, FL);
+                    product_lanes(w_in_t, NULL, e, wide, C, dn, FL);
                     for (int64_t c = 0; c < C; c++) {
                         add_products(acc + (o_lnw + c) * 8, dn + c * FL, nh + c * FL);
                         store8(acc + (o_lnb + c) * 8, load8(acc + (o_lnb + c) * 8) + load8(dn + c * FL) + load8(dn + c * FL + 8));
@@ -667,16 +684,16 @@ void amir_ffn_backward(const float *x, const float *dout, const float *ln_w, con
                             sum += gn;
                             dot += gn * load8((ln_b ? cen : nh) + c * FL + h);
                         }
-                        const v8 mean = ln_b ? sum / (float)C : (v8){}, mdot = dot / (float)C, r = load8(rstd + h);
+                        const v8 mean = ln_b ? sum / (float)C : (v8){}, mdot = dot / (float)C, rs = load8(rstd + h);
                         for (int64_t c = 0; c < C; c++) {
                             const v8 gn = load8(dn + c * FL + h) * ln_w[c];
-                            store8(dn + c * FL + h, r * (gn - mean - load8(cen + c * FL + h) * mdot));
+                            store8(dn + c * FL + h, rs * (gn - mean - load8(cen + c * FL + h) * mdot));
                         }
                     }
                     const float *add[FL];
                     float *out[FL];
-                    for (int64_t l = 0; l < lanes; l++) {
-                        add[l] = dimg + (u * width + x0 + l) * C;
+                    for (int64_t l = 0; l < lanes; l++) {  /* the residual's gradient, but for the Gram pass */
+                        add[l] = kind == QUADRATIC ? NULL : dimg + (u * width + x0 + l) * C;
                         out[l] = dx + at + (u * width + x0 + l) * C;
                     }
                     planar_to_rows(dn, C, lanes, add, out);
@@ -684,10 +701,14 @@ void amir_ffn_backward(const float *x, const float *dout, const float *ln_w, con
             }
         }
     }
+    /* the weights' gradients: w_out's per image, the rest over all */
+    const int64_t shared = o_wout;
     for (int64_t i = 0; i < n_grads; i++) {
-        float sum = 0.0f;
-        for (int64_t unit = 0; unit < units; unit++)
-            for (int l = 0; l < 8; l++) sum += partial[(unit * n_grads + i) * 8 + l];
-        grads[i] = sum;
+        for (int64_t b = 0; b < (i < shared ? 1 : batch); b++) {
+            float sum = 0.0f;
+            for (int64_t unit = i < shared ? 0 : b * bands; unit < (i < shared ? units : (b + 1) * bands); unit++)
+                for (int l = 0; l < 8; l++) sum += partial[(unit * n_grads + i) * 8 + l];
+            grads[i < shared ? i : shared + b * (n_grads - shared) + i - shared] = sum;
+        }
     }
 }

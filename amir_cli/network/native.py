@@ -34,9 +34,10 @@ from . import onednn
 # functions this module calls (a package upgraded under a running program leaves both as they were).
 _SOURCE = Path(__file__).with_name("native.c").read_text()
 _PIXELS = 1 << 20  # pixels per call of the experts' kernel: bounds its work space (12 bytes a pixel and rank)
-# Smaller maps train faster with PyTorch's operators: each band computes two rows beyond its own
-# at either end, and a row fills 16 lanes at a time (benchmarks/results/native_kernels_cpu.txt).
-TRAIN_SIDE = 16
+# The smallest map side at which each half of a block trains faster in the kernels than with
+# PyTorch's operators (benchmarks/results/native_kernels_cpu.txt): each band computes two rows
+# beyond its own at either end, and a row fills 16 lanes at a time.
+TRAIN_SIDE = {"ffn": 16, "attention": 32}
 _failure: list[str] = []  # why the library could not be built or loaded
 
 
@@ -100,8 +101,8 @@ def library() -> ctypes.CDLL | None:
     f = ctypes.c_float
     lib.amir_block_half.argtypes = [p, p, p, f] + [p] * 5 + [i, p, i, p, p] + [i] * 6
     lib.amir_attention_gram.argtypes = [p, p, p, f] + [p] * 4 + [i] + [p] * 4 + [i] * 5
-    lib.amir_ffn_backward.argtypes = [p, p, p, p, f] + [p] * 10 + [i] * 6
-    for name in ("amir_block_half", "amir_attention_gram", "amir_experts", "amir_ffn_backward"):
+    lib.amir_half_backward.argtypes = [p, p, p, p, f] + [p] * 6 + [i, i] + [p] * 4 + [i] * 6
+    for name in ("amir_block_half", "amir_attention_gram", "amir_experts", "amir_half_backward"):
         getattr(lib, name).restype = None
     return lib
 
@@ -126,12 +127,12 @@ def applies(engine: str, x: torch.Tensor) -> bool:
     return onednn.inference_in_fp32(x) and runs(engine, x.device)
 
 
-def trains(engine: str, x: torch.Tensor) -> bool:
-    """Whether ``x`` goes through the kernels that have gradients (the feed-forward half's): `runs`
-    for its device, in fp32 with autograd on and autocast off, on maps of at least TRAIN_SIDE
-    pixels a side."""
+def trains(engine: str, x: torch.Tensor, half: str) -> bool:
+    """Whether ``x`` goes through the kernels with gradients of a block's ``half`` ("attention" or
+    "ffn"): `runs` for its device, in fp32 with autograd on and autocast off, on maps of at least
+    TRAIN_SIDE[half] pixels a side."""
     return (x.dtype == torch.float32 and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and min(x.shape[-2:]) >= TRAIN_SIDE and runs(engine, x.device))
+            and min(x.shape[-2:]) >= TRAIN_SIDE[half] and runs(engine, x.device))
 
 
 def _run(kernel: str, *args) -> None:
@@ -223,6 +224,38 @@ def attention_block(x: torch.Tensor, norm, attention) -> torch.Tensor:
     return _half(x, front, C, mix, attention.project_out.bias, gated=False)
 
 
+GATED, LINEAR, QUADRATIC = range(3)  # the halves `amir_half_backward` differentiates
+
+
+def _half_backward(x, dout, front, m, kind: int, wide: int):
+    """dx and the gradients of a block half (`amir_half_backward`): front (LayerNorm's weight and
+    bias, w_in, b_in, w_dw, b_dw) as saved, m (see the kernel) contiguous. Returns dx, then the
+    gradients of w_in, b_in, w_dw, b_dw, ln_w, ln_b, b_out flat, and w_out's per image (B, C, hidden)."""
+    B, C, H, W = x.shape
+    threads = torch.get_num_threads()
+    hidden = wide // 2 if kind == GATED else wide
+    ln_w, ln_b, w_in, b_in, w_dw, b_dw = (None if t is None else t.detach().contiguous() for t in front)
+    w_in = w_in.reshape(wide, C)
+    sizes = [wide * C, wide, wide * 9, wide, C, C, C] + ([] if kind == QUADRATIC else [C * hidden])
+    bands = min(threads // math.gcd(B, threads), H)  # as the kernel splits the images
+    partial = x.new_zeros(B * bands * sum(sizes) * 8)
+    work = x.new_empty(threads * wide * (6 * (-(-W // 16) * 16 + 2) + 48))
+    dx, grads = torch.empty_like(x), x.new_empty(sum(sizes[:7]) + (0 if kind == QUADRATIC else B * C * hidden))
+    dout = None if dout is None else dout.contiguous(memory_format=torch.channels_last)
+    w_in_t = w_in.t().contiguous()
+    _run("amir_half_backward", _ptr(x), _ptr(dout), _ptr(ln_w), _ptr(ln_b), 1e-5, _ptr(w_in), _ptr(w_in_t), _ptr(b_in),
+         _ptr(w_dw), _ptr(b_dw), _ptr(m), m[0].numel() if m.dim() == 3 else 0, kind, _ptr(dx), _ptr(grads),
+         _ptr(partial), _ptr(work), B, H, W, C, wide, threads)
+    flat = grads[: sum(sizes[:7])].split(sizes[:7])
+    per_image = grads[sum(sizes[:7]):].view(B, C, hidden) if kind != QUADRATIC else None
+    return dx, flat, per_image
+
+
+def _shaped(tensors, grads):
+    """Each gradient in its tensor's shape; None for an absent tensor."""
+    return [None if t is None else g.view_as(t) for t, g in zip(tensors, grads)]
+
+
 class _FeedForwardHalf(torch.autograd.Function):
     """x + ffn(norm(x)) with its gradients in amir's kernels: the forward pass keeps only x, and the
     backward pass computes the expansion again as it streams rows."""
@@ -237,25 +270,65 @@ class _FeedForwardHalf(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, w_out, b_out = ctx.saved_tensors
+        C, hidden = x.shape[1], w_out.shape[1]
+        m = w_out.detach().reshape(C, hidden).t().contiguous()
+        dx, (g_in, g_bin, g_dw, g_bdw, g_lnw, g_lnb, g_bout), g_out = _half_backward(
+            x, dout, (ln_w, ln_b, w_in, b_in, w_dw, b_dw), m, GATED, 2 * hidden)
+        shaped = _shaped((ln_w, ln_b, w_in, b_in, w_dw, b_dw, w_out, b_out),
+                         (g_lnw, g_lnb, g_in, g_bin, g_dw, g_bdw, g_out.sum(0), g_bout))
+        return (dx, *shaped)
+
+
+class _AttentionGram(torch.autograd.Function):
+    """The Gram matrices per head and the squares of q and k (`amir_attention_gram`), with gradients."""
+
+    @staticmethod
+    def forward(ctx, x, heads, ln_w, ln_b, w_qk, b_qk, w_dw, b_dw):
         B, C, H, W = x.shape
-        hidden, threads = w_out.shape[1], torch.get_num_threads()
-        wide = 2 * hidden
-        dout = dout.contiguous(memory_format=torch.channels_last)
-        into = w_in.detach().reshape(wide, C).contiguous()
-        kept = [None if t is None else t.detach().contiguous() for t in (ln_w, ln_b, b_in, w_dw, b_dw)]
-        sizes = [wide * C, wide, wide * 9, wide, C * hidden, C, C, C]
+        threads, c = torch.get_num_threads(), C // heads
+        front = [None if t is None else t.detach().contiguous() for t in (ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)]
+        gram, squares = x.new_empty(B, heads, c, c), x.new_empty(B, 2 * C)
         bands = min(threads // math.gcd(B, threads), H)  # as the kernel splits the images
-        partial = x.new_zeros(B * bands * sum(sizes) * 8)
-        work = x.new_empty(threads * 2 * wide * (3 * (-(-W // 16) * 16 + 2) + 16))
-        dx, grads = torch.empty_like(x), x.new_empty(sum(sizes))
-        into_t, out_t = into.t().contiguous(), w_out.detach().reshape(C, hidden).t().contiguous()
-        _run("amir_ffn_backward", _ptr(x), _ptr(dout), _ptr(kept[0]), _ptr(kept[1]), 1e-5, _ptr(into), _ptr(into_t),
-             _ptr(kept[2]), _ptr(kept[3]), _ptr(kept[4]), _ptr(out_t), _ptr(dx), _ptr(grads), _ptr(partial), _ptr(work),
-             B, H, W, C, hidden, threads)
-        parts = grads.split(sizes)
-        shaped = [None if t is None else g.view_as(t) for t, g in zip((w_in, b_in, w_dw, b_dw, w_out, b_out, ln_w, ln_b), parts)]
-        g_w_in, g_b_in, g_w_dw, g_b_dw, g_w_out, g_b_out, g_ln_w, g_ln_b = shaped
-        return dx, g_ln_w, g_ln_b, g_w_in, g_b_in, g_w_dw, g_b_dw, g_w_out, g_b_out
+        partial, work = x.new_zeros(B * bands * (heads * c * c + 2 * C) * 8), _work(x, 2 * C)
+        _run("amir_attention_gram", _ptr(x), *map(_ptr, front[:2]), 1e-5, *map(_ptr, front[2:]), heads, _ptr(partial),
+             _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, threads)
+        ctx.save_for_backward(x, ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
+        return gram, squares
+
+    @staticmethod
+    def backward(ctx, d_gram, d_squares):
+        x, ln_w, ln_b, w_qk, b_qk, w_dw, b_dw = ctx.saved_tensors
+        B, C = x.shape[:2]
+        heads, c = d_gram.shape[1], d_gram.shape[2]
+        # dq = d_gram @ k + 2 d_squares(q) q and dk = d_gram^T @ q + 2 d_squares(k) k, per head: one
+        # (2C x 2C) matrix per image applied to [q; k]
+        m = torch.diag_embed(2 * d_squares)
+        for h in range(heads):
+            q, k = slice(h * c, (h + 1) * c), slice(C + h * c, C + (h + 1) * c)
+            m[:, q, k] = d_gram[:, h]
+            m[:, k, q] = d_gram[:, h].transpose(1, 2)
+        dx, (g_in, g_bin, g_dw, g_bdw, g_lnw, g_lnb, _), _ = _half_backward(
+            x, None, (ln_w, ln_b, w_qk, b_qk, w_dw, b_dw), m.contiguous(), QUADRATIC, 2 * C)
+        return (dx, None, *_shaped((ln_w, ln_b, w_qk, b_qk, w_dw, b_dw), (g_lnw, g_lnb, g_in, g_bin, g_dw, g_bdw)))
+
+
+class _AttentionOutput(torch.autograd.Function):
+    """x + b_out + mix[image] @ v (`amir_block_half`, not gated), with gradients."""
+
+    @staticmethod
+    def forward(ctx, x, ln_w, ln_b, w_v, b_v, w_dw, b_dw, mix, b_out):
+        front = [None if t is None else t.detach().contiguous() for t in (ln_w, ln_b, w_v, b_v, w_dw, b_dw)]
+        ctx.save_for_backward(x, ln_w, ln_b, w_v, b_v, w_dw, b_dw, mix, b_out)
+        return _half(x, front, x.shape[1], mix.detach(), b_out, gated=False)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, ln_w, ln_b, w_v, b_v, w_dw, b_dw, mix, b_out = ctx.saved_tensors
+        m = mix.detach().transpose(1, 2).contiguous()
+        dx, (g_in, g_bin, g_dw, g_bdw, g_lnw, g_lnb, g_bout), g_mix = _half_backward(
+            x, dout, (ln_w, ln_b, w_v, b_v, w_dw, b_dw), m, LINEAR, x.shape[1])
+        shaped = _shaped((ln_w, ln_b, w_v, b_v, w_dw, b_dw, mix, b_out), (g_lnw, g_lnb, g_in, g_bin, g_dw, g_bdw, g_mix, g_bout))
+        return (dx, *shaped)
 
 
 def ffn_block_trained(x: torch.Tensor, norm, ffn) -> torch.Tensor:
@@ -263,3 +336,18 @@ def ffn_block_trained(x: torch.Tensor, norm, ffn) -> torch.Tensor:
     x = x.contiguous(memory_format=torch.channels_last)
     return _FeedForwardHalf.apply(x, norm.body.weight, norm.body.bias, ffn.project_in.weight, ffn.project_in.bias,
                                   ffn.dwconv.weight, ffn.dwconv.bias, ffn.project_out.weight, ffn.project_out.bias)
+
+
+def attention_block_trained(x: torch.Tensor, norm, attention) -> torch.Tensor:
+    """`attention_block` with gradients, for training (weights, temperature and x alike)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    C = x.shape[1]
+    w, w_dw = attention.qkv.weight, attention.qkv_dwconv.weight
+    b, b_dw = attention.qkv.bias, attention.qkv_dwconv.bias
+    qk, v = slice(0, 2 * C), slice(2 * C, 3 * C)
+    part = lambda t, rows: None if t is None else t[rows]  # noqa: E731
+    gram, squares = _AttentionGram.apply(x, attention.num_heads, norm.body.weight, norm.body.bias, w[qk], part(b, qk),
+                                         w_dw[qk], part(b_dw, qk))
+    mix = attention.mixing(gram, squares)
+    return _AttentionOutput.apply(x, norm.body.weight, norm.body.bias, w[v], part(b, v), w_dw[v], part(b_dw, v), mix,
+                                  attention.project_out.bias)
