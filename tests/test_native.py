@@ -1,5 +1,5 @@
 """amir's own CPU kernels (`amir_cli.network.native`): the same network as the published computation,
-in inference only; built once into the cache folder, safely under races; without a compiler the
+and in training the same gradients as autograd through the operators; built once into the cache folder, safely under races; without a compiler the
 network computes as before and an explicit --engine native is refused in one line."""
 import os
 import subprocess

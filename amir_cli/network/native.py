@@ -1,6 +1,7 @@
-"""amir's own fused CPU kernels (`native.c`) for fp32 inference. Each half of a transformer block
-streams rows: its LayerNorm, 1x1 expansion and depthwise convolution are computed row by row into
-a small ring per thread, so that neither the normalised map nor the expanded one is ever held.
+"""amir's own fused CPU kernels (`native.c`) for fp32, in inference and in training. Each half of a
+transformer block streams rows: its LayerNorm, 1x1 expansion and depthwise convolution are
+computed row by row into a small ring per thread, so that neither the normalised map nor the
+expanded one is ever held.
 The feed-forward half ends in the GELU gate, the projection and the residual; the attention half
 takes two passes, one for the Gram matrices of q and k per head with their norms, one for v times
 each image's matrix (the softmax and the output projection folded together) plus the residual.
@@ -8,11 +9,15 @@ Spatial routing's whole mixture of experts (gating, each expert on its own pixel
 combine) is one call where PyTorch's operators take some twenty passes over memory. The GELU uses
 a rational approximation of erf without exp.
 
+In training the block halves run as autograd functions whose backward pass is one more kernel
+(`amir_half_backward`): it computes the expansion again as it streams rows, rather than keep it,
+and the gradient of the depthwise outputs one row behind. The experts train with PyTorch's operators.
+
 The C source ships with the package and is compiled on first use with the system's C compiler
 (`$CC`, else `cc`) into the user cache folder (`$AMIR_CACHE`, else the platform's), once per
 source, compiler and flags; later runs load the cached library. Without a compiler, or if the
 build fails, `available()` is false, `reason()` says why, and the network computes with PyTorch's
-operators. The kernels have no gradients: training never takes them.
+operators.
 """
 from __future__ import annotations
 
