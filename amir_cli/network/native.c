@@ -623,8 +623,13 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                                     dvalue[l] = dgj * act;
                                 }
                             }
-                        for (int64_t ch = 0; ch < wide; ch++)
-                            for (int64_t l = 0; l < FL; l++) dslot[ch * stride + 1 + x0 + l] = l < lanes ? e[ch * FL + l] : 0.0f;
+                        if (lanes < FL)  /* not pixels */
+                            for (int64_t ch = 0; ch < wide; ch++)
+                                for (int64_t l = lanes; l < FL; l++) e[ch * FL + l] = 0.0f;
+                        for (int64_t ch = 0; ch < wide; ch++) {
+                            store8(dslot + ch * stride + 1 + x0, load8(e + ch * FL));
+                            store8(dslot + ch * stride + 1 + x0 + 8, load8(e + ch * FL + 8));
+                        }
                         if (!owned) continue;
                         if (kind != QUADRATIC)  /* dout is zero past the row's end */
                             for (int64_t c = 0; c < C; c++) {
@@ -632,13 +637,20 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                                 for (int64_t j = 0; j < hidden; j++) add_products(acc + (o_wout + c * hidden + j) * 8, dt + c * FL, taken + j * FL);
                                 store8(acc + (o_bout + c) * 8, load8(acc + (o_bout + c) * 8) + load8(dt + c * FL) + load8(dt + c * FL + 8));
                             }
-                        for (int64_t ch = 0; ch < wide; ch++) {
-                            const float *dd = dslot + ch * stride + 1 + x0;  /* zero past the row's end */
-                            for (int a = 0; a < 3; a++)
-                                for (int b = 0; b < 3; b++) add_products(acc + (o_wdw + ch * 9 + a * 3 + b) * 8, dd, rows[a] + ch * stride + x0 + b);
-                            store8(acc + (o_bdw + ch) * 8, load8(acc + (o_bdw + ch) * 8) + load8(dd) + load8(dd + 8));
-                        }
                     }
+                    if (owned && r >= 0 && r < height)  /* the depthwise weights' gradients over the whole row */
+                        for (int64_t ch = 0; ch < wide; ch++) {
+                            const float *dd = dslot + ch * stride + 1;  /* zero past the row's end */
+                            v8 sums[9] = {}, bias = {};
+                            for (int64_t v = 0; v < stride - 2; v += 8) {
+                                const v8 grad = load8(dd + v);
+                                bias += grad;
+                                for (int a = 0; a < 3; a++)
+                                    for (int b = 0; b < 3; b++) sums[a * 3 + b] += grad * load8(rows[a] + ch * stride + v + b);
+                            }
+                            for (int i = 0; i < 9; i++) store8(acc + (o_wdw + ch * 9 + i) * 8, load8(acc + (o_wdw + ch * 9 + i) * 8) + sums[i]);
+                            store8(acc + (o_bdw + ch) * 8, load8(acc + (o_bdw + ch) * 8) + bias);
+                        }
                 }
                 /* row u = t - 2: dP from dD of rows u + 1, u, u - 1, then w_in's and the LayerNorm's gradients */
                 const int64_t u = t - 2;
