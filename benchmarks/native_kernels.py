@@ -51,8 +51,9 @@ def cases():
 
         operators = lambda y, n, b: b(n(y), residual=y)  # noqa: E731
         shape = f"4 x {size * size} x {channels}"
-        for name, norm, body in (("attention_block_trained", block.norm1, block.attn), ("ffn_block_trained", block.norm2, block.ffn)):
-            yield (name, shape, lambda n=norm, b=body: step(operators, n, b), lambda k=getattr(native, name), n=norm, b=body: step(k, n, b))
+        for name, norm, body in (("attention_block", block.norm1, block.attn), ("ffn_block", block.norm2, block.ffn)):
+            yield (f"{name}, training", shape, lambda n=norm, b=body: step(operators, n, b),
+                   lambda k=getattr(native, name), n=norm, b=body: step(k, n, b))
     model, _ = build_model("amir-s", torch.device("cpu"))
     instruction = model.instruction(torch.rand(1, 1, 256, 256))
     for level, size in [(1, 256), (2, 128), (3, 64)]:

@@ -45,14 +45,15 @@ def test_native_kernels_run_in_fp32_on_the_cpu_and_train_where_faster(monkeypatc
     least native.TRAIN_SIDE a side (here the feed-forward's at levels 1 and 2 of 32x32, the
     attention's at level 1); other engines and the published computation none."""
     calls = []
-    for name in ("attention_block", "ffn_block", "experts", "attention_block_trained", "ffn_block_trained"):
+    for name in ("attention_block", "ffn_block", "experts"):
         real = getattr(native, name)
-        monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append((_name, a[0].shape[-1])) or _real(*a, **k))
+        monkeypatch.setattr(native, name, lambda *a, _real=real, _name=name, **k: calls.append(
+            (_name, a[0].shape[-1], torch.is_grad_enabled())) or _real(*a, **k))
     model = random_model(RANDOM_CONFIGS[0]).set_computation(engine="native")
     x = torch.rand(1, 1, 32, 32)
     model.train()
     model(x)[0].sum().backward()
-    assert set(calls) == {("attention_block_trained", 32), ("ffn_block_trained", 32), ("ffn_block_trained", 16)}
+    assert set(calls) == {("attention_block", 32, True), ("ffn_block", 32, True), ("ffn_block", 16, True)}
     calls.clear()
     model.set_computation(engine="plain")(x)[0].sum().backward()
     with torch.no_grad():
@@ -61,7 +62,7 @@ def test_native_kernels_run_in_fp32_on_the_cpu_and_train_where_faster(monkeypatc
     assert calls == []
     with torch.no_grad():
         model.set_computation(engine="native")(x)
-    assert {name for name, _ in calls} == {"attention_block", "ffn_block", "experts"}
+    assert {(name, grad) for name, _, grad in calls} == {("attention_block", False), ("ffn_block", False), ("experts", False)}
 
 
 @needs_native
@@ -83,7 +84,7 @@ def test_block_kernel_gradients_equal_autograd_of_the_operators(threads, half, d
         if isinstance(m, restormer.Computation):
             m.engine = "plain"
     norm_, body = (block.norm1, block.attn) if half == "attention" else (block.norm2, block.ffn)
-    trained = native.attention_block_trained if half == "attention" else native.ffn_block_trained
+    trained = native.attention_block if half == "attention" else native.ffn_block
     params = list(norm_.parameters()) + list(body.parameters())
     x0 = torch.randn(shape[0], dim, *shape[1:]).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(x0.shape)

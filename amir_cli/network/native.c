@@ -298,29 +298,45 @@ void amir_experts(const float *tokens, const float *gate_w, const float *cue_log
  * row's pixels in whole blocks, and a zero each side). A bias may be NULL; without ln_b the
  * LayerNorm is the bias-free variant (the deviation divides, the mean stays). */
 
-/* LayerNorm of `lanes` pixels (NHWC, `channels` each) into the planar block `xt`, computed across
- * the pixels side by side; lanes past them are 0 */
+/* LayerNorm of `lanes` pixels (NHWC, `channels` each) into the planar block `n`, computed across
+ * the pixels side by side; lanes past them are 0. Where `cen` is given (the backward pass), it also
+ * keeps what the gradient needs: the centred values (x - mean) * rstd into cen, the normalised ones
+ * before weight and bias into nh (cen, or x * rstd without a bias) and rstd per lane. */
 static void norm_lanes(const float *x, const float *ln_w, const float *ln_b, float eps, int64_t channels,
-                       int64_t lanes, float *xt) {
+                       int64_t lanes, float *n, float *nh, float *cen, float *rstd) {
     const float *row[FL];
     for (int64_t l = 0; l < lanes; l++) row[l] = x + l * channels;
-    rows_to_planar(row, channels, lanes, xt);
+    rows_to_planar(row, channels, lanes, n);
     for (int half = 0; half < 2; half++) {
-        float *col = xt + 8 * half;
+        const int64_t h = 8 * half;
         v8 sum = {}, dev = {};
-        for (int64_t c = 0; c < channels; c++) sum += load8(col + c * FL);
+        for (int64_t c = 0; c < channels; c++) sum += load8(n + c * FL + h);
         const v8 mean = sum / (float)channels;
         for (int64_t c = 0; c < channels; c++) {
-            const v8 d = load8(col + c * FL) - mean;
+            const v8 d = load8(n + c * FL + h) - mean;
             dev += d * d;
         }
-        v8 rstd;
-        for (int l = 0; l < 8; l++) rstd[l] = 1.0f / sqrtf(dev[l] / (float)channels + eps);
+        v8 r;
+        for (int l = 0; l < 8; l++) r[l] = 1.0f / sqrtf(dev[l] / (float)channels + eps);
+        if (cen) store8(rstd + h, r);
         for (int64_t c = 0; c < channels; c++) {
-            const v8 v = load8(col + c * FL);
-            store8(col + c * FL, ln_b ? (v - mean) * rstd * ln_w[c] + ln_b[c] : v * rstd * ln_w[c]);
+            const v8 v = load8(n + c * FL + h), plain = ln_b ? (v - mean) * r : v * r;
+            if (cen) {
+                store8(cen + c * FL + h, (v - mean) * r);
+                store8(nh + c * FL + h, plain);
+            }
+            store8(n + c * FL + h, ln_b ? plain * ln_w[c] + ln_b[c] : plain * ln_w[c]);
         }
     }
+}
+
+/* The sum over bands [first, last) and their eight lanes of entry i of the bands' partial sums
+ * (`size` entries of 8 floats a band), in band order */
+static float band_sum(const float *partial, int64_t size, int64_t i, int64_t first, int64_t last) {
+    float sum = 0.0f;
+    for (int64_t u = first; u < last; u++)
+        for (int l = 0; l < 8; l++) sum += partial[(u * size + i) * 8 + l];
+    return sum;
 }
 
 typedef struct {
@@ -354,7 +370,7 @@ static void expand_row(const stream_t *s, const float *img, int64_t y, int64_t s
     }
     for (int64_t x0 = 0; x0 < width; x0 += FL) {
         const int64_t lanes = width - x0 < FL ? width - x0 : FL;
-        norm_lanes(img + (y * width + x0) * C, s->ln_w, s->ln_b, s->eps, C, lanes, xt);
+        norm_lanes(img + (y * width + x0) * C, s->ln_w, s->ln_b, s->eps, C, lanes, xt, NULL, NULL, NULL);
         product_lanes(s->w_in, s->b_in, xt, C, wide, slot + 1 + x0, stride);
     }
     for (int64_t j = 0; j < wide; j++) {
@@ -501,13 +517,11 @@ void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, f
                         threads};
     const gram_t g = {heads, partial};
     stream(&s, work, back_gram, &g);
-    const int64_t c = channels / heads, n_gram = heads * c * c, size = (n_gram + 2 * channels) * 8;
+    const int64_t c = channels / heads, n_gram = heads * c * c, size = n_gram + 2 * channels;
     const int64_t bands = bands_per_image(&s);
     for (int64_t b = 0; b < batch; b++)
-        for (int64_t i = 0; i < n_gram + 2 * channels; i++) {
-            float sum = 0.0f;
-            for (int64_t u = b * bands; u < (b + 1) * bands; u++)
-                for (int l = 0; l < 8; l++) sum += partial[u * size + i * 8 + l];
+        for (int64_t i = 0; i < size; i++) {
+            const float sum = band_sum(partial, size, i, b * bands, (b + 1) * bands);
             if (i < n_gram) gram[b * n_gram + i] = sum;
             else squares[b * 2 * channels + i - n_gram] = sum;
         }
@@ -516,35 +530,6 @@ void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, f
 /* GELU's derivative, with the same error function */
 static inline float gelu_grad(float x) {
     return 0.5f * (1.0f + erf_rational(x * 0.70710678f)) + 0.39894228f * x * exp_clamped(-0.5f * x * x);
-}
-
-/* LayerNorm of `lanes` pixels as `norm_lanes` (the output into n), also keeping what its gradient
- * needs: the normalised values before weight and bias (nh: x * rstd, less the mean with a bias),
- * the centred ones (cen: (x - mean) * rstd) and rstd per lane */
-static void norm_lanes_kept(const float *x, const float *ln_w, const float *ln_b, float eps, int64_t channels,
-                            int64_t lanes, float *n, float *nh, float *cen, float *rstd) {
-    const float *row[FL];
-    for (int64_t l = 0; l < lanes; l++) row[l] = x + l * channels;
-    rows_to_planar(row, channels, lanes, nh);
-    for (int half = 0; half < 2; half++) {
-        const int64_t h = 8 * half;
-        v8 sum = {}, dev = {};
-        for (int64_t c = 0; c < channels; c++) sum += load8(nh + c * FL + h);
-        const v8 mean = sum / (float)channels;
-        for (int64_t c = 0; c < channels; c++) {
-            const v8 d = load8(nh + c * FL + h) - mean;
-            dev += d * d;
-        }
-        v8 r;
-        for (int l = 0; l < 8; l++) r[l] = 1.0f / sqrtf(dev[l] / (float)channels + eps);
-        store8(rstd + h, r);
-        for (int64_t c = 0; c < channels; c++) {
-            const v8 v = load8(nh + c * FL + h), centred = (v - mean) * r, plain = ln_b ? centred : v * r;
-            store8(cen + c * FL + h, centred);
-            store8(nh + c * FL + h, plain);
-            store8(n + c * FL + h, ln_b ? plain * ln_w[c] + ln_b[c] : plain * ln_w[c]);
-        }
-    }
 }
 
 /* acc[i] (8 lanes) += the sum over the block's pixels of a[i] * b (planar rows of FL) */
@@ -676,7 +661,7 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                         store8(e + ch * FL, a0);
                         store8(e + ch * FL + 8, a1);
                     }
-                    norm_lanes_kept(img + (u * width + x0) * C, ln_w, ln_b, eps, C, lanes, xt, nh, cen, rstd);
+                    norm_lanes(img + (u * width + x0) * C, ln_w, ln_b, eps, C, lanes, xt, nh, cen, rstd);
                     for (int64_t ch = 0; ch < wide; ch++) {
                         for (int64_t c = 0; c < C; c++) add_products(acc + (ch * C + c) * 8, e + ch * FL, xt + c * FL);
                         store8(acc + (o_bin + ch) * 8, load8(acc + (o_bin + ch) * 8) + load8(e + ch * FL) + load8(e + ch * FL + 8));
@@ -714,13 +699,8 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
         }
     }
     /* the weights' gradients: w_out's per image, the rest over all */
-    const int64_t shared = o_wout;
-    for (int64_t i = 0; i < n_grads; i++) {
-        for (int64_t b = 0; b < (i < shared ? 1 : batch); b++) {
-            float sum = 0.0f;
-            for (int64_t unit = i < shared ? 0 : b * bands; unit < (i < shared ? units : (b + 1) * bands); unit++)
-                for (int l = 0; l < 8; l++) sum += partial[(unit * n_grads + i) * 8 + l];
-            grads[i < shared ? i : shared + b * (n_grads - shared) + i - shared] = sum;
-        }
-    }
+    for (int64_t i = 0; i < o_wout; i++) grads[i] = band_sum(partial, n_grads, i, 0, units);
+    for (int64_t b = 0; b < batch; b++)
+        for (int64_t i = o_wout; i < n_grads; i++)
+            grads[o_wout + b * (n_grads - o_wout) + i - o_wout] = band_sum(partial, n_grads, i, b * bands, (b + 1) * bands);
 }

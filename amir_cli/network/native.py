@@ -132,10 +132,12 @@ def applies(engine: str, x: torch.Tensor) -> bool:
     return onednn.inference_in_fp32(x) and runs(engine, x.device)
 
 
-def trains(engine: str, x: torch.Tensor, half: str) -> bool:
-    """Whether ``x`` goes through the kernels with gradients of a block's ``half`` ("attention" or
-    "ffn"): `runs` for its device, in fp32 with autograd on and autocast off, on maps of at least
-    TRAIN_SIDE[half] pixels a side."""
+def serves(engine: str, x: torch.Tensor, half: str) -> bool:
+    """Whether ``x`` goes through the kernels of a block's ``half`` ("attention" or "ffn"): in
+    inference where they `applies`, in training (fp32, autograd on, autocast off) on maps of at
+    least TRAIN_SIDE[half] pixels a side."""
+    if applies(engine, x):
+        return True
     return (x.dtype == torch.float32 and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
             and min(x.shape[-2:]) >= TRAIN_SIDE[half] and runs(engine, x.device))
 
@@ -172,12 +174,15 @@ def experts(tokens: torch.Tensor, per_image: int, gate_w: torch.Tensor, cue_logi
     return out
 
 
-def _front(norm, conv_in, conv_dw, rows: slice) -> list:
-    """A block half's LayerNorm weight and bias, then the 1x1 and depthwise convolutions' weights and
-    biases of channels ``rows``: contiguous, NULL where absent (the caller keeps them referenced)."""
-    tensors = (norm.body.weight, norm.body.bias, conv_in.weight[rows], None if conv_in.bias is None else conv_in.bias[rows],
-               conv_dw.weight[rows], None if conv_dw.bias is None else conv_dw.bias[rows])
+def _contiguous(*tensors) -> list:
+    """The tensors detached and contiguous, as the kernels take them; None stays None (NULL)."""
     return [None if t is None else t.detach().contiguous() for t in tensors]
+
+
+def _bands(x: torch.Tensor) -> int:
+    """Bands per image, as the kernels split a (B, C, H, W) batch among torch's threads."""
+    threads = torch.get_num_threads()
+    return min(threads // math.gcd(x.shape[0], threads), x.shape[2])
 
 
 def _work(x: torch.Tensor, wide: int) -> torch.Tensor:
@@ -191,42 +196,13 @@ def _half(x: torch.Tensor, front: list, wide: int, w_out: torch.Tensor, b_out: t
     """x + b_out + w_out @ (the depthwise outputs, or with ``gated`` their GELU gate) per pixel;
     w_out (C, n) for every image, or (B, C, C) one per image."""
     B, C, H, W = x.shape
-    w_out, b_out = w_out.detach().contiguous(), None if b_out is None else b_out.detach().contiguous()
+    w_out, b_out = _contiguous(w_out, b_out)
     out, work = torch.empty_like(x), _work(x, wide)
     ln_w, ln_b, w_in, b_in, w_dw, b_dw = front
     _run("amir_block_half", _ptr(x), _ptr(ln_w), _ptr(ln_b), 1e-5, _ptr(w_in), _ptr(b_in), _ptr(w_dw), _ptr(b_dw),
          _ptr(w_out), C * C if w_out.dim() == 3 else 0, _ptr(b_out), int(gated), _ptr(out), _ptr(work), B, H, W, C,
          wide, torch.get_num_threads())
     return out
-
-
-def ffn_block(x: torch.Tensor, norm, ffn) -> torch.Tensor:
-    """x + ffn(norm(x)) for a channels-last (B, C, H, W) map: ``norm`` a ChannelLayerNorm, ``ffn`` a
-    GatedDconvFeedForward (modules, for their weights)."""
-    hidden = ffn.project_out.in_channels
-    front = _front(norm, ffn.project_in, ffn.dwconv, slice(None))
-    return _half(x, front, 2 * hidden, ffn.project_out.weight.view(x.shape[1], hidden), ffn.project_out.bias,
-                 gated=True)
-
-
-def attention_block(x: torch.Tensor, norm, attention) -> torch.Tensor:
-    """x + attention(norm(x)) for a channels-last (B, C, H, W) map: ``norm`` a ChannelLayerNorm,
-    ``attention`` a TransposedAttention, whose `mixing` turns the Gram matrices into each image's
-    matrix for v."""
-    B, C, H, W = x.shape
-    heads, threads = attention.num_heads, torch.get_num_threads()
-    c = C // heads
-    front = _front(norm, attention.qkv, attention.qkv_dwconv, slice(0, 2 * C))
-    gram, squares = x.new_empty(B, heads, c, c), x.new_empty(B, 2 * C)
-    bands = min(threads // math.gcd(B, threads), H)  # as the kernel splits the images
-    partial = x.new_zeros(B * bands * (heads * c * c + 2 * C) * 8)
-    work = _work(x, 2 * C)
-    _run("amir_attention_gram", _ptr(x), *map(_ptr, front[:2]), 1e-5, *map(_ptr, front[2:]), heads, _ptr(partial),
-         _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, threads)
-    del work, partial
-    mix = attention.mixing(gram, squares)
-    front = _front(norm, attention.qkv, attention.qkv_dwconv, slice(2 * C, 3 * C))
-    return _half(x, front, C, mix, attention.project_out.bias, gated=False)
 
 
 GATED, LINEAR, QUADRATIC = range(3)  # the halves `amir_half_backward` differentiates
@@ -239,11 +215,10 @@ def _half_backward(x, dout, front, m, kind: int, wide: int):
     B, C, H, W = x.shape
     threads = torch.get_num_threads()
     hidden = wide // 2 if kind == GATED else wide
-    ln_w, ln_b, w_in, b_in, w_dw, b_dw = (None if t is None else t.detach().contiguous() for t in front)
+    ln_w, ln_b, w_in, b_in, w_dw, b_dw = _contiguous(*front)
     w_in = w_in.reshape(wide, C)
     sizes = [wide * C, wide, wide * 9, wide, C, C, C] + ([] if kind == QUADRATIC else [C * hidden])
-    bands = min(threads // math.gcd(B, threads), H)  # as the kernel splits the images
-    partial = x.new_zeros(B * bands * sum(sizes) * 8)
+    partial = x.new_zeros(B * _bands(x) * sum(sizes) * 8)
     work = x.new_empty(threads * wide * (6 * (-(-W // 16) * 16 + 2) + 48))
     dx, grads = torch.empty_like(x), x.new_empty(sum(sizes[:7]) + (0 if kind == QUADRATIC else B * C * hidden))
     dout = None if dout is None else dout.contiguous(memory_format=torch.channels_last)
@@ -268,9 +243,9 @@ class _FeedForwardHalf(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, w_out, b_out):
         C, hidden = x.shape[1], w_out.shape[1]
-        front = [None if t is None else t.detach().contiguous() for t in (ln_w, ln_b, w_in, b_in, w_dw, b_dw)]
         ctx.save_for_backward(x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, w_out, b_out)
-        return _half(x, front, 2 * hidden, w_out.detach().view(C, hidden), b_out, gated=True)
+        return _half(x, _contiguous(ln_w, ln_b, w_in, b_in, w_dw, b_dw), 2 * hidden, w_out.view(C, hidden), b_out,
+                     gated=True)
 
     @staticmethod
     def backward(ctx, dout):
@@ -290,13 +265,12 @@ class _AttentionGram(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, heads, ln_w, ln_b, w_qk, b_qk, w_dw, b_dw):
         B, C, H, W = x.shape
-        threads, c = torch.get_num_threads(), C // heads
-        front = [None if t is None else t.detach().contiguous() for t in (ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)]
+        c = C // heads
+        front = _contiguous(ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
         gram, squares = x.new_empty(B, heads, c, c), x.new_empty(B, 2 * C)
-        bands = min(threads // math.gcd(B, threads), H)  # as the kernel splits the images
-        partial, work = x.new_zeros(B * bands * (heads * c * c + 2 * C) * 8), _work(x, 2 * C)
+        partial, work = x.new_zeros(B * _bands(x) * (heads * c * c + 2 * C) * 8), _work(x, 2 * C)
         _run("amir_attention_gram", _ptr(x), *map(_ptr, front[:2]), 1e-5, *map(_ptr, front[2:]), heads, _ptr(partial),
-             _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, threads)
+             _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, torch.get_num_threads())
         ctx.save_for_backward(x, ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
         return gram, squares
 
@@ -322,9 +296,8 @@ class _AttentionOutput(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ln_w, ln_b, w_v, b_v, w_dw, b_dw, mix, b_out):
-        front = [None if t is None else t.detach().contiguous() for t in (ln_w, ln_b, w_v, b_v, w_dw, b_dw)]
         ctx.save_for_backward(x, ln_w, ln_b, w_v, b_v, w_dw, b_dw, mix, b_out)
-        return _half(x, front, x.shape[1], mix.detach(), b_out, gated=False)
+        return _half(x, _contiguous(ln_w, ln_b, w_v, b_v, w_dw, b_dw), x.shape[1], mix, b_out, gated=False)
 
     @staticmethod
     def backward(ctx, dout):
@@ -336,15 +309,18 @@ class _AttentionOutput(torch.autograd.Function):
         return (dx, *shaped)
 
 
-def ffn_block_trained(x: torch.Tensor, norm, ffn) -> torch.Tensor:
-    """`ffn_block` with gradients, for training (weights and x alike)."""
+def ffn_block(x: torch.Tensor, norm, ffn) -> torch.Tensor:
+    """x + ffn(norm(x)) for a (B, C, H, W) map, with gradients in training (weights and x alike):
+    ``norm`` a ChannelLayerNorm, ``ffn`` a GatedDconvFeedForward (modules, for their weights)."""
     x = x.contiguous(memory_format=torch.channels_last)
     return _FeedForwardHalf.apply(x, norm.body.weight, norm.body.bias, ffn.project_in.weight, ffn.project_in.bias,
                                   ffn.dwconv.weight, ffn.dwconv.bias, ffn.project_out.weight, ffn.project_out.bias)
 
 
-def attention_block_trained(x: torch.Tensor, norm, attention) -> torch.Tensor:
-    """`attention_block` with gradients, for training (weights, temperature and x alike)."""
+def attention_block(x: torch.Tensor, norm, attention) -> torch.Tensor:
+    """x + attention(norm(x)) for a (B, C, H, W) map, with gradients in training (weights,
+    temperature and x alike): ``norm`` a ChannelLayerNorm, ``attention`` a TransposedAttention,
+    whose `mixing` turns the Gram matrices into each image's matrix for v."""
     x = x.contiguous(memory_format=torch.channels_last)
     C = x.shape[1]
     w, w_dw = attention.qkv.weight, attention.qkv_dwconv.weight

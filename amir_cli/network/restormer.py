@@ -281,15 +281,13 @@ class TransformerBlock(Computation, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = channels_last(x, self.reference)
-        if not self.reference and native.applies(self.engine, x):  # each half in amir's kernels, streaming rows
-            return native.ffn_block(native.attention_block(x, self.norm1, self.attn), self.norm2, self.ffn)
-        trains = lambda half: not self.reference and native.trains(self.engine, x, half)  # noqa: E731
-        if trains("attention"):  # the same with gradients, where the kernels are faster
-            x = native.attention_block_trained(x, self.norm1, self.attn)
+        serves = lambda half: not self.reference and native.serves(self.engine, x, half)  # noqa: E731
+        if serves("attention"):  # each half in amir's kernels, streaming rows
+            x = native.attention_block(x, self.norm1, self.attn)
         else:
             x = self.attn(self.norm1(x), residual=x)
-        if trains("ffn"):
-            return native.ffn_block_trained(x, self.norm2, self.ffn)
+        if serves("ffn"):
+            return native.ffn_block(x, self.norm2, self.ffn)
         return self.ffn(self.norm2(x), residual=x)
 
 
