@@ -217,6 +217,20 @@ def test_bf16_cast_model_runs_close_to_fp32(official_fixture, computation):
     assert 10 * torch.log10(torch.tensor(1.0 / mse)).item() > 35  # dB on the [0, 1] range
 
 
+@pytest.mark.parametrize("engine", ["plain", "fused", "native"])
+def test_bf16_autocast_in_groups_of_channels(engine, monkeypatch):
+    """CPU autocast (`--precision bf16`) on a map large enough for the feed-forward to go in
+    groups of hidden channels (tiny groups here): each group's product adds into the bf16 sum."""
+    model = random_model(RANDOM_CONFIGS[1]).eval().set_computation(engine=engine)
+    x = torch.rand(1, 1, 24, 32)
+    with torch.no_grad():
+        ref = model(x)
+        monkeypatch.setattr(restormer, "_FFN_CHUNK", 1000)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.shape == ref.shape and (out.float() - ref).abs().mean() < 0.02
+
+
 def test_weight_slices_are_aligned_off_the_cpu():
     """What the chunked feed-forward hands a convolution: a slice off a 16-byte boundary is copied
     (checked on a meta tensor, which reports a device other than the CPU)."""

@@ -154,7 +154,7 @@ class GatedDconvFeedForward(Computation, nn.Module):
         b = self.project_out.bias if lo == 0 else None
         if total is None:
             out = rows @ w if b is None else torch.addmm(b, rows, w)
-        elif owned and not torch.is_grad_enabled():
+        elif owned and not torch.is_grad_enabled() and not torch.is_autocast_enabled(rows.device.type):
             out = _nhwc_rows(total).addmm_(rows, w)
         else:
             base = _nhwc_rows(channels_last(total))
