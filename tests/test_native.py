@@ -133,6 +133,16 @@ PROBE = "from amir_cli.network import native; print(native.available(), native.r
 
 
 @needs_native
+@pytest.mark.parametrize("capability, vectors", [("DEFAULT", []), ("AVX2", ["-mavx2"]), ("AVX512", ["-mavx2", "-mavx512f"])])
+def test_the_build_targets_the_vectors_pytorch_found(capability, vectors, monkeypatch):
+    """On x86 the kernels are compiled for what PyTorch's own kernels use (ATEN_CPU_CAPABILITY
+    lowers it), never for more: a library built for AVX-512 would stop an AVX2 CPU."""
+    monkeypatch.setattr(native.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(native.torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    flags = native._flags()
+    assert [f for f in flags if f in ("-mavx2", "-mavx512f")] == vectors
+
+
 def test_library_builds_once_and_racing_builds_both_end_whole(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", PROBE], stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "AMIR_CACHE": str(tmp_path)}) for _ in range(2)]

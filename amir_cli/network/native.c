@@ -79,10 +79,32 @@ static inline float log_positive(float x) {
 
 /* Eight floats side by side: a GCC/Clang vector type (one AVX register, two SSE or NEON ones) */
 typedef float v8 __attribute__((vector_size(32)));
-#define FL 16  /* pixels computed side by side: two vectors */
+#define FL 16  /* pixels computed side by side, and the lanes of each partial sum */
+/* The vectors the arithmetic runs on: FL floats in one AVX-512 register, else two of eight (a
+ * wider generic vector than the machine's would go through memory) */
+#ifdef __AVX512F__
+#define VL 16
+#else
+#define VL 8
+#endif
+#define NV (FL / VL)  /* vectors per FL lanes */
+#define TILE (8 / NV)  /* output rows of a product held in registers: eight vectors */
+typedef float vec __attribute__((vector_size(4 * VL)));
 
 static inline v8 load8(const float *p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+static inline vec loadv(const float *p) { vec v; memcpy(&v, p, sizeof v); return v; }
+static inline void storev(float *p, vec v) { memcpy(p, &v, sizeof v); }
+
+/* acc (FL lanes) += a * b, lane by lane (FL each) */
+static inline void add_products(float *acc, const float *a, const float *b) {
+    for (int v = 0; v < NV; v++) storev(acc + v * VL, loadv(acc + v * VL) + loadv(a + v * VL) * loadv(b + v * VL));
+}
+
+/* acc (FL lanes) += a */
+static inline void add_lanes(float *acc, const float *a) {
+    for (int v = 0; v < NV; v++) storev(acc + v * VL, loadv(acc + v * VL) + loadv(a + v * VL));
+}
 
 /* Eight vectors transposed in place: r[i][j] <- r[j][i] */
 static inline void transpose8(v8 r[8]) {
@@ -144,35 +166,29 @@ static void planar_to_rows(const float *planar, int64_t channels, int64_t lanes,
 }
 
 /* rows `n_out` of w (n_out x n_in) times the FL-pixel planar block `in` (n_in x FL), plus bias, into
- * `out` (n_out rows `out_stride` apart), four rows at a time in registers */
+ * `out` (n_out rows `out_stride` apart), TILE rows at a time in registers */
 static void product_lanes(const float *w, const float *bias, const float *in, int64_t n_in, int64_t n_out,
                           float *out, int64_t out_stride) {
     int64_t o = 0;
-    for (; o + 4 <= n_out; o += 4) {
-        v8 a[4][2];
-        for (int q = 0; q < 4; q++) a[q][0] = a[q][1] = (v8){} + (bias ? bias[o + q] : 0.0f);
+    for (; o + TILE <= n_out; o += TILE) {
+        vec a[TILE][NV];
+        for (int q = 0; q < TILE; q++)
+            for (int v = 0; v < NV; v++) a[q][v] = (vec){} + (bias ? bias[o + q] : 0.0f);
         for (int64_t i = 0; i < n_in; i++) {
-            const v8 u = load8(in + i * FL), v = load8(in + i * FL + 8);
-            for (int q = 0; q < 4; q++) {
-                const float weight = w[(o + q) * n_in + i];
-                a[q][0] += weight * u;
-                a[q][1] += weight * v;
-            }
+            vec u[NV];
+            for (int v = 0; v < NV; v++) u[v] = loadv(in + i * FL + v * VL);
+            for (int q = 0; q < TILE; q++)
+                for (int v = 0; v < NV; v++) a[q][v] += w[(o + q) * n_in + i] * u[v];
         }
-        for (int q = 0; q < 4; q++) {
-            store8(out + (o + q) * out_stride, a[q][0]);
-            store8(out + (o + q) * out_stride + 8, a[q][1]);
-        }
+        for (int q = 0; q < TILE; q++)
+            for (int v = 0; v < NV; v++) storev(out + (o + q) * out_stride + v * VL, a[q][v]);
     }
     for (; o < n_out; o++) {
-        v8 a0 = (v8){} + (bias ? bias[o] : 0.0f), a1 = a0;
-        for (int64_t i = 0; i < n_in; i++) {
-            const float weight = w[o * n_in + i];
-            a0 += weight * load8(in + i * FL);
-            a1 += weight * load8(in + i * FL + 8);
-        }
-        store8(out + o * out_stride, a0);
-        store8(out + o * out_stride + 8, a1);
+        vec a[NV];
+        for (int v = 0; v < NV; v++) a[v] = (vec){} + (bias ? bias[o] : 0.0f);
+        for (int64_t i = 0; i < n_in; i++)
+            for (int v = 0; v < NV; v++) a[v] += w[o * n_in + i] * loadv(in + i * FL + v * VL);
+        for (int v = 0; v < NV; v++) storev(out + o * out_stride + v * VL, a[v]);
     }
 }
 
@@ -307,35 +323,34 @@ static void norm_lanes(const float *x, const float *ln_w, const float *ln_b, flo
     const float *row[FL];
     for (int64_t l = 0; l < lanes; l++) row[l] = x + l * channels;
     rows_to_planar(row, channels, lanes, n);
-    for (int half = 0; half < 2; half++) {
-        const int64_t h = 8 * half;
-        v8 sum = {}, dev = {};
-        for (int64_t c = 0; c < channels; c++) sum += load8(n + c * FL + h);
-        const v8 mean = sum / (float)channels;
+    for (int64_t h = 0; h < FL; h += VL) {
+        vec sum = {}, dev = {};
+        for (int64_t c = 0; c < channels; c++) sum += loadv(n + c * FL + h);
+        const vec mean = sum / (float)channels;
         for (int64_t c = 0; c < channels; c++) {
-            const v8 d = load8(n + c * FL + h) - mean;
+            const vec d = loadv(n + c * FL + h) - mean;
             dev += d * d;
         }
-        v8 r;
-        for (int l = 0; l < 8; l++) r[l] = 1.0f / sqrtf(dev[l] / (float)channels + eps);
-        if (cen) store8(rstd + h, r);
+        vec r;
+        for (int l = 0; l < VL; l++) r[l] = 1.0f / sqrtf(dev[l] / (float)channels + eps);
+        if (cen) storev(rstd + h, r);
         for (int64_t c = 0; c < channels; c++) {
-            const v8 v = load8(n + c * FL + h), plain = ln_b ? (v - mean) * r : v * r;
+            const vec v = loadv(n + c * FL + h), plain = ln_b ? (v - mean) * r : v * r;
             if (cen) {
-                store8(cen + c * FL + h, (v - mean) * r);
-                store8(nh + c * FL + h, plain);
+                storev(cen + c * FL + h, (v - mean) * r);
+                storev(nh + c * FL + h, plain);
             }
-            store8(n + c * FL + h, ln_b ? plain * ln_w[c] + ln_b[c] : plain * ln_w[c]);
+            storev(n + c * FL + h, ln_b ? plain * ln_w[c] + ln_b[c] : plain * ln_w[c]);
         }
     }
 }
 
-/* The sum over bands [first, last) and their eight lanes of entry i of the bands' partial sums
- * (`size` entries of 8 floats a band), in band order */
+/* The sum over bands [first, last) and their FL lanes of entry i of the bands' partial sums
+ * (`size` entries of FL floats a band), in band order */
 static float band_sum(const float *partial, int64_t size, int64_t i, int64_t first, int64_t last) {
     float sum = 0.0f;
     for (int64_t u = first; u < last; u++)
-        for (int l = 0; l < 8; l++) sum += partial[(u * size + i) * 8 + l];
+        for (int l = 0; l < FL; l++) sum += partial[(u * size + i) * FL + l];
     return sum;
 }
 
@@ -385,16 +400,14 @@ static void expand_row(const stream_t *s, const float *img, int64_t y, int64_t s
 static void depthwise(const stream_t *s, const float *const rows[3], int64_t stride, int64_t x0, float *d) {
     for (int64_t ch = 0; ch < s->wide; ch++) {
         const float *k = s->w_dw + ch * 9;
-        v8 a0 = (v8){} + (s->b_dw ? s->b_dw[ch] : 0.0f), a1 = a0;
+        vec a[NV];
+        for (int v = 0; v < NV; v++) a[v] = (vec){} + (s->b_dw ? s->b_dw[ch] : 0.0f);
         for (int dy = 0; dy < 3; dy++) {
             const float *p = rows[dy] + ch * stride + x0;
-            for (int dx = 0; dx < 3; dx++) {
-                a0 += k[dy * 3 + dx] * load8(p + dx);
-                a1 += k[dy * 3 + dx] * load8(p + dx + 8);
-            }
+            for (int dx = 0; dx < 3; dx++)
+                for (int v = 0; v < NV; v++) a[v] += k[dy * 3 + dx] * loadv(p + dx + v * VL);
         }
-        store8(d + ch * FL, a0);
-        store8(d + ch * FL + 8, a1);
+        for (int v = 0; v < NV; v++) storev(d + ch * FL + v * VL, a[v]);
     }
 }
 
@@ -486,29 +499,22 @@ static void back_gram(const void *ctx, const stream_t *s, int64_t unit, int64_t 
     (void)image, (void)r, (void)x0;
     const gram_t *g = ctx;
     const int64_t C = s->channels, c = C / g->heads;
-    float *acc = g->partial + unit * (g->heads * c * c + 2 * C) * 8, *sq = acc + g->heads * c * c * 8;
+    float *acc = g->partial + unit * (g->heads * c * c + 2 * C) * FL, *sq = acc + g->heads * c * c * FL;
     if (lanes < FL)  /* the depthwise outputs past the row's end are not pixels */
         for (int64_t ch = 0; ch < 2 * C; ch++)
             for (int64_t l = lanes; l < FL; l++) d[ch * FL + l] = 0.0f;
     for (int64_t h = 0; h < g->heads; h++)
         for (int64_t i = 0; i < c; i++) {
-            const v8 q0 = load8(d + (h * c + i) * FL), q1 = load8(d + (h * c + i) * FL + 8);
-            float *row = acc + ((h * c + i) * c) * 8;
-            for (int64_t j = 0; j < c; j++) {
-                const float *k = d + (C + h * c + j) * FL;
-                store8(row + j * 8, load8(row + j * 8) + q0 * load8(k) + q1 * load8(k + 8));
-            }
+            float *row = acc + ((h * c + i) * c) * FL;
+            for (int64_t j = 0; j < c; j++) add_products(row + j * FL, d + (h * c + i) * FL, d + (C + h * c + j) * FL);
         }
-    for (int64_t ch = 0; ch < 2 * C; ch++) {
-        const v8 a = load8(d + ch * FL), b = load8(d + ch * FL + 8);
-        store8(sq + ch * 8, load8(sq + ch * 8) + a * a + b * b);
-    }
+    for (int64_t ch = 0; ch < 2 * C; ch++) add_products(sq + ch * FL, d + ch * FL, d + ch * FL);
 }
 
 /* The attention's Gram matrices per head, gram (batch, heads, c, c), and the sums of squares of q's
  * channels then k's, squares (batch, 2 * channels), of q and k = depthwise(w_in @ LayerNorm(x)),
  * w_in (2 * channels x channels). `partial` (zeros) holds the sums of each band, batch * bands *
- * (heads * c^2 + 2 * channels) * 8 floats; they are added in band order, so that a run repeats itself. */
+ * (heads * c^2 + 2 * channels) * FL floats; they are added in band order, so that a run repeats itself. */
 void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, float eps, const float *w_in,
                          const float *b_in, const float *w_dw, const float *b_dw, int64_t heads, float *partial,
                          float *work, float *gram, float *squares, int64_t batch, int64_t height, int64_t width,
@@ -532,11 +538,6 @@ static inline float gelu_grad(float x) {
     return 0.5f * (1.0f + erf_rational(x * 0.70710678f)) + 0.39894228f * x * exp_clamped(-0.5f * x * x);
 }
 
-/* acc[i] (8 lanes) += the sum over the block's pixels of a[i] * b (planar rows of FL) */
-static inline void add_products(float *acc, const float *a, const float *b) {
-    store8(acc, load8(acc) + load8(a) * load8(b) + load8(a + 8) * load8(b + 8));
-}
-
 /* What a block half's backward pass starts from, per pixel: the gradient of its depthwise outputs D */
 enum { GATED = 0, LINEAR = 1, QUADRATIC = 2 };
 
@@ -551,7 +552,7 @@ enum { GATED = 0, LINEAR = 1, QUADRATIC = 2 };
  * into a ring of three and the gradient dD one row behind into another ring of three: the
  * gradient of P at a row is the transposed depthwise convolution of three dD rows. Rows outside
  * the image and pixels past a row's end are zero in both rings. Each band adds its gradients into
- * its part of `partial` (units * n_grads * 8 floats, zeros), and the parts are added in band order;
+ * its part of `partial` (units * n_grads * FL floats, zeros), and the parts are added in band order;
  * `work` holds threads * wide * (6 * stride + 3 * FL) floats. w_in_t is w_in transposed. */
 void amir_half_backward(const float *x, const float *dout, const float *ln_w, const float *ln_b, float eps,
                         const float *w_in, const float *w_in_t, const float *b_in, const float *w_dw, const float *b_dw,
@@ -574,7 +575,7 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
             const int64_t image = unit / bands, y0 = unit % bands * band;
             const int64_t y1 = y0 + band < height ? y0 + band : height, at = image * height * width * C;
             const float *img = x + at, *dimg = kind == QUADRATIC ? NULL : dout + at, *mi = m + image * m_image;
-            float *acc = partial + unit * n_grads * 8;
+            float *acc = partial + unit * n_grads * FL;
             for (int64_t t = y0 - 2; t <= y1 + 1; t++) {
                 expand_row(&s, img, t, stride, ring + (t + 3) % 3 * wide * stride, xt);
                 /* dD of row r = t - 1, from P of rows r - 1, r, r + 1 */
@@ -611,30 +612,27 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                         if (lanes < FL)  /* not pixels */
                             for (int64_t ch = 0; ch < wide; ch++)
                                 for (int64_t l = lanes; l < FL; l++) e[ch * FL + l] = 0.0f;
-                        for (int64_t ch = 0; ch < wide; ch++) {
-                            store8(dslot + ch * stride + 1 + x0, load8(e + ch * FL));
-                            store8(dslot + ch * stride + 1 + x0 + 8, load8(e + ch * FL + 8));
-                        }
+                        for (int64_t ch = 0; ch < wide; ch++) memcpy(dslot + ch * stride + 1 + x0, e + ch * FL, sizeof(float) * FL);
                         if (!owned) continue;
                         if (kind != QUADRATIC)  /* dout is zero past the row's end */
                             for (int64_t c = 0; c < C; c++) {
                                 const float *taken = kind == GATED ? g : d;
-                                for (int64_t j = 0; j < hidden; j++) add_products(acc + (o_wout + c * hidden + j) * 8, dt + c * FL, taken + j * FL);
-                                store8(acc + (o_bout + c) * 8, load8(acc + (o_bout + c) * 8) + load8(dt + c * FL) + load8(dt + c * FL + 8));
+                                for (int64_t j = 0; j < hidden; j++) add_products(acc + (o_wout + c * hidden + j) * FL, dt + c * FL, taken + j * FL);
+                                add_lanes(acc + (o_bout + c) * FL, dt + c * FL);
                             }
                     }
                     if (owned && r >= 0 && r < height)  /* the depthwise weights' gradients over the whole row */
                         for (int64_t ch = 0; ch < wide; ch++) {
                             const float *dd = dslot + ch * stride + 1;  /* zero past the row's end */
-                            v8 sums[9] = {}, bias = {};
-                            for (int64_t v = 0; v < stride - 2; v += 8) {
-                                const v8 grad = load8(dd + v);
-                                bias += grad;
-                                for (int a = 0; a < 3; a++)
-                                    for (int b = 0; b < 3; b++) sums[a * 3 + b] += grad * load8(rows[a] + ch * stride + v + b);
-                            }
-                            for (int i = 0; i < 9; i++) store8(acc + (o_wdw + ch * 9 + i) * 8, load8(acc + (o_wdw + ch * 9 + i) * 8) + sums[i]);
-                            store8(acc + (o_bdw + ch) * 8, load8(acc + (o_bdw + ch) * 8) + bias);
+                            vec sums[10][NV] = {};  /* the nine weights', then the bias's, in FL lanes */
+                            for (int64_t x0 = 0; x0 < stride - 2; x0 += FL)
+                                for (int v = 0; v < NV; v++) {
+                                    const vec grad = loadv(dd + x0 + v * VL);
+                                    sums[9][v] += grad;
+                                    for (int a = 0; a < 3; a++)
+                                        for (int b = 0; b < 3; b++) sums[a * 3 + b][v] += grad * loadv(rows[a] + ch * stride + x0 + v * VL + b);
+                                }
+                            for (int i = 0; i < 10; i++) add_lanes(acc + (i < 9 ? o_wdw + ch * 9 + i : o_bdw + ch) * FL, (const float *)sums[i]);
                         }
                 }
                 /* row u = t - 2: dP from dD of rows u + 1, u, u - 1, then w_in's and the LayerNorm's gradients */
@@ -646,45 +644,39 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                     const int64_t lanes = width - x0 < FL ? width - x0 : FL;
                     for (int64_t ch = 0; ch < wide; ch++) {  /* dP[x] = sum w[a][b] dD[u + 1 - a][x + 1 - b] */
                         const float *k = w_dw + ch * 9;
-                        v8 a0 = {}, a1 = {};
+                        float *dp = e + ch * FL;
+                        vec a0[NV] = {};
                         for (int a = 0; a < 3; a++) {
                             const float *p = drows[a] + ch * stride + x0;
-                            for (int b = 0; b < 3; b++) {
-                                a0 += k[a * 3 + b] * load8(p + 2 - b);
-                                a1 += k[a * 3 + b] * load8(p + 2 - b + 8);
-                            }
+                            for (int b = 0; b < 3; b++)
+                                for (int v = 0; v < NV; v++) a0[v] += k[a * 3 + b] * loadv(p + 2 - b + v * VL);
                         }
-                        for (int l = 0; l < 8; l++) {
-                            a0[l] = l < lanes ? a0[l] : 0.0f;
-                            a1[l] = l + 8 < lanes ? a1[l] : 0.0f;
-                        }
-                        store8(e + ch * FL, a0);
-                        store8(e + ch * FL + 8, a1);
+                        for (int v = 0; v < NV; v++) storev(dp + v * VL, a0[v]);
+                        for (int64_t l = lanes; l < FL; l++) dp[l] = 0.0f;
                     }
                     norm_lanes(img + (u * width + x0) * C, ln_w, ln_b, eps, C, lanes, xt, nh, cen, rstd);
                     for (int64_t ch = 0; ch < wide; ch++) {
-                        for (int64_t c = 0; c < C; c++) add_products(acc + (ch * C + c) * 8, e + ch * FL, xt + c * FL);
-                        store8(acc + (o_bin + ch) * 8, load8(acc + (o_bin + ch) * 8) + load8(e + ch * FL) + load8(e + ch * FL + 8));
+                        for (int64_t c = 0; c < C; c++) add_products(acc + (ch * C + c) * FL, e + ch * FL, xt + c * FL);
+                        add_lanes(acc + (o_bin + ch) * FL, e + ch * FL);
                     }
                     product_lanes(w_in_t, NULL, e, wide, C, dn, FL);
                     for (int64_t c = 0; c < C; c++) {
-                        add_products(acc + (o_lnw + c) * 8, dn + c * FL, nh + c * FL);
-                        store8(acc + (o_lnb + c) * 8, load8(acc + (o_lnb + c) * 8) + load8(dn + c * FL) + load8(dn + c * FL + 8));
+                        add_products(acc + (o_lnw + c) * FL, dn + c * FL, nh + c * FL);
+                        add_lanes(acc + (o_lnb + c) * FL, dn + c * FL);
                     }
                     /* LayerNorm's input gradient, with gn = dn * ln_w: rstd * (gn - mean(gn) - cen * mean(gn * cen)),
                      * or without a bias rstd * (gn - cen * mean(gn * nh)) */
-                    for (int half = 0; half < 2; half++) {
-                        const int64_t h = 8 * half;
-                        v8 sum = {}, dot = {};
+                    for (int64_t h = 0; h < FL; h += VL) {
+                        vec sum = {}, dot = {};
                         for (int64_t c = 0; c < C; c++) {
-                            const v8 gn = load8(dn + c * FL + h) * ln_w[c];
+                            const vec gn = loadv(dn + c * FL + h) * ln_w[c];
                             sum += gn;
-                            dot += gn * load8((ln_b ? cen : nh) + c * FL + h);
+                            dot += gn * loadv((ln_b ? cen : nh) + c * FL + h);
                         }
-                        const v8 mean = ln_b ? sum / (float)C : (v8){}, mdot = dot / (float)C, rs = load8(rstd + h);
+                        const vec mean = ln_b ? sum / (float)C : (vec){}, mdot = dot / (float)C, rs = loadv(rstd + h);
                         for (int64_t c = 0; c < C; c++) {
-                            const v8 gn = load8(dn + c * FL + h) * ln_w[c];
-                            store8(dn + c * FL + h, rs * (gn - mean - load8(cen + c * FL + h) * mdot));
+                            const vec gn = loadv(dn + c * FL + h) * ln_w[c];
+                            storev(dn + c * FL + h, rs * (gn - mean - loadv(cen + c * FL + h) * mdot));
                         }
                     }
                     const float *add[FL];

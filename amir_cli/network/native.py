@@ -38,6 +38,7 @@ from . import onednn
 # The kernels' C source, read with this module, so that a library built later always has the
 # functions this module calls (a package upgraded under a running program leaves both as they were).
 _SOURCE = Path(__file__).with_name("native.c").read_text()
+_LANES = 16  # FL in native.c: the lanes of each band's partial sums
 _PIXELS = 1 << 20  # pixels per call of the experts' kernel: bounds its work space (12 bytes a pixel and rank)
 # The smallest map side at which each half of a block trains faster in the kernels than with
 # PyTorch's operators (benchmarks/results/native_kernels_cpu.txt): each band computes two rows
@@ -56,8 +57,11 @@ def cache_folder() -> Path:
 
 def _flags() -> list[str]:
     flags = ["-O3", "-shared", "-fPIC", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
-    if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.cpu.get_cpu_capability() != "DEFAULT":
-        flags += ["-mavx2", "-mfma"]  # what PyTorch itself found this CPU to have (AVX2 or AVX-512)
+    capability = torch.backends.cpu.get_cpu_capability()  # what PyTorch itself found this CPU to have
+    if platform.machine().lower() in ("x86_64", "amd64") and capability != "DEFAULT":
+        flags += ["-mavx2", "-mfma"]
+        if capability == "AVX512":
+            flags += ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mprefer-vector-width=512"]
     return flags
 
 
@@ -218,7 +222,7 @@ def _half_backward(x, dout, front, m, kind: int, wide: int):
     ln_w, ln_b, w_in, b_in, w_dw, b_dw = _contiguous(*front)
     w_in = w_in.reshape(wide, C)
     sizes = [wide * C, wide, wide * 9, wide, C, C, C] + ([] if kind == QUADRATIC else [C * hidden])
-    partial = x.new_zeros(B * _bands(x) * sum(sizes) * 8)
+    partial = x.new_zeros(B * _bands(x) * sum(sizes) * _LANES)
     work = x.new_empty(threads * wide * (6 * (-(-W // 16) * 16 + 2) + 48))
     dx, grads = torch.empty_like(x), x.new_empty(sum(sizes[:7]) + (0 if kind == QUADRATIC else B * C * hidden))
     dout = None if dout is None else dout.contiguous(memory_format=torch.channels_last)
@@ -268,7 +272,7 @@ class _AttentionGram(torch.autograd.Function):
         c = C // heads
         front = _contiguous(ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
         gram, squares = x.new_empty(B, heads, c, c), x.new_empty(B, 2 * C)
-        partial, work = x.new_zeros(B * _bands(x) * (heads * c * c + 2 * C) * 8), _work(x, 2 * C)
+        partial, work = x.new_zeros(B * _bands(x) * (heads * c * c + 2 * C) * _LANES), _work(x, 2 * C)
         _run("amir_attention_gram", _ptr(x), *map(_ptr, front[:2]), 1e-5, *map(_ptr, front[2:]), heads, _ptr(partial),
              _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, torch.get_num_threads())
         ctx.save_for_backward(x, ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
