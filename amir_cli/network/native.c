@@ -489,39 +489,73 @@ void amir_block_half(const float *x, const float *ln_w, const float *ln_b, float
 
 typedef struct {
     int64_t heads;
-    float *partial;
+    float *partial, *rows;  /* rows: each thread's depthwise outputs of one row, block after block */
 } gram_t;
 
-/* Adds the block's q^T k per head and the squares of q's and k's channels (q the first half of
- * the depthwise outputs, k the second) to the band's partial sums, eight lanes each */
+/* A tile of the Gram matrix held in registers over a row, GI x GJ entries: sixteen of the 32
+ * AVX-512 registers, or eight of the 16 AVX ones */
+#define GI 4
+#define GJ (NV == 1 ? 4 : 1)
+
+/* Keeps the block's depthwise outputs; at the row's last block, adds the row's q^T k per head and
+ * the squares of q's and k's channels (q the first half of the outputs, k the second) to the
+ * band's partial sums, FL lanes each, a tile of entries at a time over the whole row */
 static void back_gram(const void *ctx, const stream_t *s, int64_t unit, int64_t image, int64_t r, int64_t x0,
                       int64_t lanes, float *d) {
-    (void)image, (void)r, (void)x0;
+    (void)image, (void)r;
     const gram_t *g = ctx;
-    const int64_t C = s->channels, c = C / g->heads;
-    float *acc = g->partial + unit * (g->heads * c * c + 2 * C) * FL, *sq = acc + g->heads * c * c * FL;
+    const int64_t C = s->channels, c = C / g->heads, wide = 2 * C, blocks = (s->width + FL - 1) / FL;
+    float *row = g->rows + omp_get_thread_num() * wide * blocks * FL, *block = row + x0 / FL * wide * FL;
+    memcpy(block, d, sizeof(float) * wide * FL);
     if (lanes < FL)  /* the depthwise outputs past the row's end are not pixels */
-        for (int64_t ch = 0; ch < 2 * C; ch++)
-            for (int64_t l = lanes; l < FL; l++) d[ch * FL + l] = 0.0f;
+        for (int64_t ch = 0; ch < wide; ch++)
+            for (int64_t l = lanes; l < FL; l++) block[ch * FL + l] = 0.0f;
+    if (x0 + lanes < s->width) return;
+    float *acc = g->partial + unit * (g->heads * c * c + wide) * FL, *sq = acc + g->heads * c * c * FL;
     for (int64_t h = 0; h < g->heads; h++)
-        for (int64_t i = 0; i < c; i++) {
-            float *row = acc + ((h * c + i) * c) * FL;
-            for (int64_t j = 0; j < c; j++) add_products(row + j * FL, d + (h * c + i) * FL, d + (C + h * c + j) * FL);
-        }
-    for (int64_t ch = 0; ch < 2 * C; ch++) add_products(sq + ch * FL, d + ch * FL, d + ch * FL);
+        for (int64_t i0 = 0; i0 < c; i0 += GI)
+            for (int64_t j0 = 0; j0 < c; j0 += GJ) {
+                int64_t qi[GI], kj[GJ];  /* a tile past the matrix's edge repeats its last row or column */
+                for (int a = 0; a < GI; a++) qi[a] = (h * c + (i0 + a < c ? i0 + a : c - 1)) * FL;
+                for (int b = 0; b < GJ; b++) kj[b] = (C + h * c + (j0 + b < c ? j0 + b : c - 1)) * FL;
+                vec t[GI][GJ][NV] = {};
+                for (const float *p = row; p < row + blocks * wide * FL; p += wide * FL)
+                    for (int v = 0; v < NV; v++) {
+                        vec k[GJ];
+                        for (int b = 0; b < GJ; b++) k[b] = loadv(p + kj[b] + v * VL);
+                        for (int a = 0; a < GI; a++) {
+                            const vec q = loadv(p + qi[a] + v * VL);
+                            for (int b = 0; b < GJ; b++) t[a][b][v] += q * k[b];
+                        }
+                    }
+                for (int a = 0; a < GI && i0 + a < c; a++)
+                    for (int b = 0; b < GJ && j0 + b < c; b++) {
+                        float *e = acc + ((h * c + i0 + a) * c + j0 + b) * FL;
+                        for (int v = 0; v < NV; v++) storev(e + v * VL, loadv(e + v * VL) + t[a][b][v]);
+                    }
+            }
+    for (int64_t ch = 0; ch < wide; ch++) {
+        vec t[NV] = {};
+        for (const float *p = row + ch * FL; p < row + blocks * wide * FL; p += wide * FL)
+            for (int v = 0; v < NV; v++) t[v] += loadv(p + v * VL) * loadv(p + v * VL);
+        for (int v = 0; v < NV; v++) storev(sq + ch * FL + v * VL, loadv(sq + ch * FL + v * VL) + t[v]);
+    }
 }
 
 /* The attention's Gram matrices per head, gram (batch, heads, c, c), and the sums of squares of q's
  * channels then k's, squares (batch, 2 * channels), of q and k = depthwise(w_in @ LayerNorm(x)),
  * w_in (2 * channels x channels). `partial` (zeros) holds the sums of each band, batch * bands *
- * (heads * c^2 + 2 * channels) * FL floats; they are added in band order, so that a run repeats itself. */
+ * (heads * c^2 + 2 * channels) * FL floats; they are added in band order, so that a run repeats itself.
+ * `work` holds the streams' rings, then each thread's row of depthwise outputs (threads * 2 *
+ * channels * the row's pixels in whole blocks of FL). */
 void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, float eps, const float *w_in,
                          const float *b_in, const float *w_dw, const float *b_dw, int64_t heads, float *partial,
                          float *work, float *gram, float *squares, int64_t batch, int64_t height, int64_t width,
                          int64_t channels, int64_t threads) {
     const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, channels, 2 * channels,
                         threads};
-    const gram_t g = {heads, partial};
+    const int64_t ring = threads * 2 * channels * (3 * ((width + FL - 1) / FL * FL + 2) + FL);
+    const gram_t g = {heads, partial, work + ring};
     stream(&s, work, back_gram, &g);
     const int64_t c = channels / heads, n_gram = heads * c * c, size = n_gram + 2 * channels;
     const int64_t bands = bands_per_image(&s);
@@ -632,7 +666,10 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                                     for (int a = 0; a < 3; a++)
                                         for (int b = 0; b < 3; b++) sums[a * 3 + b][v] += grad * loadv(rows[a] + ch * stride + x0 + v * VL + b);
                                 }
-                            for (int i = 0; i < 10; i++) add_lanes(acc + (i < 9 ? o_wdw + ch * 9 + i : o_bdw + ch) * FL, (const float *)sums[i]);
+                            for (int i = 0; i < 10; i++) {
+                                float *e = acc + (i < 9 ? o_wdw + ch * 9 + i : o_bdw + ch) * FL;
+                                for (int v = 0; v < NV; v++) storev(e + v * VL, loadv(e + v * VL) + sums[i][v]);
+                            }
                         }
                 }
                 /* row u = t - 2: dP from dD of rows u + 1, u, u - 1, then w_in's and the LayerNorm's gradients */

@@ -189,10 +189,12 @@ def _bands(x: torch.Tensor) -> int:
     return min(threads // math.gcd(x.shape[0], threads), x.shape[2])
 
 
-def _work(x: torch.Tensor, wide: int) -> torch.Tensor:
+def _work(x: torch.Tensor, wide: int, rows: bool = False) -> torch.Tensor:
     """Each thread's ring of three planar rows of ``wide`` channels (a row: its pixels in whole
-    blocks of 16, and a zero each side), then a block of 16 pixels' depthwise outputs."""
-    return x.new_empty(torch.get_num_threads() * wide * (3 * (-(-x.shape[3] // 16) * 16 + 2) + 16))
+    blocks of 16, and a zero each side), then a block of 16 pixels' depthwise outputs; with
+    ``rows``, then each thread's whole row of them (the Gram pass)."""
+    blocks = -(-x.shape[3] // _LANES)
+    return x.new_empty(torch.get_num_threads() * wide * (3 * (blocks * _LANES + 2) + _LANES + rows * blocks * _LANES))
 
 
 def _half(x: torch.Tensor, front: list, wide: int, w_out: torch.Tensor, b_out: torch.Tensor | None,
@@ -272,7 +274,8 @@ class _AttentionGram(torch.autograd.Function):
         c = C // heads
         front = _contiguous(ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
         gram, squares = x.new_empty(B, heads, c, c), x.new_empty(B, 2 * C)
-        partial, work = x.new_zeros(B * _bands(x) * (heads * c * c + 2 * C) * _LANES), _work(x, 2 * C)
+        partial = x.new_zeros(B * _bands(x) * (heads * c * c + 2 * C) * _LANES)
+        work = _work(x, 2 * C, rows=True)
         _run("amir_attention_gram", _ptr(x), *map(_ptr, front[:2]), 1e-5, *map(_ptr, front[2:]), heads, _ptr(partial),
              _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, torch.get_num_threads())
         ctx.save_for_backward(x, ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
