@@ -492,14 +492,42 @@ typedef struct {
     float *partial, *rows;  /* rows: each thread's depthwise outputs of one row, block after block */
 } gram_t;
 
-/* A tile of the Gram matrix held in registers over a row, GI x GJ entries: sixteen of the 32
- * AVX-512 registers, or eight of the 16 AVX ones */
+/* A tile of products held in registers over a row, GI x GJ entries: sixteen of the 32 AVX-512
+ * registers, or eight of the 16 AVX ones */
 #define GI 4
 #define GJ (NV == 1 ? 4 : 1)
 
+/* acc[i * n_b + j] (FL lanes) += the sum over a row's blocks of a_i * b_j lane by lane, the planar
+ * rows a_i at a + i * FL and b_j at b + j * FL in each block, blocks `step` floats apart: a tile of
+ * entries at a time, so that each is read and written once a row */
+static void row_products(float *acc, const float *a, int64_t n_a, const float *b, int64_t n_b, int64_t blocks,
+                         int64_t step) {
+    for (int64_t i0 = 0; i0 < n_a; i0 += GI)
+        for (int64_t j0 = 0; j0 < n_b; j0 += GJ) {
+            int64_t ai[GI], bj[GJ];  /* a tile past the edge repeats the last row or column */
+            for (int u = 0; u < GI; u++) ai[u] = (i0 + u < n_a ? i0 + u : n_a - 1) * FL;
+            for (int w = 0; w < GJ; w++) bj[w] = (j0 + w < n_b ? j0 + w : n_b - 1) * FL;
+            vec t[GI][GJ][NV] = {};
+            for (int64_t k = 0; k < blocks; k++)
+                for (int v = 0; v < NV; v++) {
+                    vec bv[GJ];
+                    for (int w = 0; w < GJ; w++) bv[w] = loadv(b + k * step + bj[w] + v * VL);
+                    for (int u = 0; u < GI; u++) {
+                        const vec av = loadv(a + k * step + ai[u] + v * VL);
+                        for (int w = 0; w < GJ; w++) t[u][w][v] += av * bv[w];
+                    }
+                }
+            for (int u = 0; u < GI && i0 + u < n_a; u++)
+                for (int w = 0; w < GJ && j0 + w < n_b; w++) {
+                    float *e = acc + ((i0 + u) * n_b + j0 + w) * FL;
+                    for (int v = 0; v < NV; v++) storev(e + v * VL, loadv(e + v * VL) + t[u][w][v]);
+                }
+        }
+}
+
 /* Keeps the block's depthwise outputs; at the row's last block, adds the row's q^T k per head and
  * the squares of q's and k's channels (q the first half of the outputs, k the second) to the
- * band's partial sums, FL lanes each, a tile of entries at a time over the whole row */
+ * band's partial sums, FL lanes each */
 static void back_gram(const void *ctx, const stream_t *s, int64_t unit, int64_t image, int64_t r, int64_t x0,
                       int64_t lanes, float *d) {
     (void)image, (void)r;
@@ -513,27 +541,7 @@ static void back_gram(const void *ctx, const stream_t *s, int64_t unit, int64_t 
     if (x0 + lanes < s->width) return;
     float *acc = g->partial + unit * (g->heads * c * c + wide) * FL, *sq = acc + g->heads * c * c * FL;
     for (int64_t h = 0; h < g->heads; h++)
-        for (int64_t i0 = 0; i0 < c; i0 += GI)
-            for (int64_t j0 = 0; j0 < c; j0 += GJ) {
-                int64_t qi[GI], kj[GJ];  /* a tile past the matrix's edge repeats its last row or column */
-                for (int a = 0; a < GI; a++) qi[a] = (h * c + (i0 + a < c ? i0 + a : c - 1)) * FL;
-                for (int b = 0; b < GJ; b++) kj[b] = (C + h * c + (j0 + b < c ? j0 + b : c - 1)) * FL;
-                vec t[GI][GJ][NV] = {};
-                for (const float *p = row; p < row + blocks * wide * FL; p += wide * FL)
-                    for (int v = 0; v < NV; v++) {
-                        vec k[GJ];
-                        for (int b = 0; b < GJ; b++) k[b] = loadv(p + kj[b] + v * VL);
-                        for (int a = 0; a < GI; a++) {
-                            const vec q = loadv(p + qi[a] + v * VL);
-                            for (int b = 0; b < GJ; b++) t[a][b][v] += q * k[b];
-                        }
-                    }
-                for (int a = 0; a < GI && i0 + a < c; a++)
-                    for (int b = 0; b < GJ && j0 + b < c; b++) {
-                        float *e = acc + ((h * c + i0 + a) * c + j0 + b) * FL;
-                        for (int v = 0; v < NV; v++) storev(e + v * VL, loadv(e + v * VL) + t[a][b][v]);
-                    }
-            }
+        row_products(acc + h * c * c * FL, row + h * c * FL, c, row + (C + h * c) * FL, c, blocks, wide * FL);
     for (int64_t ch = 0; ch < wide; ch++) {
         vec t[NV] = {};
         for (const float *p = row + ch * FL; p < row + blocks * wide * FL; p += wide * FL)
@@ -587,13 +595,15 @@ enum { GATED = 0, LINEAR = 1, QUADRATIC = 2 };
  * gradient of P at a row is the transposed depthwise convolution of three dD rows. Rows outside
  * the image and pixels past a row's end are zero in both rings. Each band adds its gradients into
  * its part of `partial` (units * n_grads * FL floats, zeros), and the parts are added in band order;
- * `work` holds threads * wide * (6 * stride + 3 * FL) floats. w_in_t is w_in transposed. */
+ * `work` holds threads * (wide * (6 * stride + 2 * FL) + blocks * FL * (wide + 2 * C + hidden))
+ * floats (`blocks`: a row's blocks of FL pixels). w_in_t is w_in transposed. */
 void amir_half_backward(const float *x, const float *dout, const float *ln_w, const float *ln_b, float eps,
                         const float *w_in, const float *w_in_t, const float *b_in, const float *w_dw, const float *b_dw,
                         const float *m, int64_t m_image, int64_t kind, float *dx, float *grads, float *partial,
                         float *work, int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t wide,
                         int64_t threads) {
-    const int64_t C = channels, hidden = kind == GATED ? wide / 2 : wide, stride = (width + FL - 1) / FL * FL + 2;
+    const int64_t C = channels, hidden = kind == GATED ? wide / 2 : wide, blocks = (width + FL - 1) / FL;
+    const int64_t stride = blocks * FL + 2;
     const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, C, wide, threads};
     const int64_t bands = bands_per_image(&s), band = (height + bands - 1) / bands, units = batch * bands;
     const int64_t o_bin = wide * C, o_wdw = o_bin + wide, o_bdw = o_wdw + wide * 9, o_lnw = o_bdw + wide;
@@ -601,9 +611,12 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
     const int64_t n_grads = o_wout + (kind == QUADRATIC ? 0 : C * hidden);
     #pragma omp parallel num_threads((int)threads)
     {
-        float *ring = work + omp_get_thread_num() * wide * (6 * stride + 3 * FL), *dring = ring + 3 * wide * stride;
-        float *d = dring + 3 * wide * stride, *e = d + wide * FL, *g = e + wide * FL;  /* a block's D, dD (then dP), gated D */
-        float xt[C * FL], dt[C * FL], nh[C * FL], cen[C * FL], dn[C * FL], rstd[FL];
+        float *ring = work + omp_get_thread_num() * wide * (6 * stride + 2 * FL), *dring = ring + 3 * wide * stride;
+        float *d = dring + 3 * wide * stride, *e = d + wide * FL;  /* a block's D, then dD */
+        /* a row's blocks of [dout, what w_out takes] and of [dP, LayerNorm(x)], for the weights' gradients */
+        float *out_row = work + threads * wide * (6 * stride + 2 * FL) + omp_get_thread_num() * blocks * FL * (wide + 2 * C + hidden);
+        float *in_row = out_row + blocks * (C + hidden) * FL;
+        float xt[C * FL], nh[C * FL], cen[C * FL], dn[C * FL], rstd[FL];
         #pragma omp for schedule(static)
         for (int64_t unit = 0; unit < units; unit++) {
             const int64_t image = unit / bands, y0 = unit % bands * band;
@@ -622,6 +635,7 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                     const int owned = r >= y0 && r < y1;
                     for (int64_t x0 = 0; r >= 0 && r < height && x0 < width; x0 += FL) {
                         const int64_t lanes = width - x0 < FL ? width - x0 : FL;
+                        float *dt = out_row + x0 / FL * (C + hidden) * FL, *taken = dt + C * FL;
                         depthwise(&s, rows, stride, x0, d);
                         if (kind == QUADRATIC) {
                             product_lanes(mi, NULL, d, wide, wide, e, FL);
@@ -634,7 +648,7 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                         if (kind == GATED)
                             for (int64_t j = 0; j < hidden; j++) {
                                 const float *gate = d + j * FL, *value = d + (hidden + j) * FL;
-                                float *dgate = e + j * FL, *dvalue = e + (hidden + j) * FL, *gj = g + j * FL;
+                                float *dgate = e + j * FL, *dvalue = e + (hidden + j) * FL, *gj = taken + j * FL;
                                 #pragma omp simd
                                 for (int l = 0; l < FL; l++) {
                                     const float act = gelu(gate[l]), dgj = dgate[l];
@@ -647,14 +661,12 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                             for (int64_t ch = 0; ch < wide; ch++)
                                 for (int64_t l = lanes; l < FL; l++) e[ch * FL + l] = 0.0f;
                         for (int64_t ch = 0; ch < wide; ch++) memcpy(dslot + ch * stride + 1 + x0, e + ch * FL, sizeof(float) * FL);
-                        if (!owned) continue;
-                        if (kind != QUADRATIC)  /* dout is zero past the row's end */
-                            for (int64_t c = 0; c < C; c++) {
-                                const float *taken = kind == GATED ? g : d;
-                                for (int64_t j = 0; j < hidden; j++) add_products(acc + (o_wout + c * hidden + j) * FL, dt + c * FL, taken + j * FL);
-                                add_lanes(acc + (o_bout + c) * FL, dt + c * FL);
-                            }
+                        if (!owned || kind == QUADRATIC) continue;
+                        if (kind == LINEAR) memcpy(taken, d, sizeof(float) * hidden * FL);
+                        for (int64_t c = 0; c < C; c++) add_lanes(acc + (o_bout + c) * FL, dt + c * FL);
                     }
+                    if (owned && kind != QUADRATIC)  /* dout is zero past the row's end */
+                        row_products(acc + o_wout * FL, out_row, C, out_row + C * FL, hidden, blocks, (C + hidden) * FL);
                     if (owned && r >= 0 && r < height)  /* the depthwise weights' gradients over the whole row */
                         for (int64_t ch = 0; ch < wide; ch++) {
                             const float *dd = dslot + ch * stride + 1;  /* zero past the row's end */
@@ -679,9 +691,10 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                                          dring + (u + 2) % 3 * wide * stride};
                 for (int64_t x0 = 0; x0 < width; x0 += FL) {
                     const int64_t lanes = width - x0 < FL ? width - x0 : FL;
+                    float *dP = in_row + x0 / FL * (wide + C) * FL, *xn = dP + wide * FL;
                     for (int64_t ch = 0; ch < wide; ch++) {  /* dP[x] = sum w[a][b] dD[u + 1 - a][x + 1 - b] */
                         const float *k = w_dw + ch * 9;
-                        float *dp = e + ch * FL;
+                        float *dp = dP + ch * FL;
                         vec a0[NV] = {};
                         for (int a = 0; a < 3; a++) {
                             const float *p = drows[a] + ch * stride + x0;
@@ -691,12 +704,9 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                         for (int v = 0; v < NV; v++) storev(dp + v * VL, a0[v]);
                         for (int64_t l = lanes; l < FL; l++) dp[l] = 0.0f;
                     }
-                    norm_lanes(img + (u * width + x0) * C, ln_w, ln_b, eps, C, lanes, xt, nh, cen, rstd);
-                    for (int64_t ch = 0; ch < wide; ch++) {
-                        for (int64_t c = 0; c < C; c++) add_products(acc + (ch * C + c) * FL, e + ch * FL, xt + c * FL);
-                        add_lanes(acc + (o_bin + ch) * FL, e + ch * FL);
-                    }
-                    product_lanes(w_in_t, NULL, e, wide, C, dn, FL);
+                    norm_lanes(img + (u * width + x0) * C, ln_w, ln_b, eps, C, lanes, xn, nh, cen, rstd);
+                    for (int64_t ch = 0; ch < wide; ch++) add_lanes(acc + (o_bin + ch) * FL, dP + ch * FL);
+                    product_lanes(w_in_t, NULL, dP, wide, C, dn, FL);
                     for (int64_t c = 0; c < C; c++) {
                         add_products(acc + (o_lnw + c) * FL, dn + c * FL, nh + c * FL);
                         add_lanes(acc + (o_lnb + c) * FL, dn + c * FL);
@@ -724,6 +734,7 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                     }
                     planar_to_rows(dn, C, lanes, add, out);
                 }
+                row_products(acc, in_row, wide, in_row + wide * FL, C, blocks, (wide + C) * FL);
             }
         }
     }
