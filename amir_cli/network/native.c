@@ -552,7 +552,7 @@ static void back_gram(const void *ctx, const stream_t *s, int64_t unit, int64_t 
 
 /* The attention's Gram matrices per head, gram (batch, heads, c, c), and the sums of squares of q's
  * channels then k's, squares (batch, 2 * channels), of q and k = depthwise(w_in @ LayerNorm(x)),
- * w_in (2 * channels x channels). `partial` (zeros) holds the sums of each band, batch * bands *
+ * w_in (2 * channels x channels). `partial` holds the sums of each band, batch * bands *
  * (heads * c^2 + 2 * channels) * FL floats; they are added in band order, so that a run repeats itself.
  * `work` holds the streams' rings, then each thread's row of depthwise outputs (threads * 2 *
  * channels * the row's pixels in whole blocks of FL). */
@@ -564,9 +564,11 @@ void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, f
                         threads};
     const int64_t ring = threads * 2 * channels * (3 * ((width + FL - 1) / FL * FL + 2) + FL);
     const gram_t g = {heads, partial, work + ring};
-    stream(&s, work, back_gram, &g);
     const int64_t c = channels / heads, n_gram = heads * c * c, size = n_gram + 2 * channels;
     const int64_t bands = bands_per_image(&s);
+    #pragma omp parallel for num_threads((int)threads) schedule(static)
+    for (int64_t unit = 0; unit < batch * bands; unit++) memset(partial + unit * size * FL, 0, sizeof(float) * size * FL);
+    stream(&s, work, back_gram, &g);
     for (int64_t b = 0; b < batch; b++)
         for (int64_t i = 0; i < size; i++) {
             const float sum = band_sum(partial, size, i, b * bands, (b + 1) * bands);
@@ -594,7 +596,7 @@ enum { GATED = 0, LINEAR = 1, QUADRATIC = 2 };
  * into a ring of three and the gradient dD one row behind into another ring of three: the
  * gradient of P at a row is the transposed depthwise convolution of three dD rows. Rows outside
  * the image and pixels past a row's end are zero in both rings. Each band adds its gradients into
- * its part of `partial` (units * n_grads * FL floats, zeros), and the parts are added in band order;
+ * its part of `partial` (units * n_grads * FL floats), and the parts are added in band order;
  * `work` holds threads * (wide * (6 * stride + 2 * FL) + blocks * FL * (wide + 2 * C + hidden))
  * floats (`blocks`: a row's blocks of FL pixels). w_in_t is w_in transposed. */
 void amir_half_backward(const float *x, const float *dout, const float *ln_w, const float *ln_b, float eps,
@@ -623,6 +625,7 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
             const int64_t y1 = y0 + band < height ? y0 + band : height, at = image * height * width * C;
             const float *img = x + at, *dimg = kind == QUADRATIC ? NULL : dout + at, *mi = m + image * m_image;
             float *acc = partial + unit * n_grads * FL;
+            memset(acc, 0, sizeof(float) * n_grads * FL);  /* here, in cache, rather than by the caller */
             for (int64_t t = y0 - 2; t <= y1 + 1; t++) {
                 expand_row(&s, img, t, stride, ring + (t + 3) % 3 * wide * stride, xt);
                 /* dD of row r = t - 1, from P of rows r - 1, r, r + 1 */

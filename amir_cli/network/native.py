@@ -224,7 +224,7 @@ def _half_backward(x, dout, front, m, kind: int, wide: int):
     ln_w, ln_b, w_in, b_in, w_dw, b_dw = _contiguous(*front)
     w_in = w_in.reshape(wide, C)
     sizes = [wide * C, wide, wide * 9, wide, C, C, C] + ([] if kind == QUADRATIC else [C * hidden])
-    partial = x.new_zeros(B * _bands(x) * sum(sizes) * _LANES)
+    partial = x.new_empty(B * _bands(x) * sum(sizes) * _LANES)
     blocks = -(-W // _LANES)
     work = x.new_empty(threads * (wide * (6 * (blocks * _LANES + 2) + 2 * _LANES) + blocks * _LANES * (wide + 2 * C + hidden)))
     dx, grads = torch.empty_like(x), x.new_empty(sum(sizes[:7]) + (0 if kind == QUADRATIC else B * C * hidden))
@@ -275,7 +275,7 @@ class _AttentionGram(torch.autograd.Function):
         c = C // heads
         front = _contiguous(ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
         gram, squares = x.new_empty(B, heads, c, c), x.new_empty(B, 2 * C)
-        partial = x.new_zeros(B * _bands(x) * (heads * c * c + 2 * C) * _LANES)
+        partial = x.new_empty(B * _bands(x) * (heads * c * c + 2 * C) * _LANES)
         work = _work(x, 2 * C, rows=True)
         _run("amir_attention_gram", _ptr(x), *map(_ptr, front[:2]), 1e-5, *map(_ptr, front[2:]), heads, _ptr(partial),
              _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, torch.get_num_threads())

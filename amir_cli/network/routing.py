@@ -181,14 +181,18 @@ class NoisyTopKExperts(Computation, nn.Module):
         N, k = idx.shape
         ranked = idx.t().flatten()  # rank-major: slot r * N + pixel
         order = ranked.to(torch.uint8).argsort(stable=True)  # as bytes (at most 256 experts): several times faster on the CPU
+        inverse = torch.empty_like(order).index_copy_(0, order, torch.arange(k * N, device=order.device))
         runs = torch.bincount(ranked, minlength=self.num_experts).tolist()
-        x = tokens.index_select(0, order % N)
+        if torch.is_grad_enabled():  # the slots' copies of the tokens, permuted: gradients gathered, not scattered
+            x = _Permutation.apply(tokens.repeat(k, 1), order, inverse)
+        else:
+            x = tokens.index_select(0, order % N)
         if torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):  # out= has neither
             y = torch.cat([expert(part) for expert, part in zip(self.experts, x.split(runs))])
         else:
             y = self._experts_into(x, runs)
         terms = y.float().exp() * top.t().flatten()[order, None]
-        slots = terms.index_select(0, torch.empty_like(order).index_copy_(0, order, torch.arange(k * N)))
+        slots = _Permutation.apply(terms, inverse, order)
         mixed = slots.view(k, N, -1).sum(0)
         return mixed.masked_fill_(mixed == 0, _EPS).log().to(tokens.dtype)
 
@@ -222,6 +226,22 @@ class NoisyTopKExperts(Computation, nn.Module):
         contrib = out.float().masked_fill(g == 0, 0).exp_() * g
         mixed = contrib.sum(1)
         return mixed.masked_fill(mixed == 0, _EPS).log().to(tokens.dtype)
+
+
+class _Permutation(torch.autograd.Function):
+    """rows[order] for a permutation ``order`` of the rows (``inverse`` its inverse): the gradient
+    is gathered by the inverse, where index_select's would be scattered with additions, serially
+    on the CPU."""
+
+    @staticmethod
+    def forward(ctx, rows, order, inverse):
+        ctx.save_for_backward(inverse)
+        return rows.index_select(0, order)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
 
 
 class SpatialRouting(nn.Module):
