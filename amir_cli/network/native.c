@@ -346,11 +346,14 @@ static void norm_lanes(const float *x, const float *ln_w, const float *ln_b, flo
 }
 
 /* The sum over bands [first, last) and their FL lanes of entry i of the bands' partial sums
- * (`size` entries of FL floats a band), in band order */
+ * (`size` entries of FL floats a band): the bands in order lane by lane, then the lanes in order */
 static float band_sum(const float *partial, int64_t size, int64_t i, int64_t first, int64_t last) {
-    float sum = 0.0f;
+    vec lanes[NV] = {};
     for (int64_t u = first; u < last; u++)
-        for (int l = 0; l < FL; l++) sum += partial[(u * size + i) * FL + l];
+        for (int v = 0; v < NV; v++) lanes[v] += loadv(partial + (u * size + i) * FL + v * VL);
+    float sum = 0.0f;
+    for (int v = 0; v < NV; v++)
+        for (int l = 0; l < VL; l++) sum += lanes[v][l];
     return sum;
 }
 
@@ -496,6 +499,7 @@ typedef struct {
  * registers, or eight of the 16 AVX ones */
 #define GI 4
 #define GJ (NV == 1 ? 4 : 1)
+#define HELD_BLOCKS 8  /* blocks of pixels whose products a tile sums before it is stored (at least) */
 
 /* acc[i * n_b + j] (FL lanes) += the sum over a row's blocks of a_i * b_j lane by lane, the planar
  * rows a_i at a + i * FL and b_j at b + j * FL in each block, blocks `step` floats apart: a tile of
@@ -569,6 +573,7 @@ void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, f
     #pragma omp parallel for num_threads((int)threads) schedule(static)
     for (int64_t unit = 0; unit < batch * bands; unit++) memset(partial + unit * size * FL, 0, sizeof(float) * size * FL);
     stream(&s, work, back_gram, &g);
+    #pragma omp parallel for collapse(2) num_threads((int)threads) schedule(static)
     for (int64_t b = 0; b < batch; b++)
         for (int64_t i = 0; i < size; i++) {
             const float sum = band_sum(partial, size, i, b * bands, (b + 1) * bands);
@@ -597,15 +602,17 @@ enum { GATED = 0, LINEAR = 1, QUADRATIC = 2 };
  * gradient of P at a row is the transposed depthwise convolution of three dD rows. Rows outside
  * the image and pixels past a row's end are zero in both rings. Each band adds its gradients into
  * its part of `partial` (units * n_grads * FL floats), and the parts are added in band order;
- * `work` holds threads * (wide * (6 * stride + 2 * FL) + blocks * FL * (wide + 2 * C + hidden))
- * floats (`blocks`: a row's blocks of FL pixels). w_in_t is w_in transposed. */
+ * The weights' gradients of the two products are summed over `held` rows at a time, at least
+ * HELD_BLOCKS blocks of pixels, so that narrow maps read and write them seldom. `work` holds threads *
+ * (wide * (6 * stride + 2 * FL) + held * blocks * FL * (wide + 2 * C + hidden)) floats (`blocks`: a
+ * row's blocks of FL pixels). w_in_t is w_in transposed. */
 void amir_half_backward(const float *x, const float *dout, const float *ln_w, const float *ln_b, float eps,
                         const float *w_in, const float *w_in_t, const float *b_in, const float *w_dw, const float *b_dw,
                         const float *m, int64_t m_image, int64_t kind, float *dx, float *grads, float *partial,
                         float *work, int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t wide,
                         int64_t threads) {
     const int64_t C = channels, hidden = kind == GATED ? wide / 2 : wide, blocks = (width + FL - 1) / FL;
-    const int64_t stride = blocks * FL + 2;
+    const int64_t stride = blocks * FL + 2, held = (HELD_BLOCKS + blocks - 1) / blocks;
     const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, C, wide, threads};
     const int64_t bands = bands_per_image(&s), band = (height + bands - 1) / bands, units = batch * bands;
     const int64_t o_bin = wide * C, o_wdw = o_bin + wide, o_bdw = o_wdw + wide * 9, o_lnw = o_bdw + wide;
@@ -615,9 +622,9 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
     {
         float *ring = work + omp_get_thread_num() * wide * (6 * stride + 2 * FL), *dring = ring + 3 * wide * stride;
         float *d = dring + 3 * wide * stride, *e = d + wide * FL;  /* a block's D, then dD */
-        /* a row's blocks of [dout, what w_out takes] and of [dP, LayerNorm(x)], for the weights' gradients */
-        float *out_row = work + threads * wide * (6 * stride + 2 * FL) + omp_get_thread_num() * blocks * FL * (wide + 2 * C + hidden);
-        float *in_row = out_row + blocks * (C + hidden) * FL;
+        /* held rows' blocks of [dout, what w_out takes] and of [dP, LayerNorm(x)], for the weights' gradients */
+        float *out_rows = work + threads * wide * (6 * stride + 2 * FL) + omp_get_thread_num() * held * blocks * FL * (wide + 2 * C + hidden);
+        float *in_rows = out_rows + held * blocks * (C + hidden) * FL;
         float xt[C * FL], nh[C * FL], cen[C * FL], dn[C * FL], rstd[FL];
         #pragma omp for schedule(static)
         for (int64_t unit = 0; unit < units; unit++) {
@@ -636,9 +643,10 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                     const float *rows[3] = {ring + (r + 2) % 3 * wide * stride, ring + (r + 3) % 3 * wide * stride,
                                             ring + (r + 4) % 3 * wide * stride};
                     const int owned = r >= y0 && r < y1;
+                    const int64_t slot = owned ? (r - y0) % held : 0;  /* among the held rows */
                     for (int64_t x0 = 0; r >= 0 && r < height && x0 < width; x0 += FL) {
                         const int64_t lanes = width - x0 < FL ? width - x0 : FL;
-                        float *dt = out_row + x0 / FL * (C + hidden) * FL, *taken = dt + C * FL;
+                        float *dt = out_rows + (slot * blocks + x0 / FL) * (C + hidden) * FL, *taken = dt + C * FL;
                         depthwise(&s, rows, stride, x0, d);
                         if (kind == QUADRATIC) {
                             product_lanes(mi, NULL, d, wide, wide, e, FL);
@@ -668,8 +676,8 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                         if (kind == LINEAR) memcpy(taken, d, sizeof(float) * hidden * FL);
                         for (int64_t c = 0; c < C; c++) add_lanes(acc + (o_bout + c) * FL, dt + c * FL);
                     }
-                    if (owned && kind != QUADRATIC)  /* dout is zero past the row's end */
-                        row_products(acc + o_wout * FL, out_row, C, out_row + C * FL, hidden, blocks, (C + hidden) * FL);
+                    if (owned && kind != QUADRATIC && (slot == held - 1 || r == y1 - 1))  /* dout is zero past a row's end */
+                        row_products(acc + o_wout * FL, out_rows, C, out_rows + C * FL, hidden, (slot + 1) * blocks, (C + hidden) * FL);
                     if (owned && r >= 0 && r < height)  /* the depthwise weights' gradients over the whole row */
                         for (int64_t ch = 0; ch < wide; ch++) {
                             const float *dd = dslot + ch * stride + 1;  /* zero past the row's end */
@@ -694,7 +702,7 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                                          dring + (u + 2) % 3 * wide * stride};
                 for (int64_t x0 = 0; x0 < width; x0 += FL) {
                     const int64_t lanes = width - x0 < FL ? width - x0 : FL;
-                    float *dP = in_row + x0 / FL * (wide + C) * FL, *xn = dP + wide * FL;
+                    float *dP = in_rows + ((u - y0) % held * blocks + x0 / FL) * (wide + C) * FL, *xn = dP + wide * FL;
                     for (int64_t ch = 0; ch < wide; ch++) {  /* dP[x] = sum w[a][b] dD[u + 1 - a][x + 1 - b] */
                         const float *k = w_dw + ch * 9;
                         float *dp = dP + ch * FL;
@@ -737,13 +745,19 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                     }
                     planar_to_rows(dn, C, lanes, add, out);
                 }
-                row_products(acc, in_row, wide, in_row + wide * FL, C, blocks, (wide + C) * FL);
+                if ((u - y0) % held == held - 1 || u == y1 - 1)
+                    row_products(acc, in_rows, wide, in_rows + wide * FL, C, ((u - y0) % held + 1) * blocks, (wide + C) * FL);
             }
         }
     }
     /* the weights' gradients: w_out's per image, the rest over all */
-    for (int64_t i = 0; i < o_wout; i++) grads[i] = band_sum(partial, n_grads, i, 0, units);
-    for (int64_t b = 0; b < batch; b++)
-        for (int64_t i = o_wout; i < n_grads; i++)
-            grads[o_wout + b * (n_grads - o_wout) + i - o_wout] = band_sum(partial, n_grads, i, b * bands, (b + 1) * bands);
+    #pragma omp parallel num_threads((int)threads)
+    {
+        #pragma omp for schedule(static) nowait
+        for (int64_t i = 0; i < o_wout; i++) grads[i] = band_sum(partial, n_grads, i, 0, units);
+        #pragma omp for collapse(2) schedule(static)
+        for (int64_t b = 0; b < batch; b++)
+            for (int64_t i = o_wout; i < n_grads; i++)
+                grads[o_wout + b * (n_grads - o_wout) + i - o_wout] = band_sum(partial, n_grads, i, b * bands, (b + 1) * bands);
+    }
 }

@@ -39,11 +39,12 @@ from . import onednn
 # functions this module calls (a package upgraded under a running program leaves both as they were).
 _SOURCE = Path(__file__).with_name("native.c").read_text()
 _LANES = 16  # FL in native.c: the lanes of each band's partial sums
+_HELD_BLOCKS = 8  # HELD_BLOCKS in native.c
 _PIXELS = 1 << 20  # pixels per call of the experts' kernel: bounds its work space (12 bytes a pixel and rank)
 # The smallest map side at which each half of a block trains faster in the kernels than with
-# PyTorch's operators (benchmarks/results/native_kernels_cpu.txt): each band computes two rows
+# PyTorch's operators (benchmarks/results/xeon_avx512/native_kernels_cpu.txt): each band computes two rows
 # beyond its own at either end, and a row fills 16 lanes at a time.
-TRAIN_SIDE = {"ffn": 16, "attention": 32}
+TRAIN_SIDE = {"ffn": 16, "attention": 16}
 _failure: list[str] = []  # why the library could not be built or loaded
 
 
@@ -226,7 +227,8 @@ def _half_backward(x, dout, front, m, kind: int, wide: int):
     sizes = [wide * C, wide, wide * 9, wide, C, C, C] + ([] if kind == QUADRATIC else [C * hidden])
     partial = x.new_empty(B * _bands(x) * sum(sizes) * _LANES)
     blocks = -(-W // _LANES)
-    work = x.new_empty(threads * (wide * (6 * (blocks * _LANES + 2) + 2 * _LANES) + blocks * _LANES * (wide + 2 * C + hidden)))
+    held = -(-_HELD_BLOCKS // blocks)  # rows whose weight gradients a thread sums at once
+    work = x.new_empty(threads * (wide * (6 * (blocks * _LANES + 2) + 2 * _LANES) + held * blocks * _LANES * (wide + 2 * C + hidden)))
     dx, grads = torch.empty_like(x), x.new_empty(sum(sizes[:7]) + (0 if kind == QUADRATIC else B * C * hidden))
     dout = None if dout is None else dout.contiguous(memory_format=torch.channels_last)
     w_in_t = w_in.t().contiguous()
