@@ -495,15 +495,15 @@ typedef struct {
     float *partial, *rows;  /* rows: each thread's depthwise outputs of one row, block after block */
 } gram_t;
 
-/* A tile of products held in registers over a row, GI x GJ entries: sixteen of the 32 AVX-512
- * registers, or eight of the 16 AVX ones */
+/* A tile of products held in registers over a run of blocks, GI x GJ entries: sixteen of the 32
+ * AVX-512 registers, or eight of the 16 AVX ones */
 #define GI 4
 #define GJ (NV == 1 ? 4 : 1)
 #define HELD_BLOCKS 8  /* blocks of pixels whose products a tile sums before it is stored (at least) */
 
-/* acc[i * n_b + j] (FL lanes) += the sum over a row's blocks of a_i * b_j lane by lane, the planar
- * rows a_i at a + i * FL and b_j at b + j * FL in each block, blocks `step` floats apart: a tile of
- * entries at a time, so that each is read and written once a row */
+/* acc[i * n_b + j] (FL lanes) += the sum over `blocks` blocks (a row's, or several rows') of a_i *
+ * b_j lane by lane, the planar rows a_i at a + i * FL and b_j at b + j * FL in each block, blocks
+ * `step` floats apart: a tile of entries at a time, so that each is read and written once a call */
 static void row_products(float *acc, const float *a, int64_t n_a, const float *b, int64_t n_b, int64_t blocks,
                          int64_t step) {
     for (int64_t i0 = 0; i0 < n_a; i0 += GI)
