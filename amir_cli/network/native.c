@@ -377,6 +377,13 @@ static int64_t bands_per_image(const stream_t *s) {
     return bands > s->height ? s->height : bands;
 }
 
+/* A planar row's floats: its pixels in whole blocks of FL, and a zero each side */
+static int64_t row_stride(int64_t width) { return (width + FL - 1) / FL * FL + 2; }
+
+/* The floats of `work` each thread of `stream` holds: its ring of three rows, then a block's
+ * depthwise outputs */
+static int64_t stream_floats(const stream_t *s) { return s->wide * (3 * row_stride(s->width) + FL); }
+
 /* Row y of the expansion P = w_in @ LayerNorm(x) + b_in of an image into a planar ring slot
  * (wide rows of `stride` floats, the row's pixels from index 1); zeros outside the image and
  * around its pixels, the depthwise convolution's padding */
@@ -416,11 +423,11 @@ static void depthwise(const stream_t *s, const float *const rows[3], int64_t str
 
 static void stream(const stream_t *s, float *work, back_t back, const void *ctx) {
     const int64_t C = s->channels, wide = s->wide, width = s->width, height = s->height;
-    const int64_t stride = (width + FL - 1) / FL * FL + 2, bands = bands_per_image(s);
+    const int64_t stride = row_stride(width), bands = bands_per_image(s);
     const int64_t band = (height + bands - 1) / bands, units = s->batch * bands;
     #pragma omp parallel num_threads((int)s->threads)
     {
-        float *ring = work + omp_get_thread_num() * wide * (3 * stride + FL), *d = ring + 3 * wide * stride;
+        float *ring = work + omp_get_thread_num() * stream_floats(s), *d = ring + 3 * wide * stride;
         float xt[C * FL];
         #pragma omp for schedule(static)
         for (int64_t unit = 0; unit < units; unit++) {
@@ -566,8 +573,7 @@ void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, f
                          int64_t channels, int64_t threads) {
     const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, channels, 2 * channels,
                         threads};
-    const int64_t ring = threads * 2 * channels * (3 * ((width + FL - 1) / FL * FL + 2) + FL);
-    const gram_t g = {heads, partial, work + ring};
+    const gram_t g = {heads, partial, work + threads * stream_floats(&s)};
     const int64_t c = channels / heads, n_gram = heads * c * c, size = n_gram + 2 * channels;
     const int64_t bands = bands_per_image(&s);
     #pragma omp parallel for num_threads((int)threads) schedule(static)
@@ -612,7 +618,7 @@ void amir_half_backward(const float *x, const float *dout, const float *ln_w, co
                         float *work, int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t wide,
                         int64_t threads) {
     const int64_t C = channels, hidden = kind == GATED ? wide / 2 : wide, blocks = (width + FL - 1) / FL;
-    const int64_t stride = blocks * FL + 2, held = (HELD_BLOCKS + blocks - 1) / blocks;
+    const int64_t stride = row_stride(width), held = (HELD_BLOCKS + blocks - 1) / blocks;
     const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, C, wide, threads};
     const int64_t bands = bands_per_image(&s), band = (height + bands - 1) / bands, units = batch * bands;
     const int64_t o_bin = wide * C, o_wdw = o_bin + wide, o_bdw = o_wdw + wide * 9, o_lnw = o_bdw + wide;

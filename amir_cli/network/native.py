@@ -190,11 +190,15 @@ def _bands(x: torch.Tensor) -> int:
     return min(threads // math.gcd(x.shape[0], threads), x.shape[2])
 
 
+def _blocks(width: int) -> int:
+    """A row's blocks of _LANES pixels in the kernels (its planar rows hold them and a zero each side)."""
+    return -(-width // _LANES)
+
+
 def _work(x: torch.Tensor, wide: int, rows: bool = False) -> torch.Tensor:
-    """Each thread's ring of three planar rows of ``wide`` channels (a row: its pixels in whole
-    blocks of 16, and a zero each side), then a block of 16 pixels' depthwise outputs; with
-    ``rows``, then each thread's whole row of them (the Gram pass)."""
-    blocks = -(-x.shape[3] // _LANES)
+    """Each thread's ring of three planar rows of ``wide`` channels, then a block of _LANES pixels'
+    depthwise outputs; with ``rows``, then each thread's whole row of them (the Gram pass)."""
+    blocks = _blocks(x.shape[3])
     return x.new_empty(torch.get_num_threads() * wide * (3 * (blocks * _LANES + 2) + _LANES + rows * blocks * _LANES))
 
 
@@ -226,7 +230,7 @@ def _half_backward(x, dout, front, m, kind: int, wide: int):
     w_in = w_in.reshape(wide, C)
     sizes = [wide * C, wide, wide * 9, wide, C, C, C] + ([] if kind == QUADRATIC else [C * hidden])
     partial = x.new_empty(B * _bands(x) * sum(sizes) * _LANES)
-    blocks = -(-W // _LANES)
+    blocks = _blocks(W)
     held = -(-_HELD_BLOCKS // blocks)  # rows whose weight gradients a thread sums at once
     work = x.new_empty(threads * (wide * (6 * (blocks * _LANES + 2) + 2 * _LANES) + held * blocks * _LANES * (wide + 2 * C + hidden)))
     dx, grads = torch.empty_like(x), x.new_empty(sum(sizes[:7]) + (0 if kind == QUADRATIC else B * C * hidden))
