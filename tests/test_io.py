@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -110,6 +112,33 @@ def test_nifti_scaled_integer_storage(tmp_path):
     back = nib.load(str(write_image(vol.with_array(vol.array * 1.01), tmp_path / "o.nii")))
     assert back.get_data_dtype().kind == "i"  # integer storage with a scale factor, as the input
     np.testing.assert_allclose(back.get_fdata(), vol.array * 1.01, atol=0.05)
+
+
+_EXTENSIONS_ROUND_TRIP = """
+import sys
+from pathlib import Path
+from amir_cli.imaging import read_image, write_image
+src, dest = Path(sys.argv[1]), Path(sys.argv[2])
+vol = read_image(src)
+write_image(vol, dest, reference=vol)
+assert "pydicom" not in sys.modules, "reading a NIfTI loaded pydicom"
+import pydicom  # still importable after nibabel loaded without it
+assert pydicom.Dataset
+"""
+
+
+def test_nifti_header_extensions_come_through_as_bytes_without_pydicom(tmp_path):
+    dicom_bytes = b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100"
+    img = nib.Nifti1Image(np.arange(16 * 16 * 2, dtype=np.float32).reshape(16, 16, 2), np.eye(4))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(6, b"a comment"))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension(2, dicom_bytes))
+    nib.save(img, str(tmp_path / "e.nii"))
+    subprocess.run([sys.executable, "-c", _EXTENSIONS_ROUND_TRIP, str(tmp_path / "e.nii"), str(tmp_path / "o.nii")],
+                   check=True, timeout=120)
+    back = nib.load(str(tmp_path / "o.nii")).header.extensions
+    assert [e.get_code() for e in back] == [6, 2]
+    assert back[0].get_content() == b"a comment"
+    assert dicom_bytes in (tmp_path / "o.nii").read_bytes()  # the DICOM extension as it was stored
 
 
 def test_slice_axis_rules(tmp_path):
