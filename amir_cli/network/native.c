@@ -377,12 +377,21 @@ static int64_t bands_per_image(const stream_t *s) {
     return bands > s->height ? s->height : bands;
 }
 
+/* A row's blocks of FL pixels */
+static int64_t blocks_of(int64_t width) { return (width + FL - 1) / FL; }
+
 /* A planar row's floats: its pixels in whole blocks of FL, and a zero each side */
-static int64_t row_stride(int64_t width) { return (width + FL - 1) / FL * FL + 2; }
+static int64_t row_stride(int64_t width) { return blocks_of(width) * FL + 2; }
 
 /* The floats of `work` each thread of `stream` holds: its ring of three rows, then a block's
  * depthwise outputs */
 static int64_t stream_floats(const stream_t *s) { return s->wide * (3 * row_stride(s->width) + FL); }
+
+/* The floats of `amir_block_half`'s `work` */
+int64_t amir_block_half_work(int64_t width, int64_t wide, int64_t threads) {
+    const stream_t s = {.width = width, .wide = wide};
+    return threads * stream_floats(&s);
+}
 
 /* Row y of the expansion P = w_in @ LayerNorm(x) + b_in of an image into a planar ring slot
  * (wide rows of `stride` floats, the row's pixels from index 1); zeros outside the image and
@@ -543,7 +552,7 @@ static void back_gram(const void *ctx, const stream_t *s, int64_t unit, int64_t 
                       int64_t lanes, float *d) {
     (void)image, (void)r;
     const gram_t *g = ctx;
-    const int64_t C = s->channels, c = C / g->heads, wide = 2 * C, blocks = (s->width + FL - 1) / FL;
+    const int64_t C = s->channels, c = C / g->heads, wide = 2 * C, blocks = blocks_of(s->width);
     float *row = g->rows + omp_get_thread_num() * wide * blocks * FL, *block = row + x0 / FL * wide * FL;
     memcpy(block, d, sizeof(float) * wide * FL);
     if (lanes < FL)  /* the depthwise outputs past the row's end are not pixels */
@@ -561,12 +570,21 @@ static void back_gram(const void *ctx, const stream_t *s, int64_t unit, int64_t 
     }
 }
 
+/* The space `amir_attention_gram` takes, in floats: space[0] its `work`, the streams' rings, then
+ * each thread's row of depthwise outputs; space[1] its `partial`, the sums of each band, FL lanes
+ * each */
+void amir_attention_gram_space(int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t heads,
+                               int64_t threads, int64_t *space) {
+    const stream_t s = {.batch = batch, .height = height, .width = width, .wide = 2 * channels, .threads = threads};
+    const int64_t c = channels / heads;
+    space[0] = threads * (stream_floats(&s) + 2 * channels * blocks_of(width) * FL);
+    space[1] = batch * bands_per_image(&s) * (heads * c * c + 2 * channels) * FL;
+}
+
 /* The attention's Gram matrices per head, gram (batch, heads, c, c), and the sums of squares of q's
  * channels then k's, squares (batch, 2 * channels), of q and k = depthwise(w_in @ LayerNorm(x)),
- * w_in (2 * channels x channels). `partial` holds the sums of each band, batch * bands *
- * (heads * c^2 + 2 * channels) * FL floats; they are added in band order, so that a run repeats itself.
- * `work` holds the streams' rings, then each thread's row of depthwise outputs (threads * 2 *
- * channels * the row's pixels in whole blocks of FL). */
+ * w_in (2 * channels x channels). `partial` holds the sums of each band, added in band order so
+ * that a run repeats itself; `work` and `partial` are sized by `amir_attention_gram_space`. */
 void amir_attention_gram(const float *x, const float *ln_w, const float *ln_b, float eps, const float *w_in,
                          const float *b_in, const float *w_dw, const float *b_dw, int64_t heads, float *partial,
                          float *work, float *gram, float *squares, int64_t batch, int64_t height, int64_t width,
@@ -596,6 +614,32 @@ static inline float gelu_grad(float x) {
 /* What a block half's backward pass starts from, per pixel: the gradient of its depthwise outputs D */
 enum { GATED = 0, LINEAR = 1, QUADRATIC = 2 };
 
+/* The rows whose weight gradients a thread of `amir_half_backward` sums at once, at least
+ * HELD_BLOCKS blocks of pixels */
+static int64_t held_rows(int64_t width) { return (HELD_BLOCKS + blocks_of(width) - 1) / blocks_of(width); }
+
+/* `amir_half_backward`'s work space per thread: its two rings of three rows and a block's D and dD
+ * (ring), then the held rows' blocks of [dout, what w_out takes] and of [dP, LayerNorm(x)] (rows) */
+static int64_t backward_ring_floats(int64_t width, int64_t wide) { return wide * (6 * row_stride(width) + 2 * FL); }
+static int64_t backward_row_floats(int64_t width, int64_t channels, int64_t wide, int64_t hidden) {
+    return held_rows(width) * blocks_of(width) * FL * (wide + 2 * channels + hidden);
+}
+
+/* The gradients `amir_half_backward` sums over all pixels: w_in, b_in, w_dw, b_dw, ln_w, ln_b, b_out,
+ * then (but for QUADRATIC) w_out's of one image */
+static int64_t summed_grads(int64_t channels, int64_t wide, int64_t hidden, int64_t kind) {
+    return wide * channels + wide + wide * 9 + wide + 3 * channels + (kind == QUADRATIC ? 0 : channels * hidden);
+}
+
+/* The space `amir_half_backward` takes, in floats: space[0] its `work`, space[1] its `partial` */
+void amir_half_backward_space(int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t wide,
+                              int64_t kind, int64_t threads, int64_t *space) {
+    const stream_t s = {.batch = batch, .height = height, .threads = threads};
+    const int64_t hidden = kind == GATED ? wide / 2 : wide;
+    space[0] = threads * (backward_ring_floats(width, wide) + backward_row_floats(width, channels, wide, hidden));
+    space[1] = batch * bands_per_image(&s) * summed_grads(channels, wide, hidden, kind) * FL;
+}
+
 /* A block half's gradients. The half is the gated `amir_block_half` (GATED: out = x + b_out + w_out
  * @ (GELU(D1) * D2), the feed-forward), its linear one (LINEAR: out = x + b_out + w_out[image] @ D,
  * the attention's output), or the attention's Gram pass (QUADRATIC: no output but what the
@@ -607,29 +651,28 @@ enum { GATED = 0, LINEAR = 1, QUADRATIC = 2 };
  * into a ring of three and the gradient dD one row behind into another ring of three: the
  * gradient of P at a row is the transposed depthwise convolution of three dD rows. Rows outside
  * the image and pixels past a row's end are zero in both rings. Each band adds its gradients into
- * its part of `partial` (units * n_grads * FL floats), and the parts are added in band order;
- * The weights' gradients of the two products are summed over `held` rows at a time, at least
- * HELD_BLOCKS blocks of pixels, so that narrow maps read and write them seldom. `work` holds threads *
- * (wide * (6 * stride + 2 * FL) + held * blocks * FL * (wide + 2 * C + hidden)) floats (`blocks`: a
- * row's blocks of FL pixels). w_in_t is w_in transposed. */
+ * its part of `partial`, and the parts are added in band order. The weights' gradients of the
+ * two products are summed over `held_rows` at a time, so that narrow maps read and write them
+ * seldom. `work` and `partial` are sized by `amir_half_backward_space`; w_in_t is w_in transposed. */
 void amir_half_backward(const float *x, const float *dout, const float *ln_w, const float *ln_b, float eps,
                         const float *w_in, const float *w_in_t, const float *b_in, const float *w_dw, const float *b_dw,
                         const float *m, int64_t m_image, int64_t kind, float *dx, float *grads, float *partial,
                         float *work, int64_t batch, int64_t height, int64_t width, int64_t channels, int64_t wide,
                         int64_t threads) {
-    const int64_t C = channels, hidden = kind == GATED ? wide / 2 : wide, blocks = (width + FL - 1) / FL;
-    const int64_t stride = row_stride(width), held = (HELD_BLOCKS + blocks - 1) / blocks;
+    const int64_t C = channels, hidden = kind == GATED ? wide / 2 : wide, blocks = blocks_of(width);
+    const int64_t stride = row_stride(width), held = held_rows(width);
     const stream_t s = {x, ln_w, ln_b, w_in, b_in, w_dw, b_dw, eps, batch, height, width, C, wide, threads};
     const int64_t bands = bands_per_image(&s), band = (height + bands - 1) / bands, units = batch * bands;
     const int64_t o_bin = wide * C, o_wdw = o_bin + wide, o_bdw = o_wdw + wide * 9, o_lnw = o_bdw + wide;
     const int64_t o_lnb = o_lnw + C, o_bout = o_lnb + C, o_wout = o_bout + C;
-    const int64_t n_grads = o_wout + (kind == QUADRATIC ? 0 : C * hidden);
+    const int64_t n_grads = summed_grads(C, wide, hidden, kind);
     #pragma omp parallel num_threads((int)threads)
     {
-        float *ring = work + omp_get_thread_num() * wide * (6 * stride + 2 * FL), *dring = ring + 3 * wide * stride;
+        const int64_t rings = backward_ring_floats(width, wide), rows_each = backward_row_floats(width, C, wide, hidden);
+        float *ring = work + omp_get_thread_num() * rings, *dring = ring + 3 * wide * stride;
         float *d = dring + 3 * wide * stride, *e = d + wide * FL;  /* a block's D, then dD */
         /* held rows' blocks of [dout, what w_out takes] and of [dP, LayerNorm(x)], for the weights' gradients */
-        float *out_rows = work + threads * wide * (6 * stride + 2 * FL) + omp_get_thread_num() * held * blocks * FL * (wide + 2 * C + hidden);
+        float *out_rows = work + threads * rings + omp_get_thread_num() * rows_each;
         float *in_rows = out_rows + held * blocks * (C + hidden) * FL;
         float xt[C * FL], nh[C * FL], cen[C * FL], dn[C * FL], rstd[FL];
         #pragma omp for schedule(static)

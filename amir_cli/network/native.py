@@ -24,7 +24,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import math
 import os
 import platform
 import subprocess
@@ -38,8 +37,6 @@ from . import onednn
 # The kernels' C source, read with this module, so that a library built later always has the
 # functions this module calls (a package upgraded under a running program leaves both as they were).
 _SOURCE = Path(__file__).with_name("native.c").read_text()
-_LANES = 16  # FL in native.c: the lanes of each band's partial sums
-_HELD_BLOCKS = 8  # HELD_BLOCKS in native.c
 _PIXELS = 1 << 20  # pixels per call of the experts' kernel: bounds its work space (12 bytes a pixel and rank)
 # The smallest map side at which each half of a block trains faster in the kernels than with
 # PyTorch's operators (benchmarks/results/xeon_avx512/native_kernels_cpu.txt): each band computes two rows
@@ -112,7 +109,11 @@ def library() -> ctypes.CDLL | None:
     lib.amir_block_half.argtypes = [p, p, p, f] + [p] * 5 + [i, p, i, p, p] + [i] * 6
     lib.amir_attention_gram.argtypes = [p, p, p, f] + [p] * 4 + [i] + [p] * 4 + [i] * 5
     lib.amir_half_backward.argtypes = [p, p, p, p, f] + [p] * 6 + [i, i] + [p] * 4 + [i] * 6
-    for name in ("amir_block_half", "amir_attention_gram", "amir_experts", "amir_half_backward"):
+    lib.amir_block_half_work.argtypes, lib.amir_block_half_work.restype = [i] * 3, i
+    lib.amir_attention_gram_space.argtypes = [i] * 6 + [p]
+    lib.amir_half_backward_space.argtypes = [i] * 7 + [p]
+    for name in ("amir_block_half", "amir_attention_gram", "amir_experts", "amir_half_backward",
+                 "amir_attention_gram_space", "amir_half_backward_space"):
         getattr(lib, name).restype = None
     return lib
 
@@ -184,22 +185,13 @@ def _contiguous(*tensors) -> list:
     return [None if t is None else t.detach().contiguous() for t in tensors]
 
 
-def _bands(x: torch.Tensor) -> int:
-    """Bands per image, as the kernels split a (B, C, H, W) batch among torch's threads."""
-    threads = torch.get_num_threads()
-    return min(threads // math.gcd(x.shape[0], threads), x.shape[2])
-
-
-def _blocks(width: int) -> int:
-    """A row's blocks of _LANES pixels in the kernels (its planar rows hold them and a zero each side)."""
-    return -(-width // _LANES)
-
-
-def _work(x: torch.Tensor, wide: int, rows: bool = False) -> torch.Tensor:
-    """Each thread's ring of three planar rows of ``wide`` channels, then a block of _LANES pixels'
-    depthwise outputs; with ``rows``, then each thread's whole row of them (the Gram pass)."""
-    blocks = _blocks(x.shape[3])
-    return x.new_empty(torch.get_num_threads() * wide * (3 * (blocks * _LANES + 2) + _LANES + rows * blocks * _LANES))
+def _space(x: torch.Tensor, kernel: str, *sizes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised (work, partial) buffers of the sizes `<kernel>_space` reports for ``x`` (B, C, H, W)
+    and the kernel's own ``sizes``: the kernels spell their layouts once, in C."""
+    B, C, H, W = x.shape
+    floats = (ctypes.c_int64 * 2)()
+    getattr(library(), f"{kernel}_space")(B, H, W, C, *sizes, torch.get_num_threads(), floats)
+    return x.new_empty(floats[0]), x.new_empty(floats[1])
 
 
 def _half(x: torch.Tensor, front: list, wide: int, w_out: torch.Tensor, b_out: torch.Tensor | None,
@@ -208,7 +200,8 @@ def _half(x: torch.Tensor, front: list, wide: int, w_out: torch.Tensor, b_out: t
     w_out (C, n) for every image, or (B, C, C) one per image."""
     B, C, H, W = x.shape
     w_out, b_out = _contiguous(w_out, b_out)
-    out, work = torch.empty_like(x), _work(x, wide)
+    out = torch.empty_like(x)
+    work = x.new_empty(library().amir_block_half_work(W, wide, torch.get_num_threads()))
     ln_w, ln_b, w_in, b_in, w_dw, b_dw = front
     _run("amir_block_half", _ptr(x), _ptr(ln_w), _ptr(ln_b), 1e-5, _ptr(w_in), _ptr(b_in), _ptr(w_dw), _ptr(b_dw),
          _ptr(w_out), C * C if w_out.dim() == 3 else 0, _ptr(b_out), int(gated), _ptr(out), _ptr(work), B, H, W, C,
@@ -229,10 +222,7 @@ def _half_backward(x, dout, front, m, kind: int, wide: int):
     ln_w, ln_b, w_in, b_in, w_dw, b_dw = _contiguous(*front)
     w_in = w_in.reshape(wide, C)
     sizes = [wide * C, wide, wide * 9, wide, C, C, C] + ([] if kind == QUADRATIC else [C * hidden])
-    partial = x.new_empty(B * _bands(x) * sum(sizes) * _LANES)
-    blocks = _blocks(W)
-    held = -(-_HELD_BLOCKS // blocks)  # rows whose weight gradients a thread sums at once
-    work = x.new_empty(threads * (wide * (6 * (blocks * _LANES + 2) + 2 * _LANES) + held * blocks * _LANES * (wide + 2 * C + hidden)))
+    work, partial = _space(x, "amir_half_backward", wide, kind)
     dx, grads = torch.empty_like(x), x.new_empty(sum(sizes[:7]) + (0 if kind == QUADRATIC else B * C * hidden))
     dout = None if dout is None else dout.contiguous(memory_format=torch.channels_last)
     w_in_t = w_in.t().contiguous()
@@ -281,8 +271,7 @@ class _AttentionGram(torch.autograd.Function):
         c = C // heads
         front = _contiguous(ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
         gram, squares = x.new_empty(B, heads, c, c), x.new_empty(B, 2 * C)
-        partial = x.new_empty(B * _bands(x) * (heads * c * c + 2 * C) * _LANES)
-        work = _work(x, 2 * C, rows=True)
+        work, partial = _space(x, "amir_attention_gram", heads)
         _run("amir_attention_gram", _ptr(x), *map(_ptr, front[:2]), 1e-5, *map(_ptr, front[2:]), heads, _ptr(partial),
              _ptr(work), _ptr(gram), _ptr(squares), B, H, W, C, torch.get_num_threads())
         ctx.save_for_backward(x, ln_w, ln_b, w_qk, b_qk, w_dw, b_dw)
