@@ -34,6 +34,7 @@ from .weights import LoadedWeights, load_weights
 DEFAULT_BATCH_SIZE = 4  # slices per network call off the CPU
 CPU_BATCH_SIZE = 1
 MIN_TILE = 32
+CASCADE_STEP = 0.5  # the second MR pass moves the first's output this far towards the network's output on it
 RESTORE_COPIES = 4  # input, normalised and restored float32 volumes, and the output being encoded
 DESCRIPTION = "Restored with amir {version} (AMIR all-in-one restoration, task {task}{scale})"
 
@@ -118,6 +119,7 @@ class _SliceJob:
     mr_scale: float | None
     dc_factor: int | None
     device: object
+    cascade: bool = False
     passthrough: int = 0
 
     def prepare(self, first: int, batch_size: int) -> _Batch:
@@ -129,13 +131,26 @@ class _SliceJob:
         x = torch.from_numpy(intensity.normalise(chunk, self.task, self.mr_scale)[:, None]).to(self.device)
         return _Batch(first, measured, chunk, x)
 
-    def finish(self, batch: _Batch, y: np.ndarray) -> None:
-        """Denormalise the network's [0, 1] output ``y`` (B, H, W), make it consistent with the
-        measured k-space band, keep the input where it lay outside the normalisation range, store."""
+    def consistent(self, batch: _Batch, y: np.ndarray) -> np.ndarray:
+        """The network's [0, 1] output ``y`` (B, H, W) in physical units, made consistent with the
+        measured k-space band where it is known."""
         values = intensity.denormalise(y, self.task, self.mr_scale)
         if self.dc_factor:  # complex FFTs on CUDA or the CPU
             on = self.device if self.device.type == "cuda" else None
             values = kspace.data_consistency(values, batch.measured, self.dc_factor, device=on)
+        return values
+
+    def second_input(self, batch: _Batch, y: np.ndarray):
+        """The cascade's second network input: the first pass's consistent output, normalised."""
+        import torch
+
+        values = self.consistent(batch, y)
+        return torch.from_numpy(intensity.normalise(values, self.task, self.mr_scale)[:, None]).to(self.device)
+
+    def finish(self, batch: _Batch, y: np.ndarray) -> None:
+        """Make the network's [0, 1] output ``y`` (B, H, W) `consistent`, keep the input where it lay
+        outside the normalisation range, store."""
+        values = self.consistent(batch, y)
         chunk = np.asarray(batch.chunk, dtype=np.float32)
         physical = chunk * (self.mr_scale or 1.0)  # the units normalise() saw
         low, high = NORM_RANGE[self.task]
@@ -161,6 +176,7 @@ def restore_volume(
     kspace_factor: int | None = None,
     data_consistency: bool = True,
     detect_zero_filling: bool = False,
+    cascade: bool = True,
     progress: Progress | None = None,
 ) -> tuple[Volume, dict]:
     """Restore ``volume`` (physical units) slice by slice along its acquisition axis.
@@ -178,7 +194,10 @@ def restore_volume(
     band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
     in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
-    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`).
+    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`). There,
+    ``cascade`` runs the network a second time on the first pass's consistent output, moves that
+    output ``CASCADE_STEP`` of the way towards the second pass's and makes it consistent again (a
+    damped cascade of network and data consistency: the second pass sees less truncation ringing).
     ``batch_size`` None: :func:`batch_size_for` the device. A worker thread prepares the next batch
     and finishes the last one while the network runs. Returns the restored Volume and an info dict
     (timings, shapes, engine, routing instruction summary).
@@ -193,12 +212,19 @@ def restore_volume(
     slices = np.moveaxis(np.asarray(volume.array, dtype=np.float32), axis, 0)  # (n, a, b), a view
     n = slices.shape[0]
     job = _SliceJob(slices, np.empty((n, slices.shape[1] * scale, slices.shape[2] * scale), dtype=np.float32), task,
-                    scale, intensity.mr_scale_factor(volume.array) if task == MRI_SR else None, dc_factor, device)
+                    scale, intensity.mr_scale_factor(volume.array) if task == MRI_SR else None, dc_factor, device,
+                    cascade=bool(cascade and dc_factor))
 
     def network(batch: _Batch):
         with autocast:
             y, inst = predict(model, batch.x, tile=tile, tile_overlap=tile_overlap, tta=tta)
-        return y.float().clamp_(0.0, 1.0).cpu().numpy()[:, 0], inst.float().sum(0).double().cpu().numpy()
+        y = y.float().clamp_(0.0, 1.0)
+        if job.cascade:
+            first = job.second_input(batch, y.cpu().numpy()[:, 0])
+            with autocast:
+                second, _ = predict(model, first, tile=tile, tile_overlap=tile_overlap, tta=tta)
+            y = first + CASCADE_STEP * (second.float().clamp_(0.0, 1.0) - first)
+        return y.cpu().numpy()[:, 0], inst.float().sum(0).double().cpu().numpy()
 
     model_seconds, instruction_sum = _pipeline(job, network, n, batch_size, progress)
     array = np.moveaxis(job.restored, 0, axis)
@@ -211,7 +237,8 @@ def restore_volume(
         "tile": tile, "tile_overlap": tile_overlap if tile else None, "tta": tta, "slice_axis": axis, "slices": n,
         "mr_scale_factor": job.mr_scale,
         "data_consistency": {"kspace_factor": dc_factor, "factor_from": factor_from,
-                             "grid": "coarse" if scale > 1 else "same", "iterations": kspace.DC_ITERATIONS}
+                             "grid": "coarse" if scale > 1 else "same", "iterations": kspace.DC_ITERATIONS,
+                             "passes": 2 if job.cascade else 1}
         if dc_factor
         else None,
         "passthrough_voxels": job.passthrough, "seconds": seconds, "model_seconds": model_seconds,
@@ -298,6 +325,7 @@ def restore_array(
     kspace_factor: int | None = None,
     data_consistency: bool = True,
     detect_zero_filling: bool = True,
+    cascade: bool = True,
 ) -> np.ndarray:
     """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
 
@@ -314,6 +342,7 @@ def restore_array(
     out, _ = restore_volume(
         model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta,
         kspace_factor=kspace_factor, data_consistency=data_consistency, detect_zero_filling=detect_zero_filling,
+        cascade=cascade,
     )
     return out.array[:, :, 0] if two_d else out.array
 
@@ -343,6 +372,7 @@ class RestoreOptions:
     kspace_factor: int | None = None
     data_consistency: bool = True
     detect_zero_filling: bool = True
+    cascade: bool = True
     overwrite: bool = False
     engine: str = "auto"  # ENGINES (`engine`)
 
@@ -459,7 +489,7 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
         weights.model, volume, task, scale=options.scale, device=options.device, precision=options.precision,
         batch_size=options.batch_size, tile=options.tile, tile_overlap=options.tile_overlap, tta=options.tta,
         kspace_factor=options.kspace_factor, data_consistency=options.data_consistency,
-        detect_zero_filling=options.detect_zero_filling, progress=progress,
+        detect_zero_filling=options.detect_zero_filling, cascade=options.cascade, progress=progress,
     )
     if task == MRI_SR and options.scale == 1 and info["data_consistency"] is None:
         warnings += zero_filled_hint(files.input)

@@ -86,6 +86,42 @@ def test_an_image_that_is_not_zero_filled_is_restored_as_before(brain):
     np.testing.assert_array_equal(with_detection.array, without.array)
 
 
+class Gamma(Identity):
+    """A pointwise network (no border effects) whose second pass differs from its first."""
+
+    def forward(self, x, instruction=None):
+        return x.clamp(min=0) ** 0.8
+
+
+def test_the_cascade_averages_a_second_pass_on_the_consistent_output_and_keeps_the_band(brain):
+    from amir_cli.imaging import intensity
+    from amir_cli.imaging.kspace import data_consistency
+
+    zf = _zero_filled(brain[:, :, :2], 4, "noisy", np.random.default_rng(5))
+    vol = Volume(array=zf, affine=np.eye(4))
+    out, info = restore_volume(Gamma(), vol, "mri-sr", detect_zero_filling=True)
+    one, one_info = restore_volume(Gamma(), vol, "mri-sr", detect_zero_filling=True, cascade=False)
+    assert info["data_consistency"]["passes"] == 2 and one_info["data_consistency"]["passes"] == 1
+
+    scale, measured = intensity.mr_scale_factor(zf), np.moveaxis(zf, 2, 0)
+    net = lambda x: np.clip(x, 0, None) ** 0.8  # noqa: E731
+    consistent = lambda x: data_consistency(intensity.denormalise(x, "mri-sr", scale), measured, 4)  # noqa: E731
+    first = intensity.normalise(consistent(net(intensity.normalise(measured, "mri-sr", scale))), "mri-sr", scale)
+    expected = consistent(first + 0.5 * (net(first) - first))
+    np.testing.assert_allclose(np.moveaxis(out.array, 2, 0), expected, rtol=1e-4, atol=1e-3 * zf.max())
+    assert np.abs(out.array - one.array).max() > 1e-2 * zf.max()  # the second pass did something
+    band = np.stack([mri_truncate(s, 4) for s in np.moveaxis(out.array, 2, 0)])
+    assert np.abs(band - measured).max() < 0.02 * zf.max()  # and the measured band is kept
+
+
+def test_no_cascade_where_the_band_is_unknown(brain):
+    full = brain[:, :, :2].copy()
+    cascaded, info = restore_volume(Gamma(), Volume(full, np.eye(4)), "mri-sr", detect_zero_filling=True)
+    single, _ = restore_volume(Gamma(), Volume(full, np.eye(4)), "mri-sr", detect_zero_filling=True, cascade=False)
+    assert info["data_consistency"] is None
+    np.testing.assert_array_equal(cascaded.array, single.array)
+
+
 def test_cli_report_names_the_detected_factor(tmp_path, brain, amir_home):
     from typer.testing import CliRunner
 
@@ -98,3 +134,4 @@ def test_cli_report_names_the_detected_factor(tmp_path, brain, amir_home):
     assert res.exit_code == 0, res.output
     report = json.loads(Path(str(out) + ".json").read_text())
     assert report["data_consistency"]["kspace_factor"] == 2 and report["data_consistency"]["factor_from"] == "detected"
+    assert report["data_consistency"]["passes"] == 2

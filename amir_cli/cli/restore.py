@@ -34,6 +34,7 @@ def restore_cmd(
     kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar=choices(MR_FACTORS), help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale, --kspace-factor or a recognised zero-filled input: keep the k-space band the input measured.")] = True,
     detect_zero_filling: Annotated[bool, typer.Option("--detect-zero-filling/--no-detect-zero-filling", help="mri-sr on the input's grid: recognise a zero-filled image (the central 1/2 or 1/4 of k-space) by its spectrum and keep its band, as --kspace-factor does.")] = True,
+    cascade: Annotated[bool, typer.Option("--cascade/--no-cascade", help="MR whose k-space band is kept: a second network pass on the first pass's consistent output, the two averaged and made consistent again (better; twice the network's time).")] = True,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar=choices(PRECISIONS), help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
@@ -60,7 +61,8 @@ def restore_cmd(
 
     options = R.RestoreOptions(task=task, scale=scale, device=device, precision=precision, batch_size=batch_size, tile=tile,
                                tta=tta, kspace_factor=kspace_factor, data_consistency=data_consistency,
-                               detect_zero_filling=detect_zero_filling, overwrite=overwrite, engine=engine)
+                               detect_zero_filling=detect_zero_filling, cascade=cascade, overwrite=overwrite,
+                               engine=engine)
     with usage_errors():
         options.check()
     _check_reference(reference)
@@ -142,6 +144,10 @@ def _print_restore_summary(r: dict) -> None:
     ensemble = ", x8 self-ensemble" if r["tta"] else ""
     typer.echo(f"  {r['slices']} slices in {r['seconds']:.1f} s ({r['slices_per_second']:.2f}/s) on {r['device']}, {r['precision']}, "
                f"{r['engine']} engine{ensemble}")
+    dc = r.get("data_consistency")
+    if dc:
+        typer.echo(f"  kept the central 1/{dc['kspace_factor']} of k-space ({dc['factor_from']}), "
+                   f"{dc['passes']} network pass{'es' if dc['passes'] > 1 else ''}")
     m = r.get("metrics")
     if m:
         o = m["output"]
