@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from amir_cli.errors import AmirError, BadInputError
 from amir_cli.imaging.kspace import band_mask, project_band
+from amir_cli.restore import CASCADE_STEP
 from amir_cli.tasks import MRI_SR, TASKS
 
 from . import checkpoint as ckpt
@@ -95,6 +96,18 @@ def _consistent(pred, lq, factors):
             dc = project_band(pred[idx], lq[idx].float(), band, TRAIN_DC_ITERATIONS, eps=1e-4)
             out = out.index_put((idx,), dc)
     return out
+
+
+def cascade_errors(forward, pred, lq, hq, factors, rmse_rows=None):
+    """(the MR samples' indices, their errors after `amir restore`'s cascade, the second pass's load
+    loss): ``forward`` (the network: image -> (output, load loss)) run again on the first pass
+    ``pred`` made consistent, the two averaged and made consistent; differentiable through both."""
+    idx = (factors > 0).nonzero()[:, 0]
+    f = factors[idx]
+    first = _consistent(pred[idx].float(), lq[idx], f)
+    second, second_load = forward(first)
+    cascade = _consistent(first + CASCADE_STEP * (second.float() - first), lq[idx], f)
+    return idx, sample_errors(cascade, hq[idx], None if rmse_rows is None else rmse_rows[idx]), second_load
 
 
 def cosine_lr(it: int, o: TrainOptions) -> float:
@@ -235,9 +248,14 @@ class Trainer:
         pred, load_loss = self._forward(lq)
         rmse_rows = tid == TASKS.index(MRI_SR) if o.mr_loss == "rmse" else None
         per_sample = sample_errors(pred.float(), hq, rmse_rows)
-        if self.o.mr_consistency_loss and "kspace_factor" in batch:
-            consistent = _consistent(pred.float(), lq, batch["kspace_factor"].to(self.device))
+        factors = batch["kspace_factor"].to(self.device) if "kspace_factor" in batch else None
+        if self.o.mr_consistency_loss and factors is not None:
+            consistent = _consistent(pred.float(), lq, factors)
             per_sample = 0.5 * (per_sample + sample_errors(consistent, hq, rmse_rows))
+        if self.o.mr_cascade_loss and factors is not None and bool((factors > 0).any()):
+            idx, errors, second_load = cascade_errors(self._forward, pred, lq, hq, factors, rmse_rows)
+            per_sample = per_sample.index_put((idx,), 0.5 * (per_sample[idx] + errors))
+            load_loss = 0.5 * (load_loss + second_load)
         l1 = per_sample.mean()
         loss = self._main_loss(per_sample, l1, pred, lq, hq, tid, rmse_rows) + o.load_loss_weight * load_loss.float()
         check = torch.stack([loss.detach(), l1.detach(), load_loss.detach().float()])
