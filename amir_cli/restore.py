@@ -28,13 +28,13 @@ from .imaging.volume import check_memory
 from .placement import (check_input_format, check_output, check_output_format, default_output, publish,
                         report_path_for, same_or_inside, written_files)
 from .taskdetect import detect_task
-from .tasks import EVAL_WINDOW, MR_FACTORS, MR_SCALES, MRI_SR, NORM_RANGE, TASK, check_choice
+from .tasks import EVAL_WINDOW, MR_FACTORS, MR_PASSES, MR_SCALES, MRI_SR, NORM_RANGE, TASK, check_choice
 from .weights import LoadedWeights, load_weights
 
 DEFAULT_BATCH_SIZE = 4  # slices per network call off the CPU
 CPU_BATCH_SIZE = 1
 MIN_TILE = 32
-CASCADE_STEP = 0.5  # the second MR pass moves the first's output this far towards the network's output on it
+CASCADE_STEP = 0.5  # each later MR pass moves the output this far towards the network's output on it
 RESTORE_COPIES = 4  # input, normalised and restored float32 volumes, and the output being encoded
 DESCRIPTION = "Restored with amir {version} (AMIR all-in-one restoration, task {task}{scale})"
 
@@ -76,7 +76,7 @@ def check_scale_task(task: str, scale: int, kspace_factor: int | None) -> None:
 
 
 def check_options(task: str, scale: int, batch_size: int | None, tile: int | None, kspace_factor: int | None = None,
-                  *, engine: str = "auto", decided: bool = True) -> None:
+                  *, engine: str = "auto", decided: bool = True, passes: int = 1) -> None:
     """The restore options that need no image; ``decided=False`` lets ``task`` be 'auto' (decided from
     the image later, and checked again then)."""
     if decided or task != "auto":
@@ -89,6 +89,8 @@ def check_options(task: str, scale: int, batch_size: int | None, tile: int | Non
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if tile is not None and tile < MIN_TILE:
         raise BadInputError(f"--tile must be at least {MIN_TILE} pixels, got {tile}")
+    if passes < 1:
+        raise BadInputError(f"--passes must be at least 1, got {passes}")
 
 
 def batch_size_for(device, batch_size: int | None) -> int:
@@ -119,7 +121,7 @@ class _SliceJob:
     mr_scale: float | None
     dc_factor: int | None
     device: object
-    cascade: bool = False
+    passes: int = 1
     passthrough: int = 0
 
     def prepare(self, first: int, batch_size: int) -> _Batch:
@@ -140,8 +142,8 @@ class _SliceJob:
             values = kspace.data_consistency(values, batch.measured, self.dc_factor, device=on)
         return values
 
-    def second_input(self, batch: _Batch, y: np.ndarray):
-        """The cascade's second network input: the first pass's consistent output, normalised."""
+    def next_input(self, batch: _Batch, y: np.ndarray):
+        """The cascade's next network input: the last pass's consistent output, normalised."""
         import torch
 
         values = self.consistent(batch, y)
@@ -176,7 +178,7 @@ def restore_volume(
     kspace_factor: int | None = None,
     data_consistency: bool = True,
     detect_zero_filling: bool = False,
-    cascade: bool = True,
+    passes: int = MR_PASSES,
     progress: Progress | None = None,
 ) -> tuple[Volume, dict]:
     """Restore ``volume`` (physical units) slice by slice along its acquisition axis.
@@ -194,17 +196,17 @@ def restore_volume(
     band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
     in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
-    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`). There,
-    ``cascade`` runs the network a second time on the first pass's consistent output, moves that
-    output ``CASCADE_STEP`` of the way towards the second pass's and makes it consistent again (a
-    damped cascade of network and data consistency: the second pass sees less truncation ringing).
+    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`). There the
+    network runs ``passes`` times: each later pass runs on the last output made consistent, moves
+    that output ``CASCADE_STEP`` of the way towards its own and makes it consistent again (a damped
+    cascade of network and data consistency: the later passes see less truncation ringing).
     ``batch_size`` None: :func:`batch_size_for` the device. A worker thread prepares the next batch
     and finishes the last one while the network runs. Returns the restored Volume and an info dict
     (timings, shapes, engine, routing instruction summary).
     """
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     batch_size = batch_size_for(device, batch_size)
-    check_options(task, scale, batch_size, tile, kspace_factor)
+    check_options(task, scale, batch_size, tile, kspace_factor, passes=passes)
     dc_factor, factor_from = _measured_band(volume, task, scale, kspace_factor, data_consistency, detect_zero_filling)
     autocast = precision_context(device, precision)
     started = time.perf_counter()
@@ -213,17 +215,17 @@ def restore_volume(
     n = slices.shape[0]
     job = _SliceJob(slices, np.empty((n, slices.shape[1] * scale, slices.shape[2] * scale), dtype=np.float32), task,
                     scale, intensity.mr_scale_factor(volume.array) if task == MRI_SR else None, dc_factor, device,
-                    cascade=bool(cascade and dc_factor))
+                    passes=passes if dc_factor else 1)
 
     def network(batch: _Batch):
         with autocast:
             y, inst = predict(model, batch.x, tile=tile, tile_overlap=tile_overlap, tta=tta)
         y = y.float().clamp_(0.0, 1.0)
-        if job.cascade:
-            first = job.second_input(batch, y.cpu().numpy()[:, 0])
+        for _ in range(job.passes - 1):
+            last = job.next_input(batch, y.cpu().numpy()[:, 0])
             with autocast:
-                second, _ = predict(model, first, tile=tile, tile_overlap=tile_overlap, tta=tta)
-            y = first + CASCADE_STEP * (second.float().clamp_(0.0, 1.0) - first)
+                y, _ = predict(model, last, tile=tile, tile_overlap=tile_overlap, tta=tta)
+            y = last + CASCADE_STEP * (y.float().clamp_(0.0, 1.0) - last)
         return y.cpu().numpy()[:, 0], inst.float().sum(0).double().cpu().numpy()
 
     model_seconds, instruction_sum = _pipeline(job, network, n, batch_size, progress)
@@ -238,7 +240,7 @@ def restore_volume(
         "mr_scale_factor": job.mr_scale,
         "data_consistency": {"kspace_factor": dc_factor, "factor_from": factor_from,
                              "grid": "coarse" if scale > 1 else "same", "iterations": kspace.DC_ITERATIONS,
-                             "passes": 2 if job.cascade else 1}
+                             "passes": job.passes}
         if dc_factor
         else None,
         "passthrough_voxels": job.passthrough, "seconds": seconds, "model_seconds": model_seconds,
@@ -325,7 +327,7 @@ def restore_array(
     kspace_factor: int | None = None,
     data_consistency: bool = True,
     detect_zero_filling: bool = True,
-    cascade: bool = True,
+    passes: int = MR_PASSES,
 ) -> np.ndarray:
     """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
 
@@ -342,7 +344,7 @@ def restore_array(
     out, _ = restore_volume(
         model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta,
         kspace_factor=kspace_factor, data_consistency=data_consistency, detect_zero_filling=detect_zero_filling,
-        cascade=cascade,
+        passes=passes,
     )
     return out.array[:, :, 0] if two_d else out.array
 
@@ -372,7 +374,7 @@ class RestoreOptions:
     kspace_factor: int | None = None
     data_consistency: bool = True
     detect_zero_filling: bool = True
-    cascade: bool = True
+    passes: int = MR_PASSES
     overwrite: bool = False
     engine: str = "auto"  # ENGINES (`engine`)
 
@@ -381,7 +383,7 @@ class RestoreOptions:
         text, not whether this machine has it): BadInputError or DeviceError, which `amir restore`
         shows as usage errors before any work."""
         check_options(self.task, self.scale, self.batch_size, self.tile, self.kspace_factor, engine=self.engine,
-                      decided=False)
+                      decided=False, passes=self.passes)
         if isinstance(self.device, str):
             check_device_spec(self.device)
 
@@ -474,7 +476,8 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     volume = read_image(files.input, files.series)
     task, reason, warnings = _choose_task(volume, options.task, weights)
     warnings = volume.meta.get("notes", []) + warnings  # what reading left out or assumed
-    check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor, engine=options.engine)
+    check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor, engine=options.engine,
+                  passes=options.passes)
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
     check_memory(out_shape, str(files.input), copies=RESTORE_COPIES, doing="restoring")
     ref_volume = None if files.reference is None else _read_reference(files.reference, tuple(out_shape))
@@ -489,7 +492,7 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
         weights.model, volume, task, scale=options.scale, device=options.device, precision=options.precision,
         batch_size=options.batch_size, tile=options.tile, tile_overlap=options.tile_overlap, tta=options.tta,
         kspace_factor=options.kspace_factor, data_consistency=options.data_consistency,
-        detect_zero_filling=options.detect_zero_filling, cascade=options.cascade, progress=progress,
+        detect_zero_filling=options.detect_zero_filling, passes=options.passes, progress=progress,
     )
     if task == MRI_SR and options.scale == 1 and info["data_consistency"] is None:
         warnings += zero_filled_hint(files.input)

@@ -22,6 +22,7 @@ INVALID = [
     ["degrade", MISSING, "--task", "ct-denoise", "--seed", "-1"],
     ["degrade", MISSING, "--task", "ct-denoise", "--dose", "nan"],
     ["restore", MISSING, "--batch-size", "0"],
+    ["restore", MISSING, "--passes", "0"],
     ["restore", MISSING, "--precision", "fp64"],
     ["benchmark", MISSING, "--precision", "fp64"],
     ["benchmark", MISSING, "--device", "gpu"],

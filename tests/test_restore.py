@@ -273,12 +273,14 @@ def test_bad_scale(task, scale):
         restore_volume(Identity(), vol, task, scale=scale)
 
 
-def test_an_unknown_engine_is_refused_with_the_other_options():
+def test_an_unknown_engine_or_no_pass_is_refused_with_the_other_options():
     from amir_cli.restore import RestoreOptions
 
     with pytest.raises(BadInputError, match=r"^--engine must be auto, native, fused or plain, got turbo$"):
         RestoreOptions(engine="turbo").check()
     RestoreOptions(engine="fused").check()
+    with pytest.raises(BadInputError, match="--passes"):
+        RestoreOptions(passes=0).check()
 
 
 def test_batch_size_does_not_change_the_result(tiny):

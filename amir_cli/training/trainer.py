@@ -99,9 +99,10 @@ def _consistent(pred, lq, factors):
 
 
 def cascade_errors(forward, pred, lq, hq, factors, rmse_rows=None):
-    """(the MR samples' indices, their errors after `amir restore`'s cascade, the second pass's load
-    loss): ``forward`` (the network: image -> (output, load loss)) run again on the first pass
-    ``pred`` made consistent, the two averaged and made consistent; differentiable through both."""
+    """(the MR samples' indices, their errors after the first two passes of `amir restore`'s cascade,
+    the second pass's load loss): ``forward`` (the network: image -> (output, load loss)) run again
+    on the first pass ``pred`` made consistent, the two averaged and made consistent; differentiable
+    through both."""
     idx = (factors > 0).nonzero()[:, 0]
     f = factors[idx]
     first = _consistent(pred[idx].float(), lq[idx], f)
