@@ -430,7 +430,7 @@ def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq
 def test_cascade_errors_score_restores_cascade_with_gradients_through_both_passes():
     from amir_cli.imaging.degrade import mri_truncate
     from amir_cli.imaging.kspace import data_consistency
-    from amir_cli.training.trainer import cascade_errors
+    from amir_cli.training.trainer import _consistent, cascade_errors
 
     rng = np.random.default_rng(0)
     hq = torch.from_numpy(np.abs(rng.normal(0.5, 0.2, (3, 1, 32, 32))).astype(np.float32))
@@ -438,7 +438,7 @@ def test_cascade_errors_score_restores_cascade_with_gradients_through_both_passe
     factors = torch.tensor([4, 0, 4])
     pred = (lq * 1.1).requires_grad_()
     forward = lambda x: (x.clamp(min=0) ** 0.8, torch.tensor(0.25))  # noqa: E731
-    idx, errors, load = cascade_errors(forward, pred, lq, hq, factors)
+    idx, errors, load = cascade_errors(forward, _consistent(pred, lq, factors), lq, hq, factors)
     assert idx.tolist() == [0, 2] and load.item() == 0.25
     for row, i in enumerate(idx.tolist()):  # the five-projection consistency of training, in numpy
         dc = lambda y: data_consistency(y, lq[i, 0].numpy(), 4, iterations=5)  # noqa: E731

@@ -98,14 +98,14 @@ def _consistent(pred, lq, factors):
     return out
 
 
-def cascade_errors(forward, pred, lq, hq, factors, rmse_rows=None):
+def cascade_errors(forward, consistent, lq, hq, factors, rmse_rows=None):
     """(the MR samples' indices, their errors after the first two passes of `amir restore`'s cascade,
     the second pass's load loss): ``forward`` (the network: image -> (output, load loss)) run again
-    on the first pass ``pred`` made consistent, the two averaged and made consistent; differentiable
-    through both."""
+    on the first pass made consistent (``consistent``, :func:`_consistent` of the batch), the two
+    averaged and made consistent; differentiable through both."""
     idx = (factors > 0).nonzero()[:, 0]
     f = factors[idx]
-    first = _consistent(pred[idx].float(), lq[idx], f)
+    first = consistent[idx]
     second, second_load = forward(first)
     cascade = _consistent(first + CASCADE_STEP * (second.float() - first), lq[idx], f)
     return idx, sample_errors(cascade, hq[idx], None if rmse_rows is None else rmse_rows[idx]), second_load
@@ -250,11 +250,13 @@ class Trainer:
         rmse_rows = tid == TASKS.index(MRI_SR) if o.mr_loss == "rmse" else None
         per_sample = sample_errors(pred.float(), hq, rmse_rows)
         factors = batch["kspace_factor"].to(self.device) if "kspace_factor" in batch else None
-        if self.o.mr_consistency_loss and factors is not None:
+        consistent = None  # the first pass made consistent, for both MR terms
+        if factors is not None and (self.o.mr_consistency_loss or self.o.mr_cascade_loss):
             consistent = _consistent(pred.float(), lq, factors)
+        if self.o.mr_consistency_loss and consistent is not None:
             per_sample = 0.5 * (per_sample + sample_errors(consistent, hq, rmse_rows))
-        if self.o.mr_cascade_loss and factors is not None and bool((factors > 0).any()):
-            idx, errors, second_load = cascade_errors(self._forward, pred, lq, hq, factors, rmse_rows)
+        if self.o.mr_cascade_loss and consistent is not None and bool((factors > 0).any()):
+            idx, errors, second_load = cascade_errors(self._forward, consistent, lq, hq, factors, rmse_rows)
             per_sample = per_sample.index_put((idx,), 0.5 * (per_sample[idx] + errors))
             load_loss = 0.5 * (load_loss + second_load)
         l1 = per_sample.mean()
