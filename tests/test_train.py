@@ -427,7 +427,8 @@ def test_fresh_network_is_the_identity_and_relative_loss_weighs_tasks_equally(hq
         assert main == pytest.approx(1.0 if weighting == "relative" else rec["l1"], rel=1e-4)
 
 
-def test_cascade_errors_score_restores_cascade_with_gradients_through_both_passes():
+@pytest.mark.parametrize("passes", [2, 3])
+def test_cascade_errors_score_restores_cascade_with_gradients_through_every_pass(passes):
     from amir_cli.imaging.degrade import mri_truncate
     from amir_cli.imaging.kspace import data_consistency
     from amir_cli.training.trainer import _consistent, cascade_errors
@@ -438,23 +439,26 @@ def test_cascade_errors_score_restores_cascade_with_gradients_through_both_passe
     factors = torch.tensor([4, 0, 4])
     pred = (lq * 1.1).requires_grad_()
     forward = lambda x: (x.clamp(min=0) ** 0.8, torch.tensor(0.25))  # noqa: E731
-    idx, errors, load = cascade_errors(forward, _consistent(pred, lq, factors), lq, hq, factors)
-    assert idx.tolist() == [0, 2] and load.item() == 0.25
+    idx, errors, load = cascade_errors(forward, _consistent(pred, lq, factors), lq, hq, factors, passes=passes)
+    assert idx.tolist() == [0, 2] and errors.shape == (passes - 1, 2) and load.item() == pytest.approx(0.25 * (passes - 1))
     for row, i in enumerate(idx.tolist()):  # the five-projection consistency of training, in numpy
         dc = lambda y: data_consistency(y, lq[i, 0].numpy(), 4, iterations=5)  # noqa: E731
-        first = dc(pred[i, 0].detach().numpy())
-        cascade = dc(first + 0.5 * (np.clip(first, 0, None) ** 0.8 - first))
-        assert errors[row].item() == pytest.approx(np.abs(cascade - hq[i, 0].numpy()).mean(), rel=1e-3)
-    errors.sum().backward()
+        last = dc(pred[i, 0].detach().numpy())
+        for k in range(passes - 1):
+            last = dc(last + 0.5 * (np.clip(last, 0, None) ** 0.8 - last))
+            assert errors[k, row].item() == pytest.approx(np.abs(last - hq[i, 0].numpy()).mean(), rel=1e-3)
+    errors[-1].sum().backward()
     assert pred.grad[1].abs().sum() == 0 and pred.grad[[0, 2]].abs().sum() > 0
 
 
 def test_training_with_the_cascade_loss_runs_and_logs_finite_losses(hq_data, tmp_path):
     run = tmp_path / "cascade"
     train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=3, val_every=100, mr_cascade_loss=True,
-                       tasks=("mri-sr",)))
+                       mr_cascade_passes=3, tasks=("mri-sr",)))
     recs = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
     assert len(recs) == 3 and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in recs)
+    with pytest.raises(BadInputError, match="--mr-cascade-passes must be at least 2"):
+        TrainOptions(data=str(hq_data), mr_cascade_passes=1).check()
 
 
 def test_sample_errors_are_rmse_in_the_rows_asked_and_l1_elsewhere():

@@ -75,7 +75,8 @@ class TrainOptions:
     volume_weights: dict | None = None  # volume-name pattern (fnmatch) -> relative chance of drawing it within its task
     mr_noise: float = 0.0  # MR noise floor augmentation (fraction of the MR target level)
     mr_consistency_loss: bool = True  # MR loss also on the output made consistent with the measured band (per patch: approximate)
-    mr_cascade_loss: bool = False  # MR loss also on restore's cascade cut at two passes
+    mr_cascade_loss: bool = False  # MR loss also on restore's cascade cut at mr_cascade_passes
+    mr_cascade_passes: int = 2  # the passes that loss runs (each a forward and backward of the network)
     mr_loss: str = "l1"  # the MR samples' error: "l1" or "rmse" (PSNR's; relative to the input's under --task-weighting relative)
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
@@ -124,6 +125,7 @@ class TrainOptions:
     def _check_numbers(self) -> None:
         least = {name: 1 for name in ("iterations", "batch_size", "val_every", "checkpoint_every", "log_every", "val_slices",
                                       "crops_per_slice", "threads")}
+        least["mr_cascade_passes"] = 2
         least.update(dict.fromkeys(("seed", "warmup", "val_size", "workers"), 0))
         for name, low in least.items():
             value = getattr(self, name)

@@ -98,17 +98,22 @@ def _consistent(pred, lq, factors):
     return out
 
 
-def cascade_errors(forward, consistent, lq, hq, factors, rmse_rows=None):
-    """(the MR samples' indices, their errors after the first two passes of `amir restore`'s cascade,
-    the second pass's load loss): ``forward`` (the network: image -> (output, load loss)) run again
-    on the first pass made consistent (``consistent``, :func:`_consistent` of the batch), the two
-    averaged and made consistent; differentiable through both."""
+def cascade_errors(forward, consistent, lq, hq, factors, rmse_rows=None, passes=2):
+    """(the MR samples' indices, their errors after passes 2 to ``passes`` of `amir restore`'s cascade
+    stacked (passes - 1, samples), the later passes' load losses summed): ``forward`` (the network:
+    image -> (output, load loss)) run again on the last pass made consistent (the first is
+    ``consistent``, :func:`_consistent` of the batch), moved by CASCADE_STEP towards it and made
+    consistent; differentiable through every pass."""
     idx = (factors > 0).nonzero()[:, 0]
-    f = factors[idx]
-    first = consistent[idx]
-    second, second_load = forward(first)
-    cascade = _consistent(first + CASCADE_STEP * (second.float() - first), lq[idx], f)
-    return idx, sample_errors(cascade, hq[idx], None if rmse_rows is None else rmse_rows[idx]), second_load
+    f, lq_mr = factors[idx], lq[idx]
+    rows = None if rmse_rows is None else rmse_rows[idx]
+    last, errors, load = consistent[idx], [], 0.0
+    for _ in range(passes - 1):
+        out, out_load = forward(last)
+        last = _consistent(last + CASCADE_STEP * (out.float() - last), lq_mr, f)
+        errors.append(sample_errors(last, hq[idx], rows))
+        load = load + out_load
+    return idx, torch.stack(errors), load
 
 
 def cosine_lr(it: int, o: TrainOptions) -> float:
@@ -256,9 +261,10 @@ class Trainer:
         if self.o.mr_consistency_loss and consistent is not None:
             per_sample = 0.5 * (per_sample + sample_errors(consistent, hq, rmse_rows))
         if self.o.mr_cascade_loss and consistent is not None and bool((factors > 0).any()):
-            idx, errors, second_load = cascade_errors(self._forward, consistent, lq, hq, factors, rmse_rows)
-            per_sample = per_sample.index_put((idx,), 0.5 * (per_sample[idx] + errors))
-            load_loss = 0.5 * (load_loss + second_load)
+            n = o.mr_cascade_passes
+            idx, errors, later_load = cascade_errors(self._forward, consistent, lq, hq, factors, rmse_rows, n)
+            per_sample = per_sample.index_put((idx,), (per_sample[idx] + errors.sum(0)) / n)
+            load_loss = (load_loss + later_load) / n
         l1 = per_sample.mean()
         loss = self._main_loss(per_sample, l1, pred, lq, hq, tid, rmse_rows) + o.load_loss_weight * load_loss.float()
         check = torch.stack([loss.detach(), l1.detach(), load_loss.detach().float()])
