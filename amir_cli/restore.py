@@ -35,6 +35,9 @@ DEFAULT_BATCH_SIZE = 4  # slices per network call off the CPU
 CPU_BATCH_SIZE = 1
 MIN_TILE = 32
 CASCADE_STEP = 0.5  # each later MR pass moves the output this far towards the network's output on it
+# The image axes each later pass flips its input along (and its output back), in turn: the cascade
+# then also averages the network over flips, at no extra cost.
+PASS_FLIPS = ((-1,), (-2,), (-2, -1))
 RESTORE_COPIES = 4  # input, normalised and restored float32 volumes, and the output being encoded
 DESCRIPTION = "Restored with amir {version} (AMIR all-in-one restoration, task {task}{scale})"
 
@@ -197,9 +200,10 @@ def restore_volume(
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
     in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
     factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`). There the
-    network runs ``passes`` times: each later pass runs on the last output made consistent, moves
-    that output ``CASCADE_STEP`` of the way towards its own and makes it consistent again (a damped
-    cascade of network and data consistency: the later passes see less truncation ringing).
+    network runs ``passes`` times: each later pass runs on the last output made consistent (flipped
+    by ``PASS_FLIPS`` in turn and flipped back), moves that output ``CASCADE_STEP`` of the way
+    towards its own and makes it consistent again (a damped cascade of network and data
+    consistency: the later passes see less truncation ringing).
     ``batch_size`` None: :func:`batch_size_for` the device. A worker thread prepares the next batch
     and finishes the last one while the network runs. Returns the restored Volume and an info dict
     (timings, shapes, engine, routing instruction summary).
@@ -221,11 +225,12 @@ def restore_volume(
         with autocast:
             y, inst = predict(model, batch.x, tile=tile, tile_overlap=tile_overlap, tta=tta)
         y = y.float().clamp_(0.0, 1.0)
-        for _ in range(job.passes - 1):
+        for k in range(job.passes - 1):
             last = job.next_input(batch, y.cpu().numpy()[:, 0])
+            flips = () if tta else PASS_FLIPS[k % len(PASS_FLIPS)]  # tta: every flip already
             with autocast:
-                y, _ = predict(model, last, tile=tile, tile_overlap=tile_overlap, tta=tta)
-            y = last + CASCADE_STEP * (y.float().clamp_(0.0, 1.0) - last)
+                y, _ = predict(model, last.flip(flips), tile=tile, tile_overlap=tile_overlap, tta=tta)
+            y = last + CASCADE_STEP * (y.flip(flips).float().clamp_(0.0, 1.0) - last)
         return y.cpu().numpy()[:, 0], inst.float().sum(0).double().cpu().numpy()
 
     model_seconds, instruction_sum = _pipeline(job, network, n, batch_size, progress)

@@ -13,6 +13,7 @@ scans. The mean per task averages its rows.
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
     python benchmarks/validation.py DATA amir-s runs/mr_only/last.pt --tasks mri-sr
+    python benchmarks/validation.py DATA amir-s --tasks mri-sr --passes 4
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ def main(argv=None) -> int:
     ap.add_argument("data", help="training data folder with validation/ volumes")
     ap.add_argument("weights", nargs="+", help="registry names, .safetensors files or run checkpoints (best.pt, last.pt)")
     ap.add_argument("--tasks", default=",".join(LEVELS), help="comma-separated tasks to score (default: all three)")
+    ap.add_argument("--passes", type=int, default=None, help="MR cascade passes (default: amir restore's)")
     args = ap.parse_args(argv)
     asked = set(args.tasks.split(","))
     if asked - set(LEVELS):
         ap.error(f"--tasks takes some of {', '.join(LEVELS)}")
+    if args.passes is not None and args.passes < 1:
+        ap.error("--passes must be at least 1")
     tasks = tuple(t for t in LEVELS if t in asked)
 
     import numpy as np
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
     for w in args.weights:
         model = load_weights(w, torch.device("cpu")).model
         for key, vs in sets.items():
-            gains[(w, key)] = evaluate(model, vs, torch.device("cpu"))[key[0]]["psnr"] - inputs[key][key[0]]["psnr"]
+            gains[(w, key)] = evaluate(model, vs, torch.device("cpu"), args.passes)[key[0]]["psnr"] - inputs[key][key[0]]["psnr"]
     for task, level in sets:
         cells = " | ".join(f"{gains[(w, (task, level))]:+.2f}" for w in args.weights)
         print(f"| {task} | {level if isinstance(level, str) else f'{level:g}'} | {inputs[(task, level)][task]['psnr']:.2f} | {cells} |")

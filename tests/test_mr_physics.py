@@ -136,4 +136,7 @@ def test_validation_scores_only_the_tasks_asked(tmp_path):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path), "amir-s", "--tasks", "mri-sr,ct"])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "amir-s", "--tasks", "mri-sr", "--passes", "0"])
+    assert e.value.code == 2
     assert main([str(tmp_path / "missing"), "amir-s"]) == 1  # a missing data folder: one line, exit 1

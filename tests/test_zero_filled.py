@@ -94,23 +94,37 @@ class Gamma(Identity):
         return x.clamp(min=0) ** 0.8
 
 
-def test_the_cascade_averages_each_later_pass_on_the_consistent_output_and_keeps_the_band(brain):
+class Tilted(Gamma):
+    """Gamma times a ramp across the (padded) image: a network that flipping its input changes."""
+
+    def forward(self, x, instruction=None):
+        h, w = x.shape[-2:]
+        ramp = torch.linspace(0, 1, h)[:, None] + torch.linspace(0, 1, w)
+        return super().forward(x) * (0.9 + 0.1 * ramp)
+
+
+def test_the_cascade_averages_each_later_pass_on_the_consistent_flipped_output_and_keeps_the_band(brain):
     from amir_cli.imaging import intensity
     from amir_cli.imaging.kspace import data_consistency
+    from amir_cli.inference import BORDER
 
     zf = _zero_filled(brain[:, :, :2], 4, "noisy", np.random.default_rng(5))
     vol = Volume(array=zf, affine=np.eye(4))
-    out, info = restore_volume(Gamma(), vol, "mri-sr", detect_zero_filling=True)
-    one, one_info = restore_volume(Gamma(), vol, "mri-sr", detect_zero_filling=True, passes=1)
+    out, info = restore_volume(Tilted(), vol, "mri-sr", detect_zero_filling=True)
+    one, one_info = restore_volume(Tilted(), vol, "mri-sr", detect_zero_filling=True, passes=1)
     assert info["data_consistency"]["passes"] == MR_PASSES == 3 and one_info["data_consistency"]["passes"] == 1
 
     scale, measured = intensity.mr_scale_factor(zf), np.moveaxis(zf, 2, 0)
-    net = lambda x: np.clip(x, 0, None) ** 0.8  # noqa: E731
+    (h, w), b = measured.shape[1:], BORDER
+    rows, cols = (np.arange(h) + b) / (h + 2 * b - 1), (np.arange(w) + b) / (w + 2 * b - 1)
+    # the ramp as the image sees it: pass 2 flips left-right, pass 3 up-down (and back)
+    ramps = [rows[:, None] + cols, rows[:, None] + 1 - cols, 1 - rows[:, None] + cols]
+    net = lambda x, k: np.clip(x, 0, None) ** 0.8 * (0.9 + 0.1 * ramps[k])  # noqa: E731
     consistent = lambda x: data_consistency(intensity.denormalise(x, "mri-sr", scale), measured, 4)  # noqa: E731
-    expected = consistent(net(intensity.normalise(measured, "mri-sr", scale)))
-    for _ in range(MR_PASSES - 1):
+    expected = consistent(net(intensity.normalise(measured, "mri-sr", scale), 0))
+    for k in range(1, MR_PASSES):
         last = intensity.normalise(expected, "mri-sr", scale)
-        expected = consistent(last + 0.5 * (net(last) - last))
+        expected = consistent(last + 0.5 * (net(last, k) - last))
     np.testing.assert_allclose(np.moveaxis(out.array, 2, 0), expected, rtol=1e-4, atol=1e-3 * zf.max())
     assert np.abs(out.array - one.array).max() > 1e-2 * zf.max()  # the second pass did something
     band = np.stack([mri_truncate(s, 4) for s in np.moveaxis(out.array, 2, 0)])

@@ -34,7 +34,7 @@ def restore_cmd(
     kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar=choices(MR_FACTORS), help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale, --kspace-factor or a recognised zero-filled input: keep the k-space band the input measured.")] = True,
     detect_zero_filling: Annotated[bool, typer.Option("--detect-zero-filling/--no-detect-zero-filling", help="mri-sr on the input's grid: recognise a zero-filled image (the central 1/2 or 1/4 of k-space) by its spectrum and keep its band, as --kspace-factor does.")] = True,
-    passes: Annotated[int, typer.Option("--passes", min=1, metavar="N", help="MR whose k-space band is kept: network passes of a damped cascade, each later one run on the last output made consistent, averaged with it and made consistent again (1: the network once; each pass costs the network's time).")] = MR_PASSES,
+    passes: Annotated[int, typer.Option("--passes", min=1, metavar="N", help="MR whose k-space band is kept: network passes of a damped cascade, each later one run on the last output made consistent and flipped (left-right, then up-down), averaged with it and made consistent again (1: the network once; each pass costs the network's time).")] = MR_PASSES,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar=choices(PRECISIONS), help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
