@@ -152,6 +152,13 @@ class _SliceJob:
         values = self.consistent(batch, y)
         return torch.from_numpy(intensity.normalise(values, self.task, self.mr_scale)[:, None]).to(self.device)
 
+    @property
+    def finish_overlaps(self) -> bool:
+        """Whether :meth:`finish` may run beside the network: not where its data consistency computes
+        on the CPU, whose threads the network already takes (two thread teams on the same cores run
+        several times slower than one after the other)."""
+        return not (self.dc_factor and self.device.type == "cpu")
+
     def finish(self, batch: _Batch, y: np.ndarray) -> None:
         """Make the network's [0, 1] output ``y`` (B, H, W) `consistent`, keep the input where it lay
         outside the normalisation range, store."""
@@ -274,9 +281,10 @@ def _measured_band(volume: Volume, task: str, scale: int, kspace_factor: int | N
 
 def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progress | None) -> tuple[float, np.ndarray]:
     """Run ``network`` on each batch in the calling thread while one worker thread prepares the
-    next batch and finishes the previous one; returns (network seconds, summed instructions)."""
+    next batch and finishes the previous one (or the calling thread finishes each, where
+    ``job.finish_overlaps`` says no); returns (network seconds, summed instructions)."""
     import torch
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     model_seconds, instruction_sum = 0.0, None
     with ThreadPoolExecutor(1, thread_name_prefix="amir-slices") as worker, torch.inference_mode():
@@ -294,7 +302,11 @@ def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progre
                 finishing.result()
                 if progress is not None:
                     progress(first, n)
-            finishing = worker.submit(job.finish, batch, y)
+            if job.finish_overlaps:
+                finishing = worker.submit(job.finish, batch, y)
+            else:
+                finishing = Future()
+                finishing.set_result(job.finish(batch, y))
         finishing.result()
     if progress is not None:
         progress(n, n)

@@ -131,6 +131,26 @@ def test_the_cascade_averages_each_later_pass_on_the_consistent_flipped_output_a
     assert np.abs(band - measured).max() < 0.02 * zf.max()  # and the measured band is kept
 
 
+def test_on_the_cpu_the_data_consistency_never_runs_beside_the_network(brain, monkeypatch):
+    """Two thread teams on the same cores run several times slower than one after the other: on the
+    CPU every data consistency runs in the thread that runs the network."""
+    import threading
+
+    from amir_cli.imaging import kspace
+
+    threads, project = set(), kspace.data_consistency
+
+    def recorded(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return project(*args, **kwargs)
+
+    monkeypatch.setattr(kspace, "data_consistency", recorded)
+    zf = _zero_filled(brain[:, :, :3], 4, "noisy", np.random.default_rng(6))
+    _, info = restore_volume(Gamma(), Volume(zf, np.eye(4)), "mri-sr", detect_zero_filling=True, batch_size=1)
+    assert info["data_consistency"]["passes"] == MR_PASSES
+    assert threads == {threading.current_thread().name}
+
+
 def test_no_cascade_where_the_band_is_unknown(brain):
     full = brain[:, :, :2].copy()
     cascaded, info = restore_volume(Gamma(), Volume(full, np.eye(4)), "mri-sr", detect_zero_filling=True)
