@@ -115,7 +115,8 @@ class _Batch:
 @dataclass
 class _SliceJob:
     """What is done to each batch of slices before and after the network (numpy and FFTs, run by a
-    worker thread while the network runs on the next batch), writing into ``restored``."""
+    worker thread while the network runs on the next batch, see :attr:`finish_overlaps`), writing
+    into ``restored``."""
 
     slices: np.ndarray
     restored: np.ndarray
@@ -212,7 +213,8 @@ def restore_volume(
     towards its own and makes it consistent again (a damped cascade of network and data
     consistency: the later passes see less truncation ringing).
     ``batch_size`` None: :func:`batch_size_for` the device. A worker thread prepares the next batch
-    and finishes the last one while the network runs. Returns the restored Volume and an info dict
+    and finishes the last one while the network runs (the network's thread finishes it where a data
+    consistency would compete with the network for the CPU's cores). Returns the restored Volume and an info dict
     (timings, shapes, engine, routing instruction summary).
     """
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)

@@ -103,7 +103,8 @@ def cascade_errors(forward, consistent, lq, hq, factors, rmse_rows=None, passes=
     stacked (passes - 1, samples), the later passes' load losses summed): ``forward`` (the network:
     image -> (output, load loss)) run again on the last pass made consistent (the first is
     ``consistent``, :func:`_consistent` of the batch), moved by CASCADE_STEP towards it and made
-    consistent; differentiable through every pass."""
+    consistent; differentiable through every pass. Unlike the restore's, the later passes see the
+    patch unflipped: the patches are flipped at random already."""
     idx = (factors > 0).nonzero()[:, 0]
     f, lq_mr = factors[idx], lq[idx]
     rows = None if rmse_rows is None else rmse_rows[idx]
