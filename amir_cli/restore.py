@@ -214,8 +214,8 @@ def restore_volume(
     consistency: the later passes see less truncation ringing).
     ``batch_size`` None: :func:`batch_size_for` the device. A worker thread prepares the next batch
     and finishes the last one while the network runs (the network's thread finishes it where a data
-    consistency would compete with the network for the CPU's cores). Returns the restored Volume and an info dict
-    (timings, shapes, engine, routing instruction summary).
+    consistency would compete with the network for the CPU's cores). Returns the restored Volume
+    and an info dict (timings, shapes, engine, routing instruction summary).
     """
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     batch_size = batch_size_for(device, batch_size)

@@ -22,7 +22,7 @@ import argparse
 import dataclasses
 import sys
 
-from amir_cli.tasks import MRI_SR, SCORED_LEVELS
+from amir_cli.tasks import MR_PASSES, MRI_SR, SCORED_LEVELS
 
 LEVELS = {task: tuple(levels.values()) for task, levels in SCORED_LEVELS.items()}
 NATIVE_CROP = 2  # native MR references: the central 1/2 of each validation reference's k-space
@@ -67,12 +67,12 @@ def main(argv=None) -> int:
     ap.add_argument("data", help="training data folder with validation/ volumes")
     ap.add_argument("weights", nargs="+", help="registry names, .safetensors files or run checkpoints (best.pt, last.pt)")
     ap.add_argument("--tasks", default=",".join(LEVELS), help="comma-separated tasks to score (default: all three)")
-    ap.add_argument("--passes", type=int, default=None, help="MR cascade passes (default: amir restore's)")
+    ap.add_argument("--passes", type=int, default=MR_PASSES, help="MR cascade passes (default: amir restore's, %(default)s)")
     args = ap.parse_args(argv)
     asked = set(args.tasks.split(","))
     if asked - set(LEVELS):
         ap.error(f"--tasks takes some of {', '.join(LEVELS)}")
-    if args.passes is not None and args.passes < 1:
+    if args.passes < 1:
         ap.error("--passes must be at least 1")
     tasks = tuple(t for t in LEVELS if t in asked)
 

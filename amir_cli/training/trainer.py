@@ -106,13 +106,13 @@ def cascade_errors(forward, consistent, lq, hq, factors, rmse_rows=None, passes=
     consistent; differentiable through every pass. Unlike the restore's, the later passes see the
     patch unflipped: the patches are flipped at random already."""
     idx = (factors > 0).nonzero()[:, 0]
-    f, lq_mr = factors[idx], lq[idx]
+    f, lq_mr, hq_mr = factors[idx], lq[idx], hq[idx]
     rows = None if rmse_rows is None else rmse_rows[idx]
     last, errors, load = consistent[idx], [], 0.0
     for _ in range(passes - 1):
         out, out_load = forward(last)
         last = _consistent(last + CASCADE_STEP * (out.float() - last), lq_mr, f)
-        errors.append(sample_errors(last, hq[idx], rows))
+        errors.append(sample_errors(last, hq_mr, rows))
         load = load + out_load
     return idx, torch.stack(errors), load
 

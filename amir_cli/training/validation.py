@@ -11,7 +11,7 @@ import torch
 
 from amir_cli.imaging import degrade
 from amir_cli.metrics import slice_scores
-from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
+from amir_cli.tasks import FOREGROUND, MR_PASSES, MRI_SR, TASKS
 
 from .levels import Levels
 from .options import TrainOptions
@@ -83,22 +83,21 @@ def _centre_crop(a: np.ndarray, size: int | None) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model, val_set, device, passes: int | None = None) -> dict:
+def evaluate(model, val_set, device, passes: int = MR_PASSES) -> dict:
     """Scores (docs/protocol.md) of the network on the validation slices: per-task PSNR/SSIM/RMSE means.
 
     Each slice goes through :func:`amir_cli.restore.restore_volume` as a one-slice image, with the
     defaults of `amir restore` (border padding, routing instruction, recognised zero filling and its
-    data consistency, ``passes`` or the default MR cascade), in fp32 whatever the training precision."""
+    data consistency, the MR cascade of ``passes``), in fp32 whatever the training precision."""
     from amir_cli.imaging.volume import Volume
     from amir_cli.restore import restore_volume
-    from amir_cli.tasks import MR_PASSES
 
     was_training = model.training
     model.eval()
     per = {}
     for s in val_set:
         restored, _ = restore_volume(model, Volume(s.lq_phys, np.eye(4)), s.task, device=device, detect_zero_filling=True,
-                                     passes=passes or MR_PASSES)
+                                     passes=passes)
         per.setdefault(s.task, []).append(slice_scores(restored.array[:, :, 0], s.hq_phys, s.task))
     model.train(was_training)
     return _means(per)
