@@ -9,7 +9,9 @@ PSNR gain over the input (docs/protocol.md), each slice restored as plain `amir 
 MR is scored twice per factor: on the validation slices as they are, and ("native") on references
 full to their k-space edge, as a scanner's native reconstruction is: the validation brains are
 resampled to 1 mm and smooth, and a network that gains on those gains about half as much on sharp
-scans. The mean per task averages its rows.
+scans. And ("slab") on references that average the slices of a 5 mm slab around each validation
+slice, as a 2-D clinical series' thick slices do (volumes with slices at most 2.5 mm apart). The
+mean per task averages its rows.
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
     python benchmarks/validation.py DATA amir-s runs/mr_only/last.pt --tasks mri-sr
@@ -22,10 +24,13 @@ import argparse
 import dataclasses
 import sys
 
+import numpy as np
+
 from amir_cli.tasks import MR_PASSES, MRI_SR, SCORED_LEVELS
 
 LEVELS = {task: tuple(levels.values()) for task, levels in SCORED_LEVELS.items()}
 NATIVE_CROP = 2  # native MR references: the central 1/2 of each validation reference's k-space
+SLAB_MM = 5.0  # slab MR references: the mean of the slices this thick around each validation slice
 
 
 def validation_sets(data, tasks=tuple(LEVELS)) -> dict:
@@ -44,6 +49,8 @@ def validation_sets(data, tasks=tuple(LEVELS)) -> dict:
             sets[(task, level)] = validation_set(val_volumes, (task,), 16, 256, 0, lv)
     for level in LEVELS[MRI_SR] if MRI_SR in tasks else ():
         sets[(MRI_SR, f"{level:g} native")] = native_slices(sets[(MRI_SR, level)], level)
+    for level in LEVELS[MRI_SR] if MRI_SR in tasks else ():
+        sets[(MRI_SR, f"{level:g} slab")] = slab_slices(sets[(MRI_SR, level)], val_volumes, level)
     return sets
 
 
@@ -62,6 +69,25 @@ def native_slices(val_slices: list, factor: int) -> list:
     return out
 
 
+def slab_slices(val_slices: list, volumes: list, factor: int, mm: float = SLAB_MM) -> list:
+    """The MR slices of thin-slice volumes with references averaged over the ``mm`` slab centred on
+    each (clipped at the volume's ends), then truncated by ``factor`` as the input."""
+    from amir_cli.imaging.degrade import mri_truncate
+
+    by_name = {v.name: v for v in volumes}
+    out = []
+    for s in val_slices:
+        v = by_name[s.volume]
+        if not 0 < v.slice_mm <= SLAB_MM / 2:
+            continue
+        n = round(mm / v.slice_mm)
+        lo = max(0, s.index - n // 2)
+        a, b = v.val_rows
+        hq = np.asarray(v.hq[lo : lo + n], np.float32).mean(0)[a:b]
+        out.append(dataclasses.replace(s, hq_phys=hq, lq_phys=mri_truncate(hq, factor)))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", help="training data folder with validation/ volumes")
@@ -76,7 +102,6 @@ def main(argv=None) -> int:
         ap.error("--passes must be at least 1")
     tasks = tuple(t for t in LEVELS if t in asked)
 
-    import numpy as np
     import torch
 
     from amir_cli.training.validation import evaluate, input_scores

@@ -11,7 +11,8 @@ from amir_cli.errors import BadInputError
 from amir_cli.imaging.degrade import mri_truncate
 from amir_cli.imaging.kspace import kspace_mask
 from amir_cli.training.options import TrainOptions
-from amir_cli.training.sampling import _fourier_zoom
+from amir_cli.training.sampling import _fourier_zoom, _slab
+from amir_cli.training.volumes import TrainVolume
 from amir_cli.training.trainer import _consistent
 
 
@@ -89,6 +90,58 @@ def test_consistency_keeps_the_true_image_of_a_whole_slice_not_of_a_patch():
     assert moved(hq[16:80, 24:88].copy(), lq[16:80, 24:88].copy()) > 0.02
 
 
+def _layers(n, slice_mm, train, value=None):
+    """A volume whose slice k holds the value k everywhere, or (``value="one-hot"``) 1 at column k."""
+    if value == "one-hot":
+        hq = np.broadcast_to(np.eye(n, dtype=np.float32)[:, None, :], (n, 4, n)).copy()
+    else:
+        hq = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], (n, 8, 8)).copy()
+    return TrainVolume("v", "mri-sr", hq, None, 1.0, 1.0, np.asarray(train, int), np.arange(0), hq.shape[1],
+                       (0, hq.shape[1]), slice_mm=slice_mm)
+
+
+def test_a_slab_reference_averages_neighbouring_training_slices_only():
+    """--mr-slab: the reference is the mean of n consecutive training slices that hold the drawn one,
+    n = round(U(0, MM) / slice spacing); never a held-out slice, never past the volume's ends."""
+    train = [k for k in range(40) if not 18 <= k < 24]  # slices 18..23 held out
+    vol = _layers(40, 1.0, train, "one-hot")
+    rng = np.random.default_rng(0)
+    sizes = set()
+    for z in (0, 1, 10, 16, 17, 24, 30, 39):
+        for _ in range(40):
+            a = _slab(vol, z, 7.0, rng)
+            ids = np.flatnonzero(a[0])  # the slices averaged
+            assert z in ids and np.all(np.diff(ids) == 1) and set(ids) <= set(train) and len(ids) <= 7
+            np.testing.assert_allclose(a[0, ids], 1 / len(ids), rtol=1e-6)
+            sizes.add(len(ids))
+    assert {1, 2, 6} <= sizes  # thin and thick slabs both drawn
+    thick = _layers(10, 7.0, range(10))  # slices 7 mm apart: already thick, kept as they are
+    assert all(_slab(thick, 4, 7.0, rng)[0, 0] == 4 for _ in range(20))
+    assert _slab(_layers(1, 0.0, [0]), 0, 7.0, rng)[0, 0] == 0
+    for bad in (-1.0, 11.0):
+        with pytest.raises(BadInputError, match="--mr-slab"):
+            TrainOptions(data="x", mr_slab=bad).check()
+
+
+def test_slab_validation_references_average_a_5mm_slab():
+    """benchmarks/validation.py also scores MR on references averaged over a 5 mm slab (thin-slice
+    volumes only), truncated as before."""
+    import sys
+    from pathlib import Path
+
+    from amir_cli.training.validation import ValSlice
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.validation import slab_slices
+
+    thin, thick = _layers(20, 1.0, []), _layers(20, 6.0, [])
+    thick.name = "w"
+    val = [ValSlice("mri-sr", v, z, 4, np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32)) for v, z in (("v", 10), ("v", 0), ("w", 10))]
+    slabs = slab_slices(val, [thin, thick], 4)
+    assert [s.hq_phys[0, 0] for s in slabs] == [10.0, 2.0]  # slices 8..12; 0..4 at the volume's start; the thick volume skipped
+    np.testing.assert_array_equal(slabs[0].lq_phys, mri_truncate(slabs[0].hq_phys, 4))
+
+
 def test_native_validation_references_are_full_to_their_kspace_edge():
     """benchmarks/validation.py also scores MR on sharp references, the k-space band of each smooth
     validation reference on a coarser grid, truncated as before."""
@@ -131,7 +184,8 @@ def test_validation_scores_only_the_tasks_asked(tmp_path):
             (tmp_path / kind / split).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / kind / split / f"{kind.lower()}.nii.gz"))
     sets = validation_sets(tmp_path, ("mri-sr",))
-    assert sorted(map(str, sets)) == sorted(map(str, [("mri-sr", 2), ("mri-sr", 4), ("mri-sr", "2 native"), ("mri-sr", "4 native")]))
+    rows = [("mri-sr", 2), ("mri-sr", 4), ("mri-sr", "2 native"), ("mri-sr", "4 native"), ("mri-sr", "2 slab"), ("mri-sr", "4 slab")]
+    assert sorted(map(str, sets)) == sorted(map(str, rows))
     assert all(s.task == "mri-sr" for v in sets.values() for s in v)
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path), "amir-s", "--tasks", "mri-sr,ct"])

@@ -113,6 +113,7 @@ def train_cmd(
     zoom_jitter: Annotated[float, typer.Option("--zoom-jitter", help="Resample training slices in-plane by a random factor in [1/Z, Z] before degrading them (robustness to pixel size; 1: off).")] = _TRAIN.zoom_jitter,
     zoom_tasks: Annotated[str, typer.Option("--zoom-tasks", help="'all' or the comma-separated tasks whose slices --zoom-jitter resamples (e.g. ct-denoise,pet-synthesis: MR super-resolution learns from k-space content that resampling alters).")] = "all",
     mr_zoom_max: Annotated[Optional[float], typer.Option("--mr-zoom-max", help="MR slices: the largest --zoom-jitter factor, in [1, Z] (default Z). Below Z, more MR references are cropped in k-space: full to its edge, as a native acquisition is.", show_default=False)] = None,
+    mr_slab: Annotated[float, typer.Option("--mr-slab", metavar="MM", help="MR references: the mean of the neighbouring slices within a slab of random thickness up to MM mm (the partial volume of a 2-D clinical series' thick slices; 0: off).")] = _TRAIN.mr_slab,
     task_mix: Annotated[Optional[str], typer.Option("--task-mix", metavar="TASK=N,...", help="Integer shares of the training slices per task, e.g. ct-denoise=3,mri-sr=2,pet-synthesis=1 (default: even).", show_default=False)] = None,
     volume_weight: Annotated[Optional[str], typer.Option("--volume-weight", metavar="PATTERN=W,...", help="Draw the training volumes whose names (file names without extension) match a pattern W times as often as the others of their task, e.g. 'niivue_head*=4' (shell-style patterns; the first match counts).", show_default=False)] = None,
     task_patch_size: Annotated[Optional[str], typer.Option("--task-patch-size", metavar="TASK=P,...", help="The patch size of these tasks, e.g. ct-denoise=128,pet-synthesis=128 (the others: --patch-size). Sizes that differ need one slice per batch (--crops-per-slice at least --batch-size).", show_default=False)] = None,
@@ -148,7 +149,7 @@ def train_cmd(
             mr_consistency_loss=mr_consistency_loss, mr_cascade_loss=mr_cascade_loss, mr_cascade_passes=mr_cascade_passes, mr_loss=mr_loss,
             zoom_jitter=zoom_jitter,
             zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"), mr_zoom_max=mr_zoom_max,
-            ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=_factors_option(mr_factors),
+            mr_slab=mr_slab, ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=_factors_option(mr_factors),
             pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
         )
         options.check()

@@ -34,6 +34,7 @@ PAPER_PATCH_SIZE, CPU_PATCH_SIZE = 128, 64  # --patch-size on CUDA and elsewhere
 PAPER_CONFIG, CPU_CONFIG = "amir", "amir-s"  # --config on CUDA and elsewhere
 PAPER_LR, FINE_TUNE_LR = 2e-4, 5e-5  # --lr of a new network and of one started from --init
 MR_LOSSES = ("l1", "rmse")  # --mr-loss
+MAX_SLAB_MM = 10.0  # --mr-slab: about the thickest slices of a 2-D clinical series
 # Options that may change when a run is resumed (everything else is fixed by run.json).
 RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "checkpoint_minutes", "log_every",
              "quiet", "export")
@@ -81,6 +82,7 @@ class TrainOptions:
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
     mr_zoom_max: float | None = None  # MR: the finest grid of that augmentation, f in [1/z, this] (None: z)
+    mr_slab: float = 0.0  # MR references: the mean of the neighbouring slices within a slab up to this thick (mm; 0: off)
     ct_dose: tuple[float, float] = Levels.ct_dose
     ct_i0: tuple[float, float] = Levels.ct_i0
     mr_factors: tuple[int, ...] = Levels.mr_factors
@@ -174,6 +176,8 @@ class TrainOptions:
             raise BadInputError(f"--zoom-jitter must be in [1, 4], got {self.zoom_jitter}")
         if self.mr_zoom_max is not None and not 1 <= self.mr_zoom_max <= self.zoom_jitter:
             raise BadInputError(f"--mr-zoom-max must be in [1, --zoom-jitter = {self.zoom_jitter:g}], got {self.mr_zoom_max:g}")
+        if not (0 <= self.mr_slab <= MAX_SLAB_MM):
+            raise BadInputError(f"--mr-slab must be in [0, {MAX_SLAB_MM:g}] mm, got {self.mr_slab:g}")
         if self.zoom_tasks is not None and (not self.zoom_tasks or set(self.zoom_tasks) - set(self.tasks)):
             raise BadInputError(f"--zoom-tasks must name trained tasks, got {','.join(self.zoom_tasks) or '(none)'}")
 

@@ -49,6 +49,7 @@ class SamplerOptions:
     zoom_jitter: float = TrainOptions.zoom_jitter  # slices resampled in-plane by a factor in [1/z, z] before degradation
     zoom_tasks: tuple[str, ...] | None = None  # the tasks whose slices zoom_jitter resamples (None: all)
     mr_zoom_max: float | None = None  # MR slices: f in [1/zoom_jitter, mr_zoom_max] (None: zoom_jitter)
+    mr_slab: float = 0.0  # MR references: the mean over a slab of neighbouring slices up to this thick (mm; 0: off)
 
     @classmethod
     def of(cls, o: TrainOptions) -> "SamplerOptions":
@@ -56,7 +57,8 @@ class SamplerOptions:
         return cls(batch_size=o.batch_size, patch_size=o.patch_size, crops_per_slice=o.crops_per_slice, flips=True,
                    mr_scale_jitter=o.mr_scale_jitter, levels=o.levels(), task_mix=o.task_mix,
                    task_patch_size=o.task_patch_size, volume_weights=o.volume_weights, mr_noise=o.mr_noise,
-                   zoom_jitter=o.zoom_jitter, zoom_tasks=o.zoom_tasks, mr_zoom_max=o.mr_zoom_max)
+                   zoom_jitter=o.zoom_jitter, zoom_tasks=o.zoom_tasks, mr_zoom_max=o.mr_zoom_max,
+                   mr_slab=o.mr_slab)
 
 
 def draw_weights(volumes: list[TrainVolume], patterns: dict | None) -> np.ndarray:
@@ -144,6 +146,8 @@ class PatchSampler:
             lq_slice = vol.lq[z]
         else:  # degraded on the fly, after the augmentations of the reference
             pixel_mm = vol.pixel_mm
+            if task == MRI_SR and self.opt.mr_slab > 0:
+                hq_slice = _slab(vol, z, self.opt.mr_slab, rng)
             if self.opt.zoom_jitter > 1 and (self.opt.zoom_tasks is None or task in self.opt.zoom_tasks):
                 if task == MRI_SR:
                     hq_slice, f = _fourier_zoom(hq_slice, self.opt.zoom_jitter, rng, self.opt.mr_zoom_max)
@@ -169,6 +173,21 @@ class PatchSampler:
                 a, b = _augment(a, b, rng)
             out.append((a, b))
         return out, factor
+
+
+def _slab(vol: TrainVolume, z: int, max_mm: float, rng) -> np.ndarray:
+    """Slice ``z`` as a thicker slice would see it: the mean of the n neighbouring training slices
+    that a slab of thickness U(0, max_mm) covers (n = 1: the slice itself). A 2-D clinical series
+    images slabs of 3 to 7 mm, whose in-plane edges the partial volume of oblique anatomy softens
+    and doubles; thin slices of 1 mm volumes never show that."""
+    n = int(round(rng.uniform(0.0, max_mm) / vol.slice_mm)) if vol.slice_mm > 0 else 1
+    if n <= 1:
+        return vol.hq[z]
+    start = z - int(rng.integers(n))  # the slab holds z somewhere
+    ids = np.arange(start, start + n)
+    if ids[0] < 0 or ids[-1] >= vol.n_slices or not np.isin(ids, vol.train_slices).all():
+        return vol.hq[z]  # past the volume's end or into held-out slices: the slice alone
+    return np.asarray(vol.hq[ids], np.float32).mean(0)
 
 
 def _zoom(image: np.ndarray, max_factor: float, rng) -> tuple[np.ndarray, float]:

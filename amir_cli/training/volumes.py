@@ -48,6 +48,7 @@ class TrainVolume:
     train_rows: int  # rows [0, train_rows) usable for training patches
     val_rows: tuple[int, int]  # rows [a, b) of held-out slices used for validation
     path: str = ""
+    slice_mm: float = 0.0  # spacing of the slices (0: one slice, or unknown)
 
     @property
     def n_slices(self) -> int:
@@ -206,7 +207,8 @@ def _make_volume(vol, lq_vol, task: str, path: Path, holdout: bool | None) -> Tr
     else:
         train, val, rows, vrows = _held_out(s, h)
     name = stem(path) if image_suffix(path) else Path(path).name
-    return TrainVolume(name, task, hq, lq, _pixel_mm(vol), mr_scale, train, val, rows, vrows, str(path))
+    slice_mm = float(vol.spacing_mm[vol.slice_axis]) if s > 1 else 0.0
+    return TrainVolume(name, task, hq, lq, _pixel_mm(vol), mr_scale, train, val, rows, vrows, str(path), slice_mm)
 
 
 def _held_out(s: int, h: int):
