@@ -78,7 +78,7 @@ def slab_slices(val_slices: list, volumes: list, factor: int, mm: float = SLAB_M
     out = []
     for s in val_slices:
         v = by_name[s.volume]
-        if not 0 < v.slice_mm <= SLAB_MM / 2:
+        if not 0 < v.slice_mm <= mm / 2:
             continue
         n = round(mm / v.slice_mm)
         lo = max(0, s.index - n // 2)
