@@ -12,7 +12,10 @@ that no training, validation, recipe choice or example reads) and runs `amir ben
   as the network alone (``amir-net``).
 * PET (SUV): SIMULATED FDG-like activity on the anatomy of the T1 brain patient
   (``phantom.load_t1_pet``) and of the chest CT patient (``phantom.load_ct_pet``), seed 7919; doses 1/2, 1/4, 1/12 and 1/20 with the scanner-like
-  noise of ``degrade.pet_low_count`` (default counts, 3 mm grid, 5 mm post-filter).
+  noise of ``degrade.pet_low_count`` (default counts, 3 mm grid, 5 mm post-filter). Each is scored
+  twice: against the activity itself, and (levels ending ``-sd``, cases ending ``-standard-dose``)
+  against its standard-dose image (``degrade.pet_standard_dose``: the activity plus the noise of its
+  own full-dose counts) with the input degraded from that, as real PET pairs are.
 
 Low-quality images are made by the degradations of whole slices (CT and PET noise comes from the
 projection of the full cross-section).
@@ -44,6 +47,7 @@ from benchmarks.splits import TEST, sources  # noqa: E402
 DEV_DATA = Path(os.environ.get("AMIR_DATA", ROOT.parent / "shared" / "data"))
 PET_SEED = 7919  # the PET ground truth's lesions; distinct from any training seed
 DEGRADE_SEED = 20240  # degradation noise of the test inputs
+STANDARD_DOSE_STREAM = 1_000_000  # slice streams of the standard-dose PET noise, apart from the inputs'
 FOLDER = {"ct-denoise": "CT", "mri-sr": "MRI", "pet-synthesis": "PET"}
 
 
@@ -88,12 +92,27 @@ def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_S
             load = phantom.load_ct_pet if src.file.startswith("ct/") else phantom.load_t1_pet
             suv, affine = load(path, np.random.default_rng(PET_SEED))
             vol = Volume(suv, affine, modality="PT", unit="SUV")
+            add_case(root, src.task, case_name(src) + "-standard-dose", standard_dose(vol, case_name(src), seed), seed,
+                     {f"{label}-sd": level for label, level in SCORED_LEVELS[src.task].items()})
         else:
             vol = as_float(read_image(path))
             if src.task == "mri-sr":
                 vol = vol.with_array(vol.array * intensity.mr_scale_factor(vol.array))
         add_case(root, src.task, case_name(src), vol, seed, SCORED_LEVELS[src.task])
     return root
+
+
+def standard_dose(vol, name: str, seed: int):
+    """The PET volume's standard-dose image, slice by slice (seeded by ``name``; SUV)."""
+    from amir_cli.imaging import degrade
+    from amir_cli.scoring import case_seed
+
+    ax = vol.slice_axis
+    pix = float(np.mean([s for i, s in enumerate(vol.spacing_mm) if i != ax]))
+    cs = case_seed(seed, name + "-standard-dose", "pet-synthesis")
+    sd = [degrade.pet_standard_dose(s, degrade.slice_rng(cs, STANDARD_DOSE_STREAM + i), pixel_mm=pix)
+          for i, s in enumerate(np.moveaxis(vol.array, ax, 0))]
+    return vol.with_array(np.moveaxis(np.stack(sd), 0, ax))
 
 
 def main(argv=None) -> int:
@@ -133,7 +152,7 @@ def main(argv=None) -> int:
             data_label="the frozen test split: subjects that no training, validation, tuning or example reads",
             notes=(
                 "test split: " + "; ".join(f"{case_name(s)} ({s.task}, {s.kind}: {s.note})" for s in sources(TEST)),
-                f"{SIMULATED_NOTE}: the test PET is FDG-like activity on the T1 brain and chest CT patients' anatomy (seed {PET_SEED})",
+                f"{SIMULATED_NOTE}: the test PET is FDG-like activity on the T1 brain and chest CT patients' anatomy (seed {PET_SEED}); PET levels ending -sd score against its standard-dose image (the activity plus the noise of its own full-dose counts) with the input degraded from that, as real PET pairs are",
                 "MR volumes scaled into the 12-bit range by their robust scale factor (P99.5 of the foreground -> 3000)",
             ),
         )

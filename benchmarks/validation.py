@@ -10,8 +10,10 @@ MR is scored twice per factor: on the validation slices as they are, and ("nativ
 full to their k-space edge, as a scanner's native reconstruction is: the validation brains are
 resampled to 1 mm and smooth, and a network that gains on those gains about half as much on sharp
 scans. And ("slab") on references that average the slices of a 5 mm slab around each validation
-slice, as a 2-D clinical series' thick slices do (volumes with slices at most 2.5 mm apart). The
-mean per task averages its rows.
+slice, as a 2-D clinical series' thick slices do (volumes with slices at most 2.5 mm apart). PET is
+scored also ("sd") against the standard-dose image of each validation slice (the simulated activity
+plus the noise of its own full-dose counts), with the input degraded from that, as real PET pairs
+are. The mean per task averages its rows.
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
     python benchmarks/validation.py DATA amir-s runs/mr_only/last.pt --tasks mri-sr
@@ -26,7 +28,7 @@ import sys
 
 import numpy as np
 
-from amir_cli.tasks import MR_PASSES, MRI_SR, SCORED_LEVELS
+from amir_cli.tasks import MR_PASSES, MRI_SR, PET_SYNTHESIS, SCORED_LEVELS
 
 LEVELS = {task: tuple(levels.values()) for task, levels in SCORED_LEVELS.items()}
 NATIVE_CROP = 2  # native MR references: the central 1/2 of each validation reference's k-space
@@ -51,6 +53,9 @@ def validation_sets(data, tasks=tuple(LEVELS)) -> dict:
         sets[(MRI_SR, f"{level:g} native")] = native_slices(sets[(MRI_SR, level)], level)
     for level in LEVELS[MRI_SR] if MRI_SR in tasks else ():
         sets[(MRI_SR, f"{level:g} slab")] = slab_slices(sets[(MRI_SR, level)], val_volumes, level)
+    for level in LEVELS[PET_SYNTHESIS] if PET_SYNTHESIS in tasks else ():
+        lv = Levels(val_pet_dose=level)
+        sets[(PET_SYNTHESIS, f"{level:g} sd")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
     return sets
 
 

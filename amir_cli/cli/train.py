@@ -114,6 +114,7 @@ def train_cmd(
     zoom_tasks: Annotated[str, typer.Option("--zoom-tasks", help="'all' or the comma-separated tasks whose slices --zoom-jitter resamples (e.g. ct-denoise,pet-synthesis: MR super-resolution learns from k-space content that resampling alters).")] = "all",
     mr_zoom_max: Annotated[Optional[float], typer.Option("--mr-zoom-max", help="MR slices: the largest --zoom-jitter factor, in [1, Z] (default Z). Below Z, more MR references are cropped in k-space: full to its edge, as a native acquisition is.", show_default=False)] = None,
     mr_slab: Annotated[float, typer.Option("--mr-slab", metavar="MM", help="MR references: the mean of the neighbouring slices within a slab of random thickness up to MM mm (the partial volume of a 2-D clinical series' thick slices; 0: off).")] = _TRAIN.mr_slab,
+    pet_standard_dose: Annotated[bool, typer.Option("--pet-standard-dose/--no-pet-standard-dose", help="PET references: the activity plus the noise of its own full-dose counts, as a real standard-dose scan is, and the input degraded from that (for noise-free simulated activity such as scripts/build_training_data.py's; real PET volumes hold that noise already). A network trained on noise-free references removes all noise, and falls below the input against real standard-dose scans at mild doses.")] = _TRAIN.pet_standard_dose,
     task_mix: Annotated[Optional[str], typer.Option("--task-mix", metavar="TASK=N,...", help="Integer shares of the training slices per task, e.g. ct-denoise=3,mri-sr=2,pet-synthesis=1 (default: even).", show_default=False)] = None,
     volume_weight: Annotated[Optional[str], typer.Option("--volume-weight", metavar="PATTERN=W,...", help="Draw the training volumes whose names (file names without extension) match a pattern W times as often as the others of their task, e.g. 'niivue_head*=4' (shell-style patterns; the first match counts).", show_default=False)] = None,
     task_patch_size: Annotated[Optional[str], typer.Option("--task-patch-size", metavar="TASK=P,...", help="The patch size of these tasks, e.g. ct-denoise=128,pet-synthesis=128 (the others: --patch-size). Sizes that differ need one slice per batch (--crops-per-slice at least --batch-size).", show_default=False)] = None,
@@ -149,7 +150,7 @@ def train_cmd(
             mr_consistency_loss=mr_consistency_loss, mr_cascade_loss=mr_cascade_loss, mr_cascade_passes=mr_cascade_passes, mr_loss=mr_loss,
             zoom_jitter=zoom_jitter,
             zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"), mr_zoom_max=mr_zoom_max,
-            mr_slab=mr_slab, ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=_factors_option(mr_factors),
+            mr_slab=mr_slab, pet_standard_dose=pet_standard_dose, ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=_factors_option(mr_factors),
             pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
         )
         options.check()

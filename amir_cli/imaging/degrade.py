@@ -184,9 +184,35 @@ def pet_low_count(
     noise is therefore correlated over several millimetres, as in a clinical image. Dose 1 returns
     the input (clipped at 0). Attenuation, scatter and randoms are not modelled.
     """
-    suv = check_2d(suv2d, "suv2d")
     d = _check_dose(dose_fraction)
     rng = _check_rng(rng)
+
+    def thinned(lam):  # N ~ Poisson(lam), N_d ~ Binomial(N, d): the extra noise N_d/d - N
+        n_full = rng.poisson(lam)
+        return rng.binomial(n_full, d) / d - n_full
+
+    return _pet_noisy(suv2d, None if d == 1.0 else thinned, pixel_mm=pixel_mm, total_counts=total_counts,
+                      recon_mm=recon_mm, fwhm_mm=fwhm_mm, n_angles=n_angles)
+
+
+def pet_standard_dose(activity2d, rng, **scanner) -> np.ndarray:
+    """The standard-dose PET image (SUV, float32, >= 0) of a noise-free activity map: the activity
+    plus the noise of its own full-dose counts ``N ~ Poisson(lam)`` (``N - lam``, variance ``lam``),
+    reconstructed as :func:`pet_low_count` reconstructs its noise.
+
+    A real standard-dose scan holds that noise and a low-dose scan of the same patient holds it too
+    (the low-dose counts are a subset), so a simulated pair that should behave like a real one takes
+    this image as its reference and :func:`pet_low_count` of it as its input. ``scanner``: the
+    keywords of :func:`pet_low_count` (pixel, counts, grid, post-filter, views)."""
+    rng = _check_rng(rng)
+    return _pet_noisy(activity2d, lambda lam: rng.poisson(lam) - lam, **scanner)
+
+
+def _pet_noisy(suv2d, count_noise, *, pixel_mm=2.0, total_counts=None, recon_mm=PET_RECON_MM, fwhm_mm=PET_POSTFILTER_FWHM_MM, n_angles=None) -> np.ndarray:
+    """``suv2d`` plus the reconstructed noise sinogram ``count_noise(lam)`` (counts) of its expected
+    counts ``lam``, clipped at 0 (see :func:`pet_low_count` for the grid, counts and post-filter);
+    ``count_noise`` None: no noise."""
+    suv = check_2d(suv2d, "suv2d")
     pixel_mm = _check_positive(pixel_mm, "pixel_mm")
     recon_mm = max(_check_positive(recon_mm, "recon_mm"), pixel_mm)
     fwhm_mm = float(fwhm_mm)
@@ -197,7 +223,7 @@ def pet_low_count(
         total = PET_COUNTS_PER_SUV_CM2 * act.sum() * pixel_mm**2 / 100.0
     else:
         total = _check_positive(total_counts, "total_counts")
-    if d == 1.0 or total <= 0 or act.sum() <= 0:
+    if count_noise is None or total <= 0 or act.sum() <= 0:
         return act.astype(np.float32)
     coarse = _resample(act, pixel_mm / recon_mm)
     act_sq, crop = pad_square(coarse, 0.0)
@@ -205,10 +231,7 @@ def pet_low_count(
     m = view_count(n_angles, n)
     p = np.clip(project(act_sq, recon_mm, m), 0.0, None)  # SUV x mm
     scale = (total / m) / p.sum(axis=1).mean()  # counts per (SUV x mm); every view holds the total
-    lam = p * scale
-    n_full = rng.poisson(lam)
-    n_low = rng.binomial(n_full, d)
-    noise = fbp((n_low / d - n_full) / scale, n, recon_mm)[crop]
+    noise = fbp(count_noise(p * scale) / scale, n, recon_mm)[crop]
     if fwhm_mm > 0:
         noise = ndimage.gaussian_filter(noise, fwhm_mm / FWHM_PER_SIGMA / recon_mm, mode="nearest")
     noise = _resample(noise, shape=suv.shape)

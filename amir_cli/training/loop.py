@@ -155,7 +155,7 @@ def _run(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command
     sampler = PatchSampler(volumes, o.tasks, SamplerOptions.of(o), seed=o.seed, rank=dist.rank)
     trainer = Trainer(run_dir, o, dist, device, state)
     if dist.main:
-        val_set = validation_set(val_volumes or volumes, o.tasks, o.val_slices, o.val_size or None, o.seed, o.levels())
+        val_set = validation_set(val_volumes or volumes, o.tasks, o.val_slices, o.val_size or None, o.seed, o.levels(), o.pet_standard_dose)
         trainer.open_run(val_set, resumed=state is not None)
         data = {"layout": layout, "volumes": volumes, "validation_volumes": val_volumes}
         ckpt.atomic_file(run_dir / ckpt.RUN_JSON, json_writer(_run_info(trainer, command, data, workers), keep_nan=True))

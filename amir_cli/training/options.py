@@ -83,6 +83,7 @@ class TrainOptions:
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
     mr_zoom_max: float | None = None  # MR: the finest grid of that augmentation, f in [1/z, this] (None: z)
     mr_slab: float = 0.0  # MR references: the mean of the neighbouring slices within a slab up to this thick (mm; 0: off)
+    pet_standard_dose: bool = False  # PET references: the (noise-free, simulated) activity plus the noise of its full-dose counts
     ct_dose: tuple[float, float] = Levels.ct_dose
     ct_i0: tuple[float, float] = Levels.ct_i0
     mr_factors: tuple[int, ...] = Levels.mr_factors

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade, intensity
-from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
+from amir_cli.tasks import FOREGROUND, MRI_SR, PET_SYNTHESIS, TASKS
 
 from .levels import Levels
 from .options import PAPER_PATCH_SIZE, TrainOptions, task_cycle
@@ -50,6 +50,7 @@ class SamplerOptions:
     zoom_tasks: tuple[str, ...] | None = None  # the tasks whose slices zoom_jitter resamples (None: all)
     mr_zoom_max: float | None = None  # MR slices: f in [1/zoom_jitter, mr_zoom_max] (None: zoom_jitter)
     mr_slab: float = 0.0  # MR references: the mean over a slab of neighbouring slices up to this thick (mm; 0: off)
+    pet_standard_dose: bool = False  # PET references: the activity plus the noise of its full-dose counts
 
     @classmethod
     def of(cls, o: TrainOptions) -> "SamplerOptions":
@@ -58,7 +59,7 @@ class SamplerOptions:
                    mr_scale_jitter=o.mr_scale_jitter, levels=o.levels(), task_mix=o.task_mix,
                    task_patch_size=o.task_patch_size, volume_weights=o.volume_weights, mr_noise=o.mr_noise,
                    zoom_jitter=o.zoom_jitter, zoom_tasks=o.zoom_tasks, mr_zoom_max=o.mr_zoom_max,
-                   mr_slab=o.mr_slab)
+                   mr_slab=o.mr_slab, pet_standard_dose=o.pet_standard_dose)
 
 
 def draw_weights(volumes: list[TrainVolume], patterns: dict | None) -> np.ndarray:
@@ -158,6 +159,8 @@ class PatchSampler:
                 hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
             level, kw = self.opt.levels.draw(task, rng)
             noise_rng = np.random.default_rng(rng.integers(2**63))
+            if task == PET_SYNTHESIS and self.opt.pet_standard_dose:
+                hq_slice = degrade.pet_standard_dose(hq_slice, noise_rng, pixel_mm=pixel_mm, **kw)
             lq_slice = degrade.degrade_slice(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm, **kw)
             factor = int(level) if task == MRI_SR else 0
         jitter = 1.0

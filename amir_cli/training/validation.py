@@ -11,7 +11,7 @@ import torch
 
 from amir_cli.imaging import degrade
 from amir_cli.metrics import slice_scores
-from amir_cli.tasks import FOREGROUND, MR_PASSES, MRI_SR, TASKS
+from amir_cli.tasks import FOREGROUND, MR_PASSES, MRI_SR, PET_SYNTHESIS, TASKS
 
 from .levels import Levels
 from .options import TrainOptions
@@ -28,12 +28,13 @@ class ValSlice:
     hq_phys: np.ndarray  # physical units
 
 
-def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptions.val_slices, size: int | None = TrainOptions.val_size, seed: int = 0, levels: Levels | None = None) -> list[ValSlice]:
+def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptions.val_slices, size: int | None = TrainOptions.val_size, seed: int = 0, levels: Levels | None = None, pet_standard_dose: bool = False) -> list[ValSlice]:
     """A fixed, seeded set of held-out slices per task, degraded at the validation levels.
 
     Slices are spread round-robin over the task's volumes, skipping near-empty ones; each is
     degraded whole, then cropped to ``size`` x ``size`` around its centre (``None``: whole slice;
-    MR slices stay whole: a crop of a zero-filled image is no longer one).
+    MR slices stay whole: a crop of a zero-filled image is no longer one). With
+    ``pet_standard_dose`` a PET reference is its standard-dose image (:func:`degrade.pet_standard_dose`).
     """
     levels = levels or Levels()
     out = []
@@ -60,7 +61,10 @@ def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptio
                 lq, level = v.lq[z], "paired"
             else:
                 level, kw = levels.validation(task, n_have)
-                lq = degrade.degrade_slice(hq, task, level, degrade.slice_rng(int(seed), 1_000_000 * t_i + n_have), pixel_mm=v.pixel_mm, **kw)
+                noise_rng = degrade.slice_rng(int(seed), 1_000_000 * t_i + n_have)
+                if task == PET_SYNTHESIS and pet_standard_dose:
+                    hq = degrade.pet_standard_dose(hq, noise_rng, pixel_mm=v.pixel_mm, **kw)
+                lq = degrade.degrade_slice(hq, task, level, noise_rng, pixel_mm=v.pixel_mm, **kw)
             lq, hq = lq[a:b], hq[a:b]
             if task != MRI_SR:
                 lq, hq = _centre_crop(lq, size), _centre_crop(hq, size)
