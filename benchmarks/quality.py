@@ -12,10 +12,9 @@ that no training, validation, recipe choice or example reads) and runs `amir ben
   as the network alone (``amir-net``).
 * PET (SUV): SIMULATED FDG-like activity on the anatomy of the T1 brain patient
   (``phantom.load_t1_pet``) and of the chest CT patient (``phantom.load_ct_pet``), seed 7919; doses 1/2, 1/4, 1/12 and 1/20 with the scanner-like
-  noise of ``degrade.pet_low_count`` (default counts, 3 mm grid, 5 mm post-filter). Each is scored
-  twice: against the activity itself, and (levels ending ``-sd``, cases ending ``-standard-dose``)
-  against its standard-dose image (``degrade.pet_standard_dose``: the activity plus the noise of its
-  own full-dose counts) with the input degraded from that, as real PET pairs are.
+  noise of ``degrade.pet_low_count`` (default counts, 3 mm grid, 5 mm post-filter), added to the
+  reference: the activity's standard-dose image (``degrade.pet_standard_dose``: the activity plus
+  the noise of its own full-dose counts), as a real PET pair's reference holds that noise.
 
 Low-quality images are made by the degradations of whole slices (CT and PET noise comes from the
 projection of the full cross-section).
@@ -91,9 +90,7 @@ def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_S
         if src.task == "pet-synthesis":
             load = phantom.load_ct_pet if src.file.startswith("ct/") else phantom.load_t1_pet
             suv, affine = load(path, np.random.default_rng(PET_SEED))
-            vol = Volume(suv, affine, modality="PT", unit="SUV")
-            add_case(root, src.task, case_name(src) + "-standard-dose", standard_dose(vol, case_name(src), seed), seed,
-                     {f"{label}-sd": level for label, level in SCORED_LEVELS[src.task].items()})
+            vol = standard_dose(Volume(suv, affine, modality="PT", unit="SUV"), case_name(src), seed)
         else:
             vol = as_float(read_image(path))
             if src.task == "mri-sr":
@@ -109,7 +106,7 @@ def standard_dose(vol, name: str, seed: int):
 
     ax = vol.slice_axis
     pix = float(np.mean([s for i, s in enumerate(vol.spacing_mm) if i != ax]))
-    cs = case_seed(seed, name + "-standard-dose", "pet-synthesis")
+    cs = case_seed(seed, name, "pet-synthesis")
     sd = [degrade.pet_standard_dose(s, degrade.slice_rng(cs, STANDARD_DOSE_STREAM + i), pixel_mm=pix)
           for i, s in enumerate(np.moveaxis(vol.array, ax, 0))]
     return vol.with_array(np.moveaxis(np.stack(sd), 0, ax))
@@ -152,7 +149,7 @@ def main(argv=None) -> int:
             data_label="the frozen test split: subjects that no training, validation, tuning or example reads",
             notes=(
                 "test split: " + "; ".join(f"{case_name(s)} ({s.task}, {s.kind}: {s.note})" for s in sources(TEST)),
-                f"{SIMULATED_NOTE}: the test PET is FDG-like activity on the T1 brain and chest CT patients' anatomy (seed {PET_SEED}); PET levels ending -sd score against its standard-dose image (the activity plus the noise of its own full-dose counts) with the input degraded from that, as real PET pairs are",
+                f"{SIMULATED_NOTE}: the test PET is FDG-like activity on the T1 brain and chest CT patients' anatomy (seed {PET_SEED}); the PET reference is its standard-dose image (the activity plus the noise of its own full-dose counts), as a real PET pair's is",
                 "MR volumes scaled into the 12-bit range by their robust scale factor (P99.5 of the foreground -> 3000)",
             ),
         )
