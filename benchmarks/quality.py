@@ -57,6 +57,11 @@ def as_float(vol):
     return vol
 
 
+def pixel_mm(vol) -> float:
+    """The volume's in-plane pixel size (mean of the two in-plane spacings, mm)."""
+    return float(np.mean([s for i, s in enumerate(vol.spacing_mm) if i != vol.slice_axis]))
+
+
 def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict) -> int:
     """Write ``hq_vol`` and its degraded versions at ``levels`` (label -> level); returns slices written."""
     from amir_cli.scoring import case_seed
@@ -65,7 +70,7 @@ def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict) 
 
     ax = hq_vol.slice_axis
     slices = np.moveaxis(hq_vol.array, ax, 0)
-    pix = float(np.mean([s for i, s in enumerate(hq_vol.spacing_mm) if i != ax]))
+    pix = pixel_mm(hq_vol)
     base = root / FOLDER[task] / "test"
     (base / "HQ").mkdir(parents=True, exist_ok=True)
     write_image(hq_vol, base / "HQ" / f"{name}.nii.gz")
@@ -105,9 +110,8 @@ def standard_dose(vol, name: str, seed: int):
     from amir_cli.scoring import case_seed
 
     ax = vol.slice_axis
-    pix = float(np.mean([s for i, s in enumerate(vol.spacing_mm) if i != ax]))
     cs = case_seed(seed, name, "pet-synthesis")
-    sd = [degrade.pet_standard_dose(s, degrade.slice_rng(cs, STANDARD_DOSE_STREAM + i), pixel_mm=pix)
+    sd = [degrade.pet_standard_dose(s, degrade.slice_rng(cs, STANDARD_DOSE_STREAM + i), pixel_mm=pixel_mm(vol))
           for i, s in enumerate(np.moveaxis(vol.array, ax, 0))]
     return vol.with_array(np.moveaxis(np.stack(sd), 0, ax))
 
