@@ -59,7 +59,7 @@ def as_float(vol):
 
 def pixel_mm(vol) -> float:
     """The volume's in-plane pixel size (mean of the two in-plane spacings, mm)."""
-    return float(np.mean([s for i, s in enumerate(vol.spacing_mm) if i != vol.slice_axis]))
+    return float(np.mean(vol.inplane_spacing_mm))
 
 
 def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict) -> int:
@@ -111,7 +111,8 @@ def standard_dose(vol, name: str, seed: int):
 
     ax = vol.slice_axis
     cs = case_seed(seed, name, "pet-synthesis")
-    sd = [degrade.pet_standard_dose(s, degrade.slice_rng(cs, STANDARD_DOSE_STREAM + i), pixel_mm=pixel_mm(vol))
+    pix = pixel_mm(vol)
+    sd = [degrade.pet_standard_dose(s, degrade.slice_rng(cs, STANDARD_DOSE_STREAM + i), pixel_mm=pix)
           for i, s in enumerate(np.moveaxis(vol.array, ax, 0))]
     return vol.with_array(np.moveaxis(np.stack(sd), 0, ax))
 

@@ -52,6 +52,12 @@ class Volume:
         return (float(s[0]), float(s[1]), float(s[2]))
 
     @property
+    def inplane_spacing_mm(self) -> tuple[float, float]:
+        """Pixel size along the two axes other than the slice axis, in mm."""
+        s = self.spacing_mm
+        return tuple(s[a] for a in range(3) if a != self.slice_axis)  # type: ignore[return-value]
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
 

@@ -77,11 +77,6 @@ class BenchmarkResult:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _inplane_spacing(vol) -> tuple[float, float]:
-    sp = [s for a, s in enumerate(vol.spacing_mm) if a != vol.slice_axis]
-    return float(sp[0]), float(sp[1])
-
-
 def select_slices(ref: np.ndarray, task: str, max_slices: int | None) -> np.ndarray:
     """Indices of the slices to score: all, or ``max_slices`` evenly spaced among the scorable ones."""
     n = ref.shape[0]
@@ -156,7 +151,7 @@ def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
     hq = hq_all[idx]
     if spec.simulation is not None:
         lq_vol_full = hq_vol
-        pix = float(np.mean(_inplane_spacing(hq_vol)))
+        pix = float(np.mean(hq_vol.inplane_spacing_mm))
         cs = case_seed(seed, spec.name, spec.task)
         lq = np.stack(
             [degrade.degrade_slice(hq_all[i], spec.task, spec.simulation.level, degrade.slice_rng(cs, int(i)), pixel_mm=pix) for i in idx]
@@ -277,7 +272,7 @@ def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_
     else:
         methods.append(("input", lq, None))
     if request.with_baselines:
-        for name, run in baselines.baseline_methods(task, lq, hq, _inplane_spacing(lq_vol), scale, factor):
+        for name, run in baselines.baseline_methods(task, lq, hq, lq_vol.inplane_spacing_mm, scale, factor):
             t = time.perf_counter()
             methods.append((name, run(), (time.perf_counter() - t) / n))
     t = time.perf_counter()
@@ -315,7 +310,7 @@ def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_
     show = {
         "case": spec.name, "task": task, "level": spec.level, "slice": int(idx[j]),
         "reference": hq[j], "panels": panels, "amir_psnr": scores["amir"]["psnr"],
-        "pixel_mm": _inplane_spacing(hq_vol),
+        "pixel_mm": hq_vol.inplane_spacing_mm,
     }
     return rows, show
 

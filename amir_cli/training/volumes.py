@@ -102,7 +102,7 @@ def split_rows(h: int, fraction: float = 0.2) -> tuple[int, tuple[int, int]]:
 
 
 def _pixel_mm(vol) -> float:
-    sp = [s for a, s in enumerate(vol.spacing_mm) if a != vol.slice_axis]
+    sp = vol.inplane_spacing_mm
     return float(np.mean(sp)) if min(sp) > 0 else 1.0
 
 
