@@ -470,6 +470,18 @@ def test_sample_errors_are_rmse_in_the_rows_asked_and_l1_elsewhere():
     assert sample_errors(pred, hq, torch.tensor([True, False])).tolist() == pytest.approx([2.5, 1.75])
     with pytest.raises(BadInputError, match="mr-loss"):
         TrainOptions(mr_loss="l2").check()
+    with pytest.raises(BadInputError, match="ct-loss"):
+        TrainOptions(ct_loss="l2").check()
+
+
+@pytest.mark.parametrize("mr_loss, ct_loss, rows", [("l1", "l1", None), ("rmse", "l1", [False, True, False]),
+                                                    ("l1", "rmse", [True, False, False]), ("rmse", "rmse", [True, True, False])])
+def test_rmse_rows_are_the_samples_of_the_tasks_asked(mr_loss, ct_loss, rows):
+    from amir_cli.training.trainer import rmse_samples
+
+    tid = torch.tensor([TASKS.index(t) for t in ("ct-denoise", "mri-sr", "pet-synthesis")])
+    got = rmse_samples(tid, TrainOptions(mr_loss=mr_loss, ct_loss=ct_loss))
+    assert (got if got is None else got.tolist()) == rows
 
 
 def test_psnr_deficit_is_the_psnr_gain_with_its_sign_flipped():

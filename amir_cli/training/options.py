@@ -33,7 +33,7 @@ class TaskWeighting(str, Enum):
 PAPER_PATCH_SIZE, CPU_PATCH_SIZE = 128, 64  # --patch-size on CUDA and elsewhere
 PAPER_CONFIG, CPU_CONFIG = "amir", "amir-s"  # --config on CUDA and elsewhere
 PAPER_LR, FINE_TUNE_LR = 2e-4, 5e-5  # --lr of a new network and of one started from --init
-MR_LOSSES = ("l1", "rmse")  # --mr-loss
+LOSSES = ("l1", "rmse")  # --mr-loss, --ct-loss
 MAX_SLAB_MM = 10.0  # --mr-slab: about the thickest slices of a 2-D clinical series
 # Options that may change when a run is resumed (everything else is fixed by run.json).
 RESUMABLE = ("iterations", "workers", "threads", "device", "val_every", "checkpoint_every", "checkpoint_minutes", "log_every",
@@ -79,6 +79,7 @@ class TrainOptions:
     mr_cascade_loss: bool = False  # MR loss also on restore's cascade cut at mr_cascade_passes
     mr_cascade_passes: int = 2  # the passes that loss runs (each a forward and backward of the network)
     mr_loss: str = "l1"  # the MR samples' error: "l1" or "rmse" (PSNR's; relative to the input's under --task-weighting relative)
+    ct_loss: str = "l1"  # the CT samples' error, as mr_loss
     zoom_jitter: float = 1.0  # pixel-size augmentation: in-plane resampling by a factor in [1/z, z]
     zoom_tasks: tuple[str, ...] | None = None  # tasks the pixel-size augmentation applies to (None: all)
     mr_zoom_max: float | None = None  # MR: the finest grid of that augmentation, f in [1/z, this] (None: z)
@@ -169,8 +170,9 @@ class TrainOptions:
         for pattern, weight in (self.volume_weights or {}).items():
             if not (weight > 0 and math.isfinite(weight)):
                 raise BadInputError(f"--volume-weight {pattern}: the weight must be positive, got {weight:g}")
-        if self.mr_loss not in MR_LOSSES:
-            raise BadInputError(f"--mr-loss must be one of {', '.join(MR_LOSSES)}, got {self.mr_loss!r}")
+        for option, loss in (("--mr-loss", self.mr_loss), ("--ct-loss", self.ct_loss)):
+            if loss not in LOSSES:
+                raise BadInputError(f"{option} must be one of {', '.join(LOSSES)}, got {loss!r}")
         if not 0 <= self.mr_noise < 1:
             raise BadInputError(f"--mr-noise must be in [0, 1), got {self.mr_noise}")
         if not 1 <= self.zoom_jitter <= 4:

@@ -1,5 +1,5 @@
 """One process's training: the model, its optimiser and EMA; a step (L1, the RMSE for MR with
---mr-loss rmse, or the PSNR deficit to the input, + 0.001 x load loss, under a cosine schedule and
+--mr-loss/--ct-loss rmse, or the PSNR deficit to the input, + 0.001 x load loss, under a cosine schedule and
 the task weighting; MR scored half on the network's output and half on it made consistent with the
 measured k-space band); validation by the protocol of docs/protocol.md with the best weights kept;
 atomic checkpoints that resume exactly."""
@@ -21,7 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 from amir_cli.errors import AmirError, BadInputError
 from amir_cli.imaging.kspace import band_mask, project_band
 from amir_cli.restore import CASCADE_STEP
-from amir_cli.tasks import MRI_SR, TASKS
+from amir_cli.tasks import CT_DENOISE, MRI_SR, TASKS
 
 from . import checkpoint as ckpt
 from .options import TaskWeighting, TrainOptions
@@ -83,6 +83,12 @@ def sample_errors(pred, hq, rmse_rows=None):
     if rmse_rows is None:
         return l1
     return torch.where(rmse_rows, diff.square().mean(dim=(1, 2, 3)).add(1e-12).sqrt(), l1)
+
+
+def rmse_samples(tid, o: TrainOptions):
+    """Per sample, whether its task's error is the RMSE (``--mr-loss``, ``--ct-loss``); None where no task's is."""
+    tasks = [TASKS.index(t) for t, loss in ((MRI_SR, o.mr_loss), (CT_DENOISE, o.ct_loss)) if loss == "rmse"]
+    return torch.isin(tid, torch.tensor(tasks, device=tid.device)) if tasks else None
 
 
 def _consistent(pred, lq, factors):
@@ -253,7 +259,7 @@ class Trainer:
         hq = batch["hq"].to(self.device, non_blocking=True)
         tid = batch["task"].to(self.device)
         pred, load_loss = self._forward(lq)
-        rmse_rows = tid == TASKS.index(MRI_SR) if o.mr_loss == "rmse" else None
+        rmse_rows = rmse_samples(tid, o)
         per_sample = sample_errors(pred.float(), hq, rmse_rows)
         factors = batch["kspace_factor"].to(self.device) if "kspace_factor" in batch else None
         consistent = None  # the first pass made consistent, for both MR terms
