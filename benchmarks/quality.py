@@ -86,6 +86,34 @@ def case_name(src) -> str:
     return src.subject + ("-fdg-simulated" if src.kind == "simulated" else "")
 
 
+def cpu_weights(doc: str, scores: str):
+    """The weights of a benchmark script's ``--weights`` (default: the shipped default), loaded on the
+    CPU, after a header line naming them and what the table ``scores``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--weights", default=None, help="registry name or .safetensors (default: the shipped default)")
+    args = ap.parse_args()
+
+    from amir_cli.device import pick_device
+    from amir_cli.weights import load_weights
+
+    loaded = load_weights(args.weights, pick_device("cpu"))
+    print(f"weights {loaded.name} (sha256 {loaded.sha256[:16]}...), cpu, {scores}\n")
+    return loaded
+
+
+def mr_test_slices(max_slices: int = 8):
+    """(case name, float64 slices) of each MR test subject: up to ``max_slices`` evenly spaced slices,
+    scaled into the 12-bit range (x ``mr_scale_factor`` of the whole volume)."""
+    from amir_cli.imaging import intensity
+    from amir_cli.imaging.io import read_image
+
+    for src in sources(TEST, "mri-sr"):
+        vol = read_image(DEV_DATA / src.file)
+        slices = np.moveaxis(vol.array * intensity.mr_scale_factor(vol.array), vol.slice_axis, 0)
+        idx = np.linspace(0, len(slices) - 1, min(max_slices, len(slices))).round().astype(int)
+        yield case_name(src), slices[idx].astype(np.float64)
+
+
 def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_SEED) -> Path:
     from amir_cli.imaging import intensity, phantom
     from amir_cli.imaging.io import Volume, read_image

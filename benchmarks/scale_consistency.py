@@ -13,42 +13,28 @@ input (``input``), bicubic interpolation, the network alone (``--no-data-consist
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
-from quality import DEV_DATA, case_name
-from splits import TEST, sources
+from quality import cpu_weights, mr_test_slices
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", default=None, help="registry name or .safetensors (default: the shipped default)")
-    args = ap.parse_args()
-
     from amir_cli.baselines import bicubic_upsample
-    from amir_cli.imaging import intensity
-    from amir_cli.imaging.io import Volume, read_image
+    from amir_cli.imaging.io import Volume
     from amir_cli.imaging.kspace import kspace_downsample, kspace_upsample
     from amir_cli.metrics import volume_scores
-    from amir_cli.device import pick_device
     from amir_cli.restore import restore_volume
-    from amir_cli.weights import load_weights
 
-    loaded = load_weights(args.weights, pick_device("cpu"))
-    print(f"weights {loaded.name} (sha256 {loaded.sha256[:16]}...), cpu, PSNR gain over the zero-filled input (dB)\n")
+    loaded = cpu_weights(__doc__, "PSNR gain over the zero-filled input (dB)")
     print("| scale | case | input PSNR | bicubic | network alone | `--scale` (data consistency) |")
     print("|---|---|---:|---:|---:|---:|")
     for scale in (2, 4):
         gains = []
-        for src in sources(TEST, "mri-sr"):
-            name = case_name(src)
-            vol = read_image(DEV_DATA / src.file)
-            slices = np.moveaxis(vol.array * intensity.mr_scale_factor(vol.array), vol.slice_axis, 0)
-            idx = np.linspace(0, len(slices) - 1, min(8, len(slices))).round().astype(int)
+        for name, slices in mr_test_slices():
             h, w = slices.shape[1] // scale * scale, slices.shape[2] // scale * scale
-            hq = slices[idx, :h, :w].astype(np.float32)
+            hq = slices[:, :h, :w].astype(np.float32)
             lq = np.stack([kspace_downsample(s, scale) for s in hq])
             lq_vol = Volume(np.moveaxis(lq, 0, 2), np.eye(4))
             methods = {
