@@ -114,11 +114,14 @@ def mr_test_slices(max_slices: int = 8):
         yield case_name(src), slices[idx].astype(np.float64)
 
 
-def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_SEED) -> Path:
+def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_SEED, levels: dict | None = None) -> Path:
+    """The test split's cases under ``root``, degraded at ``levels`` (task -> label -> level; default
+    ``SCORED_LEVELS``; a task left out of it is not built)."""
     from amir_cli.imaging import intensity, phantom
     from amir_cli.imaging.io import Volume, read_image
 
-    for src in sources(TEST):
+    levels = SCORED_LEVELS if levels is None else levels
+    for src in (s for s in sources(TEST) if s.task in levels):
         path = Path(data_dir) / src.file
         if src.task == "pet-synthesis":
             load = phantom.load_ct_pet if src.file.startswith("ct/") else phantom.load_t1_pet
@@ -128,7 +131,7 @@ def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_S
             vol = as_float(read_image(path))
             if src.task == "mri-sr":
                 vol = vol.with_array(vol.array * intensity.mr_scale_factor(vol.array))
-        add_case(root, src.task, case_name(src), vol, seed, SCORED_LEVELS[src.task])
+        add_case(root, src.task, case_name(src), vol, seed, levels[src.task])
     return root
 
 

@@ -194,3 +194,27 @@ def test_validation_scores_only_the_tasks_asked(tmp_path):
         main([str(tmp_path), "amir-s", "--tasks", "mri-sr", "--passes", "0"])
     assert e.value.code == 2
     assert main([str(tmp_path / "missing"), "amir-s"]) == 1  # a missing data folder: one line, exit 1
+
+
+def test_validation_mild_rows_are_ct_and_pet_above_the_choosing_doses(tmp_path):
+    """benchmarks/validation.py --mild adds CT rows at doses 3/4 and 9/10, marked apart from the
+    rows whose mean chooses weights; their inputs are cleaner than the 1/2 dose's."""
+    import sys
+    from pathlib import Path
+
+    import nibabel as nib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from amir_cli.training.validation import input_scores
+    from benchmarks.validation import is_mild, validation_sets
+
+    for split in ("", "validation"):
+        vol = np.stack([_phantom(64) * 1000.0 - 500.0] * 3, -1).astype(np.float32)
+        (tmp_path / "CT" / split).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "CT" / split / "ct.nii.gz"))
+    assert sorted(map(str, validation_sets(tmp_path, ("ct-denoise",)))) == sorted(map(str, [("ct-denoise", d) for d in (0.5, 0.25, 0.05)]))
+    sets = validation_sets(tmp_path, ("ct-denoise",), mild=True)
+    mild = [level for _, level in sets if is_mild(level)]
+    assert mild == ["0.75 mild", "0.9 mild"] and not any(is_mild(level) for level in (0.5, "4 native", "0.5 sd"))
+    psnr = {level: input_scores(v)["ct-denoise"]["psnr"] for (_, level), v in sets.items()}
+    assert psnr[0.5] < psnr["0.75 mild"] < psnr["0.9 mild"]
