@@ -4,7 +4,7 @@ Training draws CT doses from 1/20 to 1/2 and PET doses from 1/20 to 0.8 (stage 2
 split's CT and PET cases of ``benchmarks/quality.py`` are degraded here at 1/20, 1/4, 1/2, 3/4 and
 9/10 and scored as `amir benchmark` scores them (no baselines, 8 slices per volume); the per-case
 table is the PSNR gain over the input (dB). Near full dose most of the input's noise is the
-reference's own, which no restoration can know.
+reference's own, which a network that sees only the input cannot tell from the added noise.
 
     python benchmarks/dose_sweep.py [--weights amir-s] [--out DIR]
 """
