@@ -49,6 +49,40 @@ def test_projector_and_fbp_reconstruct_a_disc():
     assert abs(rec[R > 58].mean()) < 0.001  # background ~ 0
 
 
+def test_soft_kernel_reconstructs_smoother_weaker_ct_noise():
+    """A Hann-apodised ramp (a scanner's soft kernel) keeps the mean of a reconstruction and makes
+    the same counts' noise weaker and more correlated, the more so the lower its cutoff."""
+    from amir_cli.imaging.projector import hann_window
+
+    w = hann_window(64, 0.5)
+    assert w[0] == 1.0 and w[16:49].max() == 0.0 and np.all(np.diff(w[:17]) <= 0)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="cutoff"):
+            hann_window(64, bad)
+    disc = ((XX - 10) ** 2 + (YY + 15) ** 2 < 25**2).astype(float) * 0.02
+    inner = (XX - 10) ** 2 + (YY + 15) ** 2 < 15**2
+    assert D.fbp(D.project(disc, pixel_mm=0.5, n_angles=N), N, pixel_mm=0.5, kernel_cutoff=0.6)[inner].mean() == pytest.approx(0.02, rel=0.03)
+    hu = _water_cylinder()
+    noise = {c: D.ct_low_dose(hu, 0.25, np.random.default_rng(4), kernel_cutoff=c) - hu for c in (None, 1.0, 0.5)}
+    sd = {c: n[ROI].std() for c, n in noise.items()}
+    lag1 = {c: np.corrcoef(n[ROI][:-1], n[ROI][1:])[0, 1] for c, n in noise.items()}
+    assert sd[None] > 1.5 * sd[1.0] > 1.5 * sd[0.5]
+    assert lag1[None] < lag1[1.0] < lag1[0.5]
+
+
+def test_soft_kernels_are_drawn_only_when_asked():
+    """--ct-soft-kernels 0 draws no kernel (earlier runs replay their levels exactly); 1 gives every
+    CT input a kernel cutoff within the range."""
+    from amir_cli.training.levels import Levels
+
+    plain, rng_a, rng_b = Levels(), np.random.default_rng(5), np.random.default_rng(5)
+    draws = [plain.draw("ct-denoise", rng_a) for _ in range(20)]
+    assert all("kernel_cutoff" not in kw for _, kw in draws)
+    assert [d for d, _ in draws] == [Levels(ct_soft_kernels=0.0).draw("ct-denoise", rng_b)[0] for _ in range(20)]
+    soft = [Levels(ct_soft_kernels=1.0).draw("ct-denoise", rng_a)[1]["kernel_cutoff"] for _ in range(20)]
+    assert all(0.5 <= c <= 1.0 for c in soft) and len(set(soft)) == 20
+
+
 def _added_variance(fn, img, dose, seeds=(1, 2)):
     return np.mean([np.var((fn(img, dose, np.random.default_rng(s)) - img)[ROI]) for s in seeds])
 

@@ -120,6 +120,7 @@ def train_cmd(
     volume_weight: Annotated[Optional[str], typer.Option("--volume-weight", metavar="PATTERN=W,...", help="Draw the training volumes whose names (file names without extension) match a pattern W times as often as the others of their task, e.g. 'niivue_head*=4' (shell-style patterns; the first match counts).", show_default=False)] = None,
     task_patch_size: Annotated[Optional[str], typer.Option("--task-patch-size", metavar="TASK=P,...", help="The patch size of these tasks, e.g. ct-denoise=128,pet-synthesis=128 (the others: --patch-size). Sizes that differ need one slice per batch (--crops-per-slice at least --batch-size).", show_default=False)] = None,
     ct_dose: Annotated[str, typer.Option("--ct-dose", metavar="LOW:HIGH", help="CT dose fraction range (log-uniform).")] = range_text(_TRAIN.ct_dose),
+    ct_soft_kernels: Annotated[float, typer.Option("--ct-soft-kernels", metavar="P", help="The share of CT inputs whose added noise a softer kernel reconstructs (the ramp apodised by a Hann window ending at 0.5 to 1 x Nyquist), as a scanner's soft kernels shape a real low-dose scan's noise; 0: the ramp only.")] = _TRAIN.ct_soft_kernels,
     ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = range_text(_TRAIN.ct_i0),
     mr_factors: Annotated[str, typer.Option("--mr-factors", help="MR k-space factors, comma-separated.")] = ",".join(map(str, _TRAIN.mr_factors)),
     pet_dose: Annotated[str, typer.Option("--pet-dose", metavar="LOW:HIGH", help="PET dose fraction range (log-uniform).")] = range_text(_TRAIN.pet_dose),
@@ -151,7 +152,7 @@ def train_cmd(
             mr_consistency_loss=mr_consistency_loss, mr_cascade_loss=mr_cascade_loss, mr_cascade_passes=mr_cascade_passes, mr_loss=mr_loss, ct_loss=ct_loss,
             zoom_jitter=zoom_jitter,
             zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"), mr_zoom_max=mr_zoom_max,
-            mr_slab=mr_slab, pet_standard_dose=pet_standard_dose, ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), mr_factors=_factors_option(mr_factors),
+            mr_slab=mr_slab, pet_standard_dose=pet_standard_dose, ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), ct_soft_kernels=ct_soft_kernels, mr_factors=_factors_option(mr_factors),
             pet_dose=parse_range(pet_dose, "pet-dose"), init=init, device=device, export=export, quiet=quiet or json_out,
         )
         options.check()

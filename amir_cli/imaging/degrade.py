@@ -125,6 +125,7 @@ def ct_low_dose(
     pixel_mm: float = 1.0,
     i0: float = CT_DEFAULT_I0,
     n_angles=None,
+    kernel_cutoff: float | None = None,
 ) -> np.ndarray:
     """Low-dose CT slice (HU, float32): the input plus the extra noise of dose fraction ``d``.
 
@@ -137,6 +138,8 @@ def ct_low_dose(
     back-projection of the noise only, converted to HU (x 1000 / 0.0192) and added to the input.
     Dose 1 returns the input unchanged.  ``n_angles`` (default ``min(size, 256)``, rounded up to a
     multiple of 4) sets the simulated views.  Non-square slices are padded with air.
+    ``kernel_cutoff``: the noise reconstructed with a smoother kernel, the ramp apodised by a Hann
+    window that ends at that fraction of the Nyquist frequency (a scanner's soft kernel; None: the ramp).
     """
     hu = check_2d(hu2d, "hu2d")
     d = _check_dose(dose_fraction)
@@ -155,7 +158,7 @@ def ct_low_dose(
     n_full = rng.poisson(lam)
     n_low = rng.binomial(n_full, d)
     noise = np.log(np.maximum(n_full, 1) / i0_bin) - np.log(np.maximum(n_low, 1) / (d * i0_bin))
-    noise_mu = fbp(noise, n, pixel_mm)[crop]
+    noise_mu = fbp(noise, n, pixel_mm, kernel_cutoff)[crop]
     return (hu + noise_mu * (1000.0 / MU_WATER_PER_MM)).astype(np.float32)
 
 

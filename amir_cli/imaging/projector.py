@@ -136,11 +136,21 @@ def _filter_kernel(n_det: int) -> np.ndarray:
     return np.real(np.fft.fft(h))
 
 
-def fbp(sinogram, size: int, pixel_mm: float = 1.0) -> np.ndarray:
+def hann_window(n: int, cutoff: float) -> np.ndarray:
+    """Hann apodisation of the ramp in FFT order (length ``n``): 1 at DC, 0 from ``cutoff`` x the
+    Nyquist frequency on. A smoother reconstruction kernel as ``cutoff`` falls from 1."""
+    if not 0 < cutoff <= 1:
+        raise ValueError(f"kernel cutoff must be in (0, 1], got {cutoff!r}")
+    f = np.abs(np.fft.fftfreq(n)) / 0.5
+    return np.where(f < cutoff, 0.5 * (1.0 + np.cos(np.pi * f / cutoff)), 0.0)
+
+
+def fbp(sinogram, size: int, pixel_mm: float = 1.0, kernel_cutoff: float | None = None) -> np.ndarray:
     """Filtered back-projection of a sinogram laid out as :func:`project` returns it.
 
     ``size`` is the side of the square grid the sinogram came from.  Gives an image in
-    (sinogram units) / mm.
+    (sinogram units) / mm. ``kernel_cutoff``: the ramp apodised by :func:`hann_window` (None: the
+    plain ramp).
     """
     sino = np.asarray(sinogram, dtype=np.float64)
     if sino.ndim != 2:
@@ -153,6 +163,8 @@ def fbp(sinogram, size: int, pixel_mm: float = 1.0) -> np.ndarray:
     if n_det != n_det_expected:
         raise ValueError(f"sinogram has {n_det} detector bins; a {n}x{n} grid needs {n_det_expected}")
     H = _filter_kernel(n_det)
+    if kernel_cutoff is not None:
+        H = H * hann_window(H.shape[0], kernel_cutoff)
     size = H.shape[0]
     F = np.fft.rfft(sino, n=size, axis=1)
     filt = np.fft.irfft(F * H[: size // 2 + 1], n=size, axis=1)[:, :n_det] / pixel_mm

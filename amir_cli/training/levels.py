@@ -16,6 +16,8 @@ class Levels:
 
     ct_dose: tuple[float, float] = (0.05, 0.5)  # dose fraction, log-uniform
     ct_i0: tuple[float, float] = (1e5, 1e6)  # photons per 1 mm bin per view, log-uniform
+    ct_soft_kernels: float = 0.0  # the share of CT inputs whose noise a soft kernel reconstructs
+    ct_kernel_cutoff: tuple[float, float] = (0.5, 1.0)  # that kernel's Hann cutoff (x Nyquist), uniform
     mr_factors: tuple[int, ...] = MR_FACTORS  # k-space truncation factor, uniform choice
     pet_dose: tuple[float, float] = (1 / 20, 1 / 2)  # dose fraction, log-uniform
     pet_counts: tuple[float, float] = (1e6, 1e7)  # full-dose true coincidences per slice, log-uniform
@@ -30,7 +32,10 @@ class Levels:
         if task == MRI_SR:
             return int(self.mr_factors[rng.integers(len(self.mr_factors))]), {}
         if task == CT_DENOISE:
-            return _log_uniform(rng, *self.ct_dose), {"i0": _log_uniform(rng, *self.ct_i0)}
+            dose, kw = _log_uniform(rng, *self.ct_dose), {"i0": _log_uniform(rng, *self.ct_i0)}
+            if self.ct_soft_kernels > 0 and rng.random() < self.ct_soft_kernels:  # no draw when off: runs replay
+                kw["kernel_cutoff"] = float(rng.uniform(*self.ct_kernel_cutoff))
+            return dose, kw
         return _log_uniform(rng, *self.pet_dose), {
             "total_counts": _log_uniform(rng, *self.pet_counts),
             "recon_mm": float(rng.uniform(*self.pet_recon_mm)),
@@ -46,7 +51,8 @@ class Levels:
 
     def describe(self) -> dict:
         return {
-            CT_DENOISE: {"dose_fraction": list(self.ct_dose), "i0": list(self.ct_i0), "distribution": "log-uniform"},
+            CT_DENOISE: {"dose_fraction": list(self.ct_dose), "i0": list(self.ct_i0), "distribution": "log-uniform",
+                         "soft_kernels": self.ct_soft_kernels, "kernel_cutoff": list(self.ct_kernel_cutoff)},
             MRI_SR: {"factor": list(self.mr_factors)},
             PET_SYNTHESIS: {
                 "dose_fraction": list(self.pet_dose), "distribution": "log-uniform", "total_counts": list(self.pet_counts),

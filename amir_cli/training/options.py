@@ -87,6 +87,7 @@ class TrainOptions:
     pet_standard_dose: bool = False  # PET references: the (noise-free, simulated) activity plus the noise of its full-dose counts
     ct_dose: tuple[float, float] = Levels.ct_dose
     ct_i0: tuple[float, float] = Levels.ct_i0
+    ct_soft_kernels: float = Levels.ct_soft_kernels  # the share of CT inputs whose noise a soft kernel reconstructs
     mr_factors: tuple[int, ...] = Levels.mr_factors
     pet_dose: tuple[float, float] = Levels.pet_dose
     init: str | None = None
@@ -95,7 +96,8 @@ class TrainOptions:
     quiet: bool = False
 
     def levels(self) -> Levels:
-        return Levels(tuple(self.ct_dose), tuple(self.ct_i0), tuple(int(f) for f in self.mr_factors), tuple(self.pet_dose))
+        return Levels(ct_dose=tuple(self.ct_dose), ct_i0=tuple(self.ct_i0), ct_soft_kernels=self.ct_soft_kernels,
+                      mr_factors=tuple(int(f) for f in self.mr_factors), pet_dose=tuple(self.pet_dose))
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -152,6 +154,8 @@ class TrainOptions:
                 raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
         if not 0 < self.ct_i0[0] <= self.ct_i0[1]:
             raise BadInputError("--ct-i0 range must be positive and ordered")
+        if not 0 <= self.ct_soft_kernels <= 1:
+            raise BadInputError(f"--ct-soft-kernels must be in [0, 1], got {self.ct_soft_kernels}")
         if not self.mr_factors or any(int(f) < 2 for f in self.mr_factors):
             raise BadInputError("--mr-factors must be integers >= 2")
 
