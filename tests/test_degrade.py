@@ -70,6 +70,21 @@ def test_soft_kernel_reconstructs_smoother_weaker_ct_noise():
     assert lag1[None] < lag1[1.0] < lag1[0.5]
 
 
+def test_soft_kernel_reference_matches_the_apodised_reconstruction():
+    """ct_soft_kernel shows a slice as the apodised ramp reconstructs it (central-slice theorem), so a
+    training reference and its low-dose input share one kernel."""
+    disc = ((XX - 10) ** 2 + (YY + 15) ** 2 < 25**2).astype(float) * 0.02
+    p = D.project(disc, pixel_mm=1.0, n_angles=N)
+    inside = R < 55
+    for c in (1.0, 0.6):
+        direct = D.fbp(p, N, 1.0, kernel_cutoff=c)
+        after = D.ct_soft_kernel(D.fbp(p, N, 1.0), c)
+        assert np.abs(direct - after)[inside].max() < 0.03 * 0.02
+    edge = D.ct_soft_kernel(disc * 1000, 0.5)
+    assert edge[R < 5].mean() == pytest.approx(20.0, rel=0.01) and edge.dtype == np.float32
+    assert 0 < edge[int(N / 2 - 15), int(N / 2 + 10 + 25)] < 20  # the disc's edge is blurred
+
+
 def test_soft_kernels_are_drawn_only_when_asked():
     """--ct-soft-kernels 0 draws no kernel (earlier runs replay their levels exactly); 1 gives every
     CT input a kernel cutoff within the range."""
@@ -169,3 +184,22 @@ def test_degrade_volume_reproducible_and_independent_of_batching():
 def test_bad_parameters(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_training_pairs_of_a_soft_kernel_blur_the_reference_too():
+    """With --ct-soft-kernels 1 every CT reference goes through the drawn kernel, as its input does;
+    without it the reference is the slice as read."""
+    from amir_cli.training.levels import Levels
+    from amir_cli.training.sampling import PatchSampler, SamplerOptions
+    from amir_cli.training.volumes import TrainVolume
+
+    sharp = np.where(R < 50, np.where((XX.astype(int) // 4) % 2 == 0, 100.0, -100.0), -1000.0)  # stripes in water
+    vol = TrainVolume("stripes", "ct-denoise", np.stack([sharp] * 4).astype(np.float32), None, 1.0, None, np.arange(3), np.array([3]), N, (0, N))
+
+    def stripe_contrast(share: float) -> float:
+        opts = SamplerOptions(batch_size=2, patch_size=64, crops_per_slice=2, flips=False, zoom_jitter=1.0,
+                              levels=Levels(ct_soft_kernels=share))
+        hq = np.asarray(PatchSampler([vol], ("ct-denoise",), opts, seed=3).batch(0)["hq"])[:, 0]
+        return float(np.abs(np.diff(hq, axis=-1)).max())
+
+    assert stripe_contrast(1.0) < 0.5 * stripe_contrast(0.0)

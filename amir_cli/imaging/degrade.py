@@ -162,6 +162,18 @@ def ct_low_dose(
     return (hu + noise_mu * (1000.0 / MU_WATER_PER_MM)).astype(np.float32)
 
 
+def ct_soft_kernel(hu2d, kernel_cutoff: float) -> np.ndarray:
+    """A CT slice (HU, float32) as a softer reconstruction kernel shows it: its 2-D spectrum times the
+    radial Hann window that :func:`ct_low_dose` gives the noise with the same ``kernel_cutoff``
+    (the central-slice theorem carries the ramp's window to the image), so that a reference and its
+    low-dose input share one kernel."""
+    hu = check_2d(hu2d, "hu2d")
+    h, w = hu.shape
+    f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]) / 0.5
+    window = np.where(f < kernel_cutoff, 0.5 * (1.0 + np.cos(np.pi * f / kernel_cutoff)), 0.0)
+    return np.real(np.fft.ifft2(np.fft.fft2(hu) * window)).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------ PET
 def pet_low_count(
     suv2d,

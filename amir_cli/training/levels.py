@@ -16,7 +16,7 @@ class Levels:
 
     ct_dose: tuple[float, float] = (0.05, 0.5)  # dose fraction, log-uniform
     ct_i0: tuple[float, float] = (1e5, 1e6)  # photons per 1 mm bin per view, log-uniform
-    ct_soft_kernels: float = 0.0  # the share of CT inputs whose noise a soft kernel reconstructs
+    ct_soft_kernels: float = 0.0  # the share of CT pairs (reference and noise) from a softer kernel
     ct_kernel_cutoff: tuple[float, float] = (0.5, 1.0)  # that kernel's Hann cutoff (x Nyquist), uniform
     mr_factors: tuple[int, ...] = MR_FACTORS  # k-space truncation factor, uniform choice
     pet_dose: tuple[float, float] = (1 / 20, 1 / 2)  # dose fraction, log-uniform

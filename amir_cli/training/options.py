@@ -87,7 +87,7 @@ class TrainOptions:
     pet_standard_dose: bool = False  # PET references: the (noise-free, simulated) activity plus the noise of its full-dose counts
     ct_dose: tuple[float, float] = Levels.ct_dose
     ct_i0: tuple[float, float] = Levels.ct_i0
-    ct_soft_kernels: float = Levels.ct_soft_kernels  # the share of CT inputs whose noise a soft kernel reconstructs
+    ct_soft_kernels: float = Levels.ct_soft_kernels  # the share of CT pairs (reference and noise) from a softer kernel
     mr_factors: tuple[int, ...] = Levels.mr_factors
     pet_dose: tuple[float, float] = Levels.pet_dose
     init: str | None = None

@@ -161,6 +161,8 @@ class PatchSampler:
             noise_rng = np.random.default_rng(rng.integers(2**63))
             if task == PET_SYNTHESIS and self.opt.pet_standard_dose:
                 hq_slice = degrade.pet_standard_dose(hq_slice, noise_rng, pixel_mm=pixel_mm, **kw)
+            if "kernel_cutoff" in kw:  # a softer kernel's scan: the reference through it too
+                hq_slice = degrade.ct_soft_kernel(hq_slice, kw["kernel_cutoff"])
             lq_slice = degrade.degrade_slice(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm, **kw)
             factor = int(level) if task == MRI_SR else 0
         jitter = 1.0
