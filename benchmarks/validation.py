@@ -15,12 +15,14 @@ scored also ("sd") against the standard-dose image of each validation slice (the
 plus the noise of its own full-dose counts), with the input degraded from that, as real PET pairs
 are. The mean per task averages its rows. ``--mild`` adds CT and PET ("sd") rows at doses 3/4 and
 9/10, above the doses that choose weights, where most of the input's noise is the reference's own:
-they are shown with their own mean and left out of the mean that chooses.
+they are shown with their own mean and left out of the mean that chooses. ``--soft`` adds, the same
+way, CT rows at 1/2 and 1/4 from a softer reconstruction kernel (``SOFT_KERNEL``: reference and
+noise through the Hann-apodised ramp of ``amir train --ct-soft-kernels``), as clinical kernels are.
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
     python benchmarks/validation.py DATA amir-s runs/mr_only/last.pt --tasks mri-sr
     python benchmarks/validation.py DATA amir-s --tasks mri-sr --passes 4
-    python benchmarks/validation.py DATA amir-s runs/wide_doses/last.pt --mild
+    python benchmarks/validation.py DATA amir-s runs/wide_doses/last.pt --mild --soft
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ LEVELS = {task: tuple(levels.values()) for task, levels in SCORED_LEVELS.items()
 NATIVE_CROP = 2  # native MR references: the central 1/2 of each validation reference's k-space
 SLAB_MM = 5.0  # slab MR references: the mean of the slices this thick around each validation slice
 MILD_DOSES = (0.75, 0.9)  # --mild: CT and PET doses above those that choose weights
-MILD = "mild"  # the level suffix of those rows
+SOFT_KERNEL, SOFT_DOSES = 0.75, (0.5, 0.25)  # --soft: the CT kernel cutoff (x Nyquist) and doses
+EXTRA = ("mild", "soft")  # the level suffixes of the rows outside the choosing mean
 
 
-def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False) -> dict:
+def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = False) -> dict:
     """(task, level) -> validation slices of the validation subjects, for ``tasks`` (``mild``: with
-    the rows of ``MILD_DOSES``)."""
+    the rows of ``MILD_DOSES``; ``soft``: with those of ``SOFT_DOSES``)."""
     from amir_cli.training.levels import Levels
     from amir_cli.training.validation import validation_set
     from amir_cli.training.volumes import load_volumes
@@ -65,14 +68,18 @@ def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False) -> dict:
     for dose in MILD_DOSES if mild else ():
         lv = Levels(val_ct_dose=dose, val_pet_dose=dose)
         if CT_DENOISE in tasks:
-            sets[(CT_DENOISE, f"{dose:g} {MILD}")] = validation_set(val_volumes, (CT_DENOISE,), 16, 256, 0, lv)
+            sets[(CT_DENOISE, f"{dose:g} mild")] = validation_set(val_volumes, (CT_DENOISE,), 16, 256, 0, lv)
         if PET_SYNTHESIS in tasks:
-            sets[(PET_SYNTHESIS, f"{dose:g} sd {MILD}")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
+            sets[(PET_SYNTHESIS, f"{dose:g} sd mild")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
+    for dose in SOFT_DOSES if soft and CT_DENOISE in tasks else ():
+        lv = Levels(val_ct_dose=dose, val_ct_kernel=SOFT_KERNEL)
+        sets[(CT_DENOISE, f"{dose:g} soft")] = validation_set(val_volumes, (CT_DENOISE,), 16, 256, 0, lv)
     return sets
 
 
-def is_mild(level) -> bool:
-    return isinstance(level, str) and level.endswith(MILD)
+def is_extra(level) -> bool:
+    """Whether a row is one of ``--mild`` or ``--soft``, outside the mean that chooses."""
+    return isinstance(level, str) and level.endswith(EXTRA)
 
 
 def native_slices(val_slices: list, factor: int) -> list:
@@ -116,6 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default=",".join(LEVELS), help="comma-separated tasks to score (default: all three)")
     ap.add_argument("--passes", type=int, default=MR_PASSES, help="MR cascade passes (default: amir restore's, %(default)s)")
     ap.add_argument("--mild", action="store_true", help="also CT and PET (sd) at doses 3/4 and 9/10, outside the mean that chooses")
+    ap.add_argument("--soft", action="store_true", help="also CT at 1/2 and 1/4 from a softer kernel, outside the mean that chooses")
     args = ap.parse_args(argv)
     asked = set(args.tasks.split(","))
     if asked - set(LEVELS):
@@ -132,7 +140,7 @@ def main(argv=None) -> int:
     from amir_cli.errors import AmirError
 
     try:
-        sets = validation_sets(args.data, tasks, args.mild)
+        sets = validation_sets(args.data, tasks, args.mild, args.soft)
     except AmirError as exc:  # a missing or unreadable data folder: one line, no traceback
         print(f"validation.py: {exc}", file=sys.stderr)
         return 1
@@ -148,11 +156,11 @@ def main(argv=None) -> int:
         cells = " | ".join(f"{gains[(w, (task, level))]:+.2f}" for w in args.weights)
         print(f"| {task} | {level if isinstance(level, str) else f'{level:g}'} | {inputs[(task, level)][task]['psnr']:.2f} | {cells} |")
     for w in args.weights:
-        per_task = {t: float(np.mean([g for (name, (task, level)), g in gains.items() if name == w and task == t and not is_mild(level)]))
+        per_task = {t: float(np.mean([g for (name, (task, level)), g in gains.items() if name == w and task == t and not is_extra(level)]))
                     for t in tasks}
-        mild = [g for (name, (_, level)), g in gains.items() if name == w and is_mild(level)]
+        extra = {kind: [g for (name, (_, level)), g in gains.items() if name == w and is_extra(level) and level.endswith(kind)] for kind in EXTRA}
         print(f"{w}: mean gain per task " + ", ".join(f"{t} {g:+.2f}" for t, g in per_task.items())
-              + f"; mean {np.mean(list(per_task.values())):+.2f} dB" + (f"; mild-dose rows {np.mean(mild):+.2f} dB" if mild else ""))
+              + f"; mean {np.mean(list(per_task.values())):+.2f} dB" + "".join(f"; {kind} rows {np.mean(g):+.2f} dB" for kind, g in extra.items() if g))
     return 0
 
 

@@ -196,9 +196,9 @@ def test_validation_scores_only_the_tasks_asked(tmp_path):
     assert main([str(tmp_path / "missing"), "amir-s"]) == 1  # a missing data folder: one line, exit 1
 
 
-def test_validation_mild_rows_are_ct_and_pet_above_the_choosing_doses(tmp_path):
-    """benchmarks/validation.py --mild adds CT rows at doses 3/4 and 9/10, marked apart from the
-    rows whose mean chooses weights; their inputs are cleaner than the 1/2 dose's."""
+def test_validation_extra_rows_are_marked_apart_from_the_choosing_rows(tmp_path):
+    """benchmarks/validation.py --mild adds CT rows at doses 3/4 and 9/10 and --soft CT rows from a
+    softer kernel (reference and noise), marked apart from the rows whose mean chooses weights."""
     import sys
     from pathlib import Path
 
@@ -206,15 +206,18 @@ def test_validation_mild_rows_are_ct_and_pet_above_the_choosing_doses(tmp_path):
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from amir_cli.training.validation import input_scores
-    from benchmarks.validation import is_mild, validation_sets
+    from benchmarks.validation import is_extra, validation_sets
 
     for split in ("", "validation"):
         vol = np.stack([_phantom(64) * 1000.0 - 500.0] * 3, -1).astype(np.float32)
         (tmp_path / "CT" / split).mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "CT" / split / "ct.nii.gz"))
     assert sorted(map(str, validation_sets(tmp_path, ("ct-denoise",)))) == sorted(map(str, [("ct-denoise", d) for d in (0.5, 0.25, 0.05)]))
-    sets = validation_sets(tmp_path, ("ct-denoise",), mild=True)
-    mild = [level for _, level in sets if is_mild(level)]
-    assert mild == ["0.75 mild", "0.9 mild"] and not any(is_mild(level) for level in (0.5, "4 native", "0.5 sd"))
+    sets = validation_sets(tmp_path, ("ct-denoise",), mild=True, soft=True)
+    extra = [level for _, level in sets if is_extra(level)]
+    assert extra == ["0.75 mild", "0.9 mild", "0.5 soft", "0.25 soft"] and not any(is_extra(level) for level in (0.5, "4 native", "0.5 sd"))
     psnr = {level: input_scores(v)["ct-denoise"]["psnr"] for (_, level), v in sets.items()}
     assert psnr[0.5] < psnr["0.75 mild"] < psnr["0.9 mild"]
+    assert psnr[0.25] < psnr["0.25 soft"] and psnr[0.5] < psnr["0.5 soft"]  # a soft kernel: weaker noise
+    sharp, soft = sets[("ct-denoise", 0.5)][0], sets[("ct-denoise", "0.5 soft")][0]
+    assert np.abs(np.diff(soft.hq_phys)).max() < np.abs(np.diff(sharp.hq_phys)).max()  # the reference through it too

@@ -26,6 +26,7 @@ class Levels:
     # validation levels (fixed): CT quarter dose at the default I0, MR x2 and x4 alternating, PET 1/4
     val_ct_dose: float = 0.25
     val_pet_dose: float = 0.25
+    val_ct_kernel: float | None = None  # the validation CT pairs' softer kernel cutoff (None: the ramp)
 
     def draw(self, task: str, rng: np.random.Generator) -> tuple[object, dict]:
         """(level, extra keywords for degrade_slice)."""
@@ -46,7 +47,7 @@ class Levels:
         if task == MRI_SR:
             return int(self.mr_factors[k % len(self.mr_factors)]), {}
         if task == CT_DENOISE:
-            return self.val_ct_dose, {}
+            return self.val_ct_dose, {} if self.val_ct_kernel is None else {"kernel_cutoff": self.val_ct_kernel}
         return self.val_pet_dose, {}
 
     def describe(self) -> dict:

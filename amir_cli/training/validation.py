@@ -64,6 +64,8 @@ def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptio
                 noise_rng = degrade.slice_rng(int(seed), 1_000_000 * t_i + n_have)
                 if task == PET_SYNTHESIS and pet_standard_dose:
                     hq = degrade.pet_standard_dose(hq, noise_rng, pixel_mm=v.pixel_mm, **kw)
+                if "kernel_cutoff" in kw:  # a softer kernel's pair, as in training
+                    hq = degrade.ct_soft_kernel(hq, kw["kernel_cutoff"])
                 lq = degrade.degrade_slice(hq, task, level, noise_rng, pixel_mm=v.pixel_mm, **kw)
             lq, hq = lq[a:b], hq[a:b]
             if task != MRI_SR:
