@@ -11,31 +11,17 @@ reference's own, which a network that sees only the input cannot tell from the a
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
-from pathlib import Path
+from functools import partial
 
-from quality import DEV_DATA, ROOT, build_test_data
+from quality import DEV_DATA, build_test_data, cases_main
 
 DOSES = {"dose1-20": 0.05, "dose1-4": 0.25, "dose1-2": 0.5, "dose3-4": 0.75, "dose9-10": 0.9}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", default="amir-s", help="registry name or .safetensors (default: amir-s)")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dose_sweep", help="results folder")
-    args = ap.parse_args()
-
-    from amir_cli.scoring import BenchmarkRequest, run_benchmark
-
-    with tempfile.TemporaryDirectory(prefix="amir-dose-sweep-") as tmp:
-        cases = build_test_data(Path(tmp), DEV_DATA, levels={"ct-denoise": DOSES, "pet-synthesis": DOSES})
-        request = BenchmarkRequest(cases, args.out, weights=args.weights, with_baselines=False, max_slices=8, figures=False,
-                                   data_label="the test split's CT and PET at doses 1/20 to 9/10")
-        result = run_benchmark(request)
-    print((args.out / "summary.md").read_text())
-    return result.exit_code
+    build = partial(build_test_data, data_dir=DEV_DATA, levels={"ct-denoise": DOSES, "pet-synthesis": DOSES})
+    return cases_main(__doc__, "dose_sweep", build, "the test split's CT and PET at doses 1/20 to 9/10", with_baselines=False)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,25 @@ def cpu_weights(doc: str, scores: str):
     return loaded
 
 
+def cases_main(doc: str, out_name: str, build, data_label: str, with_baselines: bool = True) -> int:
+    """The command of a benchmark script that scores cases of its own: ``--weights``, ``--out``
+    (default ``benchmarks/results/<out_name>``); ``build(folder)`` lays the cases out in a temporary
+    folder, `amir benchmark` scores them (8 slices per volume) and the summary is printed."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--weights", default="amir-s", help="registry name or .safetensors (default: amir-s)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / out_name, help="results folder")
+    args = ap.parse_args()
+
+    from amir_cli.scoring import BenchmarkRequest, run_benchmark
+
+    with tempfile.TemporaryDirectory(prefix=f"amir-{out_name}-") as tmp:
+        request = BenchmarkRequest(build(Path(tmp)), args.out, weights=args.weights, with_baselines=with_baselines,
+                                   max_slices=8, figures=False, data_label=data_label)
+        result = run_benchmark(request)
+    print((args.out / "summary.md").read_text())
+    return result.exit_code
+
+
 def mr_test_slices(max_slices: int = 8):
     """(case name, float64 slices) of each MR test subject: up to ``max_slices`` evenly spaced slices,
     scaled into the 12-bit range (x ``mr_scale_factor`` of the whole volume)."""
