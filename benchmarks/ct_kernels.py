@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quality import DEGRADE_SEED, DEV_DATA, as_float, case_name, cases_main
+from quality import DEGRADE_SEED, DEV_DATA, as_float, case_name, cases_main, pixel_mm, spaced
 from splits import TEST, sources
 
 KERNELS = (1.0, 0.75, 0.5)
@@ -32,12 +32,10 @@ def build(root: Path) -> Path:
     base = root / "CT" / "test"
     for src in sources(TEST, "ct-denoise"):
         vol = as_float(read_image(DEV_DATA / src.file))
-        pix = float(np.mean(vol.inplane_spacing_mm))
+        pix, ax = pixel_mm(vol), vol.slice_axis
+        slices = spaced(np.moveaxis(vol.array, ax, 0))
         for cutoff in KERNELS:
             name = f"{case_name(src)}-kernel{cutoff:g}"
-            ax = vol.slice_axis
-            slices = np.moveaxis(vol.array, ax, 0)
-            slices = slices[np.linspace(0, len(slices) - 1, min(8, len(slices))).round().astype(int)]
             hq = np.stack([degrade.ct_soft_kernel(s, cutoff) for s in slices])
             (base / "HQ").mkdir(parents=True, exist_ok=True)
             write_image(vol.with_array(np.moveaxis(hq, 0, ax)), base / "HQ" / f"{name}.nii.gz")

@@ -120,6 +120,11 @@ def cases_main(doc: str, out_name: str, build, data_label: str, with_baselines: 
     return result.exit_code
 
 
+def spaced(slices: np.ndarray, count: int = 8) -> np.ndarray:
+    """Up to ``count`` evenly spaced slices of a slices-first array."""
+    return slices[np.linspace(0, len(slices) - 1, min(count, len(slices))).round().astype(int)]
+
+
 def mr_test_slices(max_slices: int = 8):
     """(case name, float64 slices) of each MR test subject: up to ``max_slices`` evenly spaced slices,
     scaled into the 12-bit range (x ``mr_scale_factor`` of the whole volume)."""
@@ -129,8 +134,7 @@ def mr_test_slices(max_slices: int = 8):
     for src in sources(TEST, "mri-sr"):
         vol = read_image(DEV_DATA / src.file)
         slices = np.moveaxis(vol.array * intensity.mr_scale_factor(vol.array), vol.slice_axis, 0)
-        idx = np.linspace(0, len(slices) - 1, min(max_slices, len(slices))).round().astype(int)
-        yield case_name(src), slices[idx].astype(np.float64)
+        yield case_name(src), spaced(slices, max_slices).astype(np.float64)
 
 
 def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_SEED, levels: dict | None = None) -> Path:

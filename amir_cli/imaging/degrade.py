@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from amir_cli.imaging.kspace import check_factor, kspace_mask
-from amir_cli.imaging.projector import check_2d, fbp, pad_square, project, view_count
+from amir_cli.imaging.projector import check_2d, fbp, hann_apodisation, pad_square, project, view_count
 from amir_cli.tasks import CT_DENOISE, DEFAULT_LEVEL, MRI_SR, PET_SYNTHESIS, TASKS
 
 MU_WATER_PER_MM = 0.0192
@@ -169,8 +169,7 @@ def ct_soft_kernel(hu2d, kernel_cutoff: float) -> np.ndarray:
     low-dose input share one kernel."""
     hu = check_2d(hu2d, "hu2d")
     h, w = hu.shape
-    f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]) / 0.5
-    window = np.where(f < kernel_cutoff, 0.5 * (1.0 + np.cos(np.pi * f / kernel_cutoff)), 0.0)
+    window = hann_apodisation(np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]) / 0.5, kernel_cutoff)
     return np.real(np.fft.ifft2(np.fft.fft2(hu) * window)).astype(np.float32)
 
 
@@ -289,6 +288,18 @@ def degrade_slice(image2d, task: str, level, rng, *, pixel_mm: float = 1.0, **kw
     if task == PET_SYNTHESIS:
         return pet_low_count(image2d, level, rng, pixel_mm=pixel_mm, **kw)
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+
+
+def degrade_pair(reference, task: str, level, rng, *, pixel_mm: float = 1.0, standard_dose: bool = False, **kw):
+    """(high-quality, low-quality) slices of a simulated scanner pair made from ``reference``: the
+    reference as the scan shows it (PET with ``standard_dose``: :func:`pet_standard_dose`; CT with a
+    ``kernel_cutoff``: :func:`ct_soft_kernel`), then :func:`degrade_slice` of that."""
+    hq = reference
+    if task == PET_SYNTHESIS and standard_dose:
+        hq = pet_standard_dose(hq, rng, pixel_mm=pixel_mm, **kw)
+    if "kernel_cutoff" in kw:
+        hq = ct_soft_kernel(hq, kw["kernel_cutoff"])
+    return hq, degrade_slice(hq, task, level, rng, pixel_mm=pixel_mm, **kw)
 
 
 def degrade_volume(array, task: str, level=None, *, slice_axis: int = 2, spacing_mm=(1.0, 1.0, 1.0), seed: int = 0, progress=None, **kw) -> np.ndarray:

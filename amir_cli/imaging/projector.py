@@ -136,13 +136,17 @@ def _filter_kernel(n_det: int) -> np.ndarray:
     return np.real(np.fft.fft(h))
 
 
-def hann_window(n: int, cutoff: float) -> np.ndarray:
-    """Hann apodisation of the ramp in FFT order (length ``n``): 1 at DC, 0 from ``cutoff`` x the
-    Nyquist frequency on. A smoother reconstruction kernel as ``cutoff`` falls from 1."""
+def hann_apodisation(f: np.ndarray, cutoff: float) -> np.ndarray:
+    """The Hann window of a softer reconstruction kernel at frequencies ``f`` (in units of the
+    Nyquist frequency): 1 at DC, 0 from ``cutoff`` on; smoother as ``cutoff`` falls from 1."""
     if not 0 < cutoff <= 1:
         raise ValueError(f"kernel cutoff must be in (0, 1], got {cutoff!r}")
-    f = np.abs(np.fft.fftfreq(n)) / 0.5
     return np.where(f < cutoff, 0.5 * (1.0 + np.cos(np.pi * f / cutoff)), 0.0)
+
+
+def hann_window(n: int, cutoff: float) -> np.ndarray:
+    """:func:`hann_apodisation` of the ramp in FFT order (length ``n``)."""
+    return hann_apodisation(np.abs(np.fft.fftfreq(n)) / 0.5, cutoff)
 
 
 def fbp(sinogram, size: int, pixel_mm: float = 1.0, kernel_cutoff: float | None = None) -> np.ndarray:

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade, intensity
-from amir_cli.tasks import FOREGROUND, MRI_SR, PET_SYNTHESIS, TASKS
+from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
 
 from .levels import Levels
 from .options import PAPER_PATCH_SIZE, TrainOptions, task_cycle
@@ -159,11 +159,8 @@ class PatchSampler:
                 hq_slice = _rician(hq_slice, self.opt.mr_noise * intensity.MR_TARGET / vol.mr_scale, rng)
             level, kw = self.opt.levels.draw(task, rng)
             noise_rng = np.random.default_rng(rng.integers(2**63))
-            if task == PET_SYNTHESIS and self.opt.pet_standard_dose:
-                hq_slice = degrade.pet_standard_dose(hq_slice, noise_rng, pixel_mm=pixel_mm, **kw)
-            if "kernel_cutoff" in kw:  # a softer kernel's scan: the reference through it too
-                hq_slice = degrade.ct_soft_kernel(hq_slice, kw["kernel_cutoff"])
-            lq_slice = degrade.degrade_slice(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm, **kw)
+            hq_slice, lq_slice = degrade.degrade_pair(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm,
+                                                      standard_dose=self.opt.pet_standard_dose, **kw)
             factor = int(level) if task == MRI_SR else 0
         jitter = 1.0
         if task == MRI_SR and self.opt.mr_scale_jitter > 0:

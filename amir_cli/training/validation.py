@@ -11,7 +11,7 @@ import torch
 
 from amir_cli.imaging import degrade
 from amir_cli.metrics import slice_scores
-from amir_cli.tasks import FOREGROUND, MR_PASSES, MRI_SR, PET_SYNTHESIS, TASKS
+from amir_cli.tasks import FOREGROUND, MR_PASSES, MRI_SR, TASKS
 
 from .levels import Levels
 from .options import TrainOptions
@@ -62,11 +62,7 @@ def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptio
             else:
                 level, kw = levels.validation(task, n_have)
                 noise_rng = degrade.slice_rng(int(seed), 1_000_000 * t_i + n_have)
-                if task == PET_SYNTHESIS and pet_standard_dose:
-                    hq = degrade.pet_standard_dose(hq, noise_rng, pixel_mm=v.pixel_mm, **kw)
-                if "kernel_cutoff" in kw:  # a softer kernel's pair, as in training
-                    hq = degrade.ct_soft_kernel(hq, kw["kernel_cutoff"])
-                lq = degrade.degrade_slice(hq, task, level, noise_rng, pixel_mm=v.pixel_mm, **kw)
+                hq, lq = degrade.degrade_pair(hq, task, level, noise_rng, pixel_mm=v.pixel_mm, standard_dose=pet_standard_dose, **kw)
             lq, hq = lq[a:b], hq[a:b]
             if task != MRI_SR:
                 lq, hq = _centre_crop(lq, size), _centre_crop(hq, size)
