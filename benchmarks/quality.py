@@ -62,8 +62,9 @@ def pixel_mm(vol) -> float:
     return float(np.mean(vol.inplane_spacing_mm))
 
 
-def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict) -> int:
-    """Write ``hq_vol`` and its degraded versions at ``levels`` (label -> level); returns slices written."""
+def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict, **scanner) -> int:
+    """Write ``hq_vol`` and its degraded versions at ``levels`` (label -> level; ``scanner``: keywords
+    of the degradation); returns slices written."""
     from amir_cli.scoring import case_seed
     from amir_cli.imaging import degrade
     from amir_cli.imaging.io import write_image
@@ -76,7 +77,8 @@ def add_case(root: Path, task: str, name: str, hq_vol, seed: int, levels: dict) 
     write_image(hq_vol, base / "HQ" / f"{name}.nii.gz")
     cs = case_seed(seed, name, task)
     for label, level in levels.items():
-        lq = np.stack([degrade.degrade_slice(s, task, level, degrade.slice_rng(cs, i), pixel_mm=pix) for i, s in enumerate(slices)])
+        lq = np.stack([degrade.degrade_slice(s, task, level, degrade.slice_rng(cs, i), pixel_mm=pix, **scanner)
+                       for i, s in enumerate(slices)])
         (base / f"LQ_{label}").mkdir(parents=True, exist_ok=True)
         write_image(hq_vol.with_array(np.moveaxis(lq, 0, ax)), base / f"LQ_{label}" / f"{name}.nii.gz")
     return len(slices)
@@ -140,16 +142,14 @@ def mr_test_slices(max_slices: int = 8):
 def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_SEED, levels: dict | None = None) -> Path:
     """The test split's cases under ``root``, degraded at ``levels`` (task -> label -> level; default
     ``SCORED_LEVELS``; a task left out of it is not built)."""
-    from amir_cli.imaging import intensity, phantom
-    from amir_cli.imaging.io import Volume, read_image
+    from amir_cli.imaging import intensity
+    from amir_cli.imaging.io import read_image
 
     levels = SCORED_LEVELS if levels is None else levels
     for src in (s for s in sources(TEST) if s.task in levels):
         path = Path(data_dir) / src.file
         if src.task == "pet-synthesis":
-            load = phantom.load_ct_pet if src.file.startswith("ct/") else phantom.load_t1_pet
-            suv, affine = load(path, np.random.default_rng(PET_SEED))
-            vol = standard_dose(Volume(suv, affine, modality="PT", unit="SUV"), case_name(src), seed)
+            vol = standard_dose(pet_activity(path), case_name(src), seed)
         else:
             vol = as_float(read_image(path))
             if src.task == "mri-sr":
@@ -158,15 +158,26 @@ def build_test_data(root: Path, data_dir: Path = DEV_DATA, seed: int = DEGRADE_S
     return root
 
 
-def standard_dose(vol, name: str, seed: int):
-    """The PET volume's standard-dose image, slice by slice (seeded by ``name``; SUV)."""
+def pet_activity(path: Path):
+    """The simulated PET activity (SUV volume) of a test subject's anatomy (CT or T1 MR at ``path``)."""
+    from amir_cli.imaging import phantom
+    from amir_cli.imaging.io import Volume
+
+    load = phantom.load_ct_pet if path.parent.name == "ct" else phantom.load_t1_pet
+    suv, affine = load(path, np.random.default_rng(PET_SEED))
+    return Volume(suv, affine, modality="PT", unit="SUV")
+
+
+def standard_dose(vol, name: str, seed: int, **scanner):
+    """The PET volume's standard-dose image, slice by slice (seeded by ``name``; SUV; ``scanner``:
+    keywords of ``degrade.pet_standard_dose``)."""
     from amir_cli.imaging import degrade
     from amir_cli.scoring import case_seed
 
     ax = vol.slice_axis
     cs = case_seed(seed, name, "pet-synthesis")
     pix = pixel_mm(vol)
-    sd = [degrade.pet_standard_dose(s, degrade.slice_rng(cs, STANDARD_DOSE_STREAM + i), pixel_mm=pix)
+    sd = [degrade.pet_standard_dose(s, degrade.slice_rng(cs, STANDARD_DOSE_STREAM + i), pixel_mm=pix, **scanner)
           for i, s in enumerate(np.moveaxis(vol.array, ax, 0))]
     return vol.with_array(np.moveaxis(np.stack(sd), 0, ax))
 

@@ -18,11 +18,14 @@ are. The mean per task averages its rows. ``--mild`` adds CT and PET ("sd") rows
 they are shown with their own mean and left out of the mean that chooses. ``--soft`` adds, the same
 way, CT rows at 1/2 and 1/4 from a softer reconstruction kernel (``SOFT_KERNEL``: reference and
 noise through the Hann-apodised ramp of ``amir train --ct-soft-kernels``), as clinical kernels are.
+``--em`` adds PET ("sd") rows at 1/2, 1/4 and 1/12 whose noise an iterative reconstruction shapes
+(``EM_EXPONENT``, as ``amir train --pet-em-noise``: variance following the activity, air almost
+noise-free, as in clinical PET), the same way.
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
     python benchmarks/validation.py DATA amir-s runs/mr_only/last.pt --tasks mri-sr
     python benchmarks/validation.py DATA amir-s --tasks mri-sr --passes 4
-    python benchmarks/validation.py DATA amir-s runs/wide_doses/last.pt --mild --soft
+    python benchmarks/validation.py DATA amir-s runs/wide_doses/last.pt --mild --soft --em
 """
 
 from __future__ import annotations
@@ -40,12 +43,13 @@ NATIVE_CROP = 2  # native MR references: the central 1/2 of each validation refe
 SLAB_MM = 5.0  # slab MR references: the mean of the slices this thick around each validation slice
 MILD_DOSES = (0.75, 0.9)  # --mild: CT and PET doses above those that choose weights
 SOFT_KERNEL, SOFT_DOSES = 0.75, (0.5, 0.25)  # --soft: the CT kernel cutoff (x Nyquist) and doses
-EXTRA = ("mild", "soft")  # the level suffixes of the rows outside the choosing mean
+EM_EXPONENT, EM_DOSES = 0.75, (0.5, 0.25, 1 / 12)  # --em: the PET noise's exponent and doses
+EXTRA = ("mild", "soft", "em")  # the level suffixes of the rows outside the choosing mean
 
 
-def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = False) -> dict:
+def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = False, em: bool = False) -> dict:
     """(task, level) -> validation slices of the validation subjects, for ``tasks`` (``mild``: with
-    the rows of ``MILD_DOSES``; ``soft``: with those of ``SOFT_DOSES``)."""
+    the rows of ``MILD_DOSES``; ``soft``: with those of ``SOFT_DOSES``; ``em``: of ``EM_DOSES``)."""
     from amir_cli.training.levels import Levels
     from amir_cli.training.validation import validation_set
     from amir_cli.training.volumes import load_volumes
@@ -74,11 +78,14 @@ def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = 
     for dose in SOFT_DOSES if soft and CT_DENOISE in tasks else ():
         lv = Levels(val_ct_dose=dose, val_ct_kernel=SOFT_KERNEL)
         sets[(CT_DENOISE, f"{dose:g} soft")] = validation_set(val_volumes, (CT_DENOISE,), 16, 256, 0, lv)
+    for dose in EM_DOSES if em and PET_SYNTHESIS in tasks else ():
+        lv = Levels(val_pet_dose=dose, val_pet_em=EM_EXPONENT)
+        sets[(PET_SYNTHESIS, f"{dose:.3g} sd em")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
     return sets
 
 
 def is_extra(level) -> bool:
-    """Whether a row is one of ``--mild`` or ``--soft``, outside the mean that chooses."""
+    """Whether a row is one of ``--mild``, ``--soft`` or ``--em``, outside the mean that chooses."""
     return isinstance(level, str) and level.endswith(EXTRA)
 
 
@@ -124,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", type=int, default=MR_PASSES, help="MR cascade passes (default: amir restore's, %(default)s)")
     ap.add_argument("--mild", action="store_true", help="also CT and PET (sd) at doses 3/4 and 9/10, outside the mean that chooses")
     ap.add_argument("--soft", action="store_true", help="also CT at 1/2 and 1/4 from a softer kernel, outside the mean that chooses")
+    ap.add_argument("--em", action="store_true", help="also PET (sd) at 1/2, 1/4, 1/12 with noise shaped as iterative reconstruction shapes it, outside the mean that chooses")
     args = ap.parse_args(argv)
     asked = set(args.tasks.split(","))
     if asked - set(LEVELS):
@@ -140,7 +148,7 @@ def main(argv=None) -> int:
     from amir_cli.errors import AmirError
 
     try:
-        sets = validation_sets(args.data, tasks, args.mild, args.soft)
+        sets = validation_sets(args.data, tasks, args.mild, args.soft, args.em)
     except AmirError as exc:  # a missing or unreadable data folder: one line, no traceback
         print(f"validation.py: {exc}", file=sys.stderr)
         return 1

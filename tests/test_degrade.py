@@ -98,6 +98,47 @@ def test_soft_kernels_are_drawn_only_when_asked():
     assert all(0.5 <= c <= 1.0 for c in soft) and len(set(soft)) == 20
 
 
+def test_em_noise_follows_the_activity_and_spares_air():
+    """Noise shaped as an iterative reconstruction shapes it: none in air (where filtered
+    back-projection spreads some), more in a hot region than in the warm background, the same mean
+    variance over the activity's support, and standard-dose images shaped the same way."""
+    act = np.where(R < 40, 2.0, 0.0)
+    act[(np.abs(XX - 12) < 6) & (np.abs(YY) < 6)] = 8.0
+    hot, warm, air = (np.abs(XX - 12) < 4) & (np.abs(YY) < 4), (R < 30) & (np.abs(XX - 12) > 12), R > 50
+
+    def noise(exponent, seed):
+        return D.pet_low_count(act, 0.25, np.random.default_rng(seed), pixel_mm=3.0, em_exponent=exponent, total_counts=2e6) - act
+
+    even = D.pet_low_count(act, 0.25, np.random.default_rng(1), pixel_mm=3.0, total_counts=2e6) - act
+    assert even[air].std() > 0.05
+    for exponent in (0.5, 1.0):
+        w = D.em_noise_weight(act, exponent, 5.0 / 3.0)
+        support = w > 0
+        assert np.mean(w[R < 40] ** 2) == pytest.approx(1.0, rel=0.15) and w[air].max() < 1e-3
+        assert np.all(np.isfinite(w)) and support.any()
+    sd = D.pet_standard_dose(act, np.random.default_rng(2), pixel_mm=3.0, em_exponent=0.75)
+    assert np.all(sd[air] == 0) and np.abs(sd - act)[R < 30].std() > 0.01
+    half, one = noise(0.5, 3), noise(1.0, 3)
+    ratio = {e: n[hot].std() / n[warm].std() for e, n in ((0.5, half), (1.0, one))}  # about sqrt(4) and 4
+    assert 1.4 < ratio[0.5] < 2.6 and ratio[1.0] > 1.5 * ratio[0.5]
+    assert np.all(D.em_noise_weight(np.zeros((8, 8)), 0.5, 1.0) == 0)
+    with pytest.raises(ValueError):
+        D.em_noise_weight(act, 0.0, 1.0)
+
+
+def test_em_noise_is_drawn_only_when_asked():
+    """--pet-em-noise 0 draws no exponent (earlier runs replay their levels exactly); 1 gives every
+    PET input one within the range."""
+    from amir_cli.training.levels import Levels
+
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    draws = [Levels().draw("pet-synthesis", rng_a) for _ in range(20)]
+    assert all("em_exponent" not in kw for _, kw in draws)
+    assert draws == [Levels(pet_em_noise=0.0).draw("pet-synthesis", rng_b) for _ in range(20)]
+    shaped = [Levels(pet_em_noise=1.0).draw("pet-synthesis", rng_a)[1]["em_exponent"] for _ in range(20)]
+    assert all(0.5 <= e <= 1.0 for e in shaped) and len(set(shaped)) == 20
+
+
 def _added_variance(fn, img, dose, seeds=(1, 2)):
     return np.mean([np.var((fn(img, dose, np.random.default_rng(s)) - img)[ROI]) for s in seeds])
 

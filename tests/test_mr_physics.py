@@ -197,8 +197,9 @@ def test_validation_scores_only_the_tasks_asked(tmp_path):
 
 
 def test_validation_extra_rows_are_marked_apart_from_the_choosing_rows(tmp_path):
-    """benchmarks/validation.py --mild adds CT rows at doses 3/4 and 9/10 and --soft CT rows from a
-    softer kernel (reference and noise), marked apart from the rows whose mean chooses weights."""
+    """benchmarks/validation.py --mild adds CT rows at doses 3/4 and 9/10, --soft CT rows from a
+    softer kernel (reference and noise) and --em PET rows whose noise iterative reconstruction shapes
+    (none in air), marked apart from the rows whose mean chooses weights."""
     import sys
     from pathlib import Path
 
@@ -221,3 +222,12 @@ def test_validation_extra_rows_are_marked_apart_from_the_choosing_rows(tmp_path)
     assert psnr[0.25] < psnr["0.25 soft"] and psnr[0.5] < psnr["0.5 soft"]  # a soft kernel: weaker noise
     sharp, soft = sets[("ct-denoise", 0.5)][0], sets[("ct-denoise", "0.5 soft")][0]
     assert np.abs(np.diff(soft.hq_phys)).max() < np.abs(np.diff(sharp.hq_phys)).max()  # the reference through it too
+    for split in ("", "validation"):
+        vol = np.stack([_phantom(64) * 0.05] * 3, -1).astype(np.float32)
+        (tmp_path / "PET" / split).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(vol, np.diag([3.0, 3.0, 3.0, 1.0])), str(tmp_path / "PET" / split / "pet.nii.gz"))
+    sets = validation_sets(tmp_path, ("pet-synthesis",), em=True)
+    assert [level for _, level in sets if is_extra(level)] == ["0.5 sd em", "0.25 sd em", "0.0833 sd em"]
+    even, em = sets[("pet-synthesis", "0.25 sd")][0], sets[("pet-synthesis", "0.25 sd em")][0]
+    air = even.hq_phys == 0  # no activity: air
+    assert np.abs(em.lq_phys - em.hq_phys)[air].max() < np.abs(even.lq_phys - even.hq_phys)[air].max()

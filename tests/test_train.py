@@ -474,6 +474,8 @@ def test_sample_errors_are_rmse_in_the_rows_asked_and_l1_elsewhere():
         TrainOptions(ct_loss="l2").check()
     with pytest.raises(BadInputError, match="ct-soft-kernels"):
         TrainOptions(ct_soft_kernels=1.5).check()
+    with pytest.raises(BadInputError, match="pet-em-noise"):
+        TrainOptions(pet_em_noise=-0.1).check()
 
 
 @pytest.mark.parametrize("mr_loss, ct_loss, rows", [("l1", "l1", None), ("rmse", "l1", [False, True, False]),

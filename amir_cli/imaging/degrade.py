@@ -184,6 +184,7 @@ def pet_low_count(
     recon_mm: float = PET_RECON_MM,
     fwhm_mm: float = PET_POSTFILTER_FWHM_MM,
     n_angles=None,
+    em_exponent: float | None = None,
 ) -> np.ndarray:
     """Low-count PET slice (SUV, float32, >= 0): the input plus the extra noise of dose fraction ``d``.
 
@@ -197,6 +198,8 @@ def pet_low_count(
     interpolated back onto the input grid, added to the input and the result clipped at 0. The
     noise is therefore correlated over several millimetres, as in a clinical image. Dose 1 returns
     the input (clipped at 0). Attenuation, scatter and randoms are not modelled.
+    ``em_exponent``: the noise shaped as an iterative (OSEM) reconstruction shapes it, see
+    :func:`em_noise_weight` (None: as filtered back-projection spreads it, evenly).
     """
     d = _check_dose(dose_fraction)
     rng = _check_rng(rng)
@@ -206,7 +209,7 @@ def pet_low_count(
         return rng.binomial(n_full, d) / d - n_full
 
     return _pet_noisy(suv2d, None if d == 1.0 else thinned, pixel_mm=pixel_mm, total_counts=total_counts,
-                      recon_mm=recon_mm, fwhm_mm=fwhm_mm, n_angles=n_angles)
+                      recon_mm=recon_mm, fwhm_mm=fwhm_mm, n_angles=n_angles, em_exponent=em_exponent)
 
 
 def pet_standard_dose(activity2d, rng, **scanner) -> np.ndarray:
@@ -222,7 +225,25 @@ def pet_standard_dose(activity2d, rng, **scanner) -> np.ndarray:
     return _pet_noisy(activity2d, lambda lam: rng.poisson(lam) - lam, **scanner)
 
 
-def _pet_noisy(suv2d, count_noise, *, pixel_mm=2.0, total_counts=None, recon_mm=PET_RECON_MM, fwhm_mm=PET_POSTFILTER_FWHM_MM, n_angles=None) -> np.ndarray:
+def em_noise_weight(activity2d, exponent: float, fwhm_px: float) -> np.ndarray:
+    """The factor that turns evenly spread reconstruction noise into the noise of an iterative (EM,
+    OSEM) reconstruction, whose variance follows the local activity: the activity seen through the
+    post-filter (``fwhm_px`` pixels), to the power ``exponent`` (0.5: variance proportional to the
+    activity; 1: a constant coefficient of variation), scaled so that the mean squared factor over
+    the activity's support (above 1% of its peak) is 1. Air then holds almost no noise, as in a
+    clinical PET image, while filtered back-projection spreads it over the whole field."""
+    exponent = float(exponent)
+    if not 0 < exponent <= 2:
+        raise ValueError(f"em_exponent must be in (0, 2], got {exponent!r}")
+    seen = np.clip(ndimage.gaussian_filter(np.clip(activity2d, 0.0, None), fwhm_px / FWHM_PER_SIGMA, mode="nearest"), 0.0, None)
+    weight = seen**exponent
+    support = seen > 0.01 * seen.max()
+    if not support.any():  # no activity: no noise
+        return np.zeros_like(seen)
+    return weight / math.sqrt(float(np.mean(weight[support] ** 2)))
+
+
+def _pet_noisy(suv2d, count_noise, *, pixel_mm=2.0, total_counts=None, recon_mm=PET_RECON_MM, fwhm_mm=PET_POSTFILTER_FWHM_MM, n_angles=None, em_exponent=None) -> np.ndarray:
     """``suv2d`` plus the reconstructed noise sinogram ``count_noise(lam)`` (counts) of its expected
     counts ``lam``, clipped at 0 (see :func:`pet_low_count` for the grid, counts and post-filter);
     ``count_noise`` None: no noise."""
@@ -249,6 +270,8 @@ def _pet_noisy(suv2d, count_noise, *, pixel_mm=2.0, total_counts=None, recon_mm=
     if fwhm_mm > 0:
         noise = ndimage.gaussian_filter(noise, fwhm_mm / FWHM_PER_SIGMA / recon_mm, mode="nearest")
     noise = _resample(noise, shape=suv.shape)
+    if em_exponent is not None:
+        noise = noise * em_noise_weight(act, em_exponent, fwhm_mm / pixel_mm)
     return np.clip(suv + noise, 0.0, None).astype(np.float32)
 
 

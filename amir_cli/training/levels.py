@@ -23,10 +23,13 @@ class Levels:
     pet_counts: tuple[float, float] = (1e6, 1e7)  # full-dose true coincidences per slice, log-uniform
     pet_recon_mm: tuple[float, float] = (2.0, 4.0)  # reconstruction pixel, uniform
     pet_fwhm_mm: tuple[float, float] = (4.0, 6.0)  # post-filter, uniform
+    pet_em_noise: float = 0.0  # the share of PET pairs whose noise an iterative reconstruction shapes
+    pet_em_exponent: tuple[float, float] = (0.5, 1.0)  # its noise ~ activity to this power, uniform
     # validation levels (fixed): CT quarter dose at the default I0, MR x2 and x4 alternating, PET 1/4
     val_ct_dose: float = 0.25
     val_pet_dose: float = 0.25
     val_ct_kernel: float | None = None  # the validation CT pairs' softer kernel cutoff (None: the ramp)
+    val_pet_em: float | None = None  # the validation PET pairs' EM noise exponent (None: evenly spread noise)
 
     def draw(self, task: str, rng: np.random.Generator) -> tuple[object, dict]:
         """(level, extra keywords for degrade_slice)."""
@@ -37,18 +40,21 @@ class Levels:
             if self.ct_soft_kernels > 0 and rng.random() < self.ct_soft_kernels:  # no draw when off: runs replay
                 kw["kernel_cutoff"] = float(rng.uniform(*self.ct_kernel_cutoff))
             return dose, kw
-        return _log_uniform(rng, *self.pet_dose), {
+        dose, kw = _log_uniform(rng, *self.pet_dose), {
             "total_counts": _log_uniform(rng, *self.pet_counts),
             "recon_mm": float(rng.uniform(*self.pet_recon_mm)),
             "fwhm_mm": float(rng.uniform(*self.pet_fwhm_mm)),
         }
+        if self.pet_em_noise > 0 and rng.random() < self.pet_em_noise:  # no draw when off: runs replay
+            kw["em_exponent"] = float(rng.uniform(*self.pet_em_exponent))
+        return dose, kw
 
     def validation(self, task: str, k: int) -> tuple[object, dict]:
         if task == MRI_SR:
             return int(self.mr_factors[k % len(self.mr_factors)]), {}
         if task == CT_DENOISE:
             return self.val_ct_dose, {} if self.val_ct_kernel is None else {"kernel_cutoff": self.val_ct_kernel}
-        return self.val_pet_dose, {}
+        return self.val_pet_dose, {} if self.val_pet_em is None else {"em_exponent": self.val_pet_em}
 
     def describe(self) -> dict:
         return {
@@ -58,6 +64,7 @@ class Levels:
             PET_SYNTHESIS: {
                 "dose_fraction": list(self.pet_dose), "distribution": "log-uniform", "total_counts": list(self.pet_counts),
                 "recon_mm": list(self.pet_recon_mm), "postfilter_fwhm_mm": list(self.pet_fwhm_mm),
+                "em_noise": self.pet_em_noise, "em_exponent": list(self.pet_em_exponent),
             },
             "validation": {CT_DENOISE: self.val_ct_dose, MRI_SR: list(self.mr_factors), PET_SYNTHESIS: self.val_pet_dose},
         }

@@ -90,6 +90,7 @@ class TrainOptions:
     ct_soft_kernels: float = Levels.ct_soft_kernels  # the share of CT pairs (reference and noise) from a softer kernel
     mr_factors: tuple[int, ...] = Levels.mr_factors
     pet_dose: tuple[float, float] = Levels.pet_dose
+    pet_em_noise: float = Levels.pet_em_noise  # the share of PET pairs whose noise an iterative reconstruction shapes
     init: str | None = None
     device: str = "auto"
     export: str | None = None
@@ -97,7 +98,8 @@ class TrainOptions:
 
     def levels(self) -> Levels:
         return Levels(ct_dose=tuple(self.ct_dose), ct_i0=tuple(self.ct_i0), ct_soft_kernels=self.ct_soft_kernels,
-                      mr_factors=tuple(int(f) for f in self.mr_factors), pet_dose=tuple(self.pet_dose))
+                      mr_factors=tuple(int(f) for f in self.mr_factors), pet_dose=tuple(self.pet_dose),
+                      pet_em_noise=self.pet_em_noise)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -154,8 +156,9 @@ class TrainOptions:
                 raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
         if not 0 < self.ct_i0[0] <= self.ct_i0[1]:
             raise BadInputError("--ct-i0 range must be positive and ordered")
-        if not 0 <= self.ct_soft_kernels <= 1:
-            raise BadInputError(f"--ct-soft-kernels must be in [0, 1], got {self.ct_soft_kernels}")
+        for name, share in (("ct-soft-kernels", self.ct_soft_kernels), ("pet-em-noise", self.pet_em_noise)):
+            if not 0 <= share <= 1:
+                raise BadInputError(f"--{name} must be in [0, 1], got {share}")
         if not self.mr_factors or any(int(f) < 2 for f in self.mr_factors):
             raise BadInputError("--mr-factors must be integers >= 2")
 
