@@ -13,7 +13,17 @@ from .imaging.io import read_image
 from .placement import check_input_format, check_output, default_output, publish
 from .tasks import DEFAULT_LEVEL, MR_FACTORS, MRI_SR, PET_SYNTHESIS, TASK, check_choice
 
+PET_NOISE = ("fbp", "osem")
 PET_NOTE = "simulated low-count PET (Poisson thinning of projected activity); not a real low-dose acquisition"
+
+
+def pet_noise_shape(task: str, pet_noise: str) -> dict:
+    """The degradation keywords of `amir degrade --pet-noise` (BadInputError for an unknown shape,
+    or "osem" for a task other than pet-synthesis)."""
+    check_choice("--pet-noise", pet_noise, PET_NOISE)
+    if pet_noise != "fbp" and task != PET_SYNTHESIS:
+        raise BadInputError(f"--pet-noise applies to pet-synthesis only, not {task}")
+    return {"em_exponent": degrade.OSEM_NOISE_EXPONENT} if pet_noise == "osem" else {}
 
 
 def check_level(task: str, dose: float | None = None, factor: int | None = None) -> float | int:
@@ -31,12 +41,14 @@ def check_level(task: str, dose: float | None = None, factor: int | None = None)
 
 
 def degrade_case(input_path: Path, task: str, level, *, seed: int = 0, output: Path | None = None,
-                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> dict:
+                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None, pet_noise: str = "fbp") -> dict:
     """Read ``input_path``, degrade every slice (:func:`amir_cli.imaging.degrade.degrade_volume`)
     and publish the result at ``output`` (default ``<stem>_degraded`` beside the input), marked as
-    simulated; ``progress(slices done, slices in total)`` after each slice. Returns the summary
-    (`amir degrade --json`)."""
+    simulated; ``progress(slices done, slices in total)`` after each slice. ``pet_noise``: "fbp"
+    (SPEC §3's noise, spread over the field) or "osem" (shaped as an iterative reconstruction shapes
+    it, :data:`~amir_cli.imaging.degrade.OSEM_NOISE_EXPONENT`). Returns the summary (`amir degrade --json`)."""
     input_path = Path(input_path)
+    shape = pet_noise_shape(task, pet_noise)
     if not input_path.exists():
         raise AmirError(f"{input_path}: no such file or folder")
     out = Path(output) if output is not None else default_output(input_path, "_degraded")
@@ -52,15 +64,18 @@ def degrade_case(input_path: Path, task: str, level, *, seed: int = 0, output: P
             progress(done, total)
 
     degraded = degrade.degrade_volume(volume.array, task, level, slice_axis=volume.slice_axis,
-                                      spacing_mm=volume.spacing_mm, seed=seed, progress=step)
+                                      spacing_mm=volume.spacing_mm, seed=seed, progress=step, **shape)
     what = TASK[task].level_name
-    description = f"Simulated {task} input ({what} {level}, seed {seed}) by amir degrade; not an acquisition"
+    noise = f", {pet_noise.upper()}-shaped noise" if task == PET_SYNTHESIS else ""
+    description = f"Simulated {task} input ({what} {level}{noise}, seed {seed}) by amir degrade; not an acquisition"
     written = publish(volume.with_array(degraded), out, reference=volume, description=description, overwrite=overwrite)
     summary = {
         "tool": "amir", "version": __version__, "command": "degrade", "input": str(input_path), "output": str(written),
         "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),
         "spacing_mm": list(volume.spacing_mm), "simulated": True,
     }
+    if task == PET_SYNTHESIS:
+        summary["pet_noise"] = pet_noise
     if task == PET_SYNTHESIS or volume.modality == "PT":
         summary["note"] = PET_NOTE
     return summary

@@ -3,7 +3,8 @@
 SPEC §3 reconstructs the PET noise by filtered back-projection, which spreads it evenly over the
 whole field, air included. Clinical PET is reconstructed iteratively (OSEM), whose noise follows the
 local activity and leaves air almost noise-free. Here the standard-dose image and the added noise of
-each case are both shaped that way (``degrade.em_noise_weight``, noise ~ activity^``EXPONENT``), at
+each case are both shaped that way (``degrade.em_noise_weight``, noise ~ activity^0.75, as `amir
+degrade --pet-noise osem` adds it), at
 doses 1/2 to 1/20, for the test split's two PET cases of ``benchmarks/quality.py`` and for a body
 phantom of the NEMA NU 2 image-quality kind (``nema_iq_activity``: a warm body, six hot spheres of 10
 to 37 mm at 4:1, a cold lung insert; simulated, not a scan), and `amir benchmark` scores AMIR against
@@ -22,7 +23,6 @@ import numpy as np
 from quality import DEGRADE_SEED, DEV_DATA, add_case, case_name, cases_main, pet_activity, standard_dose
 from splits import TEST, sources
 
-EXPONENT = 0.75
 DOSES = {"dose1-2": 0.5, "dose1-4": 0.25, "dose1-12": 1 / 12, "dose1-20": 0.05}
 PHANTOM_MM = 2.0  # the phantom's pixel and slice spacing
 
@@ -53,7 +53,9 @@ def nema_iq_activity(pixel_mm: float = PHANTOM_MM):
 
 
 def build(root: Path) -> Path:
-    """Each PET case's standard-dose image and low-dose inputs, noise shaped by EXPONENT, under root/PET/test."""
+    """Each PET case's standard-dose image and low-dose inputs, their noise shaped as OSEM shapes it, under root/PET/test."""
+    from amir_cli.imaging.degrade import OSEM_NOISE_EXPONENT as EXPONENT
+
     cases = [(case_name(src), pet_activity(DEV_DATA / src.file)) for src in sources(TEST, "pet-synthesis")]
     for name, activity in cases + [("nema-iq-body-phantom-simulated", nema_iq_activity())]:
         name = f"{name}-em{EXPONENT:g}"

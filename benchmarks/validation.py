@@ -19,7 +19,7 @@ they are shown with their own mean and left out of the mean that chooses. ``--so
 way, CT rows at 1/2 and 1/4 from a softer reconstruction kernel (``SOFT_KERNEL``: reference and
 noise through the Hann-apodised ramp of ``amir train --ct-soft-kernels``), as clinical kernels are.
 ``--em`` adds PET ("sd") rows at 1/2, 1/4 and 1/12 whose noise an iterative reconstruction shapes
-(``EM_EXPONENT``, as ``amir train --pet-em-noise``: variance following the activity, air almost
+(``degrade.OSEM_NOISE_EXPONENT``, as ``amir train --pet-em-noise``: variance following the activity, air almost
 noise-free, as in clinical PET), the same way.
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
@@ -43,13 +43,14 @@ NATIVE_CROP = 2  # native MR references: the central 1/2 of each validation refe
 SLAB_MM = 5.0  # slab MR references: the mean of the slices this thick around each validation slice
 MILD_DOSES = (0.75, 0.9)  # --mild: CT and PET doses above those that choose weights
 SOFT_KERNEL, SOFT_DOSES = 0.75, (0.5, 0.25)  # --soft: the CT kernel cutoff (x Nyquist) and doses
-EM_EXPONENT, EM_DOSES = 0.75, (0.5, 0.25, 1 / 12)  # --em: the PET noise's exponent and doses
+EM_DOSES = (0.5, 0.25, 1 / 12)  # --em: the PET doses (noise exponent: degrade.OSEM_NOISE_EXPONENT)
 EXTRA = ("mild", "soft", "em")  # the level suffixes of the rows outside the choosing mean
 
 
 def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = False, em: bool = False) -> dict:
     """(task, level) -> validation slices of the validation subjects, for ``tasks`` (``mild``: with
     the rows of ``MILD_DOSES``; ``soft``: with those of ``SOFT_DOSES``; ``em``: of ``EM_DOSES``)."""
+    from amir_cli.imaging.degrade import OSEM_NOISE_EXPONENT
     from amir_cli.training.levels import Levels
     from amir_cli.training.validation import validation_set
     from amir_cli.training.volumes import load_volumes
@@ -79,7 +80,7 @@ def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = 
         lv = Levels(val_ct_dose=dose, val_ct_kernel=SOFT_KERNEL)
         sets[(CT_DENOISE, f"{dose:g} soft")] = validation_set(val_volumes, (CT_DENOISE,), 16, 256, 0, lv)
     for dose in EM_DOSES if em and PET_SYNTHESIS in tasks else ():
-        lv = Levels(val_pet_dose=dose, val_pet_em=EM_EXPONENT)
+        lv = Levels(val_pet_dose=dose, val_pet_em=OSEM_NOISE_EXPONENT)
         sets[(PET_SYNTHESIS, f"{dose:.3g} sd em")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
     return sets
 

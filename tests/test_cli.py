@@ -497,6 +497,27 @@ def test_degrade_pet_notes_simulation_and_option_checks(tmp_path):
     assert code == 2 and "--factor must be 2 or 4, got 3" in err
 
 
+def test_degrade_pet_noise_osem_spares_air(tmp_path):
+    """--pet-noise osem shapes the added noise as an iterative reconstruction does: air (zero
+    activity) stays zero, where fbp's noise reaches it; it is refused for other tasks."""
+    p = tmp_path / "pet.nii.gz"
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    suv = np.repeat((np.hypot(yy, xx) < 20).astype(np.float32)[..., None] * 5.0, 2, -1)
+    nib.save(nib.Nifti1Image(suv, np.diag([3.0, 3.0, 3.0, 1.0])), str(p))
+    air = np.hypot(yy, xx) > 28
+    low = {}
+    for shape in ("fbp", "osem"):
+        code, out, err = amir("degrade", p, "--task", "pet-synthesis", "--pet-noise", shape, "-o", tmp_path / f"{shape}.nii.gz", "--json")
+        assert code == 0, err
+        assert json.loads(out)["pet_noise"] == shape
+        low[shape] = np.asarray(nib.load(str(tmp_path / f"{shape}.nii.gz")).dataobj)
+    assert np.abs(low["fbp"][air]).max() > 0.05 and np.abs(low["osem"][air]).max() < 1e-3
+    assert np.abs(low["osem"] - suv)[np.hypot(yy, xx) < 15].std() > 0.05  # the body is noisy
+    code, _, err = amir("degrade", p, "--task", "ct-denoise", "--pet-noise", "osem")
+    assert code == 2 and "--pet-noise applies to pet-synthesis only" in err
+    assert amir("degrade", p, "--task", "pet-synthesis", "--pet-noise", "mlem")[0] == 2
+
+
 # ---- weights ---------------------------------------------------------------------------------------
 
 

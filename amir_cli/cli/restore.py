@@ -168,6 +168,7 @@ def _print_restore_summary(r: dict) -> None:
     epilog=examples(
         "amir degrade ct.nii.gz --task ct-denoise --dose 0.25 -o ct_quarter.nii.gz",
         "amir degrade t1.nii.gz --task mri-sr --factor 4 --seed 1 -o t1_lr.nii.gz",
+        "amir degrade pet.nii.gz --task pet-synthesis --pet-noise osem -o low.nii.gz",
         note="The degradations are described in docs/protocol.md.",
     ),
 )
@@ -177,6 +178,7 @@ def degrade_cmd(
     dose: Annotated[Optional[float], typer.Option("--dose", help="Dose fraction for ct-denoise / pet-synthesis [default: 0.25].", show_default=False)] = None,
     factor: Annotated[Optional[int], typer.Option("--factor", metavar=choices(MR_FACTORS), help="k-space truncation factor for mri-sr [default: 4].", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the simulated noise (same seed, same image).")] = 0,
+    pet_noise: Annotated[str, typer.Option("--pet-noise", metavar="fbp|osem", help="pet-synthesis: the added noise spread over the whole field as filtered back-projection spreads it (fbp, docs/protocol.md), or following the activity with air almost noise-free as an iterative reconstruction makes it (osem: for a clinical OSEM PET).")] = "fbp",
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output path [default: <input stem>_degraded.<same format>].", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output (never the input).")] = False,
     quiet: QuietOpt = False,
@@ -184,13 +186,14 @@ def degrade_cmd(
 ) -> None:
     """Simulate a low-quality input (low dose, low count, truncated k-space) from a high-quality image."""
     _choice(task, TASK_CHOICES[1:], "--task")
-    from ..simulation import check_level, degrade_case
+    from ..simulation import check_level, degrade_case, pet_noise_shape
 
     with usage_errors():
         level = check_level(task, dose, factor)
+        pet_noise_shape(task, pet_noise)
     with progress_bar(quiet or json_out) as bar:
         job = bar.add_task(f"degrading {input.name}", total=None)
-        summary = degrade_case(input, task, level, seed=seed, output=output, overwrite=overwrite,
+        summary = degrade_case(input, task, level, seed=seed, output=output, overwrite=overwrite, pet_noise=pet_noise,
                                progress=lambda done, total: bar.update(job, completed=done, total=total))
     if json_out:
         print_json(summary)

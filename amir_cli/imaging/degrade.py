@@ -61,6 +61,8 @@ PET_RECON_MM = 3.0
 PET_POSTFILTER_FWHM_MM = 5.0
 """Default Gaussian post-filter of the PET reconstruction (clinical: 4 to 6 mm FWHM)."""
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+OSEM_NOISE_EXPONENT = 0.75
+"""The :func:`em_noise_weight` exponent of PET simulated as an OSEM reconstruction (`amir degrade --pet-noise osem`)."""
 
 # --------------------------------------------------------------------------------------- helpers
 def _check_dose(dose_fraction) -> float:
