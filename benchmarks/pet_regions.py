@@ -1,0 +1,69 @@
+"""Where AMIR's PET gain comes from: the body or the air around it, on the frozen test split.
+
+A PSNR over the whole slice counts the air around the body. Filtered back-projection (SPEC §3)
+spreads noise over it, which is easy to remove; an OSEM reconstruction leaves it almost noise-free.
+For the test split's two PET cases of ``benchmarks/quality.py`` (8 evenly spaced slices, standard-dose
+reference) at each dose, with the noise shaped both ways (``fbp``; ``osem``: as `amir degrade
+--pet-noise osem`), the table gives AMIR's squared error over the input's (below 1: better than the
+input) inside the body (the reference, smoothed by 3 pixels, above 5% of its peak) and in the air,
+and the air's share of the input's squared error. Errors as the protocol scores them (SUV clipped
+to [0, 20]).
+
+    python benchmarks/pet_regions.py [--weights NAME|PATH]
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from quality import DEGRADE_SEED, DEV_DATA, case_name, cpu_weights, pet_activity, pixel_mm, spaced, standard_dose
+from splits import TEST, sources
+
+DOSES = (0.5, 0.25, 1 / 12, 0.05)
+
+
+def region_errors(out, low, ref) -> tuple[float, float, float]:
+    """(body error / input's, air error / input's, air share of the input's error), squared errors summed over slices."""
+    from scipy import ndimage
+
+    err, inp = {"body": 0.0, "air": 0.0}, {"body": 0.0, "air": 0.0}
+    for o, lq, r in zip(out, low, ref):
+        o, lq, r = (np.clip(a, 0.0, 20.0) for a in (o, lq, r))
+        body = ndimage.gaussian_filter(r, 3.0) > 0.05 * r.max()
+        for name, mask in (("body", body), ("air", ~body)):
+            err[name] += float(((o - r)[mask] ** 2).sum())
+            inp[name] += float(((lq - r)[mask] ** 2).sum())
+    return err["body"] / inp["body"], err["air"] / max(inp["air"], 1e-12), inp["air"] / (inp["air"] + inp["body"])
+
+
+def main() -> int:
+    import torch
+
+    from amir_cli.imaging import degrade
+    from amir_cli.imaging.volume import Volume
+    from amir_cli.restore import restore_volume
+    from amir_cli.scoring import case_seed
+
+    loaded = cpu_weights(__doc__, "squared error over the input's, in the body and in the air")
+    print("| case | dose | noise | body | air | air share of the input's error |")
+    print("|---|---|---|---:|---:|---:|")
+    for src in sources(TEST, "pet-synthesis"):
+        activity = pet_activity(DEV_DATA / src.file)
+        for shape, kw in (("fbp", {}), ("osem", {"em_exponent": degrade.OSEM_NOISE_EXPONENT})):
+            name = f"{case_name(src)}-{shape}"
+            sd = standard_dose(activity, name, DEGRADE_SEED, **kw)
+            ref = spaced(np.moveaxis(sd.array, sd.slice_axis, 0))
+            cs, pix = case_seed(DEGRADE_SEED, name, "pet-synthesis"), pixel_mm(sd)
+            for dose in DOSES:
+                low = np.stack([degrade.pet_low_count(r, dose, degrade.slice_rng(cs, i), pixel_mm=pix, **kw) for i, r in enumerate(ref)])
+                restored, _ = restore_volume(loaded.model, Volume(np.moveaxis(low, 0, -1), sd.affine), "pet-synthesis",
+                                             device=torch.device("cpu"))
+                body, air, share = region_errors(np.moveaxis(restored.array, -1, 0), low, ref)
+                print(f"| {case_name(src)} | 1/{round(1 / dose)} | {shape} | {body:.3f} | {air:.3f} | {share:.2f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
