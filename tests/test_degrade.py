@@ -244,3 +244,21 @@ def test_training_pairs_of_a_soft_kernel_blur_the_reference_too():
         return float(np.abs(np.diff(hq, axis=-1)).max())
 
     assert stripe_contrast(1.0) < 0.5 * stripe_contrast(0.0)
+
+
+def test_pet_regions_split_the_error_between_body_and_air():
+    """benchmarks/pet_regions.py: a restoration that clears the air's noise and keeps the body's is
+    1 in the body and 0 in the air, with the air's share of the input's error."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from pet_regions import region_errors
+
+    ref = np.where(R < 30, 5.0, 0.0)[None]
+    noise = np.random.default_rng(0).normal(0.0, 0.5, ref.shape)
+    low = ref + noise
+    out = np.where(R < 45, low, ref)  # the body (and its blurred rim) kept, the far air cleaned
+    body, air, share = region_errors(out, low, ref)
+    assert body == pytest.approx(1.0) and 0 < air < 1 and 0 < share < 1
+    assert region_errors(ref, low, ref)[:2] == (0.0, 0.0) and region_errors(low, low, ref)[:2] == (1.0, 1.0)
