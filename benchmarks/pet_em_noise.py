@@ -4,8 +4,8 @@ SPEC §3 reconstructs the PET noise by filtered back-projection, which spreads i
 whole field, air included. Clinical PET is reconstructed iteratively (OSEM), whose noise follows the
 local activity and leaves air almost noise-free. Here the standard-dose image and the added noise of
 each case are both shaped that way (``degrade.em_noise_weight``, noise ~ activity^0.75, as `amir
-degrade --pet-noise osem` adds it), at
-doses 1/2 to 1/20, for the test split's two PET cases of ``benchmarks/quality.py`` and for a body
+degrade --pet-noise osem` adds it), at the scored doses 1/2 to 1/20, for the test split's two PET
+cases of ``benchmarks/quality.py`` and for a body
 phantom of the NEMA NU 2 image-quality kind (``nema_iq_activity``: a warm body, six hot spheres of 10
 to 37 mm at 4:1, a cold lung insert; simulated, not a scan), and `amir benchmark` scores AMIR against
 the input and the Gaussian post-filters on 8 slices of each.
@@ -23,7 +23,6 @@ import numpy as np
 from quality import DEGRADE_SEED, DEV_DATA, add_case, case_name, cases_main, pet_activity, standard_dose
 from splits import TEST, sources
 
-DOSES = {"dose1-2": 0.5, "dose1-4": 0.25, "dose1-12": 1 / 12, "dose1-20": 0.05}
 PHANTOM_MM = 2.0  # the phantom's pixel and slice spacing
 
 
@@ -34,6 +33,7 @@ def nema_iq_activity(pixel_mm: float = PHANTOM_MM):
     scanner resolution."""
     from scipy import ndimage
 
+    from amir_cli.imaging.degrade import FWHM_PER_SIGMA
     from amir_cli.imaging.io import Volume
 
     n = round(320 / pixel_mm)
@@ -47,7 +47,7 @@ def nema_iq_activity(pixel_mm: float = PHANTOM_MM):
         for k, diameter in enumerate((10, 13, 17, 22, 28, 37)):
             cx, cy = 57.2 * np.cos(k * np.pi / 3), 35 + 57.2 * np.sin(k * np.pi / 3)
             act[np.hypot(x - cx, y - cy) <= np.sqrt(max((diameter / 2) ** 2 - z**2, 0.0))] = 4.0
-        slices.append(ndimage.gaussian_filter(act, 5.0 / 2.3548 / pixel_mm))
+        slices.append(ndimage.gaussian_filter(act, 5.0 / FWHM_PER_SIGMA / pixel_mm))
     affine = np.diag([pixel_mm, pixel_mm, 4.0, 1.0])
     return Volume(np.stack(slices, -1).astype(np.float32), affine, modality="PT", unit="SUV")
 
@@ -55,12 +55,13 @@ def nema_iq_activity(pixel_mm: float = PHANTOM_MM):
 def build(root: Path) -> Path:
     """Each PET case's standard-dose image and low-dose inputs, their noise shaped as OSEM shapes it, under root/PET/test."""
     from amir_cli.imaging.degrade import OSEM_NOISE_EXPONENT as EXPONENT
+    from amir_cli.tasks import PET_SYNTHESIS, SCORED_LEVELS
 
     cases = [(case_name(src), pet_activity(DEV_DATA / src.file)) for src in sources(TEST, "pet-synthesis")]
     for name, activity in cases + [("nema-iq-body-phantom-simulated", nema_iq_activity())]:
         name = f"{name}-em{EXPONENT:g}"
-        add_case(root, "pet-synthesis", name, standard_dose(activity, name, DEGRADE_SEED, em_exponent=EXPONENT),
-                 DEGRADE_SEED, DOSES, em_exponent=EXPONENT)
+        add_case(root, PET_SYNTHESIS, name, standard_dose(activity, name, DEGRADE_SEED, em_exponent=EXPONENT),
+                 DEGRADE_SEED, SCORED_LEVELS[PET_SYNTHESIS], em_exponent=EXPONENT)
     return root
 
 

@@ -7,7 +7,7 @@ reference) at each dose, with the noise shaped both ways (``fbp``; ``osem``: as 
 --pet-noise osem`), the table gives AMIR's squared error over the input's (below 1: better than the
 input) inside the body (the reference, smoothed by 3 pixels, above 5% of its peak) and in the air,
 and the air's share of the input's squared error. Errors as the protocol scores them (SUV clipped
-to [0, 20]).
+to the evaluation window).
 
     python benchmarks/pet_regions.py [--weights NAME|PATH]
 """
@@ -21,16 +21,15 @@ import numpy as np
 from quality import DEGRADE_SEED, DEV_DATA, case_name, cpu_weights, pet_activity, pixel_mm, spaced, standard_dose
 from splits import TEST, sources
 
-DOSES = (0.5, 0.25, 1 / 12, 0.05)
-
-
 def region_errors(out, low, ref) -> tuple[float, float, float]:
     """(body error / input's, air error / input's, air share of the input's error), squared errors summed over slices."""
     from scipy import ndimage
 
+    from amir_cli.tasks import EVAL_WINDOW, PET_SYNTHESIS
+
     err, inp = {"body": 0.0, "air": 0.0}, {"body": 0.0, "air": 0.0}
     for o, lq, r in zip(out, low, ref):
-        o, lq, r = (np.clip(a, 0.0, 20.0) for a in (o, lq, r))
+        o, lq, r = (np.clip(a, *EVAL_WINDOW[PET_SYNTHESIS]) for a in (o, lq, r))
         body = ndimage.gaussian_filter(r, 3.0) > 0.05 * r.max()
         for name, mask in (("body", body), ("air", ~body)):
             err[name] += float(((o - r)[mask] ** 2).sum())
@@ -45,6 +44,7 @@ def main() -> int:
     from amir_cli.imaging.volume import Volume
     from amir_cli.restore import restore_volume
     from amir_cli.scoring import case_seed
+    from amir_cli.tasks import PET_SYNTHESIS, SCORED_LEVELS
 
     loaded = cpu_weights(__doc__, "squared error over the input's, in the body and in the air")
     print("| case | dose | noise | body | air | air share of the input's error |")
@@ -56,7 +56,7 @@ def main() -> int:
             sd = standard_dose(activity, name, DEGRADE_SEED, **kw)
             ref = spaced(np.moveaxis(sd.array, sd.slice_axis, 0))
             cs, pix = case_seed(DEGRADE_SEED, name, "pet-synthesis"), pixel_mm(sd)
-            for dose in DOSES:
+            for dose in SCORED_LEVELS[PET_SYNTHESIS].values():
                 low = np.stack([degrade.pet_low_count(r, dose, degrade.slice_rng(cs, i), pixel_mm=pix, **kw) for i, r in enumerate(ref)])
                 restored, _ = restore_volume(loaded.model, Volume(np.moveaxis(low, 0, -1), sd.affine), "pet-synthesis",
                                              device=torch.device("cpu"))
