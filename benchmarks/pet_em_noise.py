@@ -2,13 +2,15 @@
 
 SPEC §3 reconstructs the PET noise by filtered back-projection, which spreads it evenly over the
 whole field, air included. Clinical PET is reconstructed iteratively (OSEM), whose noise follows the
-local activity and leaves air almost noise-free. Here the standard-dose image and the added noise of
-each case are both shaped that way (``degrade.em_noise_weight``, noise ~ activity^0.75, as `amir
-degrade --pet-noise osem` adds it), at the scored doses 1/2 to 1/20, for the test split's two PET
-cases of ``benchmarks/quality.py`` and for a body
-phantom of the NEMA NU 2 image-quality kind (``nema_iq_activity``: a warm body, six hot spheres of 10
-to 37 mm at 4:1, a cold lung insert; simulated, not a scan), and `amir benchmark` scores AMIR against
-the input and the Gaussian post-filters on 8 slices of each.
+local activity and leaves air almost noise-free. Here each case's standard-dose image is shaped that
+way (``degrade.em_noise_weight``, noise ~ activity^0.75), as a clinical scan is, and its low doses
+1/2 to 1/20 are made two ways: levels ``doseD`` add noise shaped the same way (a low-dose OSEM scan;
+`amir degrade --pet-noise osem`), levels ``doseD-spec`` add SPEC §3's noise (the protocol's simulated
+low dose of a clinical scan; `amir degrade`). The cases are the test split's two PET cases of
+``benchmarks/quality.py`` and a body phantom of the NEMA NU 2 image-quality kind
+(``nema_iq_activity``: a warm body, six hot spheres of 10 to 37 mm at 4:1, a cold lung insert;
+simulated, not a scan), and `amir benchmark` scores AMIR against the input and the Gaussian
+post-filters on 8 slices of each.
 
     python benchmarks/pet_em_noise.py [--weights amir-s] [--out DIR]
 """
@@ -53,20 +55,23 @@ def nema_iq_activity(pixel_mm: float = PHANTOM_MM):
 
 
 def build(root: Path) -> Path:
-    """Each PET case's standard-dose image and low-dose inputs, their noise shaped as OSEM shapes it, under root/PET/test."""
+    """Each PET case's standard-dose image, its noise shaped as OSEM shapes it, and its low-dose
+    inputs (levels ``doseD``: that noise added; ``doseD-spec``: SPEC §3's), under root/PET/test."""
     from amir_cli.imaging.degrade import OSEM_NOISE_EXPONENT as EXPONENT
     from amir_cli.tasks import PET_SYNTHESIS, SCORED_LEVELS
 
     cases = [(case_name(src), pet_activity(DEV_DATA / src.file)) for src in sources(TEST, "pet-synthesis")]
     for name, activity in cases + [("nema-iq-body-phantom-simulated", nema_iq_activity())]:
         name = f"{name}-em{EXPONENT:g}"
-        add_case(root, PET_SYNTHESIS, name, standard_dose(activity, name, DEGRADE_SEED, em_exponent=EXPONENT),
-                 DEGRADE_SEED, SCORED_LEVELS[PET_SYNTHESIS], em_exponent=EXPONENT)
+        reference = standard_dose(activity, name, DEGRADE_SEED, em_exponent=EXPONENT)
+        levels = SCORED_LEVELS[PET_SYNTHESIS]
+        add_case(root, PET_SYNTHESIS, name, reference, DEGRADE_SEED, levels, em_exponent=EXPONENT)
+        add_case(root, PET_SYNTHESIS, name, reference, DEGRADE_SEED, {f"{label}-spec": d for label, d in levels.items()})
     return root
 
 
 def main() -> int:
-    return cases_main(__doc__, "pet_em_noise", build, "PET with noise shaped as iterative reconstruction shapes it (simulated)")
+    return cases_main(__doc__, "pet_em_noise", build, "PET whose standard dose an iterative reconstruction shapes (simulated), low doses shaped alike or by SPEC §3")
 
 
 if __name__ == "__main__":

@@ -388,3 +388,13 @@ def test_figure_shows_each_modality_as_read_with_the_same_zoomed_square_in_every
     np.testing.assert_array_equal(insets[2], ref[i:i + n, j:j + n].T)
     title = fig._suptitle.get_text()
     assert "window [0, 20]" not in title and "12-bit" not in title and "—" not in title
+
+
+def test_levels_sort_by_kind_then_severity():
+    """Table order: unlabelled, plain levels from mild to severe, then each suffixed kind the same way."""
+    from amir_cli.scoring.report import level_sort_key
+
+    pet = ["dose1-12-spec", "dose1-20", "weird", "dose1-2-spec", "dose1-2", "", "dose0.1", "dose1-4"]
+    assert sorted(pet, key=lambda lv: level_sort_key("pet-synthesis", lv)) == [
+        "", "dose1-2", "dose1-4", "dose0.1", "dose1-20", "dose1-2-spec", "dose1-12-spec", "weird"]
+    assert sorted(["x4", "x2-soft", "x2"], key=lambda lv: level_sort_key("mri-sr", lv)) == ["x2", "x4", "x2-soft"]

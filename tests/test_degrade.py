@@ -262,3 +262,27 @@ def test_pet_regions_split_the_error_between_body_and_air():
     body, air, share = region_errors(out, low, ref)
     assert body == pytest.approx(1.0) and 0 < air < 1 and 0 < share < 1
     assert region_errors(ref, low, ref)[:2] == (0.0, 0.0) and region_errors(low, low, ref)[:2] == (1.0, 1.0)
+
+
+def test_pet_em_noise_builds_both_low_doses_of_one_clinical_reference(tmp_path, monkeypatch):
+    """benchmarks/pet_em_noise.py: the phantom's OSEM-shaped standard dose is shared by both kinds of
+    low dose; the OSEM-shaped ones leave the air at 0, SPEC §3's put noise there."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import pet_em_noise
+
+    from amir_cli.imaging.io import read_image
+
+    monkeypatch.setattr(pet_em_noise, "sources", lambda split, task: [])  # the phantom alone
+    base = pet_em_noise.build(tmp_path) / "PET" / "test"
+    name = "nema-iq-body-phantom-simulated-em0.75.nii.gz"
+    ref = read_image(base / "HQ" / name).array
+    corner = np.s_[:12, :12]  # air, centimetres from the body
+    assert np.all(ref[corner] == 0) and ref.max() > 2.0
+    osem, spec = (read_image(base / f"LQ_dose1-4{kind}" / name).array for kind in ("", "-spec"))
+    assert np.all(osem[corner] == 0) and np.std(spec[corner]) > 0.01
+    body = ref > 0.5
+    assert 0.05 < np.std((osem - ref)[body]) and 0.05 < np.std((spec - ref)[body])
+    assert {p.name for p in base.iterdir()} >= {"HQ", "LQ_dose1-2", "LQ_dose1-20-spec"}

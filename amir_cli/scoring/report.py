@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,14 +39,16 @@ def _fmt(v, nd=2) -> str:
 
 
 def level_sort_key(task: str, level: str):
+    """Unlabelled first, then levels by kind (``dose1-4-spec``: kind ``spec``) and severity (MR factor
+    up, dose down), then any other label."""
     if not level:
         return (0, 0.0)
+    m = re.fullmatch(r"(?:[xX]|dose)?([\d.]+(?:-[\d.]+)?)(?:-(\D.*))?", level)
     try:
-        v = float(Fraction(level.lstrip("xX").replace("dose", "").replace("-", "/")))
-        return (1, v if task == MRI_SR else -v)
-    except (ValueError, ZeroDivisionError):
+        v = float(Fraction(m.group(1).replace("-", "/")))
+    except (AttributeError, ValueError, ZeroDivisionError):
         return (2, level)
-
+    return (1, m.group(2) or "", v if task == MRI_SR else -v)
 
 
 def _nan_to_none(v):
