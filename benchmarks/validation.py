@@ -20,7 +20,9 @@ way, CT rows at 1/2 and 1/4 from a softer reconstruction kernel (``SOFT_KERNEL``
 noise through the Hann-apodised ramp of ``amir train --ct-soft-kernels``), as clinical kernels are.
 ``--em`` adds PET ("sd") rows at 1/2, 1/4 and 1/12 whose noise an iterative reconstruction shapes
 (``degrade.OSEM_NOISE_EXPONENT``, as ``amir train --pet-em-noise``: variance following the activity, air almost
-noise-free, as in clinical PET), the same way.
+noise-free, as in clinical PET), the same way, and ("em-ref") rows at those doses whose standard-dose
+reference is shaped so but whose added noise is SPEC §3's, spread evenly: the protocol's low dose of
+a clinical scan, as `amir degrade` makes it.
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
     python benchmarks/validation.py DATA amir-s runs/mr_only/last.pt --tasks mri-sr
@@ -44,7 +46,7 @@ SLAB_MM = 5.0  # slab MR references: the mean of the slices this thick around ea
 MILD_DOSES = (0.75, 0.9)  # --mild: CT and PET doses above those that choose weights
 SOFT_KERNEL, SOFT_DOSES = 0.75, (0.5, 0.25)  # --soft: the CT kernel cutoff (x Nyquist) and doses
 EM_DOSES = (0.5, 0.25, 1 / 12)  # --em: the PET doses (noise exponent: degrade.OSEM_NOISE_EXPONENT)
-EXTRA = ("mild", "soft", "em")  # the level suffixes of the rows outside the choosing mean
+EXTRA = ("mild", "soft", "em", "em-ref")  # the level suffixes of the rows outside the choosing mean
 
 
 def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = False, em: bool = False) -> dict:
@@ -82,6 +84,9 @@ def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = 
     for dose in EM_DOSES if em and PET_SYNTHESIS in tasks else ():
         lv = Levels(val_pet_dose=dose, val_pet_em=OSEM_NOISE_EXPONENT)
         sets[(PET_SYNTHESIS, f"{dose:.3g} sd em")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
+    for dose in EM_DOSES if em and PET_SYNTHESIS in tasks else ():
+        lv = Levels(val_pet_dose=dose, val_pet_em=OSEM_NOISE_EXPONENT, val_pet_spec_low_dose=True)
+        sets[(PET_SYNTHESIS, f"{dose:.3g} sd em-ref")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
     return sets
 
 
@@ -132,7 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--passes", type=int, default=MR_PASSES, help="MR cascade passes (default: amir restore's, %(default)s)")
     ap.add_argument("--mild", action="store_true", help="also CT and PET (sd) at doses 3/4 and 9/10, outside the mean that chooses")
     ap.add_argument("--soft", action="store_true", help="also CT at 1/2 and 1/4 from a softer kernel, outside the mean that chooses")
-    ap.add_argument("--em", action="store_true", help="also PET (sd) at 1/2, 1/4, 1/12 with noise shaped as iterative reconstruction shapes it, outside the mean that chooses")
+    ap.add_argument("--em", action="store_true", help="also PET (sd) at 1/2, 1/4, 1/12 with noise shaped as iterative reconstruction shapes it (em) and with such a reference only (em-ref), outside the mean that chooses")
     args = ap.parse_args(argv)
     asked = set(args.tasks.split(","))
     if asked - set(LEVELS):

@@ -227,7 +227,9 @@ def test_validation_extra_rows_are_marked_apart_from_the_choosing_rows(tmp_path)
         (tmp_path / "PET" / split).mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(vol, np.diag([3.0, 3.0, 3.0, 1.0])), str(tmp_path / "PET" / split / "pet.nii.gz"))
     sets = validation_sets(tmp_path, ("pet-synthesis",), em=True)
-    assert [level for _, level in sets if is_extra(level)] == ["0.5 sd em", "0.25 sd em", "0.0833 sd em"]
-    even, em = sets[("pet-synthesis", "0.25 sd")][0], sets[("pet-synthesis", "0.25 sd em")][0]
+    assert [level for _, level in sets if is_extra(level)] == [f"{d} sd {kind}" for kind in ("em", "em-ref") for d in ("0.5", "0.25", "0.0833")]
+    even, em, ref = (sets[("pet-synthesis", f"0.25 sd{kind}")][0] for kind in ("", " em", " em-ref"))
     air = even.hq_phys == 0  # no activity: air
     assert np.abs(em.lq_phys - em.hq_phys)[air].max() < np.abs(even.lq_phys - even.hq_phys)[air].max()
+    assert np.array_equal(ref.hq_phys, em.hq_phys)  # one shaped reference, its low dose by SPEC §3
+    assert np.abs(ref.lq_phys - ref.hq_phys)[air].max() > np.abs(em.lq_phys - em.hq_phys)[air].max()

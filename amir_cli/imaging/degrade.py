@@ -315,15 +315,19 @@ def degrade_slice(image2d, task: str, level, rng, *, pixel_mm: float = 1.0, **kw
     raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def degrade_pair(reference, task: str, level, rng, *, pixel_mm: float = 1.0, standard_dose: bool = False, **kw):
+def degrade_pair(reference, task: str, level, rng, *, pixel_mm: float = 1.0, standard_dose: bool = False, spec_low_dose: bool = False, **kw):
     """(high-quality, low-quality) slices of a simulated scanner pair made from ``reference``: the
     reference as the scan shows it (PET with ``standard_dose``: :func:`pet_standard_dose`; CT with a
-    ``kernel_cutoff``: :func:`ct_soft_kernel`), then :func:`degrade_slice` of that."""
+    ``kernel_cutoff``: :func:`ct_soft_kernel`), then :func:`degrade_slice` of that.
+    ``spec_low_dose``: PET noise added as SPEC §3 spreads it even where the reference's follows
+    ``em_exponent`` (the protocol's low dose of a clinical OSEM scan, as `amir degrade` makes it)."""
     hq = reference
     if task == PET_SYNTHESIS and standard_dose:
         hq = pet_standard_dose(hq, rng, pixel_mm=pixel_mm, **kw)
     if "kernel_cutoff" in kw:
         hq = ct_soft_kernel(hq, kw["kernel_cutoff"])
+    if spec_low_dose:
+        kw.pop("em_exponent", None)
     return hq, degrade_slice(hq, task, level, rng, pixel_mm=pixel_mm, **kw)
 
 

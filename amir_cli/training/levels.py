@@ -30,6 +30,7 @@ class Levels:
     val_pet_dose: float = 0.25
     val_ct_kernel: float | None = None  # the validation CT pairs' softer kernel cutoff (None: the ramp)
     val_pet_em: float | None = None  # the validation PET pairs' EM noise exponent (None: evenly spread noise)
+    val_pet_spec_low_dose: bool = False  # their input's added noise evenly spread even so (SPEC §3)
 
     def draw(self, task: str, rng: np.random.Generator) -> tuple[object, dict]:
         """(level, extra keywords for degrade_slice)."""
@@ -54,7 +55,8 @@ class Levels:
             return int(self.mr_factors[k % len(self.mr_factors)]), {}
         if task == CT_DENOISE:
             return self.val_ct_dose, {} if self.val_ct_kernel is None else {"kernel_cutoff": self.val_ct_kernel}
-        return self.val_pet_dose, {} if self.val_pet_em is None else {"em_exponent": self.val_pet_em}
+        kw = {} if self.val_pet_em is None else {"em_exponent": self.val_pet_em}
+        return self.val_pet_dose, kw | ({"spec_low_dose": True} if self.val_pet_spec_low_dose else {})
 
     def describe(self) -> dict:
         return {
