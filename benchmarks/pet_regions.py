@@ -50,12 +50,15 @@ def main() -> int:
     loaded = cpu_weights(__doc__, "squared error over the input's, in the body and in the air")
     print("| case | dose | noise | body | air | air share of the input's error |")
     print("|---|---|---|---:|---:|---:|")
+    em = {"em_exponent": degrade.OSEM_NOISE_EXPONENT}
     for src in sources(TEST, "pet-synthesis"):
         activity = pet_activity(DEV_DATA / src.file)
-        em = {"em_exponent": degrade.OSEM_NOISE_EXPONENT}
+        references = {}  # one standard-dose image per reference shape, shared by its low doses
         for shape, ref_kw, kw in (("fbp", {}, {}), ("osem", em, em), ("osem ref, fbp low dose", em, {})):
-            name = f"{case_name(src)}-{'osem' if ref_kw else 'fbp'}"  # one reference per shape
-            sd = standard_dose(activity, name, DEGRADE_SEED, **ref_kw)
+            name = f"{case_name(src)}-{'osem' if ref_kw else 'fbp'}"
+            if name not in references:
+                references[name] = standard_dose(activity, name, DEGRADE_SEED, **ref_kw)
+            sd = references[name]
             ref = spaced(np.moveaxis(sd.array, sd.slice_axis, 0))
             cs, pix = case_seed(DEGRADE_SEED, name, "pet-synthesis"), pixel_mm(sd)
             for dose in SCORED_LEVELS[PET_SYNTHESIS].values():

@@ -81,12 +81,10 @@ def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = 
     for dose in SOFT_DOSES if soft and CT_DENOISE in tasks else ():
         lv = Levels(val_ct_dose=dose, val_ct_kernel=SOFT_KERNEL)
         sets[(CT_DENOISE, f"{dose:g} soft")] = validation_set(val_volumes, (CT_DENOISE,), 16, 256, 0, lv)
-    for dose in EM_DOSES if em and PET_SYNTHESIS in tasks else ():
-        lv = Levels(val_pet_dose=dose, val_pet_em=OSEM_NOISE_EXPONENT)
-        sets[(PET_SYNTHESIS, f"{dose:.3g} sd em")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
-    for dose in EM_DOSES if em and PET_SYNTHESIS in tasks else ():
-        lv = Levels(val_pet_dose=dose, val_pet_em=OSEM_NOISE_EXPONENT, val_pet_spec_low_dose=True)
-        sets[(PET_SYNTHESIS, f"{dose:.3g} sd em-ref")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
+    for kind, spec_low_dose in (("em", False), ("em-ref", True)) if em and PET_SYNTHESIS in tasks else ():
+        for dose in EM_DOSES:
+            lv = Levels(val_pet_dose=dose, val_pet_em=OSEM_NOISE_EXPONENT, val_pet_spec_low_dose=spec_low_dose)
+            sets[(PET_SYNTHESIS, f"{dose:.3g} sd {kind}")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
     return sets
 
 
