@@ -139,6 +139,25 @@ def test_em_noise_is_drawn_only_when_asked():
     assert all(0.5 <= e <= 1.0 for e in shaped) and len(set(shaped)) == 20
 
 
+def test_em_ref_share_keeps_the_reference_shaped_and_the_low_dose_spec():
+    """--pet-em-ref: its share of PET pairs gets an OSEM-shaped reference with SPEC §3's low dose
+    (``spec_low_dose``), beside --pet-em-noise's share; off, none does; together the shares may not
+    exceed 1."""
+    from amir_cli.errors import BadInputError
+    from amir_cli.training.levels import Levels
+    from amir_cli.training.options import TrainOptions
+
+    kinds = {"fbp": 0, "em": 0, "em-ref": 0}
+    rng = np.random.default_rng(3)
+    for _ in range(600):
+        kw = Levels(pet_em_noise=0.35, pet_em_ref=0.15).draw("pet-synthesis", rng)[1]
+        kinds["em-ref" if kw.get("spec_low_dose") else "em" if "em_exponent" in kw else "fbp"] += 1
+    assert abs(kinds["em"] / 600 - 0.35) < 0.06 and abs(kinds["em-ref"] / 600 - 0.15) < 0.05
+    assert not any(Levels(pet_em_noise=0.35).draw("pet-synthesis", rng)[1].get("spec_low_dose") for _ in range(100))
+    with pytest.raises(BadInputError, match="together at most 1"):
+        TrainOptions(pet_em_noise=0.7, pet_em_ref=0.4).check()
+
+
 def _added_variance(fn, img, dose, seeds=(1, 2)):
     return np.mean([np.var((fn(img, dose, np.random.default_rng(s)) - img)[ROI]) for s in seeds])
 
@@ -286,3 +305,26 @@ def test_pet_em_noise_builds_both_low_doses_of_one_clinical_reference(tmp_path, 
     body = ref > 0.5
     assert 0.05 < np.std((osem - ref)[body]) and 0.05 < np.std((spec - ref)[body])
     assert {p.name for p in base.iterdir()} >= {"HQ", "LQ_dose1-2", "LQ_dose1-20-spec"}
+
+
+def test_pet_background_fills_only_the_background_with_the_body_noise():
+    """benchmarks/pet_background.py: the background gets correlated noise of the low dose's whole
+    level in the body (clipped at 0), the body is left as it is."""
+    import sys
+    from pathlib import Path
+
+    from scipy import ndimage
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from pet_background import filled
+
+    rng = np.random.default_rng(1)
+    ref = np.where(R < 30, 5.0, 0.0)
+    added = np.where(R < 34, ndimage.gaussian_filter(rng.normal(0.0, 1.0, ref.shape), 1.5), 0.0)
+    added *= 0.4 / added[R < 30].std()
+    low = np.clip(ref + added, 0.0, None)  # PET is clipped at 0
+    out, background = filled(low, ref, 0.25, rng)
+    assert background.any() and not background[R < 30].any()
+    assert np.array_equal(out[~background], low[~background]) and out.min() >= 0
+    level = 0.4 / np.sqrt(0.75)
+    assert np.sqrt(2 * np.mean(out[background] ** 2)) == pytest.approx(level, rel=0.25)

@@ -125,6 +125,7 @@ def train_cmd(
     mr_factors: Annotated[str, typer.Option("--mr-factors", help="MR k-space factors, comma-separated.")] = ",".join(map(str, _TRAIN.mr_factors)),
     pet_dose: Annotated[str, typer.Option("--pet-dose", metavar="LOW:HIGH", help="PET dose fraction range (log-uniform).")] = range_text(_TRAIN.pet_dose),
     pet_em_noise: Annotated[float, typer.Option("--pet-em-noise", metavar="P", help="The share of PET training pairs whose noise (reference and input) is shaped as an iterative (OSEM) reconstruction shapes it: its variance follows the local activity, so air is almost noise-free as in a clinical PET image (noise ~ activity^0.5 to ^1); 0: evenly spread, as filtered back-projection spreads it.")] = _TRAIN.pet_em_noise,
+    pet_em_ref: Annotated[float, typer.Option("--pet-em-ref", metavar="P", help="The share of PET training pairs whose reference is shaped so (a clinical OSEM image) but whose low dose adds SPEC §3's noise, evenly spread: the protocol's low dose of a clinical scan, as `amir degrade` makes it. With --pet-em-noise, at most 1 together.")] = _TRAIN.pet_em_ref,
     init: Annotated[Optional[str], typer.Option("--init", metavar="NAME|PATH", help="Start from these weights (fine-tuning); weights of a shallower configuration with the same widths start a deeper --config that computes what they did.", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where to train.")] = _TRAIN.device,
     export: Annotated[Optional[str], typer.Option("--export", metavar="NAME", help="At the end, add the best weights to the registry as NAME.", show_default=False)] = None,
@@ -154,7 +155,7 @@ def train_cmd(
             zoom_jitter=zoom_jitter,
             zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"), mr_zoom_max=mr_zoom_max,
             mr_slab=mr_slab, pet_standard_dose=pet_standard_dose, ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), ct_soft_kernels=ct_soft_kernels, mr_factors=_factors_option(mr_factors),
-            pet_dose=parse_range(pet_dose, "pet-dose"), pet_em_noise=pet_em_noise, init=init, device=device, export=export, quiet=quiet or json_out,
+            pet_dose=parse_range(pet_dose, "pet-dose"), pet_em_noise=pet_em_noise, pet_em_ref=pet_em_ref, init=init, device=device, export=export, quiet=quiet or json_out,
         )
         options.check()
     changed = {"quiet" if name == "json_out" else name for name in (*RESUMABLE, "json_out") if _given(ctx, name)}  # --json: --quiet

@@ -24,6 +24,7 @@ class Levels:
     pet_recon_mm: tuple[float, float] = (2.0, 4.0)  # reconstruction pixel, uniform
     pet_fwhm_mm: tuple[float, float] = (4.0, 6.0)  # post-filter, uniform
     pet_em_noise: float = 0.0  # the share of PET pairs whose noise an iterative reconstruction shapes
+    pet_em_ref: float = 0.0  # the share of PET pairs with such a reference and SPEC §3's low dose (evenly spread)
     pet_em_exponent: tuple[float, float] = (0.5, 1.0)  # its noise ~ activity to this power, uniform
     # validation levels (fixed): CT quarter dose at the default I0, MR x2 and x4 alternating, PET 1/4
     val_ct_dose: float = 0.25
@@ -46,8 +47,12 @@ class Levels:
             "recon_mm": float(rng.uniform(*self.pet_recon_mm)),
             "fwhm_mm": float(rng.uniform(*self.pet_fwhm_mm)),
         }
-        if self.pet_em_noise > 0 and rng.random() < self.pet_em_noise:  # no draw when off: runs replay
-            kw["em_exponent"] = float(rng.uniform(*self.pet_em_exponent))
+        if self.pet_em_noise > 0 or self.pet_em_ref > 0:  # no draw when off: runs replay
+            u = rng.random()
+            if u < self.pet_em_noise + self.pet_em_ref:
+                kw["em_exponent"] = float(rng.uniform(*self.pet_em_exponent))
+                if u >= self.pet_em_noise:
+                    kw["spec_low_dose"] = True
         return dose, kw
 
     def validation(self, task: str, k: int) -> tuple[object, dict]:
@@ -66,7 +71,7 @@ class Levels:
             PET_SYNTHESIS: {
                 "dose_fraction": list(self.pet_dose), "distribution": "log-uniform", "total_counts": list(self.pet_counts),
                 "recon_mm": list(self.pet_recon_mm), "postfilter_fwhm_mm": list(self.pet_fwhm_mm),
-                "em_noise": self.pet_em_noise, "em_exponent": list(self.pet_em_exponent),
+                "em_noise": self.pet_em_noise, "em_ref": self.pet_em_ref, "em_exponent": list(self.pet_em_exponent),
             },
             "validation": {CT_DENOISE: self.val_ct_dose, MRI_SR: list(self.mr_factors), PET_SYNTHESIS: self.val_pet_dose},
         }

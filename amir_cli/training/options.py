@@ -91,6 +91,7 @@ class TrainOptions:
     mr_factors: tuple[int, ...] = Levels.mr_factors
     pet_dose: tuple[float, float] = Levels.pet_dose
     pet_em_noise: float = Levels.pet_em_noise  # the share of PET pairs whose noise an iterative reconstruction shapes
+    pet_em_ref: float = Levels.pet_em_ref  # the share with such a reference only, its low dose SPEC §3's
     init: str | None = None
     device: str = "auto"
     export: str | None = None
@@ -99,7 +100,7 @@ class TrainOptions:
     def levels(self) -> Levels:
         return Levels(ct_dose=tuple(self.ct_dose), ct_i0=tuple(self.ct_i0), ct_soft_kernels=self.ct_soft_kernels,
                       mr_factors=tuple(int(f) for f in self.mr_factors), pet_dose=tuple(self.pet_dose),
-                      pet_em_noise=self.pet_em_noise)
+                      pet_em_noise=self.pet_em_noise, pet_em_ref=self.pet_em_ref)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
@@ -156,9 +157,11 @@ class TrainOptions:
                 raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
         if not 0 < self.ct_i0[0] <= self.ct_i0[1]:
             raise BadInputError("--ct-i0 range must be positive and ordered")
-        for name, share in (("ct-soft-kernels", self.ct_soft_kernels), ("pet-em-noise", self.pet_em_noise)):
+        for name, share in (("ct-soft-kernels", self.ct_soft_kernels), ("pet-em-noise", self.pet_em_noise), ("pet-em-ref", self.pet_em_ref)):
             if not 0 <= share <= 1:
                 raise BadInputError(f"--{name} must be in [0, 1], got {share}")
+        if self.pet_em_noise + self.pet_em_ref > 1:
+            raise BadInputError(f"--pet-em-noise and --pet-em-ref are shares of the PET pairs: together at most 1, got {self.pet_em_noise + self.pet_em_ref:g}")
         if not self.mr_factors or any(int(f) < 2 for f in self.mr_factors):
             raise BadInputError("--mr-factors must be integers >= 2")
 
