@@ -21,14 +21,14 @@ import numpy as np
 from ._version import __version__
 from .device import ENGINES, check_device_spec, pick_device, precision_context
 from .errors import BadInputError
-from .imaging import intensity, kspace
+from .imaging import background, intensity, kspace
 from .inference import DEFAULT_TILE_OVERLAP, predict
 from .imaging.io import Volume, read_image, stem
 from .imaging.volume import check_memory
 from .placement import (check_input_format, check_output, check_output_format, default_output, publish,
                         report_path_for, same_or_inside, written_files)
 from .taskdetect import detect_task
-from .tasks import EVAL_WINDOW, MR_FACTORS, MR_PASSES, MR_SCALES, MRI_SR, NORM_RANGE, TASK, check_choice
+from .tasks import EVAL_WINDOW, MR_FACTORS, MR_PASSES, MR_SCALES, MRI_SR, NORM_RANGE, PET_SYNTHESIS, TASK, check_choice
 from .weights import LoadedWeights, load_weights
 
 DEFAULT_BATCH_SIZE = 4  # slices per network call off the CPU
@@ -489,6 +489,16 @@ def zero_filled_hint(path: Path) -> list[str]:
             f"--kspace-factor {factor} keeps the frequencies it measured"]
 
 
+def quiet_background_hint(volume: Volume) -> list[str]:
+    """A one-line hint when a PET image's background holds almost no noise, as an iterative (OSEM)
+    reconstruction leaves it (:func:`amir_cli.imaging.background.noise_free_background`); [] otherwise."""
+    if not background.noise_free_background(volume.slices_first()):
+        return []
+    return ["the background around the body holds almost no noise, as an iterative (OSEM) reconstruction "
+            "leaves it: the network reads the noise level there and removes little of this image's noise "
+            "(README: PET as clinical scanners reconstruct it)"]
+
+
 def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptions, *, progress: Progress | None = None) -> dict:
     """Read, restore, write and report one image (its files checked by :func:`case_files`); returns
     the report (also written as JSON)."""
@@ -515,6 +525,8 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     )
     if task == MRI_SR and options.scale == 1 and info["data_consistency"] is None:
         warnings += zero_filled_hint(files.input)
+    if task == PET_SYNTHESIS:
+        warnings += quiet_background_hint(volume)
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
     description = DESCRIPTION.format(version=__version__, task=task, scale=scale_text)
 

@@ -518,6 +518,24 @@ def test_degrade_pet_noise_osem_spares_air(tmp_path):
     assert amir("degrade", p, "--task", "pet-synthesis", "--pet-noise", "mlem")[0] == 2
 
 
+def test_restore_pet_hints_at_a_noise_free_background(tmp_path, tiny_weights):
+    """A PET image whose background holds no noise (an OSEM reconstruction's) gets a one-line hint
+    in the report; one whose noise reaches the background (filtered back-projection's) does not."""
+    p = tmp_path / "pet.nii.gz"
+    yy, xx = np.mgrid[:96, :96] - 47.5
+    suv = np.repeat(np.where(np.hypot(yy, xx) < 28, 2.0, 0.0).astype(np.float32)[..., None], 3, -1)
+    suv[40:50, 40:50] = 8.0
+    nib.save(nib.Nifti1Image(suv, np.diag([3.0, 3.0, 3.0, 1.0])), str(p))
+    hinted = {}
+    for shape in ("fbp", "osem"):
+        low = tmp_path / f"{shape}.nii.gz"
+        assert amir("degrade", p, "--task", "pet-synthesis", "--dose", "0.25", "--pet-noise", shape, "-o", low)[0] == 0
+        code, out, err = amir("restore", low, "--task", "pet-synthesis", "--weights", tiny_weights, "--json")
+        assert code == 0, err
+        hinted[shape] = [w for w in json.loads(out).get("warnings", []) if "background" in w]
+    assert hinted["fbp"] == [] and len(hinted["osem"]) == 1 and "OSEM" in hinted["osem"][0]
+
+
 # ---- weights ---------------------------------------------------------------------------------------
 
 
