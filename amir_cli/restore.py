@@ -79,7 +79,7 @@ def check_scale_task(task: str, scale: int, kspace_factor: int | None) -> None:
 
 
 def check_options(task: str, scale: int, batch_size: int | None, tile: int | None, kspace_factor: int | None = None,
-                  *, engine: str = "auto", decided: bool = True, passes: int = 1) -> None:
+                  *, engine: str = "auto", decided: bool = True, passes: int = 1, background_sd: float | None = None) -> None:
     """The restore options that need no image; ``decided=False`` lets ``task`` be 'auto' (decided from
     the image later, and checked again then)."""
     if decided or task != "auto":
@@ -94,6 +94,11 @@ def check_options(task: str, scale: int, batch_size: int | None, tile: int | Non
         raise BadInputError(f"--tile must be at least {MIN_TILE} pixels, got {tile}")
     if passes < 1:
         raise BadInputError(f"--passes must be at least 1, got {passes}")
+    if background_sd is not None:
+        if not (np.isfinite(background_sd) and background_sd > 0):
+            raise BadInputError(f"--pet-background-noise must be a positive SUV, got {background_sd}")
+        if task not in ("auto", PET_SYNTHESIS):
+            raise BadInputError(f"--pet-background-noise is for pet-synthesis only (task is {task})")
 
 
 def batch_size_for(device, batch_size: int | None) -> int:
@@ -110,6 +115,7 @@ class _Batch:
     measured: np.ndarray  # the input slices as given
     chunk: np.ndarray  # on the output grid (k-space zero-padded when scale > 1)
     x: object  # their normalised torch tensor (B, 1, H, W) on the device
+    filled: list | None = None  # per slice, the background mask that got noise, or None
 
 
 @dataclass
@@ -126,7 +132,10 @@ class _SliceJob:
     dc_factor: int | None
     device: object
     passes: int = 1
+    background_sd: float | None = None  # PET: fill noise-free backgrounds with noise of this SD
+    pixel_mm: float = 1.0
     passthrough: int = 0
+    filled_slices: int = 0
 
     def prepare(self, first: int, batch_size: int) -> _Batch:
         import torch
@@ -134,8 +143,13 @@ class _SliceJob:
         chunk = measured = self.slices[first : first + batch_size]
         if self.scale > 1:
             chunk = np.stack([kspace.kspace_upsample(s, self.scale) for s in chunk])
-        x = torch.from_numpy(intensity.normalise(chunk, self.task, self.mr_scale)[:, None]).to(self.device)
-        return _Batch(first, measured, chunk, x)
+        seen, filled = chunk, None
+        if self.background_sd:  # each slice's noise from its own generator: the same in any batch
+            pairs = [background.fill_background(s, self.background_sd, self.pixel_mm, np.random.default_rng(first + i))
+                     for i, s in enumerate(chunk)]
+            seen, filled = np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+        x = torch.from_numpy(intensity.normalise(seen, self.task, self.mr_scale)[:, None]).to(self.device)
+        return _Batch(first, measured, chunk, x, filled)
 
     def consistent(self, batch: _Batch, y: np.ndarray) -> np.ndarray:
         """The network's [0, 1] output ``y`` (B, H, W) in physical units, made consistent with the
@@ -171,6 +185,10 @@ class _SliceJob:
         if outside.any():
             values[outside] = chunk[outside]
             self.passthrough += int(outside.sum())
+        for k, mask in enumerate(batch.filled or ()):
+            if mask is not None:  # the filled background given back as it was
+                values[k][mask] = chunk[k][mask]
+                self.filled_slices += 1
         self.restored[batch.first : batch.first + len(chunk)] = values
 
 
@@ -190,6 +208,7 @@ def restore_volume(
     data_consistency: bool = True,
     detect_zero_filling: bool = False,
     passes: int = MR_PASSES,
+    background_sd: float | None = None,
     progress: Progress | None = None,
 ) -> tuple[Volume, dict]:
     """Restore ``volume`` (physical units) slice by slice along its acquisition axis.
@@ -212,6 +231,10 @@ def restore_volume(
     by ``PASS_FLIPS`` in turn and flipped back), moves that output ``CASCADE_STEP`` of the way
     towards its own and makes it consistent again (a damped cascade of network and data
     consistency: the later passes see less truncation ringing).
+    ``background_sd`` (PET, SUV): each slice whose background holds almost no noise, as an iterative
+    reconstruction leaves it, has it filled with noise of that standard deviation before the network
+    (:func:`amir_cli.imaging.background.fill_background`; the network reads the noise level there)
+    and given back as it was after.
     ``batch_size`` None: :func:`batch_size_for` the device. A worker thread prepares the next batch
     and finishes the last one while the network runs (the network's thread finishes it where a data
     consistency would compete with the network for the CPU's cores). Returns the restored Volume
@@ -219,7 +242,7 @@ def restore_volume(
     """
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     batch_size = batch_size_for(device, batch_size)
-    check_options(task, scale, batch_size, tile, kspace_factor, passes=passes)
+    check_options(task, scale, batch_size, tile, kspace_factor, passes=passes, background_sd=background_sd)
     dc_factor, factor_from = _measured_band(volume, task, scale, kspace_factor, data_consistency, detect_zero_filling)
     autocast = precision_context(device, precision)
     started = time.perf_counter()
@@ -228,7 +251,8 @@ def restore_volume(
     n = slices.shape[0]
     job = _SliceJob(slices, np.empty((n, slices.shape[1] * scale, slices.shape[2] * scale), dtype=np.float32), task,
                     scale, intensity.mr_scale_factor(volume.array) if task == MRI_SR else None, dc_factor, device,
-                    passes=passes if dc_factor else 1)
+                    passes=passes if dc_factor else 1, background_sd=background_sd,
+                    pixel_mm=float(np.mean(volume.inplane_spacing_mm)))
 
     def network(batch: _Batch):
         with autocast:
@@ -257,7 +281,9 @@ def restore_volume(
                              "passes": job.passes}
         if dc_factor
         else None,
-        "passthrough_voxels": job.passthrough, "seconds": seconds, "model_seconds": model_seconds,
+        "passthrough_voxels": job.passthrough,
+        "background_noise": {"sd": background_sd, "filled_slices": job.filled_slices} if background_sd else None,
+        "seconds": seconds, "model_seconds": model_seconds,
         "slices_per_second": n / seconds if seconds > 0 else None,
         "routing": routing_summary(instruction_sum / max(n, 1)),
     }
@@ -394,6 +420,7 @@ class RestoreOptions:
     data_consistency: bool = True
     detect_zero_filling: bool = True
     passes: int = MR_PASSES
+    background_sd: float | None = None  # PET: --pet-background-noise
     overwrite: bool = False
     engine: str = "auto"  # ENGINES (`engine`)
 
@@ -402,7 +429,7 @@ class RestoreOptions:
         text, not whether this machine has it): BadInputError or DeviceError, which `amir restore`
         shows as usage errors before any work."""
         check_options(self.task, self.scale, self.batch_size, self.tile, self.kspace_factor, engine=self.engine,
-                      decided=False, passes=self.passes)
+                      decided=False, passes=self.passes, background_sd=self.background_sd)
         if isinstance(self.device, str):
             check_device_spec(self.device)
 
@@ -495,8 +522,9 @@ def quiet_background_hint(volume: Volume) -> list[str]:
     if not background.noise_free_background(volume.slices_first()):
         return []
     return ["the background around the body holds almost no noise, as an iterative (OSEM) reconstruction "
-            "leaves it: the network reads the noise level there and removes little of this image's noise "
-            "(README: PET as clinical scanners reconstruct it)"]
+            "leaves it: the network reads the noise level there and removes little of this image's noise; "
+            "--pet-background-noise SD (the noise's standard deviation in a uniform region of the body, SUV) "
+            "gives it that level"]
 
 
 def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptions, *, progress: Progress | None = None) -> dict:
@@ -506,7 +534,7 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     task, reason, warnings = _choose_task(volume, options.task, weights)
     warnings = volume.meta.get("notes", []) + warnings  # what reading left out or assumed
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor, engine=options.engine,
-                  passes=options.passes)
+                  passes=options.passes, background_sd=options.background_sd)
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
     check_memory(out_shape, str(files.input), copies=RESTORE_COPIES, doing="restoring")
     ref_volume = None if files.reference is None else _read_reference(files.reference, tuple(out_shape))
@@ -521,11 +549,12 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
         weights.model, volume, task, scale=options.scale, device=options.device, precision=options.precision,
         batch_size=options.batch_size, tile=options.tile, tile_overlap=options.tile_overlap, tta=options.tta,
         kspace_factor=options.kspace_factor, data_consistency=options.data_consistency,
-        detect_zero_filling=options.detect_zero_filling, passes=options.passes, progress=progress,
+        detect_zero_filling=options.detect_zero_filling, passes=options.passes, background_sd=options.background_sd,
+        progress=progress,
     )
     if task == MRI_SR and options.scale == 1 and info["data_consistency"] is None:
         warnings += zero_filled_hint(files.input)
-    if task == PET_SYNTHESIS:
+    if task == PET_SYNTHESIS and not options.background_sd:
         warnings += quiet_background_hint(volume)
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
     description = DESCRIPTION.format(version=__version__, task=task, scale=scale_text)
@@ -552,7 +581,7 @@ def _read_reference(reference: Path, expected: tuple[int, ...]) -> Volume:
 
 
 _RUN_FIELDS = ("device", "precision", "engine", "batch_size", "tile", "tta", "scale")  # of restore_volume's info
-_RESULT_FIELDS = ("mr_scale_factor", "data_consistency", "passthrough_voxels", "routing")
+_RESULT_FIELDS = ("mr_scale_factor", "data_consistency", "background_noise", "passthrough_voxels", "routing")
 
 
 def _case_report(files: CaseFiles, task: str, reason: str, weights: LoadedWeights, volume: Volume, restored: Volume,

@@ -1,20 +1,24 @@
 """Where the network reads PET noise from: the background around the body.
 
 The cases and low doses of ``benchmarks/pet_em_noise.py`` whose noise an OSEM reconstruction shapes
-(levels ``doseD``: noise following the activity, background almost noise-free), restored three ways:
-as they are; with their background (smoothed activity below 1% of its peak) filled with noise as
-SPEC §3 spreads it (Gaussian-correlated, the correlation and level of the case's own noise in the
-body, clipped at 0, measured against the reference, which no user has) and given back after the
-network; and by the Gaussian post-filter chosen with the reference (gauss-oracle). PSNR gain over
-the input on 8 slices of each case (docs/protocol.md).
+(levels ``doseD``: noise following the activity, background almost noise-free), restored as they
+are and with `amir restore --pet-background-noise SD` (the background filled with noise of that
+standard deviation as filtered back-projection spreads it, then given back), against the Gaussian
+post-filter chosen with the reference (gauss-oracle). SD is the low dose's whole noise in the body:
+its RMS difference from the reference over sqrt(1 - dose) (a user measures it in a uniform region).
+PSNR gain over the input on 8 slices of each case (docs/protocol.md).
 
     python benchmarks/pet_background.py [--weights amir-s]
+
+``--validation DATA`` instead prints the table that chose ``background.FILL_FRACTION`` (the filled
+noise's level over the SD given): the validation subjects' OSEM-shaped PET rows of
+``benchmarks/validation.py --em``, each slice restored with SD from its own reference, the noise
+filled at each fraction tried.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -25,44 +29,52 @@ from scipy import ndimage
 from pet_em_noise import build
 from quality import spaced
 
-BODY, BACKGROUND = 0.1, 0.01  # fractions of the peak of each slice smoothed over 2 pixels
-CORRELATIONS = np.geomspace(0.4, 5.0, 25)  # Gaussian correlation widths (pixels) to choose from
+BODY = 0.1  # the body: each slice smoothed over 2 pixels above this fraction of its peak
 
 
-def correlated_noise(shape, sigma: float, rng) -> np.ndarray:
-    n = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
-    return n / n.std()
+def body_noise_sd(lq: np.ndarray, hq: np.ndarray, dose: float) -> float:
+    """The low dose's whole noise in the body (SUV): the RMS of its difference from the reference
+    there, over sqrt(1 - dose) (the reference's own noise is the rest)."""
+    diffs = []
+    for x, h in zip(lq, hq):
+        smooth = ndimage.gaussian_filter(x, 2.0, mode="nearest")
+        diffs.append((x - h)[smooth > BODY * smooth.max()])
+    return float(np.sqrt(np.mean(np.concatenate(diffs) ** 2) / (1.0 - dose)))
 
 
-def lag_one(noise: np.ndarray, mask: np.ndarray) -> float:
-    """The correlation of horizontally neighbouring noise values inside ``mask``."""
-    inside = mask[:, :-1] & mask[:, 1:]
-    return float(np.corrcoef(noise[:, :-1][inside], noise[:, 1:][inside])[0, 1])
+def fractions_table(model, data) -> int:
+    """The validation table that chose ``background.FILL_FRACTION``."""
+    import validation
 
+    from amir_cli.imaging import background
+    from amir_cli.imaging.volume import Volume
+    from amir_cli.metrics import slice_scores
+    from amir_cli.restore import restore_volume
+    from amir_cli.tasks import PET_SYNTHESIS
 
-@functools.lru_cache(maxsize=1)
-def neighbour_table() -> np.ndarray:
-    """The neighbour correlation of Gaussian-correlated noise of each width in CORRELATIONS."""
-    rng = np.random.default_rng(0)
-    return np.array([lag_one(correlated_noise((256, 256), s, rng), np.ones((256, 256), bool)) for s in CORRELATIONS])
-
-
-def filled(lq: np.ndarray, hq: np.ndarray, dose: float, rng) -> tuple[np.ndarray, np.ndarray]:
-    """(``lq`` with its background filled with noise like its body's, that background): the level is
-    the low dose's whole noise in the body (the added noise over sqrt(1 - dose)), the correlation
-    width the one whose neighbour correlation matches the added noise's."""
-    smooth = ndimage.gaussian_filter(lq, 2.0, mode="nearest")
-    body, background = smooth > BODY * smooth.max(), smooth < BACKGROUND * smooth.max()
-    added = lq - hq
-    level = float(added[body].std()) / np.sqrt(1.0 - dose)
-    sigma = CORRELATIONS[np.argmin(np.abs(neighbour_table() - lag_one(added, body)))]
-    noise = level * correlated_noise(lq.shape, sigma, rng)
-    return np.where(background, np.clip(lq + noise, 0.0, None), lq), background
+    fractions = (0.0, 0.5, 0.7, 0.85, 1.0)
+    print("| validation row | " + " | ".join(f"fraction {f:g}" for f in fractions) + " |")
+    print("|---|" + "---:|" * len(fractions))
+    for (task, level), slices in validation.validation_sets(data, (PET_SYNTHESIS,), em=True).items():
+        if not (isinstance(level, str) and level.endswith(" em")):
+            continue
+        dose, gains = float(level.split()[0]), []
+        for fraction in fractions:
+            background.FILL_FRACTION = fraction
+            row = []
+            for s in slices:
+                sd = body_noise_sd(s.lq_phys[None], s.hq_phys[None], dose) if fraction else None
+                out = restore_volume(model, Volume(s.lq_phys[..., None].astype(np.float32), np.eye(4)), task, background_sd=sd)[0]
+                row.append(slice_scores(out.array[..., 0], s.hq_phys, task)["psnr"] - slice_scores(s.lq_phys, s.hq_phys, task)["psnr"])
+            gains.append(float(np.mean(row)))
+        print(f"| PET {level} | " + " | ".join(f"{g:+.2f}" for g in gains) + " |", flush=True)
+    return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", default="amir-s", help="registry name or .safetensors (default: amir-s)")
+    ap.add_argument("--validation", metavar="DATA", help="training data folder: the table that chose the fill fraction")
     args = ap.parse_args()
 
     import torch
@@ -75,18 +87,20 @@ def main() -> int:
     from amir_cli.weights import load_weights
 
     model = load_weights(args.weights, torch.device("cpu")).model
+    if args.validation:
+        return fractions_table(model, args.validation)
 
-    def amir(slices: np.ndarray) -> np.ndarray:
-        vol = Volume(np.moveaxis(slices, 0, -1).astype(np.float32), np.eye(4))
-        return np.moveaxis(restore_volume(model, vol, PET_SYNTHESIS)[0].array, -1, 0)
+    def amir(slices: np.ndarray, pixel_mm, sd=None) -> np.ndarray:
+        vol = Volume(np.moveaxis(slices, 0, -1).astype(np.float32), np.diag([*pixel_mm, 1.0, 1.0]))
+        return np.moveaxis(restore_volume(model, vol, PET_SYNTHESIS, background_sd=sd)[0].array, -1, 0)
 
     def gain(out, lq, hq) -> float:
         return float(np.mean([slice_scores(o, h, PET_SYNTHESIS)["psnr"] - slice_scores(x, h, PET_SYNTHESIS)["psnr"]
                               for o, x, h in zip(out, lq, hq)]))
 
     print(f"PET with OSEM-shaped noise (simulated), {args.weights}: PSNR gain over the input, dB")
-    print("| case | dose | input PSNR | AMIR | AMIR, background filled | gauss-oracle |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| case | dose | input PSNR | noise SD in the body (SUV) | AMIR | AMIR, --pet-background-noise SD | gauss-oracle |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="amir-pet-background-") as tmp:
         base = build(Path(tmp)) / "PET" / "test"
         for hq_file in sorted((base / "HQ").glob("*.nii.gz")):
@@ -95,14 +109,11 @@ def main() -> int:
             pix = tuple(hq_vol.inplane_spacing_mm)
             for label, dose in SCORED_LEVELS[PET_SYNTHESIS].items():
                 lq = spaced(read_image(base / f"LQ_{label}" / hq_file.name).slices_first().astype(np.float64))
-                rng = np.random.default_rng(0)
-                pairs = [filled(x, h, dose, rng) for x, h in zip(lq, hq)]
-                inside = amir(np.stack([p[0] for p in pairs]))
-                cued = np.where(np.stack([p[1] for p in pairs]), lq, inside)
+                sd = body_noise_sd(lq, hq, dose)
                 oracle = gaussian_oracle_pet(lq, hq, pix)[1]
                 psnr_in = float(np.mean([slice_scores(x, h, PET_SYNTHESIS)["psnr"] for x, h in zip(lq, hq)]))
-                print(f"| {hq_file.name.removesuffix('.nii.gz')} | {label} | {psnr_in:.2f} | {gain(amir(lq), lq, hq):+.2f} "
-                      f"| {gain(cued, lq, hq):+.2f} | {gain(oracle, lq, hq):+.2f} |", flush=True)
+                print(f"| {hq_file.name.removesuffix('.nii.gz')} | {label} | {psnr_in:.2f} | {sd:.3f} | {gain(amir(lq, pix), lq, hq):+.2f} "
+                      f"| {gain(amir(lq, pix, sd), lq, hq):+.2f} | {gain(oracle, lq, hq):+.2f} |", flush=True)
     return 0
 
 

@@ -534,6 +534,14 @@ def test_restore_pet_hints_at_a_noise_free_background(tmp_path, tiny_weights):
         assert code == 0, err
         hinted[shape] = [w for w in json.loads(out).get("warnings", []) if "background" in w]
     assert hinted["fbp"] == [] and len(hinted["osem"]) == 1 and "OSEM" in hinted["osem"][0]
+    code, out, err = amir("restore", tmp_path / "osem.nii.gz", "--task", "pet-synthesis", "--weights", tiny_weights,
+                          "--pet-background-noise", "0.3", "--overwrite", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["background_noise"] == {"sd": 0.3, "filled_slices": 3}
+    assert not [w for w in report.get("warnings", []) if "background" in w]
+    code, _, err = amir("restore", tmp_path / "osem.nii.gz", "--task", "ct-denoise", "--pet-background-noise", "0.3")
+    assert code == 2 and "pet-synthesis only" in err
 
 
 # ---- weights ---------------------------------------------------------------------------------------

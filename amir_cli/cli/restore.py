@@ -34,6 +34,7 @@ def restore_cmd(
     kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar=choices(MR_FACTORS), help="mri-sr only: the input is a zero-filled image that kept the central 1/s of k-space per in-plane axis; the output keeps those measured frequencies (data consistency).", show_default=False)] = None,
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale, --kspace-factor or a recognised zero-filled input: keep the k-space band the input measured.")] = True,
     detect_zero_filling: Annotated[bool, typer.Option("--detect-zero-filling/--no-detect-zero-filling", help="mri-sr on the input's grid: recognise a zero-filled image (the central 1/2 or 1/4 of k-space) by its spectrum and keep its band, as --kspace-factor does.")] = True,
+    pet_background_noise: Annotated[Optional[float], typer.Option("--pet-background-noise", metavar="SD", help="pet-synthesis only: the standard deviation (SUV) of the image's noise in a uniform region of the body. Slices whose background holds almost no noise, as an iterative (OSEM) reconstruction leaves it, get it filled with noise of that level before the network, which reads the noise level there, and given back after.", show_default=False)] = None,
     passes: Annotated[int, typer.Option("--passes", min=1, metavar="N", help="MR whose k-space band is kept: network passes of a damped cascade, each later one run on the last output made consistent and flipped (left-right, then up-down), averaged with it and made consistent again (1: the network once; each pass costs the network's time).")] = MR_PASSES,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
@@ -61,7 +62,8 @@ def restore_cmd(
 
     options = R.RestoreOptions(task=task, scale=scale, device=device, precision=precision, batch_size=batch_size, tile=tile,
                                tta=tta, kspace_factor=kspace_factor, data_consistency=data_consistency,
-                               detect_zero_filling=detect_zero_filling, passes=passes, overwrite=overwrite,
+                               detect_zero_filling=detect_zero_filling, passes=passes, background_sd=pet_background_noise,
+                               overwrite=overwrite,
                                engine=engine)
     with usage_errors():
         options.check()
@@ -148,6 +150,9 @@ def _print_restore_summary(r: dict) -> None:
     if dc:
         typer.echo(f"  kept the central 1/{dc['kspace_factor']} of k-space ({dc['factor_from']}), "
                    f"{dc['passes']} network pass{'es' if dc['passes'] > 1 else ''}")
+    bg = r.get("background_noise")
+    if bg:
+        typer.echo(f"  background filled with noise of SD {bg['sd']:g} SUV in {bg['filled_slices']} of {r['slices']} slices")
     m = r.get("metrics")
     if m:
         o = m["output"]
