@@ -1,4 +1,4 @@
-"""Whether a PET image's background holds noise: the network reads the noise level there.
+"""PET backgrounds: whether they hold noise (the network reads the noise level there), and filling them.
 
 Filtered back-projection (SPEC §3, what the network learned PET from) spreads the noise over the
 whole field, background included. An iterative (OSEM) reconstruction, as clinical scanners make,
