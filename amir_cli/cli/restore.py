@@ -22,6 +22,7 @@ from .common import (TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, Weight
         "amir restore ct_lowdose.nii.gz       # -> ct_lowdose_amir.nii.gz + .json",
         "amir restore t1.nii.gz --task mri-sr --scale 2 -o t1_x2.nii.gz",
         "amir restore t1_zero_filled.nii.gz --task mri-sr --kspace-factor 2",
+        "amir restore pet_osem.nii.gz --task pet-synthesis --pet-background-noise 0.3",
         "amir restore dicom/series1/ -o restored.nii.gz --reference hq.nii.gz",
         "amir restore scans/ -o restored/     # a batch: every image and series",
     ),
