@@ -373,11 +373,13 @@ def restore_array(
     data_consistency: bool = True,
     detect_zero_filling: bool = True,
     passes: int = MR_PASSES,
+    background_sd: float | None = None,
 ) -> np.ndarray:
     """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
 
     The library shortcut for notebooks: ``model`` (an AMIR) or ``weights`` (registry name or file,
-    default: the shipped default) picks the network.
+    default: the shipped default) picks the network; the other keywords are :func:`restore_volume`'s
+    (``background_sd``: `amir restore --pet-background-noise`).
     """
     a = np.asarray(array, dtype=np.float32)
     two_d = a.ndim == 2
@@ -389,7 +391,7 @@ def restore_array(
     out, _ = restore_volume(
         model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta,
         kspace_factor=kspace_factor, data_consistency=data_consistency, detect_zero_filling=detect_zero_filling,
-        passes=passes,
+        passes=passes, background_sd=background_sd,
     )
     return out.array[:, :, 0] if two_d else out.array
 

@@ -55,6 +55,10 @@ def test_restore_gives_the_filled_background_back_and_reports_it():
         assert np.array_equal(out.array[..., k][mask], before[..., k][mask])
     assert np.array_equal(vol.array, before)
     assert restore_volume(_identity_like(), vol, "pet-synthesis")[1]["background_noise"] is None
+    from amir_cli.restore import restore_array
+
+    one = restore_array(before[..., 0], "pet-synthesis", model=_identity_like(), spacing_mm=(3.0, 3.0), background_sd=0.4)
+    assert np.array_equal(one, out.array[..., 0])  # the library shortcut takes the option too
 
 
 def _identity_like():
