@@ -231,8 +231,9 @@ def restore_volume(
     by ``PASS_FLIPS`` in turn and flipped back), moves that output ``CASCADE_STEP`` of the way
     towards its own and makes it consistent again (a damped cascade of network and data
     consistency: the later passes see less truncation ringing).
-    ``background_sd`` (PET, SUV): each slice whose background holds almost no noise, as an iterative
-    reconstruction leaves it, has it filled with noise of that standard deviation before the network
+    ``background_sd`` (PET, SUV: the noise's standard deviation in the body): each slice whose
+    background holds almost no noise, as an iterative reconstruction leaves it, has it filled with
+    noise of ``background.FILL_FRACTION`` of that before the network
     (:func:`amir_cli.imaging.background.fill_background`; the network reads the noise level there)
     and given back as it was after.
     ``batch_size`` None: :func:`batch_size_for` the device. A worker thread prepares the next batch

@@ -2,8 +2,8 @@
 
 The cases and low doses of ``benchmarks/pet_em_noise.py`` whose noise an OSEM reconstruction shapes
 (levels ``doseD``: noise following the activity, background almost noise-free), restored as they
-are and with `amir restore --pet-background-noise SD` (the background filled with noise of that
-standard deviation as filtered back-projection spreads it, then given back), against the Gaussian
+are and with `amir restore --pet-background-noise SD` (the background filled with noise as
+filtered back-projection spreads it, ``background.FILL_FRACTION`` of SD, then given back), against the Gaussian
 post-filter chosen with the reference (gauss-oracle). SD is the low dose's whole noise in the body:
 its RMS difference from the reference over sqrt(1 - dose) (a user measures it in a uniform region).
 PSNR gain over the input on 8 slices of each case (docs/protocol.md).
