@@ -24,22 +24,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from pet_em_noise import build
 from quality import spaced
 
-BODY = 0.1  # the body: each slice smoothed over 2 pixels above this fraction of its peak
-
-
 def body_noise_sd(lq: np.ndarray, hq: np.ndarray, dose: float) -> float:
     """The low dose's whole noise in the body (SUV): the RMS of its difference from the reference
-    there, over sqrt(1 - dose) (the reference's own noise is the rest)."""
-    diffs = []
-    for x, h in zip(lq, hq):
-        smooth = ndimage.gaussian_filter(x, 2.0, mode="nearest")
-        diffs.append((x - h)[smooth > BODY * smooth.max()])
-    return float(np.sqrt(np.mean(np.concatenate(diffs) ** 2) / (1.0 - dose)))
+    there (``background.body_mask``), over sqrt(1 - dose) (the reference's own noise is the rest)."""
+    from amir_cli.imaging.background import body_mask
+
+    diffs = np.concatenate([(x - h)[body_mask(x)] for x, h in zip(lq, hq)])
+    return float(np.sqrt(np.mean(diffs**2) / (1.0 - dose)))
 
 
 def fractions_table(model, data) -> int:
@@ -52,21 +47,24 @@ def fractions_table(model, data) -> int:
     from amir_cli.restore import restore_volume
     from amir_cli.tasks import PET_SYNTHESIS
 
-    fractions = (0.0, 0.5, 0.7, 0.85, 1.0)
+    fractions, chosen = (0.0, 0.5, 0.7, 0.85, 1.0), background.FILL_FRACTION
     print("| validation row | " + " | ".join(f"fraction {f:g}" for f in fractions) + " |")
     print("|---|" + "---:|" * len(fractions))
     for (task, level), slices in validation.validation_sets(data, (PET_SYNTHESIS,), em=True).items():
         if not (isinstance(level, str) and level.endswith(" em")):
             continue
         dose, gains = float(level.split()[0]), []
+        sds = [body_noise_sd(s.lq_phys[None], s.hq_phys[None], dose) for s in slices]
+        inputs = [slice_scores(s.lq_phys, s.hq_phys, task)["psnr"] for s in slices]
         for fraction in fractions:
             background.FILL_FRACTION = fraction
             row = []
-            for s in slices:
-                sd = body_noise_sd(s.lq_phys[None], s.hq_phys[None], dose) if fraction else None
-                out = restore_volume(model, Volume(s.lq_phys[..., None].astype(np.float32), np.eye(4)), task, background_sd=sd)[0]
-                row.append(slice_scores(out.array[..., 0], s.hq_phys, task)["psnr"] - slice_scores(s.lq_phys, s.hq_phys, task)["psnr"])
+            for s, sd, psnr_in in zip(slices, sds, inputs):
+                out = restore_volume(model, Volume(s.lq_phys[..., None].astype(np.float32), np.eye(4)), task,
+                                     background_sd=sd if fraction else None)[0]
+                row.append(slice_scores(out.array[..., 0], s.hq_phys, task)["psnr"] - psnr_in)
             gains.append(float(np.mean(row)))
+        background.FILL_FRACTION = chosen
         print(f"| PET {level} | " + " | ".join(f"{g:+.2f}" for g in gains) + " |", flush=True)
     return 0
 

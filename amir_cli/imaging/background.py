@@ -29,18 +29,28 @@ SLICES = 16  # slices judged, evenly spaced
 FILL_FRACTION = 0.5
 
 
+def body_mask(slice2d: np.ndarray) -> np.ndarray:
+    """The body of a PET slice: the slice smoothed over ``BODY_PX`` above ``BODY`` of its peak."""
+    narrow = ndimage.gaussian_filter(np.asarray(slice2d, dtype=np.float64), BODY_PX, mode="nearest")
+    return narrow > BODY * narrow.max()
+
+
+def _judged(s: np.ndarray) -> tuple[float | None, np.ndarray]:
+    """(:func:`background_noise` of the float64 slice ``s``, ``s`` smoothed over ``BODY_PX``)."""
+    narrow = ndimage.gaussian_filter(s, BODY_PX, mode="nearest")
+    wide = ndimage.gaussian_filter(s, WIDE_PX, mode="nearest")
+    if not (wide.max() > 0 and narrow.max() > 0):
+        return None, narrow
+    background, body = wide < BACKGROUND * wide.max(), narrow > BODY * narrow.max()
+    if background.mean() < MIN_BACKGROUND or body.sum() < MIN_BODY_PX:
+        return None, narrow
+    return float(np.sqrt(2.0 * np.mean(s[background] ** 2)) / np.median(s[body])), narrow
+
+
 def background_noise(slice2d: np.ndarray) -> float | None:
     """The RMS of a PET slice's background (times sqrt(2): noise clipped at 0 loses about half) over
     the median activity of its body; None where the slice has too little of either."""
-    s = np.asarray(slice2d, dtype=np.float64)
-    wide = ndimage.gaussian_filter(s, WIDE_PX, mode="nearest")
-    narrow = ndimage.gaussian_filter(s, BODY_PX, mode="nearest")
-    if not (wide.max() > 0 and narrow.max() > 0):
-        return None
-    background, body = wide < BACKGROUND * wide.max(), narrow > BODY * narrow.max()
-    if background.mean() < MIN_BACKGROUND or body.sum() < MIN_BODY_PX:
-        return None
-    return float(np.sqrt(2.0 * np.mean(s[background] ** 2)) / np.median(s[body]))
+    return _judged(np.asarray(slice2d, dtype=np.float64))[0]
 
 
 def noise_free_background(slices: np.ndarray) -> bool:
@@ -61,11 +71,10 @@ def fill_background(slice2d: np.ndarray, sd: float, pixel_mm: float, rng) -> tup
     ``degrade.PET_POSTFILTER_FWHM_MM``) and clipped at 0, as PET is; the background filled is where the
     slice smoothed over BODY_PX stays below BACKGROUND of its peak (nearer the body than what
     :func:`background_noise` judges)."""
-    level = background_noise(slice2d)
+    s = np.asarray(slice2d, dtype=np.float64)
+    level, narrow = _judged(s)
     if level is None or level >= QUIET:
         return slice2d, None
-    s = np.asarray(slice2d, dtype=np.float64)
-    narrow = ndimage.gaussian_filter(s, BODY_PX, mode="nearest")
     mask = narrow < BACKGROUND * narrow.max()
     sigma_px = PET_POSTFILTER_FWHM_MM / FWHM_PER_SIGMA / pixel_mm
     noise = ndimage.gaussian_filter(rng.standard_normal(s.shape), sigma_px, mode="wrap")
