@@ -209,6 +209,7 @@ def restore_volume(
     detect_zero_filling: bool = False,
     passes: int = MR_PASSES,
     background_sd: float | None = None,
+    choose_background: bool = False,
     progress: Progress | None = None,
 ) -> tuple[Volume, dict]:
     """Restore ``volume`` (physical units) slice by slice along its acquisition axis.
@@ -235,7 +236,9 @@ def restore_volume(
     background holds almost no noise, as an iterative reconstruction leaves it, has it filled with
     noise of ``background.FILL_FRACTION`` of that before the network
     (:func:`amir_cli.imaging.background.fill_background`; the network reads the noise level there)
-    and given back as it was after.
+    and given back as it was after. Without it, ``choose_background`` chooses that SD for a 3-D PET
+    whose background is noise-free from its neighbouring slices
+    (:func:`amir_cli.imaging.background.choose_sd`; a few probe slices restored at each level tried).
     ``batch_size`` None: :func:`batch_size_for` the device. A worker thread prepares the next batch
     and finishes the last one while the network runs (the network's thread finishes it where a data
     consistency would compete with the network for the CPU's cores). Returns the restored Volume
@@ -250,10 +253,16 @@ def restore_volume(
     axis = volume.slice_axis
     slices = np.moveaxis(np.asarray(volume.array, dtype=np.float32), axis, 0)  # (n, a, b), a view
     n = slices.shape[0]
+    pixel_mm = float(np.mean(volume.inplane_spacing_mm))
+    background_from = "option" if background_sd else None
+    if task == PET_SYNTHESIS and background_sd is None and choose_background:
+        chosen = chosen_background_sd(model, slices, volume.spacing_mm[axis], pixel_mm, device=device, precision=precision,
+                                      batch_size=batch_size, tile=tile, tile_overlap=tile_overlap)
+        if chosen is not None:
+            background_sd, background_from = chosen or None, "neighbour slices"
     job = _SliceJob(slices, np.empty((n, slices.shape[1] * scale, slices.shape[2] * scale), dtype=np.float32), task,
                     scale, intensity.mr_scale_factor(volume.array) if task == MRI_SR else None, dc_factor, device,
-                    passes=passes if dc_factor else 1, background_sd=background_sd,
-                    pixel_mm=float(np.mean(volume.inplane_spacing_mm)))
+                    passes=passes if dc_factor else 1, background_sd=background_sd, pixel_mm=pixel_mm)
 
     def network(batch: _Batch):
         with autocast:
@@ -283,12 +292,29 @@ def restore_volume(
         if dc_factor
         else None,
         "passthrough_voxels": job.passthrough,
-        "background_noise": {"sd": background_sd, "filled_slices": job.filled_slices} if background_sd else None,
+        "background_noise": {"sd": background_sd or 0.0, "from": background_from, "filled_slices": job.filled_slices}
+        if background_from
+        else None,
         "seconds": seconds, "model_seconds": model_seconds,
         "slices_per_second": n / seconds if seconds > 0 else None,
         "routing": routing_summary(instruction_sum / max(n, 1)),
     }
     return result, info
+
+
+def chosen_background_sd(model, slices: np.ndarray, slice_mm: float, pixel_mm: float, **run) -> float | None:
+    """The `--pet-background-noise` SD that `amir restore` chooses for the slices-first PET ``slices``
+    (``slice_mm`` apart) where none is given (:func:`amir_cli.imaging.background.choose_sd`, its probe
+    slices restored by :func:`restore_volume` with ``run``'s keywords); None where the background holds
+    noise or the image has too few slices, or too far apart, to choose by."""
+    if not background.noise_free_background(slices):
+        return None
+
+    def probe(chosen: np.ndarray, sd: float) -> np.ndarray:
+        vol = Volume(np.moveaxis(chosen, 0, -1).astype(np.float32), np.diag([pixel_mm, pixel_mm, 1.0, 1.0]))
+        return restore_volume(model, vol, PET_SYNTHESIS, background_sd=sd or None, **run)[0].slices_first()
+
+    return background.choose_sd(slices, slice_mm, probe)
 
 
 def _measured_band(volume: Volume, task: str, scale: int, kspace_factor: int | None, data_consistency: bool,
@@ -375,12 +401,14 @@ def restore_array(
     detect_zero_filling: bool = True,
     passes: int = MR_PASSES,
     background_sd: float | None = None,
+    choose_background: bool = True,
 ) -> np.ndarray:
     """Restore a 2-D or 3-D array in physical units (HU, SUV, MR units) and return the new array.
 
     The library shortcut for notebooks: ``model`` (an AMIR) or ``weights`` (registry name or file,
     default: the shipped default) picks the network; the other keywords are :func:`restore_volume`'s
-    (``background_sd``: `amir restore --pet-background-noise`).
+    (``background_sd``: `amir restore --pet-background-noise`; ``choose_background``: its choice
+    without one, on by default as in `amir restore`).
     """
     a = np.asarray(array, dtype=np.float32)
     two_d = a.ndim == 2
@@ -392,7 +420,7 @@ def restore_array(
     out, _ = restore_volume(
         model, volume, task, scale=scale, device=dev, precision=precision, batch_size=batch_size, tile=tile, tta=tta,
         kspace_factor=kspace_factor, data_consistency=data_consistency, detect_zero_filling=detect_zero_filling,
-        passes=passes, background_sd=background_sd,
+        passes=passes, background_sd=background_sd, choose_background=choose_background,
     )
     return out.array[:, :, 0] if two_d else out.array
 
@@ -424,6 +452,7 @@ class RestoreOptions:
     detect_zero_filling: bool = True
     passes: int = MR_PASSES
     background_sd: float | None = None  # PET: --pet-background-noise
+    choose_background: bool = True  # PET: --fill-pet-background
     overwrite: bool = False
     engine: str = "auto"  # ENGINES (`engine`)
 
@@ -527,7 +556,8 @@ def quiet_background_hint(volume: Volume) -> list[str]:
     return ["the background around the body holds almost no noise, as an iterative (OSEM) reconstruction "
             "leaves it: the network reads the noise level there and removes little of this image's noise; "
             "--pet-background-noise SD (the noise's standard deviation in a uniform region of the body, SUV) "
-            "gives it that level"]
+            f"gives it that level (chosen from neighbouring slices where an image has {background.MIN_SLICES} or more, "
+            f"at most {background.MAX_SLICE_MM:g} mm apart)"]
 
 
 def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptions, *, progress: Progress | None = None) -> dict:
@@ -553,11 +583,11 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
         batch_size=options.batch_size, tile=options.tile, tile_overlap=options.tile_overlap, tta=options.tta,
         kspace_factor=options.kspace_factor, data_consistency=options.data_consistency,
         detect_zero_filling=options.detect_zero_filling, passes=options.passes, background_sd=options.background_sd,
-        progress=progress,
+        choose_background=options.choose_background, progress=progress,
     )
     if task == MRI_SR and options.scale == 1 and info["data_consistency"] is None:
         warnings += zero_filled_hint(files.input)
-    if task == PET_SYNTHESIS and not options.background_sd:
+    if task == PET_SYNTHESIS and info["background_noise"] is None:
         warnings += quiet_background_hint(volume)
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
     description = DESCRIPTION.format(version=__version__, task=task, scale=scale_text)

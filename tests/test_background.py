@@ -1,8 +1,9 @@
 """PET backgrounds: noise-free (an OSEM reconstruction's) recognised, filled for the network with
-`--pet-background-noise`, given back after."""
+`--pet-background-noise` or a level chosen from neighbouring slices, given back after."""
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import background as B
@@ -49,7 +50,7 @@ def test_restore_gives_the_filled_background_back_and_reports_it():
     before = vol.array.copy()
 
     out, info = restore_volume(_identity_like(), vol, "pet-synthesis", background_sd=0.4)
-    assert info["background_noise"] == {"sd": 0.4, "filled_slices": 2}
+    assert info["background_noise"] == {"sd": 0.4, "from": "option", "filled_slices": 2}
     for k in range(2):
         _, mask = B.fill_background(before[..., k], 0.4, 3.0, np.random.default_rng(k))
         assert np.array_equal(out.array[..., k][mask], before[..., k][mask])
@@ -75,3 +76,51 @@ def test_bad_background_noise_is_refused(task, sd, message):
     vol = Volume(np.stack([low_dose(0.75)] * 2, -1), np.diag([3.0, 3.0, 3.0, 1.0]))
     with pytest.raises(BadInputError, match=message):
         restore_volume(_identity_like(), vol, task, background_sd=sd)
+
+
+def test_neighbour_prediction_is_exact_along_a_cubic():
+    z = np.arange(7.0)[:, None, None]
+    slices = (1.0 + 0.5 * z - 0.2 * z**2 + 0.03 * z**3) * ACTIVITY
+    for i in (2, 3, 4):
+        assert np.allclose(B.neighbour_prediction(slices, i), slices[i])
+
+
+def _smoother(probes, sd):
+    """A stand-in network: Gaussian smoothing as wide in pixels as the SD is in SUV."""
+    return np.stack([ndimage.gaussian_filter(p, sd) if sd else p for p in probes])
+
+
+def test_choose_sd_takes_the_level_nearest_the_noise_free_slices():
+    """With noise independent between slices, the level whose outputs lie nearest the neighbours'
+    prediction is (nearly) the one nearest the noise-free slices; a noise-free image gets none."""
+    z = np.arange(10.0)[:, None, None]
+    clean = ACTIVITY * (1.0 + 0.04 * z)
+    noisy = clean + np.where(ACTIVITY > 0, np.random.default_rng(3).normal(0.0, 0.6, clean.shape), 0.0)
+    picked = B.probe_slices(noisy, 3.0)
+    assert list(picked) == [2, 3, 4, 5, 6, 7]
+    median = np.median(np.concatenate([p[B.body_mask(p)] for p in noisy[picked]]))
+    error = {r: np.mean((_smoother(noisy[picked], r * median) - clean[picked]) ** 2) for r in B.CHOICES}
+    chosen = B.choose_sd(noisy, 3.0, _smoother, share=1.0)
+    assert chosen > 0 and error[chosen / median] == pytest.approx(min(error.values()), rel=0.05)
+    assert B.choose_sd(noisy, 3.0, _smoother) == pytest.approx(B.CHOSEN_SHARE * chosen)
+    assert B.choose_sd(clean, 3.0, _smoother) == 0.0
+    assert B.choose_sd(noisy[:4], 3.0, _smoother) is None  # too few slices
+    assert B.choose_sd(noisy, B.MAX_SLICE_MM + 1, _smoother) is None  # too far apart
+    assert B.choose_sd(np.zeros_like(noisy), 3.0, _smoother) is None  # no body
+
+
+def test_restore_chooses_the_fill_only_where_it_can():
+    """`amir restore`'s default: a 3-D OSEM-shaped PET gets a level chosen from its neighbouring
+    slices (reported, the input untouched); one with noise in its background, one with too few
+    slices, slices too far apart, or the choice turned off gets none."""
+    osem = Volume(np.stack([low_dose(0.75, k) for k in range(6)], -1), np.diag([3.0, 3.0, 3.0, 1.0]))
+    before = osem.array.copy()
+    _, info = restore_volume(_identity_like(), osem, "pet-synthesis", choose_background=True)
+    assert info["background_noise"]["from"] == "neighbour slices" and info["background_noise"]["sd"] >= 0
+    assert np.array_equal(osem.array, before)
+    assert restore_volume(_identity_like(), osem, "pet-synthesis")[1]["background_noise"] is None  # off by default here
+    fbp = Volume(np.stack([low_dose(None, k) for k in range(6)], -1), osem.affine)
+    thin = Volume(before[..., :4], osem.affine)
+    apart = Volume(before, np.diag([3.0, 3.0, 6.0, 1.0]))
+    for vol in (fbp, thin, apart):
+        assert restore_volume(_identity_like(), vol, "pet-synthesis", choose_background=True)[1]["background_noise"] is None

@@ -398,3 +398,21 @@ def test_levels_sort_by_kind_then_severity():
     assert sorted(pet, key=lambda lv: level_sort_key("pet-synthesis", lv)) == [
         "", "dose1-2", "dose1-4", "dose0.1", "dose1-20", "dose1-2-spec", "dose1-12-spec", "weird"]
     assert sorted(["x4", "x2-soft", "x2"], key=lambda lv: level_sort_key("mri-sr", lv)) == ["x2", "x4", "x2-soft"]
+
+
+def test_pet_fill_is_chosen_on_the_whole_low_quality_volume(tmp_path, tiny_weights, monkeypatch):
+    """An OSEM-shaped PET file is scored as `amir restore` restores it: the background fill chosen
+    from all its slices, though only some are scored."""
+    import amir_cli.restore as R
+
+    hq = _phantom("pet-synthesis", n=64, slices=7)
+    lq = np.stack([degrade.degrade_slice(hq[..., k], "pet-synthesis", 0.25, degrade.slice_rng(0, k), pixel_mm=3.0,
+                                         em_exponent=degrade.OSEM_NOISE_EXPONENT) for k in range(7)], -1)
+    data = tmp_path / "data"
+    _save(hq, data / "PET/test/HQ/p.nii.gz", spacing=(3.0, 3.0, 3.0))
+    _save(lq, data / "PET/test/LQ/p.nii.gz", spacing=(3.0, 3.0, 3.0))
+    seen, choose = [], R.chosen_background_sd
+    monkeypatch.setattr(R, "chosen_background_sd", lambda model, slices, *a, **kw: seen.append(len(slices)) or choose(model, slices, *a, **kw))
+    res = run_benchmark(BenchmarkRequest(data, tmp_path / "out", weights=tiny_weights, figures=False, with_baselines=False, max_slices=2))
+    assert res.exit_code == 0, res.failures
+    assert seen == [7] and all(r["n_slices"] == 2 for r in res.rows)

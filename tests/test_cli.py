@@ -519,8 +519,9 @@ def test_degrade_pet_noise_osem_spares_air(tmp_path):
 
 
 def test_restore_pet_hints_at_a_noise_free_background(tmp_path, tiny_weights):
-    """A PET image whose background holds no noise (an OSEM reconstruction's) gets a one-line hint
-    in the report; one whose noise reaches the background (filtered back-projection's) does not."""
+    """A PET image whose background holds no noise (an OSEM reconstruction's) and too few slices to
+    choose a fill from gets a one-line hint in the report; one whose noise reaches the background
+    (filtered back-projection's) does not."""
     p = tmp_path / "pet.nii.gz"
     yy, xx = np.mgrid[:96, :96] - 47.5
     suv = np.repeat(np.where(np.hypot(yy, xx) < 28, 2.0, 0.0).astype(np.float32)[..., None], 3, -1)
@@ -538,10 +539,32 @@ def test_restore_pet_hints_at_a_noise_free_background(tmp_path, tiny_weights):
                           "--pet-background-noise", "0.3", "--overwrite", "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert report["background_noise"] == {"sd": 0.3, "filled_slices": 3}
+    assert report["background_noise"] == {"sd": 0.3, "from": "option", "filled_slices": 3}
     assert not [w for w in report.get("warnings", []) if "background" in w]
     code, _, err = amir("restore", tmp_path / "osem.nii.gz", "--task", "ct-denoise", "--pet-background-noise", "0.3")
     assert code == 2 and "pet-synthesis only" in err
+
+
+def test_restore_pet_chooses_a_background_fill_unless_told_not_to(tmp_path, tiny_weights):
+    """A 3-D OSEM-shaped PET of 6 slices gets a fill chosen from its neighbouring slices (reported,
+    no hint); `--no-fill-pet-background` restores it as it is, with the hint."""
+    p = tmp_path / "pet.nii.gz"
+    yy, xx = np.mgrid[:96, :96] - 47.5
+    suv = np.stack([np.where(np.hypot(yy, xx) < 28 - k, 2.0, 0.0) for k in range(6)], -1).astype(np.float32)
+    suv[40:50, 40:50] = 8.0
+    nib.save(nib.Nifti1Image(suv, np.diag([3.0, 3.0, 3.0, 1.0])), str(p))
+    low = tmp_path / "osem.nii.gz"
+    assert amir("degrade", p, "--task", "pet-synthesis", "--dose", "0.25", "--pet-noise", "osem", "-o", low)[0] == 0
+    reports = {}
+    for flag in ("--fill-pet-background", "--no-fill-pet-background"):
+        code, out, err = amir("restore", low, "--task", "pet-synthesis", "--weights", tiny_weights, flag, "--overwrite", "--json")
+        assert code == 0, err
+        reports[flag] = json.loads(out)
+    chosen = reports["--fill-pet-background"]
+    assert chosen["background_noise"]["from"] == "neighbour slices" and chosen["background_noise"]["sd"] >= 0
+    assert not [w for w in chosen.get("warnings", []) if "background" in w]
+    plain = reports["--no-fill-pet-background"]
+    assert plain["background_noise"] is None and [w for w in plain["warnings"] if "background" in w]
 
 
 # ---- weights ---------------------------------------------------------------------------------------

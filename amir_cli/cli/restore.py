@@ -36,6 +36,7 @@ def restore_cmd(
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="MR with --scale, --kspace-factor or a recognised zero-filled input: keep the k-space band the input measured.")] = True,
     detect_zero_filling: Annotated[bool, typer.Option("--detect-zero-filling/--no-detect-zero-filling", help="mri-sr on the input's grid: recognise a zero-filled image (the central 1/2 or 1/4 of k-space) by its spectrum and keep its band, as --kspace-factor does.")] = True,
     pet_background_noise: Annotated[Optional[float], typer.Option("--pet-background-noise", metavar="SD", help="pet-synthesis only: the standard deviation (SUV) of the image's noise in a uniform region of the body. Slices whose background holds almost no noise, as an iterative (OSEM) reconstruction leaves it, get it filled with noise (half that level, as chosen on validation data) before the network, which reads the noise level there, and given back after.", show_default=False)] = None,
+    fill_pet_background: Annotated[bool, typer.Option("--fill-pet-background/--no-fill-pet-background", help="pet-synthesis without --pet-background-noise: where a 3-D image's background holds almost no noise, choose that level from the image (a few slices restored at each level tried, the output nearest to what their neighbouring slices predict wins; 5 or more slices at most 4 mm apart).")] = True,
     passes: Annotated[int, typer.Option("--passes", min=1, metavar="N", help="MR whose k-space band is kept: network passes of a damped cascade, each later one run on the last output made consistent and flipped (left-right, then up-down), averaged with it and made consistent again (1: the network once; each pass costs the network's time).")] = MR_PASSES,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
@@ -64,7 +65,7 @@ def restore_cmd(
     options = R.RestoreOptions(task=task, scale=scale, device=device, precision=precision, batch_size=batch_size, tile=tile,
                                tta=tta, kspace_factor=kspace_factor, data_consistency=data_consistency,
                                detect_zero_filling=detect_zero_filling, passes=passes, background_sd=pet_background_noise,
-                               overwrite=overwrite,
+                               choose_background=fill_pet_background, overwrite=overwrite,
                                engine=engine)
     with usage_errors():
         options.check()
@@ -152,8 +153,10 @@ def _print_restore_summary(r: dict) -> None:
         typer.echo(f"  kept the central 1/{dc['kspace_factor']} of k-space ({dc['factor_from']}), "
                    f"{dc['passes']} network pass{'es' if dc['passes'] > 1 else ''}")
     bg = r.get("background_noise")
-    if bg:
-        typer.echo(f"  background filled with noise of SD {bg['sd']:g} SUV in {bg['filled_slices']} of {r['slices']} slices")
+    if bg and bg["sd"]:
+        typer.echo(f"  background filled for a noise SD of {bg['sd']:.3g} SUV ({bg['from']}) in {bg['filled_slices']} of {r['slices']} slices")
+    elif bg:
+        typer.echo(f"  background left as it is ({bg['from']}: no fill chosen)")
     m = r.get("metrics")
     if m:
         o = m["output"]

@@ -4,7 +4,8 @@ Filtered back-projection (SPEC §3, what the network learned PET from) spreads t
 whole field, background included. An iterative (OSEM) reconstruction, as clinical scanners make,
 leaves the background almost noise-free; the network then takes the image for a clean one and
 removes little of the body's noise (`benchmarks/pet_background.py`). Given that noise's level,
-:func:`fill_background` fills such a background with noise as filtered back-projection spreads it.
+:func:`fill_background` fills such a background with noise as filtered back-projection spreads it;
+without it, :func:`choose_sd` chooses a level for a 3-D image from its neighbouring slices.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ SLICES = 16  # slices judged, evenly spaced
 # PET (`amir restore --pet-background-noise`), the largest of 0.5, 0.7, 0.85 and 1 that left no dose
 # from 1/2 to 1/12 below its input (more reads the finest texture as noise at dose 1/2).
 FILL_FRACTION = 0.5
+# Choosing the level without one given (:func:`choose_sd`): the SDs tried, over the body's median
+# activity; the probe slices restored at each; the share of the best level used; the slices needed.
+CHOICES = (0.0, *(0.03 * 1.25**k for k in range(18)))
+PROBES = 6
+CHOSEN_SHARE = 0.25
+MIN_SLICES = 5
+# Slices farther apart than this are not chosen by: on 6 mm slices the anatomy between them misleads
+# the prediction, and the choice lost up to 0.67 dB at dose 1/2 (`pet_background.py --choice` on 2 to 4 mm).
+MAX_SLICE_MM = 4.0
 
 
 def body_mask(slice2d: np.ndarray) -> np.ndarray:
@@ -81,3 +91,51 @@ def fill_background(slice2d: np.ndarray, sd: float, pixel_mm: float, rng) -> tup
     noise *= FILL_FRACTION * sd / noise.std()
     filled = np.where(mask, np.clip(s + noise, 0.0, None), s)
     return filled.astype(np.asarray(slice2d).dtype, copy=False), mask
+
+
+def neighbour_prediction(slices: np.ndarray, i: int) -> np.ndarray:
+    """Slice ``i`` of slices-first ``slices`` predicted from the two slices either side by
+    fourth-order interpolation along the slice axis: a smooth anatomy's curvature cancels, and the
+    prediction's noise is its neighbours' own, independent of slice ``i``'s."""
+    near = np.asarray(slices[i - 1], np.float64) + slices[i + 1]
+    far = np.asarray(slices[i - 2], np.float64) + slices[i + 2]
+    return (4.0 * near - far) / 6.0
+
+
+def probe_slices(slices: np.ndarray, slice_mm: float) -> np.ndarray:
+    """The indices of the slices :func:`choose_sd` restores: up to ``PROBES`` evenly spaced slices that
+    have two neighbours either side and a body (none where there are fewer than ``MIN_SLICES`` or they
+    lie more than ``MAX_SLICE_MM`` apart)."""
+    n = len(slices)
+    usable = n >= MIN_SLICES and 0 < slice_mm <= MAX_SLICE_MM
+    spaced = np.unique(np.linspace(2, n - 3, min(PROBES, max(n - 4, 0))).round().astype(int)) if usable else []
+    return np.array([i for i in spaced if body_mask(slices[i]).any()], dtype=int)
+
+
+def choose_sd(slices: np.ndarray, slice_mm: float, restore, share: float = CHOSEN_SHARE) -> float | None:
+    """The `--pet-background-noise` SD (SUV) for slices-first PET whose background is noise-free and
+    whose slices lie ``slice_mm`` apart, chosen from the image alone; 0.0: fill nothing; None: no
+    :func:`probe_slices` to choose by.
+
+    ``restore(probes, sd)`` restores the slices ``probes`` with their backgrounds filled for ``sd``
+    (0: as they are). Up to ``PROBES`` slices, each with two neighbours either side, are restored at
+    every SD of ``CHOICES`` (times the body's median); the SD whose outputs lie nearest their
+    :func:`neighbour_prediction` in the body wins: the neighbours' noise is independent of the
+    probe's, so that distance is least where the output is nearest the noise-free activity. A
+    standard-dose scan keeps noise of its own, and the best level for the activity removes too much of
+    it at mild doses, so ``share`` of the winner is returned (chosen on validation and
+    training subjects' simulated PET, `benchmarks/pet_background.py --choice`)."""
+    picked = probe_slices(slices, slice_mm)
+    if not len(picked):
+        return None
+    probes = np.asarray(slices[picked], dtype=np.float64)
+    masks = [body_mask(s) for s in probes]
+    median = float(np.median(np.concatenate([s[m] for s, m in zip(probes, masks)])))
+    targets = [neighbour_prediction(slices, i) for i in picked]
+
+    def distance(sd: float) -> float:
+        out = np.asarray(restore(probes, sd), dtype=np.float64)
+        return float(np.mean([np.mean((o - t)[m] ** 2) for o, t, m in zip(out, targets, masks)]))
+
+    best = min(CHOICES, key=lambda r: distance(r * median))
+    return share * best * median

@@ -49,7 +49,7 @@ from amir_cli.files import write_json
 from amir_cli.imaging import degrade
 from amir_cli.imaging.io import read_image
 from amir_cli.metrics import volume_scores
-from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, MRI_SR
+from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, MRI_SR, PET_SYNTHESIS
 
 from .cases import CaseSpec, Simulation, parse_simulate, place_volumes, plan_cases
 from .request import BenchmarkRequest
@@ -140,7 +140,8 @@ def zero_filled(slices: np.ndarray, scale: int) -> np.ndarray:
 
 
 def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
-    """(hq Volume, hq slices, lq Volume restricted to the scored slices, lq slices, scale, indices)."""
+    """(hq Volume, hq slices, lq Volume restricted to the scored slices, lq slices, scale, indices,
+    every lq slice where the case has an LQ file, else None)."""
     if spec.hq_path is None:
         raise BadInputError(f"no HQ image named {spec.name} (LQ: {spec.lq_path})")
     if spec.simulation is None and spec.lq_path is None:
@@ -150,7 +151,7 @@ def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
     idx = select_slices(hq_all, spec.task, max_slices)
     hq = hq_all[idx]
     if spec.simulation is not None:
-        lq_vol_full = hq_vol
+        lq_vol_full, lq_all = hq_vol, None
         pix = float(np.mean(hq_vol.inplane_spacing_mm))
         cs = case_seed(seed, spec.name, spec.task)
         lq = np.stack(
@@ -166,7 +167,7 @@ def _load_pair(spec: CaseSpec, seed: int, max_slices: int | None):
         lq = lq_all[idx]
     # a Volume holding just the scored slices, in the file's axis order, for restore_volume
     lq_vol = lq_vol_full.with_array(np.moveaxis(lq, 0, lq_vol_full.slice_axis))
-    return hq_vol, hq, lq_vol, lq, scale, idx
+    return hq_vol, hq, lq_vol, lq, scale, idx, lq_all
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -255,7 +256,7 @@ def _slug(text: str) -> str:
 
 
 def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_size: int):
-    hq_vol, hq, lq_vol, lq, scale, idx = _load_pair(spec, request.seed, request.max_slices)
+    hq_vol, hq, lq_vol, lq, scale, idx, lq_all = _load_pair(spec, request.seed, request.max_slices)
     task = spec.task
     n = len(idx)
     dc = request.data_consistency
@@ -276,6 +277,12 @@ def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_
             t = time.perf_counter()
             methods.append((name, run(), (time.perf_counter() - t) / n))
     t = time.perf_counter()
+    if task == PET_SYNTHESIS and lq_all is not None:  # the background's fill chosen on the whole volume, timed with amir
+        from amir_cli.restore import chosen_background_sd
+
+        chosen = chosen_background_sd(model, lq_all, lq_vol.spacing_mm[lq_vol.slice_axis], float(np.mean(lq_vol.inplane_spacing_mm)),
+                                      device=device, precision=request.precision, batch_size=batch_size)
+        options["background_sd"] = chosen or None
     restored = _run_amir(model, lq_vol, task, scale=scale, **options)
     methods.append(("amir", restored, (time.perf_counter() - t) / n))
     if factor:  # the network alone, without data consistency
