@@ -107,8 +107,9 @@ def probe_slices(slices: np.ndarray, slice_mm: float) -> np.ndarray:
     have two neighbours either side and a body (none where there are fewer than ``MIN_SLICES`` or they
     lie more than ``MAX_SLICE_MM`` apart)."""
     n = len(slices)
-    usable = n >= MIN_SLICES and 0 < slice_mm <= MAX_SLICE_MM
-    spaced = np.unique(np.linspace(2, n - 3, min(PROBES, max(n - 4, 0))).round().astype(int)) if usable else []
+    if n < MIN_SLICES or not 0 < slice_mm <= MAX_SLICE_MM:
+        return np.array([], dtype=int)
+    spaced = np.unique(np.linspace(2, n - 3, min(PROBES, n - 4)).round().astype(int))
     return np.array([i for i in spaced if body_mask(slices[i]).any()], dtype=int)
 
 
