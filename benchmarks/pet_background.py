@@ -189,7 +189,7 @@ def main() -> int:
 
         choice_table(model)
         print("\nSlices 6 mm apart (the choice made as if background.MAX_SLICE_MM allowed it)")
-        limit, background.MAX_SLICE_MM = background.MAX_SLICE_MM, np.inf
+        limit, background.MAX_SLICE_MM = background.MAX_SLICE_MM, 6.5
         choice_table(model, COARSE_CASES, (0.0,))
         background.MAX_SLICE_MM = limit
         return 0

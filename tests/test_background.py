@@ -79,10 +79,17 @@ def test_bad_background_noise_is_refused(task, sd, message):
 
 
 def test_neighbour_prediction_is_exact_along_a_cubic():
-    z = np.arange(7.0)[:, None, None]
+    z = np.arange(9.0)[:, None, None]
     slices = (1.0 + 0.5 * z - 0.2 * z**2 + 0.03 * z**3) * ACTIVITY
     for i in (2, 3, 4):
         assert np.allclose(B.neighbour_prediction(slices, i), slices[i])
+    assert np.allclose(B.neighbour_prediction(slices, 4, lag=2), slices[4])
+
+
+@pytest.mark.parametrize("n, slice_mm, lag", [(8, 4.0, 1), (47, 3.0, 1), (20, 2.0, 2), (94, 1.5, 2), (5, 2.0, 1),
+                                              (9, 1.0, 2), (4, 2.0, 0), (25, 6.5, 0), (25, 0.0, 0)])
+def test_neighbour_lag_reaches_as_far_as_the_slices_allow(n, slice_mm, lag):
+    assert B.neighbour_lag(n, slice_mm) == lag
 
 
 def _smoother(probes, sd):

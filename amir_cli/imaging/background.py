@@ -93,23 +93,32 @@ def fill_background(slice2d: np.ndarray, sd: float, pixel_mm: float, rng) -> tup
     return filled.astype(np.asarray(slice2d).dtype, copy=False), mask
 
 
-def neighbour_prediction(slices: np.ndarray, i: int) -> np.ndarray:
-    """Slice ``i`` of slices-first ``slices`` predicted from the two slices either side by
-    fourth-order interpolation along the slice axis: a smooth anatomy's curvature cancels, and the
-    prediction's noise is its neighbours' own, independent of slice ``i``'s."""
-    near = np.asarray(slices[i - 1], np.float64) + slices[i + 1]
-    far = np.asarray(slices[i - 2], np.float64) + slices[i + 2]
+def neighbour_prediction(slices: np.ndarray, i: int, lag: int = 1) -> np.ndarray:
+    """Slice ``i`` of slices-first ``slices`` predicted from the slices ``lag`` and ``2 lag`` away on
+    either side by fourth-order interpolation along the slice axis: a smooth anatomy's curvature
+    cancels, and the prediction's noise is those slices' own, independent of slice ``i``'s."""
+    near = np.asarray(slices[i - lag], np.float64) + slices[i + lag]
+    far = np.asarray(slices[i - 2 * lag], np.float64) + slices[i + 2 * lag]
     return (4.0 * near - far) / 6.0
+
+
+def neighbour_lag(n: int, slice_mm: float) -> int:
+    """How many slices apart :func:`choose_sd` takes the neighbours of ``n`` slices ``slice_mm`` apart:
+    as far as ``MAX_SLICE_MM`` and the slices allow (a 3-D post-filter correlates the noise of adjacent
+    thin slices, and neighbours whose noise is the probe's own favour keeping it); 0: none can."""
+    if n < MIN_SLICES or not 0 < slice_mm <= MAX_SLICE_MM:
+        return 0
+    return max(1, min(int(MAX_SLICE_MM // slice_mm), (n - 1) // 4))
 
 
 def probe_slices(slices: np.ndarray, slice_mm: float) -> np.ndarray:
     """The indices of the slices :func:`choose_sd` restores: up to ``PROBES`` evenly spaced slices that
-    have two neighbours either side and a body (none where there are fewer than ``MIN_SLICES`` or they
-    lie more than ``MAX_SLICE_MM`` apart)."""
-    n = len(slices)
-    if n < MIN_SLICES or not 0 < slice_mm <= MAX_SLICE_MM:
+    have two neighbours either side (:func:`neighbour_lag` apart) and a body; none where there are
+    fewer than ``MIN_SLICES`` or they lie more than ``MAX_SLICE_MM`` apart."""
+    n, lag = len(slices), neighbour_lag(len(slices), slice_mm)
+    if not lag:
         return np.array([], dtype=int)
-    spaced = np.unique(np.linspace(2, n - 3, min(PROBES, n - 4)).round().astype(int))
+    spaced = np.unique(np.linspace(2 * lag, n - 1 - 2 * lag, min(PROBES, n - 4 * lag)).round().astype(int))
     return np.array([i for i in spaced if body_mask(slices[i]).any()], dtype=int)
 
 
@@ -132,7 +141,8 @@ def choose_sd(slices: np.ndarray, slice_mm: float, restore, share: float = CHOSE
     probes = np.asarray(slices[picked], dtype=np.float64)
     masks = [body_mask(s) for s in probes]
     median = float(np.median(np.concatenate([s[m] for s, m in zip(probes, masks)])))
-    targets = [neighbour_prediction(slices, i) for i in picked]
+    lag = neighbour_lag(len(slices), slice_mm)
+    targets = [neighbour_prediction(slices, i, lag) for i in picked]
 
     def distance(sd: float) -> float:
         out = np.asarray(restore(probes, sd), dtype=np.float64)
