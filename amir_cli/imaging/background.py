@@ -34,8 +34,9 @@ CHOICES = (0.0, *(0.03 * 1.25**k for k in range(18)))
 PROBES = 6
 CHOSEN_SHARE = 0.25
 MIN_SLICES = 5
-# Slices farther apart than this are not chosen by: on 6 mm slices the anatomy between them misleads
-# the prediction, and the choice lost up to 0.67 dB at dose 1/2 (`pet_background.py --choice` on 2 to 4 mm).
+# Slices farther apart than this are not chosen by (the choice was validated on 2 to 4 mm slices,
+# `benchmarks/pet_background.py --choice`): on 6 mm slices the anatomy between them misleads the
+# prediction, and the choice lost up to 0.67 dB at dose 1/2.
 MAX_SLICE_MM = 4.0
 
 
@@ -128,13 +129,13 @@ def choose_sd(slices: np.ndarray, slice_mm: float, restore, share: float = CHOSE
     :func:`probe_slices` to choose by.
 
     ``restore(probes, sd)`` restores the slices ``probes`` with their backgrounds filled for ``sd``
-    (0: as they are). Up to ``PROBES`` slices, each with two neighbours either side, are restored at
-    every SD of ``CHOICES`` (times the body's median); the SD whose outputs lie nearest their
-    :func:`neighbour_prediction` in the body wins: the neighbours' noise is independent of the
-    probe's, so that distance is least where the output is nearest the noise-free activity. A
-    standard-dose scan keeps noise of its own, and the best level for the activity removes too much of
-    it at mild doses, so ``share`` of the winner is returned (chosen on validation and
-    training subjects' simulated PET, `benchmarks/pet_background.py --choice`)."""
+    (0: as they are). Up to ``PROBES`` slices, each with two neighbours on either side
+    (:func:`neighbour_lag` apart), are restored at every SD of ``CHOICES`` (times the body's median);
+    the SD whose outputs lie nearest their :func:`neighbour_prediction` in the body wins: the
+    neighbours' noise is independent of the probe's, so that distance is least where the output is
+    nearest the noise-free activity. A standard-dose scan keeps noise of its own, and the best level
+    for the activity removes too much of it at mild doses, so ``share`` of the winner is returned
+    (chosen on validation and training subjects' simulated PET, `benchmarks/pet_background.py --choice`)."""
     picked = probe_slices(slices, slice_mm)
     if not len(picked):
         return None
