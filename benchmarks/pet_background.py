@@ -107,11 +107,8 @@ def choice_activity(file: str, blocks: tuple[int, int, int]):
         suv, affine = phantom.load_t1_pet(DEV_DATA / file, rng, skull_stripped=True)
     else:
         suv, affine = phantom.load_ct_pet(DEV_DATA / file, rng)
-    zooms = np.linalg.norm(affine[:3, :3], axis=0)
-    crop = [n // b * b for n, b in zip(suv.shape, blocks)]
-    suv = suv[: crop[0], : crop[1], : crop[2]]
-    suv = suv.reshape(crop[0] // blocks[0], blocks[0], crop[1] // blocks[1], blocks[1], crop[2] // blocks[2], blocks[2]).mean((1, 3, 5))
-    return np.moveaxis(suv, -1, 0).astype(np.float64), float(zooms[0] * blocks[0]), float(zooms[2] * blocks[2])
+    suv, _, zooms = phantom.average_blocks(suv, affine, np.linalg.norm(affine[:3, :3], axis=0), blocks)
+    return np.moveaxis(suv, -1, 0).astype(np.float64), float(zooms[0]), float(zooms[2])
 
 
 def choice_table(model, cases=CHOICE_CASES, mixes=(0.0, AXIAL_MIX)) -> None:
