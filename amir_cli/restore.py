@@ -79,7 +79,7 @@ def check_scale_task(task: str, scale: int, kspace_factor: int | None) -> None:
 
 
 def check_options(task: str, scale: int, batch_size: int | None, tile: int | None, kspace_factor: int | None = None,
-                  *, engine: str = "auto", decided: bool = True, passes: int = 1, background_sd: float | None = None) -> None:
+                  *, engine: str = "auto", decided: bool = True, passes: int | None = None, background_sd: float | None = None) -> None:
     """The restore options that need no image; ``decided=False`` lets ``task`` be 'auto' (decided from
     the image later, and checked again then)."""
     if decided or task != "auto":
@@ -92,7 +92,7 @@ def check_options(task: str, scale: int, batch_size: int | None, tile: int | Non
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     if tile is not None and tile < MIN_TILE:
         raise BadInputError(f"--tile must be at least {MIN_TILE} pixels, got {tile}")
-    if passes < 1:
+    if passes is not None and passes < 1:
         raise BadInputError(f"--passes must be at least 1, got {passes}")
     if background_sd is not None:
         if not (np.isfinite(background_sd) and background_sd > 0):
@@ -207,7 +207,7 @@ def restore_volume(
     kspace_factor: int | None = None,
     data_consistency: bool = True,
     detect_zero_filling: bool = False,
-    passes: int = MR_PASSES,
+    passes: int | None = None,
     background_sd: float | None = None,
     choose_background: bool = False,
     progress: Progress | None = None,
@@ -228,7 +228,7 @@ def restore_volume(
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
     in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
     factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`). There the
-    network runs ``passes`` times: each later pass runs on the last output made consistent (flipped
+    network runs ``passes`` times (None: ``MR_PASSES`` of the factor): each later pass runs on the last output made consistent (flipped
     by ``PASS_FLIPS`` in turn and flipped back), moves that output ``CASCADE_STEP`` of the way
     towards its own and makes it consistent again (a damped cascade of network and data
     consistency: the later passes see less truncation ringing).
@@ -262,7 +262,7 @@ def restore_volume(
             background_sd, background_from = chosen or None, "neighbour slices"
     job = _SliceJob(slices, np.empty((n, slices.shape[1] * scale, slices.shape[2] * scale), dtype=np.float32), task,
                     scale, intensity.mr_scale_factor(volume.array) if task == MRI_SR else None, dc_factor, device,
-                    passes=passes if dc_factor else 1, background_sd=background_sd, pixel_mm=pixel_mm)
+                    passes=(passes or MR_PASSES[dc_factor]) if dc_factor else 1, background_sd=background_sd, pixel_mm=pixel_mm)
 
     def network(batch: _Batch):
         with autocast:
@@ -399,7 +399,7 @@ def restore_array(
     kspace_factor: int | None = None,
     data_consistency: bool = True,
     detect_zero_filling: bool = True,
-    passes: int = MR_PASSES,
+    passes: int | None = None,
     background_sd: float | None = None,
     choose_background: bool = True,
 ) -> np.ndarray:
@@ -450,7 +450,7 @@ class RestoreOptions:
     kspace_factor: int | None = None
     data_consistency: bool = True
     detect_zero_filling: bool = True
-    passes: int = MR_PASSES
+    passes: int | None = None  # None: MR_PASSES of the k-space factor
     background_sd: float | None = None  # PET: --pet-background-noise
     choose_background: bool = True  # PET: --fill-pet-background
     overwrite: bool = False

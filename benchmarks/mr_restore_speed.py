@@ -2,7 +2,7 @@
 beside it in the worker thread, as `amir restore` ran it before.
 
 Restores --slices zero-filled (x4) slices of the shipped MR example (181x217, repeated) with the
-shipped weights and the default cascade (recognised zero filling, three passes), at each
+shipped weights and the default cascade (recognised zero filling, MR_PASSES[4] passes), at each
 --batch-sizes, the two placements timed in turns (--repeats rounds; medians), and prints seconds
 per slice and their ratio.
 
@@ -22,6 +22,7 @@ import torch
 from amir_cli.imaging.degrade import mri_truncate
 from amir_cli.imaging.volume import Volume
 from amir_cli.restore import _SliceJob, restore_volume
+from amir_cli.tasks import MR_PASSES
 from amir_cli.weights import load_weights
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mr_brain_reference.nii.gz"
@@ -57,7 +58,7 @@ def main() -> None:
             _SliceJob.finish_overlaps = inline
 
     print(f"CPU, {args.threads} threads; {args.slices} zero-filled x4 MR slices of {volume.array.shape[0]}x"
-          f"{volume.array.shape[1]}, three passes; medians of {args.repeats}")
+          f"{volume.array.shape[1]}, {MR_PASSES[4]} passes; medians of {args.repeats}")
     print("| batch | data consistency in the network's thread, s/slice | beside it, s/slice | speed-up |")
     print("|---:|---:|---:|---:|")
     for b in args.batch_sizes:

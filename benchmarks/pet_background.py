@@ -19,8 +19,9 @@ noise's level over the SD given): the validation subjects' OSEM-shaped PET rows 
 ``benchmarks/validation.py --em``, each slice restored with SD from its own reference, the noise
 filled at each fraction tried.
 
-``--choice`` prints the table that chose ``background.CHOSEN_SHARE`` (the share of the level that
-restores the noise-free activity best by the neighbouring slices): 3-D PET simulated on the
+``--choice`` prints the table that chose ``background.CHOSEN_SHARE`` and ``NOISY_LEVEL``,
+``NOISY_SHARE`` (the shares of the level that restores the noise-free activity best by the
+neighbouring slices; "level" its ratio to the body's median): 3-D PET simulated on the
 validation subject's brain and three training subjects' CT anatomy on clinical grids (2 to 3.9 mm
 pixels, 2 to 4 mm slices), OSEM-shaped at doses 1/2 to 1/20, the added noise independent between
 slices or correlated with the neighbouring slices' (about 0.5, as a 3-D post-filter correlates it),
@@ -81,7 +82,7 @@ def fractions_table(model, data) -> int:
     return 0
 
 
-SHARES = (0.25, 1 / 3, 0.5)
+SHARES = (0.25, 1 / 3, 0.5, 0.75, 1.0)
 # (subject's file, its split, block averaging per axis): clinical PET grids from the anatomy's.
 CHOICE_CASES = (("mr/colin27_t1_0.5mm_brain.nii.gz", "validation", (2, 2, 3)),
                 ("mr/colin27_t1_0.5mm_brain.nii.gz", "validation", (3, 3, 4)),
@@ -112,8 +113,9 @@ def choice_activity(file: str, blocks: tuple[int, int, int]):
 
 
 def choice_table(model, cases=CHOICE_CASES, mixes=(0.0, AXIAL_MIX)) -> None:
-    """The table that chose ``background.CHOSEN_SHARE`` (with ``COARSE_CASES`` and independent noise
-    only: the table that set ``background.MAX_SLICE_MM``)."""
+    """The table that chose ``background.CHOSEN_SHARE``, ``NOISY_LEVEL`` and ``NOISY_SHARE`` ("amir
+    restore": the share they give; with ``COARSE_CASES`` and independent noise only: the table that
+    set ``background.MAX_SLICE_MM``)."""
     from amir_cli.imaging import background, degrade
     from amir_cli.imaging.volume import Volume
     from amir_cli.metrics import slice_scores
@@ -121,10 +123,10 @@ def choice_table(model, cases=CHOICE_CASES, mixes=(0.0, AXIAL_MIX)) -> None:
     from amir_cli.tasks import PET_SYNTHESIS, SCORED_LEVELS
 
     em = degrade.OSEM_NOISE_EXPONENT
-    print("| anatomy (split), pixel / slice mm | slice noise | dose | SD | plain | with SD | "
-          + " | ".join(f"chosen x {share:.2g}" for share in SHARES) + " |")
-    print("|---|---|---|---:|---:|---:|" + "---:|" * len(SHARES))
-    totals = {key: [] for key in ("plain", "sd", *SHARES)}
+    print("| anatomy (split), pixel / slice mm | slice noise | dose | SD | level | plain | with SD | "
+          + " | ".join(f"chosen x {share:.2g}" for share in SHARES) + " | amir restore |")
+    print("|---|---|---|---:|---:|---:|---:|" + "---:|" * (len(SHARES) + 1))
+    totals = {key: [] for key in ("plain", "sd", *SHARES, "rule")}
     for file, split, blocks in cases:
         activity, pix, spacing = choice_activity(file, blocks)
         hq = np.stack([degrade.pet_standard_dose(a, degrade.slice_rng(1, i), pixel_mm=pix, em_exponent=em)
@@ -147,6 +149,8 @@ def choice_table(model, cases=CHOICE_CASES, mixes=(0.0, AXIAL_MIX)) -> None:
                 picked = background.probe_slices(lq, spacing)
                 sd = body_noise_sd(lq[picked], hq[picked], dose)
                 best = background.choose_sd(lq, spacing, restored, share=1.0)
+                median = float(np.median(np.concatenate([s[background.body_mask(s)] for s in lq[picked]])))
+                level = round(best / median, 6)  # one of background.CHOICES
 
                 def gain(fill_sd):
                     out = restored(lq[picked], fill_sd)
@@ -154,12 +158,13 @@ def choice_table(model, cases=CHOICE_CASES, mixes=(0.0, AXIAL_MIX)) -> None:
                                           for o, i in zip(out, picked)]))
 
                 row = {"plain": gain(0.0), "sd": gain(sd), **{share: gain(share * best) for share in SHARES}}
+                row["rule"] = row[background.NOISY_SHARE if level >= round(background.NOISY_LEVEL, 6) else background.CHOSEN_SHARE]
                 for key, value in row.items():
                     totals[key].append(value)
                 print(f"| {Path(file).name.split('.')[0]} ({split}), {pix:.1f} / {spacing:.0f} | {'correlated' if mix else 'independent'} "
-                      f"| {label} | {sd:.3f} | " + " | ".join(f"{v:+.2f}" for v in row.values()) + " |", flush=True)
-    print("| mean | | | | " + " | ".join(f"{np.mean(v):+.2f}" for v in totals.values()) + " |")
-    print("| lowest against plain | | | | | " + " | ".join(f"{min(np.subtract(v, totals['plain'])):+.2f}" for k, v in totals.items() if k != "plain") + " |")
+                      f"| {label} | {sd:.3f} | {level:.3f} | " + " | ".join(f"{v:+.2f}" for v in row.values()) + " |", flush=True)
+    print("| mean | | | | | " + " | ".join(f"{np.mean(v):+.2f}" for v in totals.values()) + " |")
+    print("| lowest against plain | | | | | | " + " | ".join(f"{min(np.subtract(v, totals['plain'])):+.2f}" for k, v in totals.items() if k != "plain") + " |")
 
 
 def main() -> int:

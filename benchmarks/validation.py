@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("data", help="training data folder with validation/ volumes")
     ap.add_argument("weights", nargs="+", help="registry names, .safetensors files or run checkpoints (best.pt, last.pt)")
     ap.add_argument("--tasks", default=",".join(LEVELS), help="comma-separated tasks to score (default: all three)")
-    ap.add_argument("--passes", type=int, default=MR_PASSES, help="MR cascade passes (default: amir restore's, %(default)s)")
+    ap.add_argument("--passes", type=int, default=None, help="MR cascade passes (default: amir restore's, %s at x2 and %s at x4)" % (MR_PASSES[2], MR_PASSES[4]))
     ap.add_argument("--mild", action="store_true", help="also CT and PET (sd) at doses 3/4 and 9/10, outside the mean that chooses")
     ap.add_argument("--soft", action="store_true", help="also CT at 1/2 and 1/4 from a softer kernel, outside the mean that chooses")
     ap.add_argument("--em", action="store_true", help="also PET (sd) at 1/2, 1/4, 1/12 with noise shaped as iterative reconstruction shapes it (em) and with such a reference only (em-ref), outside the mean that chooses")
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     asked = set(args.tasks.split(","))
     if asked - set(LEVELS):
         ap.error(f"--tasks takes some of {', '.join(LEVELS)}")
-    if args.passes < 1:
+    if args.passes is not None and args.passes < 1:
         ap.error("--passes must be at least 1")
     tasks = tuple(t for t in LEVELS if t in asked)
 

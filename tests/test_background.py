@@ -116,6 +116,20 @@ def test_choose_sd_takes_the_level_nearest_the_noise_free_slices():
     assert B.choose_sd(np.zeros_like(noisy), 3.0, _smoother) is None  # no body
 
 
+@pytest.mark.parametrize("noise, share", [(1.5, B.CHOSEN_SHARE), (3.0, B.NOISY_SHARE)])
+def test_the_noisiest_images_get_the_larger_share_of_their_level(noise, share):
+    """Where the chosen level is at least NOISY_LEVEL times the body's median, NOISY_SHARE of it is
+    filled, below it CHOSEN_SHARE."""
+    z = np.arange(10.0)[:, None, None]
+    clean = ACTIVITY * (1.0 + 0.04 * z)
+    noisy = clean + np.where(ACTIVITY > 0, np.random.default_rng(3).normal(0.0, noise, clean.shape), 0.0)
+    picked = B.probe_slices(noisy, 3.0)
+    median = np.median(np.concatenate([p[B.body_mask(p)] for p in noisy[picked]]))
+    level = B.choose_sd(noisy, 3.0, _smoother, share=1.0)
+    assert (level / median >= B.NOISY_LEVEL * (1 - 1e-9)) == (share == B.NOISY_SHARE)
+    assert B.choose_sd(noisy, 3.0, _smoother) == pytest.approx(share * level)
+
+
 def test_restore_chooses_the_fill_only_where_it_can():
     """`amir restore`'s default: a 3-D OSEM-shaped PET gets a level chosen from its neighbouring
     slices (reported, the input untouched); one with noise in its background, one with too few

@@ -29,10 +29,13 @@ SLICES = 16  # slices judged, evenly spaced
 # from 1/2 to 1/12 below its input (more reads the finest texture as noise at dose 1/2).
 FILL_FRACTION = 0.5
 # Choosing the level without one given (:func:`choose_sd`): the SDs tried, over the body's median
-# activity; the probe slices restored at each; the share of the best level used; the slices needed.
+# activity; the probe slices restored at each; the share of the best level used, and the larger share
+# used where that level is at least NOISY_LEVEL (the noisiest images, whose best share is larger);
+# the slices needed.
 CHOICES = (0.0, *(0.03 * 1.25**k for k in range(18)))
 PROBES = 6
 CHOSEN_SHARE = 0.25
+NOISY_LEVEL, NOISY_SHARE = 0.03 * 1.25**15, 0.75
 MIN_SLICES = 5
 # Slices farther apart than this are not chosen by (the choice was validated on 2 to 4 mm slices,
 # `benchmarks/pet_background.py --choice`): on 6 mm slices the anatomy between them misleads the
@@ -123,7 +126,7 @@ def probe_slices(slices: np.ndarray, slice_mm: float) -> np.ndarray:
     return np.array([i for i in spaced if body_mask(slices[i]).any()], dtype=int)
 
 
-def choose_sd(slices: np.ndarray, slice_mm: float, restore, share: float = CHOSEN_SHARE) -> float | None:
+def choose_sd(slices: np.ndarray, slice_mm: float, restore, share: float | None = None) -> float | None:
     """The `--pet-background-noise` SD (SUV) for slices-first PET whose background is noise-free and
     whose slices lie ``slice_mm`` apart, chosen from the image alone; 0.0: fill nothing; None: no
     :func:`probe_slices` to choose by.
@@ -134,8 +137,10 @@ def choose_sd(slices: np.ndarray, slice_mm: float, restore, share: float = CHOSE
     the SD whose outputs lie nearest their :func:`neighbour_prediction` in the body wins: the
     neighbours' noise is independent of the probe's, so that distance is least where the output is
     nearest the noise-free activity. A standard-dose scan keeps noise of its own, and the best level
-    for the activity removes too much of it at mild doses, so ``share`` of the winner is returned
-    (chosen on validation and training subjects' simulated PET, `benchmarks/pet_background.py --choice`)."""
+    for the activity removes too much of it at mild doses, so a share of the winner is returned:
+    ``CHOSEN_SHARE``, or ``NOISY_SHARE`` where the winner is at least ``NOISY_LEVEL`` (both chosen on
+    validation and training subjects' simulated PET, `benchmarks/pet_background.py --choice`);
+    ``share`` given: that share of any winner."""
     picked = probe_slices(slices, slice_mm)
     if not len(picked):
         return None
@@ -150,4 +155,6 @@ def choose_sd(slices: np.ndarray, slice_mm: float, restore, share: float = CHOSE
         return float(np.mean([np.mean((o - t)[m] ** 2) for o, t, m in zip(out, targets, masks)]))
 
     best = min(CHOICES, key=lambda r: distance(r * median))
+    if share is None:
+        share = NOISY_SHARE if best >= NOISY_LEVEL else CHOSEN_SHARE
     return share * best * median

@@ -11,7 +11,7 @@ import torch
 
 from amir_cli.imaging import degrade
 from amir_cli.metrics import slice_scores
-from amir_cli.tasks import FOREGROUND, MR_PASSES, MRI_SR, TASKS
+from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
 
 from .levels import Levels
 from .options import TrainOptions
@@ -85,12 +85,12 @@ def _centre_crop(a: np.ndarray, size: int | None) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model, val_set, device, passes: int = MR_PASSES) -> dict:
+def evaluate(model, val_set, device, passes: int | None = None) -> dict:
     """Scores (docs/protocol.md) of the network on the validation slices: per-task PSNR/SSIM/RMSE means.
 
     Each slice goes through :func:`amir_cli.restore.restore_volume` as a one-slice image, with the
     defaults of `amir restore` (border padding, routing instruction, recognised zero filling and its
-    data consistency, the MR cascade of ``passes``), in fp32 whatever the training precision."""
+    data consistency, the MR cascade of ``passes``, None: amir restore's), in fp32 whatever the training precision."""
     from amir_cli.imaging.volume import Volume
     from amir_cli.restore import restore_volume
 
