@@ -105,4 +105,4 @@ def test_plain_restore_chooses_a_fill_for_a_3d_osem_image(model):
     plain = gain(restore_volume(model, vol, "pet-synthesis")[0])
     chosen, info = restore_volume(model, vol, "pet-synthesis", choose_background=True)
     assert info["background_noise"]["from"] == "neighbour slices" and info["background_noise"]["sd"] > 0
-    assert plain < 0.5 and gain(chosen) > plain + 1.0  # about +0.20 and +3.14 with stage 27
+    assert plain < 0.5 and gain(chosen) > plain + 1.0  # about +0.20 and +3.22 with stage 27
