@@ -228,10 +228,10 @@ def restore_volume(
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
     in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
     factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`). There the
-    network runs ``passes`` times (None: ``MR_PASSES`` of the factor): each later pass runs on the last output made consistent (flipped
-    by ``PASS_FLIPS`` in turn and flipped back), moves that output ``CASCADE_STEP`` of the way
-    towards its own and makes it consistent again (a damped cascade of network and data
-    consistency: the later passes see less truncation ringing).
+    network runs ``passes`` times (None: ``MR_PASSES`` of the factor): each later pass runs on the
+    last output made consistent (flipped by ``PASS_FLIPS`` in turn and flipped back), moves that
+    output ``CASCADE_STEP`` of the way towards its own and makes it consistent again (a damped
+    cascade of network and data consistency: the later passes see less truncation ringing).
     ``background_sd`` (PET, SUV: the noise's standard deviation in the body): each slice whose
     background holds almost no noise, as an iterative reconstruction leaves it, has it filled with
     noise of ``background.FILL_FRACTION`` of that before the network

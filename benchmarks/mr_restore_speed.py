@@ -2,7 +2,7 @@
 beside it in the worker thread, as `amir restore` ran it before.
 
 Restores --slices zero-filled (x4) slices of the shipped MR example (181x217, repeated) with the
-shipped weights and the default cascade (recognised zero filling, MR_PASSES[4] passes), at each
+shipped weights and the default cascade (recognised zero filling, the passes of x4), at each
 --batch-sizes, the two placements timed in turns (--repeats rounds; medians), and prints seconds
 per slice and their ratio.
 
