@@ -148,9 +148,8 @@ def choice_table(model, cases=CHOICE_CASES, mixes=(0.0, AXIAL_MIX)) -> None:
                     lq = np.clip(hq + mixed / np.sqrt(1 + 2 * mix**2), 0.0, None)
                 picked = background.probe_slices(lq, spacing)
                 sd = body_noise_sd(lq[picked], hq[picked], dose)
-                best = background.choose_sd(lq, spacing, restored, share=1.0)
-                median = float(np.median(np.concatenate([s[background.body_mask(s)] for s in lq[picked]])))
-                level = round(best / median, 6)  # one of background.CHOICES
+                level, median = background.chosen_level(lq, spacing, restored)
+                best = level * median
 
                 def gain(fill_sd):
                     out = restored(lq[picked], fill_sd)
@@ -158,7 +157,7 @@ def choice_table(model, cases=CHOICE_CASES, mixes=(0.0, AXIAL_MIX)) -> None:
                                           for o, i in zip(out, picked)]))
 
                 row = {"plain": gain(0.0), "sd": gain(sd), **{share: gain(share * best) for share in SHARES}}
-                row["rule"] = row[background.NOISY_SHARE if level >= round(background.NOISY_LEVEL, 6) else background.CHOSEN_SHARE]
+                row["rule"] = row[background.level_share(level)]
                 for key, value in row.items():
                     totals[key].append(value)
                 print(f"| {Path(file).name.split('.')[0]} ({split}), {pix:.1f} / {spacing:.0f} | {'correlated' if mix else 'independent'} "

@@ -107,9 +107,10 @@ def test_choose_sd_takes_the_level_nearest_the_noise_free_slices():
     assert list(picked) == [2, 3, 4, 5, 6, 7]
     median = np.median(np.concatenate([p[B.body_mask(p)] for p in noisy[picked]]))
     error = {r: np.mean((_smoother(noisy[picked], r * median) - clean[picked]) ** 2) for r in B.CHOICES}
-    chosen = B.choose_sd(noisy, 3.0, _smoother, share=1.0)
-    assert chosen > 0 and error[chosen / median] == pytest.approx(min(error.values()), rel=0.05)
-    assert B.choose_sd(noisy, 3.0, _smoother) == pytest.approx(B.CHOSEN_SHARE * chosen)
+    level, probes_median = B.chosen_level(noisy, 3.0, _smoother)
+    assert probes_median == pytest.approx(median)
+    assert level > 0 and error[level] == pytest.approx(min(error.values()), rel=0.05)
+    assert B.choose_sd(noisy, 3.0, _smoother) == pytest.approx(B.CHOSEN_SHARE * level * median)
     assert B.choose_sd(clean, 3.0, _smoother) == 0.0
     assert B.choose_sd(noisy[:4], 3.0, _smoother) is None  # too few slices
     assert B.choose_sd(noisy, B.MAX_SLICE_MM + 1, _smoother) is None  # too far apart
@@ -125,9 +126,9 @@ def test_the_noisiest_images_get_the_larger_share_of_their_level(noise, share):
     noisy = clean + np.where(ACTIVITY > 0, np.random.default_rng(3).normal(0.0, noise, clean.shape), 0.0)
     picked = B.probe_slices(noisy, 3.0)
     median = np.median(np.concatenate([p[B.body_mask(p)] for p in noisy[picked]]))
-    level = B.choose_sd(noisy, 3.0, _smoother, share=1.0)
-    assert (level / median >= B.NOISY_LEVEL * (1 - 1e-9)) == (share == B.NOISY_SHARE)
-    assert B.choose_sd(noisy, 3.0, _smoother) == pytest.approx(share * level)
+    level, _ = B.chosen_level(noisy, 3.0, _smoother)
+    assert (level >= B.NOISY_LEVEL) == (share == B.NOISY_SHARE) and B.level_share(level) == share
+    assert B.choose_sd(noisy, 3.0, _smoother) == pytest.approx(share * level * median)
 
 
 def test_restore_chooses_the_fill_only_where_it_can():

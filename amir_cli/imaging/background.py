@@ -126,21 +126,17 @@ def probe_slices(slices: np.ndarray, slice_mm: float) -> np.ndarray:
     return np.array([i for i in spaced if body_mask(slices[i]).any()], dtype=int)
 
 
-def choose_sd(slices: np.ndarray, slice_mm: float, restore, share: float | None = None) -> float | None:
-    """The `--pet-background-noise` SD (SUV) for slices-first PET whose background is noise-free and
-    whose slices lie ``slice_mm`` apart, chosen from the image alone; 0.0: fill nothing; None: no
+def chosen_level(slices: np.ndarray, slice_mm: float, restore) -> tuple[float, float] | None:
+    """(the level of ``CHOICES`` that restores the noise-free activity best, the probes' body median
+    activity) for slices-first PET whose slices lie ``slice_mm`` apart; None: no
     :func:`probe_slices` to choose by.
 
     ``restore(probes, sd)`` restores the slices ``probes`` with their backgrounds filled for ``sd``
     (0: as they are). Up to ``PROBES`` slices, each with two neighbours on either side
-    (:func:`neighbour_lag` apart), are restored at every SD of ``CHOICES`` (times the body's median);
-    the SD whose outputs lie nearest their :func:`neighbour_prediction` in the body wins: the
+    (:func:`neighbour_lag` apart), are restored at every SD of ``CHOICES`` (times the median); the
+    level whose outputs lie nearest their :func:`neighbour_prediction` in the body wins: the
     neighbours' noise is independent of the probe's, so that distance is least where the output is
-    nearest the noise-free activity. A standard-dose scan keeps noise of its own, and the best level
-    for the activity removes too much of it at mild doses, so a share of the winner is returned:
-    ``CHOSEN_SHARE``, or ``NOISY_SHARE`` where the winner is at least ``NOISY_LEVEL`` (both chosen on
-    validation and training subjects' simulated PET, `benchmarks/pet_background.py --choice`);
-    ``share`` given: that share of any winner."""
+    nearest the noise-free activity."""
     picked = probe_slices(slices, slice_mm)
     if not len(picked):
         return None
@@ -154,7 +150,24 @@ def choose_sd(slices: np.ndarray, slice_mm: float, restore, share: float | None 
         out = np.asarray(restore(probes, sd), dtype=np.float64)
         return float(np.mean([np.mean((o - t)[m] ** 2) for o, t, m in zip(out, targets, masks)]))
 
-    best = min(CHOICES, key=lambda r: distance(r * median))
-    if share is None:
-        share = NOISY_SHARE if best >= NOISY_LEVEL else CHOSEN_SHARE
-    return share * best * median
+    return min(CHOICES, key=lambda r: distance(r * median)), median
+
+
+def level_share(level: float) -> float:
+    """The share of a :func:`chosen_level` that is filled: a standard-dose scan keeps noise of its
+    own, and the best level for the activity removes too much of it at mild doses, so
+    ``CHOSEN_SHARE``, or ``NOISY_SHARE`` where the level is at least ``NOISY_LEVEL`` (both chosen on
+    validation and training subjects' simulated PET, `benchmarks/pet_background.py --choice`)."""
+    return NOISY_SHARE if level >= NOISY_LEVEL else CHOSEN_SHARE
+
+
+def choose_sd(slices: np.ndarray, slice_mm: float, restore) -> float | None:
+    """The `--pet-background-noise` SD (SUV) for slices-first PET whose background is noise-free and
+    whose slices lie ``slice_mm`` apart, chosen from the image alone: the :func:`level_share` of the
+    :func:`chosen_level` (``restore`` as there); 0.0: fill nothing; None: no :func:`probe_slices` to
+    choose by."""
+    chosen = chosen_level(slices, slice_mm, restore)
+    if chosen is None:
+        return None
+    level, median = chosen
+    return level_share(level) * level * median
