@@ -7,6 +7,7 @@ No model and no torch here; the restore job itself is :mod:`amir_cli.restore`.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import BadInputError
@@ -80,16 +81,17 @@ def is_amir_output(folder: Path) -> bool:
 
 
 def check_output(
-    input_path: Path, output: Path, overwrite: bool, what: str = "output", inputs=()
+    input_path: Path, output: Path, overwrite: bool, what: str = "output", inputs=(), option: str = "-o"
 ) -> None:
     """Refuse to write onto (or around) any input (``input_path`` and ``inputs``: the reference,
     the weights file, their data files; through links too), into a missing folder, or onto an
-    existing file without --overwrite; an existing folder is only replaced when amir wrote it."""
+    existing file without --overwrite; an existing folder is only replaced when amir wrote it.
+    ``option`` is the command-line option the messages ask to change."""
     sources = [f for i in (input_path, *inputs) if i is not None for f in data_files(Path(i))]
     for target in written_files(output):
         for src in sources:
             if same_or_inside(target, src) or same_or_inside(src, target):
-                raise BadInputError(f"{target}: {what} would overwrite the input {src}; choose another -o")
+                raise BadInputError(f"{target}: {what} would overwrite the input {src}; choose another {option}")
     parent = output.parent
     if not parent.is_dir():
         raise BadInputError(f"{output}: {what} folder {parent} does not exist")
@@ -126,11 +128,20 @@ def publish(image: Volume, output: Path, *, reference: Volume, description: str,
     return output
 
 
+FILE_EXTENSION = re.compile(r"\.[a-z][a-z0-9]{0,4}")  # .png, .jpg, .txt: a file, not a series folder
+
+
 def check_output_format(input_path: Path, output: Path) -> None:
+    """An output path must name a format we write: an image file, or for a DICOM input a .dcm file
+    or a series folder (a name without a file extension: ``scan.png`` is refused, ``1.2.840.5`` is not)."""
     if image_suffix(output):
         return
+    suffix = output.suffix.lower()
     if is_dicom_input(input_path):
-        return  # a DICOM series folder (or a .dcm file for a one-slice input)
-    if output.suffix.lower() in dicom.DICOM_SUFFIXES:
+        if suffix in dicom.DICOM_SUFFIXES or not FILE_EXTENSION.fullmatch(suffix):
+            return
+        raise BadInputError(f"{output}: unknown output format; use .nii, .nii.gz, .mha, .mhd, .nrrd, .dcm "
+                            "or a folder name without an extension for a DICOM series")
+    if suffix in dicom.DICOM_SUFFIXES:
         raise BadInputError(f"{output}: DICOM output needs a DICOM input; use .nii, .nii.gz, .mha, .mhd or .nrrd")
     raise BadInputError(f"{output}: unknown output format; use .nii, .nii.gz, .mha, .mhd or .nrrd")

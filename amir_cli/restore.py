@@ -27,7 +27,7 @@ from .imaging.io import Volume, read_image, stem
 from .imaging.volume import check_memory
 from .placement import (check_input_format, check_output, check_output_format, default_output, publish,
                         report_path_for, same_or_inside, written_files)
-from .taskdetect import detect_task
+from .taskdetect import detect_task, task_mismatch
 from .tasks import EVAL_WINDOW, MR_FACTORS, MR_PASSES, MR_SCALES, MRI_SR, NORM_RANGE, PET_SYNTHESIS, TASK, check_choice
 from .weights import LoadedWeights, load_weights
 
@@ -488,7 +488,7 @@ def case_files(input_path: Path, output: Path | None = None, *, overwrite: bool 
     report = Path(report) if report is not None else report_path_for(output)
     inputs = (reference, weights_file)
     check_output(input_path, output, overwrite, inputs=inputs)
-    check_output(input_path, report, overwrite, what="report", inputs=inputs)
+    check_output(input_path, report, overwrite, what="report", inputs=inputs, option="--report")
     if any(same_or_inside(report, o) or same_or_inside(o, report) for o in written_files(output)):
         raise BadInputError(f"{report}: the report path must differ from the output")
     check_output_format(input_path, output)
@@ -521,14 +521,8 @@ def _choose_task(volume: Volume, given: str, weights: LoadedWeights) -> tuple[st
         task, reason = detect_task(volume)
     else:
         task, reason = intensity.check_task(given), "given with --task"
-    warnings = []
-    if given != "auto":
-        try:
-            auto_task, auto_reason = detect_task(volume)
-            if auto_task != task:
-                warnings.append(f"--task {task} was given, though --task auto would choose {auto_task} ({auto_reason})")
-        except BadInputError:
-            pass
+    mismatch = task_mismatch(volume, task) if given != "auto" else None
+    warnings = [mismatch] if mismatch else []
     if weights.tasks and task not in weights.tasks:
         warnings.append(f"weights {weights.name} were not trained for {task} (tasks: {', '.join(weights.tasks)})")
     return task, reason, warnings

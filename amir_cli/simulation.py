@@ -10,7 +10,8 @@ from ._version import __version__
 from .errors import AmirError, BadInputError
 from .imaging import degrade
 from .imaging.io import read_image
-from .placement import check_input_format, check_output, default_output, publish
+from .placement import check_input_format, check_output, check_output_format, default_output, publish
+from .taskdetect import task_mismatch
 from .tasks import DEFAULT_LEVEL, MR_FACTORS, MRI_SR, PET_SYNTHESIS, TASK, check_choice
 
 PET_NOISE = ("fbp", "osem")
@@ -53,6 +54,7 @@ def degrade_case(input_path: Path, task: str, level, *, seed: int = 0, output: P
         raise AmirError(f"{input_path}: no such file or folder")
     out = Path(output) if output is not None else default_output(input_path, "_degraded")
     check_input_format(input_path)
+    check_output_format(input_path, out)
     check_output(input_path, out, overwrite)
     volume = read_image(input_path)
     total, done = volume.shape[volume.slice_axis], 0
@@ -68,11 +70,14 @@ def degrade_case(input_path: Path, task: str, level, *, seed: int = 0, output: P
     what = TASK[task].level_name
     noise = f", {pet_noise.upper()}-shaped noise" if task == PET_SYNTHESIS else ""
     description = f"Simulated {task} input ({what} {level}{noise}, seed {seed}) by amir degrade; not an acquisition"
-    written = publish(volume.with_array(degraded), out, reference=volume, description=description, overwrite=overwrite)
+    simulated = volume.with_array(degraded)
+    simulated.meta["simulated"] = True  # labels a DICOM series as simulated, not restored
+    written = publish(simulated, out, reference=volume, description=description, overwrite=overwrite)
     summary = {
         "tool": "amir", "version": __version__, "command": "degrade", "input": str(input_path), "output": str(written),
         "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),
         "spacing_mm": list(volume.spacing_mm), "simulated": True,
+        "warnings": [w for w in (task_mismatch(volume, task),) if w],
     }
     if task == PET_SYNTHESIS:
         summary["pet_noise"] = pet_noise

@@ -27,6 +27,7 @@ CT_AIR_HU = -900.0  # voxels at or below are air (or scanner padding) in HU
 CT_MIN_AIR_FRACTION = 0.01
 PET_MAX_SUV = 50.0
 MR_RAW_CT_BAND = (980.0, 1120.0)  # soft tissue of a CT stored without its -1024 intercept
+UNSAID_MODALITY = "OT"  # DICOM's "other": says nothing, so the later rules decide
 
 
 def _words(text: str) -> set[str]:
@@ -41,10 +42,16 @@ def _hint_task(text: str) -> str | None:
 
 
 def _modality_rule(volume: Volume) -> tuple[str, str] | None:
-    raw = str(volume.meta.get("dicom_modality") or volume.modality or "").upper()
+    """The task of a CT, MR or PT Modality; a DICOM image of another modality (a radiograph,
+    ultrasound...) is refused rather than restored as whatever its intensities suggest."""
+    raw = str(volume.meta.get("dicom_modality") or volume.modality or "").strip().upper()
     if raw in MODALITY_TASK:
         source = {"dicom": "DICOM Modality", "itk": "MetaImage/NRRD Modality field"}.get(volume.source_format, "Modality")
         return MODALITY_TASK[raw], f"{source} is {raw}"
+    if volume.source_format == "dicom" and raw and raw != UNSAID_MODALITY:
+        where = volume.meta.get("source_path") or "the input"
+        raise BadInputError(f"{where}: DICOM Modality is {raw}, not CT, MR or PT; amir restores those only "
+                            "(pass --task to restore it anyway)")
     return None
 
 
@@ -102,3 +109,14 @@ def detect_task(volume: Volume) -> tuple[str, str]:
         f"{where}: cannot tell the task from the header or the intensities; "
         "pass --task mri-sr, --task ct-denoise or --task pet-synthesis"
     )
+
+
+def task_mismatch(volume: Volume, task: str) -> str | None:
+    """A warning where ``--task auto`` would choose another task than ``task`` for this image."""
+    try:
+        auto_task, auto_reason = detect_task(volume)
+    except BadInputError:
+        return None
+    if auto_task == task:
+        return None
+    return f"--task {task} was given, though --task auto would choose {auto_task} ({auto_reason})"

@@ -483,6 +483,36 @@ def test_degrade_matches_library_and_keeps_geometry(ct_nii, tmp_path):
     np.testing.assert_allclose(np.asarray(b.dataobj), np.rint(expected), atol=1)
 
 
+def test_library_warnings_are_one_line_each(tmp_path):
+    """pydicom's warning on a readable file with excess pixel padding: one line, no library path."""
+    from pydicom.data import get_testdata_file
+
+    code, _, err = amir("restore", get_testdata_file("MR_small_padded.dcm"), "-o", tmp_path / "mr.nii.gz", "-q")
+    assert code == 0, err
+    assert err.startswith("amir: warning: The pixel data is") and ".py" not in err and len(err.splitlines()) == 1
+
+
+def test_output_formats_are_checked_before_any_work(ct_nii, tmp_path):
+    """degrade checks its output's format as restore does; a DICOM input's output is a .dcm file or
+    a series folder, never a folder named like another kind of file; a degraded series says so."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    code, _, err = amir("degrade", ct_nii, "--task", "ct-denoise", "-o", tmp_path / "low.dcm")
+    assert code == 1 and "DICOM output needs a DICOM input" in err and "amir-tmp" not in err
+    dcm = get_testdata_file("CT_small.dcm")
+    for cmd in (["restore", dcm, "--task", "ct-denoise"], ["degrade", dcm, "--task", "ct-denoise"]):
+        code, _, err = amir(*cmd, "-o", tmp_path / "ct.png")
+        assert code == 1 and "unknown output format" in err and "folder name without an extension" in err
+    assert not any(p.name.startswith(("low", "ct.png")) for p in tmp_path.iterdir())
+    code, _, err = amir("degrade", dcm, "--task", "ct-denoise", "-o", tmp_path / "1.2.840.5", "--quiet")
+    assert code == 0, err
+    (low,) = (tmp_path / "1.2.840.5").iterdir()
+    code, out, err = amir("degrade", dcm, "--task", "mri-sr", "-o", tmp_path / "mr_from_ct")
+    assert code == 0 and "warning: --task mri-sr was given, though --task auto would choose ct-denoise" in out
+    assert pydicom.dcmread(low).SeriesDescription.endswith("SIMULATED (amir degrade)")  # never shown as restored
+
+
 def test_degrade_pet_notes_simulation_and_option_checks(tmp_path):
     p = tmp_path / "pet.nii.gz"
     suv = np.zeros((32, 32, 2), np.float32)

@@ -465,6 +465,18 @@ def test_real_pydicom_ct_slice_round_trip(tmp_path):
         assert dciodvfy_file_errors(out) <= dciodvfy_file_errors(src)
 
 
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "MR_small_expb.dcm"])
+def test_big_endian_source_is_written_little_endian(name, tmp_path):
+    """pydicom's bundled big-endian MR slices (MIT): the derived file is Explicit VR Little Endian."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    vol = read_image(Path(get_testdata_file(name)))
+    out = write_image(vol.with_array(vol.array + 1), tmp_path / "mr_amir.dcm")
+    assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    np.testing.assert_array_equal(read_image(out).array, vol.array + 1)
+
+
 def test_dicom_to_nifti_keeps_integer_hu_and_geometry(ct_series, tmp_path):
     folder, hu, affine = ct_series
     vol = read_image(folder)

@@ -88,11 +88,11 @@ def test_reference_and_weights_are_inputs(ct, tiny_weights, tmp_path):
     shutil.copy(ct, ref)
     before = sha(ref)
     code, _, err = amir("restore", ct, "--reference", ref, "-o", ref, "--overwrite", "-w", tiny_weights, "-q")
-    assert code == 1 and "input" in one_error_line(err) and sha(ref) == before
+    assert code == 1 and "input" in one_error_line(err) and "choose another -o" in err and sha(ref) == before
     w = tmp_path / "w.safetensors"
     shutil.copy(tiny_weights, w)
     code, _, err = amir("restore", ct, "--report", w, "--overwrite", "-w", w, "-q")
-    assert code == 1 and "input" in one_error_line(err) and sha(w) == sha(tiny_weights)
+    assert code == 1 and "input" in one_error_line(err) and "choose another --report" in err and sha(w) == sha(tiny_weights)
 
 
 # ---- report clobbered -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import Volume, list_cases, lps_from_ras, ras_from_lps, read_image, write_image
+from amir_cli.restore import scaled_affine
 
 from conftest import real_crop  # noqa: E402
 
@@ -87,6 +88,23 @@ def test_nifti_round_trip_int16_ct(ct_nii, tmp_path):
     assert back.header["descrip"].tobytes().startswith(b"amir test")
     assert gzip.open(out).read(4)  # really gzip-compressed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "ct_amir.nii.gz"]
+
+
+def test_nifti_qform_that_differs_from_the_sform_is_kept(ct_nii, tmp_path):
+    src = nib.load(str(ct_nii))
+    qform = src.affine.copy()
+    qform[:3, 3] += [10.0, -4.0, 2.5]  # a scanner's qform need not equal its sform
+    src.set_qform(qform, code=1)
+    nib.save(src, str(tmp_path / "qs.nii.gz"))
+    vol = read_image(tmp_path / "qs.nii.gz")
+    back = nib.load(str(write_image(vol.with_array(vol.array), tmp_path / "same.nii.gz")))
+    np.testing.assert_allclose(back.get_qform(), qform, atol=1e-5)
+    np.testing.assert_allclose(back.get_sform(), src.get_sform(), atol=1e-6)
+    finer = scaled_affine(vol.affine, 2, vol.slice_axis)  # as --scale 2 moves the grid
+    up = np.repeat(np.repeat(vol.array, 2, 0), 2, 1)
+    back = nib.load(str(write_image(vol.with_array(up, affine=finer), tmp_path / "fine.nii.gz", reference=vol)))
+    np.testing.assert_allclose(back.get_sform(), finer, atol=1e-6)
+    np.testing.assert_allclose(back.get_qform()[:3, 3] - back.get_sform()[:3, 3], [10.0, -4.0, 2.5], atol=1e-4)
 
 
 def test_nifti_uint8_mr_clips_to_type_and_float_stays_float(mr_nii, tmp_path):

@@ -387,6 +387,15 @@ def test_detect_task_ambiguous_asks_for_task(array):
         detect_task(_volume(array, meta={"source_path": "/data/scan_0001.nii.gz"}))
 
 
+@pytest.mark.parametrize("modality", ["CR", "US"])
+def test_detect_task_refuses_other_dicom_modalities(modality):
+    vol = _volume(_mr, modality=modality, source_format="dicom", meta={"dicom_modality": modality})
+    with pytest.raises(BadInputError, match=f"Modality is {modality}, not CT, MR or PT.*--task"):
+        detect_task(vol)
+    other = _volume(_mr, modality="OT", source_format="dicom", meta={"dicom_modality": "OT"})
+    assert detect_task(other)[0] == "mri-sr"  # "other" says nothing: the intensities decide
+
+
 def test_distributed_share(monkeypatch):
     cases = list(range(7))
     monkeypatch.setenv("WORLD_SIZE", "3")

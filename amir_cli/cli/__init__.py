@@ -9,8 +9,11 @@ torch and the heavy modules are imported inside command bodies so that `amir --h
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 
 import typer
 
@@ -20,6 +23,24 @@ from .common import app, info, print_json, progress_bar
 
 __all__ = ["app", "main", "info", "print_json", "progress_bar", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PARTIAL"]
 
+@contextmanager
+def _plain_library_messages():
+    """Library warnings (pydicom on an odd but readable file) as one line each, without the source
+    path of the library's line; nibabel's notes on header fields it mends itself are not shown."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        typer.echo(f"amir: warning: {one_line(message, limit=None)}", err=True)
+
+    nibabel_log = logging.getLogger("nibabel")
+    level = nibabel_log.level
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        nibabel_log.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            nibabel_log.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`amir = amir_cli.cli:main`).
 
@@ -28,7 +49,11 @@ def main(argv: list[str] | None = None) -> None:
     """
     debug = os.environ.get("AMIR_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, prog_name="amir")
+        if debug:
+            app(args=argv, prog_name="amir")
+        else:
+            with _plain_library_messages():
+                app(args=argv, prog_name="amir")
     except SystemExit:
         raise
     except KeyboardInterrupt:

@@ -146,7 +146,7 @@ def _print_restore_summary(r: dict) -> None:
     typer.echo(f"{r['input']} -> {r['output']}")
     typer.echo(f"  task {r['task']} ({r['task_reason']}); weights {r['weights']['name']} ({r['weights']['sha256'][:12]})")
     ensemble = ", x8 self-ensemble" if r["tta"] else ""
-    typer.echo(f"  {r['slices']} slices in {r['seconds']:.1f} s ({r['slices_per_second']:.2f}/s) on {r['device']}, {r['precision']}, "
+    typer.echo(f"  {r['slices']} slice{'s' if r['slices'] != 1 else ''} in {r['seconds']:.1f} s ({r['slices_per_second']:.2f}/s) on {r['device']}, {r['precision']}, "
                f"{r['engine']} engine{ensemble}")
     dc = r.get("data_consistency")
     if dc:
@@ -208,5 +208,7 @@ def degrade_cmd(
         print_json(summary)
     elif not quiet:
         typer.echo(f"{input} -> {summary['output']} ({task}, {summary['level_name']} {level}, seed {seed})")
+        for w in summary["warnings"]:
+            typer.echo(f"  warning: {w}")
         if "note" in summary:
             typer.echo(f"  note: {summary['note']}")

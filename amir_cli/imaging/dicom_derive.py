@@ -67,6 +67,11 @@ def _same_geometry(volume: Volume, ref: Volume) -> bool:
     return tuple(volume.array.shape) == tuple(shape) and np.allclose(volume.affine, affine, atol=1e-6)
 
 
+# SeriesDescription labels: a restored series, and a simulated low-quality one (`amir degrade`, whose
+# Volume.meta says "simulated"), which a viewer must never show as a restoration
+RESTORED_LABEL, SIMULATED_LABEL = "AMIR", "SIMULATED (amir degrade)"
+
+
 @dataclass
 class Derivation:
     """What every object of one derived series shares: its UIDs, dates, grid and encoding."""
@@ -79,6 +84,7 @@ class Derivation:
     same_geometry: bool
     lps: np.ndarray  # voxel -> LPS affine of the output grid
     transfer_syntax: str
+    label: str  # appended to the source's SeriesDescription
 
     @property
     def pixel_spacing(self) -> list[str]:
@@ -106,6 +112,7 @@ def new_derivation(volume: Volume, ref: Volume, description: str) -> Derivation:
         same_geometry=_same_geometry(volume, ref),
         lps=ras_from_lps(volume.affine),
         transfer_syntax=output_syntax(ref.meta.get("dicom_transfer_syntax", "")),
+        label=SIMULATED_LABEL if volume.meta.get("simulated") else RESTORED_LABEL,
     )
 
 
@@ -135,7 +142,7 @@ def derive_header(src, d: Derivation, second_type: str):
     ds.SeriesInstanceUID = d.series_uid
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesNumber = d.series_number
-    ds.SeriesDescription = (str(src.get("SeriesDescription", "") or "").strip() + " AMIR").strip()[:64]
+    ds.SeriesDescription = (str(src.get("SeriesDescription", "") or "").strip() + " " + d.label).strip()[:64]
     ds.InstanceCreationDate, ds.InstanceCreationTime = d.date, d.time
     ds.ContentDate, ds.ContentTime = d.date, d.time
     return ds

@@ -22,25 +22,28 @@ def _in_class(uid: str, cls: str) -> bool:
     return uid == cls or uid.startswith(cls + ".")
 
 
-def _class_name(uid: str) -> str:
+def _described(uid: str) -> str:
+    """"a <class name> object (SOP Class <uid>)", or what stands for an unknown or missing class."""
     from pydicom.uid import UID
 
+    if not uid:
+        return "a DICOM object without a SOP Class UID"
     name = UID(uid).name
-    return name if name != uid else "DICOM object"
+    return f"a {name if name != uid else 'DICOM'} object (SOP Class {uid})"
 
 
 def not_an_image(ds) -> str | None:
     """One phrase naming what ``ds`` is when it is not an image to restore, else None."""
     uid = str(ds.get("SOPClassUID", "") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
     if any(_in_class(uid, c) for c in _NOT_IMAGES):
-        return f"a {_class_name(uid)} object (SOP Class {uid}), not an image to restore"
+        return f"{_described(uid)}, not an image to restore"
     if _in_class(uid, _SECONDARY_CAPTURE) and not _has_geometry(ds):
         return (
-            f"a {_class_name(uid)} object (SOP Class {uid}) without patient geometry "
+            f"{_described(uid)} without patient geometry "
             "(no ImagePositionPatient/ImageOrientationPatient), not an image to restore"
         )
     if "Rows" not in ds or "Columns" not in ds:
-        return f"a {_class_name(uid)} object (SOP Class {uid}) that holds no image"
+        return f"{_described(uid)} that holds no image"
     return None
 
 

@@ -109,8 +109,10 @@ def _derived_slice(src, k: int, encoded: Encoded, d: Derivation):
 
 
 def _save(ds, path: Path) -> None:
-    try:
-        ds.save_as(str(path), enforce_file_format=True)
+    import pydicom
+
+    try:  # dcmwrite, unlike save_as, writes a big-endian source's copy in the file meta's little endian
+        pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
     except TypeError:  # pydicom < 3
         ds.save_as(str(path), write_like_original=False)
 

@@ -152,6 +152,8 @@ def _read_nifti(p: Path) -> Volume:
         "nifti_scaled": bool(scaled and dtype.kind in "iu"),
         "qform_code": int(hdr["qform_code"]),
         "sform_code": int(hdr["sform_code"]),
+        # the qform as a world transform of the affine (a scanner's may differ from its sform)
+        "qform_from_affine": hdr.get_qform() @ np.linalg.inv(affine) if int(hdr["qform_code"]) > 0 else None,
         "description": descrip,
         "intent_name": hdr["intent_name"].tobytes().split(b"\x00")[0].decode("latin-1", "replace"),
         "aux_file": hdr["aux_file"].tobytes().split(b"\x00")[0].decode("latin-1", "replace"),
@@ -448,6 +450,7 @@ def _write_nifti(volume: Volume, ref: Volume, tmp: Path, description: str) -> No
     if ref.source_format != "nifti":
         hdr.set_xyzt_units("mm", "sec")
     affine = volume.affine
+    qform = affine if ref.meta.get("qform_from_affine") is None else ref.meta["qform_from_affine"] @ affine
     qcode = int(ref.meta.get("qform_code", 0) or 0) or 1
     scode = int(ref.meta.get("sform_code", 0) or 0) or 1
     if ref.meta.get("nifti_scaled"):
@@ -460,7 +463,7 @@ def _write_nifti(volume: Volume, ref: Volume, tmp: Path, description: str) -> No
         hdr.set_data_dtype(data.dtype)
         img = nib.Nifti1Image(data, affine, header=hdr)
         img.header.set_slope_inter(1.0, 0.0)
-    img.set_qform(affine, code=qcode)
+    img.set_qform(qform, code=qcode)
     img.set_sform(affine, code=scode)
     if description:
         img.header["descrip"] = description.encode("latin-1", "replace")[:79]
