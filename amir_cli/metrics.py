@@ -6,7 +6,8 @@ SSIM with an 11x11 Gaussian window (sigma 1.5, ``truncate=3.5``, reflect padding
 C1 = (0.01 L)², C2 = (0.03 L)², population covariance, averaged over the slice without a 5-pixel
 border (identical to ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=L)``); RMSE in physical units on the clipped slices.
-Case scores are slice means (:func:`volume_scores`).
+Case scores are slice means (:func:`volume_scores`). MR in scanner units is first multiplied, prediction
+and reference alike, by the reference volume's scale into the 12-bit window (:func:`protocol_scale`).
 
 A slice whose clipped reference is constant (L = 0) has no defined PSNR or SSIM: those scores are
 NaN for that slice and :func:`volume_scores` skips it (and counts it in ``n_skipped``).
@@ -133,3 +134,13 @@ def volume_scores(pred, ref, task: str, slice_axis: int = 2) -> dict:
     out = {k: (float(np.mean(v)) if v else float("nan")) for k, v in scores.items()}
     out.update(n_slices=len(scores["psnr"]), n_skipped=len(skipped), skipped=skipped)
     return out
+
+
+def protocol_scale(reference, task: str) -> float:
+    """The factor prediction and reference are multiplied by before scoring: for MR, the whole reference
+    volume's scale into the 12-bit window (``intensity.mr_scale_factor``: a scanner's units above 4095
+    are not clipped away); 1 for CT and PET, which have physical units."""
+    from amir_cli.imaging.intensity import mr_scale_factor
+    from amir_cli.tasks import MRI_SR
+
+    return mr_scale_factor(reference) if task == MRI_SR else 1.0

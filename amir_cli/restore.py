@@ -564,7 +564,8 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
                   passes=options.passes, background_sd=options.background_sd)
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
     check_memory(out_shape, str(files.input), copies=RESTORE_COPIES, doing="restoring")
-    ref_volume = None if files.reference is None else _read_reference(files.reference, tuple(out_shape))
+    out_affine = scaled_affine(volume.affine, options.scale, volume.slice_axis) if options.scale > 1 else volume.affine
+    ref_volume = None if files.reference is None else _read_reference(files.reference, tuple(out_shape), out_affine)
 
     if options.engine == "native":
         from .network import native
@@ -596,14 +597,20 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     return result
 
 
-def _read_reference(reference: Path, expected: tuple[int, ...]) -> Volume:
-    """The --reference image, which must lie on the output grid (``expected``: its shape)."""
+def _read_reference(reference: Path, expected: tuple[int, ...], affine: np.ndarray) -> Volume:
+    """The --reference image, which must lie on the output grid (``expected``: its shape, ``affine``:
+    its voxel-to-world map): no voxel centre more than half the finest spacing from the output's."""
     ref_volume = read_image(reference)
     if ref_volume.shape != expected:
         raise BadInputError(
             f"{reference}: reference shape {'x'.join(map(str, ref_volume.shape))} differs from the output shape "
             f"{'x'.join(map(str, expected))}"
         )
+    corners = np.array([[i, j, k, 1.0] for i in (0, expected[0] - 1) for j in (0, expected[1] - 1) for k in (0, expected[2] - 1)]).T
+    apart = float(np.linalg.norm((ref_volume.affine @ corners - affine @ corners)[:3], axis=0).max())
+    if apart > 0.5 * min(np.linalg.norm(affine[:3, :3], axis=0)):
+        raise BadInputError(f"{reference}: the reference does not lie on the output's grid (voxels up to {apart:.1f} mm "
+                            "from the output's); scores need the same voxels in the same place")
     return ref_volume
 
 
@@ -639,14 +646,17 @@ def _case_report(files: CaseFiles, task: str, reason: str, weights: LoadedWeight
 
 def _reference_metrics(volume: Volume, restored: Volume, ref_volume: Volume, task: str, scale: int) -> dict:
     """Scores of the output against the reference, and of the input too where it lies on the same grid."""
-    from .metrics import volume_scores
+    from .metrics import protocol_scale, volume_scores
 
+    k = protocol_scale(ref_volume.array, task)
+    reference = ref_volume.array * k
     metrics = {
         "window": list(EVAL_WINDOW[task]),
-        "output": _scores(volume_scores(restored.array, ref_volume.array, task, restored.slice_axis)),
+        "scale": k,
+        "output": _scores(volume_scores(restored.array * k, reference, task, restored.slice_axis)),
     }
     if scale == 1:  # the input on the same grid: what restoration gained
-        metrics["input"] = _scores(volume_scores(volume.array, ref_volume.array, task, volume.slice_axis))
+        metrics["input"] = _scores(volume_scores(volume.array * k, reference, task, volume.slice_axis))
     return metrics
 
 

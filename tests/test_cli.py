@@ -186,9 +186,46 @@ def test_reference_adds_metrics_and_json(ct_nii, tiny_weights, tmp_path):
     assert "x8 self-ensemble" in res.stdout
 
 
+def test_mr_reference_metrics_are_scaled_into_the_12_bit_window(mr_nii, tiny_weights, tmp_path):
+    """MR in scanner units far above 4095: input and reference are scored after the reference
+    volume's scale into the 12-bit window (the protocol), not clipped at 4095."""
+    from amir_cli.imaging.degrade import mri_truncate
+    from amir_cli.imaging.intensity import mr_scale_factor
+    from amir_cli.metrics import volume_scores
+
+    img = nib.load(str(mr_nii))
+    hq = np.asarray(img.dataobj, np.float32) * 100.0  # up to about 25000
+    lq = np.stack([mri_truncate(hq[:, :, k], 2) for k in range(hq.shape[2])], axis=2)
+    for name, a in (("hq.nii.gz", hq), ("lq.nii.gz", lq)):
+        nib.save(nib.Nifti1Image(a, img.affine), str(tmp_path / name))
+    code, _, err = amir("restore", tmp_path / "lq.nii.gz", "--task", "mri-sr", "-o", tmp_path / "o.nii.gz",
+                        "--reference", tmp_path / "hq.nii.gz", "--weights", tiny_weights, "--quiet")
+    assert code == 0, err
+    m = json.loads((tmp_path / "o.nii.gz.json").read_text())["metrics"]
+    k = mr_scale_factor(hq)
+    assert m["scale"] == pytest.approx(k) and k < 4095 / hq.max()
+    assert m["input"]["psnr"] == pytest.approx(volume_scores(lq * k, hq * k, "mri-sr")["psnr"], abs=1e-4)
+    assert m["input"]["psnr"] != pytest.approx(volume_scores(lq, hq, "mri-sr")["psnr"], abs=0.5)  # clipped: another score
+
+
 def test_reference_shape_mismatch(ct_nii, mr_nii, tiny_weights, tmp_path):
     code, _, err = amir("restore", ct_nii, "-o", tmp_path / "o.nii.gz", "--reference", mr_nii, "--weights", tiny_weights)
     assert code == 1 and "reference shape" in err and not (tmp_path / "o.nii.gz").exists()
+
+
+def test_reference_off_the_output_grid_is_refused(ct_nii, tiny_weights, tmp_path):
+    """The same image stored flipped (its affine flipped too), or moved 500 mm: voxel-wise scores
+    would compare other places, so the reference is refused before any work."""
+    img = nib.load(str(ct_nii))
+    data = np.asarray(img.dataobj)
+    flip = img.affine @ np.array([[-1, 0, 0, data.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    moved = img.affine.copy()
+    moved[0, 3] += 500.0
+    for name, array, affine in (("flipped", data[::-1], flip), ("moved", data, moved)):
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(array), affine), str(tmp_path / f"{name}.nii.gz"))
+        code, _, err = amir("restore", ct_nii, "-o", tmp_path / "o.nii.gz", "--reference", tmp_path / f"{name}.nii.gz",
+                            "--weights", tiny_weights)
+        assert code == 1 and "does not lie on the output's grid" in err and not (tmp_path / "o.nii.gz").exists()
 
 
 def test_existing_output_needs_overwrite_and_input_is_never_overwritten(ct_nii, tiny_weights, tmp_path):

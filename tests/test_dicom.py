@@ -477,6 +477,23 @@ def test_big_endian_source_is_written_little_endian(name, tmp_path):
     np.testing.assert_array_equal(read_image(out).array, vol.array + 1)
 
 
+def test_pixel_padding_is_kept_with_the_source_encoding(tmp_path):
+    """A CT slice whose corners are padding (PixelPaddingValue): restored values written in the
+    source's encoding keep the padding's stored value, so the tag stays true and is kept."""
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    pixels = ds.pixel_array.copy()
+    pixels[:8, :8] = -2000
+    ds.PixelData, ds.PixelPaddingValue = pixels.tobytes(), -2000
+    ds["PixelPaddingValue"].VR = "SS"
+    ds.save_as(tmp_path / "padded.dcm")
+    vol = read_image(tmp_path / "padded.dcm")
+    out = pydicom.dcmread(write_image(vol.with_array(vol.array), tmp_path / "out.dcm"))
+    assert out.PixelPaddingValue == -2000
+    np.testing.assert_array_equal(out.pixel_array, pixels)
+
+
 def test_dicom_to_nifti_keeps_integer_hu_and_geometry(ct_series, tmp_path):
     folder, hu, affine = ct_series
     vol = read_image(folder)

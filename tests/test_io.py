@@ -107,6 +107,18 @@ def test_nifti_qform_that_differs_from_the_sform_is_kept(ct_nii, tmp_path):
     np.testing.assert_allclose(back.get_qform()[:3, 3] - back.get_sform()[:3, 3], [10.0, -4.0, 2.5], atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(32, 24), (32, 24, 3, 1), (32, 24, 3, 1, 1)])
+def test_nifti_keeps_its_number_of_axes(shape, tmp_path):
+    """A 2-D image, or one with trailing axes of length 1, is read as 3-D and written back as it was."""
+    data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.0, 1.0])), str(tmp_path / "in.nii.gz"))
+    vol = read_image(tmp_path / "in.nii.gz")
+    assert vol.array.ndim == 3
+    back = nib.load(str(write_image(vol.with_array(vol.array + 1), tmp_path / "out.nii.gz")))
+    assert back.shape == shape
+    np.testing.assert_array_equal(np.asarray(back.dataobj), data + 1)
+
+
 def test_nifti_uint8_mr_clips_to_type_and_float_stays_float(mr_nii, tmp_path):
     vol = read_image(mr_nii)
     assert vol.source_dtype == np.uint8

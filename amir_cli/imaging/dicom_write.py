@@ -9,6 +9,7 @@ A multi-frame source gives one multi-frame object (:mod:`amir_cli.imaging.dicom_
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from amir_cli.imaging.dicom_derive import (Derivation, Encoded, derive_header, d
 from amir_cli.imaging.dicom_write_frames import derived_multiframe
 from amir_cli.imaging.volume import Volume, check_dimensions
 
+# Pixel padding (the air outside a CT's reconstruction circle) passes through the restore unchanged
+_PADDING_TAGS = ("PixelPaddingValue", "PixelPaddingRangeLimit")
 _PRIMARY_ONLY_CLASSES = {"1.2.840.10008.5.1.4.1.1.128", "1.2.840.10008.5.1.4.1.1.20"}  # PET, NM images
 
 
@@ -104,6 +107,10 @@ def _derived_slice(src, k: int, encoded: Encoded, d: Derivation):
     # add rescale tags only where needed (MR images, for instance, usually have none)
     if encoded.slope is not None and not (encoded.unit_slope and "RescaleSlope" not in src):
         ds.RescaleSlope, ds.RescaleIntercept = encoded.slope, "0"
+    if encoded.slope is None and d.same_geometry:  # the source's own encoding: padding kept its stored value
+        for tag in _PADDING_TAGS:
+            if tag in src:
+                ds[tag] = copy.deepcopy(src[tag])
     set_pixels(ds, [encoded.stored], encoded.bits_allocated, encoded.bits_stored, encoded.signed, d.transfer_syntax)
     return ds
 

@@ -154,6 +154,7 @@ def _read_nifti(p: Path) -> Volume:
         "sform_code": int(hdr["sform_code"]),
         # the qform as a world transform of the affine (a scanner's may differ from its sform)
         "qform_from_affine": hdr.get_qform() @ np.linalg.inv(affine) if int(hdr["qform_code"]) > 0 else None,
+        "nifti_ndim": len(img.shape),  # written back with as many axes (2-D, trailing axes of length 1)
         "description": descrip,
         "intent_name": hdr["intent_name"].tobytes().split(b"\x00")[0].decode("latin-1", "replace"),
         "aux_file": hdr["aux_file"].tobytes().split(b"\x00")[0].decode("latin-1", "replace"),
@@ -453,13 +454,15 @@ def _write_nifti(volume: Volume, ref: Volume, tmp: Path, description: str) -> No
     qform = affine if ref.meta.get("qform_from_affine") is None else ref.meta["qform_from_affine"] @ affine
     qcode = int(ref.meta.get("qform_code", 0) or 0) or 1
     scode = int(ref.meta.get("sform_code", 0) or 0) or 1
+    ndim = int(ref.meta.get("nifti_ndim", 3))
+    shape = volume.array.shape[:2] if ndim == 2 else volume.array.shape + (1,) * (ndim - 3)
     if ref.meta.get("nifti_scaled"):
         # integer storage with a scale factor: let nibabel choose slope/intercept for that type
-        data = np.asarray(volume.array, dtype=np.float32)
+        data = np.asarray(volume.array, dtype=np.float32).reshape(shape)
         hdr.set_data_dtype(ref.source_dtype)
         img = nib.Nifti1Image(data, affine, header=hdr)
     else:
-        data = to_dtype(volume.array, output_dtype(ref))
+        data = to_dtype(volume.array, output_dtype(ref)).reshape(shape)
         hdr.set_data_dtype(data.dtype)
         img = nib.Nifti1Image(data, affine, header=hdr)
         img.header.set_slope_inter(1.0, 0.0)

@@ -20,7 +20,8 @@ Scoring
 -------
 Every case is read, its slices put first ``(S, H, W)``, optionally reduced to ``max_slices`` evenly
 spaced slices among those whose windowed reference is not constant (slices that §4 cannot score),
-then scored by :func:`metrics.volume_scores` in physical units for: ``input`` (the low-quality
+then scored by :func:`metrics.volume_scores` in physical units (MR times the whole reference volume's
+:func:`metrics.protocol_scale`) for: ``input`` (the low-quality
 image; for MR on a coarser grid its k-space zero-filled upsampling), the task's classical
 baseline (:mod:`amir_cli.baselines`) and ``amir``, run as plain `amir restore` runs (a zero-filled
 MR input recognised by its spectrum; ``--kspace-factor`` forces a factor on an unlabelled ``LQ``
@@ -48,7 +49,7 @@ from amir_cli.errors import EXIT_OK, EXIT_PARTIAL, AmirError, BadInputError, one
 from amir_cli.files import write_json
 from amir_cli.imaging import degrade
 from amir_cli.imaging.io import read_image
-from amir_cli.metrics import volume_scores
+from amir_cli.metrics import protocol_scale, volume_scores
 from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, MRI_SR, PET_SYNTHESIS
 
 from .cases import CaseSpec, Simulation, parse_simulate, place_volumes, plan_cases
@@ -296,6 +297,9 @@ def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_
 
     rows = []
     scores = {}
+    k = protocol_scale(hq_vol.array, task)  # MR: the whole reference volume's scale into the 12-bit window
+    hq = hq * k
+    methods = [(name, pred * k, sps) for name, pred, sps in methods]
     for name, pred, sps in methods:
         if pred.shape != hq.shape:
             raise BadInputError(f"{name} output shape {pred.shape} differs from the reference {hq.shape}")
