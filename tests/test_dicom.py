@@ -494,6 +494,22 @@ def test_pixel_padding_is_kept_with_the_source_encoding(tmp_path):
     np.testing.assert_array_equal(out.pixel_array, pixels)
 
 
+def test_images_beside_dicom_files_are_named_as_left_out(ct_series, tmp_path):
+    """A folder holding DICOM files is read as DICOM only: a NIfTI and a subfolder beside them are
+    said to be left out, not silently skipped."""
+    folder, hu, _ = ct_series
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), str(mixed / "other.nii.gz"))
+    (mixed / "more").mkdir()
+    vol = read_image(mixed)
+    np.testing.assert_array_equal(vol.array, hu)
+    assert vol.meta["notes"] == [
+        "left out 1 image file and 1 subfolder beside the DICOM files: a folder holding DICOM files is read as "
+        "DICOM only; restore the others on their own"]
+    assert read_image(folder).meta["notes"] == []
+
+
 def test_dicom_to_nifti_keeps_integer_hu_and_geometry(ct_series, tmp_path):
     folder, hu, affine = ct_series
     vol = read_image(folder)
