@@ -510,6 +510,20 @@ def test_images_beside_dicom_files_are_named_as_left_out(ct_series, tmp_path):
     assert read_image(folder).meta["notes"] == []
 
 
+def test_a_single_image_without_geometry_says_what_was_assumed(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assert read_image(Path(get_testdata_file("CT_small.dcm"))).meta["notes"] == []
+    for tag in ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient"):
+        del ds[tag]
+    ds.save_as(tmp_path / "bare.dcm")
+    vol = read_image(tmp_path / "bare.dcm")
+    assert vol.spacing_mm[:2] == (1.0, 1.0)
+    assert vol.meta["notes"] == ["no PixelSpacing: 1 mm pixels assumed",
+                                 "no ImageOrientationPatient/ImagePositionPatient: the image's own axes and origin assumed"]
+
+
 def test_dicom_to_nifti_keeps_integer_hu_and_geometry(ct_series, tmp_path):
     folder, hu, affine = ct_series
     vol = read_image(folder)

@@ -98,6 +98,16 @@ def _geometry(ds, what: str, required: bool):
     return x / nx, y / ny, float(ps[0]), float(ps[1]), ipp
 
 
+def _assumed_geometry(ds) -> list[str]:
+    """Notes on what :func:`_geometry` assumed for a single image without those tags."""
+    notes = []
+    if "PixelSpacing" not in ds and "ImagerPixelSpacing" not in ds:
+        notes.append("no PixelSpacing: 1 mm pixels assumed")
+    if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
+        notes.append("no ImageOrientationPatient/ImagePositionPatient: the image's own axes and origin assumed")
+    return notes
+
+
 def _check_headers(items: list, what: str) -> tuple[int, int]:
     """(rows, columns) shared by every slice; greyscale images only."""
     for path, ds, _frame in items:
@@ -246,7 +256,7 @@ def _build_volume(items: list, what: str, notes: list[str]) -> Volume:
     check_pixels(array, what)
 
     meta = _series_meta(items, what, rescale, affine)
-    meta["notes"] = list(notes) + frame_notes
+    meta["notes"] = list(notes) + frame_notes + (_assumed_geometry(ds0) if n == 1 else [])
     meta["dicom_transfer_syntax"] = syntaxes.pop() if len(syntaxes) == 1 else ""
     if multiframe is not None:
         meta["dicom_multiframe"] = multiframe
