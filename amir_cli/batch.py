@@ -14,7 +14,7 @@ from .errors import BadInputError, DeviceError, WeightsError, one_line
 from .files import write_json
 from .imaging import dicom
 from .imaging.io import list_cases
-from .placement import check_output, default_output, same_or_inside
+from .placement import check_output, default_output, is_amir_output, same_or_inside
 from .restore import Progress, RestoreOptions, case_files, restore_case
 from .weights import LoadedWeights
 
@@ -69,6 +69,9 @@ def restore_batch(
         raise BadInputError(f"{out_root}: output folder {out_root.parent} does not exist")
     if out_root.exists() and not out_root.is_dir():
         raise BadInputError(f"{out_root}: exists and is not a folder")
+    if out_root.is_dir() and is_amir_output(out_root):  # a batch's outputs would mix with that series' files
+        raise BadInputError(f"{out_root}: holds one restored DICOM series of an earlier run; a batch writes a folder "
+                            "of outputs: choose another -o")
     jobs = batch_jobs(folder, out_root)
     mine, rank, world = distributed_share(jobs)
     name = f"{out_root.name}.json" if world == 1 else f"{out_root.name}.rank{rank}.json"

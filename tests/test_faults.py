@@ -115,6 +115,21 @@ def test_existing_batch_report_is_not_replaced(ct, tiny_weights, tmp_path):
     assert (tmp_path / "out.json").read_text() == "mine"
 
 
+def test_batch_into_an_earlier_single_series_output_is_refused(ct, tiny_weights, tmp_path):
+    """A batch --overwrite into the folder of an earlier one-series restore would leave that series'
+    files beside the batch's outputs: refused, and the folder is left as it was."""
+    series = DB.ct_series(tmp_path / "series")
+    code, _, err = amir("restore", series, "-o", tmp_path / "out", "-w", tiny_weights, "-q")
+    assert code == 0, err
+    before = sha(tmp_path / "out")
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    shutil.copy(ct, cases / "a.nii.gz")
+    code, _, err = amir("restore", cases, "-o", tmp_path / "out", "--overwrite", "-w", tiny_weights, "-q")
+    assert code == 1 and "holds one restored DICOM series" in one_error_line(err)
+    assert sha(tmp_path / "out") == before
+
+
 # ---- race: two processes, one output ----------------------------------------------------------
 
 RACER = """
