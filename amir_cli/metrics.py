@@ -98,8 +98,9 @@ def slice_scores(pred2d, ref2d, task: str) -> dict:
     }
 
 
-def volume_scores(pred, ref, task: str, slice_axis: int = 2) -> dict:
-    """Slice means of PSNR, SSIM and RMSE over a 2-D or 3-D image.
+def volume_scores(pred, ref, task: str, slice_axis: int = 2, scale: float = 1.0) -> dict:
+    """Slice means of PSNR, SSIM and RMSE over a 2-D or 3-D image, each slice of both multiplied by
+    ``scale`` first (:func:`protocol_scale`; slice by slice, so no copy of either image is made).
 
     Slices whose clipped reference is constant are skipped.  Returns ``psnr``, ``ssim``, ``rmse``
     (NaN if every slice was skipped), ``n_slices`` (slices scored), ``n_skipped`` and ``skipped``
@@ -123,12 +124,12 @@ def volume_scores(pred, ref, task: str, slice_axis: int = 2) -> dict:
     scores = {"psnr": [], "ssim": [], "rmse": []}
     skipped = []
     for i in range(p.shape[ax]):
-        rs = np.take(r, i, axis=ax)
+        rs = np.take(r, i, axis=ax) * scale
         rc = np.clip(rs.astype(np.float64), lo, hi)
         if rc.max() == rc.min():
             skipped.append(i)
             continue
-        s = slice_scores(np.take(p, i, axis=ax), rs, task)
+        s = slice_scores(np.take(p, i, axis=ax) * scale, rs, task)
         for k in scores:
             scores[k].append(s[k])
     out = {k: (float(np.mean(v)) if v else float("nan")) for k, v in scores.items()}

@@ -649,14 +649,13 @@ def _reference_metrics(volume: Volume, restored: Volume, ref_volume: Volume, tas
     from .metrics import protocol_scale, volume_scores
 
     k = protocol_scale(ref_volume.array, task)
-    reference = ref_volume.array * k
     metrics = {
         "window": list(EVAL_WINDOW[task]),
         "scale": k,
-        "output": _scores(volume_scores(restored.array * k, reference, task, restored.slice_axis)),
+        "output": _scores(volume_scores(restored.array, ref_volume.array, task, restored.slice_axis, scale=k)),
     }
     if scale == 1:  # the input on the same grid: what restoration gained
-        metrics["input"] = _scores(volume_scores(volume.array * k, reference, task, volume.slice_axis))
+        metrics["input"] = _scores(volume_scores(volume.array, ref_volume.array, task, volume.slice_axis, scale=k))
     return metrics
 
 
