@@ -35,7 +35,8 @@ def batch_output_for(case: Path, root: Path, out_root: Path) -> Path:
 
 def batch_jobs(folder: Path, out_root: Path) -> list[tuple[Path, str | None, Path]]:
     """(case, SeriesInstanceUID or None, output) of every case of ``folder``: a DICOM folder that
-    holds several series gives one job per series, each written to a folder named after it."""
+    holds several series gives one job per series, each written to a folder named after it, and so
+    does ``folder`` itself when it holds DICOM files beside its other cases."""
     jobs = []
     for case in list_cases(folder):
         target = batch_output_for(case, folder, out_root)
@@ -43,7 +44,7 @@ def batch_jobs(folder: Path, out_root: Path) -> list[tuple[Path, str | None, Pat
             series = dicom.folder_series(case) if case.is_dir() else []
         except BadInputError:
             series = []  # restore_case reports what is wrong with this folder
-        if len(series) > 1:
+        if len(series) > 1 or (series and case == folder):
             jobs += [(case, uid, target / label) for uid, label in series]
         else:
             jobs.append((case, None, target))
@@ -56,8 +57,8 @@ def restore_batch(
     out_root: Path | None,
     options: RestoreOptions,
     *,
-    on_case: Callable[[Path, dict | None, str | None], None] | None = None,
-    progress_for: Callable[[Path], Progress | None] | None = None,
+    on_case: Callable[[str, dict | None, str | None], None] | None = None,
+    progress_for: Callable[[str], Progress | None] | None = None,
 ) -> dict:
     """Restore every case of ``folder`` into ``out_root`` with one loaded model; a failing case is
     recorded and skipped. Returns the batch summary (also written as ``<out_root>.json``)."""
@@ -80,7 +81,7 @@ def restore_batch(
     done, failed = [], []
     started = time.perf_counter()
     for case, series, target in mine:
-        shown = case if series is None else case / target.name  # a series of a folder: by its output name
+        shown = str(case) if series is None else f"{case} ({target.name})"  # a series of a folder: by its output name
         entry = {"input": str(case)} if series is None else {"input": str(case), "series_instance_uid": series}
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

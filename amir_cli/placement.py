@@ -6,6 +6,8 @@ No model and no torch here; the restore job itself is :mod:`amir_cli.restore`.
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import re
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 from .errors import BadInputError
 from .files import Staging, public_path, write_json
 from .imaging import dicom
-from .imaging.io import Volume, data_files, image_suffix, stem, write_image
+from .imaging.io import Volume, data_files, image_suffix, list_cases, stem, write_image
 
 
 
@@ -22,10 +24,11 @@ def is_dicom_input(path: Path) -> bool:
 
 
 def is_batch_input(path: Path) -> bool:
-    """A folder that does not itself hold DICOM files, or holds several DICOM series, is a batch of cases."""
+    """A folder is a batch of cases unless it holds the DICOM files of one series and no other
+    image file or DICOM folder."""
     if not path.is_dir() or image_suffix(path):
         return False
-    if not dicom.folder_dicom_files(path):
+    if not dicom.folder_dicom_files(path) or list_cases(path) != [path]:
         return True
     try:
         return len(dicom.folder_series(path)) > 1
@@ -80,6 +83,20 @@ def is_amir_output(folder: Path) -> bool:
     return "amir" in text.lower()
 
 
+def is_batch_output(folder: Path) -> bool:
+    """A folder that an earlier `amir restore` of a batch wrote: its summary ``<folder>.json`` (or a
+    torchrun rank's) lies beside it."""
+    for summary in sorted(folder.parent.glob(f"{glob.escape(folder.name)}*.json")):
+        if re.fullmatch(rf"{re.escape(folder.name)}(\.rank\d+)?\.json", summary.name):
+            try:
+                data = json.loads(summary.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("tool") == "amir" and "cases_total" in data:
+                return True
+    return False
+
+
 def check_output(
     input_path: Path, output: Path, overwrite: bool, what: str = "output", inputs=(), option: str = "-o"
 ) -> None:
@@ -100,6 +117,9 @@ def check_output(
             continue
         if not overwrite:
             raise BadInputError(f"{target}: {what} exists; pass --overwrite to replace it")
+        if target.is_dir() and not target.is_symlink() and is_batch_output(target):
+            raise BadInputError(f"{target}: holds the outputs of an earlier batch, which one case does not replace; "
+                                f"choose another {option}")
         if target.is_dir() and not target.is_symlink() and not is_amir_output(target):
             raise BadInputError(f"{target}: refusing to replace a folder that amir did not write (originals are never replaced)")
 

@@ -494,20 +494,23 @@ def test_pixel_padding_is_kept_with_the_source_encoding(tmp_path):
     np.testing.assert_array_equal(out.pixel_array, pixels)
 
 
-def test_images_beside_dicom_files_are_named_as_left_out(ct_series, tmp_path):
-    """A folder holding DICOM files is read as DICOM only: a NIfTI and a subfolder beside them are
-    said to be left out, not silently skipped."""
+def test_images_beside_dicom_files_make_a_batch(ct_series, mr_series, tmp_path):
+    """A folder holding DICOM files and other images (or DICOM folders) beside them is a batch of all
+    of them, not one DICOM case that skips the others."""
+    from amir_cli.placement import is_batch_input
+
     folder, hu, _ = ct_series
     mixed = tmp_path / "mixed"
     shutil.copytree(folder, mixed)
+    assert list_cases(mixed) == [mixed] and not is_batch_input(mixed)
+    (mixed / "empty").mkdir()
+    assert list_cases(mixed) == [mixed] and not is_batch_input(mixed)  # a folder without images is no case
     nib.save(nib.Nifti1Image(hu, np.eye(4)), str(mixed / "other.nii.gz"))
-    (mixed / "more").mkdir()
+    shutil.copytree(mr_series[0], mixed / "more" / "mr")
+    assert list_cases(mixed) == [mixed, mixed / "more" / "mr", mixed / "other.nii.gz"] and is_batch_input(mixed)
     vol = read_image(mixed)
     np.testing.assert_array_equal(vol.array, hu)
-    assert vol.meta["notes"] == [
-        "left out 1 image file and 1 subfolder beside the DICOM files: a folder holding DICOM files is read as "
-        "DICOM only; restore the others on their own"]
-    assert read_image(folder).meta["notes"] == []
+    assert vol.meta["notes"] == []
 
 
 def test_a_single_image_without_geometry_says_what_was_assumed(tmp_path):

@@ -374,3 +374,24 @@ def test_cli_names_a_segmentation_and_restores_a_folder_of_series(tmp_path, tiny
     assert summary["cases_total"] == 2 and {r["series_instance_uid"] for r in summary["restored"]} == {
         uid_ for uid_, _label in folder_series(folder)
     }
+
+
+def test_cli_restores_a_series_and_the_images_beside_it_as_a_batch(tmp_path, tiny_weights):
+    """A DICOM series with a NIfTI beside it: both restored, the series by its label; the lines name
+    the folder and the series, not a path that does not exist; a one-case restore onto the batch's
+    output folder is refused as such."""
+    folder = _emri_series(tmp_path / "mixed")
+    mr = read_image(folder)
+    nib.save(nib.Nifti1Image(mr.array[..., :2].astype(np.float32), mr.affine), str(folder / "other.nii.gz"))
+    code, out, err = amir("restore", folder, "--task", "mri-sr", "--weights", tiny_weights)
+    assert code == 0, err
+    restored = tmp_path / "mixed_amir"
+    assert sorted(p.name for p in restored.iterdir()) == ["other.nii.gz", "other.nii.gz.json", "series_3_MR", "series_3_MR.json"]
+    assert read_image(restored / "series_3_MR").shape == (64, 64, 10)
+    assert f"{folder} (series_3_MR) -> {restored / 'series_3_MR'}" in out
+    assert json.loads((tmp_path / "mixed_amir.json").read_text())["cases_total"] == 2
+    alone = _emri_series(tmp_path / "alone")
+    code, _out, err = amir("restore", alone, "-o", restored, "--overwrite", "--task", "mri-sr", "--weights", tiny_weights)
+    assert code == 1 and err.count("\n") == 1
+    assert "holds the outputs of an earlier batch, which one case does not replace; choose another -o" in err
+    assert (restored / "series_3_MR").is_dir()

@@ -130,7 +130,7 @@ def _restore_folder(loaded, folder: Path, output: Path | None, options, quiet: b
 
     with progress_bar(quiet or json_out) as bar:
         def progress_for(case):
-            job = bar.add_task(f"restoring {case.name}", total=None)
+            job = bar.add_task(f"restoring {Path(case).name}", total=None)
             return lambda done, total: bar.update(job, completed=done, total=total)
 
         summary = restore_batch(loaded, folder, output, options, on_case=on_case, progress_for=progress_for)

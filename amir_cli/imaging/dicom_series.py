@@ -60,21 +60,6 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _beside(folder: Path) -> list[str]:
-    """Notes on the image files and subfolders beside a folder's DICOM files, which a folder read as
-    one DICOM case leaves out."""
-    from amir_cli.imaging.io import image_suffix
-
-    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
-    images = sum(1 for e in entries if e.is_file() and image_suffix(e))
-    folders = sum(1 for e in entries if e.is_dir())
-    if not (images or folders):
-        return []
-    what = " and ".join(w for w in (_plural(images, "image file") if images else "", _plural(folders, "subfolder") if folders else "") if w)
-    return [f"left out {what} beside the DICOM files: a folder holding DICOM files is read as DICOM only; "
-            "restore the others on their own"]
-
-
 def scan_folder(folder: str | Path) -> tuple[dict[str, Items], list[str]]:
     """({SeriesInstanceUID: [(path, header)]} of the images to restore, notes on what was left out)."""
     folder = Path(folder)
@@ -100,7 +85,7 @@ def scan_folder(folder: str | Path) -> tuple[dict[str, Items], list[str]]:
         if not uid:
             raise BadInputError(f"{f}: missing required tag SeriesInstanceUID (0020,000E)")
         (localizers if is_localizer(ds) else series).setdefault(uid, []).append((f, ds))
-    notes = [f"left out {_plural(n, 'file')}: {kind}" for kind, n in others.items()] + _beside(folder)
+    notes = [f"left out {_plural(n, 'file')}: {kind}" for kind, n in others.items()]
     if not series:
         if not localizers:
             raise BadInputError(f"{folder}: no image to restore in this folder ({'; '.join(notes)})")

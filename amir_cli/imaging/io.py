@@ -351,17 +351,15 @@ def _read_itk(p: Path) -> Volume:
 
 
 def list_cases(folder: str | Path) -> list[Path]:
-    """Cases in an input folder: ``[folder]`` if it directly holds DICOM files, else its image files
-    (.nii, .nii.gz, .mha, .mhd, .nrrd) and the DICOM folders below it, sorted (a DICOM folder may
-    hold several series: :func:`amir_cli.imaging.dicom.folder_series`)."""
+    """Cases in an input folder: the folder itself if it directly holds DICOM files, then its image
+    files (.nii, .nii.gz, .mha, .mhd, .nrrd) and the DICOM folders below it, sorted (a DICOM folder
+    may hold several series: :func:`amir_cli.imaging.dicom.folder_series`)."""
     from amir_cli.imaging import dicom
 
     root = Path(folder)
     if not root.is_dir():
         raise BadInputError(f"{root}: not a folder")
-    if dicom.folder_dicom_files(root):
-        return [root]
-    cases: list[Path] = []
+    cases: list[Path] = [root] if dicom.folder_dicom_files(root) else []
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
