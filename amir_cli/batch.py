@@ -35,16 +35,19 @@ def batch_output_for(case: Path, root: Path, out_root: Path) -> Path:
 
 def batch_jobs(folder: Path, out_root: Path) -> list[tuple[Path, str | None, Path]]:
     """(case, SeriesInstanceUID or None, output) of every case of ``folder``: a DICOM folder that
-    holds several series gives one job per series, each written to a folder named after it, and so
-    does ``folder`` itself when it holds DICOM files beside its other cases."""
+    holds several series, or other cases below it, gives one job per series, each written to a
+    folder named after it."""
     jobs = []
-    for case in list_cases(folder):
+    cases = list_cases(folder)
+    for case in cases:
         target = batch_output_for(case, folder, out_root)
         try:
             series = dicom.folder_series(case) if case.is_dir() else []
         except BadInputError:
             series = []  # restore_case reports what is wrong with this folder
-        if len(series) > 1 or (series and case == folder):
+            if case == folder:  # beside the batch's other cases, not in their place
+                target = out_root / folder.name
+        if len(series) > 1 or (series and any(case in c.parents for c in cases)):
             jobs += [(case, uid, target / label) for uid, label in series]
         else:
             jobs.append((case, None, target))

@@ -565,7 +565,7 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     out_shape = [n * (options.scale if a != volume.slice_axis else 1) for a, n in enumerate(volume.shape)]
     check_memory(out_shape, str(files.input), copies=RESTORE_COPIES, doing="restoring")
     out_affine = scaled_affine(volume.affine, options.scale, volume.slice_axis) if options.scale > 1 else volume.affine
-    ref_volume = None if files.reference is None else _read_reference(files.reference, tuple(out_shape), out_affine)
+    ref_volume, ref_scale = (None, 1.0) if files.reference is None else _read_reference(files.reference, tuple(out_shape), out_affine, task)
 
     if options.engine == "native":
         from .network import native
@@ -590,16 +590,19 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     result = _case_report(files, task, reason, weights, volume, restored, info, warnings)
     if ref_volume is not None:
         result["reference"] = str(files.reference)
-        result["metrics"] = _reference_metrics(volume, restored, ref_volume, task, options.scale)
+        result["metrics"] = _reference_metrics(volume, restored, ref_volume, task, options.scale, ref_scale)
     result["report"] = str(files.report)
     publish(restored, files.output, reference=volume, description=description, overwrite=options.overwrite,
             report=files.report, result=result)
     return result
 
 
-def _read_reference(reference: Path, expected: tuple[int, ...], affine: np.ndarray) -> Volume:
+def _read_reference(reference: Path, expected: tuple[int, ...], affine: np.ndarray, task: str) -> tuple[Volume, float]:
     """The --reference image, which must lie on the output grid (``expected``: its shape, ``affine``:
-    its voxel-to-world map): no voxel centre more than half the finest spacing from the output's."""
+    its voxel-to-world map): no voxel centre more than half the finest spacing from the output's; and
+    the factor its scores take (:func:`amir_cli.metrics.protocol_scale`)."""
+    from .metrics import protocol_scale
+
     ref_volume = read_image(reference)
     if ref_volume.shape != expected:
         raise BadInputError(
@@ -611,7 +614,10 @@ def _read_reference(reference: Path, expected: tuple[int, ...], affine: np.ndarr
     if apart > 0.5 * min(np.linalg.norm(affine[:3, :3], axis=0)):
         raise BadInputError(f"{reference}: the reference does not lie on the output's grid (voxels up to {apart:.1f} mm "
                             "from the output's); scores need the same voxels in the same place")
-    return ref_volume
+    try:
+        return ref_volume, protocol_scale(ref_volume.array, task)
+    except BadInputError as exc:
+        raise BadInputError(f"{reference}: {exc}") from None
 
 
 _RUN_FIELDS = ("device", "precision", "engine", "batch_size", "tile", "tta", "scale")  # of restore_volume's info
@@ -644,11 +650,11 @@ def _case_report(files: CaseFiles, task: str, reason: str, weights: LoadedWeight
     }
 
 
-def _reference_metrics(volume: Volume, restored: Volume, ref_volume: Volume, task: str, scale: int) -> dict:
-    """Scores of the output against the reference, and of the input too where it lies on the same grid."""
-    from .metrics import protocol_scale, volume_scores
+def _reference_metrics(volume: Volume, restored: Volume, ref_volume: Volume, task: str, scale: int, k: float) -> dict:
+    """Scores of the output against the reference, and of the input too where it lies on the same grid,
+    all multiplied by ``k`` (:func:`amir_cli.metrics.protocol_scale`)."""
+    from .metrics import volume_scores
 
-    k = protocol_scale(ref_volume.array, task)
     metrics = {
         "window": list(EVAL_WINDOW[task]),
         "scale": k,

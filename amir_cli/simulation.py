@@ -12,7 +12,7 @@ from .imaging import degrade
 from .imaging.io import read_image
 from .placement import check_input_format, check_output, check_output_format, default_output, publish
 from .taskdetect import task_mismatch
-from .tasks import DEFAULT_LEVEL, MR_FACTORS, MRI_SR, PET_SYNTHESIS, TASK, check_choice
+from .tasks import DEFAULT_LEVEL, MIN_DOSE, MR_FACTORS, MRI_SR, PET_SYNTHESIS, TASK, check_choice
 
 PET_NOISE = ("fbp", "osem")
 PET_NOTE = "simulated low-count PET (Poisson thinning of projected activity); not a real low-dose acquisition"
@@ -35,8 +35,8 @@ def check_level(task: str, dose: float | None = None, factor: int | None = None)
     if task != MRI_SR and factor is not None:
         raise BadInputError(f"{task} takes --dose, not --factor")
     check_choice("--factor", factor, MR_FACTORS)
-    if dose is not None and not 0 < dose <= 1:
-        raise BadInputError(f"--dose must be a fraction in (0, 1], got {dose}")
+    if dose is not None and not MIN_DOSE <= dose <= 1:
+        raise BadInputError(f"--dose must be a fraction in [{MIN_DOSE:g}, 1], got {dose:g}")
     level = factor if task == MRI_SR else dose
     return DEFAULT_LEVEL[task] if level is None else level
 

@@ -111,12 +111,13 @@ def detect_task(volume: Volume) -> tuple[str, str]:
     )
 
 
-def task_mismatch(volume: Volume, task: str) -> str | None:
-    """A warning where ``--task auto`` would choose another task than ``task`` for this image."""
+def task_mismatch(volume: Volume, task: str, given: str | None = None) -> str | None:
+    """A warning where ``--task auto`` would choose another task than ``task`` for this image
+    (``given``: what chose ``task``, default the --task option)."""
     try:
         auto_task, auto_reason = detect_task(volume)
     except BadInputError:
         return None
     if auto_task == task:
         return None
-    return f"--task {task} was given, though --task auto would choose {auto_task} ({auto_reason})"
+    return f"{given or f'--task {task} was given'}, though --task auto would choose {auto_task} ({auto_reason})"

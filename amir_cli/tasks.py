@@ -90,6 +90,7 @@ def check_choice(option: str, value, allowed) -> None:
 
 
 DEFAULT_LEVEL: dict[str, float] = {t.name: t.default_level for t in TASK_LIST}
+MIN_DOSE = 1e-3  # the lowest simulated dose fraction: below it almost every simulated count is zero
 FOREGROUND: dict[str, float] = {t.name: t.foreground for t in TASK_LIST}
 SCORED_LEVELS: dict[str, dict[str, float]] = {
     CT_DENOISE: {"dose1-2": 0.5, "dose1-4": 0.25, "dose1-20": 0.05},

@@ -55,19 +55,47 @@ def _read_manifest(folder: Path) -> dict:
         return {"entries": []}
     try:
         manifest = json.loads(path.read_text())
-        manifest["entries"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise WeightsError(f"weights manifest {path} is unreadable: {exc}") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise WeightsError(f"weights manifest {path} is not a valid amir manifest: {problem}")
     return manifest
 
 
+def _manifest_problem(manifest) -> str | None:
+    """What makes a manifest invalid: every entry a record with a valid name, its own file (a bare
+    file name, so that it lies in the manifest's folder) and a sha256."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("entries"), list):
+        return "no list of entries"
+    names = set()
+    for i, rec in enumerate(manifest["entries"]):
+        if not isinstance(rec, dict):
+            return f"entry {i + 1} is not a record"
+        name, file = rec.get("name"), rec.get("file")
+        if not isinstance(name, str) or not _NAME.match(name) or name in names:
+            return f"entry {i + 1} has an invalid or repeated name {name!r}"
+        if not isinstance(file, str) or file in ("", ".", "..") or Path(file).name != file or "\\" in file:
+            return f"entry {name!r} names a file outside its folder ({file!r})"
+        if not isinstance(rec.get("sha256"), str):
+            return f"entry {name!r} has no sha256"
+        names.add(name)
+    return None
+
+
+def _entries_of(folder: Path, shipped: bool) -> list[Entry]:
+    return [Entry(rec["name"], folder / rec["file"], rec["sha256"], rec, shipped) for rec in _read_manifest(folder)["entries"]]
+
+
 def entries() -> list[Entry]:
-    """All registry entries, shipped first."""
-    found = []
-    for folder, shipped in ((SHIPPED_DIR, True), (user_dir(), False)):
-        for rec in _read_manifest(folder)["entries"]:
-            found.append(Entry(rec["name"], folder / rec["file"], rec["sha256"], rec, shipped))
-    return found
+    """All registry entries, shipped first; a user entry may not take a shipped entry's name."""
+    shipped = _entries_of(SHIPPED_DIR, True)
+    user = _entries_of(user_dir(), False)
+    taken = {e.name for e in shipped} & {e.name for e in user}
+    if taken:
+        raise WeightsError(f"weights manifest {user_dir() / MANIFEST} is not a valid amir manifest: entry "
+                           f"{sorted(taken)[0]!r} takes the name of weights shipped with amir (rename it there)")
+    return shipped + user
 
 
 def default_name() -> str | None:
@@ -75,6 +103,10 @@ def default_name() -> str | None:
 
 
 def find(name: str) -> Entry:
+    """The registry entry ``name`` (shipped entries without reading the user's manifest)."""
+    for entry in _entries_of(SHIPPED_DIR, True):
+        if entry.name == name:
+            return entry
     for entry in entries():
         if entry.name == name:
             return entry
@@ -109,15 +141,19 @@ def read_state_dict(path: Path) -> dict:
         else:
             tensors = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoding failure is a bad weights file
-        raise WeightsError(f"cannot read weights {path.name}: {_read_failure(path, exc)}") from None
+        raise WeightsError(f"cannot read weights {path}: {_read_failure(path, exc)}") from None
     # common training-checkpoint wrappers; an averaged copy first: `amir train` validates and
     # exports its EMA ("ema" beside "model" in last.pt), so scoring a run's last.pt scores that
     for key in ("state_dict", "params_ema", "ema", "params", "model"):
         if isinstance(tensors, dict) and isinstance(tensors.get(key), dict):
             tensors = tensors[key]
     if not isinstance(tensors, dict) or not tensors:
-        raise WeightsError(f"{path.name} holds no state_dict")
-    return _strip_prefixes({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
+        raise WeightsError(f"{path} holds no state_dict")
+    tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise WeightsError(f"{path}: tensor {bad} holds NaN or infinite values; the weights are corrupt")
+    return _strip_prefixes(tensors)
 
 
 def _read_failure(path: Path, exc: Exception) -> str:
@@ -259,9 +295,25 @@ def load_model(source=None, device="cpu"):
 
 
 def check_name(name: str) -> None:
-    """A registry name: up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit."""
+    """A registry name: up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit, and
+    not ending as a weights file does (such a name is read as a path)."""
     if not _NAME.match(name):
         raise WeightsError(f"invalid weights name {name!r}: use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    if Path(name).suffix.lower() in WEIGHTS_SUFFIXES:
+        raise WeightsError(f"invalid weights name {name!r}: a name ending in {Path(name).suffix} is read as a file path")
+
+
+def check_free_name(name: str) -> None:
+    """A valid registry name that no weights hold yet."""
+    check_name(name)
+    taken = next((e for e in entries() if e.name == name), None)
+    if taken is not None and taken.shipped:
+        raise WeightsError(f"{name!r} names weights shipped with amir; choose another name")
+    if taken is not None:
+        raise WeightsError(f"weights named {name!r} already exist; choose another name, or remove them first with amir weights remove {name}")
+    file = user_dir() / f"{name}.safetensors"
+    if file.exists() or file.is_symlink():
+        raise WeightsError(f"{file}: exists, and no registry entry holds it; move it away or choose another name")
 
 
 def save_entry(name: str, state: dict, info: dict, config=None) -> Entry:
@@ -269,12 +321,7 @@ def save_entry(name: str, state: dict, info: dict, config=None) -> Entry:
     AmirConfig `config` (inferred from the tensors when not given)."""
     from safetensors.torch import save_file
 
-    check_name(name)
-    taken = next((e for e in entries() if e.name == name), None)
-    if taken is not None and taken.shipped:
-        raise WeightsError(f"{name!r} names weights shipped with amir; choose another name")
-    if taken is not None:
-        raise WeightsError(f"weights named {name!r} already exist; choose another name, or remove them first with amir weights remove {name}")
+    check_free_name(name)
     config = infer_config(state) if config is None else config
     folder = user_dir()
     try:

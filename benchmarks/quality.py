@@ -116,7 +116,7 @@ def cases_main(doc: str, out_name: str, build, data_label: str, with_baselines: 
 
     with tempfile.TemporaryDirectory(prefix=f"amir-{out_name}-") as tmp:
         request = BenchmarkRequest(build(Path(tmp)), args.out, weights=args.weights, with_baselines=with_baselines,
-                                   max_slices=8, figures=False, data_label=data_label)
+                                   max_slices=8, figures=False, data_label=data_label, overwrite=True)
         result = run_benchmark(request)
     print((args.out / "summary.md").read_text())
     return result.exit_code
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
 
         request = BenchmarkRequest(
             cases, out, weights=args.weights, device=args.device, batch_size=args.batch_size,
-            max_slices=args.max_slices or None, tta=args.tta,
+            max_slices=args.max_slices or None, tta=args.tta, overwrite=True,
             data_label="the frozen test split: subjects that no training, validation, tuning or example reads",
             notes=(
                 "test split: " + "; ".join(f"{case_name(s)} ({s.task}, {s.kind}: {s.note})" for s in sources(TEST)),

@@ -416,3 +416,69 @@ def test_pet_fill_is_chosen_on_the_whole_low_quality_volume(tmp_path, tiny_weigh
     res = run_benchmark(BenchmarkRequest(data, tmp_path / "out", weights=tiny_weights, figures=False, with_baselines=False, max_slices=2))
     assert res.exit_code == 0, res.failures
     assert seen == [7] and all(r["n_slices"] == 2 for r in res.rows)
+
+
+def test_results_are_placed_whole_and_never_clobber(tmp_path, tiny_weights):
+    """OUTDIR is written whole and put in place: an existing one is refused without --overwrite, which
+    replaces it whole (no figure of the earlier run stays); OUTDIR may not lie in the data; a case whose
+    reference has no contrast is a failed case, not a hole in its task's means."""
+    rng = np.random.default_rng(2)
+    data = tmp_path / "data"
+    ct = _phantom("ct-denoise")
+    _save(ct, data / "CT/test/HQ/head.nii.gz")
+    _save(ct + rng.normal(0, 25, ct.shape), data / "CT/test/LQ/head.nii.gz")
+    out = tmp_path / "out"
+    out.mkdir()  # an empty folder is taken
+    first = _invoke([data, "-o", out, "-w", tiny_weights, "--no-baselines", "--max-slices", "1", "-q"])
+    assert first.exit_code == 0, first.output
+    (out / "figures" / "stale.png").write_bytes(b"x")
+    again = _invoke([data, "-o", out, "-w", tiny_weights, "--no-baselines", "--max-slices", "1", "-q"])
+    assert again.exit_code == 1 and "exists; pass --overwrite" in str(again.exception)
+    assert (out / "figures" / "stale.png").exists()
+    _save(np.zeros_like(ct), data / "CT/test/HQ/flat.nii.gz")
+    _save(ct, data / "CT/test/LQ/flat.nii.gz")
+    replaced = _invoke([data, "-o", out, "-w", tiny_weights, "--no-baselines", "--max-slices", "1", "-q", "--overwrite"])
+    assert replaced.exit_code == 3, replaced.output
+    assert not (out / "figures" / "stale.png").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f["case"] for f in summary["failed"]] == ["flat"] and "constant" in summary["failed"][0]["error"]
+    assert all(r["psnr"] is not None for r in summary["results"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
+    inside = _invoke([data, "-o", data / "CT" / "results", "-w", tiny_weights, "-q"])
+    assert inside.exit_code == 1 and "must lie outside the data folder" in str(inside.exception)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    theirs = _invoke([data, "-o", tmp_path / "mine", "-w", tiny_weights, "-q", "--overwrite"])
+    assert theirs.exit_code == 1 and "did not write" in str(theirs.exception)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_case_names_are_unique_and_unreadable_volumes_say_why(tmp_path):
+    ct = _phantom("ct-denoise")
+    for split in ("HQ", "LQ"):
+        _save(ct, tmp_path / "d" / f"CT/test/{split}/c1.nii.gz")
+        _save(ct, tmp_path / "d" / f"CT/test/{split}/sub/c1.nii.gz")  # a case of its own, "sub/c1"
+    assert sorted(c.name for c in plan_cases(tmp_path / "d")[0]) == ["c1", "sub/c1"]
+    _save(ct, tmp_path / "d" / "CT/test/HQ/c1.nii")
+    with pytest.raises(BadInputError, match="two images of one case 'c1'"):
+        plan_cases(tmp_path / "d")
+    _save(ct, tmp_path / "d" / "CT/site/hq1.nii.gz")  # --simulate takes CT/'s volumes, not its test split
+    assert [c.name for c in plan_cases(tmp_path / "d", ["ct-denoise"])[0]] == ["site/hq1"]
+    flat = tmp_path / "flat"
+    _save(ct, flat / "ct_good.nii.gz")
+    (flat / "ct_bad.nii.gz").write_bytes((flat / "ct_good.nii.gz").read_bytes()[:200])
+    with pytest.raises(BadInputError) as err:
+        plan_cases(flat, ["ct-denoise"])
+    assert "ct_bad.nii.gz" in str(err.value) and "cannot tell its task" not in str(err.value)
+
+
+def test_warnings_name_a_wrong_folder_and_an_input_equal_to_its_reference(tmp_path, tiny_weights):
+    ct = _phantom("ct-denoise")
+    _save(ct, tmp_path / "d" / "MRI/test/HQ/ct_head.nii.gz")
+    _save(ct, tmp_path / "d" / "MRI/test/LQ_x2/ct_head.nii.gz")
+    res = run_benchmark(BenchmarkRequest(tmp_path / "d", tmp_path / "o", weights=tiny_weights, figures=False,
+                                         with_baselines=False, max_slices=1))
+    assert res.summary["warnings"] == [
+        "mri-sr x2 ct_head: its folder names mri-sr, though --task auto would choose ct-denoise (file name 'ct_head' names ct-denoise)",
+        "mri-sr x2 ct_head: its LQ image equals its HQ image on the scored slices: nothing to restore",
+    ]

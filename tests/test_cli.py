@@ -562,6 +562,8 @@ def test_degrade_pet_notes_simulation_and_option_checks(tmp_path):
     assert amir("degrade", p, "--task", "mri-sr", "--dose", "0.5")[0] == 2
     code, _, err = amir("degrade", p, "--task", "mri-sr", "--factor", "3")
     assert code == 2 and "--factor must be 2 or 4, got 3" in err
+    code, _, err = amir("degrade", p, "--task", "pet-synthesis", "--dose", "1e-300")
+    assert code == 2 and "--dose must be a fraction in [0.001, 1], got 1e-300" in err
 
 
 def test_degrade_pet_noise_osem_spares_air(tmp_path):

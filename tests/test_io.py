@@ -227,6 +227,12 @@ def test_itk_2d(tmp_path):
     np.testing.assert_allclose(vol.affine[:3, 3], [-10.0, -20.0, 0.0])
     np.testing.assert_allclose(vol.spacing_mm, (0.5, 0.7, 1.0))
     assert vol.array[3, 2, 0] == 2 * 24 + 3
+    for suffix in (".mha", ".mhd", ".nrrd"):  # written back 2-D, with its geometry and pixels
+        back = sitk.ReadImage(str(write_image(vol, tmp_path / f"out{suffix}", reference=vol)))
+        assert back.GetDimension() == 2 and back.GetSize() == img.GetSize()
+        np.testing.assert_allclose(back.GetSpacing(), (0.5, 0.7))
+        np.testing.assert_allclose(back.GetOrigin(), (10.0, 20.0))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(img))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,3 +432,32 @@ def test_with_array_copies_meta(ct_nii):
     assert other.meta is not vol.meta and other.meta["nifti_header"] is vol.meta["nifti_header"]
     np.testing.assert_array_equal(other.affine, np.eye(4))
     assert vol.array.shape == (64, 64, 10)
+
+
+def test_a_batch_holds_the_images_of_its_subfolders(tmp_path):
+    """Image files below the folder are cases too, written under the same relative paths."""
+    from amir_cli.batch import batch_jobs
+
+    for sub in ("", "s1/", "s1/deeper/"):
+        (tmp_path / "in" / sub).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.float32), np.eye(4)), str(tmp_path / "in" / sub / "a.nii.gz"))
+    deep = tmp_path / "in" / "p" / "q" / "r" / "s" / "t"  # five folders down, as archive exports lie
+    deep.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.float32), np.eye(4)), str(deep / "a.nii.gz"))
+    expected = [tmp_path / "in" / p for p in ("a.nii.gz", "p/q/r/s/t/a.nii.gz", "s1/a.nii.gz", "s1/deeper/a.nii.gz")]
+    assert list_cases(tmp_path / "in") == expected
+    jobs = batch_jobs(tmp_path / "in", tmp_path / "out")
+    assert [target for _case, _uid, target in jobs] == [tmp_path / "out" / p.relative_to(tmp_path / "in") for p in expected]
+
+
+@pytest.mark.parametrize("shape, spacing, axis", [
+    ((256, 256, 40), (0.9, 0.9, 5.0), 2),
+    ((40, 256, 256), (5.0, 0.9, 0.9), 0),
+    ((64, 64, 64), (1.0, 1.0, 1.0), 2),
+    ((91, 109, 4), (2.0, 2.0, 1.0), 2),  # the coarse axes would leave 91x4 or 109x4 slices
+    ((256, 1, 256), (1.0, 3.0, 1.0), 1),
+])
+def test_slice_axis_is_the_coarsest_that_leaves_slices_to_restore(shape, spacing, axis):
+    from amir_cli.imaging.volume import choose_slice_axis
+
+    assert choose_slice_axis(shape, spacing) == axis

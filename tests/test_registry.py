@@ -52,3 +52,43 @@ def test_the_loader_builds_the_configuration_the_manifest_records(amir_home):
     loaded = weights.load_weights("one-expert", "cpu")
     assert loaded.model.config == config and loaded.config["top_k"] == 1
     assert loaded.model.spatial_routing_encoder_level3.moe.k == 1
+
+
+def test_a_tampered_or_malformed_user_manifest_is_refused_and_deletes_nothing(amir_home, tmp_path):
+    import json
+
+    weights.save_entry("mine", _tiny_state(), {})
+    manifest = amir_home / "weights" / weights.MANIFEST
+    good = json.loads(manifest.read_text())
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep")
+    outside = dict(good["entries"][0], name="evil", file=os.path.relpath(precious, manifest.parent))
+    for broken, reason in (
+        ({"entries": good["entries"] + [outside]}, "names a file outside its folder"),
+        ({"entries": 5}, "no list of entries"),
+        ({"entries": [{"name": "q"}]}, "names a file outside its folder"),
+        ({"entries": good["entries"] * 2}, "invalid or repeated name 'mine'"),
+        ({"entries": [dict(good["entries"][0], name=weights.default_name())]}, "takes the name of weights shipped with amir"),
+    ):
+        manifest.write_text(json.dumps(broken))
+        for args in (("list",), ("remove", "evil")):
+            code, _, err = amir("weights", *args)
+            assert code == 1 and err.count("\n") == 1 and "is not a valid amir manifest" in err and reason in err, err
+        assert precious.read_text() == "keep"
+        assert weights.find(weights.default_name()).shipped  # the shipped weights still load
+
+
+def test_names_read_as_paths_non_finite_weights_and_stray_files_are_refused(amir_home, tmp_path):
+    with pytest.raises(weights.WeightsError, match="read as a file path"):
+        weights.check_free_name("nope.pth")
+    state = _tiny_state()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    torch.save(state, tmp_path / "nan.pth")
+    code, _, err = amir("weights", "import", tmp_path / "nan.pth", "--name", "bad")
+    assert code == 1 and f"{tmp_path / 'nan.pth'}: tensor {key} holds NaN or infinite values" in err
+    (amir_home / "weights").mkdir(parents=True, exist_ok=True)
+    (amir_home / "weights" / "b.safetensors").write_text("mine")
+    with pytest.raises(weights.WeightsError, match="no registry entry holds it"):
+        weights.save_entry("b", _tiny_state(), {})
+    assert (amir_home / "weights" / "b.safetensors").read_text() == "mine"

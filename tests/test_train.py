@@ -28,6 +28,7 @@ from amir_cli.errors import BadInputError
 from amir_cli.tasks import TASKS
 from amir_cli.training.options import task_cycle
 from amir_cli.training.trainer import adam
+from amir_cli.training.validation import input_scores
 from amir_cli.training.volumes import split_rows, split_slices
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -515,7 +516,12 @@ def test_resume_takes_the_options_given_again_even_at_their_default(tmp_path, mo
     recorded = TrainOptions(data="D", val_every=2, iterations=6, workers=0, seed=5).to_dict()
     o = resumed_options(recorded, TrainOptions(iterations=10), changed={"val_every", "iterations"})
     assert (o.val_every, o.iterations, o.workers, o.seed, o.data) == (TrainOptions().val_every, 10, 0, 5, "D")
-    assert resumed_options(recorded, TrainOptions(seed=9), changed={"seed"}).seed == 5  # not resumable
+    assert resumed_options(recorded, TrainOptions(seed=5, data="D"), changed={"seed", "data"}).seed == 5  # the same again
+    with pytest.raises(BadInputError, match=r"^--seed differs from the resumed run's \(5\): a resumed run keeps its options; "
+                                            r"only --iterations, .*--export may change$"):
+        resumed_options(recorded, TrainOptions(seed=9), changed={"seed"})  # not resumable
+    with pytest.raises(BadInputError, match="^DATA differs"):
+        resumed_options(recorded, TrainOptions(data="E"), changed={"data"})
     assert resumed_options(recorded, TrainOptions(), changed=set()).val_every == 2
 
     seen = {}
@@ -525,6 +531,97 @@ def test_resume_takes_the_options_given_again_even_at_their_default(tmp_path, mo
     assert seen["changed"] == {"val_every", "iterations", "quiet"}
     bad = CliRunner().invoke(app, ["train", str(tmp_path), "--task-weighting", "loudest"])
     assert bad.exit_code == 2 and "uniform" in bad.output
+
+
+def test_the_first_command_line_again_with_resume_continues_and_other_values_are_refused(hq_data, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from amir_cli.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    line = ["train", str(hq_data), "--out", "r", "--config", "amir-tiny", "--batch-size", "2", "--patch-size", "32",
+            "--workers", "0", "--threads", "1", "--val-every", "100", "--val-slices", "1", "--val-size", "0",
+            "--task-mix", "ct-denoise=2,mri-sr=1,pet-synthesis=1", "--ct-dose", "1/10:1/2", "--mr-factors", "4,4,2",
+            "--tasks", "pet-synthesis,ct-denoise,mri-sr", "--zoom-tasks", "pet-synthesis,ct-denoise", "--volume-weight",
+            "ct_*=2", "-q"]
+    first = CliRunner().invoke(app, [*line, "--iterations", "1"])
+    assert first.exit_code == 0, first.output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # DATA and the run folder by other paths
+    again = CliRunner().invoke(app, [*line[:3], str(tmp_path / "r"), *line[4:], "--resume", str(tmp_path / "r"), "--iterations", "2"])
+    assert again.exit_code == 0, (again.output, again.exception)
+    assert ckpt.load_torch(tmp_path / "r" / ckpt.LAST)["iteration"] == 2
+    changed = CliRunner().invoke(app, [*line[:3], str(tmp_path / "r"), *line[4:], "--resume", str(tmp_path / "r"), "--iterations", "3",
+                                      "--ct-dose", "0.2:0.5"])
+    assert changed.exit_code == 1 and "--ct-dose differs from the resumed run's (0.1,0.5)" in str(changed.exception)
+
+
+def test_a_taken_export_name_is_refused_before_any_training(hq_data, tmp_path, amir_home):
+    from amir_cli.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="names weights shipped with amir"):
+        train(TrainOptions(**TINY, data=str(hq_data), out=str(tmp_path / "r"), iterations=1, export="amir-s"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_option_checks_before_any_work():
+    with pytest.raises(BadInputError, match="--val-size must be 0 .whole slices. or at least 11"):
+        TrainOptions(val_size=10).check()
+    with pytest.raises(BadInputError, match="--pet-dose range must satisfy 0.001 <= low"):
+        TrainOptions(pet_dose=(1e-5, 0.5)).check()
+    TrainOptions(val_size=0).check()
+
+
+def test_validation_scores_mr_after_the_protocol_scale(tmp_path):
+    """Validation scores MR as the protocol does (the volume's scale into the 12-bit window first):
+    the same image in units 100 times larger scores the same, not clipped at 4095."""
+    scores = []
+    for k in (1, 100):
+        _save(tmp_path / f"d{k}" / "MRI" / "mr.nii.gz", _phantom("MRI") * k)
+        volumes, _val, _layout = load_volumes(tmp_path / f"d{k}", ("mri-sr",))
+        val = validation_set(volumes, ("mri-sr",), per_task=2, size=None)
+        scores.append(input_scores(val)["mri-sr"])
+    assert scores[0]["psnr"] == pytest.approx(scores[1]["psnr"], abs=1e-4)
+    assert scores[0]["rmse"] == pytest.approx(scores[1]["rmse"], rel=1e-4)
+
+
+def test_training_data_messages_name_the_file_once(tmp_path, hq_data):
+    (tmp_path / "C" / "MRI").mkdir(parents=True)
+    (tmp_path / "C" / "MRI" / "bad.nii.gz").write_text("x")
+    with pytest.raises(BadInputError) as err:
+        load_volumes(tmp_path / "C", ("mri-sr",))
+    assert str(err.value).count("bad.nii.gz") == 1
+    _save(tmp_path / "Z" / "MRI" / "zero.nii.gz", np.zeros((32, 32, 4), np.float32))
+    with pytest.raises(BadInputError, match=r"zero.nii.gz: MR image has no positive voxels"):
+        load_volumes(tmp_path / "Z", ("mri-sr",))
+    with pytest.raises(BadInputError, match="training data folder is not a folder"):
+        load_volumes(tmp_path / "Z" / "MRI" / "zero.nii.gz")
+
+
+def test_a_paired_layout_with_volumes_beside_it_is_refused(tmp_path):
+    for split in ("HQ", "LQ"):
+        _save(tmp_path / "M" / "MRI" / "train" / split / "a.nii.gz", _phantom("MRI"))
+    _save(tmp_path / "M" / "CT" / "ct.nii.gz", _phantom("CT"))
+    with pytest.raises(BadInputError, match="the two layouts cannot be mixed"):
+        load_volumes(tmp_path / "M", ("mri-sr", "ct-denoise"))
+
+
+def test_volumes_below_a_data_folder_train_but_not_those_of_its_validation_or_test_folders(tmp_path):
+    _save(tmp_path / "D" / "CT" / "site1" / "a.nii.gz", _phantom("CT"))
+    _save(tmp_path / "D" / "CT" / "validation" / "v.nii.gz", _phantom("CT", seed=2))
+    _save(tmp_path / "D" / "CT" / "test" / "HQ" / "t.nii.gz", _phantom("CT", seed=3))
+    train_volumes, val_volumes, _layout = load_volumes(tmp_path / "D", ("ct-denoise",))
+    assert [v.name for v in train_volumes] == ["a"] and [v.name for v in val_volumes] == ["v"]
+
+
+def test_paired_training_cases_pair_by_their_path_below_hq_and_lq(tmp_path):
+    for split, sub in (("HQ", "a"), ("HQ", "c"), ("LQ", "b"), ("LQ", "c")):
+        _save(tmp_path / "P" / "MRI" / "train" / split / sub / "x.nii.gz", _phantom("MRI", seed=ord(sub)))
+    _save(tmp_path / "P" / "MRI" / "test" / "HQ" / "t.nii.gz", _phantom("MRI"))  # the paper's test split beside: fine
+    volumes, _val, layout = load_volumes(tmp_path / "P", ("mri-sr",))
+    assert layout == "paired" and [v.path for v in volumes] == [str(tmp_path / "P/MRI/train/HQ/c/x.nii.gz")]
+    np.testing.assert_array_equal(volumes[0].lq, volumes[0].hq)  # c/x with c/x
 
 
 # ------------------------------------------------------------------------------------ keeping the work
@@ -610,6 +707,8 @@ def test_first_command_again_over_a_run_without_checkpoint_refuses_and_keeps_its
     (run / ckpt.RUN_JSON).write_text("{}")
     with pytest.raises(RunFolderError, match="before its first checkpoint.*choose another --out"):
         train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=1))
+    with pytest.raises(RunFolderError, match="before its first checkpoint .run.json, no last.pt.: nothing to resume"):
+        train(TrainOptions(**TINY, iterations=1), resume=run)
     assert (run / ckpt.METRICS).read_text() == '{"kind": "train", "iteration": 50, "loss": 0.1}\n'
 
 

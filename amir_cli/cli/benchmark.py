@@ -43,6 +43,7 @@ def benchmark(
     tta: Annotated[bool, typer.Option("--tta", help="Also score AMIR's x8 flip/rotation self-ensemble (method amir-tta).")] = False,
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="Same-grid MR levels named xS (LQ_x2, --simulate mri-sr:2): restore with --kspace-factor S and score the pocs baseline.")] = True,
     kspace_factor: Annotated[Optional[int], typer.Option("--kspace-factor", metavar=choices(MR_FACTORS), help="The k-space factor of the zero-filled MR images in the paired LQ folder (it has no level name).", show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the results of an earlier amir benchmark in OUTDIR.")] = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
@@ -58,7 +59,7 @@ def benchmark(
     request = bench.BenchmarkRequest(
         data, out, weights=weights, simulate=simulations, with_baselines=with_baselines, device=device,
         precision=precision, batch_size=batch_size, max_slices=max_slices, seed=seed, tta=tta,
-        data_consistency=data_consistency, kspace_factor=kspace_factor,
+        data_consistency=data_consistency, kspace_factor=kspace_factor, overwrite=overwrite,
     )
     with usage_errors():
         request.check()
@@ -72,6 +73,8 @@ def benchmark(
         result = bench.run_benchmark(request, progress=advance)
     for v in result.summary.get("skipped", []):
         info(f"skipped {v['volume']}: {v['task']} ({v['reason']}), which no --simulate names", quiet or json_out)
+    for w in result.summary["warnings"]:
+        typer.echo(f"amir: warning: {w}", err=True)
     for f in result.failures:
         typer.echo(f"amir: case failed: {f['task']} {f['level'] or '-'} {f['case']}: {f['error']}", err=True)
     if json_out:
@@ -81,7 +84,8 @@ def benchmark(
 
         console = Console()
         console.print(bench.rich_table(result.summary, width=console.width))
-        info(f"wrote {out}/cases.csv, summary.json, summary.md and {len(result.figures)} figure(s)")
+        n = len(result.figures)
+        info(f"wrote {out}/cases.csv, summary.json, summary.md and {n} figure{'' if n == 1 else 's'}")
     if result.exit_code:
         raise typer.Exit(EXIT_PARTIAL)
 

@@ -139,7 +139,7 @@ def train_cmd(
     from ..training import train
     from ..training.checkpoint import TrainingStopped
     from ..training.report import say
-    from ..training.options import RESUMABLE, parse_range
+    from ..training.options import parse_range
 
     with usage_errors():  # every option value is checked here, before any work: a bad one is a usage error (exit 2)
         options = TrainOptions(
@@ -158,7 +158,8 @@ def train_cmd(
             pet_dose=parse_range(pet_dose, "pet-dose"), pet_em_noise=pet_em_noise, pet_em_ref=pet_em_ref, init=init, device=device, export=export, quiet=quiet or json_out,
         )
         options.check()
-    changed = {"quiet" if name == "json_out" else name for name in (*RESUMABLE, "json_out") if _given(ctx, name)}  # --json: --quiet
+    fields = {"json_out": "quiet", "volume_weight": "volume_weights"}  # --json: --quiet
+    changed = {fields.get(name, name) for name in ctx.params if name != "resume" and _given(ctx, name)}
     keep_freed_memory()
     try:
         summary = train(options, resume=resume, command=["amir", *sys.argv[1:]], changed=changed)

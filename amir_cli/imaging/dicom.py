@@ -212,7 +212,7 @@ def _series_meta(items: list, what: str, rescale: list, affine: np.ndarray) -> d
     """What a derived series needs of its source (headers, files, frames, rescale, grid) and its descriptions."""
     ds0 = items[0][1]
     return {
-        "source_path": str(Path(what).resolve()),
+        "source_path": str(what),
         "dicom_datasets": [ds for _p, ds, _f in items],
         "dicom_files": [str(p) for p, _ds, _f in items],
         "dicom_frames": [f for _p, _ds, f in items],

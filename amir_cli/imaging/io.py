@@ -147,7 +147,7 @@ def _read_nifti(p: Path) -> Volume:
     scaled = not (slope in (1.0,) and inter in (0.0,))
     descrip = hdr["descrip"].tobytes().split(b"\x00")[0].decode("latin-1", "replace").strip()
     meta = {
-        "source_path": str(p.resolve()),
+        "source_path": str(p),
         "nifti_header": hdr.copy(),
         "nifti_scaled": bool(scaled and dtype.kind in "iu"),
         "qform_code": int(hdr["qform_code"]),
@@ -337,7 +337,7 @@ def _read_itk(p: Path) -> Volume:
         source_dtype=np.dtype(dtype),
         slice_axis=slice_axis,
         meta={
-            "source_path": str(p.resolve()),
+            "source_path": str(p),
             "itk_metadata": itk_meta,
             "itk_dimension": dim,
             "output_dtype": np.dtype(dtype) if dtype.kind in "iu" else np.dtype(np.float32),
@@ -350,41 +350,57 @@ def _read_itk(p: Path) -> Volume:
 # batch discovery
 
 
-def list_cases(folder: str | Path) -> list[Path]:
-    """Cases in an input folder: the folder itself if it directly holds DICOM files, then its image
-    files (.nii, .nii.gz, .mha, .mhd, .nrrd) and the DICOM folders below it, sorted (a DICOM folder
-    may hold several series: :func:`amir_cli.imaging.dicom.folder_series`)."""
-    from amir_cli.imaging import dicom
-
+def list_cases(folder: str | Path, skip: tuple[str, ...] = (), required: bool = True) -> list[Path]:
+    """Cases in an input folder, sorted: every folder (itself included) that directly holds DICOM
+    files, and every image file (.nii, .nii.gz, .mha, .mhd, .nrrd), five folders deep at most (a DICOM
+    folder may hold several series: :func:`amir_cli.imaging.dicom.folder_series`). ``skip``: names of
+    the folder's subfolders not searched; ``required``: no case is an error."""
     root = Path(folder)
     if not root.is_dir():
         raise BadInputError(f"{root}: not a folder")
-    cases: list[Path] = [root] if dicom.folder_dicom_files(root) else []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file() and image_suffix(entry):
-            cases.append(entry)
-        elif entry.is_dir():
-            cases.extend(_dicom_folders(entry, depth=4))
-    if not cases:
+    cases = _cases_in(root, depth=5, skip=skip)
+    if not cases and required:
         raise BadInputError(
             f"{root}: no images found (expected .nii, .nii.gz, .mha, .mhd, .nrrd files or DICOM series folders)"
         )
     return cases
 
 
-def _dicom_folders(folder: Path, depth: int) -> list[Path]:
+def named_cases(folder: str | Path, skip: tuple[str, ...] = ()) -> dict[str, Path]:
+    """{name: path} of :func:`list_cases`, each named by its path below ``folder`` without the image
+    suffix (the folder itself, holding DICOM files, by its own name); two cases of one name are refused."""
+    root = Path(folder)
+    named: dict[str, Path] = {}
+    for p in list_cases(root, skip):
+        name = root.name if p == root else str(p.relative_to(root).parent / (stem(p) if image_suffix(p) else p.name))
+        if name in named:
+            raise BadInputError(f"{named[name]} and {p}: two images of one case {name!r}")
+        named[name] = p
+    return named
+
+
+def paired_names(folder: str | Path) -> dict[str, Path]:
+    """:func:`named_cases` of a paired HQ/ or LQ folder, whose names pair its cases with the other's
+    (DICOM files directly in it would be one case named after the folder, which pairs with nothing)."""
+    named = named_cases(folder)
+    if named.get(Path(folder).name) == Path(folder):
+        raise BadInputError(f"{folder}: holds DICOM files itself; put each DICOM case in a subfolder named "
+                            "alike in HQ/ and LQ/")
+    return named
+
+
+def _cases_in(folder: Path, depth: int, skip: tuple[str, ...] = ()) -> list[Path]:
     from amir_cli.imaging import dicom
 
-    if dicom.folder_dicom_files(folder):
-        return [folder]
-    found: list[Path] = []
-    if depth > 0:
-        for entry in sorted(folder.iterdir()):
-            if entry.is_dir() and not entry.name.startswith("."):
-                found.extend(_dicom_folders(entry, depth - 1))
-    return found
+    cases = [folder] if dicom.folder_dicom_files(folder) else []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or entry.name in skip:
+            continue
+        if entry.is_file() and image_suffix(entry):
+            cases.append(entry)
+        elif entry.is_dir() and depth > 0:
+            cases.extend(_cases_in(entry, depth - 1))
+    return cases
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,16 +489,18 @@ def _write_nifti(volume: Volume, ref: Volume, tmp: Path, description: str) -> No
 
 
 def _itk_image(volume: Volume, ref: Volume):
-    """``volume`` as a SimpleITK image (LPS geometry) of the reference's data type family."""
+    """``volume`` as a SimpleITK image (LPS geometry) of the reference's data type family; 2-D when
+    the reference was a 2-D MetaImage/NRRD."""
     import SimpleITK as sitk
 
     data = to_dtype(volume.array, output_dtype(ref))
-    img = sitk.GetImageFromArray(np.ascontiguousarray(data.T))  # (I,J,K) -> ITK (z,y,x) buffer
+    n = 2 if ref.meta.get("itk_dimension") == 2 and data.shape[2] == 1 else 3
+    img = sitk.GetImageFromArray(np.ascontiguousarray(data[..., 0].T if n == 2 else data.T))  # (I,J[,K]) -> ITK ([z,]y,x) buffer
     lps = ras_from_lps(volume.affine)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    spacing = np.linalg.norm(lps[:n, :n], axis=0)
     img.SetSpacing([float(s) for s in spacing])
-    img.SetOrigin([float(o) for o in lps[:3, 3]])
-    img.SetDirection([float(d) for d in (lps[:3, :3] / spacing[None, :]).ravel()])
+    img.SetOrigin([float(o) for o in lps[:n, 3]])
+    img.SetDirection([float(d) for d in (lps[:n, :n] / spacing[None, :]).ravel()])
     return img
 
 

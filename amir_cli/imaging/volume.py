@@ -103,14 +103,15 @@ lps_from_ras = ras_from_lps
 
 def choose_slice_axis(shape: tuple[int, ...], spacing: tuple[float, ...], hint: int | None = None) -> int:
     """Acquisition axis: a header hint if given, else the only axis of size 1, else the axis with
-    the coarsest spacing (ties -> 2)."""
+    the coarsest spacing (ties -> 2) among those whose slices are large enough to restore."""
     if hint in (0, 1, 2):
         return int(hint)
     singles = [a for a in range(3) if shape[a] == 1]
     if len(singles) == 1:
         return singles[0]
-    top = max(spacing)
-    tied = [a for a in range(3) if spacing[a] >= top * (1 - 1e-3)]
+    axes = [a for a in range(3) if min(shape[b] for b in range(3) if b != a) >= MIN_INPLANE] or [0, 1, 2]
+    top = max(spacing[a] for a in axes)
+    tied = [a for a in axes if spacing[a] >= top * (1 - 1e-3)]
     return 2 if 2 in tied else tied[-1]
 
 

@@ -36,6 +36,8 @@ the others complete and the command exits 3.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
 import zlib
@@ -46,7 +48,7 @@ import numpy as np
 
 from amir_cli import baselines
 from amir_cli.errors import EXIT_OK, EXIT_PARTIAL, AmirError, BadInputError, one_line
-from amir_cli.files import write_json
+from amir_cli.files import Staging, write_json
 from amir_cli.imaging import degrade
 from amir_cli.imaging.io import read_image
 from amir_cli.metrics import protocol_scale, volume_scores
@@ -189,8 +191,7 @@ def run_benchmark(request: BenchmarkRequest, *, model=None, progress=None) -> Be
     request.check()
     cases, skipped = plan_cases(request.data, request.simulate)
     out = Path(request.out_dir)
-    if out.exists() and not out.is_dir():
-        raise BadInputError(f"{out}: exists and is not a folder")
+    replace = _check_out(out, request)
     t_start = time.perf_counter()
     from amir_cli.device import pick_device, precision_context
     from amir_cli.restore import batch_size_for
@@ -201,30 +202,70 @@ def run_benchmark(request: BenchmarkRequest, *, model=None, progress=None) -> Be
     if model is None and progress is not None:
         progress(0, len(cases), "loading the model")
     model, winfo = _model_for(request, dev, model)
-    out.mkdir(parents=True, exist_ok=True)
 
     rows: list[dict] = []
     failures: list[dict] = []
+    warnings: list[str] = []
     showcase: dict[tuple[str, str], list[dict]] = {}
     for k, spec in enumerate(cases):
         label = f"{spec.task} {spec.level or '-'} {spec.name}"
         try:
             case_rows, show = _score_case(spec, model, request, dev, batch_size)
             rows += case_rows
+            warnings += [f"{spec.task} {spec.level or '-'} {spec.name}: {w}" for w in show.pop("warnings")]
             showcase.setdefault((spec.task, spec.level), []).append(show)
         except (AmirError, OSError, ValueError, MemoryError, RuntimeError) as exc:
             failures.append({"case": spec.name, "task": spec.task, "level": spec.level, "error": one_line(exc)})
         if progress is not None:
             progress(k + 1, len(cases), label)
 
-    fig_paths = _write_figures(showcase, out) if request.figures else []
-    summary = _summary(rows, failures, cases, request, weights=winfo, device=str(dev), batch_size=batch_size,
-                       figures=[str(p.relative_to(out)) for p in fig_paths], skipped=skipped,
-                       seconds=time.perf_counter() - t_start)
-    _write_csv(out / "cases.csv", rows)
-    write_json(out / "summary.json", summary, keep_nan=True)
-    (out / "summary.md").write_text(markdown_summary(summary))
-    return BenchmarkResult(rows, summary, failures, out, fig_paths)
+    try:
+        with Staging(overwrite=replace) as staging:  # written whole beside OUTDIR, then put in its place
+            folder = staging.path(out)
+            folder.mkdir()
+            figures = [p.relative_to(folder) for p in (_write_figures(showcase, folder) if request.figures else [])]
+            summary = _summary(rows, failures, cases, request, weights=winfo, device=str(dev), batch_size=batch_size,
+                               figures=[str(p) for p in figures], skipped=skipped, warnings=warnings,
+                               seconds=time.perf_counter() - t_start)
+            _write_csv(folder / "cases.csv", rows)
+            write_json(folder / "summary.json", summary, keep_nan=True)
+            (folder / "summary.md").write_text(markdown_summary(summary))
+            staging.publish()
+    except FileExistsError:
+        raise BadInputError(f"{out}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
+    except OSError as exc:
+        raise BadInputError(f"{out}: cannot write the results ({exc.strerror or exc})") from None
+    return BenchmarkResult(rows, summary, failures, out, [out / p for p in figures])
+
+
+def _check_out(out: Path, request: BenchmarkRequest) -> bool:
+    """Refuse an output folder inside the data (or holding it), or one that exists, unless it is empty
+    or --overwrite replaces the results of an earlier run; returns whether an existing folder is replaced."""
+    from amir_cli.placement import same_or_inside
+
+    if same_or_inside(out, request.data) or same_or_inside(request.data, out):
+        raise BadInputError(f"{out}: the output folder must lie outside the data folder {request.data}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"{out}: cannot create folder {out.parent} ({exc.strerror or exc})") from None
+    if not os.access(out.parent, os.W_OK):
+        raise BadInputError(f"{out}: folder {out.parent} is not writable")
+    if not (out.exists() or out.is_symlink()):
+        return False
+    if not out.is_dir() or out.is_symlink():
+        raise BadInputError(f"{out}: exists and is not a folder")
+    if not any(out.iterdir()):
+        return True
+    if not request.overwrite:
+        raise BadInputError(f"{out}: exists; pass --overwrite to replace its results")
+    try:
+        written = json.loads((out / "summary.json").read_text()).get("tool", "").startswith("amir")
+    except (OSError, ValueError, AttributeError):
+        written = False
+    if not written:
+        raise BadInputError(f"{out}: refusing to replace a folder that amir benchmark did not write")
+    return True
 
 
 def _model_for(request: BenchmarkRequest, dev, model) -> tuple[object, dict]:
@@ -260,6 +301,11 @@ def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_
     hq_vol, hq, lq_vol, lq, scale, idx, lq_all = _load_pair(spec, request.seed, request.max_slices)
     task = spec.task
     n = len(idx)
+    k = protocol_scale(hq_vol.array, task)  # MR: the whole reference volume's scale into the 12-bit window
+    lo, hi = EVAL_WINDOW[task]
+    if not any(np.ptp(np.clip(hq[i] * k, lo, hi)) > 0 for i in range(n)):
+        raise BadInputError(f"the reference is constant in the {task} window [{lo:g}, {hi:g}] on every scored slice: nothing to score")
+    warnings = _case_warnings(spec, hq_vol, hq, lq)
     dc = request.data_consistency
     factor = kspace_factor_of(spec, scale, request.kspace_factor) if dc else None  # same grid; a coarser one: --scale's
     # amir runs as plain `amir restore` does: the zero filling recognised, unless --kspace-factor forces a factor
@@ -297,7 +343,6 @@ def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_
 
     rows = []
     scores = {}
-    k = protocol_scale(hq_vol.array, task)  # MR: the whole reference volume's scale into the 12-bit window
     hq = hq * k
     methods = [(name, pred * k, sps) for name, pred, sps in methods]
     for name, pred, sps in methods:
@@ -311,7 +356,6 @@ def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_
             "seconds_per_slice": sps,
         })
     # the figure slice: the scored slice with the most reference signal in the window
-    lo, hi = EVAL_WINDOW[task]
     signal = np.clip(hq, lo, hi).reshape(n, -1).std(1)
     j = int(np.argmax(signal))
     from amir_cli.metrics import slice_scores
@@ -319,11 +363,26 @@ def _score_case(spec: CaseSpec, model, request: BenchmarkRequest, device, batch_
     panels = [(name, pred[j], slice_scores(pred[j], hq[j], task) if np.ptp(np.clip(hq[j], lo, hi)) > 0 else None)
               for name, pred, _ in methods]
     show = {
+        "warnings": warnings,
         "case": spec.name, "task": task, "level": spec.level, "slice": int(idx[j]),
         "reference": hq[j], "panels": panels, "amir_psnr": scores["amir"]["psnr"],
         "pixel_mm": hq_vol.inplane_spacing_mm,
     }
     return rows, show
+
+
+def _case_warnings(spec: CaseSpec, hq_vol, hq: np.ndarray, lq: np.ndarray) -> list[str]:
+    """What a reader of the scores should know: a paired image that --task auto would give another
+    task than its folder's, or a low-quality image equal to its reference."""
+    from amir_cli.taskdetect import task_mismatch
+
+    warnings = []
+    if spec.simulation is None:
+        mismatch = task_mismatch(hq_vol, spec.task, given=f"its folder names {spec.task}")
+        warnings += [mismatch] if mismatch else []
+        if lq.shape == hq.shape and np.array_equal(lq, hq):
+            warnings.append("its LQ image equals its HQ image on the scored slices: nothing to restore")
+    return warnings
 
 
 def _representative(shows: list[dict]) -> dict:

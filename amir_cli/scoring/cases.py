@@ -9,8 +9,8 @@ from fractions import Fraction
 from pathlib import Path
 
 from amir_cli.errors import BadInputError
-from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem
-from amir_cli.tasks import DEFAULT_LEVEL, FOLDER_TASK, MR_FACTORS, MRI_SR, TASK_FOLDER, TASKS, one_of
+from amir_cli.imaging.io import named_cases, paired_names, read_image
+from amir_cli.tasks import DEFAULT_LEVEL, FOLDER_TASK, MIN_DOSE, MR_FACTORS, MRI_SR, TASK_FOLDER, TASKS, one_of
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,10 @@ def parse_simulate(text: str) -> Simulation:
             return Simulation(task, value, f"x{value}")
         frac = Fraction(level)
         value = float(frac)
-        if not 0 < value <= 1:
+        if not MIN_DOSE <= value <= 1:
             raise ValueError
     except (ValueError, ZeroDivisionError):
-        what = f"a factor {one_of(MR_FACTORS)}" if task == MRI_SR else "a dose fraction in (0, 1], e.g. 0.25 or 1/12"
+        what = f"a factor {one_of(MR_FACTORS)}" if task == MRI_SR else f"a dose fraction in [{MIN_DOSE:g}, 1], e.g. 0.25 or 1/12"
         raise BadInputError(f"--simulate {text!r}: level must be {what}") from None
     label = level if "/" in level else f"{value:g}"
     return Simulation(task, value, label)
@@ -66,10 +66,6 @@ def _task_folders(root: Path) -> list[tuple[str, Path]]:
     return [(FOLDER_TASK[p.name.lower()], p) for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in FOLDER_TASK]
 
 
-def _case_name(path: Path) -> str:
-    return stem(path) if image_suffix(path) else path.name
-
-
 def place_volumes(paths) -> list[tuple[Path, str, str]]:
     """(path, task, reason) of each volume of a flat folder, decided as `amir restore --task auto`
     decides (:func:`amir_cli.taskdetect.detect_task`); a volume it cannot place is an error."""
@@ -77,8 +73,9 @@ def place_volumes(paths) -> list[tuple[Path, str, str]]:
 
     placed = []
     for p in paths:
+        volume = read_image(p)  # an unreadable volume says why
         try:
-            task, reason = detect_task(read_image(p))
+            task, reason = detect_task(volume)
         except BadInputError:
             raise BadInputError(
                 f"{p}: cannot tell its task from the header, the file name or the intensities; "
@@ -93,31 +90,33 @@ def plan_cases(data, simulate=()) -> tuple[list[CaseSpec], list[dict]]:
     ``--simulate`` names: ``{"volume", "task", "reason"}``)."""
     root = Path(data)
     if not root.is_dir():
-        raise BadInputError(f"{root}: benchmark data folder not found")
+        raise BadInputError(f"{root}: benchmark data folder {'is not a folder' if root.exists() else 'not found'}")
     sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
     folders = _task_folders(root)
     if not sims:
         return _paired_cases(root, folders), []
-    by_task: dict[str, list[Path]] = {t: [] for t in TASKS}
+    by_task: dict[str, dict[str, Path]] = {t: {} for t in TASKS}
     skipped: list[dict] = []
-    if folders:
+    if folders:  # their high-quality volumes, not a paired test/ layout or validation subjects
         for task, folder in folders:
-            by_task[task] += list_cases(folder)
+            by_task[task] = named_cases(folder, skip=("test", "validation"))
     else:
         wanted = {s.task for s in sims}
-        for p, task, reason in place_volumes(list_cases(root)):
+        named = named_cases(root)
+        name_of = {p: name for name, p in named.items()}
+        for p, task, reason in place_volumes(named.values()):
             if task in wanted:
-                by_task[task].append(p)
+                by_task[task][name_of[p]] = p
             else:
-                skipped.append({"volume": _case_name(p), "task": task, "reason": reason})
+                skipped.append({"volume": name_of[p], "task": task, "reason": reason})
     cases: list[CaseSpec] = []
     for sim in sims:
         paths = by_task[sim.task]
         if not paths:
             where = f"{TASK_FOLDER[sim.task]}/ volumes" if folders else f"volumes of task {sim.task}"
             raise BadInputError(f"{root}: no {where} for --simulate {sim.task}")
-        for p in paths:
-            cases.append(CaseSpec(_case_name(p), sim.task, sim.label, p, None, sim))
+        for name, p in paths.items():
+            cases.append(CaseSpec(name, sim.task, sim.label, p, None, sim))
     return cases, skipped
 
 
@@ -127,13 +126,13 @@ def _paired_cases(root: Path, folders) -> list[CaseSpec]:
         test = folder / "test"
         if not (test / "HQ").is_dir():
             continue
-        hq = {_case_name(p): p for p in list_cases(test / "HQ")}
+        hq = paired_names(test / "HQ")
         lq_dirs = sorted(d for d in test.iterdir() if d.is_dir() and re.fullmatch(r"LQ(_.+)?", d.name))
         if not lq_dirs:
             raise BadInputError(f"{test}: no LQ folder beside HQ")
         for lq_dir in lq_dirs:
             level = lq_dir.name[3:]
-            lq = {_case_name(p): p for p in list_cases(lq_dir)}
+            lq = paired_names(lq_dir)
             for name in sorted(set(hq) | set(lq)):
                 cases.append(CaseSpec(name, task, level, hq.get(name), lq.get(name)))  # type: ignore[arg-type]
     if not cases:

@@ -68,7 +68,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _summary(rows, failures, cases, request: BenchmarkRequest, *, weights, device, batch_size, figures, seconds,
-             skipped=()) -> dict:
+             skipped=(), warnings=()) -> dict:
     """summary.json: the request, what ran (``weights``, ``device``, ``batch_size``) and the scores."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -113,6 +113,7 @@ def _summary(rows, failures, cases, request: BenchmarkRequest, *, weights, devic
         "n_failed": len(failures),
         "failed": failures,
         "skipped": list(skipped),
+        "warnings": list(warnings),
         "results": results,
         "cases": [{k: _nan_to_none(v) if isinstance(v, float) else v for k, v in r.items()} for r in rows],
         "figures": figures,

@@ -29,6 +29,7 @@ class BenchmarkRequest:
     notes: tuple = ()  # more lines for the summaries
     figures: bool = True
     data_label: str | None = None  # shown for the data path in the summaries
+    overwrite: bool = False  # replace the results of an earlier run in out_dir
 
     def check(self) -> None:
         """The option values that need no data (a device by its name, not whether this machine has it):

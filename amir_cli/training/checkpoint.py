@@ -97,8 +97,10 @@ def load_torch(path: Path) -> dict:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise RunFolderError(f"no checkpoint {path}") from None
+    except OSError as exc:
+        raise RunFolderError(f"checkpoint {path} is unreadable ({exc.strerror or exc})") from None
     except Exception as exc:  # truncated/corrupt file
-        raise RunFolderError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise RunFolderError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def read_json(path: Path) -> dict:
@@ -106,6 +108,8 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise RunFolderError(f"{path.parent}: no such folder") from None
         raise RunFolderError(f"{path.parent}: not an amir train run folder (it has no {path.name})") from None
     except OSError as exc:
         raise RunFolderError(f"cannot read {path} ({exc.strerror or exc})") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from amir_cli import weights
 from amir_cli._version import __version__
 from amir_cli.device import pick_device, torchrun
 from amir_cli.errors import BadInputError, one_line
@@ -45,6 +46,8 @@ def train(
     o.check()
     if state is not None and int(state["iteration"]) >= o.iterations:
         return _finished_run(run_dir, o, int(state["iteration"]))
+    if o.export and torchrun().rank == 0:  # a name already taken is refused now, not after the training
+        weights.check_free_name(o.export)
     created = not run_dir.exists()
     dist = _init_distributed(_pick(o.device).type)
     try:
@@ -116,25 +119,34 @@ def _prepare_run(options: TrainOptions, resume, changed):
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / ckpt.LAST).exists():
+            begun = _begun(run_dir)
+            if begun:
+                raise ckpt.RunFolderError(f"{run_dir} holds a run stopped before its first checkpoint ({begun[0]}, no "
+                                          f"{ckpt.LAST}): nothing to resume; start it again with another --out")
             raise ckpt.RunFolderError(f"{run_dir}: no {ckpt.LAST} to resume from")
         saved = ckpt.read_json(run_dir / ckpt.RUN_JSON)
         try:
-            o = resumed_options(saved["options"], options, changed)
+            root = (saved.get("data") or {}).get("root") or saved["options"]["data"]  # where DATA was, from anywhere
+            o = resumed_options({**saved["options"], "out": str(run_dir), "data": root}, options, changed)
         except (KeyError, TypeError, ValueError) as exc:
             raise ckpt.RunFolderError(f"{run_dir / ckpt.RUN_JSON}: missing or invalid field {one_line(exc)}; cannot resume") from None
-        o.out = str(run_dir)
         return run_dir, o, ckpt.load_torch(run_dir / ckpt.LAST)
     if not options.data:
         raise BadInputError("give the training DATA folder (or --resume RUN_DIR)")
     run_dir = Path(options.out or f"runs/amir-{time.strftime('%Y%m%d-%H%M%S')}")
     if (run_dir / ckpt.LAST).exists():
         raise ckpt.RunFolderError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    begun = [name for name in (ckpt.RUN_JSON, ckpt.METRICS, ckpt.BEST) if (run_dir / name).exists()]
+    begun = _begun(run_dir)
     if begun:  # killed before its first last.pt: nothing to resume, and its log is not ours to empty
         raise ckpt.RunFolderError(f"{run_dir} holds a run stopped before its first checkpoint ({begun[0]}, no last.pt); "
                                   "remove that folder or choose another --out")
     o = dataclasses.replace(options, out=str(run_dir), tasks=tuple(t for t in TASKS if t in options.tasks) or tuple(options.tasks))
     return run_dir, started_options(o, _pick(o.device).type), None
+
+
+def _begun(run_dir: Path) -> list[str]:
+    """The files a run writes before its first checkpoint, where they exist."""
+    return [name for name in (ckpt.RUN_JSON, ckpt.METRICS, ckpt.BEST) if (run_dir / name).exists()]
 
 
 def _run(run_dir: Path, o: TrainOptions, state: dict | None, dist: Dist, command, hooks: Hooks) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
@@ -15,7 +16,7 @@ from enum import Enum
 from amir_cli.device import check_device_spec
 from amir_cli.errors import BadInputError
 from amir_cli.network.config import CONFIGS
-from amir_cli.tasks import TASKS
+from amir_cli.tasks import MIN_DOSE, TASKS
 
 from .levels import Levels
 
@@ -140,6 +141,8 @@ class TrainOptions:
             value = getattr(self, name)
             if value is not None and int(value) < low:
                 raise BadInputError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+        if 0 < self.val_size < 11:
+            raise BadInputError(f"--val-size must be 0 (whole slices) or at least 11 (SSIM's window), got {self.val_size}")
         task_sizes = (("--task-patch-size", p) for p in (self.task_patch_size or {}).values())
         for name, size in (("--patch-size", self.patch_size), *task_sizes):
             if size is not None and (size < 16 or size % 8):
@@ -153,8 +156,8 @@ class TrainOptions:
 
     def _check_levels(self) -> None:
         for name, (lo, hi) in (("ct-dose", self.ct_dose), ("pet-dose", self.pet_dose)):
-            if not 0 < lo <= hi <= 1:
-                raise BadInputError(f"--{name} range must satisfy 0 < low <= high <= 1, got {lo}-{hi}")
+            if not MIN_DOSE <= lo <= hi <= 1:
+                raise BadInputError(f"--{name} range must satisfy {MIN_DOSE:g} <= low <= high <= 1, got {lo:g}-{hi:g}")
         if not 0 < self.ct_i0[0] <= self.ct_i0[1]:
             raise BadInputError("--ct-i0 range must be positive and ordered")
         for name, share in (("ct-soft-kernels", self.ct_soft_kernels), ("pet-em-noise", self.pet_em_noise), ("pet-em-ref", self.pet_em_ref)):
@@ -213,6 +216,8 @@ def resumed_options(recorded: dict, given: TrainOptions, changed: Collection[str
     ``changed``: the names of the options given again (the CLI passes those on its command line),
     compared with the run's recorded values, so one set back to its default counts too. ``None``
     (library calls): the resumable options of ``given`` that differ from the defaults.
+    Any other option in ``changed`` must equal the run's recorded value (a run line repeated with
+    ``--resume``); one that differs is refused, as nothing but the resumable options can change.
     """
     o = TrainOptions.from_dict(recorded)
     defaults = TrainOptions()
@@ -220,7 +225,39 @@ def resumed_options(recorded: dict, given: TrainOptions, changed: Collection[str
         v = getattr(given, k)
         if (k in changed) if changed is not None else v != getattr(defaults, k):
             setattr(o, k, v)
+    for k in sorted(set(changed or ()) - set(RESUMABLE)):
+        if not _same(k, getattr(given, k), getattr(o, k)):
+            raise BadInputError(f"{_flag(k)} differs from the resumed run's ({_shown(getattr(o, k))}): a resumed run keeps "
+                                f"its options; only {', '.join(map(_flag, RESUMABLE))} may change")
     return o
+
+
+def _flag(name: str) -> str:
+    return {"data": "DATA", "volume_weights": "--volume-weight"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _same(name: str, a, b) -> bool:
+    """Whether an option given again equals its recorded value (paths by where they lead, task
+    lists in any order, tuples and lists alike)."""
+    from amir_cli.weights import is_path
+
+    if name in ("data", "out") or (name == "init" and a is not None and b is not None and is_path(a) and is_path(b)):
+        return a is None or (b is not None and os.path.realpath(a) == os.path.realpath(b))
+    if name in ("tasks", "zoom_tasks") and a is not None and b is not None:
+        return set(a) == set(b)
+    return _plain(a) == _plain(b)
+
+
+def _plain(v):
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _shown(v) -> str:
+    return "none" if v is None else ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
 
 
 def parse_range(text: str, name: str) -> tuple[float, float]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import intensity
-from amir_cli.imaging.io import image_suffix, list_cases, read_image, stem
+from amir_cli.imaging.io import image_suffix, list_cases, paired_names, read_image, stem
 from amir_cli.tasks import FOLDER_TASK, MRI_SR, TASKS
 
 VAL_FRACTION = 0.10  # slices (or rows of a single-slice image) held out per volume
@@ -127,7 +127,8 @@ def _read(path: Path, what: str) -> object:
     try:
         return read_image(path)
     except BadInputError as exc:
-        raise TrainingDataError(f"{what}: {exc}") from None
+        message = str(exc)
+        raise TrainingDataError(message if message.startswith(what) else f"{what}: {message}") from None
 
 
 def load_volumes(root, tasks=TASKS) -> tuple[list[TrainVolume], list[TrainVolume] | None, str]:
@@ -139,7 +140,7 @@ def load_volumes(root, tasks=TASKS) -> tuple[list[TrainVolume], list[TrainVolume
     """
     root = Path(root)
     if not root.is_dir():
-        raise TrainingDataError(f"training data folder {root} does not exist")
+        raise TrainingDataError(f"{root}: training data folder {'is not a folder' if root.exists() else 'does not exist'}")
     folders = [(t, f) for t, f in _modality_folders(root) if t in tasks]
     if not folders:
         raise TrainingDataError(
@@ -150,6 +151,9 @@ def load_volumes(root, tasks=TASKS) -> tuple[list[TrainVolume], list[TrainVolume
     train, val = [], []
     for task, folder in folders:
         if paired:
+            if list_cases(folder, skip=("train", "validation", "test"), required=False):
+                raise TrainingDataError(f"{folder}: holds volumes beside the paired layout of {root} (its "
+                                        "{MRI,CT,PET}/train/{LQ,HQ}/ folders); the two layouts cannot be mixed")
             if not (folder / "train").is_dir():
                 continue
             train += _paired_volumes(folder / "train", task, holdout=not (folder / "validation").is_dir())
@@ -157,7 +161,7 @@ def load_volumes(root, tasks=TASKS) -> tuple[list[TrainVolume], list[TrainVolume
                 val += _paired_volumes(folder / "validation", task, holdout=None)
         else:  # a validation/ subfolder holds whole validation volumes; else each volume holds some out
             separate = (folder / "validation").is_dir()
-            for case in _cases(folder):
+            for case in _cases(folder, skip=("validation", "test")):  # not validation subjects, nor a test split
                 train.append(_make_volume(_read(case, str(case)), None, task, case, holdout=not separate))
             if separate:
                 val += [_make_volume(_read(c, str(c)), None, task, c, holdout=None) for c in _cases(folder / "validation")]
@@ -168,9 +172,16 @@ def load_volumes(root, tasks=TASKS) -> tuple[list[TrainVolume], list[TrainVolume
     return train, (val or None), layout
 
 
-def _cases(folder: Path) -> list[Path]:
+def _cases(folder: Path, skip: tuple[str, ...] = ()) -> list[Path]:
     try:
-        return list_cases(folder)
+        return list_cases(folder, skip)
+    except BadInputError as exc:
+        raise TrainingDataError(str(exc)) from None
+
+
+def _names(folder: Path) -> dict[str, Path]:
+    try:
+        return paired_names(folder)
     except BadInputError as exc:
         raise TrainingDataError(str(exc)) from None
 
@@ -179,8 +190,7 @@ def _paired_volumes(split: Path, task: str, holdout: bool | None) -> list[TrainV
     lq_dir, hq_dir = split / "LQ", split / "HQ"
     if not lq_dir.is_dir() or not hq_dir.is_dir():
         raise TrainingDataError(f"{split}: expected LQ/ and HQ/ folders")
-    hq = {stem(p): p for p in _cases(hq_dir)}
-    lq = {stem(p): p for p in _cases(lq_dir)}
+    hq, lq = _names(hq_dir), _names(lq_dir)
     names = sorted(set(hq) & set(lq))
     if not names:
         raise TrainingDataError(f"{split}: no LQ/HQ pairs with matching names")
@@ -188,7 +198,8 @@ def _paired_volumes(split: Path, task: str, holdout: bool | None) -> list[TrainV
     for name in names:
         h, l = _read(hq[name], str(hq[name])), _read(lq[name], str(lq[name]))
         if h.array.shape != l.array.shape:
-            raise TrainingDataError(f"{split}: {name} LQ shape {l.array.shape} differs from HQ {h.array.shape}")
+            raise TrainingDataError(f"{lq[name]}: shape {l.array.shape} differs from its HQ image's {h.array.shape}; "
+                                    "training pairs share one grid (an MR input zero-filled on the HQ grid)")
         out.append(_make_volume(h, l, task, hq[name], holdout=holdout))
     return out
 
@@ -198,7 +209,10 @@ def _make_volume(vol, lq_vol, task: str, path: Path, holdout: bool | None) -> Tr
     lq = None if lq_vol is None else lq_vol.slices_first()
     mr_scale = None
     if task == MRI_SR:  # scaled robustly per volume, from the input the network sees (as at inference)
-        mr_scale = intensity.mr_scale_factor(lq if lq is not None else hq)
+        try:
+            mr_scale = intensity.mr_scale_factor(lq if lq is not None else hq)
+        except BadInputError as exc:
+            raise TrainingDataError(f"{path}: {exc}") from None
     s, h, _ = hq.shape
     if holdout is None:  # a validation volume: everything validates
         train, val, rows, vrows = np.arange(0), np.arange(s), 0, (0, h)
