@@ -14,7 +14,7 @@ from .errors import BadInputError, DeviceError, WeightsError, one_line
 from .files import write_json
 from .imaging import dicom
 from .imaging.io import list_cases
-from .placement import check_output, default_output, is_amir_output, same_or_inside
+from .placement import check_output, default_output, is_amir_output, report_path_for, same_or_inside, written_files
 from .restore import Progress, RestoreOptions, case_files, restore_case
 from .weights import LoadedWeights
 
@@ -51,7 +51,34 @@ def batch_jobs(folder: Path, out_root: Path) -> list[tuple[Path, str | None, Pat
             jobs += [(case, uid, target / label) for uid, label in series]
         else:
             jobs.append((case, None, target))
+    _check_apart(jobs)
     return jobs
+
+
+def _check_apart(jobs) -> None:
+    """Refuse a batch where two cases would write one output, or one inside another's (a series
+    folder named like a subfolder of the input)."""
+    owner = {}
+    for case, series, target in jobs:
+        shown = str(case) if series is None else f"{case} ({target.name})"
+        if target in owner:
+            raise BadInputError(f"{owner[target]} and {shown} would both be written to {target}; rename one of them")
+        owner[target] = shown
+    for target, shown in owner.items():
+        outer = next((p for p in target.parents if p in owner), None)
+        if outer is not None:
+            raise BadInputError(f"{shown} would be written inside {outer}, the output of {owner[outer]}; rename one of them")
+
+
+def stale_outputs(out_root: Path, jobs) -> list[Path]:
+    """Files in an earlier batch's output folder that this batch would neither replace nor hold in a
+    series folder it replaces whole."""
+    kept, folders = set(), set()
+    for _case, _series, target in jobs:
+        kept.update(written_files(target))
+        kept.add(report_path_for(target))
+        folders.add(target)
+    return sorted(f for f in out_root.rglob("*") if not f.is_dir() and f not in kept and not any(p in folders for p in f.parents))
 
 
 def restore_batch(
@@ -73,10 +100,15 @@ def restore_batch(
         raise BadInputError(f"{out_root}: output folder {out_root.parent} does not exist")
     if out_root.exists() and not out_root.is_dir():
         raise BadInputError(f"{out_root}: exists and is not a folder")
-    if out_root.is_dir() and is_amir_output(out_root):  # a batch's outputs would mix with that series' files
+    if out_root.is_dir() and dicom.folder_dicom_files(out_root) and is_amir_output(out_root):  # a batch's outputs would mix with that series' files
         raise BadInputError(f"{out_root}: holds one restored DICOM series of an earlier run; a batch writes a folder "
                             "of outputs: choose another -o")
     jobs = batch_jobs(folder, out_root)
+    stale = stale_outputs(out_root, jobs) if out_root.is_dir() else []
+    if stale:  # an earlier batch of another layout: its outputs would be mixed with this one's
+        raise BadInputError(f"{out_root}: holds {len(stale)} earlier output file{'s' if len(stale) > 1 else ''} that this "
+                            f"batch would not replace ({stale[0].relative_to(out_root)}{', ...' if len(stale) > 1 else ''}); "
+                            "choose another -o, or remove them")
     mine, rank, world = distributed_share(jobs)
     name = f"{out_root.name}.json" if world == 1 else f"{out_root.name}.rank{rank}.json"
     check_output(folder, out_root.parent / name, options.overwrite, what="batch report", inputs=(weights.path,))
@@ -90,7 +122,8 @@ def restore_batch(
             target.parent.mkdir(parents=True, exist_ok=True)
             files = case_files(case, target, overwrite=options.overwrite, series=series, weights_file=weights.path)
             report = restore_case(weights, files, options, progress=progress_for(shown) if progress_for else None)
-            done.append({**entry, "output": report["output"], "task": report["task"], "seconds": report["seconds"]})
+            done.append({**entry, "output": report["output"], "report": report["report"], "task": report["task"],
+                         "seconds": report["seconds"]})
             if on_case:
                 on_case(shown, report, None)
         except (BadInputError, WeightsError, DeviceError, OSError, ValueError) as exc:

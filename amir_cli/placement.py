@@ -40,6 +40,8 @@ def default_output(input_path: Path, suffix_tag: str = "_amir") -> Path:
     """``<stem>_amir.<same format>`` beside the input; a series folder gives ``<folder>_amir``."""
     p = Path(input_path)
     if p.is_dir():
+        if p.name in ("", ".", ".."):  # "." or "sub/..": the folder's own name
+            p = Path(os.path.abspath(p))
         return p.parent / f"{p.name}{suffix_tag}"
     suffix = image_suffix(p) or p.suffix
     return p.parent / f"{stem(p) if image_suffix(p) else p.stem}{suffix_tag}{suffix}"
@@ -70,17 +72,28 @@ def written_files(output: Path) -> list[Path]:
 
 
 def is_amir_output(folder: Path) -> bool:
-    """A folder holding only DICOM files, written by amir (our DerivationDescription)."""
+    """A folder holding DICOM files written by amir (our DerivationDescription), and else only amir's
+    JSON reports of the series in its subfolders."""
     files = [p for p in folder.rglob("*") if not p.is_dir()]
-    if not files or not all(dicom.is_dicom_file(p) for p in files):
+    images = [p for p in files if dicom.is_dicom_file(p)]
+    if not images or not all(p in images or _is_amir_report(p) for p in files):
         return False
     pydicom = dicom._pydicom()
     try:
-        ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+        ds = pydicom.dcmread(str(images[0]), stop_before_pixels=True)
     except Exception:  # noqa: BLE001 - unreadable: not ours
         return False
     text = str(ds.get("DerivationDescription", "") or "")
     return "amir" in text.lower()
+
+
+def _is_amir_report(path: Path) -> bool:
+    if path.suffix != ".json":
+        return False
+    try:
+        return str(json.loads(path.read_text()).get("tool", "")).startswith("amir")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def is_batch_output(folder: Path) -> bool:
@@ -115,11 +128,11 @@ def check_output(
     for target in written_files(output):
         if not (target.exists() or target.is_symlink()):
             continue
-        if not overwrite:
-            raise BadInputError(f"{target}: {what} exists; pass --overwrite to replace it")
         if target.is_dir() and not target.is_symlink() and is_batch_output(target):
             raise BadInputError(f"{target}: holds the outputs of an earlier batch, which one case does not replace; "
                                 f"choose another {option}")
+        if not overwrite:
+            raise BadInputError(f"{target}: {what} exists; pass --overwrite to replace it")
         if target.is_dir() and not target.is_symlink() and not is_amir_output(target):
             raise BadInputError(f"{target}: refusing to replace a folder that amir did not write (originals are never replaced)")
 

@@ -395,3 +395,62 @@ def test_cli_restores_a_series_and_the_images_beside_it_as_a_batch(tmp_path, tin
     assert code == 1 and err.count("\n") == 1
     assert "holds the outputs of an earlier batch, which one case does not replace; choose another -o" in err
     assert (restored / "series_3_MR").is_dir()
+
+
+def test_batch_plans_keep_every_output_apart_and_earlier_outputs_unmixed(tmp_path):
+    """Two cases never share an output nor write inside each other's; an earlier batch's outputs that
+    a new batch would not replace are named before any work, not mixed with the new ones."""
+    from amir_cli.batch import batch_jobs, stale_outputs
+
+    clash = _emri_series(tmp_path / "clash" / "a")
+    _emri_series(clash / "series_3_MR")  # a subfolder named as the series output of a/
+    with pytest.raises(BadInputError, match="would both be written to .*series_3_MR; rename one"):
+        batch_jobs(tmp_path / "clash", tmp_path / "out1")
+    inside = _emri_series(tmp_path / "inside" / "a")
+    (inside / "series_3_MR").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.float32), np.eye(4)), str(inside / "series_3_MR" / "x.nii.gz"))
+    with pytest.raises(BadInputError, match="would be written inside .*series_3_MR, the output of"):
+        batch_jobs(tmp_path / "inside", tmp_path / "out2")
+    layout = tmp_path / "layout"
+    _emri_series(layout / "b")
+    out = tmp_path / "out3"
+    (out / "b" / "old").mkdir(parents=True)
+    (out / "b" / "old" / "IM1.dcm").write_bytes(b"x")  # inside b's series folder, which is replaced whole
+    (out / "gone.nii.gz").write_bytes(b"x")
+    assert stale_outputs(out, batch_jobs(layout, out)) == [out / "gone.nii.gz"]
+
+
+def test_batch_follows_no_folder_links_and_leaves_out_unreadable_dicom_files(tmp_path):
+    folder = _emri_series(tmp_path / "in" / "mr")
+    (tmp_path / "in" / "mr" / "loop").symlink_to(tmp_path / "in")
+    assert list_cases(tmp_path / "in") == [folder]
+    (folder / "README.dcm").write_text("not DICOM")
+    vol = read_image(folder)
+    assert vol.shape == (64, 64, 10)
+    assert "left out 1 unreadable file (README.dcm): not DICOM, or cut short" in vol.meta["notes"]
+
+
+def test_a_batch_rerun_replaces_a_folder_that_lost_a_series_and_lists_reports(tmp_path, tiny_weights):
+    folder = tmp_path / "in"
+    _emri_series(folder / "b")
+    ct = np.full((32, 32, 3), 100, np.uint16)
+    _add(folder / "b", lambda new: make_series(new, ct, np.diag([0.7, 0.7, 3.0, 1.0]), "CT", slope=1, intercept=-1024))
+    code, _out, err = amir("restore", folder, "--weights", tiny_weights, "-q")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "in_amir" / "b").iterdir()) == ["series_3_CT", "series_3_CT.json", "series_3_MR", "series_3_MR.json"]
+    for p in (folder / "b").iterdir():
+        if pydicom.dcmread(p).Modality == "CT":
+            p.unlink()
+    code, _out, err = amir("restore", folder, "--weights", tiny_weights, "-q", "--overwrite")
+    assert code == 0, err
+    assert read_image(tmp_path / "in_amir" / "b").shape == (64, 64, 10)  # the one series now, the two gone
+    summary = json.loads((tmp_path / "in_amir.json").read_text())
+    assert [r["report"] for r in summary["restored"]] == [str(tmp_path / "in_amir" / "b.json")]
+
+
+def test_the_default_output_of_dot_is_named_after_the_folder(tmp_path, monkeypatch):
+    from amir_cli.placement import default_output
+
+    (tmp_path / "one").mkdir()
+    monkeypatch.chdir(tmp_path / "one")
+    assert default_output(Path(".")) == tmp_path / "one_amir"

@@ -18,6 +18,7 @@ INVALID = [
     ["train", MISSING, "--device", "tpu"],
     ["train", MISSING, "--export", "no spaces"],
     ["train", "--resume", MISSING, "--iterations", "0"],
+    ["train", "--iterations", "5"],  # neither DATA nor --resume
     ["degrade", MISSING, "--task", "huge"],
     ["degrade", MISSING, "--task", "ct-denoise", "--seed", "-1"],
     ["degrade", MISSING, "--task", "ct-denoise", "--dose", "nan"],

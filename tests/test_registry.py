@@ -92,3 +92,12 @@ def test_names_read_as_paths_non_finite_weights_and_stray_files_are_refused(amir
     with pytest.raises(weights.WeightsError, match="no registry entry holds it"):
         weights.save_entry("b", _tiny_state(), {})
     assert (amir_home / "weights" / "b.safetensors").read_text() == "mine"
+
+
+def test_weights_commands_name_what_is_wrong_with_a_path_or_entry(amir_home, tmp_path):
+    code, _, err = amir("weights", "import", tmp_path, "--name", "x")
+    assert code == 1 and err == f"amir: error: {tmp_path}: a folder, not a weights file\n"
+    entry = weights.save_entry("gone", _tiny_state(), {})
+    entry.path.unlink()
+    code, out, err = amir("weights", "path", "gone")
+    assert code == 1 and out == "" and "weights file for 'gone' is missing" in err

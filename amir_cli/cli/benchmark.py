@@ -20,7 +20,8 @@ from .common import (Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt, _choice,
     short_help="Score the input, classical baselines and AMIR.",
     epilog=examples(
         "amir benchmark DATA -o bench/        # DATA/{MRI,CT,PET}/test/{LQ,HQ}/",
-        "amir benchmark hq/ --simulate ct-denoise:0.25 --simulate mri-sr:4 -o bench/",
+        "amir benchmark hq/ --simulate ct-denoise:0.25 --simulate mri-sr:4 -o sim/",
+        "amir benchmark DATA -o bench/ --overwrite    # replace its earlier results",
         note="In a flat folder each volume's task is decided as `amir restore --task auto` decides it; "
         "each --simulate takes the volumes of its task. Protocol: docs/protocol.md; "
         "fields of summary.json: docs/reports.md.",
@@ -28,17 +29,17 @@ from .common import (Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt, _choice,
 )
 def benchmark(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="DATA/{MRI,CT,PET}/test/{LQ,HQ}/ (paired), or high-quality volumes with --simulate (flat, or in {MRI,CT,PET}/ folders).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", metavar="OUTDIR", help="Folder for cases.csv, summary.json, summary.md, figures/.")] = Path("amir_benchmark"),
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="OUTDIR", help="Folder for cases.csv, summary.json, summary.md, figures/ (written whole; an existing one must be empty, or hold an earlier run's results and --overwrite).")] = Path("amir_benchmark"),
     weights: WeightsOpt = None,
     simulate: Annotated[
         Optional[list[str]],
         typer.Option("--simulate", metavar="TASK[:LEVEL]", help="Degrade high-quality volumes (docs/protocol.md); repeatable, e.g. ct-denoise:0.25, mri-sr:4, pet-synthesis:1/12."),
     ] = None,
-    with_baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score classical baselines (CT NLM, PET Gaussian, MR POCS or bicubic).")] = True,
+    with_baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="Also score classical baselines (CT NLM and BM3D, PET Gaussians, MR POCS or bicubic).")] = True,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option("--precision", metavar=choices(PRECISIONS), help="Arithmetic of the network.")] = "fp32",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call [default: 1 on the CPU, 4 on a GPU].", show_default=False)] = None,
-    max_slices: Annotated[Optional[int], typer.Option("--max-slices", min=1, metavar="N", help="Score N evenly spaced slices per case (shorter runs).")] = None,
+    max_slices: Annotated[Optional[int], typer.Option("--max-slices", min=1, metavar="N", help="Score at most N evenly spaced slices per case (shorter runs).")] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, metavar="N", help="Seed of the simulated degradations.")] = 0,
     tta: Annotated[bool, typer.Option("--tta", help="Also score AMIR's x8 flip/rotation self-ensemble (method amir-tta).")] = False,
     data_consistency: Annotated[bool, typer.Option("--data-consistency/--no-data-consistency", help="Same-grid MR levels named xS (LQ_x2, --simulate mri-sr:2): restore with --kspace-factor S and score the pocs baseline.")] = True,

@@ -141,6 +141,8 @@ def train_cmd(
     from ..training.report import say
     from ..training.options import parse_range
 
+    if data is None and resume is None:
+        raise typer.BadParameter("give the training DATA folder, or --resume RUN_DIR", param_hint="DATA")
     with usage_errors():  # every option value is checked here, before any work: a bad one is a usage error (exit 2)
         options = TrainOptions(
             data=str(data) if data else None, out=str(out) if out else None, config=config, tasks=_tasks_option(tasks),

@@ -14,7 +14,7 @@ from .common import Command, JsonOpt, QuietOpt, app, check_weights_name, example
 
 weights_app = typer.Typer(
     rich_markup_mode=None,
-    help="The weights registry: list, verify, import and remove weights.",
+    help="The weights registry: list, add, import, verify, remove, path.",
     no_args_is_help=True,
     epilog=examples("amir weights list", "amir weights import AMIR_official.pth --name amir-paper", "amir weights remove amir-paper"),
 )
@@ -106,6 +106,8 @@ def weights_path(
     if name is None:
         raise AmirError("no default weights are installed; give a NAME")
     entry = W.find(name)
+    if not entry.path.is_file():
+        raise AmirError(f"weights file for {entry.name!r} is missing: {entry.path}")
     if json_out:
         print_json({"name": entry.name, "path": str(entry.path), "sha256": entry.sha256, "shipped": entry.shipped})
     else:
@@ -124,7 +126,7 @@ def weights_import(
 
     check_weights_name(name)
     if not path.is_file():
-        raise AmirError(f"{path}: no such file")
+        raise AmirError(f"{path}: {'a folder, not a weights file' if path.is_dir() else 'not a regular file' if path.exists() else 'no such file'}")
     entry = W.import_official(path, name)
     if json_out:
         print_json({"name": entry.name, "path": str(entry.path), "sha256": entry.sha256})

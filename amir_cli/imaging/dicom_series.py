@@ -53,7 +53,8 @@ def read_header(path: Path):
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception as exc:
-        raise BadInputError(f"{path}: not a readable DICOM file ({one_line(exc)})") from None
+        reason = one_line(exc).replace(" Use force=True to force reading.", "")  # pydicom's advice to programmers
+        raise BadInputError(f"{path}: not a readable DICOM file ({reason})") from None
 
 
 def _plural(n: int, word: str) -> str:
@@ -73,8 +74,13 @@ def scan_folder(folder: str | Path) -> tuple[dict[str, Items], list[str]]:
     series: dict[str, Items] = {}
     localizers: dict[str, Items] = {}
     others: dict[str, int] = {}
+    unreadable: list[Path] = []
     for f in files:
-        ds = read_header(f)
+        try:
+            ds = read_header(f)
+        except BadInputError:
+            unreadable.append(f)  # a stray text file named .dcm, or a file cut short
+            continue
         if str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")) == _DICOMDIR_CLASS:
             continue
         kind = not_an_image(ds)
@@ -86,6 +92,9 @@ def scan_folder(folder: str | Path) -> tuple[dict[str, Items], list[str]]:
             raise BadInputError(f"{f}: missing required tag SeriesInstanceUID (0020,000E)")
         (localizers if is_localizer(ds) else series).setdefault(uid, []).append((f, ds))
     notes = [f"left out {_plural(n, 'file')}: {kind}" for kind, n in others.items()]
+    if unreadable:
+        notes.append(f"left out {_plural(len(unreadable), 'unreadable file')} ({unreadable[0].name}"
+                     f"{', ...' if len(unreadable) > 1 else ''}): not DICOM, or cut short")
     if not series:
         if not localizers:
             raise BadInputError(f"{folder}: no image to restore in this folder ({'; '.join(notes)})")

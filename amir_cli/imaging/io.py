@@ -394,8 +394,8 @@ def _cases_in(folder: Path, depth: int, skip: tuple[str, ...] = ()) -> list[Path
 
     cases = [folder] if dicom.folder_dicom_files(folder) else []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or entry.name in skip:
-            continue
+        if entry.name.startswith(".") or entry.name in skip or (entry.is_dir() and entry.is_symlink()):
+            continue  # hidden, skipped, or a link to a folder (a loop, or the output folder itself)
         if entry.is_file() and image_suffix(entry):
             cases.append(entry)
         elif entry.is_dir() and depth > 0:

@@ -26,8 +26,8 @@ PROTOCOL = (
     "Case scores are slice means, table scores case means."
 )
 MAX_SLICES_NOTE = (
-    "--max-slices {n}: {n} evenly spaced slices scored per case, chosen among the slices whose windowed "
-    "reference is not constant"
+    "--max-slices {n}: at most {n} evenly spaced slice{s} scored per case, chosen among the slices whose "
+    "windowed reference is not constant"
 )
 
 
@@ -130,7 +130,7 @@ def _notes(rows, cases, request: BenchmarkRequest, sims: list[Simulation]) -> li
     if any(s.task == PET_SYNTHESIS for s in sims):
         all_notes.append("PET low-count inputs are simulated from the given standard-dose volumes")
     if request.max_slices:
-        all_notes.append(MAX_SLICES_NOTE.format(n=request.max_slices))
+        all_notes.append(MAX_SLICES_NOTE.format(n=request.max_slices, s="" if request.max_slices == 1 else "s"))
     if any(c.task == MRI_SR for c in cases):
         all_notes.append(
             "MR: AMIR runs as plain `amir restore` does: on the input's grid it keeps the k-space band of an input "
