@@ -78,7 +78,8 @@ def stale_outputs(out_root: Path, jobs) -> list[Path]:
         kept.update(written_files(target))
         kept.add(report_path_for(target))
         folders.add(target)
-    return sorted(f for f in out_root.rglob("*") if not f.is_dir() and f not in kept and not any(p in folders for p in f.parents))
+    return sorted(f for f in out_root.rglob("*") if not f.is_dir() and f not in kept and not any(p in folders for p in f.parents)
+                  and not any(part.startswith(".") for part in f.relative_to(out_root).parts))  # a killed run's temp names
 
 
 def restore_batch(

@@ -158,6 +158,9 @@ def publish(image: Volume, output: Path, *, reference: Volume, description: str,
     except FileExistsError as exc:  # os.link(temp, output) names our temp first: the user's output is the second name
         where = public_path(exc.filename2 or exc.filename or output)
         raise BadInputError(f"{where}: appeared while this command ran (another amir?); pass --overwrite to replace it") from None
+    except OSError as exc:  # the image's writer names its own failures; this is the report's or the placing's
+        where = public_path(exc.filename2 or exc.filename or report or output)
+        raise BadInputError(f"{where}: cannot write ({exc.strerror or exc})") from None
     return output
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from ._version import __version__
 from .device import ENGINES, check_device_spec, pick_device, precision_context
 from .errors import BadInputError
-from .imaging import background, intensity, kspace
+from .imaging import background, dicom, dicom_write, intensity, kspace
 from .inference import DEFAULT_TILE_OVERLAP, predict
 from .imaging.io import Volume, read_image, stem
 from .imaging.volume import check_memory
@@ -558,6 +558,8 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     """Read, restore, write and report one image (its files checked by :func:`case_files`); returns
     the report (also written as JSON)."""
     volume = read_image(files.input, files.series)
+    if files.output.suffix.lower() in dicom.DICOM_SUFFIXES:  # before the restoration, not after it
+        dicom_write.check_one_file(volume, volume, files.output)
     task, reason, warnings = _choose_task(volume, options.task, weights)
     warnings = volume.meta.get("notes", []) + warnings  # what reading left out or assumed
     check_options(task, options.scale, options.batch_size, options.tile, options.kspace_factor, engine=options.engine,

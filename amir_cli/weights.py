@@ -6,6 +6,7 @@ platformdirs user data folder (or `$AMIR_HOME`). Each entry is a `.safetensors` 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -321,20 +322,41 @@ def save_entry(name: str, state: dict, info: dict, config=None) -> Entry:
     AmirConfig `config` (inferred from the tensors when not given)."""
     from safetensors.torch import save_file
 
-    check_free_name(name)
     config = infer_config(state) if config is None else config
     folder = user_dir()
+    file = folder / f"{name}.safetensors"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        file = folder / f"{name}.safetensors"
-        atomic_write(file, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp)))
-        record = {"name": name, "file": file.name, "sha256": sha256_of(file), "config": config.to_dict(), **info}
-        manifest = _read_manifest(folder)
-        manifest["entries"].append(record)
-        _write_manifest(folder, manifest)
-    except OSError as exc:
-        raise WeightsError(f"cannot write weights to {folder}: {exc.strerror or exc}") from None
+        with _manifest_lock(folder):  # another add or import between our read and write would be lost
+            check_free_name(name)
+            try:
+                atomic_write(file, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp)))
+                record = {"name": name, "file": file.name, "sha256": sha256_of(file), "config": config.to_dict(), **info}
+                manifest = _read_manifest(folder)
+                manifest["entries"].append(record)
+                _write_manifest(folder, manifest)
+            except BaseException:
+                file.unlink(missing_ok=True)  # never a file without its record (the manifest is written last)
+                raise
+    except WeightsError:
+        raise
+    except Exception as exc:  # a full disk: an OSError, or safetensors' own error
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else one_line(exc)
+        raise WeightsError(f"cannot write weights to {folder}: {reason}") from None
     return Entry(name, file, record["sha256"], record, False)
+
+
+@contextlib.contextmanager
+def _manifest_lock(folder: Path):
+    """Hold the registry's lock file (an advisory lock: one read-modify-write of the manifest at a time)."""
+    import fcntl
+
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def remove_entry(name: str) -> Entry:
@@ -345,10 +367,11 @@ def remove_entry(name: str) -> Entry:
         raise WeightsError(f"{name!r} names weights shipped with amir, which are never removed; only user entries can be")
     folder = user_dir()
     try:
-        manifest = _read_manifest(folder)
-        manifest["entries"] = [rec for rec in manifest["entries"] if rec["name"] != name]
-        _write_manifest(folder, manifest)
-        entry.path.unlink(missing_ok=True)
+        with _manifest_lock(folder):
+            manifest = _read_manifest(folder)
+            manifest["entries"] = [rec for rec in manifest["entries"] if rec["name"] != name]
+            _write_manifest(folder, manifest)
+            entry.path.unlink(missing_ok=True)
     except OSError as exc:
         raise WeightsError(f"cannot remove weights {name!r} from {folder}: {exc.strerror or exc}") from None
     return entry

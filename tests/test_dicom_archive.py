@@ -417,6 +417,8 @@ def test_batch_plans_keep_every_output_apart_and_earlier_outputs_unmixed(tmp_pat
     (out / "b" / "old").mkdir(parents=True)
     (out / "b" / "old" / "IM1.dcm").write_bytes(b"x")  # inside b's series folder, which is replaced whole
     (out / "gone.nii.gz").write_bytes(b"x")
+    (out / ".gone2.nii.gz.amir-tmp-1-x").mkdir()  # a killed run's temp folder: the next run's to clean, not an output
+    (out / ".gone2.nii.gz.amir-tmp-1-x" / "gone2.nii.gz").write_bytes(b"x")
     assert stale_outputs(out, batch_jobs(layout, out)) == [out / "gone.nii.gz"]
 
 
@@ -454,3 +456,14 @@ def test_the_default_output_of_dot_is_named_after_the_folder(tmp_path, monkeypat
     (tmp_path / "one").mkdir()
     monkeypatch.chdir(tmp_path / "one")
     assert default_output(Path(".")) == tmp_path / "one_amir"
+
+
+def test_a_multi_slice_series_to_one_dcm_file_is_refused_before_the_restoration(tmp_path, tiny_weights, monkeypatch):
+    import amir_cli.restore as R
+
+    folder = _emri_series(tmp_path / "mr")
+    monkeypatch.setattr(R, "restore_volume", lambda *a, **k: pytest.fail("restored before the check"))
+    weights = R.load_weights(str(tiny_weights), "cpu")
+    with pytest.raises(BadInputError, match=r"^.*out\.dcm: a \.dcm file holds one slice; give a folder path for a 10-slice series$") as err:
+        R.restore_case(weights, R.case_files(folder, tmp_path / "out.dcm"), R.RestoreOptions(task="mri-sr"))
+    assert str(err.value).startswith(str(tmp_path / "out.dcm"))

@@ -510,3 +510,20 @@ def test_run_json_missing_a_field(tmp_path):
     (run / "run.json").write_text("{}")
     code, _, err = amir("train", "--resume", run, "-q")
     assert code == 1 and "run.json" in one_error_line(err) and "options" in err
+
+
+def test_a_report_that_cannot_be_written_is_named_with_its_cause(ct, tmp_path, monkeypatch):
+    import amir_cli.placement as P
+    from amir_cli.errors import BadInputError
+    from amir_cli.imaging.io import read_image
+
+    def full(path, data, **kw):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(P, "write_json", full)
+    vol = read_image(ct)
+    with pytest.raises(BadInputError) as err:
+        P.publish(vol, tmp_path / "o.nii.gz", reference=vol, description="", overwrite=False,
+                  report=tmp_path / "o.nii.gz.json", result={})
+    assert str(err.value) == f"{tmp_path / 'o.nii.gz.json'}: cannot write (No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]  # nothing placed, no temp left

@@ -461,3 +461,11 @@ def test_slice_axis_is_the_coarsest_that_leaves_slices_to_restore(shape, spacing
     from amir_cli.imaging.volume import choose_slice_axis
 
     assert choose_slice_axis(shape, spacing) == axis
+
+
+def test_itk_write_failures_give_the_reason_without_our_temp_path():
+    from amir_cli.imaging.io import _itk_message
+
+    exc = RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: /src/x.cxx:12: ITK ERROR: MetaImageIO(0x55): "
+                       "File cannot be written: /tmp/a/.ct.mha.amir-tmp-1/.ct.mha.amir-tmp-2/ct.mha Reason: No space left on device")
+    assert _itk_message(exc) == "No space left on device"

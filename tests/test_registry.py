@@ -101,3 +101,15 @@ def test_weights_commands_name_what_is_wrong_with_a_path_or_entry(amir_home, tmp
     entry.path.unlink()
     code, out, err = amir("weights", "path", "gone")
     assert code == 1 and out == "" and "weights file for 'gone' is missing" in err
+
+
+def test_a_failed_registry_write_leaves_no_file_without_its_record(amir_home, monkeypatch):
+    def full(folder, manifest):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(weights, "_write_manifest", full)
+        with pytest.raises(weights.WeightsError, match="cannot write weights to .*: No space left on device"):
+            weights.save_entry("w1", _tiny_state(), {})
+    assert not (amir_home / "weights" / "w1.safetensors").exists()
+    assert weights.save_entry("w1", _tiny_state(), {}).path.parent == amir_home / "weights"  # the name is free

@@ -334,7 +334,7 @@ def test_unwritable_run_folder_is_a_clear_error(hq_data, tmp_path, monkeypatch):
         return real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", full_disk)
-    with pytest.raises(RunFolderError, match="No space left on device.*previous checkpoint is intact"):
+    with pytest.raises(RunFolderError, match="No space left on device.*the previous one is intact"):
         train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=4, checkpoint_every=1, val_every=100))
     assert ckpt.load_torch(run / ckpt.LAST)["iteration"] == 1
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
@@ -793,3 +793,14 @@ def test_the_fused_adam_of_training_follows_the_per_tensor_adam():
     worst = max((a - b).abs().max().item() for a, b in zip(fused.parameters(), loop.parameters()))
     assert worst < 1e-5
 
+
+
+def test_a_checkpoint_that_cannot_be_written_says_so_in_one_line(tmp_path, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError; the first checkpoint has no previous one."""
+    def full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(RunFolderError, match=r"cannot write last.pt in run folder .* \(disk full\?\); nothing was written under its name"):
+        ckpt.save_torch({}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []

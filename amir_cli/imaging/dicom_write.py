@@ -139,14 +139,19 @@ def write_dicom_series(volume: Volume, ref: Volume, dest: str | Path, descriptio
     return dest
 
 
-def write_dicom_file(volume: Volume, ref: Volume, dest: str | Path, description: str = "") -> Path:
-    """Write a one-slice derived image, or the derived object of a multi-frame image, as a single
-    DICOM file (atomic)."""
-    dest = Path(dest)
+def check_one_file(volume: Volume, ref: Volume, dest: Path) -> None:
+    """A single .dcm output holds one slice, or the one object of a multi-frame image."""
     if volume.array.shape[2] != 1 and "dicom_multiframe" not in ref.meta:
         raise BadInputError(
             f"{dest}: a .dcm file holds one slice; give a folder path for a {volume.array.shape[2]}-slice series"
         )
+
+
+def write_dicom_file(volume: Volume, ref: Volume, dest: str | Path, description: str = "") -> Path:
+    """Write a one-slice derived image, or the derived object of a multi-frame image, as a single
+    DICOM file (atomic)."""
+    dest = Path(dest)
+    check_one_file(volume, ref, dest)
     (ds,) = _derived_datasets(volume, ref, description)
     with failures_as_bad_input(f"{public_path(dest)}: cannot write DICOM file"):
         atomic_write(dest, lambda tmp: _save(ds, tmp))

@@ -239,6 +239,9 @@ def _itk_message(exc: BaseException, fallback: str = "SimpleITK gives no reason"
         return nrrd[-1].strip()
     text = re.split(r"(?i)\bitk(?:::| )error:", " ".join(str(exc).split()))[-1]
     text = re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", text).strip()
+    reason = re.search(r"\bReason: (.+)$", text)  # "File cannot be written: <our temp path> Reason: ..."
+    if reason and text.startswith("File cannot be written"):
+        return reason.group(1).strip()
     return fallback if not text or text.startswith(("File cannot be read", "Exception thrown")) else text
 
 

@@ -81,11 +81,10 @@ def atomic_file(path: Path, write) -> None:
     path = Path(path)
     try:
         atomic_write(path, write, fsync=True)
-    except OSError as exc:
-        raise RunFolderError(
-            f"cannot write {path.name} in run folder {path.parent} ({exc.strerror or exc}); "
-            "the previous checkpoint is intact"
-        ) from None
+    except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "disk full?" if isinstance(exc, RuntimeError) else exc
+        kept = "the previous one is intact" if path.exists() else "nothing was written under its name"
+        raise RunFolderError(f"cannot write {path.name} in run folder {path.parent} ({reason}); {kept}") from None
 
 
 def save_torch(obj: dict, path: Path) -> None:
