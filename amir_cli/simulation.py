@@ -6,10 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ._version import __version__
 from .errors import AmirError, BadInputError
 from .imaging import degrade
-from .imaging.io import read_image
+from .imaging.io import image_suffix, read_image
+from .imaging.volume import output_dtype
 from .placement import check_input_format, check_output, check_output_format, default_output, publish
 from .taskdetect import task_mismatch
 from .tasks import DEFAULT_LEVEL, MIN_DOSE, MR_FACTORS, MRI_SR, PET_SYNTHESIS, TASK, check_choice
@@ -39,6 +42,21 @@ def check_level(task: str, dose: float | None = None, factor: int | None = None)
         raise BadInputError(f"--dose must be a fraction in [{MIN_DOSE:g}, 1], got {dose:g}")
     level = factor if task == MRI_SR else dose
     return DEFAULT_LEVEL[task] if level is None else level
+
+
+def _clipped(values: np.ndarray, volume, out: Path) -> str | None:
+    """A warning where the input's integer type cannot hold some simulated values (noise below 0 in
+    uint8, say), which a NIfTI/MetaImage/NRRD output stored in that type clips (a DICOM output, or a
+    NIfTI with a scale factor, chooses an encoding that holds them)."""
+    dtype = output_dtype(volume)
+    if dtype.kind not in "iu" or not image_suffix(out) or volume.meta.get("nifti_scaled"):
+        return None
+    info = np.iinfo(dtype)
+    n = int(np.count_nonzero((values < info.min) | (values > info.max)))
+    if not n:
+        return None
+    return (f"{n} simulated value{'s' if n > 1 else ''} lie outside the range of the input's {dtype} "
+            f"[{info.min}, {info.max}] and {'are' if n > 1 else 'is'} clipped in the output")
 
 
 def degrade_case(input_path: Path, task: str, level, *, seed: int = 0, output: Path | None = None,
@@ -77,7 +95,7 @@ def degrade_case(input_path: Path, task: str, level, *, seed: int = 0, output: P
         "tool": "amir", "version": __version__, "command": "degrade", "input": str(input_path), "output": str(written),
         "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),
         "spacing_mm": list(volume.spacing_mm), "simulated": True,
-        "warnings": [w for w in (task_mismatch(volume, task),) if w],
+        "warnings": [w for w in (task_mismatch(volume, task), _clipped(degraded, volume, out)) if w],
     }
     if task == PET_SYNTHESIS:
         summary["pet_noise"] = pet_noise

@@ -677,3 +677,15 @@ def test_mr_named_like_zero_filled_gets_a_kspace_factor_hint(mr_nii, tiny_weight
     assert len(hints) == 1
     code, out, err = amir("restore", named, "--weights", tiny_weights, "--task", "mri-sr", "--kspace-factor", "4", "--overwrite")
     assert code == 0 and "--kspace-factor" not in err
+
+
+def test_degrade_warns_where_the_inputs_integer_type_clips_the_simulated_values(tmp_path):
+    a = (np.random.default_rng(0).random((64, 64, 2)) * 3).astype(np.uint8)
+    a[16:48, 16:48] = 40
+    nib.save(nib.Nifti1Image(a, np.eye(4)), str(tmp_path / "u8.nii.gz"))
+    code, out, err = amir("degrade", tmp_path / "u8.nii.gz", "--task", "ct-denoise", "--dose", "0.05", "--json")
+    assert code == 0, err
+    (warning,) = [w for w in json.loads(out)["warnings"] if "clipped" in w]
+    assert "lie outside the range of the input's uint8 [0, 255] and are clipped in the output" in warning
+    low = np.asanyarray(nib.load(str(tmp_path / "u8_degraded.nii.gz")).dataobj)
+    assert low.dtype == np.uint8 and low.min() == 0  # what the warning says happened

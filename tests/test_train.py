@@ -804,3 +804,13 @@ def test_a_checkpoint_that_cannot_be_written_says_so_in_one_line(tmp_path, monke
     with pytest.raises(RunFolderError, match=r"cannot write last.pt in run folder .* \(disk full\?\); nothing was written under its name"):
         ckpt.save_torch({}, tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_add_says_when_a_run_has_no_best_weights(hq_data, tmp_path, amir_home):
+    from conftest import amir
+
+    run = tmp_path / "r"
+    train(TrainOptions(**TINY, data=str(hq_data), out=str(run), iterations=1, val_every=100))
+    (run / ckpt.BEST).unlink(missing_ok=True)
+    code, _out, err = amir("weights", "add", run, "--name", "nb")
+    assert code == 0 and f"amir: note: {run} has no best.pt (no validation has run): its latest weights were added" in err

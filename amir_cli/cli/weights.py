@@ -148,6 +148,8 @@ def weights_add(
 
     check_weights_name(name)
     entry = export_run(run_dir, name, which="last" if last else "best")
+    if not last and "last.pt" in entry.info.get("source", ""):
+        typer.echo(f"amir: note: {run_dir} has no best.pt (no validation has run): its latest weights were added", err=True)
     if json_out:
         print_json({"name": entry.name, "path": str(entry.path), "sha256": entry.sha256})
     elif not quiet:
