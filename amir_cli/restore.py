@@ -528,6 +528,30 @@ def _choose_task(volume: Volume, given: str, weights: LoadedWeights) -> tuple[st
     return task, reason, warnings
 
 
+def _mr_warnings(volume: Volume, path: Path, options: RestoreOptions, info: dict) -> list[str]:
+    """What an MR restoration's options did not do: a zero-filled-looking name restored without its
+    band, a --kspace-factor the spectrum disagrees with, zero filling not looked for on small slices,
+    --passes without a known band."""
+    dc = info["data_consistency"]
+    warnings = []
+    if dc is None and options.scale == 1 and options.data_consistency and options.kspace_factor is None:
+        small = min(n for a, n in enumerate(volume.shape) if a != volume.slice_axis) < kspace.MIN_DETECT_SIDE
+        hint = zero_filled_hint(path)
+        if small and options.detect_zero_filling:
+            warnings.append(f"zero filling is not looked for on slices under {kspace.MIN_DETECT_SIDE} pixels a side"
+                            + ("" if hint else ": --kspace-factor S restores a zero-filled image with the band it measured"))
+        warnings += hint
+    if dc is not None and dc["factor_from"] == "option":
+        seen = kspace.zero_filled_factor(volume.array, volume.slice_axis)
+        if seen and seen != options.kspace_factor:
+            warnings.append(f"--kspace-factor {options.kspace_factor} was given, though the image looks zero-filled "
+                            f"to the central 1/{seen} of k-space")
+    if options.passes is not None and dc is None:
+        warnings.append("--passes applies where the k-space band is known (--kspace-factor, --scale or recognised "
+                        "zero filling); the network ran once")
+    return warnings
+
+
 _ZERO_FILLED_NAME = re.compile(r"(?:^|[^a-z0-9])(?:x([24])|zf|zero[_-]?fill(?:ed)?)(?:$|[^a-z0-9])")
 
 
@@ -582,8 +606,10 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
         detect_zero_filling=options.detect_zero_filling, passes=options.passes, background_sd=options.background_sd,
         choose_background=options.choose_background, progress=progress,
     )
-    if task == MRI_SR and options.scale == 1 and info["data_consistency"] is None:
-        warnings += zero_filled_hint(files.input)
+    if task == MRI_SR:
+        warnings += _mr_warnings(volume, files.input, options, info)
+    elif options.passes is not None:
+        warnings.append(f"--passes applies to mri-sr only; {task} ran the network once")
     if task == PET_SYNTHESIS and info["background_noise"] is None:
         warnings += quiet_background_hint(volume)
     scale_text = f", scale {options.scale}" if options.scale > 1 else ""
@@ -593,6 +619,10 @@ def restore_case(weights: LoadedWeights, files: CaseFiles, options: RestoreOptio
     if ref_volume is not None:
         result["reference"] = str(files.reference)
         result["metrics"] = _reference_metrics(volume, restored, ref_volume, task, options.scale, ref_scale)
+        ratio = (info["mr_scale_factor"] or ref_scale) / ref_scale  # MR: the reference's units over the input's
+        if not 0.5 <= ratio <= 2:
+            result["warnings"].append(f"the reference's intensities are about {ratio:.3g} times the input's: the scores "
+                                      "compare the output with a reference in other units")
     result["report"] = str(files.report)
     publish(restored, files.output, reference=volume, description=description, overwrite=options.overwrite,
             report=files.report, result=result)

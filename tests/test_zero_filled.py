@@ -172,3 +172,30 @@ def test_cli_report_names_the_detected_factor(tmp_path, brain, amir_home):
     report = json.loads(Path(str(out) + ".json").read_text())
     assert report["data_consistency"]["kspace_factor"] == 2 and report["data_consistency"]["factor_from"] == "detected"
     assert report["data_consistency"]["passes"] == MR_PASSES[2]
+
+
+def test_the_report_warns_where_the_options_did_not_do_what_they_say(tmp_path, brain, tiny_weights):
+    """A --kspace-factor the spectrum disagrees with, slices too small to look for zero filling,
+    --passes where the band is unknown, a reference in other units: each a warning."""
+    from conftest import amir
+
+    def warnings_of(src, *args):
+        out = tmp_path / "o.nii.gz"
+        code, _, err = amir("restore", src, "--task", "mri-sr", "-o", out, "--overwrite", "-w", tiny_weights, *args)
+        assert code == 0, err
+        return json.loads(Path(str(out) + ".json").read_text())["warnings"]
+
+    src = tmp_path / "t1.nii.gz"
+    nib.save(nib.Nifti1Image(_zero_filled(brain[:, :, :2], 4, "clean", None), np.eye(4)), str(src))
+    assert "--kspace-factor 2 was given, though the image looks zero-filled to the central 1/4 of k-space" in warnings_of(src, "--kspace-factor", "2")
+    assert warnings_of(src, "--kspace-factor", "4") == []
+    small = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(_zero_filled(brain[:48, :48, :2], 4, "clean", None), np.eye(4)), str(small))
+    (warning,) = warnings_of(small, "--passes", "2")[:1]
+    assert warning.startswith("zero filling is not looked for on slices under 64 pixels a side")
+    assert any(w.startswith("--passes applies where the k-space band is known") for w in warnings_of(small, "--passes", "2"))
+    ref = tmp_path / "ref.nii.gz"
+    nib.save(nib.Nifti1Image(brain[:, :, :2] * 100, np.eye(4)), str(ref))
+    assert any("the reference's intensities are about" in w and "other units" in w for w in warnings_of(src, "--reference", ref))
+    nib.save(nib.Nifti1Image(brain[:, :, :2], np.eye(4)), str(ref))
+    assert not any("other units" in w for w in warnings_of(src, "--reference", ref))
