@@ -28,12 +28,11 @@ from .imaging.volume import check_memory
 from .placement import (check_input_format, check_output, check_output_format, default_output, publish,
                         report_path_for, same_or_inside, written_files)
 from .taskdetect import detect_task, task_mismatch
-from .tasks import EVAL_WINDOW, MR_FACTORS, MR_PASSES, MR_SCALES, MRI_SR, NORM_RANGE, PET_SYNTHESIS, TASK, check_choice
+from .tasks import EVAL_WINDOW, MIN_TILE, MR_FACTORS, MR_PASSES, MR_SCALES, MRI_SR, NORM_RANGE, PET_SYNTHESIS, TASK, check_choice
 from .weights import LoadedWeights, load_weights
 
 DEFAULT_BATCH_SIZE = 4  # slices per network call off the CPU
 CPU_BATCH_SIZE = 1
-MIN_TILE = 32
 CASCADE_STEP = 0.5  # each later MR pass moves the output this far towards the network's output on it
 # The image axes each later pass flips its input along (and its output back), in turn: the cascade
 # then also averages the network over flips, at no extra cost.

@@ -67,6 +67,8 @@ MR_FACTORS: tuple[int, ...] = (2, 4)
 """k-space factors of mri-sr: the low-resolution image kept the central 1/f of k-space per in-plane axis."""
 MR_SCALES: tuple[int, ...] = (1, *MR_FACTORS)
 """Output grids of mri-sr (--scale): the input's, or finer by a k-space factor."""
+MIN_TILE = 32
+"""The smallest --tile of `amir restore` (pixels)."""
 MR_PASSES: dict[int, int] = {2: 3, 4: 4}
 """Network passes of `amir restore`'s damped cascade for MR whose measured k-space band is known, per
 k-space factor (chosen on the validation subjects: a fourth pass gains at x4 and loses at x2)."""

@@ -9,7 +9,7 @@ import typer
 
 from ..device import ENGINES, PRECISIONS
 from ..errors import EXIT_PARTIAL, AmirError
-from ..tasks import MR_FACTORS, MR_PASSES, MR_SCALES, TASKS, choices
+from ..tasks import MIN_TILE, MR_FACTORS, MR_PASSES, MR_SCALES, TASKS, choices
 from .common import (TASK_CHOICES, Command, DeviceOpt, JsonOpt, QuietOpt, WeightsOpt,
                      _choice, app, examples, print_json, progress_bar, usage_errors)
 
@@ -43,7 +43,7 @@ def restore_cmd(
     precision: Annotated[str, typer.Option("--precision", metavar=choices(PRECISIONS), help="Arithmetic of the network (fp16 needs a GPU).")] = "fp32",
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, metavar="N", help="Slices per network call [default: 1 on the CPU, 4 on a GPU].", show_default=False)] = None,
     engine: Annotated[str, typer.Option("--engine", metavar=choices(ENGINES), help="native: the CPU runs fp32 with amir's own kernels (LayerNorm, the GELU gate, the attention's Gram matrix, the routing's experts), compiled on first use with the system's C compiler and cached; fused: with oneDNN's fused operators (a convolution with the GELU, product or sum after it): faster with one thread, more memory; plain: PyTorch's operators only; auto: native where it builds, else fused with one torch thread, else plain. The report names what was used.")] = "auto",
-    tile: Annotated[Optional[int], typer.Option("--tile", min=1, metavar="N", help="Restore large slices in overlapping N x N tiles (saves memory).", show_default=False)] = None,
+    tile: Annotated[Optional[int], typer.Option("--tile", min=MIN_TILE, metavar="N", help="Restore large slices in overlapping N x N tiles (saves memory).", show_default=False)] = None,
     tta: Annotated[bool, typer.Option("--tta", help="Average the network over the 8 flips and rotations of each slice (self-ensemble): a little better, 8x the time.")] = False,
     reference: Annotated[Optional[Path], typer.Option("--reference", metavar="HQ", help="High-quality image on the output grid: adds PSNR/SSIM/RMSE to the report.", show_default=False)] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Where to write the JSON report [default: <output>.json].", show_default=False)] = None,
