@@ -86,11 +86,14 @@ def ssim(pred2d, ref2d, window) -> float:
                                        K1=SSIM_K1, K2=SSIM_K2))
 
 
-def slice_scores(pred2d, ref2d, task: str) -> dict:
-    """``{"psnr", "ssim", "rmse"}`` of one slice in the evaluation window of ``task``."""
+def slice_scores(pred2d, ref2d, task: str, scale: float = 1.0) -> dict:
+    """``{"psnr", "ssim", "rmse"}`` of one slice in the evaluation window of ``task``, both slices
+    multiplied by ``scale`` first (:func:`protocol_scale`)."""
     window = _window(task) if isinstance(task, str) else None
     if window is None:
         raise ValueError(f"task must be one of {', '.join(EVAL_WINDOW)}, got {task!r}")
+    if scale != 1:
+        pred2d, ref2d = np.asarray(pred2d) * scale, np.asarray(ref2d) * scale
     return {
         "psnr": psnr(pred2d, ref2d, window),
         "ssim": ssim(pred2d, ref2d, window),
@@ -124,12 +127,12 @@ def volume_scores(pred, ref, task: str, slice_axis: int = 2, scale: float = 1.0)
     scores = {"psnr": [], "ssim": [], "rmse": []}
     skipped = []
     for i in range(p.shape[ax]):
-        rs = np.take(r, i, axis=ax) * scale
-        rc = np.clip(rs.astype(np.float64), lo, hi)
+        rs = np.take(r, i, axis=ax)
+        rc = np.clip(rs.astype(np.float64) * scale, lo, hi)
         if rc.max() == rc.min():
             skipped.append(i)
             continue
-        s = slice_scores(np.take(p, i, axis=ax) * scale, rs, task)
+        s = slice_scores(np.take(p, i, axis=ax), rs, task, scale)
         for k in scores:
             scores[k].append(s[k])
     out = {k: (float(np.mean(v)) if v else float("nan")) for k, v in scores.items()}
@@ -137,11 +140,12 @@ def volume_scores(pred, ref, task: str, slice_axis: int = 2, scale: float = 1.0)
     return out
 
 
-def protocol_scale(reference, task: str) -> float:
+def protocol_scale(reference, task: str, what: str | None = None) -> float:
     """The factor prediction and reference are multiplied by before scoring: for MR, the whole reference
     volume's scale into the 12-bit window (``intensity.mr_scale_factor``: a scanner's units above 4095
-    are not clipped away); 1 for CT and PET, which have physical units."""
+    are not clipped away; ``what`` names the file in its messages); 1 for CT and PET, which have
+    physical units."""
     from amir_cli.imaging.intensity import mr_scale_factor
     from amir_cli.tasks import MRI_SR
 
-    return mr_scale_factor(reference) if task == MRI_SR else 1.0
+    return mr_scale_factor(reference, what) if task == MRI_SR else 1.0

@@ -28,8 +28,11 @@ def is_batch_input(path: Path) -> bool:
     image file or DICOM folder."""
     if not path.is_dir() or image_suffix(path):
         return False
-    if not dicom.folder_dicom_files(path) or list_cases(path) != [path]:
-        return True
+    try:
+        if list_cases(path) != [path]:
+            return True
+    except BadInputError:
+        return True  # no image at all: the batch says so
     try:
         return len(dicom.folder_series(path)) > 1
     except BadInputError:
@@ -87,13 +90,18 @@ def is_amir_output(folder: Path) -> bool:
     return "amir" in text.lower()
 
 
-def _is_amir_report(path: Path) -> bool:
-    if path.suffix != ".json":
-        return False
+def amir_json(path: Path) -> dict | None:
+    """The contents of a JSON file that amir wrote (a report or a summary: its ``tool`` names amir),
+    else None."""
     try:
-        return str(json.loads(path.read_text()).get("tool", "")).startswith("amir")
-    except (OSError, ValueError, AttributeError):
-        return False
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and str(data.get("tool", "")).startswith("amir") else None
+
+
+def _is_amir_report(path: Path) -> bool:
+    return path.suffix == ".json" and amir_json(path) is not None
 
 
 def is_batch_output(folder: Path) -> bool:
@@ -101,11 +109,8 @@ def is_batch_output(folder: Path) -> bool:
     torchrun rank's) lies beside it."""
     for summary in sorted(folder.parent.glob(f"{glob.escape(folder.name)}*.json")):
         if re.fullmatch(rf"{re.escape(folder.name)}(\.rank\d+)?\.json", summary.name):
-            try:
-                data = json.loads(summary.read_text())
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("tool") == "amir" and "cases_total" in data:
+            data = amir_json(summary)
+            if data is not None and data["tool"] == "amir" and "cases_total" in data:
                 return True
     return False
 

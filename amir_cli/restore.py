@@ -260,7 +260,7 @@ def restore_volume(
         if chosen is not None:
             background_sd, background_from = chosen or None, "neighbour slices"
     job = _SliceJob(slices, np.empty((n, slices.shape[1] * scale, slices.shape[2] * scale), dtype=np.float32), task,
-                    scale, intensity.mr_scale_factor(volume.array) if task == MRI_SR else None, dc_factor, device,
+                    scale, intensity.mr_scale_factor(volume.array, volume.meta.get("source_path")) if task == MRI_SR else None, dc_factor, device,
                     passes=(passes or MR_PASSES[dc_factor]) if dc_factor else 1, background_sd=background_sd, pixel_mm=pixel_mm)
 
     def network(batch: _Batch):
@@ -645,10 +645,7 @@ def _read_reference(reference: Path, expected: tuple[int, ...], affine: np.ndarr
     if apart > 0.5 * min(np.linalg.norm(affine[:3, :3], axis=0)):
         raise BadInputError(f"{reference}: the reference does not lie on the output's grid (voxels up to {apart:.1f} mm "
                             "from the output's); scores need the same voxels in the same place")
-    try:
-        return ref_volume, protocol_scale(ref_volume.array, task)
-    except BadInputError as exc:
-        raise BadInputError(f"{reference}: {exc}") from None
+    return ref_volume, protocol_scale(ref_volume.array, task, str(reference))
 
 
 _RUN_FIELDS = ("device", "precision", "engine", "batch_size", "tile", "tta", "scale")  # of restore_volume's info

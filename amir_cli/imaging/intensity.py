@@ -30,26 +30,28 @@ def check_task(task: str) -> str:
     return task
 
 
-def mr_scale_factor(array: np.ndarray) -> float:
-    """Factor mapping an MR volume's arbitrary units into the trained 12-bit range.
+def mr_scale_factor(array: np.ndarray, what: str | None = None) -> float:
+    """Factor mapping an MR volume's arbitrary units into the trained 12-bit range (``what``: the
+    file its messages name).
 
     factor = MR_TARGET / P99.5(foreground), foreground = voxels > 2% of P99.9(positive voxels).
     Every step is homogeneous in the intensity scale, so ``mr_scale_factor(k * a) ==
     mr_scale_factor(a) / k``; a few extreme voxels (< 0.1%) barely move it. Deterministic.
     """
+    where = f"{what}: " if what else ""
     a = np.asarray(array, dtype=np.float64)
     if not np.all(np.isfinite(a)):
-        raise BadInputError("MR image contains NaN or infinite values")
+        raise BadInputError(f"{where}MR image contains NaN or infinite values")
     positive = a[a > 0]
     if positive.size == 0:
-        raise BadInputError("MR image has no positive voxels (all zero or negative): cannot scale it")
+        raise BadInputError(f"{where}MR image has no positive voxels (all zero or negative): cannot scale it")
     top = float(np.percentile(positive, 99.9))
     foreground = positive[positive > MR_FOREGROUND_FRACTION * top]
     if foreground.size == 0:  # top == 0 cannot happen for positives; keep the guard anyway
         foreground = positive
     reference = float(np.percentile(foreground, MR_PERCENTILE))
     if not reference > 0:
-        raise BadInputError("MR image foreground is zero: cannot scale it")
+        raise BadInputError(f"{where}MR image foreground is zero: cannot scale it")
     return MR_TARGET / reference
 
 

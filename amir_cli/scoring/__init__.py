@@ -36,7 +36,6 @@ the others complete and the command exits 3.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -241,7 +240,7 @@ def run_benchmark(request: BenchmarkRequest, *, model=None, progress=None) -> Be
 def _check_out(out: Path, request: BenchmarkRequest) -> bool:
     """Refuse an output folder inside the data (or holding it), or one that exists, unless it is empty
     or --overwrite replaces the results of an earlier run; returns whether an existing folder is replaced."""
-    from amir_cli.placement import same_or_inside
+    from amir_cli.placement import amir_json, same_or_inside
 
     if same_or_inside(out, request.data) or same_or_inside(request.data, out):
         raise BadInputError(f"{out}: the output folder must lie outside the data folder {request.data}")
@@ -259,11 +258,7 @@ def _check_out(out: Path, request: BenchmarkRequest) -> bool:
         return True
     if not request.overwrite:
         raise BadInputError(f"{out}: exists; pass --overwrite to replace its results")
-    try:
-        written = json.loads((out / "summary.json").read_text()).get("tool", "").startswith("amir")
-    except (OSError, ValueError, AttributeError):
-        written = False
-    if not written:
+    if amir_json(out / "summary.json") is None:
         raise BadInputError(f"{out}: refusing to replace a folder that amir benchmark did not write")
     return True
 

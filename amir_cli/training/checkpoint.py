@@ -82,7 +82,7 @@ def atomic_file(path: Path, write) -> None:
     try:
         atomic_write(path, write, fsync=True)
     except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "disk full?" if isinstance(exc, RuntimeError) else exc
+        reason = (exc.strerror or exc) if isinstance(exc, OSError) else "disk full?"
         kept = "the previous one is intact" if path.exists() else "nothing was written under its name"
         raise RunFolderError(f"cannot write {path.name} in run folder {path.parent} ({reason}); {kept}") from None
 

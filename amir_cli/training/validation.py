@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade
 from amir_cli.metrics import protocol_scale, slice_scores
 from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
@@ -44,7 +43,7 @@ def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptio
         vols = [v for v in volumes if v.task == task and len(v.val_slices)]
         if not vols:
             continue
-        scales = [_scale(v) for v in vols]
+        scales = [protocol_scale(v.hq, task, v.path) for v in vols]
         rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(10_000 + t_i,)))
         candidates = []
         for v in vols:
@@ -72,13 +71,6 @@ def validation_set(volumes: list[TrainVolume], tasks, per_task: int = TrainOptio
             lq = np.asarray(lq, np.float32)
             out.append(ValSlice(task, v.name, z, level, lq, np.asarray(hq, np.float32), scales[v_i]))
     return out
-
-
-def _scale(v: TrainVolume) -> float:
-    try:
-        return protocol_scale(v.hq, v.task)
-    except BadInputError as exc:
-        raise BadInputError(f"{v.path}: {exc}") from None
 
 
 def _foreground_fraction(v: TrainVolume, z: int) -> float:
@@ -110,7 +102,7 @@ def evaluate(model, val_set, device, passes: int | None = None) -> dict:
     for s in val_set:
         restored, _ = restore_volume(model, Volume(s.lq_phys, np.eye(4)), s.task, device=device, detect_zero_filling=True,
                                      passes=passes)
-        per.setdefault(s.task, []).append(slice_scores(restored.array[:, :, 0] * s.scale, s.hq_phys * s.scale, s.task))
+        per.setdefault(s.task, []).append(slice_scores(restored.array[:, :, 0], s.hq_phys, s.task, s.scale))
     model.train(was_training)
     return _means(per)
 
@@ -119,7 +111,7 @@ def input_scores(val_set) -> dict:
     """Scores (docs/protocol.md) of the low-quality inputs of the validation slices (what a network must beat)."""
     per = {}
     for s in val_set:
-        per.setdefault(s.task, []).append(slice_scores(s.lq_phys * s.scale, s.hq_phys * s.scale, s.task))
+        per.setdefault(s.task, []).append(slice_scores(s.lq_phys, s.hq_phys, s.task, s.scale))
     return _means(per)
 
 

@@ -209,10 +209,7 @@ def _make_volume(vol, lq_vol, task: str, path: Path, holdout: bool | None) -> Tr
     lq = None if lq_vol is None else lq_vol.slices_first()
     mr_scale = None
     if task == MRI_SR:  # scaled robustly per volume, from the input the network sees (as at inference)
-        try:
-            mr_scale = intensity.mr_scale_factor(lq if lq is not None else hq)
-        except BadInputError as exc:
-            raise TrainingDataError(f"{path}: {exc}") from None
+        mr_scale = intensity.mr_scale_factor(lq if lq is not None else hq, str(path))
     s, h, _ = hq.shape
     if holdout is None:  # a validation volume: everything validates
         train, val, rows, vrows = np.arange(0), np.arange(s), 0, (0, h)
