@@ -49,6 +49,45 @@ def test_white_noise_after_zero_filling_hides_the_cliff_and_nothing_is_claimed(b
     assert zero_filled_factor(image) is None
 
 
+def test_a_spectrum_that_falls_steadily_is_no_band_edge_and_its_zero_filling_is():
+    """A texture whose power falls by the same ratio every step (below the cliff ratio, as a smooth
+    template's falls fast) is not zero-filled; cut to half its band, it is."""
+    rng, n = np.random.default_rng(3), 192
+    k = np.hypot(*np.meshgrid(np.fft.fftfreq(n) * n, np.fft.fftfreq(n) * n))
+    for step in (0.3, 0.25, 0.22):  # the power's fall over n / 16 samples, a band edge's measuring step
+        amplitude = np.exp(np.log(step) / (n // 16) * k / 2)
+        textures = [np.fft.ifft2(amplitude * np.exp(2j * np.pi * rng.random((n, n)))).real for _ in range(3)]
+        image = np.stack([t - t.min() for t in textures], axis=2)
+        assert zero_filled_factor(image) is None, step
+        assert zero_filled_factor(np.stack([mri_truncate(t - t.min(), 2) for t in textures], axis=2)) == 2, step
+
+
+@pytest.mark.parametrize("taper", ["hamming", "fermi 0.1"])
+@pytest.mark.parametrize("factor", [2, 4])
+def test_a_band_that_a_kspace_filter_tapered_keeps_its_factor(brain, factor, taper):
+    """Scanners taper the measured band (a Fermi or Hamming filter): its edge is still the factor's."""
+    rng = np.random.default_rng(factor)
+    slices = np.moveaxis(brain, 2, 0)
+    spectra = np.fft.fftshift(np.fft.fft2(slices + rng.normal(0, 2.0, slices.shape)), axes=(1, 2))
+    image = np.abs(np.fft.ifft2(np.fft.ifftshift(spectra * _tapered_band(brain.shape[:2], factor, taper), axes=(1, 2))))
+    assert zero_filled_factor(np.moveaxis(image, 0, 2).astype(np.float32)) == factor
+    assert zero_filled_factor(np.moveaxis(np.round(image), 0, 2).astype(np.int16)) == factor
+
+
+def _tapered_band(shape, factor, taper):
+    """The central 1/factor of centred k-space times a radial Fermi filter of width 0.1 or a
+    separable Hamming window (both over the band's half-width)."""
+    from amir_cli.imaging.kspace import kspace_mask
+
+    ky, kx = (np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
+    if taper == "hamming":
+        window = lambda k: 0.54 + 0.46 * np.cos(np.pi * np.minimum(k, 1.0))  # noqa: E731
+        filt = window(ky)[:, None] * window(kx)[None, :]
+    else:
+        filt = 1.0 / (1.0 + np.exp((np.hypot(ky[:, None], kx[None, :]) - 0.8) / 0.1))
+    return kspace_mask(shape, factor) * filt
+
+
 def test_images_that_are_not_magnitudes_or_too_small_are_never_zero_filled(brain):
     image = _zero_filled(brain, 2, "clean", np.random.default_rng(0))
     assert zero_filled_factor(image - 10.0) is None  # negative values: not a magnitude image

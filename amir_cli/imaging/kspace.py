@@ -64,24 +64,39 @@ def kspace_downsample(image2d: np.ndarray, scale: int) -> np.ndarray:
     return (np.abs(np.fft.ifft2(np.fft.ifftshift(band))) / (scale * scale)).astype(np.float32)
 
 
-# A zero-filled image's power spectrum falls off a cliff at the band edge: the mean power just
-# outside is below this fraction of the mean power just inside (about 0.4 to 0.7 on scanner images
-# that are not zero-filled, below 0.25 on zero-filled ones with noise and integer rounding).
-CLIFF_RATIO = 0.3
+# A zero-filled image's power spectrum falls off a cliff at the band edge. Across the edge the mean
+# power drops below CLIFF_RATIO of what it is just inside (0.25 to 1 on real scans that are not
+# zero-filled, mostly below 0.2 on zero-filled ones with noise and integer rounding), and more
+# sharply than one step further in (below STEEPNESS times that step's ratio): a smooth spectrum that
+# decays fast (an averaged template, a single thin slice) drops about as much in both places. A drop
+# below SHEER_RATIO is a cliff whatever the inside does: a k-space filter tapers the band towards its
+# edge. `benchmarks/zero_filling.py` counts what these thresholds recognise and miss.
+CLIFF_RATIO = 0.35
+STEEPNESS = 0.8
+SHEER_RATIO = 0.2
 DETECT_SLICES = 16  # slices of a volume whose spectra are averaged
 MIN_DETECT_SIDE = 64  # on smaller slices the band edge is too few samples wide to tell
 
 
-def band_edge_ratio(power: np.ndarray, factor: int) -> float:
-    """Mean power just outside over just inside the central ``n // factor`` samples (the band of
-    :func:`kspace_mask`) of a centred 1-D power profile of length n."""
+def band_edge_ratios(power: np.ndarray, factor: int) -> tuple[float, float]:
+    """Two ratios of a centred 1-D power profile of length n at the edge of its central ``n // factor``
+    samples (the band of :func:`kspace_mask`), over steps of 1/8 of the band: the mean power just
+    outside over just inside (across the edge), and just inside over one step further in (before it)."""
     n = len(power)
     m = max(1, n // factor)
     lo = n // 2 - m // 2
     hi, w = lo + m, max(2, m // 8)
     inside = np.r_[power[lo : lo + w], power[hi - w : hi]].mean()
     outside = np.r_[power[max(0, lo - w) : lo], power[hi : hi + w]].mean()
-    return float(outside / inside) if inside > 0 else float("inf")
+    deeper = np.r_[power[lo + w : lo + 2 * w], power[hi - 2 * w : hi - w]].mean()
+    ratio = lambda a, b: float(a / b) if b > 0 else float("inf")  # noqa: E731
+    return ratio(outside, inside), ratio(inside, deeper)
+
+
+def is_band_edge(power: np.ndarray, factor: int) -> bool:
+    """Whether a centred 1-D power profile falls off a cliff at the edge of its central 1/``factor``."""
+    across, before = band_edge_ratios(power, factor)
+    return across < SHEER_RATIO or (across < CLIFF_RATIO and across < STEEPNESS * before)
 
 
 def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -> int | None:
@@ -89,7 +104,8 @@ def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -
     in-plane axis (a scanner's zero-filling interpolation), or None when it is not zero-filled.
 
     The power spectra of up to ``DETECT_SLICES`` slices are averaged into one profile per in-plane
-    axis; f is the coarsest factor at whose band edge both profiles drop below ``CLIFF_RATIO``."""
+    axis; f is the coarsest factor at whose band edge both profiles fall off a cliff
+    (:func:`is_band_edge`)."""
     a = np.moveaxis(np.asarray(array, dtype=np.float32), slice_axis, 0)
     if a.size == 0 or float(a.min()) < 0 or min(a.shape[1:]) < MIN_DETECT_SIDE:
         return None
@@ -102,7 +118,7 @@ def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -
     power = (np.abs(np.fft.fftshift(np.fft.fft2(slices), axes=(1, 2))) ** 2).mean(axis=0)
     rows, cols = power.mean(axis=1), power.mean(axis=0)
     for f in factors:
-        if max(band_edge_ratio(rows, f), band_edge_ratio(cols, f)) < CLIFF_RATIO:
+        if is_band_edge(rows, f) and is_band_edge(cols, f):
             return int(f)
     return None
 
