@@ -179,6 +179,20 @@ def test_failing_case_is_reported_and_others_complete(tmp_path, tiny_weights):
     assert "FAILED" in (out / "summary.md").read_text()
 
 
+def test_folders_below_the_depth_searched_are_named_in_a_warning(tmp_path, tiny_weights):
+    """Cases are looked for five folders deep in HQ/ and LQ/; the folders below are named in one warning."""
+    ct = _phantom("ct-denoise")
+    deep = "a/b/c/d/e"
+    for split, image in (("HQ", ct), ("LQ", ct + 20)):
+        _save(image, tmp_path / f"d/CT/test/{split}/{deep}/head.nii.gz")
+        _save(image, tmp_path / f"d/CT/test/{split}/{deep}/f/head.nii.gz")
+    res = run_benchmark(BenchmarkRequest(tmp_path / "d", tmp_path / "o", weights=tiny_weights, figures=False,
+                                         with_baselines=False, max_slices=1))
+    assert {r["case"] for r in res.rows} == {f"{deep}/head"}
+    hq_f = tmp_path / f"d/CT/test/HQ/{deep}/f"
+    assert res.summary["warnings"] == [f"2 folders were left out, more than 5 folders deep (not searched for images): {hq_f}, ..."]
+
+
 def test_coarser_lq_grid_gets_zero_filled_input_and_bicubic(tmp_path, tiny_weights):
     data = tmp_path / "data"
     mr = _phantom("mri-sr", n=48)

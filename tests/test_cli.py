@@ -486,6 +486,23 @@ def test_batch_with_one_bad_case(tmp_path, ct_nii, mr_nii, tiny_weights):
     assert {r["task"] for r in summary["restored"]} == {"ct-denoise", "mri-sr"}
 
 
+def test_batch_says_which_folders_lie_below_the_depth_searched(tmp_path, ct_nii, tiny_weights):
+    """Cases are looked for five folders deep; a batch names, in one warning line, the folders below."""
+    scans = tmp_path / "scans"
+    five = scans / "a" / "b" / "c" / "d" / "e"
+    five.mkdir(parents=True)
+    shutil.copy(ct_nii, five / "ct.nii.gz")
+    for name in ("f", "g"):
+        (five / name).mkdir()
+        shutil.copy(ct_nii, five / name / "ct.nii.gz")
+    code, out, err = amir("restore", scans, "-o", tmp_path / "restored", "--weights", tiny_weights, "--quiet")
+    assert code == 0, err
+    warning = f"2 folders were left out, more than 5 folders deep (not searched for images): {five / 'f'}, ..."
+    assert err == f"amir: warning: {warning}\n"
+    summary = json.loads((tmp_path / "restored.json").read_text())
+    assert [r["input"] for r in summary["restored"]] == [str(five / "ct.nii.gz")] and summary["warnings"] == [warning]
+
+
 def test_batch_under_torchrun_takes_its_share(tmp_path, ct_nii, tiny_weights, monkeypatch):
     scans = tmp_path / "scans"
     scans.mkdir()

@@ -49,7 +49,7 @@ from amir_cli import baselines
 from amir_cli.errors import EXIT_OK, EXIT_PARTIAL, AmirError, BadInputError, one_line
 from amir_cli.files import Staging, write_json
 from amir_cli.imaging import degrade
-from amir_cli.imaging.io import read_image
+from amir_cli.imaging.io import read_image, unsearched_warnings
 from amir_cli.metrics import protocol_scale, volume_scores
 from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, MRI_SR, PET_SYNTHESIS
 
@@ -188,7 +188,8 @@ def run_benchmark(request: BenchmarkRequest, *, model=None, progress=None) -> Be
     can be run (no cases, weights unusable); per-case failures are returned in ``failures``.
     """
     request.check()
-    cases, skipped = plan_cases(request.data, request.simulate)
+    unsearched: list[Path] = []
+    cases, skipped = plan_cases(request.data, request.simulate, unsearched)
     out = Path(request.out_dir)
     replace = _check_out(out, request)
     t_start = time.perf_counter()
@@ -204,7 +205,7 @@ def run_benchmark(request: BenchmarkRequest, *, model=None, progress=None) -> Be
 
     rows: list[dict] = []
     failures: list[dict] = []
-    warnings: list[str] = []
+    warnings = unsearched_warnings(unsearched)
     showcase: dict[tuple[str, str], list[dict]] = {}
     for k, spec in enumerate(cases):
         label = f"{spec.task} {spec.level or '-'} {spec.name}"
