@@ -274,6 +274,26 @@ def test_dicom_series_round_trip_checked_by_dciodvfy_and_dcm2niix(build, tmp_pat
         np.testing.assert_allclose(a.affine, b.affine, atol=1e-3)
 
 
+def test_a_dicom_folder_named_like_an_image_file_is_a_series_folder(tmp_path, tiny_weights):
+    """scan.nii/ holding a series restores as any series folder does, to scan.nii_amir/; in a batch too,
+    where its own name would write a NIfTI file."""
+    for name in ("scan.nii", "series.dcm"):
+        series = DB.ct_series(tmp_path / name)
+        before = sha(series)
+        code, _, err = amir("restore", f"{series}/", "--weights", tiny_weights, "--quiet")
+        assert code == 0, err
+        out = tmp_path / f"{name}_amir"
+        assert out.is_dir() and len(list(out.iterdir())) == 6 and (tmp_path / f"{name}_amir.json").is_file()
+        assert sha(series) == before
+    scans = tmp_path / "scans"
+    DB.ct_series(scans / "scan.nii")
+    DB.ct_series(scans / "plain")
+    code, _, err = amir("restore", scans, "-o", tmp_path / "restored", "--weights", tiny_weights, "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["plain", "plain.json", "scan.nii_amir", "scan.nii_amir.json"]
+    assert (tmp_path / "restored" / "scan.nii_amir").is_dir() and len(list((tmp_path / "restored" / "scan.nii_amir").iterdir())) == 6
+
+
 def test_dicom_to_nifti_output(tmp_path, tiny_weights):
     series = DB.ct_series(tmp_path / "ct")
     code, _, err = amir("restore", series, "-o", tmp_path / "ct.nii.gz", "--weights", tiny_weights, "--quiet")
@@ -409,7 +429,7 @@ def _fp16_on_cpu(tmp, ct_nii):
         (_nans, "NaN"),
         (_one_pixel, "at least 16x16"),
         (_huge_header, "20000"),
-        (_dir_named_nii, "folder"),
+        (_dir_named_nii, "no images"),  # a folder whatever its name: an empty one
         (_missing_output_folder, "does not exist"),
         (_scale_for_ct, "mri-sr only"),
         (_kspace_factor_for_ct, "mri-sr only"),

@@ -83,9 +83,7 @@ def read_image(path: str | Path, series_uid: str | None = None) -> Volume:
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"{p}: no such file or folder")
-    if p.is_dir():
-        if image_suffix(p) or p.suffix.lower() in dicom.DICOM_SUFFIXES:
-            raise BadInputError(f"{p}: is a folder, not an image file")
+    if p.is_dir():  # whatever its name says (scan.nii/)
         return dicom.read_series_folder(p, series_uid)
     if not os.access(p, os.R_OK):
         raise BadInputError(f"{p}: file is not readable (permission denied)")
@@ -378,7 +376,7 @@ def named_cases(folder: str | Path, skip: tuple[str, ...] = (), unsearched: list
     root = Path(folder)
     named: dict[str, Path] = {}
     for p in list_cases(root, skip, unsearched=unsearched):
-        name = root.name if p == root else str(p.relative_to(root).parent / (stem(p) if image_suffix(p) else p.name))
+        name = root.name if p == root else str(p.relative_to(root).parent / (p.name if p.is_dir() else stem(p)))
         if name in named:
             raise BadInputError(f"{named[name]} and {p}: two images of one case {name!r}")
         named[name] = p
