@@ -66,14 +66,19 @@ def _task_folders(root: Path) -> list[tuple[str, Path]]:
     return [(FOLDER_TASK[p.name.lower()], p) for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in FOLDER_TASK]
 
 
-def place_volumes(paths) -> list[tuple[Path, str, str]]:
+def place_volumes(paths) -> list[tuple[Path, str | None, str]]:
     """(path, task, reason) of each volume of a flat folder, decided as `amir restore --task auto`
-    decides (:func:`amir_cli.taskdetect.detect_task`); a volume it cannot place is an error."""
+    decides (:func:`amir_cli.taskdetect.detect_task`); an unreadable volume has no task (the reason
+    says why), and a volume it cannot place is an error."""
     from amir_cli.taskdetect import detect_task
 
     placed = []
     for p in paths:
-        volume = read_image(p)  # an unreadable volume says why
+        try:
+            volume = read_image(p)
+        except BadInputError as exc:
+            placed.append((p, None, str(exc)))
+            continue
         try:
             task, reason = detect_task(volume)
         except BadInputError:
@@ -105,7 +110,10 @@ def plan_cases(data, simulate=(), unsearched: list[Path] | None = None) -> tuple
         named = named_cases(root, unsearched=unsearched)
         name_of = {p: name for name, p in named.items()}
         for p, task, reason in place_volumes(named.values()):
-            if task in wanted:
+            if task is None:  # unreadable: a case of every --simulate, failed when scored, as a paired one is
+                for t in wanted:
+                    by_task[t][name_of[p]] = p
+            elif task in wanted:
                 by_task[task][name_of[p]] = p
             else:
                 skipped.append({"volume": name_of[p], "task": task, "reason": reason})
