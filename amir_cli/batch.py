@@ -13,8 +13,8 @@ from .device import torchrun
 from .errors import BadInputError, DeviceError, WeightsError, one_line
 from .files import write_json
 from .imaging import dicom
-from .imaging.io import list_cases
-from .placement import check_output, default_output, is_amir_output, report_path_for, same_or_inside, written_files
+from .imaging.io import list_cases, unsearched_warnings
+from .placement import FILE_EXTENSION, check_output, default_output, is_amir_output, report_path_for, same_or_inside, written_files
 from .restore import Progress, RestoreOptions, case_files, restore_case
 from .weights import LoadedWeights
 
@@ -28,17 +28,21 @@ def distributed_share(cases: list) -> tuple[list, int, int]:
 
 
 def batch_output_for(case: Path, root: Path, out_root: Path) -> Path:
-    """A case's output inside the batch output folder, under its path relative to the input."""
+    """A case's output inside the batch output folder, under its path relative to the input; a DICOM
+    folder named like a file (``scan.nii/``) under its default output's name (``scan.nii_amir/``),
+    as its own would write a file of that format."""
     rel = case.relative_to(root)
+    if case != root and case.is_dir() and FILE_EXTENSION.fullmatch(case.suffix.lower()):
+        rel = default_output(case).relative_to(root)
     return out_root / rel
 
 
-def batch_jobs(folder: Path, out_root: Path) -> list[tuple[Path, str | None, Path]]:
+def batch_jobs(folder: Path, out_root: Path, unsearched: list[Path] | None = None) -> list[tuple[Path, str | None, Path]]:
     """(case, SeriesInstanceUID or None, output) of every case of ``folder``: a DICOM folder that
     holds several series, or other cases below it, gives one job per series, each written to a
-    folder named after it."""
+    folder named after it. ``unsearched``: as for :func:`list_cases`."""
     jobs = []
-    cases = list_cases(folder)
+    cases = list_cases(folder, unsearched=unsearched)
     for case in cases:
         target = batch_output_for(case, folder, out_root)
         try:
@@ -104,7 +108,8 @@ def restore_batch(
     if out_root.is_dir() and dicom.folder_dicom_files(out_root) and is_amir_output(out_root):  # a batch's outputs would mix with that series' files
         raise BadInputError(f"{out_root}: holds one restored DICOM series of an earlier run; a batch writes a folder "
                             "of outputs: choose another -o")
-    jobs = batch_jobs(folder, out_root)
+    unsearched: list[Path] = []
+    jobs = batch_jobs(folder, out_root, unsearched)
     stale = stale_outputs(out_root, jobs) if out_root.is_dir() else []
     if stale:  # an earlier batch of another layout: its outputs would be mixed with this one's
         raise BadInputError(f"{out_root}: holds {len(stale)} earlier output file{'s' if len(stale) > 1 else ''} that this "
@@ -143,6 +148,7 @@ def restore_batch(
         "world_size": world,
         "restored": done,
         "failed": failed,
+        "warnings": unsearched_warnings(unsearched),
         "seconds": round(time.perf_counter() - started, 4),
     }
     summary["report"] = str(out_root.parent / name)

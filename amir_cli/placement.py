@@ -26,7 +26,7 @@ def is_dicom_input(path: Path) -> bool:
 def is_batch_input(path: Path) -> bool:
     """A folder is a batch of cases unless it holds the DICOM files of one series and no other
     image file or DICOM folder."""
-    if not path.is_dir() or image_suffix(path):
+    if not path.is_dir():
         return False
     try:
         if list_cases(path) != [path]:

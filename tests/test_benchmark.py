@@ -179,6 +179,20 @@ def test_failing_case_is_reported_and_others_complete(tmp_path, tiny_weights):
     assert "FAILED" in (out / "summary.md").read_text()
 
 
+def test_folders_below_the_depth_searched_are_named_in_a_warning(tmp_path, tiny_weights):
+    """Cases are looked for five folders deep in HQ/ and LQ/; the folders below are named in one warning."""
+    ct = _phantom("ct-denoise")
+    deep = "a/b/c/d/e"
+    for split, image in (("HQ", ct), ("LQ", ct + 20)):
+        _save(image, tmp_path / f"d/CT/test/{split}/{deep}/head.nii.gz")
+        _save(image, tmp_path / f"d/CT/test/{split}/{deep}/f/head.nii.gz")
+    res = run_benchmark(BenchmarkRequest(tmp_path / "d", tmp_path / "o", weights=tiny_weights, figures=False,
+                                         with_baselines=False, max_slices=1))
+    assert {r["case"] for r in res.rows} == {f"{deep}/head"}
+    hq_f = tmp_path / f"d/CT/test/HQ/{deep}/f"
+    assert res.summary["warnings"] == [f"2 folders were left out, more than 5 folders deep (not searched for images): {hq_f}, ..."]
+
+
 def test_coarser_lq_grid_gets_zero_filled_input_and_bicubic(tmp_path, tiny_weights):
     data = tmp_path / "data"
     mr = _phantom("mri-sr", n=48)
@@ -467,9 +481,25 @@ def test_case_names_are_unique_and_unreadable_volumes_say_why(tmp_path):
     flat = tmp_path / "flat"
     _save(ct, flat / "ct_good.nii.gz")
     (flat / "ct_bad.nii.gz").write_bytes((flat / "ct_good.nii.gz").read_bytes()[:200])
-    with pytest.raises(BadInputError) as err:
-        plan_cases(flat, ["ct-denoise"])
-    assert "ct_bad.nii.gz" in str(err.value) and "cannot tell its task" not in str(err.value)
+    # an unreadable volume: a case of every --simulate (its task cannot be told), which fails when scored
+    assert [(c.name, c.task) for c in plan_cases(flat, ["ct-denoise", "pet-synthesis"])[0]] == [
+        ("ct_bad", "ct-denoise"), ("ct_good", "ct-denoise"), ("ct_bad", "pet-synthesis")]
+
+
+def test_flat_folder_with_an_unreadable_volume_fails_that_case_and_scores_the_others(tmp_path, tiny_weights):
+    data = tmp_path / "hq"
+    _save(_phantom("ct-denoise"), data / "head.nii.gz")
+    (data / "cut.nii.gz").write_bytes((data / "head.nii.gz").read_bytes()[:200])
+    out = tmp_path / "out"
+
+    result = _invoke([data, "-o", out, "-w", tiny_weights, "--simulate", "ct-denoise", "--no-baselines", "--quiet"])
+
+    assert result.exit_code == 3, result.output
+    assert "cut.nii.gz" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 2 and [(f["case"], f["task"]) for f in summary["failed"]] == [("cut", "ct-denoise")]
+    assert "cut.nii.gz" in summary["failed"][0]["error"]
+    assert {r["case"] for r in _read_csv(out / "cases.csv")} == {"head"}
 
 
 def test_warnings_name_a_wrong_folder_and_an_input_equal_to_its_reference(tmp_path, tiny_weights):

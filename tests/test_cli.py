@@ -274,6 +274,26 @@ def test_dicom_series_round_trip_checked_by_dciodvfy_and_dcm2niix(build, tmp_pat
         np.testing.assert_allclose(a.affine, b.affine, atol=1e-3)
 
 
+def test_a_dicom_folder_named_like_an_image_file_is_a_series_folder(tmp_path, tiny_weights):
+    """scan.nii/ holding a series restores as any series folder does, to scan.nii_amir/; in a batch too,
+    where its own name would write a NIfTI file."""
+    for name in ("scan.nii", "series.dcm"):
+        series = DB.ct_series(tmp_path / name)
+        before = sha(series)
+        code, _, err = amir("restore", f"{series}/", "--weights", tiny_weights, "--quiet")
+        assert code == 0, err
+        out = tmp_path / f"{name}_amir"
+        assert out.is_dir() and len(list(out.iterdir())) == 6 and (tmp_path / f"{name}_amir.json").is_file()
+        assert sha(series) == before
+    scans = tmp_path / "scans"
+    DB.ct_series(scans / "scan.nii")
+    DB.ct_series(scans / "plain")
+    code, _, err = amir("restore", scans, "-o", tmp_path / "restored", "--weights", tiny_weights, "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "restored").iterdir()) == ["plain", "plain.json", "scan.nii_amir", "scan.nii_amir.json"]
+    assert (tmp_path / "restored" / "scan.nii_amir").is_dir() and len(list((tmp_path / "restored" / "scan.nii_amir").iterdir())) == 6
+
+
 def test_dicom_to_nifti_output(tmp_path, tiny_weights):
     series = DB.ct_series(tmp_path / "ct")
     code, _, err = amir("restore", series, "-o", tmp_path / "ct.nii.gz", "--weights", tiny_weights, "--quiet")
@@ -409,7 +429,7 @@ def _fp16_on_cpu(tmp, ct_nii):
         (_nans, "NaN"),
         (_one_pixel, "at least 16x16"),
         (_huge_header, "20000"),
-        (_dir_named_nii, "folder"),
+        (_dir_named_nii, "no images"),  # a folder whatever its name: an empty one
         (_missing_output_folder, "does not exist"),
         (_scale_for_ct, "mri-sr only"),
         (_kspace_factor_for_ct, "mri-sr only"),
@@ -432,7 +452,7 @@ def test_bad_inputs(make, needle, tmp_path, ct_nii, tiny_weights, amir_home):
         args = [*args, "--weights", tiny_weights]
     code, out, err = amir("restore", *args)
     if make in (_scale_for_ct, _kspace_factor_for_ct, _kspace_factor_with_scale):  # usage errors: exit 2
-        assert code == 2 and "Usage" in err, (code, err)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("amir: error: ") and needle in err, (code, err)
     else:
         assert code == 1, (code, err)
         assert err.count("\n") == 1 and err.startswith("amir: error: ") and "Traceback" not in err, err
@@ -484,6 +504,23 @@ def test_batch_with_one_bad_case(tmp_path, ct_nii, mr_nii, tiny_weights):
     summary = json.loads((tmp_path / "restored.json").read_text())
     assert len(summary["restored"]) == 3 and len(summary["failed"]) == 1
     assert {r["task"] for r in summary["restored"]} == {"ct-denoise", "mri-sr"}
+
+
+def test_batch_says_which_folders_lie_below_the_depth_searched(tmp_path, ct_nii, tiny_weights):
+    """Cases are looked for five folders deep; a batch names, in one warning line, the folders below."""
+    scans = tmp_path / "scans"
+    five = scans / "a" / "b" / "c" / "d" / "e"
+    five.mkdir(parents=True)
+    shutil.copy(ct_nii, five / "ct.nii.gz")
+    for name in ("f", "g"):
+        (five / name).mkdir()
+        shutil.copy(ct_nii, five / name / "ct.nii.gz")
+    code, out, err = amir("restore", scans, "-o", tmp_path / "restored", "--weights", tiny_weights, "--quiet")
+    assert code == 0, err
+    warning = f"2 folders were left out, more than 5 folders deep (not searched for images): {five / 'f'}, ..."
+    assert err == f"amir: warning: {warning}\n"
+    summary = json.loads((tmp_path / "restored.json").read_text())
+    assert [r["input"] for r in summary["restored"]] == [str(five / "ct.nii.gz")] and summary["warnings"] == [warning]
 
 
 def test_batch_under_torchrun_takes_its_share(tmp_path, ct_nii, tiny_weights, monkeypatch):

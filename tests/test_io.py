@@ -334,7 +334,7 @@ def _rgb(tmp_path, ct_nii):
         (_nans, "2 NaN or infinite"),
         (_one_pixel, "1x1"),
         (_huge_header, "20000x20000"),
-        (_folder_as_file, "is a folder"),
+        (_folder_as_file, "dir.nii.gz: folder is empty"),  # a folder whatever its name
         (_empty_folder, "empty"),
         (_missing, "no such file"),
         (_garbage_mha, "not a readable"),

@@ -2,7 +2,7 @@
 per command group (restore and degrade, weights, train, benchmark) around `common`.
 
 Errors become exit codes at this edge only (README, Commands): 0 ok, 1 error (one line on stderr, no
-traceback unless AMIR_DEBUG=1), 2 usage error (Typer/Click), 3 a batch where some cases failed.
+traceback unless AMIR_DEBUG=1), 2 usage error (one line too), 3 a batch where some cases failed.
 torch and the heavy modules are imported inside command bodies so that `amir --help` starts fast.
 """
 
@@ -13,13 +13,16 @@ import logging
 import os
 import sys
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import typer
 
 from ..errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, AmirError, one_line
 from . import restore, train, benchmark, weights  # noqa: F401, I001  (each registers its commands on `app`, in the order of --help)
 from .common import app, info, print_json, progress_bar
+
+# click's exceptions, from the copy of click that recent typer versions carry or from click itself
+_click = sys.modules[typer.BadParameter.__module__]
 
 __all__ = ["app", "main", "info", "print_json", "progress_bar", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PARTIAL"]
 
@@ -44,18 +47,30 @@ def _plain_library_messages():
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point (`amir = amir_cli.cli:main`).
 
-    Click handles usage errors itself (message + exit 2); everything else that escapes a command
-    becomes one line `amir: error: <message>` on stderr and exit code 1.
+    A usage error becomes one line `amir: error: <message> (see 'amir CMD --help')` on stderr and exit
+    code 2; everything else that escapes a command becomes one line `amir: error: <message>` and exit 1.
     """
     debug = os.environ.get("AMIR_DEBUG", "") not in ("", "0")
     try:
-        if debug:
-            app(args=argv, prog_name="amir")
-        else:
-            with _plain_library_messages():
-                app(args=argv, prog_name="amir")
+        with nullcontext() if debug else _plain_library_messages():
+            # not standalone: click's errors come here; an Exit's code (help, --version, a partial batch) is returned
+            sys.exit(app(args=argv, prog_name="amir", standalone_mode=False))
     except SystemExit:
         raise
+    except _click.UsageError as exc:
+        if isinstance(exc, getattr(_click, "NoArgsIsHelpError", ())):  # `amir`, `amir weights`: the help in full
+            exc.show()
+        else:
+            command = exc.ctx.command_path if exc.ctx else "amir"
+            message = " ".join(exc.format_message().split()).rstrip(".")
+            typer.echo(f"amir: error: {message} (see '{command} --help')", err=True)
+        sys.exit(exc.exit_code)
+    except _click.ClickException as exc:
+        typer.echo(f"amir: error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("amir: error: aborted", err=True)
+        sys.exit(EXIT_ERROR)
     except KeyboardInterrupt:
         typer.echo("amir: error: interrupted", err=True)
         sys.exit(130)

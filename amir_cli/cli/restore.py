@@ -134,6 +134,8 @@ def _restore_folder(loaded, folder: Path, output: Path | None, options, quiet: b
             return lambda done, total: bar.update(job, completed=done, total=total)
 
         summary = restore_batch(loaded, folder, output, options, on_case=on_case, progress_for=progress_for)
+    for w in summary["warnings"]:
+        typer.echo(f"amir: warning: {w}", err=True)
     if json_out:
         print_json(summary)
     elif not quiet:

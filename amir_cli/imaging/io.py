@@ -32,6 +32,7 @@ from amir_cli.imaging.volume import (
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+CASE_DEPTH = 5  # how many folders deep below an input folder cases are looked for
 
 
 def _nibabel():
@@ -82,9 +83,7 @@ def read_image(path: str | Path, series_uid: str | None = None) -> Volume:
     p = Path(path)
     if not p.exists():
         raise BadInputError(f"{p}: no such file or folder")
-    if p.is_dir():
-        if image_suffix(p) or p.suffix.lower() in dicom.DICOM_SUFFIXES:
-            raise BadInputError(f"{p}: is a folder, not an image file")
+    if p.is_dir():  # whatever its name says (scan.nii/)
         return dicom.read_series_folder(p, series_uid)
     if not os.access(p, os.R_OK):
         raise BadInputError(f"{p}: file is not readable (permission denied)")
@@ -353,15 +352,17 @@ def _read_itk(p: Path) -> Volume:
 # batch discovery
 
 
-def list_cases(folder: str | Path, skip: tuple[str, ...] = (), required: bool = True) -> list[Path]:
+def list_cases(folder: str | Path, skip: tuple[str, ...] = (), required: bool = True,
+               unsearched: list[Path] | None = None) -> list[Path]:
     """Cases in an input folder, sorted: every folder (itself included) that directly holds DICOM
     files, and every image file (.nii, .nii.gz, .mha, .mhd, .nrrd), five folders deep at most (a DICOM
     folder may hold several series: :func:`amir_cli.imaging.dicom.folder_series`). ``skip``: names of
-    the folder's subfolders not searched; ``required``: no case is an error."""
+    the folder's subfolders not searched; ``required``: no case is an error; ``unsearched``, a list,
+    gets the folders below that depth, which are not searched (:func:`unsearched_warnings`)."""
     root = Path(folder)
     if not root.is_dir():
         raise BadInputError(f"{root}: not a folder")
-    cases = _cases_in(root, depth=5, skip=skip)
+    cases = _cases_in(root, CASE_DEPTH, skip, [] if unsearched is None else unsearched)
     if not cases and required:
         raise BadInputError(
             f"{root}: no images found (expected .nii, .nii.gz, .mha, .mhd, .nrrd files or DICOM series folders)"
@@ -369,30 +370,39 @@ def list_cases(folder: str | Path, skip: tuple[str, ...] = (), required: bool = 
     return cases
 
 
-def named_cases(folder: str | Path, skip: tuple[str, ...] = ()) -> dict[str, Path]:
+def named_cases(folder: str | Path, skip: tuple[str, ...] = (), unsearched: list[Path] | None = None) -> dict[str, Path]:
     """{name: path} of :func:`list_cases`, each named by its path below ``folder`` without the image
     suffix (the folder itself, holding DICOM files, by its own name); two cases of one name are refused."""
     root = Path(folder)
     named: dict[str, Path] = {}
-    for p in list_cases(root, skip):
-        name = root.name if p == root else str(p.relative_to(root).parent / (stem(p) if image_suffix(p) else p.name))
+    for p in list_cases(root, skip, unsearched=unsearched):
+        name = root.name if p == root else str(p.relative_to(root).parent / (p.name if p.is_dir() else stem(p)))
         if name in named:
             raise BadInputError(f"{named[name]} and {p}: two images of one case {name!r}")
         named[name] = p
     return named
 
 
-def paired_names(folder: str | Path) -> dict[str, Path]:
+def paired_names(folder: str | Path, unsearched: list[Path] | None = None) -> dict[str, Path]:
     """:func:`named_cases` of a paired HQ/ or LQ folder, whose names pair its cases with the other's
     (DICOM files directly in it would be one case named after the folder, which pairs with nothing)."""
-    named = named_cases(folder)
+    named = named_cases(folder, unsearched=unsearched)
     if named.get(Path(folder).name) == Path(folder):
         raise BadInputError(f"{folder}: holds DICOM files itself; put each DICOM case in a subfolder named "
                             "alike in HQ/ and LQ/")
     return named
 
 
-def _cases_in(folder: Path, depth: int, skip: tuple[str, ...] = ()) -> list[Path]:
+def unsearched_warnings(folders: list[Path]) -> list[str]:
+    """The warning line on the folders :func:`list_cases` did not search, if there are any."""
+    if not folders:
+        return []
+    n = len(folders)
+    return [f"{n} folder{'s were' if n > 1 else ' was'} left out, more than {CASE_DEPTH} folders deep (not searched for "
+            f"images): {folders[0]}{', ...' if n > 1 else ''}"]
+
+
+def _cases_in(folder: Path, depth: int, skip: tuple[str, ...], unsearched: list[Path]) -> list[Path]:
     from amir_cli.imaging import dicom
 
     cases = [folder] if dicom.folder_dicom_files(folder) else []
@@ -402,7 +412,9 @@ def _cases_in(folder: Path, depth: int, skip: tuple[str, ...] = ()) -> list[Path
         if entry.is_file() and image_suffix(entry):
             cases.append(entry)
         elif entry.is_dir() and depth > 0:
-            cases.extend(_cases_in(entry, depth - 1))
+            cases.extend(_cases_in(entry, depth - 1, (), unsearched))
+        elif entry.is_dir():
+            unsearched.append(entry)
     return cases
 
 

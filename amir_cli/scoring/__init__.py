@@ -12,7 +12,8 @@ Data
   modality folders ``DATA/{MRI,CT,PET}/`` each task takes the volumes of its folder; in a flat folder
   each volume's task is decided as `amir restore --task auto` decides it (Modality, header and file
   name words, intensities), each simulation takes the volumes of its task, the others are listed as
-  skipped, and a volume that cannot be placed is an error.  The low-quality input is made by the
+  skipped, an unreadable volume is a failed case of every simulation (whose task it may have), and a
+  volume that cannot be placed is an error.  The low-quality input is made by the
   degradation (docs/protocol.md) of each scored slice with the generator :func:`degrade.slice_rng` of (case seed,
   slice index), so a slice degrades the same whether or not ``--max-slices`` is used.
 
@@ -49,7 +50,7 @@ from amir_cli import baselines
 from amir_cli.errors import EXIT_OK, EXIT_PARTIAL, AmirError, BadInputError, one_line
 from amir_cli.files import Staging, write_json
 from amir_cli.imaging import degrade
-from amir_cli.imaging.io import read_image
+from amir_cli.imaging.io import read_image, unsearched_warnings
 from amir_cli.metrics import protocol_scale, volume_scores
 from amir_cli.tasks import EVAL_WINDOW, MR_FACTORS, MRI_SR, PET_SYNTHESIS
 
@@ -188,7 +189,8 @@ def run_benchmark(request: BenchmarkRequest, *, model=None, progress=None) -> Be
     can be run (no cases, weights unusable); per-case failures are returned in ``failures``.
     """
     request.check()
-    cases, skipped = plan_cases(request.data, request.simulate)
+    unsearched: list[Path] = []
+    cases, skipped = plan_cases(request.data, request.simulate, unsearched)
     out = Path(request.out_dir)
     replace = _check_out(out, request)
     t_start = time.perf_counter()
@@ -204,7 +206,7 @@ def run_benchmark(request: BenchmarkRequest, *, model=None, progress=None) -> Be
 
     rows: list[dict] = []
     failures: list[dict] = []
-    warnings: list[str] = []
+    warnings = unsearched_warnings(unsearched)
     showcase: dict[tuple[str, str], list[dict]] = {}
     for k, spec in enumerate(cases):
         label = f"{spec.task} {spec.level or '-'} {spec.name}"

@@ -66,14 +66,19 @@ def _task_folders(root: Path) -> list[tuple[str, Path]]:
     return [(FOLDER_TASK[p.name.lower()], p) for p in sorted(root.iterdir()) if p.is_dir() and p.name.lower() in FOLDER_TASK]
 
 
-def place_volumes(paths) -> list[tuple[Path, str, str]]:
+def place_volumes(paths) -> list[tuple[Path, str | None, str]]:
     """(path, task, reason) of each volume of a flat folder, decided as `amir restore --task auto`
-    decides (:func:`amir_cli.taskdetect.detect_task`); a volume it cannot place is an error."""
+    decides (:func:`amir_cli.taskdetect.detect_task`); an unreadable volume has no task (the reason
+    says why), and a volume it cannot place is an error."""
     from amir_cli.taskdetect import detect_task
 
     placed = []
     for p in paths:
-        volume = read_image(p)  # an unreadable volume says why
+        try:
+            volume = read_image(p)
+        except BadInputError as exc:
+            placed.append((p, None, str(exc)))
+            continue
         try:
             task, reason = detect_task(volume)
         except BadInputError:
@@ -85,27 +90,30 @@ def place_volumes(paths) -> list[tuple[Path, str, str]]:
     return placed
 
 
-def plan_cases(data, simulate=()) -> tuple[list[CaseSpec], list[dict]]:
+def plan_cases(data, simulate=(), unsearched: list[Path] | None = None) -> tuple[list[CaseSpec], list[dict]]:
     """The cases of a benchmark folder and the volumes skipped (a flat folder's volumes whose task no
-    ``--simulate`` names: ``{"volume", "task", "reason"}``)."""
+    ``--simulate`` names: ``{"volume", "task", "reason"}``); ``unsearched``: as for :func:`amir_cli.imaging.io.list_cases`."""
     root = Path(data)
     if not root.is_dir():
         raise BadInputError(f"{root}: benchmark data folder {'is not a folder' if root.exists() else 'not found'}")
     sims = [s if isinstance(s, Simulation) else parse_simulate(s) for s in simulate]
     folders = _task_folders(root)
     if not sims:
-        return _paired_cases(root, folders), []
+        return _paired_cases(root, folders, unsearched), []
     by_task: dict[str, dict[str, Path]] = {t: {} for t in TASKS}
     skipped: list[dict] = []
     if folders:  # their high-quality volumes, not a paired test/ layout or validation subjects
         for task, folder in folders:
-            by_task[task] = named_cases(folder, skip=("test", "validation"))
+            by_task[task] = named_cases(folder, skip=("test", "validation"), unsearched=unsearched)
     else:
         wanted = {s.task for s in sims}
-        named = named_cases(root)
+        named = named_cases(root, unsearched=unsearched)
         name_of = {p: name for name, p in named.items()}
         for p, task, reason in place_volumes(named.values()):
-            if task in wanted:
+            if task is None:  # unreadable: a case of every --simulate, failed when scored, as a paired one is
+                for t in wanted:
+                    by_task[t][name_of[p]] = p
+            elif task in wanted:
                 by_task[task][name_of[p]] = p
             else:
                 skipped.append({"volume": name_of[p], "task": task, "reason": reason})
@@ -120,19 +128,19 @@ def plan_cases(data, simulate=()) -> tuple[list[CaseSpec], list[dict]]:
     return cases, skipped
 
 
-def _paired_cases(root: Path, folders) -> list[CaseSpec]:
+def _paired_cases(root: Path, folders, unsearched: list[Path] | None) -> list[CaseSpec]:
     cases: list[CaseSpec] = []
     for task, folder in folders:
         test = folder / "test"
         if not (test / "HQ").is_dir():
             continue
-        hq = paired_names(test / "HQ")
+        hq = paired_names(test / "HQ", unsearched)
         lq_dirs = sorted(d for d in test.iterdir() if d.is_dir() and re.fullmatch(r"LQ(_.+)?", d.name))
         if not lq_dirs:
             raise BadInputError(f"{test}: no LQ folder beside HQ")
         for lq_dir in lq_dirs:
             level = lq_dir.name[3:]
-            lq = paired_names(lq_dir)
+            lq = paired_names(lq_dir, unsearched)
             for name in sorted(set(hq) | set(lq)):
                 cases.append(CaseSpec(name, task, level, hq.get(name), lq.get(name)))  # type: ignore[arg-type]
     if not cases:
