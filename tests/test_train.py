@@ -615,6 +615,24 @@ def test_volumes_below_a_data_folder_train_but_not_those_of_its_validation_or_te
     assert [v.name for v in train_volumes] == ["a"] and [v.name for v in val_volumes] == ["v"]
 
 
+def test_training_folders_below_the_depth_searched_are_named_in_a_warning(tmp_path):
+    _save(tmp_path / "D" / "CT" / "a.nii.gz", _phantom("CT"))
+    _save(tmp_path / "D" / "CT" / "1" / "2" / "3" / "4" / "5" / "6" / "deep.nii.gz", _phantom("CT", seed=2))
+    with pytest.warns(UserWarning, match=r"1 folder was left out, more than 5 folders deep .*CT/1/2/3/4/5/6"):
+        train_volumes, _val, _layout = load_volumes(tmp_path / "D", ("ct-denoise",))
+    assert [v.name for v in train_volumes] == ["a"]
+
+
+def test_a_dicom_training_folder_named_like_an_image_file_keeps_its_whole_name(tmp_path):
+    from amir_cli.training.volumes import _make_volume
+    from amir_cli.imaging.io import Volume
+
+    folder = tmp_path / "scan.nii"
+    folder.mkdir()
+    volume = _make_volume(Volume(_phantom("CT"), np.eye(4)), None, "ct-denoise", folder, holdout=False)
+    assert volume.name == "scan.nii"
+
+
 def test_paired_training_cases_pair_by_their_path_below_hq_and_lq(tmp_path):
     for split, sub in (("HQ", "a"), ("HQ", "c"), ("LQ", "b"), ("LQ", "c")):
         _save(tmp_path / "P" / "MRI" / "train" / split / sub / "x.nii.gz", _phantom("MRI", seed=ord(sub)))

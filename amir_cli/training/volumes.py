@@ -15,6 +15,7 @@ keeps its bottom rows out instead, unless whole validation volumes are given.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import intensity
-from amir_cli.imaging.io import image_suffix, list_cases, paired_names, read_image, stem
+from amir_cli.imaging.io import list_cases, paired_names, read_image, stem, unsearched_warnings
 from amir_cli.tasks import FOLDER_TASK, MRI_SR, TASKS
 
 VAL_FRACTION = 0.10  # slices (or rows of a single-slice image) held out per volume
@@ -173,17 +174,28 @@ def load_volumes(root, tasks=TASKS) -> tuple[list[TrainVolume], list[TrainVolume
 
 
 def _cases(folder: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    unsearched: list[Path] = []
     try:
-        return list_cases(folder, skip)
+        cases = list_cases(folder, skip, unsearched=unsearched)
     except BadInputError as exc:
         raise TrainingDataError(str(exc)) from None
+    _warn_unsearched(unsearched)
+    return cases
 
 
 def _names(folder: Path) -> dict[str, Path]:
+    unsearched: list[Path] = []
     try:
-        return paired_names(folder)
+        names = paired_names(folder, unsearched)
     except BadInputError as exc:
         raise TrainingDataError(str(exc)) from None
+    _warn_unsearched(unsearched)
+    return names
+
+
+def _warn_unsearched(folders: list[Path]) -> None:
+    for line in unsearched_warnings(folders):  # `amir train` prints it as one warning line
+        warnings.warn(line, stacklevel=3)
 
 
 def _paired_volumes(split: Path, task: str, holdout: bool | None) -> list[TrainVolume]:
@@ -217,7 +229,7 @@ def _make_volume(vol, lq_vol, task: str, path: Path, holdout: bool | None) -> Tr
         train, val, rows, vrows = np.arange(s), np.arange(0), h, (0, 0)
     else:
         train, val, rows, vrows = _held_out(s, h)
-    name = stem(path) if image_suffix(path) else Path(path).name
+    name = Path(path).name if Path(path).is_dir() else stem(path)  # a DICOM folder by its whole name
     slice_mm = float(vol.spacing_mm[vol.slice_axis]) if s > 1 else 0.0
     return TrainVolume(name, task, hq, lq, _pixel_mm(vol), mr_scale, train, val, rows, vrows, str(path), slice_mm)
 
