@@ -13,8 +13,8 @@ from .device import torchrun
 from .errors import BadInputError, DeviceError, WeightsError, one_line
 from .files import write_json
 from .imaging import dicom
-from .imaging.io import list_cases, unsearched_warnings
-from .placement import FILE_EXTENSION, check_output, default_output, is_amir_output, report_path_for, same_or_inside, written_files
+from .imaging.io import image_suffix, list_cases, unsearched_warnings
+from .placement import check_output, default_output, is_amir_output, report_path_for, same_or_inside, written_files
 from .restore import Progress, RestoreOptions, case_files, restore_case
 from .weights import LoadedWeights
 
@@ -29,10 +29,10 @@ def distributed_share(cases: list) -> tuple[list, int, int]:
 
 def batch_output_for(case: Path, root: Path, out_root: Path) -> Path:
     """A case's output inside the batch output folder, under its path relative to the input; a DICOM
-    folder named like a file (``scan.nii/``) under its default output's name (``scan.nii_amir/``),
-    as its own would write a file of that format."""
+    folder named like an image or DICOM file (``scan.nii/``, ``series.dcm/``) under its default
+    output's name (``scan.nii_amir/``), as its own would be written as a file of that format."""
     rel = case.relative_to(root)
-    if case != root and case.is_dir() and FILE_EXTENSION.fullmatch(case.suffix.lower()):
+    if case != root and case.is_dir() and (image_suffix(case) or case.suffix.lower() in dicom.DICOM_SUFFIXES):
         rel = default_output(case).relative_to(root)
     return out_root / rel
 

@@ -4,7 +4,7 @@ For the MR volumes of a training-data folder (``scripts/build_training_data.py D
 validation subjects, never the test split), up to 16 evenly spaced slices each are given as they are ("native") and
 zero-filled: the central 1/f of each slice's k-space kept (f = 2, 4) after complex Gaussian noise was
 added in k-space (measured with the band), as int16 (noise 1 % of the 99th percentile) or float (3 %),
-and a Hamming-tapered x2 band (``benchmarks/kspace_filter.py``'s filter). The detector
+and a Hamming-tapered x2 band (``benchmarks/kspace_filter.py``'s filter; float, 3 % noise). The detector
 (:func:`amir_cli.imaging.kspace.zero_filled_factor`) sees each volume whole (the spectra of its slices
 averaged, as `amir restore` does) and each of 6 of its slices alone (a single-slice input). Rows: how
 many it calls not zero-filled, x2 and x4; the misses are listed below the table.

@@ -190,7 +190,7 @@ def test_folders_below_the_depth_searched_are_named_in_a_warning(tmp_path, tiny_
                                          with_baselines=False, max_slices=1))
     assert {r["case"] for r in res.rows} == {f"{deep}/head"}
     hq_f = tmp_path / f"d/CT/test/HQ/{deep}/f"
-    assert res.summary["warnings"] == [f"2 folders were left out, more than 5 folders deep (not searched for images): {hq_f}, ..."]
+    assert res.summary["warnings"] == [f"2 folders holding files more than 5 folders deep were not searched for images: {hq_f}, ..."]
 
 
 def test_coarser_lq_grid_gets_zero_filled_input_and_bicubic(tmp_path, tiny_weights):
@@ -467,7 +467,7 @@ def test_results_are_placed_whole_and_never_clobber(tmp_path, tiny_weights):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
 
 
-def test_case_names_are_unique_and_unreadable_volumes_say_why(tmp_path):
+def test_case_names_are_unique_and_an_unreadable_volume_is_one_case_that_says_why(tmp_path):
     ct = _phantom("ct-denoise")
     for split in ("HQ", "LQ"):
         _save(ct, tmp_path / "d" / f"CT/test/{split}/c1.nii.gz")
@@ -481,9 +481,12 @@ def test_case_names_are_unique_and_unreadable_volumes_say_why(tmp_path):
     flat = tmp_path / "flat"
     _save(ct, flat / "ct_good.nii.gz")
     (flat / "ct_bad.nii.gz").write_bytes((flat / "ct_good.nii.gz").read_bytes()[:200])
-    # an unreadable volume: a case of every --simulate (its task cannot be told), which fails when scored
-    assert [(c.name, c.task) for c in plan_cases(flat, ["ct-denoise", "pet-synthesis"])[0]] == [
-        ("ct_bad", "ct-denoise"), ("ct_good", "ct-denoise"), ("ct_bad", "pet-synthesis")]
+    # an unreadable volume: one case, of the first --simulate (its task cannot be told), which fails when scored
+    assert [(c.name, c.task) for c in plan_cases(flat, ["ct-denoise", "ct-denoise:1/10"])[0]] == [
+        ("ct_bad", "ct-denoise"), ("ct_good", "ct-denoise"), ("ct_good", "ct-denoise")]
+    # a task without readable volumes is an error, which names what could not be read
+    with pytest.raises(BadInputError, match=r"no volumes of task pet-synthesis for --simulate pet-synthesis; .*ct_bad.nii.gz"):
+        plan_cases(flat, ["ct-denoise", "pet-synthesis"])
 
 
 def test_flat_folder_with_an_unreadable_volume_fails_that_case_and_scores_the_others(tmp_path, tiny_weights):

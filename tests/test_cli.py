@@ -515,12 +515,16 @@ def test_batch_says_which_folders_lie_below_the_depth_searched(tmp_path, ct_nii,
     for name in ("f", "g"):
         (five / name).mkdir()
         shutil.copy(ct_nii, five / name / "ct.nii.gz")
+    (five / "empty" / "tree").mkdir(parents=True)  # nothing in it: nothing to say
     code, out, err = amir("restore", scans, "-o", tmp_path / "restored", "--weights", tiny_weights, "--quiet")
     assert code == 0, err
-    warning = f"2 folders were left out, more than 5 folders deep (not searched for images): {five / 'f'}, ..."
+    warning = f"2 folders holding files more than 5 folders deep were not searched for images: {five / 'f'}, ..."
     assert err == f"amir: warning: {warning}\n"
     summary = json.loads((tmp_path / "restored.json").read_text())
     assert [r["input"] for r in summary["restored"]] == [str(five / "ct.nii.gz")] and summary["warnings"] == [warning]
+    (five / "ct.nii.gz").unlink()  # only the deep ones left: the error says where they are
+    code, out, err = amir("restore", scans, "-o", tmp_path / "again", "--weights", tiny_weights, "--quiet")
+    assert code == 1 and err.count("\n") == 1 and "no images found" in err and warning in err, err
 
 
 def test_batch_under_torchrun_takes_its_share(tmp_path, ct_nii, tiny_weights, monkeypatch):

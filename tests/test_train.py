@@ -618,7 +618,7 @@ def test_volumes_below_a_data_folder_train_but_not_those_of_its_validation_or_te
 def test_training_folders_below_the_depth_searched_are_named_in_a_warning(tmp_path):
     _save(tmp_path / "D" / "CT" / "a.nii.gz", _phantom("CT"))
     _save(tmp_path / "D" / "CT" / "1" / "2" / "3" / "4" / "5" / "6" / "deep.nii.gz", _phantom("CT", seed=2))
-    with pytest.warns(UserWarning, match=r"1 folder was left out, more than 5 folders deep .*CT/1/2/3/4/5/6"):
+    with pytest.warns(UserWarning, match=r"1 folder holding files more than 5 folders deep was not searched for images: .*CT/1/2/3/4/5/6"):
         train_volumes, _val, _layout = load_volumes(tmp_path / "D", ("ct-denoise",))
     assert [v.name for v in train_volumes] == ["a"]
 

@@ -50,8 +50,8 @@ def test_white_noise_after_zero_filling_hides_the_cliff_and_nothing_is_claimed(b
 
 
 def test_a_spectrum_that_falls_steadily_is_no_band_edge_and_its_zero_filling_is():
-    """A texture whose power falls by the same ratio every step (below the cliff ratio, as a smooth
-    template's falls fast) is not zero-filled; cut to half its band, it is."""
+    """A texture whose power falls by the same ratio every step, by 3 to 5 times (as a smooth
+    template's falls fast), is not zero-filled; cut to half its band, it is."""
     rng, n = np.random.default_rng(3), 192
     k = np.hypot(*np.meshgrid(np.fft.fftfreq(n) * n, np.fft.fftfreq(n) * n))
     for step in (0.3, 0.25, 0.22):  # the power's fall over n / 16 samples, a band edge's measuring step

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with nullcontext() if debug else _plain_library_messages():
             # not standalone: click's errors come here; an Exit's code (help, --version, a partial batch) is returned
-            sys.exit(app(args=argv, prog_name="amir", standalone_mode=False))
+            code = app(args=argv, prog_name="amir", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
     except SystemExit:
         raise
     except _click.UsageError as exc:

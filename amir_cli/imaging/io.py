@@ -362,10 +362,12 @@ def list_cases(folder: str | Path, skip: tuple[str, ...] = (), required: bool = 
     root = Path(folder)
     if not root.is_dir():
         raise BadInputError(f"{root}: not a folder")
-    cases = _cases_in(root, CASE_DEPTH, skip, [] if unsearched is None else unsearched)
+    unsearched = [] if unsearched is None else unsearched
+    cases = _cases_in(root, CASE_DEPTH, skip, unsearched)
     if not cases and required:
         raise BadInputError(
             f"{root}: no images found (expected .nii, .nii.gz, .mha, .mhd, .nrrd files or DICOM series folders)"
+            + "".join(f"; {line}" for line in unsearched_warnings(unsearched))
         )
     return cases
 
@@ -398,8 +400,8 @@ def unsearched_warnings(folders: list[Path]) -> list[str]:
     if not folders:
         return []
     n = len(folders)
-    return [f"{n} folder{'s were' if n > 1 else ' was'} left out, more than {CASE_DEPTH} folders deep (not searched for "
-            f"images): {folders[0]}{', ...' if n > 1 else ''}"]
+    return [f"{n} folder{'s' if n > 1 else ''} holding files more than {CASE_DEPTH} folders deep {'were' if n > 1 else 'was'} "
+            f"not searched for images: {folders[0]}{', ...' if n > 1 else ''}"]
 
 
 def _cases_in(folder: Path, depth: int, skip: tuple[str, ...], unsearched: list[Path]) -> list[Path]:
@@ -413,7 +415,7 @@ def _cases_in(folder: Path, depth: int, skip: tuple[str, ...], unsearched: list[
             cases.append(entry)
         elif entry.is_dir() and depth > 0:
             cases.extend(_cases_in(entry, depth - 1, (), unsearched))
-        elif entry.is_dir():
+        elif entry.is_dir() and any(f.is_file() for f in entry.rglob("*")):  # not for an empty tree
             unsearched.append(entry)
     return cases
 

@@ -64,13 +64,13 @@ def kspace_downsample(image2d: np.ndarray, scale: int) -> np.ndarray:
     return (np.abs(np.fft.ifft2(np.fft.ifftshift(band))) / (scale * scale)).astype(np.float32)
 
 
-# A zero-filled image's power spectrum falls off a cliff at the band edge. Across the edge the mean
-# power drops below CLIFF_RATIO of what it is just inside (0.25 to 1 on real scans that are not
-# zero-filled, mostly below 0.2 on zero-filled ones with noise and integer rounding), and more
-# sharply than one step further in (below STEEPNESS times that step's ratio): a smooth spectrum that
-# decays fast (an averaged template, a single thin slice) drops about as much in both places. A drop
-# below SHEER_RATIO is a cliff whatever the inside does: a k-space filter tapers the band towards its
-# edge. `benchmarks/zero_filling.py` counts what these thresholds recognise and miss.
+# A zero-filled image's power spectrum falls off a cliff at the band edge along both in-plane axes:
+# across the edge the mean power falls below SHEER_RATIO of what it is just inside (below 0.19 on every
+# zero-filled volume of `benchmarks/zero_filling.py`: noisy, integer, tapered by a Hamming filter), or
+# below CLIFF_RATIO where it also falls more sharply than one step further in (below STEEPNESS times
+# that step's ratio), which single noisy slices need. A scan that is not zero-filled can fall as far
+# along one axis (0.1 across a shoulder slice's columns), not along both (0.24 and more on the other);
+# a smooth spectrum (an averaged template) falls about as fast inside the band as across its edge.
 CLIFF_RATIO = 0.35
 STEEPNESS = 0.8
 SHEER_RATIO = 0.2

@@ -12,7 +12,7 @@ Data
   modality folders ``DATA/{MRI,CT,PET}/`` each task takes the volumes of its folder; in a flat folder
   each volume's task is decided as `amir restore --task auto` decides it (Modality, header and file
   name words, intensities), each simulation takes the volumes of its task, the others are listed as
-  skipped, an unreadable volume is a failed case of every simulation (whose task it may have), and a
+  skipped, an unreadable volume is one failed case, of the first simulation (its task cannot be told), and a
   volume that cannot be placed is an error.  The low-quality input is made by the
   degradation (docs/protocol.md) of each scored slice with the generator :func:`degrade.slice_rng` of (case seed,
   slice index), so a slice degrades the same whether or not ``--max-slices`` is used.

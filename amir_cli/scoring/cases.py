@@ -102,6 +102,7 @@ def plan_cases(data, simulate=(), unsearched: list[Path] | None = None) -> tuple
         return _paired_cases(root, folders, unsearched), []
     by_task: dict[str, dict[str, Path]] = {t: {} for t in TASKS}
     skipped: list[dict] = []
+    unreadable: dict[str, tuple[Path, str]] = {}
     if folders:  # their high-quality volumes, not a paired test/ layout or validation subjects
         for task, folder in folders:
             by_task[task] = named_cases(folder, skip=("test", "validation"), unsearched=unsearched)
@@ -110,19 +111,21 @@ def plan_cases(data, simulate=(), unsearched: list[Path] | None = None) -> tuple
         named = named_cases(root, unsearched=unsearched)
         name_of = {p: name for name, p in named.items()}
         for p, task, reason in place_volumes(named.values()):
-            if task is None:  # unreadable: a case of every --simulate, failed when scored, as a paired one is
-                for t in wanted:
-                    by_task[t][name_of[p]] = p
+            if task is None:  # unreadable: a case of the first --simulate, failed when scored, as a paired one is
+                unreadable[name_of[p]] = (p, reason)
             elif task in wanted:
                 by_task[task][name_of[p]] = p
             else:
                 skipped.append({"volume": name_of[p], "task": task, "reason": reason})
     cases: list[CaseSpec] = []
-    for sim in sims:
+    for i, sim in enumerate(sims):
         paths = by_task[sim.task]
         if not paths:
             where = f"{TASK_FOLDER[sim.task]}/ volumes" if folders else f"volumes of task {sim.task}"
-            raise BadInputError(f"{root}: no {where} for --simulate {sim.task}")
+            why = "".join(f"; {reason}" for _p, reason in list(unreadable.values())[:1])  # what may have been meant
+            raise BadInputError(f"{root}: no {where} for --simulate {sim.task}{why}")
+        if i == 0:
+            paths = dict(sorted({**paths, **{name: p for name, (p, _reason) in unreadable.items()}}.items()))
         for name, p in paths.items():
             cases.append(CaseSpec(name, sim.task, sim.label, p, None, sim))
     return cases, skipped
