@@ -263,6 +263,71 @@ def test_mr_scaled_grid_writes_new_geometry(mr_series, tmp_path):
     np.testing.assert_array_equal(back.array, fine)
 
 
+def _edited_copy(folder: Path, dest: Path, edit) -> Path:
+    """The series in ``folder`` copied to ``dest``, each file's header changed by ``edit(ds)``."""
+    dest.mkdir()
+    for path in _only_dicoms(folder):
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        ds.save_as(dest / path.name)
+    return dest
+
+
+def test_a_re_encoded_series_keeps_its_other_maps_of_stored_values_true(mr_series, tmp_path):
+    """Where the values leave the source's encoding, the real-world value map and Philips' private
+    scale slope (float = displayed / (RescaleSlope x it), as dcm2niix reads it) follow the new rescale."""
+    def philips(ds):
+        ds.RescaleSlope, ds.RescaleIntercept = "1.5", "0"
+        item = Dataset()
+        item.RealWorldValueSlope, item.RealWorldValueIntercept = 0.002, 0.1
+        item.RealWorldValueFirstValueMapped, item.RealWorldValueLastValueMapped = 0, 4095
+        item.LUTLabel = "T1"
+        ds.RealWorldValueMappingSequence = [item]
+        ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True).add_new(0x0E, "FL", 0.05)
+
+    folder = _edited_copy(mr_series[0], tmp_path / "philips", philips)
+    vol = read_image(folder)
+    wild = vol.array.copy()
+    wild[0, 0, :] = -600.0  # below what the unsigned source can store: re-encoded as int16 with a slope
+    out = write_image(vol.with_array(wild), tmp_path / "out")
+    for path in _only_dicoms(out):
+        ds = pydicom.dcmread(path)
+        slope = float(ds.RescaleSlope)
+        assert slope != 1.5 and ds.PixelRepresentation == 1
+        stored = ds.pixel_array.astype(np.float64)
+        displayed = stored * slope + float(ds.RescaleIntercept)
+        item = ds.RealWorldValueMappingSequence[0]
+        # the map gives what it gave on the source's stored values: 0.002 x displayed / 1.5 + 0.1
+        np.testing.assert_allclose(stored * item.RealWorldValueSlope + item.RealWorldValueIntercept,
+                                   0.002 * displayed / 1.5 + 0.1, rtol=1e-9, atol=1e-9)
+        assert (item.RealWorldValueFirstValueMapped, item.RealWorldValueLastValueMapped) == (-32768, 32767)
+        assert item["RealWorldValueFirstValueMapped"].VR == "SS"
+        scale = ds.get_private_item(0x2005, 0x0E, "Philips MR Imaging DD 001").value
+        assert slope * scale == pytest.approx(1.5 * 0.05, rel=1e-6)
+
+
+def test_a_long_series_description_keeps_the_label_and_missing_geometry_is_not_invented(mr_series, tmp_path):
+    folder = _edited_copy(mr_series[0], tmp_path / "long", lambda ds: setattr(ds, "SeriesDescription", "T1 " * 21 + "x"))
+    out = write_image(read_image(folder), tmp_path / "long_amir")
+    description = pydicom.dcmread(_only_dicoms(out)[0]).SeriesDescription
+    assert len(description) <= 64 and description.endswith(" AMIR") and description.startswith("T1 T1")
+    one = _only_dicoms(mr_series[0])[0]
+    for missing in (("ImagePositionPatient", "ImageOrientationPatient"), ("PixelSpacing",)):
+        ds = pydicom.dcmread(one)
+        for tag in missing:
+            del ds[tag]
+        ds.save_as(tmp_path / "one.dcm")
+        vol = read_image(tmp_path / "one.dcm")
+        fine = np.repeat(np.repeat(vol.array, 2, axis=0), 2, axis=1)
+        affine = vol.affine.copy()
+        affine[:3, :2] /= 2
+        written = pydicom.dcmread(write_image(vol.with_array(fine, affine=affine), tmp_path / f"x2_{len(missing)}.dcm"))
+        assert (written.Rows, written.Columns) == (2 * ds.Rows, 2 * ds.Columns)
+        assert not any(tag in written for tag in missing), missing
+        kept = {"PixelSpacing", "ImagePositionPatient", "ImageOrientationPatient"} - set(missing)
+        assert all(tag in written for tag in kept), kept
+
+
 def test_single_file_output_and_overwrite_rules(ct_series, tmp_path):
     folder, hu, _ = ct_series
     one = read_image(sorted(folder.iterdir())[0])

@@ -142,7 +142,8 @@ def derive_header(src, d: Derivation, second_type: str):
     ds.SeriesInstanceUID = d.series_uid
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesNumber = d.series_number
-    ds.SeriesDescription = (str(src.get("SeriesDescription", "") or "").strip() + " " + d.label).strip()[:64]
+    source = str(src.get("SeriesDescription", "") or "").strip()[: 64 - len(d.label) - 1]  # the label is never cut
+    ds.SeriesDescription = (source + " " + d.label).strip()
     ds.InstanceCreationDate, ds.InstanceCreationTime = d.date, d.time
     ds.ContentDate, ds.ContentTime = d.date, d.time
     return ds
@@ -203,3 +204,30 @@ def _drop_empty_references(ds) -> None:
             elem.value = keep
         else:
             del ds[elem.tag]
+
+
+# The stored value -> real-world value maps beside the rescale: DICOM's (per frame or per image) and
+# Philips' private scale slope, from which its "floating point" values are computed
+_PHILIPS_MR = "Philips MR Imaging DD 001"
+_FIRST_MAPPED, _LAST_MAPPED = 0x00409216, 0x00409211
+
+
+def rescale_value_maps(ds, old: tuple[float, float], new: tuple[float, float], signed: bool) -> None:
+    """Keep ``ds``'s other maps of stored values true after the rescale (slope, intercept) ``old``
+    became ``new``, the stored values re-encoded (``signed``: int16, else uint16)."""
+    (m, b), (m2, b2) = old, new
+    lo, hi = stored_range(16, signed)
+    for item in ds.get("RealWorldValueMappingSequence") or []:  # real = S stored + I, on the old stored values
+        if "RealWorldValueSlope" in item:
+            slope, intercept = float(item.RealWorldValueSlope), float(item.get("RealWorldValueIntercept", 0) or 0)
+            item.RealWorldValueSlope = slope * m2 / m
+            item.RealWorldValueIntercept = intercept + slope * (b2 - b) / m
+        for tag, value in ((_FIRST_MAPPED, lo), (_LAST_MAPPED, hi)):
+            if tag in item:
+                item.add_new(tag, "SS" if signed else "US", value)
+    try:
+        scale = ds.get_private_item(0x2005, 0x0E, _PHILIPS_MR)  # Philips: float = displayed / (RS x this)
+    except KeyError:
+        return
+    if scale.value is not None:
+        scale.value = float(scale.value) * m / m2

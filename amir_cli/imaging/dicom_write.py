@@ -17,8 +17,8 @@ import numpy as np
 
 from amir_cli.errors import BadInputError, failures_as_bad_input
 from amir_cli.files import atomic_write, public_path, replace_dir, temp_dir
-from amir_cli.imaging.dicom_derive import (Derivation, Encoded, derive_header, ds_string, new_derivation, set_pixels,
-                                           stored_range, valid_uid)
+from amir_cli.imaging.dicom_derive import (Derivation, Encoded, derive_header, ds_string, new_derivation,
+                                           rescale_value_maps, set_pixels, stored_range, valid_uid)
 from amir_cli.imaging.dicom_write_frames import derived_multiframe
 from amir_cli.imaging.volume import Volume, check_dimensions
 
@@ -98,15 +98,19 @@ def _derived_slice(src, k: int, encoded: Encoded, d: Derivation):
         item.ReferencedSOPClassUID = src.SOPClassUID
         item.ReferencedSOPInstanceUID = src.SOPInstanceUID
         ds.SourceImageSequence = [item]
-    if not d.same_geometry:
+    if not d.same_geometry:  # the new grid, in the tags the source had (geometry it lacked is not invented)
         ds.Rows, ds.Columns = encoded.stored.shape
-        if "PixelSpacing" in src or "ImageOrientationPatient" in src:
+        if "PixelSpacing" in src:
             ds.PixelSpacing = d.pixel_spacing
+        if "ImageOrientationPatient" in src and "ImagePositionPatient" in src:
             ds.ImageOrientationPatient = d.orientation
             ds.ImagePositionPatient = d.position(k)
     # add rescale tags only where needed (MR images, for instance, usually have none)
     if encoded.slope is not None and not (encoded.unit_slope and "RescaleSlope" not in src):
         ds.RescaleSlope, ds.RescaleIntercept = encoded.slope, "0"
+    if encoded.slope is not None:
+        old = (float(src.get("RescaleSlope", 1) or 1), float(src.get("RescaleIntercept", 0) or 0))
+        rescale_value_maps(ds, old, (float(encoded.slope), 0.0), encoded.signed)
     if encoded.slope is None and d.same_geometry:  # the source's own encoding: padding kept its stored value
         for tag in _PADDING_TAGS:
             if tag in src:
