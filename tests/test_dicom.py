@@ -557,6 +557,14 @@ def test_pixel_padding_is_kept_with_the_source_encoding(tmp_path):
     out = pydicom.dcmread(write_image(vol.with_array(vol.array), tmp_path / "out.dcm"))
     assert out.PixelPaddingValue == -2000
     np.testing.assert_array_equal(out.pixel_array, pixels)
+    # values that leave the source's encoding: re-encoded, the padding (passed through) keeps its tag
+    wild = vol.array.copy()
+    wild[20, 20, 0] = 40000.0
+    out = pydicom.dcmread(write_image(vol.with_array(wild), tmp_path / "wild.dcm"))
+    slope = float(out.RescaleSlope)
+    assert slope != 1 and out["PixelPaddingValue"].VR == "SS"
+    assert out.PixelPaddingValue == round((-2000 * float(ds.RescaleSlope) + float(ds.RescaleIntercept)) / slope)
+    assert (out.pixel_array[:8, :8] == out.PixelPaddingValue).all()
 
 
 def test_images_beside_dicom_files_make_a_batch(ct_series, mr_series, tmp_path):

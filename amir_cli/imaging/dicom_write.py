@@ -21,6 +21,7 @@ from amir_cli.imaging.dicom_derive import (Derivation, Encoded, derive_header, d
                                            rescale_value_maps, set_pixels, stored_range, valid_uid)
 from amir_cli.imaging.dicom_write_frames import derived_multiframe
 from amir_cli.imaging.volume import Volume, check_dimensions
+from amir_cli.tasks import CT_DENOISE, NORM_RANGE
 
 # Pixel padding (the air outside a CT's reconstruction circle) passes through the restore unchanged
 _PADDING_TAGS = ("PixelPaddingValue", "PixelPaddingRangeLimit")
@@ -115,8 +116,24 @@ def _derived_slice(src, k: int, encoded: Encoded, d: Derivation):
         for tag in _PADDING_TAGS:
             if tag in src:
                 ds[tag] = copy.deepcopy(src[tag])
+    elif encoded.slope is not None and d.same_geometry:
+        _re_encoded_padding(ds, src, float(encoded.slope), encoded.signed)
     set_pixels(ds, [encoded.stored], encoded.bits_allocated, encoded.bits_stored, encoded.signed, d.transfer_syntax)
     return ds
+
+
+def _re_encoded_padding(ds, src, slope: float, signed: bool) -> None:
+    """The source's padding values in the new encoding, where the restore passed them through: below
+    the CT window that the network reads (a padding value inside it was restored like any voxel)."""
+    m, b = float(src.get("RescaleSlope", 1) or 1), float(src.get("RescaleIntercept", 0) or 0)
+    lo, hi = stored_range(16, signed)
+    values = {tag: m * float(src[tag].value) + b for tag in _PADDING_TAGS if tag in src and src[tag].value is not None}
+    if str(src.get("Modality", "")).upper() != "CT" or not values or max(values.values()) >= NORM_RANGE[CT_DENOISE].low:
+        return
+    for tag, value in values.items():
+        stored = int(np.rint(value / slope))
+        if lo <= stored <= hi:
+            ds.add_new(tag, "SS" if signed else "US", stored)
 
 
 def _save(ds, path: Path) -> None:
