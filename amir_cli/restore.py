@@ -130,6 +130,7 @@ class _SliceJob:
     mr_scale: float | None
     dc_factor: int | None
     device: object
+    dc_keep: float = 1.0  # the fraction of the band the consistency keeps (kspace.band_taper)
     passes: int = 1
     background_sd: float | None = None  # PET: fill noise-free backgrounds with noise of this SD
     pixel_mm: float = 1.0
@@ -156,7 +157,7 @@ class _SliceJob:
         values = intensity.denormalise(y, self.task, self.mr_scale)
         if self.dc_factor:  # complex FFTs on CUDA or the CPU
             on = self.device if self.device.type == "cuda" else None
-            values = kspace.data_consistency(values, batch.measured, self.dc_factor, device=on)
+            values = kspace.data_consistency(values, batch.measured, self.dc_factor, device=on, keep=self.dc_keep)
         return values
 
     def next_input(self, batch: _Batch, y: np.ndarray):
@@ -226,7 +227,8 @@ def restore_volume(
     band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
     in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
-    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`). There the
+    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`); on the input's grid
+    a band that a k-space filter tapered keeps only its central part (:func:`amir_cli.imaging.kspace.band_taper`). There the
     network runs ``passes`` times (None: ``MR_PASSES`` of the factor): each later pass runs on the
     last output made consistent (flipped by ``PASS_FLIPS`` in turn and flipped back), moves that
     output ``CASCADE_STEP`` of the way towards its own and makes it consistent again (a damped
@@ -246,7 +248,7 @@ def restore_volume(
     device = pick_device("cpu") if device is None else (pick_device(device) if isinstance(device, str) else device)
     batch_size = batch_size_for(device, batch_size)
     check_options(task, scale, batch_size, tile, kspace_factor, passes=passes, background_sd=background_sd)
-    dc_factor, factor_from = _measured_band(volume, task, scale, kspace_factor, data_consistency, detect_zero_filling)
+    dc_factor, factor_from, dc_keep = _measured_band(volume, task, scale, kspace_factor, data_consistency, detect_zero_filling)
     autocast = precision_context(device, precision)
     started = time.perf_counter()
     axis = volume.slice_axis
@@ -261,7 +263,8 @@ def restore_volume(
             background_sd, background_from = chosen or None, "neighbour slices"
     job = _SliceJob(slices, np.empty((n, slices.shape[1] * scale, slices.shape[2] * scale), dtype=np.float32), task,
                     scale, intensity.mr_scale_factor(volume.array, volume.meta.get("source_path")) if task == MRI_SR else None, dc_factor, device,
-                    passes=(passes or MR_PASSES[dc_factor]) if dc_factor else 1, background_sd=background_sd, pixel_mm=pixel_mm)
+                    dc_keep, passes=(passes or MR_PASSES[dc_factor]) if dc_factor else 1, background_sd=background_sd,
+                    pixel_mm=pixel_mm)
 
     def network(batch: _Batch):
         with autocast:
@@ -286,7 +289,7 @@ def restore_volume(
         "tile": tile, "tile_overlap": tile_overlap if tile else None, "tta": tta, "slice_axis": axis, "slices": n,
         "mr_scale_factor": job.mr_scale,
         "data_consistency": {"kspace_factor": dc_factor, "factor_from": factor_from,
-                             "grid": "coarse" if scale > 1 else "same", "iterations": kspace.DC_ITERATIONS,
+                             "grid": "coarse" if scale > 1 else "same", "band_kept": dc_keep, "iterations": kspace.DC_ITERATIONS,
                              "passes": job.passes}
         if dc_factor
         else None,
@@ -317,9 +320,10 @@ def chosen_background_sd(model, slices: np.ndarray, slice_mm: float, pixel_mm: f
 
 
 def _measured_band(volume: Volume, task: str, scale: int, kspace_factor: int | None, data_consistency: bool,
-                   detect_zero_filling: bool) -> tuple[int | None, str | None]:
+                   detect_zero_filling: bool) -> tuple[int | None, str | None, float]:
     """(the k-space factor whose band the output keeps, or None; where it comes from: "scale",
-    "option" or "detected"), as :func:`restore_volume` describes."""
+    "option" or "detected"; the fraction of that band kept: below 1 where a filter tapered it on the
+    input's grid, :func:`amir_cli.imaging.kspace.band_taper`), as :func:`restore_volume` describes."""
     factor_from = "scale" if scale > 1 else "option" if kspace_factor else None
     if task == MRI_SR and factor_from is None and detect_zero_filling and data_consistency:
         kspace_factor = kspace.zero_filled_factor(volume.array, volume.slice_axis)
@@ -330,7 +334,8 @@ def _measured_band(volume: Volume, task: str, scale: int, kspace_factor: int | N
         if kspace_factor:
             raise BadInputError(f"--kspace-factor needs a magnitude image, and this one has values down to {lowest:g}")
         dc_factor = None  # a coarse input with negative values: the network alone
-    return dc_factor, factor_from
+    keep = kspace.band_taper(volume.array, volume.slice_axis, dc_factor) if dc_factor and scale == 1 else 1.0
+    return dc_factor, factor_from, keep
 
 
 def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progress | None) -> tuple[float, np.ndarray]:

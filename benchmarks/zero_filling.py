@@ -4,10 +4,12 @@ For the MR volumes of a training-data folder (``scripts/build_training_data.py D
 validation subjects, never the test split), up to 16 evenly spaced slices each are given as they are ("native") and
 zero-filled: the central 1/f of each slice's k-space kept (f = 2, 4) after complex Gaussian noise was
 added in k-space (measured with the band), as int16 (noise 1 % of the 99th percentile) or float (3 %),
-and a Hamming-tapered x2 band (``benchmarks/kspace_filter.py``'s filter; float, 3 % noise). The detector
+and x2 and x4 bands tapered by a Fermi filter of width 0.05 or a Hamming window (``benchmarks/kspace_filter.py``'s
+filters; float, 3 % noise). The detector
 (:func:`amir_cli.imaging.kspace.zero_filled_factor`) sees each volume whole (the spectra of its slices
 averaged, as `amir restore` does) and each of 6 of its slices alone (a single-slice input). Rows: how
-many it calls not zero-filled, x2 and x4; the misses are listed below the table.
+many it calls not zero-filled, x2 and x4, and in how many it recognises a taper
+(:func:`amir_cli.imaging.kspace.band_taper`); the misses are listed below the table.
 
     python benchmarks/zero_filling.py DATA [--out benchmarks/results/zero_filling.txt]
 """
@@ -23,8 +25,9 @@ import numpy as np
 from kspace_filter import k_filter
 from quality import spaced
 
-VARIANTS = ("native", "x2 int16", "x2 float", "x4 int16", "x4 float", "x2 hamming")
-EXPECTED = {"native": None, "x2 int16": 2, "x2 float": 2, "x4 int16": 4, "x4 float": 4, "x2 hamming": 2}
+VARIANTS = ("native", "x2 int16", "x2 float", "x4 int16", "x4 float", "x2 fermi", "x4 fermi", "x2 hamming", "x4 hamming")
+EXPECTED = {kind: int(kind[1]) if kind[0] == "x" else None for kind in VARIANTS}
+FILTER = {"fermi": "fermi 0.05", "hamming": "hamming"}  # benchmarks/kspace_filter.py's filters
 
 
 def variant(slices: np.ndarray, kind: str, rng) -> np.ndarray:
@@ -37,7 +40,7 @@ def variant(slices: np.ndarray, kind: str, rng) -> np.ndarray:
     out = []
     for s in slices:
         k = np.fft.fftshift(np.fft.fft2(s)) + sigma * np.sqrt(s.size) * (rng.standard_normal(s.shape) + 1j * rng.standard_normal(s.shape))
-        k *= k_filter(s.shape, factor, "hamming" if form == "hamming" else "none")
+        k *= k_filter(s.shape, factor, FILTER.get(form, "none"))
         out.append(np.abs(np.fft.ifft2(np.fft.ifftshift(k))))
     out = np.stack(out)
     return np.round(out * 1000 / level).astype(np.int16) if form == "int16" else out.astype(np.float32)
@@ -45,7 +48,7 @@ def variant(slices: np.ndarray, kind: str, rng) -> np.ndarray:
 
 def main(argv=None) -> int:
     from amir_cli.imaging.io import read_image
-    from amir_cli.imaging.kspace import zero_filled_factor
+    from amir_cli.imaging.kspace import band_taper, zero_filled_factor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
@@ -64,19 +67,20 @@ def main(argv=None) -> int:
             continue
         for kind in VARIANTS:
             image = variant(slices, kind, rng)
-            seen = [("volume", zero_filled_factor(image, 0))]
-            seen += [(f"slice {i}", zero_filled_factor(image[i : i + 1], 0)) for i in spaced(np.arange(len(image)), 6)]
-            for where, factor in seen:
-                key = (kind, "volume" if where == "volume" else "slice")
-                counts.setdefault(key, {None: 0, 2: 0, 4: 0})[factor] += 1
+            seen = [("volume", image)] + [(f"slice {i}", image[i : i + 1]) for i in spaced(np.arange(len(image)), 6)]
+            for where, part in seen:
+                factor = zero_filled_factor(part, 0)
+                count = counts.setdefault((kind, "volume" if where == "volume" else "slice"), {None: 0, 2: 0, 4: 0, "tapered": 0})
+                count[factor] += 1
+                count["tapered"] += bool(factor) and band_taper(part, 0, factor) < 1
                 if factor != EXPECTED[kind]:
                     misses.append(f"{path.name} {kind} {where}: {factor and f'x{factor}'}")
         print(f"{path.name}: done", file=sys.stderr, flush=True)
     lines = [f"Zero-filling recognition on the MR of {args.data.name} (training and validation subjects)", "",
-             "| input | expected | seen as | not zero-filled | x2 | x4 |", "|---|---|---|---:|---:|---:|"]
+             "| input | expected | seen as | not zero-filled | x2 | x4 | taper recognised |", "|---|---|---|---:|---:|---:|---:|"]
     for (row, where), c in counts.items():
         expected = EXPECTED[row]
-        lines.append(f"| MR {row} | {expected and f'x{expected}' or 'none'} | {where}s | {c[None]} | {c[2]} | {c[4]} |")
+        lines.append(f"| MR {row} | {expected and f'x{expected}' or 'none'} | {where}s | {c[None]} | {c[2]} | {c[4]} | {c['tapered']} |")
     text = "\n".join(lines + ["", "Misses:" if misses else "No misses."] + [f"- {m}" for m in misses]) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

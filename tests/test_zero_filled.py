@@ -13,7 +13,7 @@ import torch
 
 from amir_cli.imaging.degrade import mri_truncate
 from amir_cli.imaging.io import Volume
-from amir_cli.imaging.kspace import zero_filled_factor
+from amir_cli.imaging.kspace import TAPER_KEEP, band_taper, kspace_mask, zero_filled_factor
 from amir_cli.restore import restore_volume
 from amir_cli.tasks import MR_PASSES
 
@@ -67,11 +67,9 @@ def test_a_spectrum_that_falls_steadily_is_no_band_edge_and_its_zero_filling_is(
 def test_a_band_that_a_kspace_filter_tapered_keeps_its_factor(brain, factor, taper):
     """Scanners taper the measured band (a Fermi or Hamming filter): its edge is still the factor's."""
     rng = np.random.default_rng(factor)
-    slices = np.moveaxis(brain, 2, 0)
-    spectra = np.fft.fftshift(np.fft.fft2(slices + rng.normal(0, 2.0, slices.shape)), axes=(1, 2))
-    image = np.abs(np.fft.ifft2(np.fft.ifftshift(spectra * _tapered_band(brain.shape[:2], factor, taper), axes=(1, 2))))
-    assert zero_filled_factor(np.moveaxis(image, 0, 2).astype(np.float32)) == factor
-    assert zero_filled_factor(np.moveaxis(np.round(image), 0, 2).astype(np.int16)) == factor
+    image = _tapered(brain, factor, taper, rng)
+    assert zero_filled_factor(image) == factor
+    assert zero_filled_factor(np.round(image).astype(np.int16)) == factor
 
 
 def _tapered_band(shape, factor, taper):
@@ -116,6 +114,29 @@ def test_restore_applies_the_detected_factor_and_says_so(brain):
     assert off["data_consistency"] is None
     _, forced = _restore(zf, detect_zero_filling=True, kspace_factor=2)
     assert forced["data_consistency"]["kspace_factor"] == 2 and forced["data_consistency"]["factor_from"] == "option"
+
+
+def _tapered(brain, factor, taper, rng):
+    slices = np.moveaxis(brain, 2, 0)
+    spectra = np.fft.fftshift(np.fft.fft2(slices + rng.normal(0, 2.0, slices.shape)), axes=(1, 2))
+    image = np.abs(np.fft.ifft2(np.fft.ifftshift(spectra * _tapered_band(brain.shape[:2], factor, taper), axes=(1, 2))))
+    return np.moveaxis(image, 0, 2).astype(np.float32)
+
+
+def test_a_band_that_a_filter_tapered_keeps_its_flat_centre_a_sharp_band_all_of_it(brain):
+    rng = np.random.default_rng(5)
+    for factor in (2, 4):
+        for kind in ("clean", "noisy", "int16"):
+            assert band_taper(_zero_filled(brain, factor, kind, rng), 2, factor) == 1.0, (factor, kind)
+    for taper in ("fermi 0.1", "hamming"):
+        assert band_taper(_tapered(brain, 2, taper, rng), 2, 2) == TAPER_KEEP, taper
+    band, kept = kspace_mask((181, 217), 2), kspace_mask((181, 217), 2, keep=TAPER_KEEP)
+    assert (kept <= band).all() and (band.sum(axis=0).max(), kept.sum(axis=0).max()) == (90, 71)  # |k| < 0.8 x 45
+    # restore keeps that part of the band, and says so
+    _, tapered = _restore(_tapered(brain[:, :, :2], 2, "fermi 0.1", rng), detect_zero_filling=True)
+    assert tapered["data_consistency"]["kspace_factor"] == 2 and tapered["data_consistency"]["band_kept"] == TAPER_KEEP
+    _, sharp = _restore(_zero_filled(brain[:, :, :2], 2, "int16", rng).astype(np.float32), detect_zero_filling=True)
+    assert sharp["data_consistency"]["band_kept"] == 1.0
 
 
 def test_an_image_that_is_not_zero_filled_is_restored_as_before(brain):

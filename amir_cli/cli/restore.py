@@ -152,7 +152,8 @@ def _print_restore_summary(r: dict) -> None:
                f"{r['engine']} engine{ensemble}")
     dc = r.get("data_consistency")
     if dc:
-        typer.echo(f"  kept the central 1/{dc['kspace_factor']} of k-space ({dc['factor_from']}), "
+        tapered = f", tapered by a filter: its central {dc['band_kept']:.0%} kept" if dc["band_kept"] < 1 else ""
+        typer.echo(f"  kept the central 1/{dc['kspace_factor']} of k-space ({dc['factor_from']}{tapered}), "
                    f"{dc['passes']} network pass{'es' if dc['passes'] > 1 else ''}")
     bg = r.get("background_noise")
     if bg and bg["sd"]:

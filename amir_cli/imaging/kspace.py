@@ -123,6 +123,38 @@ def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -
     return None
 
 
+# A scanner's k-space filter (Fermi, Hamming) tapers the measured band towards its edge: there the last
+# 1/16 of the band holds less than TAPERED_RATIO of the power of the 1/16 before it (0.37 and more on
+# the sharp bands of the training and validation MR, 0.11 to 0.46 on tapered ones, most below 0.3;
+# `benchmarks/zero_filling.py` counts). The consistency then keeps only the central TAPER_KEEP of the
+# band's half-width, which the filter left nearly as measured.
+TAPERED_RATIO = 0.3
+TAPER_KEEP = 0.8
+
+
+def band_taper(array: np.ndarray, slice_axis: int, factor: int) -> float:
+    """The fraction of the band of a volume zero-filled at ``factor`` (:func:`zero_filled_factor`)
+    that its data consistency keeps: ``TAPER_KEEP`` where a k-space filter tapered it, else 1."""
+    a = np.moveaxis(np.asarray(array, dtype=np.float32), slice_axis, 0)
+    picks = np.unique(np.linspace(0, a.shape[0] - 1, min(DETECT_SLICES, a.shape[0])).round().astype(int))
+    slices = a[picks].astype(np.float64)
+    slices = slices[slices.max(axis=(1, 2)) > 0]
+    if not len(slices):
+        return 1.0
+    slices -= slices.mean(axis=(1, 2), keepdims=True)
+    power = (np.abs(np.fft.fftshift(np.fft.fft2(slices), axes=(1, 2))) ** 2).mean(axis=0)
+    ratios = []
+    for profile in (power.mean(axis=1), power.mean(axis=0)):
+        n = len(profile)
+        m = n // factor
+        lo, w = n // 2 - m // 2, max(2, m // 16)
+        hi = lo + m
+        last = np.r_[profile[lo : lo + w], profile[hi - w : hi]].mean()
+        before = np.r_[profile[lo + w : lo + 2 * w], profile[hi - 2 * w : hi - w]].mean()
+        ratios.append(last / before if before > 0 else 1.0)
+    return TAPER_KEEP if max(ratios) < TAPERED_RATIO else 1.0
+
+
 # ------------------------------------------------------------------- the measured band
 def check_factor(factor) -> int:
     if isinstance(factor, bool) or not isinstance(factor, (int, np.integer, float, np.floating)):
@@ -132,10 +164,11 @@ def check_factor(factor) -> int:
     return int(factor)
 
 
-def kspace_mask(shape: Sequence[int], factor: int) -> np.ndarray:
+def kspace_mask(shape: Sequence[int], factor: int, keep: float = 1.0) -> np.ndarray:
     """Boolean mask, in *centred* (fftshift-ed) k-space, of the frequencies that ``mri_truncate`` keeps.
 
-    Along an axis of length ``n`` the central ``max(1, n // factor)`` samples around DC are kept.
+    Along an axis of length ``n`` the central ``max(1, n // factor)`` samples around DC are kept;
+    ``keep`` < 1: only those within ``keep`` times the band's half-width of DC (:func:`band_taper`).
     """
     factor = check_factor(factor)
     if len(shape) != 2:
@@ -147,6 +180,8 @@ def kspace_mask(shape: Sequence[int], factor: int) -> np.ndarray:
         start = n // 2 - m // 2
         ax = np.zeros(n, dtype=bool)
         ax[start : start + m] = True
+        if keep < 1:
+            ax &= np.abs(np.arange(n) - n // 2) < m / 2 * keep
         masks.append(ax)
     return masks[0][:, None] & masks[1][None, :]
 
@@ -167,12 +202,12 @@ def _fine_ramp(shape, scale: int, device):
     return torch.exp(2j * torch.pi * (scale - 1) / 2 * (fy + fx))
 
 
-def band_mask(shape, factor: int, device=None):
+def band_mask(shape, factor: int, device=None, keep: float = 1.0):
     """The measured band of a zero-filled image (:func:`kspace_mask`) as a
     torch bool tensor in the unshifted FFT layout."""
     import torch
 
-    return torch.as_tensor(np.fft.ifftshift(kspace_mask(shape, factor)), device=device)
+    return torch.as_tensor(np.fft.ifftshift(kspace_mask(shape, factor, keep)), device=device)
 
 
 def project_band(y, measured, band, iterations: int = DC_ITERATIONS, eps: float = 1e-30):
@@ -193,13 +228,15 @@ def project_band(y, measured, band, iterations: int = DC_ITERATIONS, eps: float 
 
 
 def data_consistency(
-    estimate: np.ndarray, measured: np.ndarray, factor: int, iterations: int = DC_ITERATIONS, device=None
+    estimate: np.ndarray, measured: np.ndarray, factor: int, iterations: int = DC_ITERATIONS, device=None,
+    keep: float = 1.0,
 ) -> np.ndarray:
     """``estimate`` (…, H, W) made consistent with the magnitude MR image ``measured``, which holds
     the central ``H // factor`` x ``W // factor`` of k-space: either on the estimate's grid (a
     zero-filled image, the band of :func:`kspace_mask`) or on the coarse
-    grid (…, H / factor, W / factor) that :func:`kspace_upsample` takes to the estimate's. Runs on
-    the torch ``device`` (default CPU); returns float32 numpy, never negative."""
+    grid (…, H / factor, W / factor) that :func:`kspace_upsample` takes to the estimate's. ``keep``
+    (same grid): the fraction of the band kept (:func:`band_taper`). Runs on the torch ``device``
+    (default CPU); returns float32 numpy, never negative."""
     import torch
 
 
@@ -210,7 +247,7 @@ def data_consistency(
     y = torch.as_tensor(np.asarray(estimate, dtype=np.float32), device=device).clamp(min=0)
     z = torch.as_tensor(np.asarray(measured, dtype=np.float32), device=device)
     if not coarse:
-        return project_band(y, z, band_mask(fine[-2:], factor, device), iterations).cpu().numpy()
+        return project_band(y, z, band_mask(fine[-2:], factor, device, keep), iterations).cpu().numpy()
     # the coarse grid's whole k-space is the fine spectrum's centre, shifted to its voxel centres
     (h, w), (n, m) = fine[-2:], meas[-2:]
     rows, cols = slice(h // 2 - n // 2, h // 2 - n // 2 + n), slice(w // 2 - m // 2, w // 2 - m // 2 + m)
