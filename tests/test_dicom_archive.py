@@ -467,3 +467,16 @@ def test_a_multi_slice_series_to_one_dcm_file_is_refused_before_the_restoration(
     with pytest.raises(BadInputError, match=r"^.*out\.dcm: a \.dcm file holds one slice; give a folder path for a 10-slice series$") as err:
         R.restore_case(weights, R.case_files(folder, tmp_path / "out.dcm"), R.RestoreOptions(task="mri-sr"))
     assert str(err.value).startswith(str(tmp_path / "out.dcm"))
+
+
+def test_a_multiframe_object_on_a_finer_grid_states_no_pixel_spacing_its_source_lacked(tmp_path):
+    """emri_small.dcm states neither pixel spacing nor plane geometry (1 mm is assumed when read):
+    its derived object on a 2x finer grid gets the new size, not an invented 0.5 mm spacing."""
+    vol = read_image(get_testdata_file("emri_small.dcm"))
+    fine = np.repeat(np.repeat(vol.array, 2, axis=0), 2, axis=1)
+    affine = vol.affine.copy()
+    affine[:3, :2] /= 2
+    ds = pydicom.dcmread(write_image(vol.with_array(fine, affine=affine), tmp_path / "x2.dcm"))
+    assert (ds.Rows, ds.Columns) == (128, 128) and "PixelSpacing" not in ds
+    groups = [ds.SharedFunctionalGroupsSequence[0]] + list(ds.get("PerFrameFunctionalGroupsSequence") or [])
+    assert not any("PixelSpacing" in item for group in groups for item in group.get("PixelMeasuresSequence") or [])

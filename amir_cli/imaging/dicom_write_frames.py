@@ -117,15 +117,18 @@ def _derivation_item(src, d: Derivation):
 
 
 def _write_grid(ds, shared, per_frame: list, headers: list, shape: tuple, d: Derivation) -> None:
-    """The output grid: size, pixel spacing (shared), orientation (shared) and each frame's position,
-    the latter two only where the source had a plane orientation."""
+    """The output grid: size, pixel spacing (shared, where the source had one), orientation (shared)
+    and each frame's position, the latter two only where the source had a plane orientation."""
     ds.Rows, ds.Columns = shape
+    spaced = "PixelSpacing" in ds or any("PixelSpacing" in item for group in [shared] + per_frame
+                                         for item in group.get("PixelMeasuresSequence") or [])
     for group in per_frame:  # the grid of every frame is now the shared one
         for keyword in ("PixelMeasuresSequence", "PlaneOrientationSequence"):
             if keyword in group:
                 del group[keyword]
     measures = _item(shared, "PixelMeasuresSequence")
-    measures.PixelSpacing = d.pixel_spacing
+    if spaced:  # a pixel spacing the source did not state is not invented
+        measures.PixelSpacing = d.pixel_spacing
     if "SliceThickness" in headers[0] and "SliceThickness" not in measures:
         measures.SliceThickness = headers[0].SliceThickness
     if "PlaneOrientationSequence" not in shared and not any("PlanePositionSequence" in g for g in per_frame):
