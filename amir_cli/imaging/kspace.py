@@ -78,25 +78,45 @@ DETECT_SLICES = 16  # slices of a volume whose spectra are averaged
 MIN_DETECT_SIDE = 64  # on smaller slices the band edge is too few samples wide to tell
 
 
-def band_edge_ratios(power: np.ndarray, factor: int) -> tuple[float, float]:
-    """Two ratios of a centred 1-D power profile of length n at the edge of its central ``n // factor``
-    samples (the band of :func:`kspace_mask`), over steps of 1/8 of the band: the mean power just
-    outside over just inside (across the edge), and just inside over one step further in (before it)."""
+def _edge_means(power: np.ndarray, factor: int, step: int) -> tuple[float, float, float]:
+    """Mean power of a centred 1-D power profile of length n in three bands of 1/``step`` of its
+    central ``n // factor`` samples (the band of :func:`kspace_mask`), on both sides: just outside
+    its edge, just inside, and one step further in."""
     n = len(power)
     m = max(1, n // factor)
     lo = n // 2 - m // 2
-    hi, w = lo + m, max(2, m // 8)
-    inside = np.r_[power[lo : lo + w], power[hi - w : hi]].mean()
+    hi, w = lo + m, max(2, m // step)
     outside = np.r_[power[max(0, lo - w) : lo], power[hi : hi + w]].mean()
+    inside = np.r_[power[lo : lo + w], power[hi - w : hi]].mean()
     deeper = np.r_[power[lo + w : lo + 2 * w], power[hi - 2 * w : hi - w]].mean()
-    ratio = lambda a, b: float(a / b) if b > 0 else float("inf")  # noqa: E731
-    return ratio(outside, inside), ratio(inside, deeper)
+    return outside, inside, deeper
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b > 0 else float("inf")
 
 
 def is_band_edge(power: np.ndarray, factor: int) -> bool:
-    """Whether a centred 1-D power profile falls off a cliff at the edge of its central 1/``factor``."""
-    across, before = band_edge_ratios(power, factor)
+    """Whether a centred 1-D power profile falls off a cliff at the edge of its central 1/``factor``,
+    over steps of 1/8 of the band: the ratio of the mean power just outside to just inside (across the
+    edge) and of just inside to one step further in (before it)."""
+    outside, inside, deeper = _edge_means(power, factor, 8)
+    across, before = _ratio(outside, inside), _ratio(inside, deeper)
     return across < SHEER_RATIO or (across < CLIFF_RATIO and across < STEEPNESS * before)
+
+
+def _spectrum_profiles(array: np.ndarray, slice_axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The mean power spectrum of up to ``DETECT_SLICES`` evenly spaced slices (each without its
+    mean), as one centred profile per in-plane axis; None when every slice is empty."""
+    a = np.moveaxis(np.asarray(array, dtype=np.float32), slice_axis, 0)
+    picks = np.unique(np.linspace(0, a.shape[0] - 1, min(DETECT_SLICES, a.shape[0])).round().astype(int))
+    slices = a[picks].astype(np.float64)
+    slices = slices[slices.max(axis=(1, 2)) > 0]
+    if not len(slices):
+        return None
+    slices -= slices.mean(axis=(1, 2), keepdims=True)
+    power = (np.abs(np.fft.fftshift(np.fft.fft2(slices), axes=(1, 2))) ** 2).mean(axis=0)
+    return power.mean(axis=1), power.mean(axis=0)
 
 
 def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -> int | None:
@@ -109,16 +129,11 @@ def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -
     a = np.moveaxis(np.asarray(array, dtype=np.float32), slice_axis, 0)
     if a.size == 0 or float(a.min()) < 0 or min(a.shape[1:]) < MIN_DETECT_SIDE:
         return None
-    picks = np.unique(np.linspace(0, a.shape[0] - 1, min(DETECT_SLICES, a.shape[0])).round().astype(int))
-    slices = a[picks].astype(np.float64)
-    slices = slices[slices.max(axis=(1, 2)) > 0]
-    if not len(slices):
+    profiles = _spectrum_profiles(a, 0)
+    if profiles is None:
         return None
-    slices -= slices.mean(axis=(1, 2), keepdims=True)
-    power = (np.abs(np.fft.fftshift(np.fft.fft2(slices), axes=(1, 2))) ** 2).mean(axis=0)
-    rows, cols = power.mean(axis=1), power.mean(axis=0)
     for f in factors:
-        if is_band_edge(rows, f) and is_band_edge(cols, f):
+        if all(is_band_edge(profile, f) for profile in profiles):
             return int(f)
     return None
 
@@ -135,24 +150,11 @@ TAPER_KEEP = 0.8
 def band_taper(array: np.ndarray, slice_axis: int, factor: int) -> float:
     """The fraction of the band of a volume zero-filled at ``factor`` (:func:`zero_filled_factor`)
     that its data consistency keeps: ``TAPER_KEEP`` where a k-space filter tapered it, else 1."""
-    a = np.moveaxis(np.asarray(array, dtype=np.float32), slice_axis, 0)
-    picks = np.unique(np.linspace(0, a.shape[0] - 1, min(DETECT_SLICES, a.shape[0])).round().astype(int))
-    slices = a[picks].astype(np.float64)
-    slices = slices[slices.max(axis=(1, 2)) > 0]
-    if not len(slices):
+    profiles = _spectrum_profiles(array, slice_axis)
+    if profiles is None:
         return 1.0
-    slices -= slices.mean(axis=(1, 2), keepdims=True)
-    power = (np.abs(np.fft.fftshift(np.fft.fft2(slices), axes=(1, 2))) ** 2).mean(axis=0)
-    ratios = []
-    for profile in (power.mean(axis=1), power.mean(axis=0)):
-        n = len(profile)
-        m = n // factor
-        lo, w = n // 2 - m // 2, max(2, m // 16)
-        hi = lo + m
-        last = np.r_[profile[lo : lo + w], profile[hi - w : hi]].mean()
-        before = np.r_[profile[lo + w : lo + 2 * w], profile[hi - 2 * w : hi - w]].mean()
-        ratios.append(last / before if before > 0 else 1.0)
-    return TAPER_KEEP if max(ratios) < TAPERED_RATIO else 1.0
+    tapered = [_ratio(*_edge_means(profile, factor, 16)[1:]) < TAPERED_RATIO for profile in profiles]
+    return TAPER_KEEP if all(tapered) else 1.0
 
 
 # ------------------------------------------------------------------- the measured band
