@@ -23,6 +23,7 @@ from amir_cli.imaging.dicom_series import (DICOM_SUFFIXES, describe_series, fold
                                            is_dicom_file, read_header, scan_folder)
 from amir_cli.imaging.dicom_suv import suv_factors
 from amir_cli.imaging.dicom_tags import _floats, _pydicom, _require
+from amir_cli.imaging.dicom_tags import rescale as header_rescale  # `rescale` names the series' list here
 from amir_cli.imaging.volume import Volume, check_dimensions, check_pixels, integer_dtype_for, ras_from_lps
 
 _MODALITIES = ("CT", "MR", "PT")
@@ -201,8 +202,7 @@ def _read_pixels(items: list, rows: int, cols: int):
         frames = decode_frames(path, cache)
         if frames.shape[1:] != (rows, cols) or (frame or 0) >= frames.shape[0]:
             raise BadInputError(f"{path}: pixel data shape {frames.shape} does not match Rows x Columns (x frames)")
-        slope = float(header.get("RescaleSlope", 1) or 1)
-        intercept = float(header.get("RescaleIntercept", 0) or 0)
+        slope, intercept = header_rescale(header)
         rescale.append((slope, intercept))
         array[:, :, k] = (frames[frame or 0].astype(np.float64) * slope + intercept).T
     return array, rescale, frames.dtype

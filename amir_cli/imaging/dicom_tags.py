@@ -31,3 +31,8 @@ def _floats(value, n: int, keyword: str, what: str) -> np.ndarray:
     if arr.shape != (n,) or not np.all(np.isfinite(arr)):
         raise BadInputError(f"{what}: DICOM tag {keyword} must hold {n} numbers")
     return arr
+
+
+def rescale(ds) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept) of an image's header; (1, 0) where it has none."""
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)

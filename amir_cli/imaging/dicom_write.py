@@ -19,6 +19,7 @@ from amir_cli.errors import BadInputError, failures_as_bad_input
 from amir_cli.files import atomic_write, public_path, replace_dir, temp_dir
 from amir_cli.imaging.dicom_derive import (Derivation, Encoded, derive_header, ds_string, new_derivation,
                                            rescale_value_maps, set_pixels, stored_range, valid_uid)
+from amir_cli.imaging.dicom_tags import rescale
 from amir_cli.imaging.dicom_write_frames import derived_multiframe
 from amir_cli.imaging.volume import Volume, check_dimensions
 from amir_cli.tasks import CT_DENOISE, NORM_RANGE
@@ -35,8 +36,7 @@ def _encode(values: np.ndarray, datasets: list, modality: str | None) -> list[En
     orig = []
     fits = True
     for k, ds in enumerate(datasets):
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        slope, intercept = rescale(ds)
         bits = int(ds.get("BitsStored", ds.BitsAllocated))
         signed = int(ds.get("PixelRepresentation", 0)) == 1
         lo, hi = stored_range(bits, signed)
@@ -48,7 +48,7 @@ def _encode(values: np.ndarray, datasets: list, modality: str | None) -> list[En
     if fits:
         return orig
 
-    had_unit_slope = all(float(ds.get("RescaleSlope", 1) or 1) == 1.0 for ds in datasets)
+    had_unit_slope = all(rescale(ds)[0] == 1.0 for ds in datasets)
     if modality != "PT" and had_unit_slope:
         v = np.rint(values)
         lo, hi = float(v.min()), float(v.max())
@@ -106,18 +106,17 @@ def _derived_slice(src, k: int, encoded: Encoded, d: Derivation):
         if "ImageOrientationPatient" in src and "ImagePositionPatient" in src:
             ds.ImageOrientationPatient = d.orientation
             ds.ImagePositionPatient = d.position(k)
-    # add rescale tags only where needed (MR images, for instance, usually have none)
-    if encoded.slope is not None and not (encoded.unit_slope and "RescaleSlope" not in src):
-        ds.RescaleSlope, ds.RescaleIntercept = encoded.slope, "0"
-    if encoded.slope is not None:
-        old = (float(src.get("RescaleSlope", 1) or 1), float(src.get("RescaleIntercept", 0) or 0))
-        rescale_value_maps(ds, old, (float(encoded.slope), 0.0), encoded.signed)
-    if encoded.slope is None and d.same_geometry:  # the source's own encoding: padding kept its stored value
-        for tag in _PADDING_TAGS:
-            if tag in src:
-                ds[tag] = copy.deepcopy(src[tag])
-    elif encoded.slope is not None and d.same_geometry:
-        _re_encoded_padding(ds, src, float(encoded.slope), encoded.signed)
+    if encoded.slope is None:
+        if d.same_geometry:  # the source's own encoding: padding kept its stored value
+            for tag in _PADDING_TAGS:
+                if tag in src:
+                    ds[tag] = copy.deepcopy(src[tag])
+    else:  # re-encoded: rescale tags only where needed (MR images, for instance, usually have none)
+        if not (encoded.unit_slope and "RescaleSlope" not in src):
+            ds.RescaleSlope, ds.RescaleIntercept = encoded.slope, "0"
+        rescale_value_maps(ds, rescale(src), (float(encoded.slope), 0.0), encoded.signed)
+        if d.same_geometry:
+            _re_encoded_padding(ds, src, float(encoded.slope), encoded.signed)
     set_pixels(ds, [encoded.stored], encoded.bits_allocated, encoded.bits_stored, encoded.signed, d.transfer_syntax)
     return ds
 
@@ -125,7 +124,7 @@ def _derived_slice(src, k: int, encoded: Encoded, d: Derivation):
 def _re_encoded_padding(ds, src, slope: float, signed: bool) -> None:
     """The source's padding values in the new encoding, where the restore passed them through: below
     the CT window that the network reads (a padding value inside it was restored like any voxel)."""
-    m, b = float(src.get("RescaleSlope", 1) or 1), float(src.get("RescaleIntercept", 0) or 0)
+    m, b = rescale(src)
     lo, hi = stored_range(16, signed)
     values = {tag: m * float(src[tag].value) + b for tag in _PADDING_TAGS if tag in src and src[tag].value is not None}
     if str(src.get("Modality", "")).upper() != "CT" or not values or max(values.values()) >= NORM_RANGE[CT_DENOISE].low:
