@@ -26,14 +26,14 @@ FILTERS = ("none", "fermi 0.02", "fermi 0.05", "fermi 0.1", "hamming")
 
 def k_filter(shape, factor: int, kind: str) -> np.ndarray:
     """The band of ``kspace_mask`` times filter ``kind`` (centred k-space)."""
+    from amir_cli.imaging.degrade import fermi_filter
     from amir_cli.imaging.kspace import kspace_mask
 
-    ky, kx = (np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
     band = kspace_mask(shape, factor).astype(np.float64)
     if kind.startswith("fermi"):
-        w = float(kind.split()[1])
-        return band / (1.0 + np.exp((np.hypot(ky[:, None], kx[None, :]) - (1.0 - 2.0 * w)) / w))
+        return fermi_filter(shape, factor, float(kind.split()[1]))
     if kind == "hamming":
+        ky, kx = (np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
         hamming = lambda k: 0.54 + 0.46 * np.cos(np.pi * np.minimum(k, 1.0))  # noqa: E731
         return band * hamming(ky)[:, None] * hamming(kx)[None, :]
     return band

@@ -22,12 +22,14 @@ noise through the Hann-apodised ramp of ``amir train --ct-soft-kernels``), as cl
 (``degrade.OSEM_NOISE_EXPONENT``, as ``amir train --pet-em-noise``: variance following the activity, air almost
 noise-free, as in clinical PET), the same way, and ("em-ref") rows at those doses whose standard-dose
 reference is shaped so but whose added noise is SPEC §3's, spread evenly: the protocol's low dose of
-a clinical scan, as `amir degrade` makes it.
+a clinical scan, as `amir degrade` makes it. ``--taper`` adds, the same way, MR rows at x2 and x4
+whose band a scanner's Fermi filter tapers (width ``TAPER_FERMI``, as ``amir train --mr-fermi``).
 
     python benchmarks/validation.py DATA amir-s runs/cpu_stage10/best.pt ...
     python benchmarks/validation.py DATA amir-s runs/mr_only/last.pt --tasks mri-sr
     python benchmarks/validation.py DATA amir-s --tasks mri-sr --passes 4
     python benchmarks/validation.py DATA amir-s runs/wide_doses/last.pt --mild --soft --em
+    python benchmarks/validation.py DATA amir-s runs/tapered/last.pt --tasks mri-sr --taper
 """
 
 from __future__ import annotations
@@ -46,12 +48,15 @@ SLAB_MM = 5.0  # slab MR references: the mean of the slices this thick around ea
 MILD_DOSES = (0.75, 0.9)  # --mild: CT and PET doses above those that choose weights
 SOFT_KERNEL, SOFT_DOSES = 0.75, (0.5, 0.25)  # --soft: the CT kernel cutoff (x Nyquist) and doses
 EM_DOSES = (0.5, 0.25, 1 / 12)  # --em: the PET doses (noise exponent: degrade.OSEM_NOISE_EXPONENT)
-EXTRA = ("mild", "soft", "em", "em-ref")  # the level suffixes of the rows outside the choosing mean
+TAPER_FERMI = 0.05  # --taper: the MR rows' Fermi filter width
+EXTRA = ("mild", "soft", "em", "em-ref", "fermi")  # the level suffixes of the rows outside the choosing mean
 
 
-def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = False, em: bool = False) -> dict:
+def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = False, em: bool = False,
+                    taper: bool = False) -> dict:
     """(task, level) -> validation slices of the validation subjects, for ``tasks`` (``mild``: with
-    the rows of ``MILD_DOSES``; ``soft``: with those of ``SOFT_DOSES``; ``em``: of ``EM_DOSES``)."""
+    the rows of ``MILD_DOSES``; ``soft``: with those of ``SOFT_DOSES``; ``em``: of ``EM_DOSES``;
+    ``taper``: MR with Fermi-tapered bands)."""
     from amir_cli.imaging.degrade import OSEM_NOISE_EXPONENT
     from amir_cli.training.levels import Levels
     from amir_cli.training.validation import validation_set
@@ -69,6 +74,9 @@ def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = 
         sets[(MRI_SR, f"{level:g} native")] = native_slices(sets[(MRI_SR, level)], level)
     for level in LEVELS[MRI_SR] if MRI_SR in tasks else ():
         sets[(MRI_SR, f"{level:g} slab")] = slab_slices(sets[(MRI_SR, level)], val_volumes, level)
+    for level in LEVELS[MRI_SR] if taper and MRI_SR in tasks else ():
+        lv = Levels(mr_factors=(level,), val_mr_fermi=TAPER_FERMI)
+        sets[(MRI_SR, f"{level:g} fermi")] = validation_set(val_volumes, (MRI_SR,), 16, 256, 0, lv)
     for level in LEVELS[PET_SYNTHESIS] if PET_SYNTHESIS in tasks else ():
         lv = Levels(val_pet_dose=level)
         sets[(PET_SYNTHESIS, f"{level:g} sd")] = validation_set(val_volumes, (PET_SYNTHESIS,), 16, 256, 0, lv, pet_standard_dose=True)
@@ -89,7 +97,7 @@ def validation_sets(data, tasks=tuple(LEVELS), mild: bool = False, soft: bool = 
 
 
 def is_extra(level) -> bool:
-    """Whether a row is one of ``--mild``, ``--soft`` or ``--em``, outside the mean that chooses."""
+    """Whether a row is one of ``--mild``, ``--soft``, ``--em`` or ``--taper``, outside the mean that chooses."""
     return isinstance(level, str) and level.endswith(EXTRA)
 
 
@@ -136,6 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mild", action="store_true", help="also CT and PET (sd) at doses 3/4 and 9/10, outside the mean that chooses")
     ap.add_argument("--soft", action="store_true", help="also CT at 1/2 and 1/4 from a softer kernel, outside the mean that chooses")
     ap.add_argument("--em", action="store_true", help="also PET (sd) at 1/2, 1/4, 1/12 with noise shaped as iterative reconstruction shapes it (em) and with such a reference only (em-ref), outside the mean that chooses")
+    ap.add_argument("--taper", action="store_true", help="also MR at x2 and x4 with bands tapered by a Fermi filter, outside the mean that chooses")
     args = ap.parse_args(argv)
     asked = set(args.tasks.split(","))
     if asked - set(LEVELS):
@@ -152,7 +161,7 @@ def main(argv=None) -> int:
     from amir_cli.errors import AmirError
 
     try:
-        sets = validation_sets(args.data, tasks, args.mild, args.soft, args.em)
+        sets = validation_sets(args.data, tasks, args.mild, args.soft, args.em, args.taper)
     except AmirError as exc:  # a missing or unreadable data folder: one line, no traceback
         print(f"validation.py: {exc}", file=sys.stderr)
         return 1

@@ -9,9 +9,10 @@ import torch
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging.degrade import mri_truncate
-from amir_cli.imaging.kspace import kspace_mask
+from amir_cli.imaging.kspace import TAPER_KEEP, kspace_mask
+from amir_cli.training.levels import Levels
 from amir_cli.training.options import TrainOptions
-from amir_cli.training.sampling import _fourier_zoom, _slab
+from amir_cli.training.sampling import PatchSampler, SamplerOptions, _fourier_zoom, _slab
 from amir_cli.training.volumes import TrainVolume
 from amir_cli.training.trainer import _consistent
 
@@ -73,6 +74,40 @@ def test_the_loss_output_keeps_the_measured_band_and_other_tasks_are_untouched()
     assert (own - lq[0, 0]).abs().mean() < 0.2 * (before - lq[0, 0]).abs().mean()
     (out - torch.cat([hq, hq])).abs().mean().backward()
     assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+
+
+def test_a_tapered_sample_is_made_consistent_with_the_central_part_of_its_band_only():
+    """A Fermi-tapered input's band edge is the filter's, not the image's: the loss keeps the
+    central TAPER_KEEP of the band there (as `amir restore` does), the whole band elsewhere."""
+    hq = _phantom(64)
+    lq = torch.from_numpy(mri_truncate(hq, 2, fermi=0.05))[None, None]
+    pred = torch.from_numpy(hq)[None, None].repeat(2, 1, 1, 1)
+    out = _consistent(pred, torch.cat([lq, lq]), torch.tensor([2, 2]), torch.tensor([TAPER_KEEP, 1.0]))
+    edge = torch.from_numpy(np.fft.ifftshift(kspace_mask((64, 64), 2) & ~kspace_mask((64, 64), 2, TAPER_KEEP)))
+    k_out, k_true = torch.fft.fft2(out[:, 0]), torch.fft.fft2(pred[:, 0])
+    kept_edge = lambda i: float((k_out[i] - k_true[i]).abs()[edge].mean() / k_true[i].abs()[edge].mean())  # noqa: E731
+    # tapered: the band edge stays near the true image's; sharp: the taper is copied in
+    assert 4 * kept_edge(0) < kept_edge(1) and kept_edge(0) < 0.15
+
+
+def test_fermi_tapered_training_pairs():
+    """--mr-fermi: that share of MR pairs is tapered, and marked so for the loss; validation can taper too."""
+    hq = np.stack([_phantom(64)] * 6) * 1000
+    vol = TrainVolume("v", "mri-sr", hq, None, 1.0, 1000.0, np.arange(6), np.arange(0), 64, (0, 64))
+    levels = Levels(mr_fermi=0.5)
+    draws = [levels.draw("mri-sr", np.random.default_rng(i))[1] for i in range(40)]
+    assert 10 < sum("fermi" in kw for kw in draws) < 30
+    assert all(0.02 <= kw["fermi"] <= 0.1 for kw in draws if kw)
+    assert Levels().draw("mri-sr", np.random.default_rng(0))[1] == {}
+    assert Levels(val_mr_fermi=0.05).validation("mri-sr", 0)[1] == {"fermi": 0.05}
+    for share, keep in ((1.0, TAPER_KEEP), (0.0, 1.0)):
+        opts = SamplerOptions(batch_size=2, patch_size=32, crops_per_slice=2, levels=Levels(mr_fermi=share))
+        batch = PatchSampler([vol], ("mri-sr",), opts, seed=0).batch(0)
+        assert np.allclose(batch["kspace_keep"], keep) and (batch["kspace_factor"] > 0).all()
+    with pytest.raises(BadInputError, match="--mr-fermi"):
+        TrainOptions(data="x", mr_fermi=1.5).check()
+    sharp, tapered = mri_truncate(_phantom(64), 2), mri_truncate(_phantom(64), 2, fermi=0.05)
+    assert tapered.max() <= sharp.max() + 1e-6 and np.abs(tapered - sharp).mean() > 1e-3
 
 
 def test_consistency_keeps_the_true_image_of_a_whole_slice_not_of_a_patch():

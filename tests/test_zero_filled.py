@@ -75,15 +75,14 @@ def test_a_band_that_a_kspace_filter_tapered_keeps_its_factor(brain, factor, tap
 def _tapered_band(shape, factor, taper):
     """The central 1/factor of centred k-space times a radial Fermi filter of width 0.1 or a
     separable Hamming window (both over the band's half-width)."""
+    from amir_cli.imaging.degrade import fermi_filter
     from amir_cli.imaging.kspace import kspace_mask
 
+    if taper != "hamming":
+        return fermi_filter(shape, factor, 0.1)
     ky, kx = (np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
-    if taper == "hamming":
-        window = lambda k: 0.54 + 0.46 * np.cos(np.pi * np.minimum(k, 1.0))  # noqa: E731
-        filt = window(ky)[:, None] * window(kx)[None, :]
-    else:
-        filt = 1.0 / (1.0 + np.exp((np.hypot(ky[:, None], kx[None, :]) - 0.8) / 0.1))
-    return kspace_mask(shape, factor) * filt
+    window = lambda k: 0.54 + 0.46 * np.cos(np.pi * np.minimum(k, 1.0))  # noqa: E731
+    return kspace_mask(shape, factor) * window(ky)[:, None] * window(kx)[None, :]
 
 
 def test_images_that_are_not_magnitudes_or_too_small_are_never_zero_filled(brain):

@@ -123,6 +123,7 @@ def train_cmd(
     ct_soft_kernels: Annotated[float, typer.Option("--ct-soft-kernels", metavar="P", help="The share of CT training pairs from a softer kernel (the ramp apodised by a Hann window ending at 0.5 to 1 x Nyquist), which reconstructs the added noise and shows the reference, as a scanner's soft kernels shape a real low-dose scan and its full-dose pair; 0: the ramp only.")] = _TRAIN.ct_soft_kernels,
     ct_i0: Annotated[str, typer.Option("--ct-i0", metavar="LOW:HIGH", help="CT full-dose photons per 1 mm bin per view (log-uniform).")] = range_text(_TRAIN.ct_i0),
     mr_factors: Annotated[str, typer.Option("--mr-factors", help="MR k-space factors, comma-separated.")] = ",".join(map(str, _TRAIN.mr_factors)),
+    mr_fermi: Annotated[float, typer.Option("--mr-fermi", metavar="P", help="The share of MR training pairs whose measured band is tapered by a radial Fermi filter (width 0.02 to 0.1 of the band), as scanners filter k-space; their loss keeps the central 80% of the band, as amir restore does where it recognises a taper. 0: sharp bands only.")] = _TRAIN.mr_fermi,
     pet_dose: Annotated[str, typer.Option("--pet-dose", metavar="LOW:HIGH", help="PET dose fraction range (log-uniform).")] = range_text(_TRAIN.pet_dose),
     pet_em_noise: Annotated[float, typer.Option("--pet-em-noise", metavar="P", help="The share of PET training pairs whose noise (reference and input) is shaped as an iterative (OSEM) reconstruction shapes it: its variance follows the local activity, so air is almost noise-free as in a clinical PET image (noise ~ activity^0.5 to ^1); 0: evenly spread, as filtered back-projection spreads it.")] = _TRAIN.pet_em_noise,
     pet_em_ref: Annotated[float, typer.Option("--pet-em-ref", metavar="P", help="The share of PET training pairs whose reference is shaped so (a clinical OSEM image) but whose low dose adds noise spread evenly over the field, as filtered back-projection spreads it: the protocol's low dose of a clinical scan, as `amir degrade` makes it. With --pet-em-noise, at most 1 together.")] = _TRAIN.pet_em_ref,
@@ -157,6 +158,7 @@ def train_cmd(
             zoom_jitter=zoom_jitter,
             zoom_tasks=None if zoom_tasks.strip() == "all" else _tasks_option(zoom_tasks, "--zoom-tasks"), mr_zoom_max=mr_zoom_max,
             mr_slab=mr_slab, pet_standard_dose=pet_standard_dose, ct_dose=parse_range(ct_dose, "ct-dose"), ct_i0=parse_range(ct_i0, "ct-i0"), ct_soft_kernels=ct_soft_kernels, mr_factors=_factors_option(mr_factors),
+            mr_fermi=mr_fermi,
             pet_dose=parse_range(pet_dose, "pet-dose"), pet_em_noise=pet_em_noise, pet_em_ref=pet_em_ref, init=init, device=device, export=export, quiet=quiet or json_out,
         )
         options.check()

@@ -94,28 +94,38 @@ def _check_rng(rng) -> np.random.Generator:
 
 
 # ------------------------------------------------------------------------------------------- MRI
-def mri_truncate_complex(image2d, factor: int) -> np.ndarray:
+def fermi_filter(shape, factor: int, width: float) -> np.ndarray:
+    """A scanner's radial Fermi filter over the band of ``kspace_mask`` (centred k-space):
+    1 / (1 + exp((r - (1 - 2 width)) / width)), r the radius over the band's half-width; 0 outside the band."""
+    factor = check_factor(factor)
+    ky, kx = (np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
+    r = np.hypot(ky[:, None], kx[None, :])
+    return kspace_mask(shape, factor) / (1.0 + np.exp((r - (1.0 - 2.0 * width)) / width))
+
+
+def mri_truncate_complex(image2d, factor: int, fermi: float = 0.0) -> np.ndarray:
     """Complex image of :func:`mri_truncate` before the magnitude step (complex128)."""
     img = check_2d(image2d)
     factor = check_factor(factor)
     if factor == 1:
         return img.astype(np.complex128)
     k = np.fft.fftshift(np.fft.fft2(img))
-    k[~kspace_mask(img.shape, factor)] = 0
+    k *= fermi_filter(img.shape, factor, fermi) if fermi > 0 else kspace_mask(img.shape, factor)
     return np.fft.ifft2(np.fft.ifftshift(k))
 
 
-def mri_truncate(image2d, factor: int) -> np.ndarray:
+def mri_truncate(image2d, factor: int, fermi: float = 0.0) -> np.ndarray:
     """Low-resolution MR on the same grid: keep the central 1/factor of k-space per in-plane axis.
 
     2-D FFT (centred), zero every frequency outside the central ``n // factor`` samples of each axis,
-    inverse FFT, magnitude.  ``factor`` 1 returns the input unchanged (as float32).
+    inverse FFT, magnitude.  ``fermi`` > 0: the band tapered as a scanner's k-space filter tapers it
+    (:func:`fermi_filter` of that width).  ``factor`` 1 returns the input unchanged (as float32).
     """
     factor = check_factor(factor)
     img = check_2d(image2d)
     if factor == 1:
         return img.astype(np.float32)
-    return np.abs(mri_truncate_complex(img, factor)).astype(np.float32)
+    return np.abs(mri_truncate_complex(img, factor, fermi)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------- CT
@@ -305,9 +315,9 @@ def slice_rng(seed: int, index: int) -> np.random.Generator:
 def degrade_slice(image2d, task: str, level, rng, *, pixel_mm: float = 1.0, **kw) -> np.ndarray:
     """Apply the degradation of ``task`` to one 2-D slice (``level``: factor or dose fraction)."""
     if task == MRI_SR:
-        if kw:
-            raise ValueError(f"mri-sr takes no extra options, got {sorted(kw)}")
-        return mri_truncate(image2d, level)
+        if set(kw) - {"fermi"}:
+            raise ValueError(f"mri-sr takes only a fermi width, got {sorted(kw)}")
+        return mri_truncate(image2d, level, **kw)
     if task == CT_DENOISE:
         return ct_low_dose(image2d, level, rng, pixel_mm=pixel_mm, **kw)
     if task == PET_SYNTHESIS:

@@ -19,6 +19,8 @@ class Levels:
     ct_soft_kernels: float = 0.0  # the share of CT pairs (reference and noise) from a softer kernel
     ct_kernel_cutoff: tuple[float, float] = (0.5, 1.0)  # that kernel's Hann cutoff (x Nyquist), uniform
     mr_factors: tuple[int, ...] = MR_FACTORS  # k-space truncation factor, uniform choice
+    mr_fermi: float = 0.0  # the share of MR pairs whose band a scanner's Fermi filter tapers
+    mr_fermi_width: tuple[float, float] = (0.02, 0.1)  # that filter's width (x the band's half-width), uniform
     pet_dose: tuple[float, float] = (1 / 20, 1 / 2)  # dose fraction, log-uniform
     pet_counts: tuple[float, float] = (1e6, 1e7)  # full-dose true coincidences per slice, log-uniform
     pet_recon_mm: tuple[float, float] = (2.0, 4.0)  # reconstruction pixel, uniform
@@ -32,11 +34,15 @@ class Levels:
     val_ct_kernel: float | None = None  # the validation CT pairs' softer kernel cutoff (None: the ramp)
     val_pet_em: float | None = None  # the validation PET pairs' EM noise exponent (None: evenly spread noise)
     val_pet_spec_low_dose: bool = False  # their input's added noise evenly spread even so (SPEC §3)
+    val_mr_fermi: float = 0.0  # the validation MR pairs' Fermi filter width (0: the sharp band)
 
     def draw(self, task: str, rng: np.random.Generator) -> tuple[object, dict]:
         """(level, extra keywords for degrade_slice)."""
         if task == MRI_SR:
-            return int(self.mr_factors[rng.integers(len(self.mr_factors))]), {}
+            factor = int(self.mr_factors[rng.integers(len(self.mr_factors))])
+            if self.mr_fermi > 0 and rng.random() < self.mr_fermi:  # no draw when off: runs replay
+                return factor, {"fermi": float(rng.uniform(*self.mr_fermi_width))}
+            return factor, {}
         if task == CT_DENOISE:
             dose, kw = _log_uniform(rng, *self.ct_dose), {"i0": _log_uniform(rng, *self.ct_i0)}
             if self.ct_soft_kernels > 0 and rng.random() < self.ct_soft_kernels:  # no draw when off: runs replay
@@ -57,7 +63,7 @@ class Levels:
 
     def validation(self, task: str, k: int) -> tuple[object, dict]:
         if task == MRI_SR:
-            return int(self.mr_factors[k % len(self.mr_factors)]), {}
+            return int(self.mr_factors[k % len(self.mr_factors)]), {"fermi": self.val_mr_fermi} if self.val_mr_fermi else {}
         if task == CT_DENOISE:
             return self.val_ct_dose, {} if self.val_ct_kernel is None else {"kernel_cutoff": self.val_ct_kernel}
         kw = {} if self.val_pet_em is None else {"em_exponent": self.val_pet_em}
@@ -67,7 +73,7 @@ class Levels:
         return {
             CT_DENOISE: {"dose_fraction": list(self.ct_dose), "i0": list(self.ct_i0), "distribution": "log-uniform",
                          "soft_kernels": self.ct_soft_kernels, "kernel_cutoff": list(self.ct_kernel_cutoff)},
-            MRI_SR: {"factor": list(self.mr_factors)},
+            MRI_SR: {"factor": list(self.mr_factors), "fermi": self.mr_fermi, "fermi_width": list(self.mr_fermi_width)},
             PET_SYNTHESIS: {
                 "dose_fraction": list(self.pet_dose), "distribution": "log-uniform", "total_counts": list(self.pet_counts),
                 "recon_mm": list(self.pet_recon_mm), "postfilter_fwhm_mm": list(self.pet_fwhm_mm),

@@ -90,6 +90,7 @@ class TrainOptions:
     ct_i0: tuple[float, float] = Levels.ct_i0
     ct_soft_kernels: float = Levels.ct_soft_kernels  # the share of CT pairs (reference and noise) from a softer kernel
     mr_factors: tuple[int, ...] = Levels.mr_factors
+    mr_fermi: float = Levels.mr_fermi  # the share of MR pairs whose band a scanner's Fermi filter tapers
     pet_dose: tuple[float, float] = Levels.pet_dose
     pet_em_noise: float = Levels.pet_em_noise  # the share of PET pairs whose noise an iterative reconstruction shapes
     pet_em_ref: float = Levels.pet_em_ref  # the share with such a reference only, its low dose SPEC §3's
@@ -100,7 +101,7 @@ class TrainOptions:
 
     def levels(self) -> Levels:
         return Levels(ct_dose=tuple(self.ct_dose), ct_i0=tuple(self.ct_i0), ct_soft_kernels=self.ct_soft_kernels,
-                      mr_factors=tuple(int(f) for f in self.mr_factors), pet_dose=tuple(self.pet_dose),
+                      mr_factors=tuple(int(f) for f in self.mr_factors), mr_fermi=self.mr_fermi, pet_dose=tuple(self.pet_dose),
                       pet_em_noise=self.pet_em_noise, pet_em_ref=self.pet_em_ref)
 
     def to_dict(self) -> dict:
@@ -160,7 +161,7 @@ class TrainOptions:
                 raise BadInputError(f"--{name} range must satisfy {MIN_DOSE:g} <= low <= high <= 1, got {lo:g}-{hi:g}")
         if not 0 < self.ct_i0[0] <= self.ct_i0[1]:
             raise BadInputError("--ct-i0 range must be positive and ordered")
-        for name, share in (("ct-soft-kernels", self.ct_soft_kernels), ("pet-em-noise", self.pet_em_noise), ("pet-em-ref", self.pet_em_ref)):
+        for name, share in (("ct-soft-kernels", self.ct_soft_kernels), ("mr-fermi", self.mr_fermi), ("pet-em-noise", self.pet_em_noise), ("pet-em-ref", self.pet_em_ref)):
             if not 0 <= share <= 1:
                 raise BadInputError(f"--{name} must be in [0, 1], got {share}")
         if self.pet_em_noise + self.pet_em_ref > 1:

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging import degrade, intensity
+from amir_cli.imaging.kspace import TAPER_KEEP
 from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
 
 from .levels import Levels
@@ -119,30 +120,33 @@ class PatchSampler:
     def batch(self, iteration: int) -> dict:
         """{'lq': (B,1,P,P) float32, 'hq': same, 'task': (B,) int64 index into TASKS}."""
         B, K = self.opt.batch_size, self.opt.crops_per_slice
-        lq, hq, tid, factors = [], [], [], []
+        lq, hq, tid, factors, keeps = [], [], [], [], []
         for g in range(self.groups()):
             rng = batch_rng(self.seed, self.rank, iteration, g)
             task = self.task_of(iteration, g)
             n = min(K, B - g * K)
-            pairs, factor = self._patches(task, rng, n, self.patch_size(task))
+            pairs, factor, keep = self._patches(task, rng, n, self.patch_size(task))
             for a, b in pairs:
                 lq.append(a)
                 hq.append(b)
                 tid.append(TASKS.index(task))
                 factors.append(factor)
+                keeps.append(keep)
         return {
             "lq": np.stack(lq)[:, None].astype(np.float32),
             "hq": np.stack(hq)[:, None].astype(np.float32),
             "task": np.asarray(tid, np.int64),
             "kspace_factor": np.asarray(factors, np.int64),  # MR truncated on the fly: its factor; else 0
+            "kspace_keep": np.asarray(keeps, np.float32),  # the fraction of that band restore keeps (a taper: less)
         }
 
     def _patches(self, task, rng, n, P):
-        """(n patch pairs of one slice, the MR k-space factor of its degradation or 0)."""
+        """(n patch pairs of one slice, the MR k-space factor of its degradation or 0, the fraction of
+        that band `amir restore` keeps: TAPER_KEEP where a Fermi filter tapered it, else 1)."""
         vols, weights = self.by_task[task]
         vol = vols[rng.choice(len(vols), p=weights)]
         z = int(vol.train_slices[rng.integers(len(vol.train_slices))])
-        hq_slice, rows, factor = vol.hq[z], vol.train_rows, 0
+        hq_slice, rows, factor, keep = vol.hq[z], vol.train_rows, 0, 1.0
         if vol.lq is not None:
             lq_slice = vol.lq[z]
         else:  # degraded on the fly, after the augmentations of the reference
@@ -162,6 +166,7 @@ class PatchSampler:
             hq_slice, lq_slice = degrade.degrade_pair(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm,
                                                       standard_dose=self.opt.pet_standard_dose, **kw)
             factor = int(level) if task == MRI_SR else 0
+            keep = TAPER_KEEP if "fermi" in kw else 1.0
         jitter = 1.0
         if task == MRI_SR and self.opt.mr_scale_jitter > 0:
             jitter = float(math.exp(rng.uniform(-self.opt.mr_scale_jitter, self.opt.mr_scale_jitter)))
@@ -174,7 +179,7 @@ class PatchSampler:
             if self.opt.flips:
                 a, b = _augment(a, b, rng)
             out.append((a, b))
-        return out, factor
+        return out, factor, keep
 
 
 def _slab(vol: TrainVolume, z: int, max_mm: float, rng) -> np.ndarray:

@@ -91,20 +91,21 @@ def rmse_samples(tid, o: TrainOptions):
     return torch.isin(tid, torch.tensor(tasks, device=tid.device)) if tasks else None
 
 
-def _consistent(pred, lq, factors):
+def _consistent(pred, lq, factors, keeps=None):
     """``pred`` with each MR sample made consistent with the band its zero-filled input ``lq`` measured
-    (``factors``: its truncation factor, 0 for other samples), as `amir restore` does; differentiable."""
+    (``factors``: its truncation factor, 0 for other samples; ``keeps``: the fraction of that band
+    kept, None: all), as `amir restore` does; differentiable."""
     out = pred
-    for f in factors.unique().tolist():
-        if f > 0:
-            idx = (factors == f).nonzero()[:, 0]
-            band = band_mask(pred.shape[-2:], f, pred.device)
-            dc = project_band(pred[idx], lq[idx].float(), band, TRAIN_DC_ITERATIONS, eps=1e-4)
-            out = out.index_put((idx,), dc)
+    keeps = torch.ones_like(factors, dtype=torch.float32) if keeps is None else keeps
+    for f, keep in sorted({(int(f), float(k)) for f, k in zip(factors.tolist(), keeps.tolist()) if f > 0}):
+        idx = ((factors == f) & (keeps == keep)).nonzero()[:, 0]
+        band = band_mask(pred.shape[-2:], f, pred.device, keep)
+        dc = project_band(pred[idx], lq[idx].float(), band, TRAIN_DC_ITERATIONS, eps=1e-4)
+        out = out.index_put((idx,), dc)
     return out
 
 
-def cascade_errors(forward, consistent, lq, hq, factors, rmse_rows=None, passes=2):
+def cascade_errors(forward, consistent, lq, hq, factors, rmse_rows=None, passes=2, keeps=None):
     """(the MR samples' indices, their errors after passes 2 to ``passes`` of `amir restore`'s cascade
     stacked (passes - 1, samples), the later passes' load losses summed): ``forward`` (the network:
     image -> (output, load loss)) run again on the last pass made consistent (the first is
@@ -113,11 +114,12 @@ def cascade_errors(forward, consistent, lq, hq, factors, rmse_rows=None, passes=
     patch unflipped: the patches are flipped at random already."""
     idx = (factors > 0).nonzero()[:, 0]
     f, lq_mr, hq_mr = factors[idx], lq[idx], hq[idx]
+    k = None if keeps is None else keeps[idx]
     rows = None if rmse_rows is None else rmse_rows[idx]
     last, errors, load = consistent[idx], [], 0.0
     for _ in range(passes - 1):
         out, out_load = forward(last)
-        last = _consistent(last + CASCADE_STEP * (out.float() - last), lq_mr, f)
+        last = _consistent(last + CASCADE_STEP * (out.float() - last), lq_mr, f, k)
         errors.append(sample_errors(last, hq_mr, rows))
         load = load + out_load
     return idx, torch.stack(errors), load
@@ -262,14 +264,15 @@ class Trainer:
         rmse_rows = rmse_samples(tid, o)
         per_sample = sample_errors(pred.float(), hq, rmse_rows)
         factors = batch["kspace_factor"].to(self.device) if "kspace_factor" in batch else None
+        keeps = batch["kspace_keep"].to(self.device) if "kspace_keep" in batch else None
         consistent = None  # the first pass made consistent, for both MR terms
         if factors is not None and (self.o.mr_consistency_loss or self.o.mr_cascade_loss):
-            consistent = _consistent(pred.float(), lq, factors)
+            consistent = _consistent(pred.float(), lq, factors, keeps)
         if self.o.mr_consistency_loss and consistent is not None:
             per_sample = 0.5 * (per_sample + sample_errors(consistent, hq, rmse_rows))
         if self.o.mr_cascade_loss and consistent is not None and bool((factors > 0).any()):
             n = o.mr_cascade_passes
-            idx, errors, later_load = cascade_errors(self._forward, consistent, lq, hq, factors, rmse_rows, n)
+            idx, errors, later_load = cascade_errors(self._forward, consistent, lq, hq, factors, rmse_rows, n, keeps)
             per_sample = per_sample.index_put((idx,), (per_sample[idx] + errors.sum(0)) / n)
             load_loss = (load_loss + later_load) / n
         l1 = per_sample.mean()
