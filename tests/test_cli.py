@@ -561,6 +561,29 @@ def test_degrade_matches_library_and_keeps_geometry(ct_nii, tmp_path):
     np.testing.assert_allclose(np.asarray(b.dataobj), np.rint(expected), atol=1)
 
 
+def test_degrade_keeps_ct_pixel_padding(tmp_path):
+    """Outside a circular field of view, a DICOM series' PixelPaddingValue (-2000 stored, -3024 HU)
+    and a NIfTI's padding (-2048 HU) come out of `amir degrade` as they went in."""
+    import pydicom
+
+    yy, xx = np.mgrid[:48, :48] - 23.5
+    r = np.hypot(xx, yy)[:, :, None].repeat(2, axis=2)
+    hu = np.where(r < 14, 40, -1000).astype(np.int16)
+    hu[r >= 20] = -3024
+    series = DB.make_series(tmp_path / "ct", (hu + 1024).astype(np.int16), np.diag([0.8, 0.8, 2.0, 1.0]), "CT",
+                            slope=1, intercept=-1024, extra={"PixelPaddingValue": -2000})
+    assert amir("degrade", series, "--task", "ct-denoise", "--dose", "0.1", "-o", tmp_path / "low", "-q")[0] == 0
+    for path in sorted((tmp_path / "low").iterdir()):
+        ds = pydicom.dcmread(path)
+        stored = ds.pixel_array.T
+        assert ds.PixelPaddingValue == -2000 and (stored[r[:, :, 0] >= 20] == -2000).all()
+        assert np.std(stored[r[:, :, 0] < 14]) > 1
+    nib.save(nib.Nifti1Image(np.where(hu == -3024, -2048, hu).astype(np.int16), np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    assert amir("degrade", tmp_path / "ct.nii.gz", "--task", "ct-denoise", "--dose", "0.1", "-q")[0] == 0
+    low = np.asanyarray(nib.load(str(tmp_path / "ct_degraded.nii.gz")).dataobj)
+    assert (low[r >= 20] == -2048).all() and np.std(low[r < 14]) > 1
+
+
 def test_library_warnings_are_one_line_each(tmp_path):
     """pydicom's warning on a readable file with excess pixel padding: one line, no library path."""
     from pydicom.data import get_testdata_file

@@ -21,8 +21,8 @@ from amir_cli.imaging.dicom_derive import (Derivation, Encoded, derive_header, d
                                            rescale_value_maps, set_pixels, stored_range, valid_uid)
 from amir_cli.imaging.dicom_tags import rescale
 from amir_cli.imaging.dicom_write_frames import derived_multiframe
+from amir_cli.imaging.intensity import ct_padding
 from amir_cli.imaging.volume import Volume, check_dimensions
-from amir_cli.tasks import CT_DENOISE, NORM_RANGE
 
 # Pixel padding (the air outside a CT's reconstruction circle) passes through the restore unchanged
 _PADDING_TAGS = ("PixelPaddingValue", "PixelPaddingRangeLimit")
@@ -127,7 +127,7 @@ def _re_encoded_padding(ds, src, slope: float, signed: bool) -> None:
     m, b = rescale(src)
     lo, hi = stored_range(16, signed)
     values = {tag: m * float(src[tag].value) + b for tag in _PADDING_TAGS if tag in src and src[tag].value is not None}
-    if str(src.get("Modality", "")).upper() != "CT" or not values or max(values.values()) >= NORM_RANGE[CT_DENOISE].low:
+    if str(src.get("Modality", "")).upper() != "CT" or not values or not ct_padding(list(values.values())).all():
         return
     for tag, value in values.items():
         stored = int(np.rint(value / slope))
