@@ -584,6 +584,27 @@ def test_degrade_keeps_ct_pixel_padding(tmp_path):
     assert (low[r >= 20] == -2048).all() and np.std(low[r < 14]) > 1
 
 
+def test_a_gantry_tilted_series_warns_that_its_geometry_is_sheared(tiny_weights, tmp_path):
+    """CT slices whose positions step 15 degrees off their normal (a gantry tilt) give a sheared
+    NIfTI affine, and restore's report and terminal lines, and degrade's, say so in one line."""
+    tilt = np.radians(15.0)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[1:3, 2] = 2.5 * np.sin(tilt), 2.5 * np.cos(tilt)
+    hu = np.full((48, 48, 4), -1000, np.int16)
+    hu[12:36, 12:36] = 40
+    series = DB.make_series(tmp_path / "ct", (hu + 1024).astype(np.int16), affine, "CT", slope=1, intercept=-1024)
+    sheared = "gantry tilt of 15.0 degrees: the geometry is sheared"
+    code, _, err = amir("restore", series, "-o", tmp_path / "r.nii.gz", "--weights", tiny_weights)
+    assert code == 0 and err.count(sheared) == 1, err
+    (warning,) = [w for w in json.loads((tmp_path / "r.nii.gz.json").read_text())["warnings"] if sheared in w]
+    assert "viewers that ignore shear" in warning
+    np.testing.assert_allclose(nib.load(str(tmp_path / "r.nii.gz")).affine, affine, atol=1e-4)
+    code, out, err = amir("degrade", series, "--task", "ct-denoise", "-o", tmp_path / "d.nii.gz")
+    assert code == 0 and out.count(sheared) == 1, err
+    code, out, err = amir("degrade", series, "--task", "ct-denoise", "-o", tmp_path / "j.nii.gz", "--json")
+    assert code == 0 and sum(sheared in w for w in json.loads(out)["warnings"]) == 1, err
+
+
 def test_library_warnings_are_one_line_each(tmp_path):
     """pydicom's warning on a readable file with excess pixel padding: one line, no library path."""
     from pydicom.data import get_testdata_file
