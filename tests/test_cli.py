@@ -178,6 +178,9 @@ def test_reference_adds_metrics_and_json(ct_nii, tiny_weights, tmp_path):
     assert printed == json.loads(Path(str(out) + ".json").read_text())
     m = printed["metrics"]
     assert set(m["output"]) >= {"psnr", "ssim", "rmse"} and m["input"]["rmse"] == 0.0
+    # the input is the reference: its PSNR is infinite, which JSON writes as null with a flag saying why
+    assert m["input"]["psnr"] is None and m["input"]["psnr_identical"] is True
+    assert isinstance(m["output"]["psnr"], float) and m["output"]["psnr_identical"] is False
     assert m["window"] == [-160.0, 240.0]
     assert printed["tta"] is False
     res = runner.invoke(app, ["restore", str(ct_nii), "-o", str(tmp_path / "e.nii.gz"), "--weights", str(tiny_weights), "--tta"])
