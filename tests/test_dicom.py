@@ -367,6 +367,30 @@ def test_a_re_encoded_multiframe_keeps_its_real_world_value_maps_true(slopes, ma
         assert (item.RealWorldValueFirstValueMapped, item.RealWorldValueLastValueMapped) == (-32768, 32767)
 
 
+def test_a_re_encoded_multiframe_without_functional_groups_writes_its_new_rescale(tmp_path):
+    """A multi-frame object whose rescale (and real-world value map) stands in its own attributes, no
+    functional groups, has the new rescale written there (the old one stayed: values read back wrong)."""
+    stored = np.random.default_rng(0).integers(0, 4000, (4, 16, 16)).astype(np.uint16)
+    ds = pydicom.dcmread(_enhanced_mr(tmp_path / "emr.dcm", stored, [1.0] * 4, True))
+    del ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = ["0", "0", "0"], ["1", "0", "0", "0", "1", "0"]
+    ds.PixelSpacing, ds.SpacingBetweenSlices = ["0.9", "0.9"], "1.2"
+    ds.RescaleSlope, ds.RescaleIntercept = "2", "-10"
+    ds.RealWorldValueMappingSequence = [_item(RealWorldValueSlope=0.002, RealWorldValueIntercept=0.1, LUTLabel="T1")]
+    ds.save_as(tmp_path / "classic.dcm")
+    vol = read_image(tmp_path / "classic.dcm")
+    wild = vol.array.copy()
+    wild[0, 0, :] = -600.0
+    out = write_image(vol.with_array(wild), tmp_path / "out.dcm")
+    derived = pydicom.dcmread(out)
+    assert "SharedFunctionalGroupsSequence" not in derived and "PerFrameFunctionalGroupsSequence" not in derived
+    slope = float(derived.RescaleSlope)
+    np.testing.assert_allclose(read_image(out).array, wild, atol=slope / 2 + 1e-6)
+    item = derived.RealWorldValueMappingSequence[0]
+    # the map gives what it gave on the source's stored values: 0.002 x (displayed + 10) / 2 + 0.1
+    assert item.RealWorldValueSlope == pytest.approx(0.002 * slope / 2) and item.RealWorldValueIntercept == pytest.approx(0.11)
+
+
 def test_a_long_series_description_keeps_the_label_and_missing_geometry_is_not_invented(mr_series, tmp_path):
     folder = _edited_copy(mr_series[0], tmp_path / "long", lambda ds: setattr(ds, "SeriesDescription", "T1 " * 21 + "x"))
     out = write_image(read_image(folder), tmp_path / "long_amir")
