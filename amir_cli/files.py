@@ -244,14 +244,14 @@ def replace_dir(tmp_dir: Path, dest: Path) -> None:
 
 
 def jsonable(x):
-    """``x`` with numpy scalars as Python numbers, paths as strings and inf/nan as 'inf'/'nan' (strict JSON)."""
+    """``x`` with numpy scalars as Python numbers, paths as strings and inf/nan as None (strict JSON: null)."""
     if isinstance(x, dict):
         return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [jsonable(v) for v in x]
     if isinstance(x, (np.floating, float)):
         x = float(x)
-        return x if math.isfinite(x) else str(x)  # inf/nan as strings: strict JSON parsers accept them
+        return x if math.isfinite(x) else None
     if isinstance(x, np.integer):
         return int(x)
     if isinstance(x, Path):

@@ -699,4 +699,6 @@ def _reference_metrics(volume: Volume, restored: Volume, ref_volume: Volume, tas
 
 
 def _scores(s: dict) -> dict:
-    return {k: s[k] for k in ("psnr", "ssim", "rmse", "n_slices", "n_skipped")}
+    """The report's scores; ``psnr_identical`` says why an infinite PSNR (a slice equal to the
+    reference) is null in the JSON."""
+    return {**{k: s[k] for k in ("psnr", "ssim", "rmse", "n_slices", "n_skipped")}, "psnr_identical": s["psnr"] == float("inf")}

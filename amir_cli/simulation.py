@@ -95,7 +95,7 @@ def degrade_case(input_path: Path, task: str, level, *, seed: int = 0, output: P
         "tool": "amir", "version": __version__, "command": "degrade", "input": str(input_path), "output": str(written),
         "task": task, "level_name": what, "level": level, "seed": seed, "shape": list(volume.shape),
         "spacing_mm": list(volume.spacing_mm), "simulated": True,
-        "warnings": [w for w in (task_mismatch(volume, task), _clipped(degraded, volume, out)) if w],
+        "warnings": volume.meta.get("notes", []) + [w for w in (task_mismatch(volume, task), _clipped(degraded, volume, out)) if w],
     }
     if task == PET_SYNTHESIS:
         summary["pet_noise"] = pet_noise

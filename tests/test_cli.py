@@ -178,6 +178,9 @@ def test_reference_adds_metrics_and_json(ct_nii, tiny_weights, tmp_path):
     assert printed == json.loads(Path(str(out) + ".json").read_text())
     m = printed["metrics"]
     assert set(m["output"]) >= {"psnr", "ssim", "rmse"} and m["input"]["rmse"] == 0.0
+    # the input is the reference: its PSNR is infinite, which JSON writes as null with a flag saying why
+    assert m["input"]["psnr"] is None and m["input"]["psnr_identical"] is True
+    assert isinstance(m["output"]["psnr"], float) and m["output"]["psnr_identical"] is False
     assert m["window"] == [-160.0, 240.0]
     assert printed["tta"] is False
     res = runner.invoke(app, ["restore", str(ct_nii), "-o", str(tmp_path / "e.nii.gz"), "--weights", str(tiny_weights), "--tta"])
@@ -559,6 +562,50 @@ def test_degrade_matches_library_and_keeps_geometry(ct_nii, tmp_path):
     vol = read_image(ct_nii)
     expected = degrade_volume(vol.array, "ct-denoise", 0.25, slice_axis=vol.slice_axis, spacing_mm=vol.spacing_mm, seed=3)
     np.testing.assert_allclose(np.asarray(b.dataobj), np.rint(expected), atol=1)
+
+
+def test_degrade_keeps_ct_pixel_padding(tmp_path):
+    """Outside a circular field of view, a DICOM series' PixelPaddingValue (-2000 stored, -3024 HU)
+    and a NIfTI's padding (-2048 HU) come out of `amir degrade` as they went in."""
+    import pydicom
+
+    yy, xx = np.mgrid[:48, :48] - 23.5
+    r = np.hypot(xx, yy)[:, :, None].repeat(2, axis=2)
+    hu = np.where(r < 14, 40, -1000).astype(np.int16)
+    hu[r >= 20] = -3024
+    series = DB.make_series(tmp_path / "ct", (hu + 1024).astype(np.int16), np.diag([0.8, 0.8, 2.0, 1.0]), "CT",
+                            slope=1, intercept=-1024, extra={"PixelPaddingValue": -2000})
+    assert amir("degrade", series, "--task", "ct-denoise", "--dose", "0.1", "-o", tmp_path / "low", "-q")[0] == 0
+    for path in sorted((tmp_path / "low").iterdir()):
+        ds = pydicom.dcmread(path)
+        stored = ds.pixel_array.T
+        assert ds.PixelPaddingValue == -2000 and (stored[r[:, :, 0] >= 20] == -2000).all()
+        assert np.std(stored[r[:, :, 0] < 14]) > 1
+    nib.save(nib.Nifti1Image(np.where(hu == -3024, -2048, hu).astype(np.int16), np.eye(4)), str(tmp_path / "ct.nii.gz"))
+    assert amir("degrade", tmp_path / "ct.nii.gz", "--task", "ct-denoise", "--dose", "0.1", "-q")[0] == 0
+    low = np.asanyarray(nib.load(str(tmp_path / "ct_degraded.nii.gz")).dataobj)
+    assert (low[r >= 20] == -2048).all() and np.std(low[r < 14]) > 1
+
+
+def test_a_gantry_tilted_series_warns_that_its_geometry_is_sheared(tiny_weights, tmp_path):
+    """CT slices whose positions step 15 degrees off their normal (a gantry tilt) give a sheared
+    NIfTI affine, and restore's report and terminal lines, and degrade's, say so in one line."""
+    tilt = np.radians(15.0)
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[1:3, 2] = 2.5 * np.sin(tilt), 2.5 * np.cos(tilt)
+    hu = np.full((48, 48, 4), -1000, np.int16)
+    hu[12:36, 12:36] = 40
+    series = DB.make_series(tmp_path / "ct", (hu + 1024).astype(np.int16), affine, "CT", slope=1, intercept=-1024)
+    sheared = "gantry tilt of 15.0 degrees: the geometry is sheared"
+    code, _, err = amir("restore", series, "-o", tmp_path / "r.nii.gz", "--weights", tiny_weights)
+    assert code == 0 and err.count(sheared) == 1, err
+    (warning,) = [w for w in json.loads((tmp_path / "r.nii.gz.json").read_text())["warnings"] if sheared in w]
+    assert "viewers that ignore shear" in warning
+    np.testing.assert_allclose(nib.load(str(tmp_path / "r.nii.gz")).affine, affine, atol=1e-4)
+    code, out, err = amir("degrade", series, "--task", "ct-denoise", "-o", tmp_path / "d.nii.gz")
+    assert code == 0 and out.count(sheared) == 1, err
+    code, out, err = amir("degrade", series, "--task", "ct-denoise", "-o", tmp_path / "j.nii.gz", "--json")
+    assert code == 0 and sum(sheared in w for w in json.loads(out)["warnings"]) == 1, err
 
 
 def test_library_warnings_are_one_line_each(tmp_path):

@@ -306,6 +306,91 @@ def test_a_re_encoded_series_keeps_its_other_maps_of_stored_values_true(mr_serie
         assert slope * scale == pytest.approx(1.5 * 0.05, rel=1e-6)
 
 
+def _item(**attrs) -> Dataset:
+    item = Dataset()
+    for key, value in attrs.items():
+        setattr(item, key, value)
+    return item
+
+
+def _enhanced_mr(path: Path, stored: np.ndarray, slopes: list[float], maps_per_frame: bool) -> Path:
+    """An Enhanced MR object of ``stored`` (frame, row, column; uint16), frames 1.2 mm apart, each
+    with its rescale (``slopes``, intercept -10) in its own functional group, and the Real World Value
+    Mapping 0.002 x stored + 0.1 in the shared group or (``maps_per_frame``) in each frame's."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    real_world = _item(RealWorldValueSlope=0.002, RealWorldValueIntercept=0.1, RealWorldValueFirstValueMapped=0,
+                       RealWorldValueLastValueMapped=65535, LUTLabel="T1", LUTExplanation="T1 map")
+    ds = _item(SOPClassUID="1.2.840.10008.5.1.4.1.1.4.1", SOPInstanceUID=generate_uid(), StudyInstanceUID=generate_uid(),
+               SeriesInstanceUID=generate_uid(), Modality="MR", ImageType=["ORIGINAL", "PRIMARY", "M", "NONE"],
+               Rows=stored.shape[1], Columns=stored.shape[2], NumberOfFrames=len(stored), SamplesPerPixel=1,
+               PhotometricInterpretation="MONOCHROME2", BitsAllocated=16, BitsStored=16, HighBit=15, PixelRepresentation=0)
+    shared = _item(PixelMeasuresSequence=[_item(PixelSpacing=["0.9", "0.9"], SliceThickness="1.2")],
+                   PlaneOrientationSequence=[_item(ImageOrientationPatient=["1", "0", "0", "0", "1", "0"])])
+    if not maps_per_frame:
+        shared.RealWorldValueMappingSequence = [real_world]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = [
+        _item(PlanePositionSequence=[_item(ImagePositionPatient=["0", "0", f"{1.2 * k:g}"])],
+              PixelValueTransformationSequence=[_item(RescaleSlope=f"{m:g}", RescaleIntercept="-10", RescaleType="US")],
+              **({"RealWorldValueMappingSequence": [real_world]} if maps_per_frame else {}))
+        for k, m in enumerate(slopes)
+    ]
+    ds.PixelData = stored.astype("<u2").tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dicom_write._save(ds, path)
+    return path
+
+
+@pytest.mark.parametrize("slopes, maps_per_frame", [([1.5] * 4, False), ([1.5, 2.0, 2.5, 3.0], False), ([1.5] * 4, True)])
+def test_a_re_encoded_multiframe_keeps_its_real_world_value_maps_true(slopes, maps_per_frame, tmp_path):
+    """The Real World Value Mapping of an enhanced object's functional groups follows a new rescale,
+    shared or per frame; a shared map moves into each frame's group where the frames' old rescales differ."""
+    stored = np.random.default_rng(0).integers(0, 4000, (4, 16, 16)).astype(np.uint16)
+    vol = read_image(_enhanced_mr(tmp_path / "emr.dcm", stored, slopes, maps_per_frame))
+    wild = vol.array.copy()
+    wild[0, 0, :] = -600.0  # below what the unsigned source can store: re-encoded as int16 with a slope
+    out = pydicom.dcmread(write_image(vol.with_array(wild), tmp_path / "out.dcm"))
+    shared = out.SharedFunctionalGroupsSequence[0]
+    assert ("RealWorldValueMappingSequence" in shared) == (len(set(slopes)) == 1 and not maps_per_frame)
+    for k, (frame, group) in enumerate(zip(out.pixel_array.astype(np.float64), out.PerFrameFunctionalGroupsSequence)):
+        rescale = (group.get("PixelValueTransformationSequence") or shared.PixelValueTransformationSequence)[0]
+        assert float(rescale.RescaleSlope) != slopes[k]
+        displayed = frame * float(rescale.RescaleSlope) + float(rescale.RescaleIntercept)
+        (item,) = (group.get("RealWorldValueMappingSequence") or shared.RealWorldValueMappingSequence)
+        # the map gives what it gave on the source's stored values: 0.002 x (displayed + 10) / slope + 0.1
+        np.testing.assert_allclose(frame * item.RealWorldValueSlope + item.RealWorldValueIntercept,
+                                   0.002 * (displayed + 10) / slopes[k] + 0.1, rtol=1e-9, atol=1e-9)
+        assert (item.RealWorldValueFirstValueMapped, item.RealWorldValueLastValueMapped) == (-32768, 32767)
+
+
+def test_a_re_encoded_multiframe_without_functional_groups_writes_its_new_rescale(tmp_path):
+    """A multi-frame object whose rescale (and real-world value map) stands in its own attributes, no
+    functional groups, has the new rescale written there (the old one stayed: values read back wrong)."""
+    stored = np.random.default_rng(0).integers(0, 4000, (4, 16, 16)).astype(np.uint16)
+    ds = pydicom.dcmread(_enhanced_mr(tmp_path / "emr.dcm", stored, [1.0] * 4, True))
+    del ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = ["0", "0", "0"], ["1", "0", "0", "0", "1", "0"]
+    ds.PixelSpacing, ds.SpacingBetweenSlices = ["0.9", "0.9"], "1.2"
+    ds.RescaleSlope, ds.RescaleIntercept = "2", "-10"
+    ds.RealWorldValueMappingSequence = [_item(RealWorldValueSlope=0.002, RealWorldValueIntercept=0.1, LUTLabel="T1")]
+    ds.save_as(tmp_path / "classic.dcm")
+    vol = read_image(tmp_path / "classic.dcm")
+    wild = vol.array.copy()
+    wild[0, 0, :] = -600.0
+    out = write_image(vol.with_array(wild), tmp_path / "out.dcm")
+    derived = pydicom.dcmread(out)
+    assert "SharedFunctionalGroupsSequence" not in derived and "PerFrameFunctionalGroupsSequence" not in derived
+    slope = float(derived.RescaleSlope)
+    np.testing.assert_allclose(read_image(out).array, wild, atol=slope / 2 + 1e-6)
+    item = derived.RealWorldValueMappingSequence[0]
+    # the map gives what it gave on the source's stored values: 0.002 x (displayed + 10) / 2 + 0.1
+    assert item.RealWorldValueSlope == pytest.approx(0.002 * slope / 2) and item.RealWorldValueIntercept == pytest.approx(0.11)
+
+
 def test_a_long_series_description_keeps_the_label_and_missing_geometry_is_not_invented(mr_series, tmp_path):
     folder = _edited_copy(mr_series[0], tmp_path / "long", lambda ds: setattr(ds, "SeriesDescription", "T1 " * 21 + "x"))
     out = write_image(read_image(folder), tmp_path / "long_amir")

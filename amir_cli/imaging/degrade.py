@@ -38,6 +38,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from amir_cli.imaging.intensity import ct_padding
 from amir_cli.imaging.kspace import check_factor, kspace_mask
 from amir_cli.imaging.projector import check_2d, fbp, hann_apodisation, pad_square, project, view_count
 from amir_cli.tasks import CT_DENOISE, DEFAULT_LEVEL, MRI_SR, PET_SYNTHESIS, TASKS
@@ -149,9 +150,10 @@ def ct_low_dose(
     ``-log(max(N_d,1)/(d I0)) + log(max(N,1)/I0)`` with variance ``(1/d - 1) exp(p) / I0``; ramp-filtered
     back-projection of the noise only, converted to HU (x 1000 / 0.0192) and added to the input.
     Dose 1 returns the input unchanged.  ``n_angles`` (default ``min(size, 256)``, rounded up to a
-    multiple of 4) sets the simulated views.  Non-square slices are padded with air.
-    ``kernel_cutoff``: the noise reconstructed with a smoother kernel, the ramp apodised by a Hann
-    window that ends at that fraction of the Nyquist frequency (a scanner's soft kernel; None: the ramp).
+    multiple of 4) sets the simulated views.  Non-square slices are padded with air.  Pixel padding
+    (below -1024 HU, outside the scanner's field of view: :func:`~amir_cli.imaging.intensity.ct_padding`)
+    keeps its value.  ``kernel_cutoff``: the noise reconstructed with a smoother kernel, the ramp apodised
+    by a Hann window that ends at that fraction of the Nyquist frequency (a scanner's soft kernel; None: the ramp).
     """
     hu = check_2d(hu2d, "hu2d")
     d = _check_dose(dose_fraction)
@@ -171,7 +173,7 @@ def ct_low_dose(
     n_low = rng.binomial(n_full, d)
     noise = np.log(np.maximum(n_full, 1) / i0_bin) - np.log(np.maximum(n_low, 1) / (d * i0_bin))
     noise_mu = fbp(noise, n, pixel_mm, kernel_cutoff)[crop]
-    return (hu + noise_mu * (1000.0 / MU_WATER_PER_MM)).astype(np.float32)
+    return np.where(ct_padding(hu), hu, hu + noise_mu * (1000.0 / MU_WATER_PER_MM)).astype(np.float32)
 
 
 def ct_soft_kernel(hu2d, kernel_cutoff: float) -> np.ndarray:

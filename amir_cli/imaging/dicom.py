@@ -28,6 +28,7 @@ from amir_cli.imaging.volume import Volume, check_dimensions, check_pixels, inte
 
 _MODALITIES = ("CT", "MR", "PT")
 _UNITS = {"CT": "HU", "PT": "SUV"}
+_TILT_DEGREES = 0.1  # the smallest angle between the slice step and the slice normal that is told
 
 
 def group_series(folder: str | Path) -> dict[str, list]:
@@ -165,6 +166,15 @@ def _slice_step(geo: list, normal: np.ndarray, ds0, what: str) -> np.ndarray:
     return (geo[-1][4] - geo[0][4]) / (n - 1)
 
 
+def _tilt(step: np.ndarray, normal: np.ndarray) -> list[str]:
+    """A note where the slices step off their normal (a CT's gantry tilt): the affine is sheared."""
+    degrees = float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(step, normal))) / float(np.linalg.norm(step))))))
+    if degrees < _TILT_DEGREES:
+        return []
+    return [f"gantry tilt of {degrees:.1f} degrees: the geometry is sheared (the slices step off their normal), "
+            "so viewers that ignore shear display a NIfTI, MetaImage or NRRD of it wrongly"]
+
+
 def _uneven(gaps: np.ndarray, positions: np.ndarray) -> str:
     """Uneven slice spacing in words: where slices are missing when every gap is a multiple of the
     common step, else the range of the gaps."""
@@ -256,7 +266,7 @@ def _build_volume(items: list, what: str, notes: list[str]) -> Volume:
     check_pixels(array, what)
 
     meta = _series_meta(items, what, rescale, affine)
-    meta["notes"] = list(notes) + frame_notes + (_assumed_geometry(ds0) if n == 1 else [])
+    meta["notes"] = list(notes) + frame_notes + (_assumed_geometry(ds0) if n == 1 else _tilt(step, normal))
     meta["dicom_transfer_syntax"] = syntaxes.pop() if len(syntaxes) == 1 else ""
     if multiframe is not None:
         meta["dicom_multiframe"] = multiframe

@@ -15,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from amir_cli.imaging.dicom import _pydicom
+from amir_cli.imaging.dicom_tags import rescale
 from amir_cli.imaging.volume import Volume, ras_from_lps
 
 # tags whose value no longer describes re-encoded pixels (some have a VR that depends on the sign)
@@ -210,6 +211,14 @@ def _drop_empty_references(ds) -> None:
 # Philips' private scale slope, from which its "floating point" values are computed
 _PHILIPS_MR = "Philips MR Imaging DD 001"
 _FIRST_MAPPED, _LAST_MAPPED = 0x00409216, 0x00409211
+
+
+def rescale_image(ds, src, encoded: Encoded) -> None:
+    """A re-encoded image's new rescale in its own attributes, where needed (MR images, for instance,
+    usually have none), and its other maps of stored values kept true."""
+    if not (encoded.unit_slope and "RescaleSlope" not in src):
+        ds.RescaleSlope, ds.RescaleIntercept = encoded.slope, "0"
+    rescale_value_maps(ds, rescale(src), (float(encoded.slope), 0.0), encoded.signed)
 
 
 def rescale_value_maps(ds, old: tuple[float, float], new: tuple[float, float], signed: bool) -> None:

@@ -18,11 +18,11 @@ import numpy as np
 from amir_cli.errors import BadInputError, failures_as_bad_input
 from amir_cli.files import atomic_write, public_path, replace_dir, temp_dir
 from amir_cli.imaging.dicom_derive import (Derivation, Encoded, derive_header, ds_string, new_derivation,
-                                           rescale_value_maps, set_pixels, stored_range, valid_uid)
+                                           rescale_image, set_pixels, stored_range, valid_uid)
 from amir_cli.imaging.dicom_tags import rescale
 from amir_cli.imaging.dicom_write_frames import derived_multiframe
+from amir_cli.imaging.intensity import ct_padding
 from amir_cli.imaging.volume import Volume, check_dimensions
-from amir_cli.tasks import CT_DENOISE, NORM_RANGE
 
 # Pixel padding (the air outside a CT's reconstruction circle) passes through the restore unchanged
 _PADDING_TAGS = ("PixelPaddingValue", "PixelPaddingRangeLimit")
@@ -111,10 +111,8 @@ def _derived_slice(src, k: int, encoded: Encoded, d: Derivation):
             for tag in _PADDING_TAGS:
                 if tag in src:
                     ds[tag] = copy.deepcopy(src[tag])
-    else:  # re-encoded: rescale tags only where needed (MR images, for instance, usually have none)
-        if not (encoded.unit_slope and "RescaleSlope" not in src):
-            ds.RescaleSlope, ds.RescaleIntercept = encoded.slope, "0"
-        rescale_value_maps(ds, rescale(src), (float(encoded.slope), 0.0), encoded.signed)
+    else:
+        rescale_image(ds, src, encoded)
         if d.same_geometry:
             _re_encoded_padding(ds, src, float(encoded.slope), encoded.signed)
     set_pixels(ds, [encoded.stored], encoded.bits_allocated, encoded.bits_stored, encoded.signed, d.transfer_syntax)
@@ -127,7 +125,7 @@ def _re_encoded_padding(ds, src, slope: float, signed: bool) -> None:
     m, b = rescale(src)
     lo, hi = stored_range(16, signed)
     values = {tag: m * float(src[tag].value) + b for tag in _PADDING_TAGS if tag in src and src[tag].value is not None}
-    if str(src.get("Modality", "")).upper() != "CT" or not values or max(values.values()) >= NORM_RANGE[CT_DENOISE].low:
+    if str(src.get("Modality", "")).upper() != "CT" or not values or not ct_padding(list(values.values())).all():
         return
     for tag, value in values.items():
         stored = int(np.rint(value / slope))

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import copy
 
-from amir_cli.imaging.dicom_derive import Derivation, Encoded, derive_header, set_pixels
+from amir_cli.imaging.dicom_derive import Derivation, Encoded, derive_header, rescale_image, rescale_value_maps, set_pixels
+from amir_cli.imaging.dicom_tags import rescale
 
 _SOURCE_PURPOSE = ("121322", "DCM", "Source image for image processing operation")
 _DERIVATION_CODE = ("110001", "DCM", "Image Processing")
@@ -72,7 +73,12 @@ def derived_multiframe(src, frames: list, headers: list, encoded: list[Encoded],
             del group.DerivationImageSequence
     if not d.same_geometry:
         _write_grid(ds, shared, per_frame, headers, encoded[0].stored.shape, d)
-    _write_rescale(shared, per_frame, encoded, src)
+    if encoded[0].slope is not None:  # re-encoded
+        if source_groups is None and "SharedFunctionalGroupsSequence" not in src and len({e.slope for e in encoded}) == 1:
+            rescale_image(ds, src, encoded[0])  # no functional groups: the rescale is the object's own
+        else:
+            _write_rescale(shared, per_frame, encoded, src)
+            _rescale_value_maps(shared, per_frame, headers, encoded)
     if source_groups is not None or any(len(group) for group in per_frame):
         ds.PerFrameFunctionalGroupsSequence = per_frame
     first = encoded[0]
@@ -140,7 +146,7 @@ def _write_grid(ds, shared, per_frame: list, headers: list, shape: tuple, d: Der
 
 def _write_rescale(shared, per_frame: list, encoded: list[Encoded], src) -> None:
     """The rescale chosen by the encoder: per frame where it differs between frames, else shared."""
-    if encoded[0].slope is None or (encoded[0].unit_slope and "RescaleSlope" not in _flat_rescale(shared, per_frame)):
+    if encoded[0].unit_slope and "RescaleSlope" not in _flat_rescale(shared, per_frame):
         return
     slopes = [e.slope for e in encoded]
     groups = per_frame if len(set(slopes)) > 1 else [shared]
@@ -152,6 +158,19 @@ def _write_rescale(shared, per_frame: list, encoded: list[Encoded], src) -> None
         item.RescaleSlope, item.RescaleIntercept = slope, "0"
         if "RescaleType" not in item:
             item.RescaleType = "HU" if str(src.get("Modality", "")).upper() == "CT" else "US"
+
+
+def _rescale_value_maps(shared, per_frame: list, headers: list, encoded: list[Encoded]) -> None:
+    """The Real World Value Mapping functional groups kept true of the re-encoded frames
+    (:func:`~amir_cli.imaging.dicom_derive.rescale_value_maps`); a shared map moves into every
+    frame's group where the frames' old or new rescales differ (one map no longer serves them all)."""
+    changes = [(rescale(h), (float(e.slope), 0.0)) for h, e in zip(headers, encoded, strict=True)]
+    if "RealWorldValueMappingSequence" in shared and len(set(changes)) > 1:
+        for group in per_frame:
+            group.RealWorldValueMappingSequence = copy.deepcopy(shared.RealWorldValueMappingSequence)
+        del shared.RealWorldValueMappingSequence
+    for group, (old, new) in [(shared, changes[0]), *zip(per_frame, changes)]:
+        rescale_value_maps(group, old, new, encoded[0].signed)
 
 
 def _flat_rescale(shared, per_frame: list) -> set:

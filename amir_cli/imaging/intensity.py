@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from amir_cli.errors import BadInputError
-from amir_cli.tasks import MRI_SR, NORM_RANGE, TASKS
+from amir_cli.tasks import CT_DENOISE, MRI_SR, NORM_RANGE, TASKS
 
-__all__ = ["check_task", "denormalise", "mr_scale_factor", "normalise"]
+__all__ = ["check_task", "ct_padding", "denormalise", "mr_scale_factor", "normalise"]
 
 
 # MR scaling: the 99.5th percentile of the foreground maps to this value of the 12-bit range,
@@ -75,3 +75,10 @@ def denormalise(array01: np.ndarray, task: str, mr_scale: float | None = None) -
     low, high = NORM_RANGE[check_task(task)]
     x = np.asarray(array01, dtype=np.float64) * (high - low) + low
     return (x / _scale(task, mr_scale)).astype(np.float32)
+
+
+def ct_padding(hu) -> np.ndarray:
+    """Where a CT image (HU) holds pixel padding, the scanner's value outside its field of view: below
+    the CT normalisation range, where `amir restore` keeps the input's value (the network never saw
+    it) and `amir degrade` adds no noise."""
+    return np.asarray(hu) < NORM_RANGE[CT_DENOISE].low
