@@ -128,7 +128,7 @@ class _SliceJob:
     task: str
     scale: int
     mr_scale: float | None
-    dc_factor: int | None
+    dc_factor: int | tuple[int, int] | None  # a factor, or the band's widths (kspace.measured_band)
     device: object
     dc_keep: float = 1.0  # the fraction of the band the consistency keeps (kspace.band_taper)
     passes: int = 1
@@ -227,7 +227,8 @@ def restore_volume(
     band (skipped if it has negative values, which no magnitude image has); ``kspace_factor`` says
     that the input, on its own grid, is a zero-filled image of the central 1/factor of k-space per
     in-plane axis (negative values are refused); without it, ``detect_zero_filling`` looks for that
-    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`); on the input's grid
+    factor in the input's spectrum (:func:`amir_cli.imaging.kspace.zero_filled_factor`), or a band of other
+    widths per axis (:func:`amir_cli.imaging.kspace.measured_band`); on the input's grid
     a band that a k-space filter tapered keeps only its central part (:func:`amir_cli.imaging.kspace.band_taper`). There the
     network runs ``passes`` times (None: ``MR_PASSES`` of the factor): each later pass runs on the
     last output made consistent (flipped by ``PASS_FLIPS`` in turn and flipped back), moves that
@@ -263,7 +264,7 @@ def restore_volume(
             background_sd, background_from = chosen or None, "neighbour slices"
     job = _SliceJob(slices, np.empty((n, slices.shape[1] * scale, slices.shape[2] * scale), dtype=np.float32), task,
                     scale, intensity.mr_scale_factor(volume.array, volume.meta.get("source_path")) if task == MRI_SR else None, dc_factor, device,
-                    dc_keep, passes=(passes or MR_PASSES[dc_factor]) if dc_factor else 1, background_sd=background_sd,
+                    dc_keep, passes=(passes or MR_PASSES[_passes_factor(volume, dc_factor)]) if dc_factor else 1, background_sd=background_sd,
                     pixel_mm=pixel_mm)
 
     def network(batch: _Batch):
@@ -288,7 +289,8 @@ def restore_volume(
         "engine": engine(model, device, precision),
         "tile": tile, "tile_overlap": tile_overlap if tile else None, "tta": tta, "slice_axis": axis, "slices": n,
         "mr_scale_factor": job.mr_scale,
-        "data_consistency": {"kspace_factor": dc_factor, "factor_from": factor_from,
+        "data_consistency": {"kspace_factor": dc_factor if isinstance(dc_factor, int) else None,
+                             "band": _band_samples(volume, dc_factor) if scale == 1 else None, "factor_from": factor_from,
                              "grid": "coarse" if scale > 1 else "same", "band_kept": dc_keep, "iterations": kspace.DC_ITERATIONS,
                              "passes": job.passes}
         if dc_factor
@@ -326,7 +328,8 @@ def _measured_band(volume: Volume, task: str, scale: int, kspace_factor: int | N
     input's grid, :func:`amir_cli.imaging.kspace.band_taper`), as :func:`restore_volume` describes."""
     factor_from = "scale" if scale > 1 else "option" if kspace_factor else None
     if task == MRI_SR and factor_from is None and detect_zero_filling and data_consistency:
-        kspace_factor = kspace.zero_filled_factor(volume.array, volume.slice_axis)
+        kspace_factor = (kspace.zero_filled_factor(volume.array, volume.slice_axis)
+                         or kspace.measured_band(volume.array, volume.slice_axis))
         factor_from = "detected" if kspace_factor else None
     dc_factor = (scale if scale > 1 else kspace_factor) if data_consistency else None
     lowest = float(np.min(volume.array)) if dc_factor else 0.0
@@ -336,6 +339,24 @@ def _measured_band(volume: Volume, task: str, scale: int, kspace_factor: int | N
         dc_factor = None  # a coarse input with negative values: the network alone
     keep = kspace.band_taper(volume.array, volume.slice_axis, dc_factor) if dc_factor and scale == 1 else 1.0
     return dc_factor, factor_from, keep
+
+
+def _in_plane(volume: Volume) -> tuple[int, int]:
+    return tuple(n for a, n in enumerate(volume.shape) if a != volume.slice_axis)
+
+
+def _band_samples(volume: Volume, band) -> list[list[int]]:
+    """[[kept, of], ...] per in-plane axis: the central k-space samples the consistency keeps."""
+    shape = _in_plane(volume)
+    return [[m, n] for m, n in zip(kspace.band_widths(shape, band), shape)]
+
+
+def _passes_factor(volume: Volume, band) -> int:
+    """The MR factor whose cascade passes a band runs: its own, or for per-axis widths
+    (:func:`kspace.measured_band`) x4 where an axis kept a third or less of its samples, else x2."""
+    if isinstance(band, int):
+        return band
+    return 4 if min(m / n for m, n in zip(band, _in_plane(volume))) <= 1 / 3 else 2
 
 
 def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progress | None) -> tuple[float, np.ndarray]:

@@ -8,7 +8,8 @@ and x2 and x4 bands tapered by a Fermi filter of width 0.05 or a Hamming window 
 filters; float, 3 % noise). The detector
 (:func:`amir_cli.imaging.kspace.zero_filled_factor`) sees each volume whole (the spectra of its slices
 averaged, as `amir restore` does) and each of 6 of its slices alone (a single-slice input). Rows: how
-many it calls not zero-filled, x2 and x4, and in how many it recognises a taper
+many it calls not zero-filled, x2 and x4, how many of the rest show a band of other widths
+(:func:`amir_cli.imaging.kspace.measured_band`, which `amir restore` keeps too), and in how many it recognises a taper
 (:func:`amir_cli.imaging.kspace.band_taper`); the misses are listed below the table.
 
     python benchmarks/zero_filling.py DATA [--out benchmarks/results/zero_filling.txt]
@@ -48,7 +49,7 @@ def variant(slices: np.ndarray, kind: str, rng) -> np.ndarray:
 
 def main(argv=None) -> int:
     from amir_cli.imaging.io import read_image
-    from amir_cli.imaging.kspace import band_taper, zero_filled_factor
+    from amir_cli.imaging.kspace import band_taper, measured_band, zero_filled_factor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
@@ -70,17 +71,18 @@ def main(argv=None) -> int:
             seen = [("volume", image)] + [(f"slice {i}", image[i : i + 1]) for i in spaced(np.arange(len(image)), 6)]
             for where, part in seen:
                 factor = zero_filled_factor(part, 0)
-                count = counts.setdefault((kind, "volume" if where == "volume" else "slice"), {None: 0, 2: 0, 4: 0, "tapered": 0})
-                count[factor] += 1
+                count = counts.setdefault((kind, "volume" if where == "volume" else "slice"), {None: 0, 2: 0, 4: 0, "band": 0, "tapered": 0})
+                band = None if factor else measured_band(part, 0)
+                count["band" if band else factor] += 1
                 count["tapered"] += bool(factor) and band_taper(part, 0, factor) < 1
                 if factor != EXPECTED[kind]:
-                    misses.append(f"{path.name} {kind} {where}: {factor and f'x{factor}'}")
+                    misses.append(f"{path.name} {kind} {where}: {factor and f'x{factor}' or band and f'band {band}'}")
         print(f"{path.name}: done", file=sys.stderr, flush=True)
     lines = [f"Zero-filling recognition on the MR of {args.data.name} (training and validation subjects)", "",
-             "| input | expected | seen as | not zero-filled | x2 | x4 | taper recognised |", "|---|---|---|---:|---:|---:|---:|"]
+             "| input | expected | seen as | not zero-filled | x2 | x4 | other band | taper recognised |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for (row, where), c in counts.items():
         expected = EXPECTED[row]
-        lines.append(f"| MR {row} | {expected and f'x{expected}' or 'none'} | {where}s | {c[None]} | {c[2]} | {c[4]} | {c['tapered']} |")
+        lines.append(f"| MR {row} | {expected and f'x{expected}' or 'none'} | {where}s | {c[None]} | {c[2]} | {c[4]} | {c['band']} | {c['tapered']} |")
     text = "\n".join(lines + ["", "Misses:" if misses else "No misses."] + [f"- {m}" for m in misses]) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,7 @@ import torch
 
 from amir_cli.imaging.degrade import mri_truncate
 from amir_cli.imaging.io import Volume
-from amir_cli.imaging.kspace import TAPER_KEEP, band_taper, kspace_mask, zero_filled_factor
+from amir_cli.imaging.kspace import TAPER_KEEP, band_taper, kspace_mask, measured_band, zero_filled_factor
 from amir_cli.restore import restore_volume
 from amir_cli.tasks import MR_PASSES
 
@@ -41,6 +42,30 @@ def _zero_filled(volume, factor, kind, rng):
 def test_the_factor_of_a_zero_filled_image_is_found_and_a_full_image_is_left_alone(brain, factor, kind):
     image = _zero_filled(brain, factor, kind, np.random.default_rng(factor))
     assert zero_filled_factor(image, slice_axis=2) == (factor if factor > 1 else None)
+
+
+def _band_limited(volume, widths, kind, rng):
+    """Each slice's k-space kept in a centred rectangle of ``widths`` samples per axis (noise measured with it)."""
+    out = []
+    for s in np.moveaxis(volume, 2, 0):
+        noisy = np.hypot(s + rng.normal(0, 2.0, s.shape), rng.normal(0, 2.0, s.shape)) if kind != "clean" else s
+        k = np.fft.fftshift(np.fft.fft2(noisy)) * kspace_mask(s.shape, widths)
+        out.append(np.abs(np.fft.ifft2(np.fft.ifftshift(k))))
+    out = np.stack(out, axis=2)
+    return np.round(out).astype(np.int16) if kind == "int16" else out.astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", ["clean", "noisy", "int16"])
+def test_a_band_cut_along_one_axis_or_by_another_factor_is_measured(brain, kind):
+    """Scanners interpolate an acquisition matrix of 192 to 256, or zero-fill along the phase axis only."""
+    rng = np.random.default_rng(5)
+    h, w = brain.shape[:2]
+    assert measured_band(_zero_filled(brain, 1, kind, rng)) is None  # a full image: no band
+    for widths in ((h // 2, w), (h, round(w * 0.75)), (round(h * 0.625), round(w * 0.625)), (h // 3, w // 3)):
+        image = _band_limited(brain, widths, kind, rng)
+        assert zero_filled_factor(image) is None
+        found = measured_band(image)
+        assert found is not None and all(abs(f - m) <= 1 for f, m in zip(found, widths)), (widths, found)
 
 
 def test_white_noise_after_zero_filling_hides_the_cliff_and_nothing_is_claimed(brain):
@@ -120,6 +145,22 @@ def _tapered(brain, factor, taper, rng):
     spectra = np.fft.fftshift(np.fft.fft2(slices + rng.normal(0, 2.0, slices.shape)), axes=(1, 2))
     image = np.abs(np.fft.ifft2(np.fft.ifftshift(spectra * _tapered_band(brain.shape[:2], factor, taper), axes=(1, 2))))
     return np.moveaxis(image, 0, 2).astype(np.float32)
+
+
+def test_restore_keeps_a_band_of_other_widths_and_says_so(brain):
+    h, w = brain.shape[:2]
+    widths = (h, round(w * 0.75))
+    image = _band_limited(brain[:, :, :2], widths, "clean", np.random.default_rng(0))
+    out, info = _restore(image, detect_zero_filling=True)
+    dc = info["data_consistency"]
+    assert dc["kspace_factor"] is None and dc["factor_from"] == "detected" and dc["passes"] == MR_PASSES[2]
+    assert [n for _, n in dc["band"]] == [h, w] and abs(dc["band"][1][0] - widths[1]) <= 1 and dc["band"][0][0] == h
+    kept = kspace_mask((h, w), tuple(m for m, _ in dc["band"]))
+    for k in range(2):  # the measured band is the input's (the identity network adds nothing outside it)
+        spectra = [np.abs(np.fft.fftshift(np.fft.fft2(a[:, :, k])))[kept] for a in (out.array, image)]
+        assert np.abs(spectra[0] - spectra[1]).mean() < 0.02 * spectra[1].mean()
+    _, off = _restore(image, detect_zero_filling=False)
+    assert off["data_consistency"] is None
 
 
 def test_a_band_that_a_filter_tapered_keeps_its_flat_centre_a_sharp_band_all_of_it(brain):
@@ -231,6 +272,13 @@ def test_cli_report_names_the_detected_factor(tmp_path, brain, amir_home):
     report = json.loads(Path(str(out) + ".json").read_text())
     assert report["data_consistency"]["kspace_factor"] == 2 and report["data_consistency"]["factor_from"] == "detected"
     assert report["data_consistency"]["passes"] == MR_PASSES[2]
+    assert report["data_consistency"]["band"] == [[n // 2, n] for n in brain.shape[:2]]
+    h, w = brain.shape[:2]
+    nib.save(nib.Nifti1Image(_band_limited(brain[:, :, :2], (h // 2, w), "int16", np.random.default_rng(4)), np.eye(4)), str(src))
+    res = CliRunner().invoke(app, ["restore", str(src), "--task", "mri-sr", "-o", str(out), "--device", "cpu", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    found = re.search(r"kept the central (\d+) x (\d+) of (\d+) x (\d+) k-space samples \(detected\)", " ".join(res.output.split()))
+    assert found and abs(int(found[1]) - h // 2) <= 1 and [int(g) for g in found.groups()[1:]] == [w, h, w], res.output
 
 
 def test_the_report_warns_where_the_options_did_not_do_what_they_say(tmp_path, brain, tiny_weights):

@@ -153,7 +153,9 @@ def _print_restore_summary(r: dict) -> None:
     dc = r.get("data_consistency")
     if dc:
         tapered = f", tapered by a filter: its central {dc['band_kept']:.0%} kept" if dc["band_kept"] < 1 else ""
-        typer.echo(f"  kept the central 1/{dc['kspace_factor']} of k-space ({dc['factor_from']}{tapered}), "
+        band = (f"1/{dc['kspace_factor']} of k-space" if dc["kspace_factor"] else
+                " x ".join(str(kept) for kept, _ in dc["band"]) + " of " + " x ".join(str(n) for _, n in dc["band"]) + " k-space samples")
+        typer.echo(f"  kept the central {band} ({dc['factor_from']}{tapered}), "
                    f"{dc['passes']} network pass{'es' if dc['passes'] > 1 else ''}")
     bg = r.get("background_noise")
     if bg and bg["sd"]:

@@ -3,7 +3,8 @@
 - :func:`kspace_upsample`: the `--scale` zero-padding of a coarse slice's k-space onto a finer grid;
 - :func:`kspace_downsample`: the coarse image a scanner reconstructs from the central band;
 - :func:`kspace_mask`: the central band that a zero-filled image measured;
-- :func:`zero_filled_factor`: that band recognised in an image's spectrum;
+- :func:`zero_filled_factor`: that band recognised in an image's spectrum (:func:`measured_band`:
+  a band of other widths, or cut along one axis only);
 - :func:`data_consistency` (torch, :func:`project_band` differentiable for training): an estimate
   made consistent with the measured band, as the note below explains.
 
@@ -78,12 +79,11 @@ DETECT_SLICES = 16  # slices of a volume whose spectra are averaged
 MIN_DETECT_SIDE = 64  # on smaller slices the band edge is too few samples wide to tell
 
 
-def _edge_means(power: np.ndarray, factor: int, step: int) -> tuple[float, float, float]:
-    """Mean power of a centred 1-D power profile of length n in three bands of 1/``step`` of its
-    central ``n // factor`` samples (the band of :func:`kspace_mask`), on both sides: just outside
-    its edge, just inside, and one step further in."""
+def _edge_means(power: np.ndarray, m: int, step: int) -> tuple[float, float, float]:
+    """Mean power of a centred 1-D power profile in three bands of 1/``step`` of its central ``m``
+    samples (the band of :func:`kspace_mask`), on both sides: just outside its edge, just inside,
+    and one step further in."""
     n = len(power)
-    m = max(1, n // factor)
     lo = n // 2 - m // 2
     hi, w = lo + m, max(2, m // step)
     outside = np.r_[power[max(0, lo - w) : lo], power[hi : hi + w]].mean()
@@ -96,13 +96,19 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b > 0 else float("inf")
 
 
-def is_band_edge(power: np.ndarray, factor: int) -> bool:
-    """Whether a centred 1-D power profile falls off a cliff at the edge of its central 1/``factor``,
-    over steps of 1/8 of the band: the ratio of the mean power just outside to just inside (across the
-    edge) and of just inside to one step further in (before it)."""
-    outside, inside, deeper = _edge_means(power, factor, 8)
+def _cliff(power: np.ndarray, m: int) -> float | None:
+    """How far a centred 1-D power profile falls across the edge of its central ``m`` samples (the
+    ratio of the mean power just outside to just inside, over steps of 1/8 of the band), where that
+    is a cliff: below SHEER_RATIO, or below CLIFF_RATIO and STEEPNESS times the ratio of just inside
+    to one step further in; else None."""
+    outside, inside, deeper = _edge_means(power, m, 8)
     across, before = _ratio(outside, inside), _ratio(inside, deeper)
-    return across < SHEER_RATIO or (across < CLIFF_RATIO and across < STEEPNESS * before)
+    return across if across < SHEER_RATIO or (across < CLIFF_RATIO and across < STEEPNESS * before) else None
+
+
+def is_band_edge(power: np.ndarray, factor: int) -> bool:
+    """Whether a centred 1-D power profile falls off a cliff (:func:`_cliff`) at the edge of its central 1/``factor``."""
+    return _cliff(power, max(1, len(power) // factor)) is not None
 
 
 def _spectrum_profiles(array: np.ndarray, slice_axis: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -119,6 +125,15 @@ def _spectrum_profiles(array: np.ndarray, slice_axis: int) -> tuple[np.ndarray, 
     return power.mean(axis=1), power.mean(axis=0)
 
 
+def _magnitude_profiles(array: np.ndarray, slice_axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`_spectrum_profiles` of a magnitude volume whose slices are wide enough to tell a band
+    edge (MIN_DETECT_SIDE); None for any other (negative values, small or empty slices)."""
+    a = np.moveaxis(np.asarray(array, dtype=np.float32), slice_axis, 0)
+    if a.size == 0 or float(a.min()) < 0 or min(a.shape[1:]) < MIN_DETECT_SIDE:
+        return None
+    return _spectrum_profiles(a, 0)
+
+
 def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -> int | None:
     """The factor f of a magnitude MR volume reconstructed from the central 1/f of k-space along each
     in-plane axis (a scanner's zero-filling interpolation), or None when it is not zero-filled.
@@ -126,16 +141,41 @@ def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -
     The power spectra of up to ``DETECT_SLICES`` slices are averaged into one profile per in-plane
     axis; f is the coarsest factor at whose band edge both profiles fall off a cliff
     (:func:`is_band_edge`)."""
-    a = np.moveaxis(np.asarray(array, dtype=np.float32), slice_axis, 0)
-    if a.size == 0 or float(a.min()) < 0 or min(a.shape[1:]) < MIN_DETECT_SIDE:
-        return None
-    profiles = _spectrum_profiles(a, 0)
+    profiles = _magnitude_profiles(array, slice_axis)
     if profiles is None:
         return None
     for f in factors:
         if all(is_band_edge(profile, f) for profile in profiles):
             return int(f)
     return None
+
+
+def measured_band(array: np.ndarray, slice_axis: int = 2) -> tuple[int, int] | None:
+    """The central samples per in-plane axis that a magnitude MR volume's k-space measured, where it
+    is zero-filled otherwise than :func:`zero_filled_factor` finds (along one axis only, or by a
+    factor other than 2 or 4: an acquisition matrix of 192 interpolated to 256): per axis the band
+    width, up to MAX_BAND of the axis, at whose edge its spectrum first falls off a cliff
+    (:func:`_first_cliff`), the whole axis where none; None when neither axis has one."""
+    profiles = _magnitude_profiles(array, slice_axis)
+    if profiles is None:
+        return None
+    band = tuple(_first_cliff(profile) for profile in profiles)
+    return None if band == tuple(len(profile) for profile in profiles) else band
+
+
+MIN_BAND, MAX_BAND = 1 / 8, 0.8  # the band widths measured_band looks at (fractions of the axis)
+
+
+def _first_cliff(power: np.ndarray) -> int:
+    """The narrowest central band at whose edge ``power`` falls off a cliff (:func:`_cliff`) and,
+    from the two samples just inside to the two just outside, below SHEER_RATIO; the profile's
+    length where there is none. A smooth spectrum can fall steeply over a wide step near its end,
+    never between neighbouring samples."""
+    n = len(power)
+    for m in range(max(16, round(n * MIN_BAND)), round(n * MAX_BAND) + 1):
+        if _ratio(*_edge_means(power, m, m)[:2]) < SHEER_RATIO and _cliff(power, m) is not None:
+            return m
+    return n
 
 
 # A scanner's k-space filter (Fermi, Hamming) tapers the measured band towards its edge: there the last
@@ -147,14 +187,16 @@ TAPERED_RATIO = 0.3
 TAPER_KEEP = 0.8
 
 
-def band_taper(array: np.ndarray, slice_axis: int, factor: int) -> float:
-    """The fraction of the band of a volume zero-filled at ``factor`` (:func:`zero_filled_factor`)
-    that its data consistency keeps: ``TAPER_KEEP`` where a k-space filter tapered it, else 1."""
+def band_taper(array: np.ndarray, slice_axis: int, band) -> float:
+    """The fraction of the measured ``band`` (a factor, :func:`zero_filled_factor`, or the widths of
+    :func:`measured_band`) of a zero-filled volume that its data consistency keeps: ``TAPER_KEEP``
+    where a k-space filter tapered it along every axis it cut, else 1."""
     profiles = _spectrum_profiles(array, slice_axis)
     if profiles is None:
         return 1.0
-    tapered = [_ratio(*_edge_means(profile, factor, 16)[1:]) < TAPERED_RATIO for profile in profiles]
-    return TAPER_KEEP if all(tapered) else 1.0
+    widths = band_widths([len(p) for p in profiles], band)
+    tapered = [_ratio(*_edge_means(p, m, 16)[1:]) < TAPERED_RATIO for p, m in zip(profiles, widths) if m < len(p)]
+    return TAPER_KEEP if tapered and all(tapered) else 1.0
 
 
 # ------------------------------------------------------------------- the measured band
@@ -166,23 +208,33 @@ def check_factor(factor) -> int:
     return int(factor)
 
 
-def kspace_mask(shape: Sequence[int], factor: int, keep: float = 1.0) -> np.ndarray:
+def band_widths(shape: Sequence[int], band) -> tuple[int, ...]:
+    """The central samples per axis of ``band``: a factor f (``max(1, n // f)`` of each axis of
+    length n) or those widths themselves (:func:`measured_band`)."""
+    if isinstance(band, (tuple, list)):
+        if len(band) != len(shape) or not all(1 <= int(m) <= int(n) for m, n in zip(band, shape)):
+            raise ValueError(f"band widths {tuple(band)} do not fit the shape {tuple(shape)}")
+        return tuple(int(m) for m in band)
+    factor = check_factor(band)
+    return tuple(max(1, int(n) // factor) for n in shape)
+
+
+def kspace_mask(shape: Sequence[int], band, keep: float = 1.0) -> np.ndarray:
     """Boolean mask, in *centred* (fftshift-ed) k-space, of the frequencies that ``mri_truncate`` keeps.
 
-    Along an axis of length ``n`` the central ``max(1, n // factor)`` samples around DC are kept;
-    ``keep`` < 1: only those within ``keep`` times the band's half-width of DC (:func:`band_taper`).
+    Along an axis of length ``n`` the central ``max(1, n // band)`` samples around DC are kept (or
+    ``band[axis]`` of them, for per-axis widths: :func:`band_widths`); ``keep`` < 1: only those
+    within ``keep`` times the band's half-width of DC (:func:`band_taper`).
     """
-    factor = check_factor(factor)
     if len(shape) != 2:
         raise ValueError(f"shape must be 2-D, got {tuple(shape)}")
     masks = []
-    for n in shape:
+    for n, m in zip(shape, band_widths(shape, band)):
         n = int(n)
-        m = max(1, n // factor)
         start = n // 2 - m // 2
         ax = np.zeros(n, dtype=bool)
         ax[start : start + m] = True
-        if keep < 1:
+        if keep < 1 and m < n:  # an axis the band does not cut keeps all of it
             ax &= np.abs(np.arange(n) - n // 2) < m / 2 * keep
         masks.append(ax)
     return masks[0][:, None] & masks[1][None, :]
@@ -204,12 +256,12 @@ def _fine_ramp(shape, scale: int, device):
     return torch.exp(2j * torch.pi * (scale - 1) / 2 * (fy + fx))
 
 
-def band_mask(shape, factor: int, device=None, keep: float = 1.0):
+def band_mask(shape, band, device=None, keep: float = 1.0):
     """The measured band of a zero-filled image (:func:`kspace_mask`) as a
     torch bool tensor in the unshifted FFT layout."""
     import torch
 
-    return torch.as_tensor(np.fft.ifftshift(kspace_mask(shape, factor, keep)), device=device)
+    return torch.as_tensor(np.fft.ifftshift(kspace_mask(shape, band, keep)), device=device)
 
 
 def project_band(y, measured, band, iterations: int = DC_ITERATIONS, eps: float = 1e-30):
@@ -230,17 +282,16 @@ def project_band(y, measured, band, iterations: int = DC_ITERATIONS, eps: float 
 
 
 def data_consistency(
-    estimate: np.ndarray, measured: np.ndarray, factor: int, iterations: int = DC_ITERATIONS, device=None,
+    estimate: np.ndarray, measured: np.ndarray, factor, iterations: int = DC_ITERATIONS, device=None,
     keep: float = 1.0,
 ) -> np.ndarray:
     """``estimate`` (…, H, W) made consistent with the magnitude MR image ``measured``, which holds
     the central ``H // factor`` x ``W // factor`` of k-space: either on the estimate's grid (a
-    zero-filled image, the band of :func:`kspace_mask`) or on the coarse
-    grid (…, H / factor, W / factor) that :func:`kspace_upsample` takes to the estimate's. ``keep``
-    (same grid): the fraction of the band kept (:func:`band_taper`). Runs on the torch ``device``
-    (default CPU); returns float32 numpy, never negative."""
+    zero-filled image, the band of :func:`kspace_mask`; ``factor`` may be per-axis widths there,
+    :func:`band_widths`) or on the coarse grid (…, H / factor, W / factor) that :func:`kspace_upsample`
+    takes to the estimate's. ``keep`` (same grid): the fraction of the band kept (:func:`band_taper`).
+    Runs on the torch ``device`` (default CPU); returns float32 numpy, never negative."""
     import torch
-
 
     fine, meas = np.shape(estimate), np.shape(measured)
     coarse = meas != fine
