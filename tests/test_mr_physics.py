@@ -9,6 +9,7 @@ import torch
 
 from amir_cli.errors import BadInputError
 from amir_cli.imaging.degrade import mri_truncate
+from amir_cli.imaging import kspace
 from amir_cli.imaging.kspace import TAPER_KEEP, kspace_mask
 from amir_cli.training.levels import Levels
 from amir_cli.training.options import TrainOptions
@@ -90,7 +91,7 @@ def test_a_tapered_sample_is_made_consistent_with_the_central_part_of_its_band_o
     assert 4 * kept_edge(0) < kept_edge(1) and kept_edge(0) < 0.15
 
 
-def test_fermi_tapered_training_pairs():
+def test_fermi_tapered_training_pairs(monkeypatch):
     """--mr-fermi: that share of MR pairs is tapered, and marked so for the loss; validation can taper too."""
     hq = np.stack([_phantom(64)] * 6) * 1000
     vol = TrainVolume("v", "mri-sr", hq, None, 1.0, 1000.0, np.arange(6), np.arange(0), 64, (0, 64))
@@ -100,10 +101,13 @@ def test_fermi_tapered_training_pairs():
     assert all(0.02 <= kw["fermi"] <= 0.1 for kw in draws if kw)
     assert Levels().draw("mri-sr", np.random.default_rng(0))[1] == {}
     assert Levels(val_mr_fermi=0.05).validation("mri-sr", 0)[1] == {"fermi": 0.05}
+    seen = []  # the kept fraction is what `amir restore` would see in the whole degraded slice
+    monkeypatch.setattr(kspace, "band_taper", lambda a, axis, factor: seen.append(a.shape) or TAPER_KEEP)
     for share, keep in ((1.0, TAPER_KEEP), (0.0, 1.0)):
         opts = SamplerOptions(batch_size=2, patch_size=32, crops_per_slice=2, levels=Levels(mr_fermi=share))
         batch = PatchSampler([vol], ("mri-sr",), opts, seed=0).batch(0)
-        assert np.allclose(batch["kspace_keep"], keep) and (batch["kspace_factor"] > 0).all()
+        assert np.array_equal(batch["kspace_keep"], np.full(2, keep)) and (batch["kspace_factor"] > 0).all()
+    assert seen == [(1, 64, 64)]  # one slice of two patches, tapered; the sharp one is not looked at
     with pytest.raises(BadInputError, match="--mr-fermi"):
         TrainOptions(data="x", mr_fermi=1.5).check()
     sharp, tapered = mri_truncate(_phantom(64), 2), mri_truncate(_phantom(64), 2, fermi=0.05)

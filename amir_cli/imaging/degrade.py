@@ -151,7 +151,7 @@ def ct_low_dose(
     back-projection of the noise only, converted to HU (x 1000 / 0.0192) and added to the input.
     Dose 1 returns the input unchanged.  ``n_angles`` (default ``min(size, 256)``, rounded up to a
     multiple of 4) sets the simulated views.  Non-square slices are padded with air.  Pixel padding
-    (below -1024 HU, outside the scanner's field of view: :func:`~amir_cli.imaging.intensity.ct_padding`)
+    (below -1500 HU, outside the scanner's field of view: :func:`~amir_cli.imaging.intensity.ct_padding`)
     keeps its value.  ``kernel_cutoff``: the noise reconstructed with a smoother kernel, the ramp apodised
     by a Hann window that ends at that fraction of the Nyquist frequency (a scanner's soft kernel; None: the ramp).
     """

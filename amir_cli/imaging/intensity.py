@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from amir_cli.errors import BadInputError
-from amir_cli.tasks import CT_DENOISE, MRI_SR, NORM_RANGE, TASKS
+from amir_cli.tasks import MRI_SR, NORM_RANGE, TASKS
 
 __all__ = ["check_task", "ct_padding", "denormalise", "mr_scale_factor", "normalise"]
 
@@ -77,8 +77,12 @@ def denormalise(array01: np.ndarray, task: str, mr_scale: float | None = None) -
     return (x / _scale(task, mr_scale)).astype(np.float32)
 
 
+# CT pixel padding (the scanner's value outside its field of view: -3024, -2048 or -2000 HU) lies far
+# below air, which noise and reconstruction leave a little below -1024 HU in places.
+CT_PADDING_BELOW_HU = -1500.0
+
+
 def ct_padding(hu) -> np.ndarray:
-    """Where a CT image (HU) holds pixel padding, the scanner's value outside its field of view: below
-    the CT normalisation range, where `amir restore` keeps the input's value (the network never saw
-    it) and `amir degrade` adds no noise."""
-    return np.asarray(hu) < NORM_RANGE[CT_DENOISE].low
+    """Where a CT image (HU) holds pixel padding: below CT_PADDING_BELOW_HU (`amir restore` passes it
+    through as any value below the CT normalisation range; `amir degrade` adds it no noise)."""
+    return np.asarray(hu) < CT_PADDING_BELOW_HU

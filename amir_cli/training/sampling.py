@@ -20,8 +20,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from amir_cli.errors import BadInputError
-from amir_cli.imaging import degrade, intensity
-from amir_cli.imaging.kspace import TAPER_KEEP
+from amir_cli.imaging import degrade, intensity, kspace
 from amir_cli.tasks import FOREGROUND, MRI_SR, TASKS
 
 from .levels import Levels
@@ -137,12 +136,12 @@ class PatchSampler:
             "hq": np.stack(hq)[:, None].astype(np.float32),
             "task": np.asarray(tid, np.int64),
             "kspace_factor": np.asarray(factors, np.int64),  # MR truncated on the fly: its factor; else 0
-            "kspace_keep": np.asarray(keeps, np.float32),  # the fraction of that band restore keeps (a taper: less)
+            "kspace_keep": np.asarray(keeps, np.float64),  # the fraction of that band restore keeps (a taper: less)
         }
 
     def _patches(self, task, rng, n, P):
         """(n patch pairs of one slice, the MR k-space factor of its degradation or 0, the fraction of
-        that band `amir restore` keeps: TAPER_KEEP where a Fermi filter tapered it, else 1)."""
+        that band `amir restore` keeps: less than 1 where it recognises the taper of a Fermi filter)."""
         vols, weights = self.by_task[task]
         vol = vols[rng.choice(len(vols), p=weights)]
         z = int(vol.train_slices[rng.integers(len(vol.train_slices))])
@@ -166,7 +165,8 @@ class PatchSampler:
             hq_slice, lq_slice = degrade.degrade_pair(hq_slice, task, level, noise_rng, pixel_mm=pixel_mm,
                                                       standard_dose=self.opt.pet_standard_dose, **kw)
             factor = int(level) if task == MRI_SR else 0
-            keep = TAPER_KEEP if "fermi" in kw else 1.0
+            if "fermi" in kw:  # the kept fraction `amir restore` would see in the whole slice
+                keep = kspace.band_taper(lq_slice[None], 0, factor)
         jitter = 1.0
         if task == MRI_SR and self.opt.mr_scale_jitter > 0:
             jitter = float(math.exp(rng.uniform(-self.opt.mr_scale_jitter, self.opt.mr_scale_jitter)))

@@ -96,7 +96,7 @@ def _consistent(pred, lq, factors, keeps=None):
     (``factors``: its truncation factor, 0 for other samples; ``keeps``: the fraction of that band
     kept, None: all), as `amir restore` does; differentiable."""
     out = pred
-    keeps = torch.ones_like(factors, dtype=torch.float32) if keeps is None else keeps
+    keeps = torch.ones_like(factors, dtype=torch.float64) if keeps is None else keeps
     for f, keep in sorted({(int(f), float(k)) for f, k in zip(factors.tolist(), keeps.tolist()) if f > 0}):
         idx = ((factors == f) & (keeps == keep)).nonzero()[:, 0]
         band = band_mask(pred.shape[-2:], f, pred.device, keep)
