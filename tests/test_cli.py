@@ -131,7 +131,7 @@ def test_mr_scale_2_halves_spacing_and_keeps_field_of_view(mr_nii, tiny_weights,
     rep = json.loads(Path(str(out) + ".json").read_text())
     assert rep["output_geometry"]["shape"] == list(b.shape) and rep["scale"] == 2
     # the coarse input is the band the output keeps: downsampled again, the output gives it back
-    assert rep["data_consistency"] == {"kspace_factor": 2, "factor_from": "scale", "grid": "coarse", "band_kept": 1.0,
+    assert rep["data_consistency"] == {"kspace_factor": 2, "band": None, "factor_from": "scale", "grid": "coarse", "band_kept": 1.0,
                                         "iterations": DC_ITERATIONS, "passes": MR_PASSES[2]}
     lr, hr = a.get_fdata(), b.get_fdata()
     for k in range(lr.shape[2]):
@@ -161,8 +161,8 @@ def test_kspace_factor_keeps_the_measured_band(mr_nii, tiny_weights, tmp_path):
         np.testing.assert_allclose(mri_truncate(b[:, :, k], 2), z[:, :, k], atol=0.02 * z.max())
     assert np.abs(mri_truncate(a[:, :, 0], 2) - z[:, :, 0]).max() > 0.05 * z.max()  # the network alone is not consistent
     report = {out: json.loads(Path(str(out) + ".json").read_text())["data_consistency"] for out in (plain, dc, auto)}
-    assert report[dc] == {"kspace_factor": 2, "factor_from": "option", "grid": "same", "band_kept": 1.0,
-                          "iterations": DC_ITERATIONS, "passes": MR_PASSES[2]}
+    assert report[dc] == {"kspace_factor": 2, "band": [[n // 2, n] for n in z.shape[:2]], "factor_from": "option", "grid": "same",
+                          "band_kept": 1.0, "iterations": DC_ITERATIONS, "passes": MR_PASSES[2]}
     assert report[plain] is None
     # a 48-pixel side is too short to tell zero filling: plain restore gives the network alone
     # (recognition on larger slices: test_zero_filled.py)
