@@ -214,6 +214,6 @@ def degrade_cmd(
     elif not quiet:
         typer.echo(f"{input} -> {summary['output']} ({task}, {summary['level_name']} {level}, seed {seed})")
         for w in summary["warnings"]:
-            typer.echo(f"  warning: {w}")
+            typer.echo(f"  warning: {w}", err=True)
         if "note" in summary:
             typer.echo(f"  note: {summary['note']}")

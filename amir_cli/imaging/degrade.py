@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
 from amir_cli.imaging.intensity import ct_padding
 from amir_cli.imaging.kspace import check_factor, kspace_mask
@@ -101,7 +101,7 @@ def fermi_filter(shape, factor: int, width: float) -> np.ndarray:
     factor = check_factor(factor)
     ky, kx = (np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
     r = np.hypot(ky[:, None], kx[None, :])
-    return kspace_mask(shape, factor) / (1.0 + np.exp((r - (1.0 - 2.0 * width)) / width))
+    return kspace_mask(shape, factor) * special.expit(((1.0 - 2.0 * width) - r) / width)
 
 
 def mri_truncate_complex(image2d, factor: int, fermi: float = 0.0) -> np.ndarray:

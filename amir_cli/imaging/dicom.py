@@ -171,7 +171,7 @@ def _tilt(step: np.ndarray, normal: np.ndarray) -> list[str]:
     degrees = float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(step, normal))) / float(np.linalg.norm(step))))))
     if degrees < _TILT_DEGREES:
         return []
-    return [f"gantry tilt of {degrees:.1f} degrees: the geometry is sheared (the slices step off their normal), "
+    return [f"slices step {degrees:.1f} degrees off their normal (a CT's gantry tilt): the geometry is sheared, "
             "so viewers that ignore shear display a NIfTI, MetaImage or NRRD of it wrongly"]
 
 

@@ -79,7 +79,8 @@ class Levels:
                 "recon_mm": list(self.pet_recon_mm), "postfilter_fwhm_mm": list(self.pet_fwhm_mm),
                 "em_noise": self.pet_em_noise, "em_ref": self.pet_em_ref, "em_exponent": list(self.pet_em_exponent),
             },
-            "validation": {CT_DENOISE: self.val_ct_dose, MRI_SR: list(self.mr_factors), PET_SYNTHESIS: self.val_pet_dose},
+            "validation": {CT_DENOISE: self.val_ct_dose, MRI_SR: list(self.mr_factors), "mri-sr_fermi": self.val_mr_fermi,
+                           PET_SYNTHESIS: self.val_pet_dose},
         }
 
 
