@@ -7,8 +7,11 @@ of each slice's k-space (fractions of each axis below; "5/8 partial": x2 with 5/
 along rows), magnitude on the same grid. Scores (SPEC §4, against the original slices): the PSNR
 gain over the input of `amir restore --task mri-sr` (the band recognised, :func:`kspace.measured_band`,
 and kept) and of the network alone (``--no-detect-zero-filling``), and the band recognised.
+``--test``: the MR test subjects of ``benchmarks/splits.py`` instead (3 evenly spaced slices each), to
+report only: nothing was chosen on them.
 
     python benchmarks/kspace_bands.py DATA [--weights amir-s]
+    python benchmarks/kspace_bands.py --test
 """
 
 from __future__ import annotations
@@ -34,16 +37,35 @@ def band_mask(shape, rows: float, cols: float, partial: float | None) -> np.ndar
     return mask
 
 
+def validation_cases(data):
+    """(name, 3 central slices scaled into the 12-bit range) of each validation subject in CASES."""
+    from amir_cli.imaging import intensity
+    from amir_cli.imaging.io import read_image
+
+    for case in CASES:
+        vol = read_image(f"{data}/MRI/validation/{case}.nii.gz")
+        slices = np.moveaxis(vol.array * intensity.mr_scale_factor(vol.array), vol.slice_axis, 0)
+        yield case, slices[np.linspace(len(slices) * 0.3, len(slices) * 0.7, 3).round().astype(int)].astype(np.float64)
+
+
+def test_cases():
+    from quality import mr_test_slices
+
+    return mr_test_slices(3)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", help="training data folder with MRI/validation/ volumes")
+    ap.add_argument("data", nargs="?", help="training data folder with MRI/validation/ volumes")
     ap.add_argument("--weights", default="amir-s")
+    ap.add_argument("--test", action="store_true", help="the MR test subjects instead of the validation ones")
     args = ap.parse_args(argv)
+    if not args.test and not args.data:
+        ap.error("give the training data folder, or --test")
 
     import torch
 
-    from amir_cli.imaging import intensity
-    from amir_cli.imaging.io import Volume, read_image
+    from amir_cli.imaging.io import Volume
     from amir_cli.metrics import volume_scores
     from amir_cli.restore import restore_volume
     from amir_cli.weights import load_weights
@@ -53,10 +75,7 @@ def main(argv=None) -> int:
     print("|---|---|---:|---:|---:|---|")
     for label, (rows, cols, partial) in BANDS.items():
         gains = []
-        for case in CASES:
-            vol = read_image(f"{args.data}/MRI/validation/{case}.nii.gz")
-            slices = np.moveaxis(vol.array * intensity.mr_scale_factor(vol.array), vol.slice_axis, 0)
-            hq = slices[np.linspace(len(slices) * 0.3, len(slices) * 0.7, 3).round().astype(int)].astype(np.float64)
+        for case, hq in test_cases() if args.test else validation_cases(args.data):
             mask = band_mask(hq.shape[1:], rows, cols, partial)
             lq = np.stack([np.abs(np.fft.ifft2(np.fft.ifftshift(np.fft.fftshift(np.fft.fft2(s)) * mask))) for s in hq])
             lq_vol = Volume(np.moveaxis(lq.astype(np.float32), 0, 2), np.eye(4))
