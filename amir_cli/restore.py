@@ -322,14 +322,13 @@ def chosen_background_sd(model, slices: np.ndarray, slice_mm: float, pixel_mm: f
 
 
 def _measured_band(volume: Volume, task: str, scale: int, kspace_factor: int | None, data_consistency: bool,
-                   detect_zero_filling: bool) -> tuple[int | None, str | None, float]:
-    """(the k-space factor whose band the output keeps, or None; where it comes from: "scale",
+                   detect_zero_filling: bool) -> tuple[int | tuple[int, int] | None, str | None, float]:
+    """(the k-space factor or per-axis widths whose band the output keeps, or None; where it comes from: "scale",
     "option" or "detected"; the fraction of that band kept: below 1 where a filter tapered it on the
     input's grid, :func:`amir_cli.imaging.kspace.band_taper`), as :func:`restore_volume` describes."""
-    factor_from = "scale" if scale > 1 else "option" if kspace_factor else None
+    factor_from, keep = "scale" if scale > 1 else "option" if kspace_factor else None, 1.0
     if task == MRI_SR and factor_from is None and detect_zero_filling and data_consistency:
-        kspace_factor = (kspace.zero_filled_factor(volume.array, volume.slice_axis)
-                         or kspace.measured_band(volume.array, volume.slice_axis))
+        kspace_factor, keep = kspace.recognised_band(volume.array, volume.slice_axis)
         factor_from = "detected" if kspace_factor else None
     dc_factor = (scale if scale > 1 else kspace_factor) if data_consistency else None
     lowest = float(np.min(volume.array)) if dc_factor else 0.0
@@ -337,17 +336,14 @@ def _measured_band(volume: Volume, task: str, scale: int, kspace_factor: int | N
         if kspace_factor:
             raise BadInputError(f"--kspace-factor needs a magnitude image, and this one has values down to {lowest:g}")
         dc_factor = None  # a coarse input with negative values: the network alone
-    keep = kspace.band_taper(volume.array, volume.slice_axis, dc_factor) if dc_factor and scale == 1 else 1.0
+    if dc_factor and factor_from == "option":
+        keep = kspace.band_taper(volume.array, volume.slice_axis, dc_factor)
     return dc_factor, factor_from, keep
-
-
-def _in_plane(volume: Volume) -> tuple[int, int]:
-    return tuple(n for a, n in enumerate(volume.shape) if a != volume.slice_axis)
 
 
 def _band_samples(volume: Volume, band) -> list[list[int]]:
     """[[kept, of], ...] per in-plane axis: the central k-space samples the consistency keeps."""
-    shape = _in_plane(volume)
+    shape = volume.inplane_shape
     return [[m, n] for m, n in zip(kspace.band_widths(shape, band), shape)]
 
 
@@ -356,7 +352,7 @@ def _passes_factor(volume: Volume, band) -> int:
     (:func:`kspace.measured_band`) x4 where an axis kept a third or less of its samples, else x2."""
     if isinstance(band, int):
         return band
-    return 4 if min(m / n for m, n in zip(band, _in_plane(volume))) <= 1 / 3 else 2
+    return 4 if min(m / n for m, n in zip(band, volume.inplane_shape)) <= 1 / 3 else 2
 
 
 def _pipeline(job: _SliceJob, network, n: int, batch_size: int, progress: Progress | None) -> tuple[float, np.ndarray]:
@@ -560,7 +556,7 @@ def _mr_warnings(volume: Volume, path: Path, options: RestoreOptions, info: dict
     dc = info["data_consistency"]
     warnings = []
     if dc is None and options.scale == 1 and options.data_consistency and options.kspace_factor is None:
-        small = min(n for a, n in enumerate(volume.shape) if a != volume.slice_axis) < kspace.MIN_DETECT_SIDE
+        small = min(volume.inplane_shape) < kspace.MIN_DETECT_SIDE
         hint = zero_filled_hint(path)
         if small and options.detect_zero_filling:
             warnings.append(f"zero filling is not looked for on slices under {kspace.MIN_DETECT_SIDE} pixels a side"

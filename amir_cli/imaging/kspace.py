@@ -142,8 +142,10 @@ def zero_filled_factor(array: np.ndarray, slice_axis: int = 2, factors=(4, 2)) -
     axis; f is the coarsest factor at whose band edge both profiles fall off a cliff
     (:func:`is_band_edge`)."""
     profiles = _magnitude_profiles(array, slice_axis)
-    if profiles is None:
-        return None
+    return None if profiles is None else _factor_of(profiles, factors)
+
+
+def _factor_of(profiles, factors=(4, 2)) -> int | None:
     for f in factors:
         if all(is_band_edge(profile, f) for profile in profiles):
             return int(f)
@@ -157,10 +159,21 @@ def measured_band(array: np.ndarray, slice_axis: int = 2) -> tuple[int, int] | N
     width, up to MAX_BAND of the axis, at whose edge its spectrum first falls off a cliff
     (:func:`_first_cliff`), the whole axis where none; None when neither axis has one."""
     profiles = _magnitude_profiles(array, slice_axis)
-    if profiles is None:
-        return None
+    return None if profiles is None else _widths_of(profiles)
+
+
+def _widths_of(profiles) -> tuple[int, int] | None:
     band = tuple(_first_cliff(profile) for profile in profiles)
     return None if band == tuple(len(profile) for profile in profiles) else band
+
+
+def recognised_band(array: np.ndarray, slice_axis: int = 2) -> tuple[int | tuple[int, int] | None, float]:
+    """(the band a magnitude MR volume measured: its factor, :func:`zero_filled_factor`, else its
+    widths, :func:`measured_band`, else None; the fraction of it the consistency keeps,
+    :func:`band_taper`), all from one averaged spectrum."""
+    profiles = _magnitude_profiles(array, slice_axis)
+    band = None if profiles is None else _factor_of(profiles) or _widths_of(profiles)
+    return band, _taper_of(profiles, band) if band else 1.0
 
 
 MIN_BAND, MAX_BAND = 1 / 8, 0.8  # the band widths measured_band looks at (fractions of the axis)
@@ -192,8 +205,10 @@ def band_taper(array: np.ndarray, slice_axis: int, band) -> float:
     :func:`measured_band`) of a zero-filled volume that its data consistency keeps: ``TAPER_KEEP``
     where a k-space filter tapered it along every axis it cut, else 1."""
     profiles = _spectrum_profiles(array, slice_axis)
-    if profiles is None:
-        return 1.0
+    return 1.0 if profiles is None else _taper_of(profiles, band)
+
+
+def _taper_of(profiles, band) -> float:
     widths = band_widths([len(p) for p in profiles], band)
     tapered = [_ratio(*_edge_means(p, m, 16)[1:]) < TAPERED_RATIO for p, m in zip(profiles, widths) if m < len(p)]
     return TAPER_KEEP if tapered and all(tapered) else 1.0
@@ -217,6 +232,12 @@ def band_widths(shape: Sequence[int], band) -> tuple[int, ...]:
         return tuple(int(m) for m in band)
     factor = check_factor(band)
     return tuple(max(1, int(n) // factor) for n in shape)
+
+
+def band_frequencies(shape: Sequence[int], factor: int) -> tuple[np.ndarray, ...]:
+    """Per axis, each centred k-space sample's distance from DC over the half-width of the band of
+    ``factor`` (1 at the band's edge: where a scanner's k-space filter is drawn)."""
+    return tuple(np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
 
 
 def kspace_mask(shape: Sequence[int], band, keep: float = 1.0) -> np.ndarray:
