@@ -58,6 +58,11 @@ class Volume:
         return tuple(s[a] for a in range(3) if a != self.slice_axis)  # type: ignore[return-value]
 
     @property
+    def inplane_shape(self) -> tuple[int, int]:
+        """Pixels along the two axes other than the slice axis."""
+        return tuple(n for a, n in enumerate(self.shape) if a != self.slice_axis)  # type: ignore[return-value]
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
 
