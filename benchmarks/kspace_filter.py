@@ -27,13 +27,13 @@ FILTERS = ("none", "fermi 0.02", "fermi 0.05", "fermi 0.1", "hamming")
 def k_filter(shape, factor: int, kind: str) -> np.ndarray:
     """The band of ``kspace_mask`` times filter ``kind`` (centred k-space)."""
     from amir_cli.imaging.degrade import fermi_filter
-    from amir_cli.imaging.kspace import kspace_mask
+    from amir_cli.imaging.kspace import band_frequencies, kspace_mask
 
     band = kspace_mask(shape, factor).astype(np.float64)
     if kind.startswith("fermi"):
         return fermi_filter(shape, factor, float(kind.split()[1]))
     if kind == "hamming":
-        ky, kx = (np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
+        ky, kx = band_frequencies(shape, factor)
         hamming = lambda k: 0.54 + 0.46 * np.cos(np.pi * np.minimum(k, 1.0))  # noqa: E731
         return band * hamming(ky)[:, None] * hamming(kx)[None, :]
     return band

@@ -101,11 +101,11 @@ def _tapered_band(shape, factor, taper):
     """The central 1/factor of centred k-space times a radial Fermi filter of width 0.1 or a
     separable Hamming window (both over the band's half-width)."""
     from amir_cli.imaging.degrade import fermi_filter
-    from amir_cli.imaging.kspace import kspace_mask
+    from amir_cli.imaging.kspace import band_frequencies
 
     if taper != "hamming":
         return fermi_filter(shape, factor, 0.1)
-    ky, kx = (np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
+    ky, kx = band_frequencies(shape, factor)
     window = lambda k: 0.54 + 0.46 * np.cos(np.pi * np.minimum(k, 1.0))  # noqa: E731
     return kspace_mask(shape, factor) * window(ky)[:, None] * window(kx)[None, :]
 

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from amir_cli.imaging.intensity import ct_padding
-from amir_cli.imaging.kspace import check_factor, kspace_mask
+from amir_cli.imaging.kspace import band_frequencies, check_factor, kspace_mask
 from amir_cli.imaging.projector import check_2d, fbp, hann_apodisation, pad_square, project, view_count
 from amir_cli.tasks import CT_DENOISE, DEFAULT_LEVEL, MRI_SR, PET_SYNTHESIS, TASKS
 
@@ -98,8 +98,7 @@ def _check_rng(rng) -> np.random.Generator:
 def fermi_filter(shape, factor: int, width: float) -> np.ndarray:
     """A scanner's radial Fermi filter over the band of ``kspace_mask`` (centred k-space):
     1 / (1 + exp((r - (1 - 2 width)) / width)), r the radius over the band's half-width; 0 outside the band."""
-    factor = check_factor(factor)
-    ky, kx = (np.abs(np.arange(n) - n // 2) / (n / 2 / factor) for n in shape)
+    ky, kx = band_frequencies(shape, check_factor(factor))
     r = np.hypot(ky[:, None], kx[None, :])
     return kspace_mask(shape, factor) * special.expit(((1.0 - 2.0 * width) - r) / width)
 
